@@ -1,0 +1,51 @@
+//! `splatforge`: text → 3D Gaussian splats, and the tools around them.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "splatforge", version, about = "Fast text-to-3D Gaussian splats, and tools for splat files")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a summary of a splat file (PLY or SPZ).
+    Inspect(commands::inspect::Args),
+    /// Run the 404-GEN validator's data checks; exit status 1 if one fails.
+    Validate(commands::validate::Args),
+    /// Convert between PLY and SPZ (chosen by the output extension).
+    Convert(commands::convert::Args),
+    /// Recentre and rescale to a bounding box; optionally change the up axis.
+    Normalize(commands::normalize::Args),
+}
+
+/// What a command reports back to `main` when it did not fail outright.
+pub enum Outcome {
+    Success,
+    /// The command ran, and its verdict is negative (e.g. a failed check).
+    CheckFailed,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(args) => commands::inspect::run(args),
+        Command::Validate(args) => commands::validate::run(args),
+        Command::Convert(args) => commands::convert::run(args),
+        Command::Normalize(args) => commands::normalize::run(args),
+    };
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::CheckFailed) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

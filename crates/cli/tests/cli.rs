@@ -1,0 +1,160 @@
+//! Drives the real `splatforge` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use splatforge_splat::{read_splat_file, Gaussians};
+
+fn splatforge(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_splatforge")).args(args).output().expect("binary runs")
+}
+
+fn fixture(name: &str) -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures").join(name);
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!("skipping: {} not found", path.display());
+        None
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failure is one `error:` line, exit status 2, and no panic.
+fn assert_clean_error(o: &Output, expect: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: ") && err.contains(expect), "{err}");
+}
+
+fn max_position_error(a: &Gaussians, b: &Gaussians) -> f32 {
+    a.means.iter().zip(&b.means).flat_map(|(p, q)| (0..3).map(move |k| (p[k] - q[k]).abs())).fold(0.0, f32::max)
+}
+
+#[test]
+fn hamburger_through_spz_and_back() {
+    let Some(ply) = fixture("hamburger.ply") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (spz, back) = (dir.path().join("h.spz"), dir.path().join("h.ply"));
+    assert!(splatforge(&["convert", s(&ply), s(&spz)]).status.success());
+    assert!(splatforge(&["convert", s(&spz), s(&back)]).status.success());
+    let out = splatforge(&["inspect", s(&back)]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("splats      52709"), "{}", stdout(&out));
+    let (a, b) = (read_splat_file(&ply).unwrap(), read_splat_file(&back).unwrap());
+    assert!(max_position_error(&a, &b) <= 1.0 / 4096.0);
+
+    let json = splatforge(&["inspect", "--json", s(&back)]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["gaussians"], 52709);
+    assert_eq!(v["sh_degree"], 0);
+}
+
+#[test]
+fn validate_passes_the_fixture_and_fails_a_truncated_copy() {
+    let Some(ply) = fixture("hamburger.ply") else { return };
+    let out = splatforge(&["validate", s(&ply)]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(stdout(&out).contains("valid"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let half = dir.path().join("half.ply");
+    let bytes = std::fs::read(&ply).unwrap();
+    std::fs::write(&half, &bytes[..bytes.len() / 2]).unwrap();
+    assert_clean_error(&splatforge(&["validate", s(&half)]), "truncated");
+
+    let out = splatforge(&["validate", "--min-gaussians", "100000", "--json", s(&ply)]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["passed"], false);
+}
+
+#[test]
+fn robocop_404_spz_to_ply_to_niantic_spz_to_ply() {
+    let Some(spz) = fixture("robocop-with-hammer.spz") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    for (from, to, extra) in [
+        (spz.clone(), p("a.ply"), vec![]),
+        (p("a.ply"), p("b.spz"), vec!["--spz-flavor", "niantic"]),
+        (p("b.spz"), p("c.ply"), vec![]),
+        (p("c.ply"), p("d.spz"), vec!["--spz-flavor", "404"]),
+    ] {
+        let mut args = vec!["convert", s(&from), s(&to)];
+        args.extend(extra);
+        let out = splatforge(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let original = read_splat_file(&spz).unwrap();
+    for f in ["a.ply", "c.ply", "d.spz"] {
+        let g = read_splat_file(&p(f)).unwrap();
+        assert_eq!(g.len(), 267_776, "{f}");
+        assert!(max_position_error(&original, &g) <= 1.0 / 4096.0, "{f}");
+    }
+    assert_eq!(&std::fs::read(p("d.spz")).unwrap()[..4], &[0x28, 0xb5, 0x2f, 0xfd], "zstd magic");
+}
+
+#[test]
+fn base64_output_decodes_to_the_same_splat() {
+    use base64::Engine;
+    let Some(ply) = fixture("hamburger.ply") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let b64 = dir.path().join("h.spz");
+    assert!(splatforge(&["convert", "--spz-flavor", "404", "--base64", s(&ply), s(&b64)]).status.success());
+    let text = std::fs::read_to_string(&b64).unwrap();
+    let raw = base64::engine::general_purpose::STANDARD.decode(text.trim()).unwrap();
+    let g = splatforge_splat::read_splat_bytes(&raw).unwrap();
+    assert_eq!(g.len(), 52_709);
+}
+
+#[test]
+fn normalize_fits_the_box_and_converts_axes() {
+    let Some(ply) = fixture("hamburger.ply") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("n.ply");
+    let o = splatforge(&["normalize", "--box", "2", "--up", "z-to-y", "--no-normals", s(&ply), s(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (lo, hi) = read_splat_file(&out).unwrap().bounds().unwrap();
+    let extent = (0..3).map(|a| hi[a] - lo[a]).fold(0.0f32, f32::max);
+    assert!((extent - 2.0).abs() < 1e-4, "{extent}");
+}
+
+#[test]
+fn bad_inputs_give_one_error_line_and_leave_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.spz");
+    let cases: [(&str, &[u8], &str); 4] = [
+        ("garbage.bin", b"\x00\x01garbage that is no splat", "unknown"),
+        ("empty.ply", b"", "unknown"),
+        ("huge.ply", b"ply\nformat binary_little_endian 1.0\nelement vertex 4000000000\nproperty float x\nend_header\n", "x"),
+        ("nan.ply", b"ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nproperty float y\nproperty float z\nproperty float f_dc_0\nproperty float f_dc_1\nproperty float f_dc_2\nproperty float opacity\nproperty float scale_0\nproperty float scale_1\nproperty float scale_2\nproperty float rot_0\nproperty float rot_1\nproperty float rot_2\nproperty float rot_3\nend_header\nnan 0 0 0 0 0 0 0 0 0 1 0 0 0\n", "NaN"),
+    ];
+    for (name, bytes, expect) in cases {
+        let input = dir.path().join(name);
+        std::fs::write(&input, bytes).unwrap();
+        let o = splatforge(&["convert", s(&input), s(&out)]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{name}: {err}");
+        assert!(!err.contains("panicked") && err.lines().count() == 1, "{name}: {err}");
+        assert!(err.to_lowercase().contains(&expect.to_lowercase()), "{name}: {err}");
+        assert!(!out.exists(), "{name} left an output file");
+    }
+    assert_clean_error(&splatforge(&["inspect", "/no/such/file.ply"]), "No such file");
+    let unknown_ext = dir.path().join("out.obj");
+    let Some(ply) = fixture("hamburger.ply") else { return };
+    assert_clean_error(&splatforge(&["convert", s(&ply), s(&unknown_ext)]), "extension");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4, "only the inputs remain");
+}
