@@ -23,6 +23,14 @@ enum Command {
     Convert(commands::convert::Args),
     /// Recentre and rescale to a bounding box; optionally change the up axis.
     Normalize(commands::normalize::Args),
+    /// Render a splat to PNG: one view, the validator's 16 views, or a turntable GIF.
+    Render(commands::render::Args),
+    /// Diffusion models: write tiny test models, generate MVDream views.
+    Models(commands::models::Args),
+    /// Fit Gaussians to posed images (transforms.json); prints held-out PSNR/SSIM.
+    Fit(commands::fit::Args),
+    /// Serve generation over HTTP, compatible with the 404-GEN miner (POST /generate/).
+    Serve(commands::serve::Args),
 }
 
 /// What a command reports back to `main` when it did not fail outright.
@@ -39,6 +47,10 @@ fn main() -> ExitCode {
         Command::Validate(args) => commands::validate::run(args),
         Command::Convert(args) => commands::convert::run(args),
         Command::Normalize(args) => commands::normalize::run(args),
+        Command::Render(args) => commands::render::run(args),
+        Command::Models(args) => commands::models::run(args),
+        Command::Fit(args) => commands::fit::run(args),
+        Command::Serve(args) => commands::serve::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

@@ -158,3 +158,34 @@ fn bad_inputs_give_one_error_line_and_leave_no_output() {
     assert_clean_error(&splatforge(&["convert", s(&ply), s(&unknown_ext)]), "extension");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4, "only the inputs remain");
 }
+
+#[test]
+fn render_writes_the_validator_contact_sheet_one_view_and_a_turntable() {
+    let Some(ply) = fixture("hamburger.ply") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let sheet = dir.path().join("sheet.png");
+    let o = splatforge(&["render", s(&ply), "--validator-views", "-o", s(&sheet)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = image::open(&sheet).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (2072, 2072));
+    // Every view shows the object at its centre and white background at its corner.
+    for v in 0..16u32 {
+        let (x0, y0) = ((v % 4) * 518, (v / 4) * 518);
+        assert_ne!(img.get_pixel(x0 + 259, y0 + 259).0, [255, 255, 255], "view {v} centre");
+        assert_eq!(img.get_pixel(x0 + 3, y0 + 3).0, [255, 255, 255], "view {v} corner");
+    }
+
+    let one = dir.path().join("one.png");
+    let o = splatforge(&["render", s(&ply), "--size", "64", "--elevation", "-30", "--background", "0,0,0", "-o", s(&one)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = image::open(&one).unwrap().to_rgb8();
+    assert_eq!((img.dimensions(), img.get_pixel(0, 0).0), ((64, 64), [0, 0, 0]));
+
+    let gif = dir.path().join("turn.gif");
+    let o = splatforge(&["render", s(&ply), "--turntable", "4", "--size", "48", "-o", s(&gif)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(&std::fs::read(&gif).unwrap()[..6], b"GIF89a");
+
+    assert_clean_error(&splatforge(&["render", s(&ply), "--size", "100000", "-o", s(&one)]), "");
+    assert_clean_error(&splatforge(&["render", s(&ply), "--turntable", "0", "-o", s(&gif)]), "turntable");
+}

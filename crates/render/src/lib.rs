@@ -42,6 +42,8 @@
 #![allow(clippy::needless_range_loop, clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod camera;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod project;
 pub mod rasterize;

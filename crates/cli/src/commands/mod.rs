@@ -1,8 +1,12 @@
 //! One module per subcommand.
 
 pub mod convert;
+pub mod fit;
 pub mod inspect;
+pub mod models;
 pub mod normalize;
+pub mod render;
+pub mod serve;
 pub mod validate;
 
 use std::path::Path;

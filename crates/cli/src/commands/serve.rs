@@ -1,0 +1,128 @@
+//! `splatforge serve`: the 404-GEN compatible generation service.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use splatforge_server::{GenerationError, Generator, ServerConfig};
+
+use crate::Outcome;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    host: String,
+    /// Port to listen on (the 404 miner's generation endpoint; 0 picks a free one).
+    #[arg(long, default_value_t = 10006)]
+    port: u16,
+    /// Devices to generate on, comma-separated; models load once per device.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    devices: Vec<u32>,
+    /// Worker threads per device, sharing its models.
+    #[arg(long, default_value_t = 1)]
+    workers_per_device: usize,
+    /// Requests that may wait per device; beyond that: 503 with Retry-After.
+    #[arg(long, default_value_t = 8)]
+    queue_size: usize,
+    /// Per-request limit in seconds (504 after it; the job is cancelled).
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    timeout: f64,
+    /// On SIGINT/SIGTERM, how long running and queued jobs may still take.
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    shutdown_timeout: f64,
+    /// Largest turntable resolution; larger `video_res` values are clamped.
+    #[arg(long, default_value_t = 1088)]
+    max_video_res: u32,
+    /// Model directory (e.g. from `splatforge models make-tiny DIR`).
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// Generation profile (speed, balanced, quality, memory, development).
+    #[arg(long)]
+    profile: Option<String>,
+}
+
+/// Builds the generator of one device. Called once per device at startup,
+/// on that device's loader thread.
+pub fn build_generator(
+    device: u32,
+    models: Option<&Path>,
+    profile: Option<&str>,
+) -> Result<Box<dyn Generator>, GenerationError> {
+    let _ = (device, models, profile);
+    Err(GenerationError::Failed("the text-to-3D pipeline is not built yet (issue 6)".into()))
+}
+
+fn seconds(name: &str, s: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(s).ok().filter(|d| !d.is_zero()).with_context(|| format!("--{name} must be a positive number of seconds, got {s}"))
+}
+
+fn config(args: &Args) -> Result<ServerConfig> {
+    let config = ServerConfig {
+        host: args.host.clone(),
+        port: args.port,
+        devices: args.devices.clone(),
+        workers_per_device: args.workers_per_device,
+        queue_size: args.queue_size,
+        timeout: seconds("timeout", args.timeout)?,
+        shutdown_timeout: seconds("shutdown-timeout", args.shutdown_timeout)?,
+        max_video_res: args.max_video_res,
+        ..ServerConfig::default()
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+pub fn run(args: Args) -> Result<Outcome> {
+    let config = config(&args)?;
+    let Args { models, profile, .. } = args;
+    let factory = move |device: u32| build_generator(device, models.as_deref(), profile.as_deref());
+    splatforge_server::run(config, factory)?;
+    Ok(Outcome::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        Cli::try_parse_from(std::iter::once("serve").chain(argv.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn parses_the_flags_and_defaults() {
+        let a = parse(&[]).unwrap();
+        let c = config(&a).unwrap();
+        assert_eq!((c.host.as_str(), c.port, c.devices.as_slice()), ("0.0.0.0", 10006, &[0][..]));
+        assert_eq!(c.timeout, Duration::from_secs(300));
+        let a = parse(&[
+            "--port", "8093", "--devices", "0,1", "--workers-per-device", "2", "--queue-size", "3", "--timeout", "2.5",
+            "--models", "/m", "--profile", "speed",
+        ])
+        .unwrap();
+        let c = config(&a).unwrap();
+        assert_eq!((c.port, c.devices.clone(), c.workers_per_device, c.queue_size), (8093, vec![0, 1], 2, 3));
+        assert_eq!(c.timeout, Duration::from_millis(2500));
+        assert_eq!((a.models.as_deref(), a.profile.as_deref()), (Some(Path::new("/m")), Some("speed")));
+        assert!(parse(&["--devices", "zero"]).is_err());
+        assert!(config(&parse(&["--queue-size", "0"]).unwrap()).is_err());
+        assert!(config(&parse(&["--timeout", "0"]).unwrap()).is_err());
+        assert!(config(&parse(&["--devices", "1,1"]).unwrap()).is_err());
+    }
+
+    #[test]
+    fn serving_without_the_pipeline_fails_cleanly() {
+        let a = parse(&["--host", "127.0.0.1", "--port", "0"]).unwrap();
+        let e = run(a).err().expect("no pipeline yet");
+        let msg = format!("{e:#}");
+        assert!(msg.contains("the text-to-3D pipeline is not built yet (issue 6)"), "{msg}");
+    }
+}

@@ -1,0 +1,409 @@
+//! Weight files and the candle `VarBuilder` backends that read them.
+//!
+//! * [`TensorFile`]: one safetensors file (memory-mapped) or one PyTorch
+//!   zip checkpoint (`.pt`, `.ckpt`, `.bin`, `.pth`, read with
+//!   `candle_core::pickle`), tensors read lazily and in their stored dtype.
+//! * [`MappedBackend`]: a `VarBuilder` backend that asks a name-mapping
+//!   function where each module tensor lives in the file (an LDM key, or a
+//!   chunk of a fused `in_proj` tensor), converts it to the requested dtype
+//!   and device, and accepts `[o, i, 1, 1]` ↔ `[o, i]` (1×1 convolution ↔
+//!   linear) reshapes. Errors name the module tensor, the key and the file.
+//! * [`SeededInit`]: a backend that invents deterministic random weights for
+//!   every tensor asked for and records them (tiny test models).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{safetensors::MmapedSafetensors, DType, Device, Shape, Tensor};
+use candle_nn::{var_builder::SimpleBackend, Init, VarBuilder};
+
+use crate::error::{DiffusionError, Result};
+use crate::rng::{hash_name, SplitMix64};
+
+/// The one-line Python command that converts a PyTorch checkpoint to safetensors.
+pub fn convert_to_safetensors_command(input: &Path) -> String {
+    let out = input.with_extension("safetensors");
+    format!(
+        "python -c \"import torch, safetensors.torch as st; sd = torch.load('{}', map_location='cpu', weights_only=False); sd = sd.get('state_dict', sd); st.save_file({{k: v.clone().contiguous() for k, v in sd.items() if isinstance(v, torch.Tensor)}}, '{}')\"",
+        input.display(),
+        out.display()
+    )
+}
+
+enum Inner {
+    Safetensors(MmapedSafetensors),
+    Pickle(candle_core::pickle::PthTensors),
+}
+
+/// One weight file, read lazily.
+pub struct TensorFile {
+    path: PathBuf,
+    inner: Inner,
+    names: Vec<String>,
+}
+
+impl std::fmt::Debug for TensorFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TensorFile")
+            .field("path", &self.path)
+            .field("tensors", &self.names.len())
+            .finish()
+    }
+}
+
+impl TensorFile {
+    /// Opens a `.safetensors` file, or a PyTorch zip checkpoint (`.pt`,
+    /// `.ckpt`, `.bin`, `.pth`; a top-level `state_dict` entry is used when
+    /// present). Anything else is an error.
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(DiffusionError::MissingFile {
+                file: path.to_path_buf(),
+                hint: "no such file".into(),
+            });
+        }
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        match ext.as_str() {
+            "safetensors" => {
+                // SAFETY: memory-mapping a file we only read; the usual caveat
+                // (the file must not be truncated while mapped) applies.
+                let st = unsafe { MmapedSafetensors::new(path) }
+                    .map_err(|e| DiffusionError::bad_file(path, format!("not a readable safetensors file: {e}")))?;
+                let mut names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
+                names.sort();
+                Ok(Self { path: path.to_path_buf(), inner: Inner::Safetensors(st), names })
+            }
+            "pt" | "ckpt" | "bin" | "pth" => Self::open_pickle(path),
+            _ => Err(DiffusionError::bad_file(
+                path,
+                "unknown weight file type: expected .safetensors, or a PyTorch checkpoint (.pt, .ckpt, .bin, .pth)",
+            )),
+        }
+    }
+
+    fn open_pickle(path: &Path) -> Result<Self> {
+        let fail = |e: String| {
+            DiffusionError::bad_file(
+                path,
+                format!(
+                    "cannot read this PyTorch checkpoint ({e}). Convert it to safetensors and load that instead:\n  {}",
+                    convert_to_safetensors_command(path)
+                ),
+            )
+        };
+        let mut pth =
+            candle_core::pickle::PthTensors::new(path, None).map_err(|e| fail(e.to_string()))?;
+        if pth.tensor_infos().is_empty() {
+            pth = candle_core::pickle::PthTensors::new(path, Some("state_dict"))
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        if pth.tensor_infos().is_empty() {
+            return Err(fail(
+                "no tensors found at the top level or under `state_dict`".into(),
+            ));
+        }
+        let mut names: Vec<String> = pth.tensor_infos().keys().cloned().collect();
+        names.sort();
+        Ok(Self {
+            path: path.to_path_buf(),
+            inner: Inner::Pickle(pth),
+            names,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// All tensor names, sorted.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.names
+            .binary_search_by(|n| n.as_str().cmp(name))
+            .is_ok()
+    }
+
+    /// Loads a tensor on the CPU in its stored dtype; `None` if absent.
+    pub fn load(&self, name: &str) -> candle_core::Result<Option<Tensor>> {
+        if !self.contains(name) {
+            return Ok(None);
+        }
+        match &self.inner {
+            Inner::Safetensors(st) => st.load(name, &Device::Cpu).map(Some),
+            Inner::Pickle(p) => p.get(name),
+        }
+    }
+
+    /// The stored dtype of the first tensor (used to report file precision).
+    pub fn first_dtype(&self) -> Option<DType> {
+        let name = self.names.first()?;
+        match &self.inner {
+            Inner::Safetensors(st) => st
+                .get(name)
+                .ok()
+                .and_then(|v| DType::try_from(v.dtype()).ok()),
+            Inner::Pickle(p) => p.tensor_infos().get(name).map(|i| i.dtype),
+        }
+    }
+}
+
+/// Where a module tensor comes from in a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The tensor stored under this key.
+    Key(String),
+    /// Chunk `index` of `chunks` equal chunks along dim 0 of the tensor under
+    /// `key` (e.g. q, k, v of an OpenCLIP `in_proj_weight`).
+    Chunk {
+        key: String,
+        index: usize,
+        chunks: usize,
+    },
+}
+
+impl Source {
+    pub fn key(&self) -> &str {
+        match self {
+            Source::Key(k) | Source::Chunk { key: k, .. } => k,
+        }
+    }
+}
+
+/// Maps a module tensor name to its place in the file, or `None` when the
+/// module tensor has no counterpart.
+pub type NameMap = Arc<dyn Fn(&str) -> Option<Source> + Send + Sync>;
+
+/// A `VarBuilder` backend reading a [`TensorFile`] through a [`NameMap`].
+pub struct MappedBackend {
+    file: Arc<TensorFile>,
+    map: NameMap,
+    /// What is being loaded ("unet", "vae", ...), for error messages.
+    what: String,
+}
+
+impl MappedBackend {
+    pub fn new(file: Arc<TensorFile>, map: NameMap, what: impl Into<String>) -> Self {
+        Self {
+            file,
+            map,
+            what: what.into(),
+        }
+    }
+
+    /// A `VarBuilder` over this backend.
+    pub fn into_var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self), dtype, device.clone())
+    }
+
+    fn fetch(&self, name: &str) -> candle_core::Result<Tensor> {
+        let src = (self.map)(name).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "{}: no checkpoint tensor corresponds to `{name}` (in {})",
+                self.what,
+                self.file.path().display()
+            ))
+        })?;
+        let stored = self.file.load(src.key())?.ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "{}: tensor `{}` (for `{name}`) is missing from {}",
+                self.what,
+                src.key(),
+                self.file.path().display()
+            ))
+        })?;
+        match src {
+            Source::Key(_) => Ok(stored),
+            Source::Chunk { key, index, chunks } => {
+                let rows = stored.dim(0)?;
+                if rows % chunks != 0 {
+                    candle_core::bail!(
+                        "{}: tensor `{key}` in {} has {rows} rows, not divisible into {chunks} chunks",
+                        self.what,
+                        self.file.path().display()
+                    )
+                }
+                let n = rows / chunks;
+                stored.narrow(0, index * n, n)?.contiguous()
+            }
+        }
+    }
+}
+
+/// Whether `a` and `b` differ only by trailing unit dimensions.
+fn same_up_to_trailing_ones(a: &[usize], b: &[usize]) -> bool {
+    let trim = |s: &[usize]| {
+        let mut v = s.to_vec();
+        while v.len() > 1 && *v.last().unwrap() == 1 {
+            v.pop();
+        }
+        v
+    };
+    trim(a) == trim(b)
+}
+
+impl SimpleBackend for MappedBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.fetch(name)?;
+        let t = if t.shape() == &s {
+            t
+        } else if same_up_to_trailing_ones(t.dims(), s.dims()) {
+            t.reshape(s)?
+        } else {
+            let key = (self.map)(name)
+                .map(|s| s.key().to_string())
+                .unwrap_or_default();
+            candle_core::bail!(
+                "{}: tensor `{key}` (for `{name}`) in {} has shape {:?}, the model expects {:?}: the configuration does not match these weights",
+                self.what,
+                self.file.path().display(),
+                t.dims(),
+                s.dims()
+            )
+        };
+        t.to_device(dev)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.fetch(name)?.to_device(dev)?.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        (self.map)(name).is_some_and(|s| self.file.contains(s.key()))
+    }
+}
+
+/// A `VarBuilder` backend that makes up deterministic random weights and
+/// records every tensor handed out (keyed by full name).
+///
+/// Values depend only on `seed` and the tensor's name: normalisation weights
+/// are `1 + 0.1·n`, their biases and other biases `0.1·n`, matrices and
+/// convolution kernels `n / sqrt(fan_in)`, embeddings `n` (n standard normal).
+#[derive(Clone)]
+pub struct SeededInit {
+    seed: u64,
+    tensors: Arc<Mutex<BTreeMap<String, Tensor>>>,
+}
+
+impl SeededInit {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            tensors: Arc::new(Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    /// A `VarBuilder` handing out f32 CPU tensors from this initialiser.
+    pub fn var_builder(&self) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), DType::F32, Device::Cpu)
+    }
+
+    /// Every tensor created so far.
+    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
+        self.tensors.lock().expect("poisoned").clone()
+    }
+
+    fn make(&self, s: &Shape, name: &str, h: Init) -> candle_core::Result<Tensor> {
+        if let Some(t) = self.tensors.lock().expect("poisoned").get(name) {
+            return Ok(t.clone());
+        }
+        let dims = s.dims();
+        let n = s.elem_count();
+        let mut rng = SplitMix64::new(self.seed ^ hash_name(name).rotate_left(17));
+        let noise = rng.normals(n);
+        let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
+        let values: Vec<f32> = match h {
+            Init::Const(c) => noise.iter().map(|x| c as f32 + 0.1 * x).collect(),
+            Init::Randn { mean, stdev } => noise
+                .iter()
+                .map(|x| mean as f32 + stdev as f32 * x)
+                .collect(),
+            Init::Uniform { .. } | Init::Kaiming { .. } => {
+                if dims.len() <= 1 {
+                    noise.iter().map(|x| 0.1 * x).collect()
+                } else {
+                    let sc = 1.0 / (fan_in as f32).sqrt();
+                    noise.iter().map(|x| sc * x).collect()
+                }
+            }
+        };
+        let t = Tensor::from_vec(values, dims, &Device::Cpu)?;
+        self.tensors
+            .lock()
+            .expect("poisoned")
+            .insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+}
+
+impl SimpleBackend for SeededInit {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.make(&s, name, h)?.to_device(dev)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        match self.tensors.lock().expect("poisoned").get(name) {
+            Some(t) => t.to_device(dev)?.to_dtype(dtype),
+            None => candle_core::bail!("SeededInit: `{name}` was never created"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.tensors.lock().expect("poisoned").contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailing_ones() {
+        assert!(same_up_to_trailing_ones(&[4, 4, 1, 1], &[4, 4]));
+        assert!(same_up_to_trailing_ones(&[4, 4], &[4, 4, 1]));
+        assert!(!same_up_to_trailing_ones(&[4, 1, 4], &[4, 4]));
+        assert!(!same_up_to_trailing_ones(&[16], &[4, 4]));
+    }
+
+    #[test]
+    fn seeded_init_depends_on_name_not_order() {
+        let a = SeededInit::new(3);
+        let b = SeededInit::new(3);
+        let va = a.var_builder();
+        let vb = b.var_builder();
+        let x1 = va.get((3, 2), "x").unwrap();
+        let _ = va.get((5,), "y").unwrap();
+        let _ = vb.get((5,), "y").unwrap();
+        let x2 = vb.get((3, 2), "x").unwrap();
+        let d = (x1 - x2)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0);
+    }
+}

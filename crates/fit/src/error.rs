@@ -1,0 +1,40 @@
+//! Errors of the fitting engine.
+
+use splatforge_render::RenderError;
+use splatforge_splat::SplatError;
+
+/// Everything that can go wrong while loading data or fitting.
+#[derive(Debug, thiserror::Error)]
+pub enum FitError {
+    /// Reading a file failed; `path` names it.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A dataset (transforms.json, an image) is malformed or unsupported.
+    #[error("{0}")]
+    Dataset(String),
+    /// A configuration is malformed (unknown key, bad value).
+    #[error("{0}")]
+    Config(String),
+    /// The views or the initial Gaussians cannot be fitted (e.g. no views).
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error(transparent)]
+    Splat(#[from] SplatError),
+}
+
+impl FitError {
+    pub(crate) fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
+        FitError::Io {
+            path: path.to_string(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = FitError> = std::result::Result<T, E>;

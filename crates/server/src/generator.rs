@@ -1,0 +1,198 @@
+//! The seam between the service and whatever turns a prompt into Gaussians.
+//!
+//! The server owns queues, worker threads, timeouts, cancellation and HTTP;
+//! a [`Generator`] only generates. One generator is built per device by a
+//! [`GeneratorFactory`] (so models load once per device, at startup) and is
+//! shared by that device's worker threads, which call it synchronously:
+//! generation never runs on the async runtime's threads.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use splatforge_splat::Gaussians;
+
+/// What a client asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationRequest {
+    /// The text prompt: non-empty, at most [`crate::MAX_PROMPT_CHARS`] characters.
+    pub prompt: String,
+    /// Seed for reproducible results; `None` lets the generator choose.
+    pub seed: Option<u64>,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub gaussians: Gaussians,
+    /// Wall time of each stage, in order (e.g. `("diffusion", 1.2 s)`).
+    /// Names should be short identifiers (`[A-Za-z0-9_-]`); others are
+    /// sanitised in headers and metrics.
+    pub stage_timings: Vec<(String, Duration)>,
+}
+
+/// Why a generation did not produce a result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GenerationError {
+    /// The job's [`CancelToken`] fired (client gone, timeout, shutdown).
+    #[error("cancelled")]
+    Cancelled,
+    /// The device ran out of memory; the worker keeps serving.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+    /// Anything else.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The generator of one device. Implementations must be thread-safe: with
+/// `--workers-per-device N > 1`, N threads call [`Generator::generate`]
+/// concurrently on the same instance.
+pub trait Generator: Send + Sync + 'static {
+    /// Generates one splat. Long-running implementations should call
+    /// [`CancelToken::check`] between stages and iterations and return
+    /// [`GenerationError::Cancelled`] promptly once it fires. A panic is
+    /// caught by the worker and answered with a 500; the worker continues.
+    fn generate(&self, request: &GenerationRequest, cancel: &CancelToken) -> Result<Generation, GenerationError>;
+
+    /// Runs once after construction, before the server reports ready (e.g. a
+    /// tiny generation to compile kernels and allocate pools).
+    fn warm_up(&self) -> Result<(), GenerationError>;
+
+    /// A short name for `/version` and `/health` (e.g. `"pipeline:speed"`).
+    fn name(&self) -> &str;
+
+    /// Device memory in use, in bytes, when the generator can tell
+    /// (exported as `splatforge_device_memory_bytes`).
+    fn memory_bytes(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl<G: Generator + ?Sized> Generator for Box<G> {
+    fn generate(&self, request: &GenerationRequest, cancel: &CancelToken) -> Result<Generation, GenerationError> {
+        (**self).generate(request, cancel)
+    }
+    fn warm_up(&self) -> Result<(), GenerationError> {
+        (**self).warm_up()
+    }
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn memory_bytes(&self) -> Option<u64> {
+        (**self).memory_bytes()
+    }
+}
+
+impl<G: Generator + ?Sized> Generator for Arc<G> {
+    fn generate(&self, request: &GenerationRequest, cancel: &CancelToken) -> Result<Generation, GenerationError> {
+        (**self).generate(request, cancel)
+    }
+    fn warm_up(&self) -> Result<(), GenerationError> {
+        (**self).warm_up()
+    }
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn memory_bytes(&self) -> Option<u64> {
+        (**self).memory_bytes()
+    }
+}
+
+/// Builds the generator of one device (called once per device, on a
+/// dedicated thread, at startup). Any `Fn(u32) -> Result<G, GenerationError>`
+/// closure is a factory.
+pub trait GeneratorFactory: Send + Sync + 'static {
+    fn build(&self, device: u32) -> Result<Box<dyn Generator>, GenerationError>;
+}
+
+impl<F, G> GeneratorFactory for F
+where
+    F: Fn(u32) -> Result<G, GenerationError> + Send + Sync + 'static,
+    G: Generator,
+{
+    fn build(&self, device: u32) -> Result<Box<dyn Generator>, GenerationError> {
+        self(device).map(|g| Box::new(g) as Box<dyn Generator>)
+    }
+}
+
+/// A cheap, cloneable cancellation flag. Clones share the flag; a
+/// [`CancelToken::child`] is also cancelled when its parent is (the server
+/// gives every job a child of its shutdown token).
+#[derive(Clone, Default)]
+pub struct CancelToken {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    cancelled: AtomicBool,
+    parent: Option<CancelToken>,
+}
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A token cancelled by its own [`cancel`](Self::cancel) or its parent's.
+    pub fn child(&self) -> Self {
+        CancelToken { inner: Arc::new(Inner { cancelled: AtomicBool::new(false), parent: Some(self.clone()) }) }
+    }
+
+    /// Fires the token (idempotent). Does not affect the parent.
+    pub fn cancel(&self) {
+        self.inner.cancelled.store(true, Ordering::Release);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        let mut t = self;
+        loop {
+            if t.inner.cancelled.load(Ordering::Acquire) {
+                return true;
+            }
+            match &t.inner.parent {
+                Some(p) => t = p,
+                None => return false,
+            }
+        }
+    }
+
+    /// `Err(GenerationError::Cancelled)` once the token fired: use with `?`
+    /// between stages and iterations.
+    pub fn check(&self) -> Result<(), GenerationError> {
+        if self.is_cancelled() {
+            Err(GenerationError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl fmt::Debug for CancelToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelToken").field("cancelled", &self.is_cancelled()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clones_share_and_children_follow_parents() {
+        let root = CancelToken::new();
+        let a = root.child();
+        let b = a.clone();
+        let c = a.child();
+        assert!(!b.is_cancelled() && b.check().is_ok());
+        b.cancel();
+        assert!(a.is_cancelled() && c.is_cancelled());
+        assert_eq!(c.check(), Err(GenerationError::Cancelled));
+        assert!(!root.is_cancelled(), "a child does not cancel its parent");
+        let d = root.child();
+        root.cancel();
+        assert!(d.is_cancelled());
+    }
+}

@@ -1,0 +1,718 @@
+//! The splatforge generation service: a drop-in for the 404-GEN miner's
+//! generation endpoint (`POST /generate/` → binary PLY), generic over a
+//! [`Generator`].
+//!
+//! - One generator per device, built by a [`GeneratorFactory`] on a loader
+//!   thread and warmed up before `/health` turns 200.
+//! - `workers_per_device` worker threads per device share its generator and
+//!   a bounded FIFO queue (`queue_size` waiting jobs); a full queue is a 503
+//!   with `Retry-After`. Generation never runs on the async runtime.
+//! - Every job carries a [`CancelToken`]: the request timeout (504), a client
+//!   that disconnects, and the shutdown deadline fire it; a queued job whose
+//!   token fired is skipped.
+//! - A failing, out-of-memory or panicking generation is a 500 and the worker
+//!   keeps serving. Every request is answered once (or counted as
+//!   `disconnected` when the client left first) in
+//!   `splatforge_http_requests_total`.
+//! - Shutdown (the `shutdown` future, or SIGINT/SIGTERM in [`run`]) stops
+//!   accepting connections, lets running and queued jobs finish until
+//!   `shutdown_timeout`, then cancels what is left (503) and returns.
+//!
+//! Endpoints, request fields and metrics are listed in the crate README
+//! section of the project README.
+
+pub mod generator;
+pub mod metrics;
+pub mod output;
+
+mod form;
+mod pool;
+
+use std::collections::BTreeMap;
+use std::future::{Future, IntoFuture};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
+use axum::Router;
+use tokio::sync::{oneshot, watch};
+
+pub use generator::{CancelToken, Generation, GenerationError, GenerationRequest, Generator, GeneratorFactory};
+use metrics::{names, GaugeSample, Metrics};
+pub use output::{Encoding, OutputSpec, SplatFormat, VideoFormat};
+use pool::{DeviceState, Job, JobFailure, JobOutput, Pool, PoolStatus, Rejection};
+
+/// Longest accepted prompt, in Unicode scalar values (404's limit).
+pub const MAX_PROMPT_CHARS: usize = 1024;
+/// Smallest accepted `video_res`.
+pub const MIN_VIDEO_RES: u32 = 16;
+/// Most turntable frames one request may ask for.
+pub const MAX_VIDEO_FRAMES: u32 = 360;
+/// Turntable frames when the request does not say (404: one every 5°).
+pub const DEFAULT_VIDEO_FRAMES: u32 = 72;
+/// `video_res` when the request does not say (404's default).
+pub const DEFAULT_VIDEO_RES: u32 = 1088;
+
+/// The crate version, and the git commit when it was known at build time.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const GIT_HASH: Option<&str> = option_env!("SPLATFORGE_GIT_HASH");
+
+/// Everything the service is configured with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Address to listen on (`0.0.0.0`).
+    pub host: String,
+    /// Port (10006; 0 picks a free one, see [`bind`]).
+    pub port: u16,
+    /// Device ids, one generator each (`[0]`).
+    pub devices: Vec<u32>,
+    /// Worker threads per device sharing its generator (1).
+    pub workers_per_device: usize,
+    /// Jobs that may wait per device, beyond those running (8).
+    pub queue_size: usize,
+    /// Per-request limit from queueing to answer (300 s, the miner's client timeout).
+    pub timeout: Duration,
+    /// After the shutdown signal, how long running and queued jobs may take
+    /// before they are cancelled (300 s).
+    pub shutdown_timeout: Duration,
+    /// Largest request body (1 MiB).
+    pub max_body_bytes: usize,
+    /// `video_res` above this is clamped to it (1088).
+    pub max_video_res: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "0.0.0.0".into(),
+            port: 10006,
+            devices: vec![0],
+            workers_per_device: 1,
+            queue_size: 8,
+            timeout: Duration::from_secs(300),
+            shutdown_timeout: Duration::from_secs(300),
+            max_body_bytes: 1 << 20,
+            max_video_res: DEFAULT_VIDEO_RES,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn validate(&self) -> Result<(), ServerError> {
+        let bad = |m: &str| Err(ServerError::Config(m.to_string()));
+        if self.devices.is_empty() {
+            return bad("at least one device is needed");
+        }
+        let mut seen = self.devices.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        if seen.len() != self.devices.len() {
+            return bad("a device is listed twice");
+        }
+        if self.workers_per_device == 0 {
+            return bad("workers per device must be at least 1");
+        }
+        if self.queue_size == 0 {
+            return bad("the queue size must be at least 1");
+        }
+        if self.timeout.is_zero() {
+            return bad("the request timeout must be positive");
+        }
+        if self.max_body_bytes < 1024 {
+            return bad("the body limit must be at least 1 KiB");
+        }
+        if self.max_video_res < MIN_VIDEO_RES {
+            return bad("the largest video resolution must be at least 16");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    /// A device's generator could not be built or warmed up.
+    #[error("startup failed: {0}")]
+    Startup(String),
+}
+
+/// A listening socket, before the service runs on it.
+pub struct BoundServer {
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+    config: ServerConfig,
+}
+
+/// Validates `config` and binds its address (port 0 picks a free port:
+/// read it from [`BoundServer::local_addr`]). Needs no async runtime.
+pub fn bind(config: ServerConfig) -> Result<BoundServer, ServerError> {
+    config.validate()?;
+    let what = format!("binding {}:{}", config.host, config.port);
+    let io = |source| ServerError::Io { context: what.clone(), source };
+    let addrs: Vec<SocketAddr> = (config.host.as_str(), config.port).to_socket_addrs().map_err(io)?.collect();
+    let listener = std::net::TcpListener::bind(&addrs[..]).map_err(io)?;
+    listener.set_nonblocking(true).map_err(io)?;
+    let addr = listener.local_addr().map_err(io)?;
+    Ok(BoundServer { listener, addr, config })
+}
+
+/// Binds and serves until `shutdown` resolves (see [`BoundServer::serve`]).
+pub async fn serve(
+    config: ServerConfig,
+    factory: impl GeneratorFactory,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    bind(config)?.serve(factory, shutdown).await
+}
+
+/// Serves on a multi-threaded runtime of its own until SIGINT or SIGTERM
+/// (the entry point for a binary).
+pub fn run(config: ServerConfig, factory: impl GeneratorFactory) -> Result<(), ServerError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("splatforge-http")
+        .build()
+        .map_err(|source| ServerError::Io { context: "starting the async runtime".into(), source })?;
+    let result = runtime.block_on(async move {
+        let bound = bind(config)?;
+        eprintln!("splatforge-server {}: listening on http://{}", VERSION, bound.local_addr());
+        bound.serve(factory, shutdown_signal()).await
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("splatforge-server: shutting down (finishing running and queued jobs)");
+}
+
+impl BoundServer {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts the devices' loader threads, serves HTTP, and on `shutdown`
+    /// drains gracefully. Returns `Err(ServerError::Startup)` when a device
+    /// failed to load (after shutting down), `Ok` after a clean shutdown.
+    pub async fn serve(
+        self,
+        factory: impl GeneratorFactory,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let config = self.config;
+        let metrics = Arc::new(Metrics::new());
+        let factory: Arc<dyn GeneratorFactory> = Arc::new(factory);
+        let pool = Pool::start(&config.devices, config.workers_per_device, config.queue_size, factory, metrics.clone());
+        let app = Arc::new(App { config: config.clone(), pool: pool.clone(), metrics, in_flight: Mutex::default() });
+        let listener = tokio::net::TcpListener::from_std(self.listener)
+            .map_err(|source| ServerError::Io { context: "registering the listener".into(), source })?;
+
+        let (drain_tx, mut drain_rx) = watch::channel(false);
+        let mut status = pool.subscribe();
+        let draining_pool = pool.clone();
+        let graceful = async move {
+            tokio::select! {
+                _ = shutdown => {},
+                _ = status.wait_for(|s| matches!(s, PoolStatus::Failed(_))) => {},
+            }
+            draining_pool.start_draining();
+            let _ = drain_tx.send(true);
+        };
+        // Small JSON answers should not wait for Nagle.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let server = axum::serve(listener, router(app)).with_graceful_shutdown(graceful).into_future();
+        tokio::pin!(server);
+        let shutdown_timeout = config.shutdown_timeout;
+        let deadline = async move {
+            let _ = drain_rx.wait_for(|d| *d).await;
+            tokio::time::sleep(shutdown_timeout).await;
+        };
+        let mut io_result = Ok(());
+        tokio::select! {
+            r = &mut server => io_result = r,
+            _ = deadline => {
+                eprintln!("splatforge-server: shutdown deadline reached; cancelling the remaining jobs");
+                pool.root.cancel();
+                if let Ok(r) = tokio::time::timeout(Duration::from_secs(10), &mut server).await {
+                    io_result = r;
+                }
+            }
+        }
+        pool.close();
+        // Join the threads off the runtime, without blocking its shutdown
+        // when a generator ignores its token.
+        let (tx, rx) = oneshot::channel();
+        let joining = pool.clone();
+        std::thread::spawn(move || {
+            joining.join();
+            let _ = tx.send(());
+        });
+        if tokio::time::timeout(Duration::from_secs(10), rx).await.is_err() {
+            pool.root.cancel();
+            eprintln!("splatforge-server: some worker threads did not stop in time; leaving them");
+        }
+        io_result.map_err(|source| ServerError::Io { context: "serving".into(), source })?;
+        match &*pool.subscribe().borrow() {
+            PoolStatus::Failed(e) => Err(ServerError::Startup(e.clone())),
+            _ => Ok(()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP
+
+struct App {
+    config: ServerConfig,
+    pool: Arc<Pool>,
+    metrics: Arc<Metrics>,
+    in_flight: Mutex<BTreeMap<&'static str, i64>>,
+}
+
+fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/generate/", post(generate).fallback(method_not_allowed))
+        .route("/generate", post(generate).fallback(method_not_allowed))
+        .route("/generate_video/", post(generate_video).fallback(method_not_allowed))
+        .route("/generate_video", post(generate_video).fallback(method_not_allowed))
+        .route("/health", get(health).fallback(method_not_allowed))
+        .route("/metrics", get(metrics_text).fallback(method_not_allowed))
+        .route("/version", get(version).fallback(method_not_allowed))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+/// An error answer: status, a short machine-readable kind (also the metrics
+/// outcome) and a message, sent as `{"error": message, "kind": kind}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, kind, message: message.into(), retry_after: None }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message, "kind": self.kind });
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
+    }
+}
+
+/// Counts one request: in flight while alive, then exactly one outcome.
+/// Dropped unfinished (the client went away and hyper dropped the handler),
+/// it cancels the request's job and counts `disconnected`.
+struct Tracker {
+    app: Arc<App>,
+    endpoint: &'static str,
+    started: Instant,
+    token: Option<CancelToken>,
+    done: bool,
+}
+
+impl Tracker {
+    fn new(app: &Arc<App>, endpoint: &'static str) -> Self {
+        *app.in_flight.lock().unwrap_or_else(|e| e.into_inner()).entry(endpoint).or_default() += 1;
+        Tracker { app: app.clone(), endpoint, started: Instant::now(), token: None, done: false }
+    }
+
+    fn count(&mut self, outcome: &str) {
+        self.done = true;
+        let m = &self.app.metrics;
+        m.inc(names::REQUESTS, &[("endpoint", self.endpoint), ("outcome", outcome)]);
+        m.observe(names::REQUEST_DURATION, &[("endpoint", self.endpoint)], self.started.elapsed());
+    }
+
+    fn fail(mut self, e: ApiError) -> Response {
+        self.count(e.kind);
+        e.into_response()
+    }
+
+    fn ok(mut self, r: Response) -> Response {
+        self.count("ok");
+        r
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Some(t) = &self.token {
+                t.cancel();
+            }
+            self.count("disconnected");
+        }
+        *self.app.in_flight.lock().unwrap_or_else(|e| e.into_inner()).entry(self.endpoint).or_default() -= 1;
+    }
+}
+
+async fn generate(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    handle_generation(app, "/generate/", headers, body, false).await
+}
+
+async fn generate_video(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    handle_generation(app, "/generate_video/", headers, body, true).await
+}
+
+fn parse_request(
+    form: &form::Form,
+    video: bool,
+    config: &ServerConfig,
+) -> Result<(GenerationRequest, OutputSpec), ApiError> {
+    let prompt = form.text("prompt")?.ok_or_else(|| ApiError::bad_request("missing form field 'prompt'"))?;
+    let prompt = prompt.trim();
+    if prompt.is_empty() {
+        return Err(ApiError::bad_request("the prompt is empty"));
+    }
+    let chars = prompt.chars().count();
+    if chars > MAX_PROMPT_CHARS {
+        return Err(ApiError::bad_request(format!(
+            "the prompt has {chars} characters; at most {MAX_PROMPT_CHARS} are accepted \
+             (text prompts only: image prompts are not supported)"
+        )));
+    }
+    let field = |name: &str| -> Result<Option<String>, ApiError> {
+        Ok(form.text(name)?.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
+    };
+    let seed = field("seed")?
+        .map(|s| s.parse::<u64>().map_err(|_| ApiError::bad_request(format!("seed must be an integer in 0..2^64, got '{s}'"))))
+        .transpose()?;
+    let number = |name: &str, default: u32| -> Result<u32, ApiError> {
+        match field(name)? {
+            None => Ok(default),
+            Some(s) => s.parse::<u32>().map_err(|_| ApiError::bad_request(format!("{name} must be a positive integer, got '{s}'"))),
+        }
+    };
+    let output = if video {
+        let resolution = number("video_res", DEFAULT_VIDEO_RES)?;
+        if resolution < MIN_VIDEO_RES {
+            return Err(ApiError::bad_request(format!("video_res must be at least {MIN_VIDEO_RES}, got {resolution}")));
+        }
+        let frames = number("frames", DEFAULT_VIDEO_FRAMES)?;
+        if !(1..=MAX_VIDEO_FRAMES).contains(&frames) {
+            return Err(ApiError::bad_request(format!("frames must be 1 to {MAX_VIDEO_FRAMES}, got {frames}")));
+        }
+        let format = match field("video_format")?.map(|s| s.to_ascii_lowercase()).as_deref() {
+            None => VideoFormat::DEFAULT,
+            Some("mp4") => VideoFormat::Mp4,
+            Some("gif") => VideoFormat::Gif,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!("video_format must be 'mp4' or 'gif', got '{other}'")))
+            }
+        };
+        if !format.available() {
+            return Err(ApiError::bad_request("this server was built without the MP4 encoder; ask for video_format=gif"));
+        }
+        let mut resolution = resolution.min(config.max_video_res);
+        if format == VideoFormat::Mp4 {
+            resolution &= !1; // H.264 4:2:0 needs even sides
+        }
+        OutputSpec::Video { resolution, frames, format }
+    } else {
+        let format = match field("format")?.map(|s| s.to_ascii_lowercase()).as_deref() {
+            None | Some("ply") => SplatFormat::Ply,
+            Some("spz") => SplatFormat::Spz,
+            Some(other) => return Err(ApiError::bad_request(format!("format must be 'ply' or 'spz', got '{other}'"))),
+        };
+        let encoding = match field("encoding")?.map(|s| s.to_ascii_lowercase()).as_deref() {
+            None | Some("binary") => Encoding::Binary,
+            Some("base64") => Encoding::Base64,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!("encoding must be 'binary' or 'base64', got '{other}'")))
+            }
+        };
+        OutputSpec::Splat { format, encoding }
+    };
+    Ok((GenerationRequest { prompt: prompt.to_string(), seed }, output))
+}
+
+async fn handle_generation(app: Arc<App>, endpoint: &'static str, headers: HeaderMap, body: Body, video: bool) -> Response {
+    let mut tracker = Tracker::new(&app, endpoint);
+    let parsed = match form::read_form(&headers, body, app.config.max_body_bytes).await {
+        Ok(form) => parse_request(&form, video, &app.config),
+        Err(e) => Err(e),
+    };
+    let (request, output) = match parsed {
+        Ok(p) => p,
+        Err(e) => return tracker.fail(e),
+    };
+    let token = app.pool.root.child();
+    tracker.token = Some(token.clone());
+    let (reply, receiver) = oneshot::channel();
+    let job = Job { request, output, cancel: token.clone(), enqueued: Instant::now(), reply };
+    if let Err((_, rejection)) = app.pool.submit(job) {
+        let e = match rejection {
+            Rejection::NotReady => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the models are still loading; see GET /health",
+            )
+            .retry_after(5),
+            Rejection::ShuttingDown => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down").retry_after(5)
+            }
+            Rejection::QueueFull { retry_after_secs } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_full",
+                format!("every device queue is full ({} waiting each); retry later", app.config.queue_size),
+            )
+            .retry_after(retry_after_secs),
+        };
+        return tracker.fail(e);
+    }
+    let timeout = app.config.timeout;
+    let result = match tokio::time::timeout(timeout, receiver).await {
+        Err(_) => {
+            token.cancel();
+            return tracker.fail(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!("generation did not finish within {} s", timeout.as_secs_f64()),
+            ));
+        }
+        Ok(Err(_)) => {
+            return tracker.fail(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "failed", "the worker dropped the job"))
+        }
+        Ok(Ok(r)) => r,
+    };
+    let out = match result {
+        Ok(out) => out,
+        Err(f) => {
+            let e = match f {
+                JobFailure::Cancelled => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    if app.pool.is_draining() { "shutting_down" } else { "cancelled" },
+                    "the job was cancelled (server shutting down)",
+                )
+                .retry_after(5),
+                JobFailure::OutOfMemory(m) => ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "out_of_memory",
+                    format!("the device ran out of memory: {m}"),
+                ),
+                JobFailure::Failed(m) => {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "failed", format!("generation failed: {m}"))
+                }
+                JobFailure::Panicked(m) => {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "panicked", format!("generation panicked: {m}"))
+                }
+            };
+            return tracker.fail(e);
+        }
+    };
+    let total = tracker.started.elapsed();
+    tracker.ok(success_response(out, output, total))
+}
+
+/// Stage names as HTTP tokens and label values: `[A-Za-z0-9_-]`, others `_`.
+pub(crate) fn sanitize_stage(s: &str) -> String {
+    let s: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
+    if s.is_empty() {
+        "stage".into()
+    } else {
+        s
+    }
+}
+
+fn success_response(out: JobOutput, spec: OutputSpec, total: Duration) -> Response {
+    let mut timings: Vec<(String, Duration)> = out.timings.iter().map(|(s, d)| (sanitize_stage(s), *d)).collect();
+    timings.push(("total".into(), total));
+    let x_stage = timings.iter().map(|(s, d)| format!("{s}={:.6}", d.as_secs_f64())).collect::<Vec<_>>().join(",");
+    let server_timing =
+        timings.iter().map(|(s, d)| format!("{s};dur={:.3}", d.as_secs_f64() * 1e3)).collect::<Vec<_>>().join(", ");
+    let mut r = (StatusCode::OK, out.encoded.body).into_response();
+    let h = r.headers_mut();
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    };
+    set("content-type", out.encoded.content_type.to_string());
+    set("x-stage-timings", x_stage);
+    set("server-timing", server_timing);
+    set("x-gaussian-count", out.gaussians.to_string());
+    set("x-device", out.device.to_string());
+    match spec {
+        OutputSpec::Splat { format, encoding } => {
+            set("x-splat-format", if format == SplatFormat::Ply { "ply" } else { "spz" }.into());
+            set("x-encoding", if encoding == Encoding::Binary { "binary" } else { "base64" }.into());
+        }
+        OutputSpec::Video { resolution, frames, format } => {
+            set("x-video-res", resolution.to_string());
+            set("x-video-frames", frames.to_string());
+            set("x-video-format", if format == VideoFormat::Mp4 { "mp4" } else { "gif" }.into());
+        }
+    }
+    r
+}
+
+fn health_json(app: &App) -> (bool, serde_json::Value) {
+    let devices: Vec<serde_json::Value> = app
+        .pool
+        .devices
+        .iter()
+        .map(|d| {
+            let state = d.state();
+            serde_json::json!({
+                "device": d.id,
+                "state": state.as_str(),
+                "error": match &state { DeviceState::Failed(e) => Some(e.clone()), _ => None },
+                "workers": d.workers,
+                "queue_depth": d.depth(),
+                "queue_capacity": d.capacity,
+                "running": d.running(),
+            })
+        })
+        .collect();
+    let failed = app.pool.devices.iter().any(|d| matches!(d.state(), DeviceState::Failed(_)));
+    let ready = app.pool.is_ready() && !app.pool.is_draining();
+    let status = if failed {
+        "failed"
+    } else if app.pool.is_draining() {
+        "draining"
+    } else if ready {
+        "ready"
+    } else {
+        "loading"
+    };
+    (ready, serde_json::json!({ "status": status, "generator": app.pool.generator_name(), "devices": devices }))
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    let tracker = Tracker::new(&app, "/health");
+    let (ready, body) = health_json(&app);
+    if ready {
+        tracker.ok(axum::Json(body).into_response())
+    } else {
+        let mut t = tracker;
+        t.count("not_ready");
+        let mut r = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(5u64));
+        r
+    }
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    let tracker = Tracker::new(&app, "/metrics");
+    // Asking generators for memory may touch a driver: not on the runtime.
+    let pool = app.pool.clone();
+    let memory: Vec<(u32, Option<u64>)> = tokio::task::spawn_blocking(move || {
+        pool.devices.iter().map(|d| (d.id, d.generator().and_then(|g| g.memory_bytes()))).collect()
+    })
+    .await
+    .unwrap_or_default();
+    let mut gauges = Vec::new();
+    let mut gauge = |name, labels: Vec<(&'static str, String)>, value: f64| gauges.push(GaugeSample { name, labels, value });
+    for (endpoint, n) in app.in_flight.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        gauge(names::IN_FLIGHT, vec![("endpoint", endpoint.to_string())], *n as f64);
+    }
+    for d in &app.pool.devices {
+        let dev = || vec![("device", d.id.to_string())];
+        gauge(names::QUEUE_DEPTH, dev(), d.depth() as f64);
+        gauge(names::QUEUE_CAPACITY, dev(), d.capacity as f64);
+        gauge(names::JOBS_RUNNING, dev(), d.running() as f64);
+    }
+    for (id, bytes) in memory {
+        if let Some(b) = bytes {
+            gauge(names::DEVICE_MEMORY, vec![("device", id.to_string())], b as f64);
+        }
+    }
+    gauge(names::READY, vec![], if app.pool.is_ready() { 1.0 } else { 0.0 });
+    gauge(
+        names::BUILD_INFO,
+        vec![
+            ("version", VERSION.to_string()),
+            ("git", GIT_HASH.unwrap_or("unknown").to_string()),
+            ("generator", app.pool.generator_name().unwrap_or_default()),
+        ],
+        1.0,
+    );
+    // Count this scrape before rendering so that it sees itself.
+    let mut t = tracker;
+    t.count("ok");
+    let text = app.metrics.render(&gauges);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+async fn version(State(app): State<Arc<App>>) -> Response {
+    let tracker = Tracker::new(&app, "/version");
+    tracker.ok(
+        axum::Json(serde_json::json!({
+            "name": "splatforge-server",
+            "version": VERSION,
+            "git": GIT_HASH,
+            "generator": app.pool.generator_name(),
+        }))
+        .into_response(),
+    )
+}
+
+async fn not_found(State(app): State<Arc<App>>) -> Response {
+    let tracker = Tracker::new(&app, "other");
+    tracker.fail(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint: POST /generate/, POST /generate_video/, GET /health, GET /metrics, GET /version",
+    ))
+}
+
+async fn method_not_allowed(State(app): State<Arc<App>>, uri: axum::http::Uri) -> Response {
+    let tracker = Tracker::new(&app, "other");
+    let allow = if uri.path().starts_with("/generate") { "POST" } else { "GET, HEAD" };
+    let mut r = tracker.fail(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} takes {allow}", uri.path()),
+    ));
+    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}

@@ -1,0 +1,403 @@
+//! Devices, their bounded queues and worker threads.
+//!
+//! Each device gets one loader thread that builds its generator through the
+//! factory and warms it up, then `workers_per_device` worker threads that
+//! share it. Workers pop jobs FIFO from the device's queue, skip jobs whose
+//! token already fired, run the generator and the output encoding under
+//! `catch_unwind`, and send exactly one reply per job.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, watch};
+
+use crate::generator::{CancelToken, GenerationError, GenerationRequest, Generator, GeneratorFactory};
+use crate::metrics::{names, Metrics};
+use crate::output::{self, Encoded, OutputSpec};
+
+/// One unit of work: a request, what to produce, its token and reply slot.
+pub(crate) struct Job {
+    pub request: GenerationRequest,
+    pub output: OutputSpec,
+    pub cancel: CancelToken,
+    pub enqueued: Instant,
+    pub reply: oneshot::Sender<JobResult>,
+}
+
+/// What a worker produced.
+#[derive(Debug)]
+pub(crate) struct JobOutput {
+    pub encoded: Encoded,
+    /// Queue wait, the generator's stages, then the server's own stages.
+    pub timings: Vec<(String, Duration)>,
+    pub gaussians: usize,
+    pub device: u32,
+}
+
+#[derive(Debug)]
+pub(crate) enum JobFailure {
+    Cancelled,
+    OutOfMemory(String),
+    Failed(String),
+    Panicked(String),
+}
+
+pub(crate) type JobResult = Result<JobOutput, JobFailure>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DeviceState {
+    Loading,
+    Ready,
+    Failed(String),
+}
+
+impl DeviceState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeviceState::Loading => "loading",
+            DeviceState::Ready => "ready",
+            DeviceState::Failed(_) => "failed",
+        }
+    }
+}
+
+struct QueueState {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+pub(crate) struct Device {
+    pub id: u32,
+    pub workers: usize,
+    pub capacity: usize,
+    queue: Mutex<QueueState>,
+    available: Condvar,
+    running: AtomicUsize,
+    state: Mutex<DeviceState>,
+    generator: OnceLock<Arc<dyn Generator>>,
+    /// Exponential moving average of job wall times, f64 seconds as bits (0 = none yet).
+    avg_job_secs: AtomicU64,
+}
+
+impl Device {
+    fn new(id: u32, workers: usize, capacity: usize) -> Self {
+        Device {
+            id,
+            workers,
+            capacity,
+            queue: Mutex::new(QueueState { jobs: VecDeque::new(), closed: false }),
+            available: Condvar::new(),
+            running: AtomicUsize::new(0),
+            state: Mutex::new(DeviceState::Loading),
+            generator: OnceLock::new(),
+            avg_job_secs: AtomicU64::new(0),
+        }
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn depth(&self) -> usize {
+        self.lock_queue().jobs.len()
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Acquire)
+    }
+
+    pub fn state(&self) -> DeviceState {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_state(&self, s: DeviceState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = s;
+    }
+
+    pub fn generator(&self) -> Option<&Arc<dyn Generator>> {
+        self.generator.get()
+    }
+
+    /// Pushes unless full or closed; gives the job back otherwise.
+    fn try_push(&self, job: Job) -> Result<(), Job> {
+        let mut q = self.lock_queue();
+        if q.closed || q.jobs.len() >= self.capacity {
+            return Err(job);
+        }
+        q.jobs.push_back(job);
+        drop(q);
+        self.available.notify_one();
+        Ok(())
+    }
+
+    /// Blocks for the next job; `None` once closed and drained.
+    fn pop(&self) -> Option<Job> {
+        let mut q = self.lock_queue();
+        loop {
+            if let Some(job) = q.jobs.pop_front() {
+                return Some(job);
+            }
+            if q.closed {
+                return None;
+            }
+            q = self.available.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn close(&self) {
+        self.lock_queue().closed = true;
+        self.available.notify_all();
+    }
+
+    fn record_job_time(&self, d: Duration) {
+        let new = d.as_secs_f64();
+        let old = f64::from_bits(self.avg_job_secs.load(Ordering::Relaxed));
+        let avg = if old == 0.0 { new } else { 0.7 * old + 0.3 * new };
+        self.avg_job_secs.store(avg.max(1e-6).to_bits(), Ordering::Relaxed);
+    }
+
+    /// Seconds until a slot is likely to free up, for `Retry-After`.
+    pub fn retry_after_secs(&self) -> u64 {
+        let avg = f64::from_bits(self.avg_job_secs.load(Ordering::Relaxed));
+        if avg == 0.0 {
+            return 5;
+        }
+        let ahead = (self.depth() + self.running()) as f64 / self.workers.max(1) as f64;
+        (avg * ahead.max(1.0)).ceil().clamp(1.0, 60.0) as u64
+    }
+}
+
+/// Why a job was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    NotReady,
+    QueueFull { retry_after_secs: u64 },
+    ShuttingDown,
+}
+
+/// Loading progress as seen by `serve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PoolStatus {
+    Loading,
+    Ready,
+    Failed(String),
+}
+
+pub(crate) struct Pool {
+    pub devices: Vec<Arc<Device>>,
+    /// Parent of every job's token: cancelled at the shutdown deadline.
+    pub root: CancelToken,
+    pub metrics: Arc<Metrics>,
+    draining: AtomicBool,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    status: watch::Sender<PoolStatus>,
+}
+
+impl Pool {
+    /// Starts one loader thread per device; workers follow once loaded.
+    pub fn start(
+        devices: &[u32],
+        workers_per_device: usize,
+        queue_size: usize,
+        factory: Arc<dyn GeneratorFactory>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Pool> {
+        let (status, _) = watch::channel(PoolStatus::Loading);
+        let pool = Arc::new(Pool {
+            devices: devices.iter().map(|&id| Arc::new(Device::new(id, workers_per_device.max(1), queue_size))).collect(),
+            root: CancelToken::new(),
+            metrics,
+            draining: AtomicBool::new(false),
+            threads: Mutex::new(Vec::new()),
+            status,
+        });
+        for device in &pool.devices {
+            let (p, d, f) = (pool.clone(), device.clone(), factory.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("splatforge-load-{}", d.id))
+                .spawn(move || load_device(p, d, f))
+                .expect("spawning a loader thread");
+            pool.push_thread(handle);
+        }
+        pool
+    }
+
+    fn push_thread(&self, h: JoinHandle<()>) {
+        self.threads.lock().unwrap_or_else(|e| e.into_inner()).push(h);
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<PoolStatus> {
+        self.status.subscribe()
+    }
+
+    fn update_status(&self) {
+        let states: Vec<DeviceState> = self.devices.iter().map(|d| d.state()).collect();
+        let status = if let Some(e) = states.iter().find_map(|s| match s {
+            DeviceState::Failed(e) => Some(e.clone()),
+            _ => None,
+        }) {
+            PoolStatus::Failed(e)
+        } else if states.iter().all(|s| *s == DeviceState::Ready) {
+            PoolStatus::Ready
+        } else {
+            PoolStatus::Loading
+        };
+        self.status.send_replace(status);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.devices.iter().all(|d| d.state() == DeviceState::Ready)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// The generator name of the first loaded device.
+    pub fn generator_name(&self) -> Option<String> {
+        self.devices.iter().find_map(|d| d.generator().map(|g| g.name().to_string()))
+    }
+
+    /// Queues a job on the least loaded ready device with room.
+    pub fn submit(&self, job: Job) -> Result<(), (Job, Rejection)> {
+        if self.is_draining() {
+            return Err((job, Rejection::ShuttingDown));
+        }
+        if !self.is_ready() {
+            return Err((job, Rejection::NotReady));
+        }
+        let mut order: Vec<&Arc<Device>> = self.devices.iter().collect();
+        order.sort_by(|a, b| {
+            let load = |d: &Device| (d.depth() + d.running()) as f64 / d.workers as f64;
+            load(a).total_cmp(&load(b))
+        });
+        let mut job = job;
+        for d in &order {
+            match d.try_push(job) {
+                Ok(()) => return Ok(()),
+                Err(j) => job = j,
+            }
+        }
+        let retry_after_secs = order.iter().map(|d| d.retry_after_secs()).min().unwrap_or(5);
+        Err((job, Rejection::QueueFull { retry_after_secs }))
+    }
+
+    /// Closes every queue: workers finish what is queued, then exit.
+    pub fn close(&self) {
+        for d in &self.devices {
+            d.close();
+        }
+    }
+
+    /// Joins every thread (call after [`Pool::close`]); blocking.
+    pub fn join(&self) {
+        loop {
+            let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+            if handles.is_empty() {
+                return;
+            }
+            for h in handles {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
+fn load_device(pool: Arc<Pool>, device: Arc<Device>, factory: Arc<dyn GeneratorFactory>) {
+    let id = device.id;
+    let loaded = catch_unwind(AssertUnwindSafe(|| -> Result<Arc<dyn Generator>, String> {
+        let g: Arc<dyn Generator> = Arc::from(factory.build(id).map_err(|e| format!("device {id}: loading: {e}"))?);
+        g.warm_up().map_err(|e| format!("device {id}: warm-up: {e}"))?;
+        Ok(g)
+    }))
+    .unwrap_or_else(|p| Err(format!("device {id}: panic while loading: {}", panic_message(&*p))));
+    match loaded {
+        Ok(g) => {
+            let _ = device.generator.set(g);
+            for w in 0..device.workers {
+                let (p, d) = (pool.clone(), device.clone());
+                let handle = std::thread::Builder::new()
+                    .name(format!("splatforge-worker-{id}.{w}"))
+                    .spawn(move || worker_loop(p, d))
+                    .expect("spawning a worker thread");
+                pool.push_thread(handle);
+            }
+            device.set_state(DeviceState::Ready);
+        }
+        Err(e) => {
+            device.set_state(DeviceState::Failed(e));
+            // Nobody will serve this queue: fail whatever got in.
+            device.close();
+            while let Some(job) = device.pop() {
+                let _ = job.reply.send(Err(JobFailure::Failed("the device failed to load".into())));
+            }
+        }
+    }
+    pool.update_status();
+}
+
+fn worker_loop(pool: Arc<Pool>, device: Arc<Device>) {
+    let generator = device.generator().expect("workers start after loading").clone();
+    let dev = device.id.to_string();
+    let dev = dev.as_str();
+    while let Some(job) = device.pop() {
+        let metrics = &pool.metrics;
+        let waited = job.enqueued.elapsed();
+        if job.cancel.is_cancelled() {
+            metrics.inc(names::JOBS, &[("device", dev), ("outcome", "skipped")]);
+            let _ = job.reply.send(Err(JobFailure::Cancelled));
+            continue;
+        }
+        device.running.fetch_add(1, Ordering::AcqRel);
+        metrics.observe(names::QUEUE_WAIT, &[("device", dev)], waited);
+        let started = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let t = Instant::now();
+            let generation = generator.generate(&job.request, &job.cancel);
+            let generate_time = t.elapsed();
+            metrics.observe(names::GENERATION, &[("device", dev)], generate_time);
+            let generation = generation?;
+            job.cancel.check()?;
+            let mut timings = vec![("queue".to_string(), waited)];
+            timings.extend(generation.stage_timings.iter().cloned());
+            let encoded = output::encode(&generation.gaussians, &job.output, &job.cancel)?;
+            timings.extend(encoded.timings.iter().cloned());
+            Ok::<_, GenerationError>(JobOutput { gaussians: generation.gaussians.len(), encoded, timings, device: device.id })
+        }));
+        let (outcome, reply) = match result {
+            Ok(Ok(out)) => {
+                for (stage, d) in &out.timings {
+                    metrics.observe(names::STAGE, &[("stage", &crate::sanitize_stage(stage))], *d);
+                }
+                ("ok", Ok(out))
+            }
+            Ok(Err(GenerationError::Cancelled)) => ("cancelled", Err(JobFailure::Cancelled)),
+            Ok(Err(GenerationError::OutOfMemory(m))) => ("out_of_memory", Err(JobFailure::OutOfMemory(m))),
+            Ok(Err(GenerationError::Failed(m))) => ("failed", Err(JobFailure::Failed(m))),
+            Err(p) => ("panicked", Err(JobFailure::Panicked(panic_message(&*p)))),
+        };
+        device.record_job_time(started.elapsed());
+        device.running.fetch_sub(1, Ordering::AcqRel);
+        metrics.inc(names::JOBS, &[("device", dev), ("outcome", outcome)]);
+        // The receiver is gone when the client left or timed out: nothing to do.
+        let _ = job.reply.send(reply);
+    }
+}
