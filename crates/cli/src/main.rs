@@ -29,6 +29,8 @@ enum Command {
     Models(commands::models::Args),
     /// Fit Gaussians to posed images (transforms.json); prints held-out PSNR/SSIM.
     Fit(commands::fit::Args),
+    /// Text prompt → splat (MVDream views, fit, optional SDS); prints the stage timing table.
+    Generate(commands::generate::Args),
     /// Serve generation over HTTP, compatible with the 404-GEN miner (POST /generate/).
     Serve(commands::serve::Args),
 }
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         Command::Render(args) => commands::render::run(args),
         Command::Models(args) => commands::models::run(args),
         Command::Fit(args) => commands::fit::run(args),
+        Command::Generate(args) => commands::generate::run(args),
         Command::Serve(args) => commands::serve::run(args),
     };
     match result {

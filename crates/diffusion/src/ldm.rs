@@ -166,6 +166,126 @@ pub fn hf_clip_source(name: &str) -> Option<Source> {
         .then(|| Source::Key(format!("{HF_CLIP_PREFIX}{name}")))
 }
 
+/// The diffusers `UNet2DConditionModel` key holding MVDream/LDM UNet module
+/// tensor `name` (e.g. `input_blocks.1.0.in_layers.2.weight` →
+/// `down_blocks.0.resnets.0.conv1.weight`), for a UNet of configuration
+/// `cfg` (the inverse of diffusers' `convert_ldm_unet_checkpoint`). `None`
+/// for tensors diffusers' SD UNet does not have (the camera embedding).
+/// With it, SD 2.1's diffusers UNet loads into [`crate::mvdream::MultiViewUNet`]
+/// (no camera, one frame): MVDream's UNet reduced to one view is SD 2.1's.
+pub fn diffusers_unet_key(name: &str, cfg: &crate::mvdream::MultiViewUNetConfig) -> Option<String> {
+    let resnet = |rest: &str| -> Option<String> {
+        let pairs = [
+            ("in_layers.0.", "norm1."),
+            ("in_layers.2.", "conv1."),
+            ("emb_layers.1.", "time_emb_proj."),
+            ("out_layers.0.", "norm2."),
+            ("out_layers.3.", "conv2."),
+            ("skip_connection.", "conv_shortcut."),
+        ];
+        pairs
+            .iter()
+            .find_map(|(a, b)| rest.strip_prefix(a).map(|w| format!("{b}{w}")))
+    };
+    // (LDM prefix, diffusers prefix, is a ResBlock)
+    let mut table: Vec<(String, String, bool)> = vec![
+        ("input_blocks.0.0.".into(), "conv_in.".into(), false),
+        (
+            "time_embed.0.".into(),
+            "time_embedding.linear_1.".into(),
+            false,
+        ),
+        (
+            "time_embed.2.".into(),
+            "time_embedding.linear_2.".into(),
+            false,
+        ),
+        ("out.0.".into(), "conv_norm_out.".into(), false),
+        ("out.2.".into(), "conv_out.".into(), false),
+        (
+            "middle_block.0.".into(),
+            "mid_block.resnets.0.".into(),
+            true,
+        ),
+        (
+            "middle_block.1.".into(),
+            "mid_block.attentions.0.".into(),
+            false,
+        ),
+        (
+            "middle_block.2.".into(),
+            "mid_block.resnets.1.".into(),
+            true,
+        ),
+    ];
+    let levels = cfg.channel_mult.len();
+    let mut k = 0;
+    let mut ds = 1;
+    for l in 0..levels {
+        for j in 0..cfg.num_res_blocks.get(l) {
+            k += 1;
+            table.push((
+                format!("input_blocks.{k}.0."),
+                format!("down_blocks.{l}.resnets.{j}."),
+                true,
+            ));
+            if cfg.attention_resolutions.contains(&ds) {
+                table.push((
+                    format!("input_blocks.{k}.1."),
+                    format!("down_blocks.{l}.attentions.{j}."),
+                    false,
+                ));
+            }
+        }
+        if l + 1 != levels {
+            k += 1;
+            table.push((
+                format!("input_blocks.{k}.0.op."),
+                format!("down_blocks.{l}.downsamplers.0.conv."),
+                false,
+            ));
+            ds *= 2;
+        }
+    }
+    let mut k = 0;
+    for (u, l) in (0..levels).rev().enumerate() {
+        let n = cfg.num_res_blocks.get(l);
+        for i in 0..=n {
+            table.push((
+                format!("output_blocks.{k}.0."),
+                format!("up_blocks.{u}.resnets.{i}."),
+                true,
+            ));
+            let mut idx = 1;
+            if cfg.attention_resolutions.contains(&ds) {
+                table.push((
+                    format!("output_blocks.{k}.1."),
+                    format!("up_blocks.{u}.attentions.{i}."),
+                    false,
+                ));
+                idx = 2;
+            }
+            if l > 0 && i == n {
+                table.push((
+                    format!("output_blocks.{k}.{idx}.conv."),
+                    format!("up_blocks.{u}.upsamplers.0.conv."),
+                    false,
+                ));
+                ds /= 2;
+            }
+            k += 1;
+        }
+    }
+    table.iter().find_map(|(a, b, res)| {
+        let rest = name.strip_prefix(a.as_str())?;
+        if *res {
+            resnet(rest).map(|r| format!("{b}{r}"))
+        } else {
+            Some(format!("{b}{rest}"))
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +379,78 @@ mod tests {
             vae_key("decoder.up_blocks.0.resnets.0.conv1.weight", 2).unwrap(),
             f("decoder.up.1.block.0.conv1.weight")
         );
+    }
+
+    #[test]
+    fn sd21_unet_names() {
+        // Pairs from diffusers' convert_ldm_unet_checkpoint for SD 2.1.
+        let c = crate::mvdream::MultiViewUNetConfig::sd21_base_4view();
+        let d = |n: &str| diffusers_unet_key(n, &c).unwrap_or_else(|| panic!("{n}"));
+        assert_eq!(d("input_blocks.0.0.weight"), "conv_in.weight");
+        assert_eq!(d("time_embed.2.bias"), "time_embedding.linear_2.bias");
+        assert_eq!(
+            d("input_blocks.1.0.in_layers.2.weight"),
+            "down_blocks.0.resnets.0.conv1.weight"
+        );
+        assert_eq!(
+            d("input_blocks.2.1.proj_in.weight"),
+            "down_blocks.0.attentions.1.proj_in.weight"
+        );
+        assert_eq!(
+            d("input_blocks.3.0.op.weight"),
+            "down_blocks.0.downsamplers.0.conv.weight"
+        );
+        assert_eq!(
+            d("input_blocks.4.0.skip_connection.bias"),
+            "down_blocks.1.resnets.0.conv_shortcut.bias"
+        );
+        assert_eq!(
+            d("input_blocks.8.1.transformer_blocks.0.attn2.to_k.weight"),
+            "down_blocks.2.attentions.1.transformer_blocks.0.attn2.to_k.weight"
+        );
+        assert_eq!(
+            d("input_blocks.9.0.op.bias"),
+            "down_blocks.2.downsamplers.0.conv.bias"
+        );
+        assert_eq!(
+            d("input_blocks.11.0.emb_layers.1.weight"),
+            "down_blocks.3.resnets.1.time_emb_proj.weight"
+        );
+        assert_eq!(
+            d("middle_block.1.norm.weight"),
+            "mid_block.attentions.0.norm.weight"
+        );
+        assert_eq!(
+            d("middle_block.2.out_layers.3.weight"),
+            "mid_block.resnets.1.conv2.weight"
+        );
+        assert_eq!(
+            d("output_blocks.0.0.out_layers.0.bias"),
+            "up_blocks.0.resnets.0.norm2.bias"
+        );
+        assert_eq!(
+            d("output_blocks.2.1.conv.weight"),
+            "up_blocks.0.upsamplers.0.conv.weight"
+        );
+        assert_eq!(
+            d("output_blocks.3.1.proj_out.bias"),
+            "up_blocks.1.attentions.0.proj_out.bias"
+        );
+        assert_eq!(
+            d("output_blocks.5.2.conv.bias"),
+            "up_blocks.1.upsamplers.0.conv.bias"
+        );
+        assert_eq!(
+            d("output_blocks.8.2.conv.weight"),
+            "up_blocks.2.upsamplers.0.conv.weight"
+        );
+        assert_eq!(
+            d("output_blocks.11.1.transformer_blocks.0.ff.net.2.weight"),
+            "up_blocks.3.attentions.2.transformer_blocks.0.ff.net.2.weight"
+        );
+        assert_eq!(d("out.0.weight"), "conv_norm_out.weight");
+        assert_eq!(d("out.2.bias"), "conv_out.bias");
+        assert_eq!(diffusers_unet_key("camera_embed.0.weight", &c), None);
     }
 
     #[test]

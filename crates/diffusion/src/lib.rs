@@ -1,12 +1,16 @@
 //! Diffusion runtime on candle for splatforge's first stage: MVDream text →
-//! 4 consistent views (and, later, SD 2.1 / SD-Turbo / FLUX and SDS).
+//! 4 consistent views, SD 2.1 / SD-Turbo and FLUX.1-schnell text → image,
+//! the VAE with gradients and tiling, and SDS.
 //!
 //! | module | what |
 //! |---|---|
 //! | [`mvdream`] | MVDream's multi-view UNet (cross-view self-attention, camera embedding) |
 //! | [`clip_text`] | the CLIP / OpenCLIP ViT-H text encoder (penultimate layer) |
 //! | [`tokenizer`] | CLIP BPE tokenizer (`tokenizer.json` or `vocab.json` + `merges.txt`) |
-//! | [`vae`] | the SD KL autoencoder (candle-transformers' `AutoEncoderKL`) |
+//! | [`vae`] | the SD / FLUX KL autoencoder: encoder with gradients, decoder, tiling |
+//! | [`sds`] | score distillation (DreamGaussian's SDS with MVDream) |
+//! | [`sd`], [`euler`] | SD 2.1 / SD-Turbo text → image on candle-transformers' UNet |
+//! | [`flux`] | FLUX.1-schnell text → image on candle-transformers' `flux` (T5 + CLIP) |
 //! | [`ddim`] | DDIM scheduler (SD 2.1-base schedule) |
 //! | [`camera`] | MVDream camera inputs and our render cameras for the views |
 //! | [`pipeline`] | text → views: CFG with a negative prompt, seeded noise |
@@ -26,12 +30,16 @@ pub mod camera;
 pub mod clip_text;
 pub mod ddim;
 pub mod error;
+pub mod euler;
+pub mod flux;
 pub mod hub;
 pub mod ldm;
 pub mod loading;
 pub mod mvdream;
 pub mod pipeline;
 pub mod rng;
+pub mod sd;
+pub mod sds;
 pub mod tiny;
 pub mod tokenizer;
 pub mod vae;
@@ -39,10 +47,32 @@ pub mod weights;
 
 pub use candle_core::{DType, Device, Tensor};
 pub use error::{DiffusionError, Result};
+pub use flux::{load_flux, FluxOutput, FluxPipeline, FluxRequest};
 pub use hub::HubConfig;
 pub use loading::{load_mvdream, LdmConfig, LoadOptions, ModelSource};
 pub use pipeline::{MvDreamOutput, MvDreamPipeline, MvDreamRequest};
+pub use sd::{load_sd, SdOutput, SdPipeline, SdRequest};
+pub use sds::{sds_gradient, SdsConditioning, SdsOptions, SdsOutput, SdsTimestep, SdsWeighting};
 pub use tiny::{make_tiny, TinyModels, TinyOptions};
+pub use vae::{TilingOptions, Vae, VaeConfig};
+
+/// TF32 for f32 matrix products on CUDA (candle's cuBLAS compute type,
+/// process-wide); no effect on the CPU or without the `cuda` feature.
+pub fn set_tf32(enabled: bool) {
+    candle_core::cuda::set_gemm_reduced_precision_f32(enabled)
+}
+
+/// `f32`, `f16` / `fp16`, `bf16` → the dtype.
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s.to_ascii_lowercase().as_str() {
+        "f32" | "fp32" | "float32" => Ok(DType::F32),
+        "f16" | "fp16" | "float16" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        other => Err(DiffusionError::InvalidArgument(format!(
+            "unknown precision `{other}` (f32, f16, bf16)"
+        ))),
+    }
+}
 
 /// The best available device: CUDA GPU `ordinal` when built with the `cuda`
 /// feature and a GPU is present, else the CPU.

@@ -456,3 +456,93 @@ pub fn load_ldm(
         source: checkpoint.display().to_string(),
     })
 }
+
+/// The weight file(s) of one diffusers component folder `sub` (`unet`,
+/// `transformer`, `text_encoder_2`, ...): the first of
+/// `{sub}/{stem}.safetensors`, `{sub}/{stem}.fp16.safetensors`, a sharded
+/// `{sub}/{stem}[.fp16].safetensors.index.json` (its shards fetched too), or
+/// `{sub}/{stem}[.fp16].bin`, for each of `stems` in order. The error names
+/// the first candidate.
+pub fn component_weights(
+    src: &dyn FileSource,
+    sub: &str,
+    stems: &[&str],
+) -> Result<Arc<TensorFile>> {
+    let mut singles = vec![];
+    let mut indexes = vec![];
+    let mut bins = vec![];
+    for stem in stems {
+        for v in ["", ".fp16"] {
+            singles.push(format!("{sub}/{stem}{v}.safetensors"));
+            indexes.push(format!("{sub}/{stem}{v}.safetensors.index.json"));
+            bins.push(format!("{sub}/{stem}{v}.bin"));
+        }
+    }
+    fn as_refs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    if let Some(p) = src.find_optional(&as_refs(&singles)) {
+        return open_shared(&p);
+    }
+    if let Some(index) = src.find_optional(&as_refs(&indexes)) {
+        let shards = crate::weights::shard_files(&index)?
+            .iter()
+            .map(|f| src.find(&[&format!("{sub}/{f}")]))
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(Arc::new(TensorFile::open_sharded(&index, &shards)?));
+    }
+    let all: Vec<String> = singles.into_iter().chain(indexes).chain(bins).collect();
+    let p = src.find(&as_refs(&all))?;
+    open_shared(&p)
+}
+
+/// A `VarBuilder` over a weight file with the stored names.
+pub(crate) fn identity_var_builder(
+    file: Arc<TensorFile>,
+    what: &str,
+    dtype: DType,
+    device: &Device,
+) -> candle_nn::VarBuilder<'static> {
+    MappedBackend::new(file, identity_map(), what).into_var_builder(dtype, device)
+}
+
+/// Reads a JSON config file of a model source.
+pub(crate) fn read_source_json<T: for<'de> Deserialize<'de>>(
+    src: &dyn FileSource,
+    file: &str,
+) -> Result<T> {
+    read_json(&src.find(&[file])?)
+}
+
+/// Builds a model, turning candle's error into one naming the file.
+pub(crate) fn build_named<T>(what: &str, path: &Path, r: candle_core::Result<T>) -> Result<T> {
+    build(what, path, r)
+}
+
+/// The local folder or hub repository of a diffusers-layout source; `hint`
+/// says where to get the model when a file is missing.
+pub(crate) fn diffusers_source(
+    source: &ModelSource,
+    opts: &LoadOptions,
+    hint: &str,
+    what: &str,
+) -> Result<Box<dyn FileSource>> {
+    match source {
+        ModelSource::Diffusers(dir) => Ok(Box::new(LocalDir {
+            root: dir.clone(),
+            hint: hint.to_string(),
+        })),
+        ModelSource::HubDiffusers { repo, revision } => Ok(Box::new(HubRepo {
+            hub: opts.hub.clone(),
+            repo: repo.clone(),
+            revision: revision.clone(),
+        })),
+        ModelSource::Ldm { checkpoint, .. } => Err(DiffusionError::Config(format!(
+            "{what} loads from a diffusers-layout folder or hub repository, not a single checkpoint ({}); {hint}",
+            checkpoint.display()
+        ))),
+        ModelSource::HubLdm { repo, file, .. } => Err(DiffusionError::Config(format!(
+            "{what} loads from a diffusers-layout folder or hub repository, not a single checkpoint ({repo}:{file}); {hint}"
+        ))),
+    }
+}

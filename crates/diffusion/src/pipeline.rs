@@ -77,29 +77,34 @@ pub struct MvDreamOutput {
 impl MvDreamOutput {
     /// The views as 8-bit RGB images.
     pub fn to_rgb_images(&self) -> Result<Vec<image::RgbImage>> {
-        let (n, c, h, w) = self.images.dims4()?;
-        if c != 3 {
-            return Err(DiffusionError::InvalidArgument(format!(
-                "{c} channels, expected 3"
-            )));
-        }
-        let data = self
-            .images
-            .permute((0, 2, 3, 1))?
-            .contiguous()?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let per = h * w * 3;
-        Ok((0..n)
-            .map(|i| {
-                let px: Vec<u8> = data[i * per..(i + 1) * per]
-                    .iter()
-                    .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
-                    .collect();
-                image::RgbImage::from_raw(w as u32, h as u32, px).expect("buffer size")
-            })
-            .collect())
+        tensor_to_rgb_images(&self.images)
     }
+}
+
+/// `[N, 3, H, W]` images in [0, 1] (any float dtype, any device) → 8-bit RGB images.
+pub fn tensor_to_rgb_images(images: &Tensor) -> Result<Vec<image::RgbImage>> {
+    let (n, c, h, w) = images.dims4()?;
+    if c != 3 {
+        return Err(DiffusionError::InvalidArgument(format!(
+            "{c} channels, expected 3"
+        )));
+    }
+    let data = images
+        .to_dtype(DType::F32)?
+        .permute((0, 2, 3, 1))?
+        .contiguous()?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let per = h * w * 3;
+    Ok((0..n)
+        .map(|i| {
+            let px: Vec<u8> = data[i * per..(i + 1) * per]
+                .iter()
+                .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+                .collect();
+            image::RgbImage::from_raw(w as u32, h as u32, px).expect("buffer size")
+        })
+        .collect())
 }
 
 /// A loaded MVDream model. Build it with [`crate::loading::load_mvdream`].

@@ -1,4 +1,5 @@
-//! Tiny random-weight MVDream models with the real tensor names, for tests.
+//! Tiny random-weight models with the real tensor names, for tests: MVDream,
+//! SD-Turbo (SD 2.1 architecture) and FLUX.1-schnell.
 //!
 //! [`make_tiny`] writes, under `dir`:
 //! * `mvdream-diffusers/`: the diffusers layout of `ashawkey/mvdream-sd2.1-diffusers`
@@ -8,7 +9,17 @@
 //!   `cond_stage_model.model.*` with OpenCLIP's fused `in_proj` and one more
 //!   residual block than is used, like ViT-H's 24 of which MVDream uses 23;
 //!   plus the schedule buffers an LDM checkpoint carries), its config
-//!   `sd-v2.1-base-4view-tiny.json` and a `tokenizer.json`.
+//!   `sd-v2.1-base-4view-tiny.json` and a `tokenizer.json`;
+//! * `sd-turbo-diffusers/` ([`make_tiny_sd`]): `stabilityai/sd-turbo`'s layout
+//!   (`unet/` in diffusers `UNet2DConditionModel` names as candle-transformers
+//!   reads them, `vae/`, `text_encoder/`, `tokenizer/` as `vocab.json` +
+//!   `merges.txt`, an Euler "trailing" `scheduler/`);
+//! * `flux-schnell-diffusers/` ([`make_tiny_flux`]): `black-forest-labs/FLUX.1-schnell`'s
+//!   layout (`transformer/` in diffusers `FluxTransformer2DModel` names, two
+//!   shards and an index; `text_encoder/` CLIP with quick GELU; `text_encoder_2/`
+//!   T5 v1.1 encoder, two shards; `tokenizer_2/tokenizer.json` unigram;
+//!   16-channel `vae/`; flow-matching `scheduler/`), and the same transformer
+//!   in original BFL names in `flux-bfl/flux1-schnell-tiny.safetensors`.
 //!
 //! Dimensions: UNet `model_channels 32, channel_mult [1, 2], 1 res block per
 //! level, head dim 8, context 32, camera_dim 16`; VAE 4 levels of 32 channels
@@ -24,13 +35,20 @@ use candle_core::{DType, Tensor};
 use crate::clip_text::{ClipTextConfig, ClipTextModel};
 use crate::ddim::DdimConfig;
 use crate::error::{DiffusionError, Result};
+use crate::flux::{flux_diffusers_source, FluxTransformerConfig};
+use crate::hub;
 use crate::ldm;
 use crate::loading::LdmConfig;
 use crate::mvdream::{MultiViewUNet, MultiViewUNetConfig, PerLevel};
 use crate::rng::hash_name;
-use crate::tokenizer::{build_clip_tokenizer, BOS, EOS};
+use crate::sd::{PerBlock, SdUNetConfig};
+use crate::tokenizer::{
+    build_clip_tokenizer, build_t5_tokenizer, BOS, EOS, T5_EOS, T5_PAD, T5_UNK,
+};
 use crate::vae::{Vae, VaeConfig};
 use crate::weights::{SeededInit, Source};
+use candle_transformers::models::flux::model::Flux;
+use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 
 /// Folder of the diffusers layout inside the output folder.
 pub const DIFFUSERS_DIR: &str = "mvdream-diffusers";
@@ -66,6 +84,12 @@ pub struct TinyModels {
     pub unet_params: usize,
     pub vae_params: usize,
     pub text_params: usize,
+    /// The tiny SD-Turbo (SD 2.1 architecture) in diffusers layout.
+    pub sd_dir: PathBuf,
+    /// The tiny FLUX.1-schnell in diffusers layout.
+    pub flux_dir: PathBuf,
+    /// The tiny FLUX transformer in original (BFL) names.
+    pub flux_bfl_checkpoint: PathBuf,
 }
 
 /// The tiny configuration.
@@ -100,8 +124,10 @@ pub fn tiny_config() -> LdmConfig {
             latent_channels: 4,
             norm_num_groups: 32,
             scaling_factor: 0.18215,
+            shift_factor: None,
             use_quant_conv: true,
             use_post_quant_conv: true,
+            mid_block_add_attention: true,
         },
         text_encoder: ClipTextConfig {
             vocab_size: 0, // set from the tokenizer
@@ -336,40 +362,7 @@ pub fn make_tiny(dir: &Path, opts: &TinyOptions) -> Result<TinyModels> {
     )?;
 
     // Tokenizer: tokenizer.json plus the slow tokenizer's files.
-    let vocab_map: HashMap<String, u32> = vocab
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
-    let tok = build_clip_tokenizer(vocab_map.clone(), merges.clone())
-        .map_err(DiffusionError::Tokenizer)?;
-    let tdir = ddir.join("tokenizer");
-    tok.save(tdir.join("tokenizer.json"), true)
-        .map_err(|e| DiffusionError::bad_file(tdir.join("tokenizer.json"), e.to_string()))?;
-    let vocab_json: serde_json::Map<String, serde_json::Value> = vocab
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), serde_json::Value::from(i)))
-        .collect();
-    write_json(
-        &tdir.join("vocab.json"),
-        &serde_json::Value::Object(vocab_json),
-    )?;
-    let merges_txt: String = std::iter::once("#version: 0.2".to_string())
-        .chain(merges.iter().map(|(a, b)| format!("{a} {b}")))
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n";
-    std::fs::write(tdir.join("merges.txt"), merges_txt)
-        .map_err(|e| DiffusionError::io(tdir.join("merges.txt"), e))?;
-    write_json(
-        &tdir.join("tokenizer_config.json"),
-        &serde_json::json!({
-            "tokenizer_class": "CLIPTokenizer",
-            "model_max_length": 77,
-            "bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": "!"
-        }),
-    )?;
+    let tok = write_clip_tokenizer(&ddir.join("tokenizer"), &vocab, &merges, "!", true)?;
 
     // ---- LDM checkpoint ----
     let ldir = dir.join(LDM_DIR);
@@ -404,6 +397,11 @@ pub fn make_tiny(dir: &Path, opts: &TinyOptions) -> Result<TinyModels> {
             }
             Source::Chunk { key, index, .. } => {
                 fused.entry(key).or_default()[index] = Some(t.clone());
+            }
+            other => {
+                return Err(DiffusionError::Config(format!(
+                    "unexpected text tensor source {other:?}"
+                )))
             }
         }
     }
@@ -444,6 +442,9 @@ pub fn make_tiny(dir: &Path, opts: &TinyOptions) -> Result<TinyModels> {
     tok.save(ldir.join("tokenizer.json"), true)
         .map_err(|e| DiffusionError::bad_file(ldir.join("tokenizer.json"), e.to_string()))?;
 
+    let sd_dir = make_tiny_sd(dir, opts)?;
+    let (flux_dir, flux_bfl_checkpoint) = make_tiny_flux(dir, opts)?;
+
     Ok(TinyModels {
         diffusers_dir: ddir,
         ldm_checkpoint: ldm_path,
@@ -451,5 +452,435 @@ pub fn make_tiny(dir: &Path, opts: &TinyOptions) -> Result<TinyModels> {
         unet_params: count(&unet_t),
         vae_params: count(&vae_t),
         text_params: count(&text_used),
+        sd_dir,
+        flux_dir,
+        flux_bfl_checkpoint,
     })
+}
+
+/// Writes a CLIP tokenizer folder: `vocab.json`, `merges.txt`,
+/// `tokenizer_config.json` (with `pad_token`) and, if `fast`, `tokenizer.json`.
+fn write_clip_tokenizer(
+    tdir: &Path,
+    vocab: &[String],
+    merges: &[(String, String)],
+    pad_token: &str,
+    fast: bool,
+) -> Result<tokenizers::Tokenizer> {
+    mkdir(tdir)?;
+    let vocab_map: HashMap<String, u32> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let tok =
+        build_clip_tokenizer(vocab_map, merges.to_vec()).map_err(DiffusionError::Tokenizer)?;
+    if fast {
+        tok.save(tdir.join("tokenizer.json"), true)
+            .map_err(|e| DiffusionError::bad_file(tdir.join("tokenizer.json"), e.to_string()))?;
+    }
+    let vocab_json: serde_json::Map<String, serde_json::Value> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), serde_json::Value::from(i)))
+        .collect();
+    write_json(
+        &tdir.join("vocab.json"),
+        &serde_json::Value::Object(vocab_json),
+    )?;
+    let merges_txt: String = std::iter::once("#version: 0.2".to_string())
+        .chain(merges.iter().map(|(a, b)| format!("{a} {b}")))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    std::fs::write(tdir.join("merges.txt"), merges_txt)
+        .map_err(|e| DiffusionError::io(tdir.join("merges.txt"), e))?;
+    write_json(
+        &tdir.join("tokenizer_config.json"),
+        &serde_json::json!({
+            "tokenizer_class": "CLIPTokenizer",
+            "model_max_length": 77,
+            "bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": pad_token
+        }),
+    )?;
+    Ok(tok)
+}
+
+/// Writes `tensors` as `n` safetensors shards `{stem}-0000i-of-0000n.safetensors`
+/// plus `{stem}.safetensors.index.json`, as transformers/diffusers do for big models.
+fn save_sharded(
+    tensors: &BTreeMap<String, Tensor>,
+    dtype: DType,
+    dir: &Path,
+    stem: &str,
+    n: usize,
+) -> Result<()> {
+    let names: Vec<&String> = tensors.keys().collect();
+    let per = names.len().div_ceil(n);
+    let mut weight_map = serde_json::Map::new();
+    for (i, chunk) in names.chunks(per).enumerate() {
+        let file = format!("{stem}-{:05}-of-{n:05}.safetensors", i + 1);
+        let part: BTreeMap<String, Tensor> = chunk
+            .iter()
+            .map(|k| ((*k).clone(), tensors[*k].clone()))
+            .collect();
+        save(&part, dtype, &dir.join(&file))?;
+        for k in chunk {
+            weight_map.insert((*k).clone(), file.clone().into());
+        }
+    }
+    write_json(
+        &dir.join(format!("{stem}.safetensors.index.json")),
+        &serde_json::json!({ "metadata": { "total_size": 0 }, "weight_map": weight_map }),
+    )
+}
+
+/// Folder of the tiny SD-Turbo (SD 2.1 architecture) in the output folder.
+pub const SD_DIR: &str = "sd-turbo-diffusers";
+/// Folder of the tiny FLUX.1-schnell in the output folder.
+pub const FLUX_DIR: &str = "flux-schnell-diffusers";
+/// The tiny FLUX transformer in original (BFL) names.
+pub const FLUX_BFL_FILE: &str = "flux-bfl/flux1-schnell-tiny.safetensors";
+
+/// The tiny SD UNet: 2 levels (32, 64 channels; cross-attention on the
+/// first), 1 layer per block, 2 and 4 heads, context 32.
+pub fn tiny_sd_unet_config() -> SdUNetConfig {
+    SdUNetConfig {
+        block_out_channels: vec![32, 64],
+        down_block_types: vec!["CrossAttnDownBlock2D".into(), "DownBlock2D".into()],
+        up_block_types: vec!["UpBlock2D".into(), "CrossAttnUpBlock2D".into()],
+        layers_per_block: 1,
+        attention_head_dim: PerBlock::Each(vec![2, 4]),
+        cross_attention_dim: 32,
+        sample_size: Some(4),
+        ..SdUNetConfig::sd21()
+    }
+}
+
+/// The tiny FLUX transformer: 1 double and 1 single block, 2 heads of 16
+/// (RoPE axes 4 + 6 + 6), T5 and CLIP widths 32, 16 latent channels.
+pub fn tiny_flux_config() -> FluxTransformerConfig {
+    FluxTransformerConfig {
+        num_layers: 1,
+        num_single_layers: 1,
+        attention_head_dim: 16,
+        num_attention_heads: 2,
+        joint_attention_dim: 32,
+        pooled_projection_dim: 32,
+        axes_dims_rope: vec![4, 6, 6],
+        ..FluxTransformerConfig::schnell()
+    }
+}
+
+fn tiny_clip_text(vocab: usize, act: &str) -> ClipTextConfig {
+    ClipTextConfig {
+        vocab_size: vocab,
+        hidden_act: act.into(),
+        ..tiny_config().text_encoder
+    }
+}
+
+fn write_clip_text_encoder(
+    dir: &Path,
+    cfg: &ClipTextConfig,
+    seed: u64,
+    dtype: DType,
+) -> Result<()> {
+    mkdir(dir)?;
+    let init = SeededInit::new(seed);
+    ClipTextModel::new(init.var_builder(), cfg)?;
+    write_json(
+        &dir.join("config.json"),
+        &with_class(
+            cfg,
+            &[
+                ("architectures", serde_json::json!(["CLIPTextModel"])),
+                ("model_type", "clip_text_model".into()),
+                ("projection_dim", cfg.hidden_size.into()),
+                ("bos_token_id", 0.into()),
+                ("eos_token_id", 2.into()),
+            ],
+        ),
+    )?;
+    save(&init.tensors(), dtype, &dir.join("model.safetensors"))
+}
+
+fn tiny_vae_json(cfg: &VaeConfig) -> serde_json::Value {
+    let n = cfg.block_out_channels.len();
+    with_class(
+        cfg,
+        &[
+            ("_class_name", "AutoencoderKL".into()),
+            ("act_fn", "silu".into()),
+            (
+                "down_block_types",
+                serde_json::json!(vec!["DownEncoderBlock2D"; n]),
+            ),
+            (
+                "up_block_types",
+                serde_json::json!(vec!["UpDecoderBlock2D"; n]),
+            ),
+            ("sample_size", 256.into()),
+        ],
+    )
+}
+
+fn write_vae(dir: &Path, cfg: &VaeConfig, seed: u64, dtype: DType) -> Result<()> {
+    mkdir(dir)?;
+    let init = SeededInit::new(seed);
+    Vae::new(init.var_builder(), cfg)?;
+    write_json(&dir.join("config.json"), &tiny_vae_json(cfg))?;
+    save(
+        &init.tensors(),
+        dtype,
+        &dir.join("diffusion_pytorch_model.safetensors"),
+    )
+}
+
+/// Writes the tiny SD-Turbo in diffusers layout under `dir/`[`SD_DIR`].
+pub fn make_tiny_sd(dir: &Path, opts: &TinyOptions) -> Result<PathBuf> {
+    let (vocab, merges) = tiny_vocab();
+    let root = dir.join(SD_DIR);
+    mkdir(&root.join("unet"))?;
+    mkdir(&root.join("scheduler"))?;
+    let seed = |what: &str| opts.seed ^ hash_name(what);
+    write_json(
+        &root.join("model_index.json"),
+        &serde_json::json!({
+            "_class_name": "StableDiffusionPipeline",
+            "_diffusers_version": "0.42.1",
+            "feature_extractor": [null, null],
+            "requires_safety_checker": false,
+            "safety_checker": [null, null],
+            "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"]
+        }),
+    )?;
+    let ucfg = tiny_sd_unet_config();
+    let init = SeededInit::new(seed("sd_unet"));
+    UNet2DConditionModel::new(
+        init.var_builder(),
+        ucfg.in_channels,
+        ucfg.out_channels,
+        false,
+        ucfg.to_candle().map_err(DiffusionError::Config)?,
+    )?;
+    write_json(
+        &root.join("unet/config.json"),
+        &with_class(
+            &ucfg,
+            &[
+                ("_class_name", "UNet2DConditionModel".into()),
+                ("act_fn", "silu".into()),
+                ("upcast_attention", false.into()),
+            ],
+        ),
+    )?;
+    save(
+        &init.tensors(),
+        opts.dtype,
+        &root.join("unet/diffusion_pytorch_model.safetensors"),
+    )?;
+    write_vae(
+        &root.join("vae"),
+        &tiny_config().vae,
+        seed("sd_vae"),
+        opts.dtype,
+    )?;
+    write_clip_text_encoder(
+        &root.join("text_encoder"),
+        &tiny_clip_text(vocab.len(), "gelu"),
+        seed("sd_text_encoder"),
+        opts.dtype,
+    )?;
+    write_clip_tokenizer(&root.join("tokenizer"), &vocab, &merges, "!", false)?;
+    write_json(
+        &root.join("scheduler/scheduler_config.json"),
+        &serde_json::json!({
+            "_class_name": "EulerDiscreteScheduler",
+            "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+            "interpolation_type": "linear", "num_train_timesteps": 1000,
+            "prediction_type": "epsilon", "steps_offset": 1, "timestep_spacing": "trailing",
+            "timestep_type": "discrete", "use_karras_sigmas": false
+        }),
+    )?;
+    Ok(root)
+}
+
+/// The tiny T5 pieces: `<pad>`, `</s>`, `<unk>`, `▁word` for [`TINY_WORDS`],
+/// `▁`, and single characters.
+pub fn tiny_t5_pieces() -> Vec<(String, f64)> {
+    let mut p: Vec<(String, f64)> = vec![
+        (T5_PAD.into(), 0.0),
+        (T5_EOS.into(), 0.0),
+        (T5_UNK.into(), 0.0),
+    ];
+    for w in TINY_WORDS {
+        p.push((format!("\u{2581}{w}"), -(w.len() as f64)));
+    }
+    p.push(("\u{2581}".into(), -5.0));
+    for c in ('a'..='z').chain('0'..='9').chain(",.-'".chars()) {
+        p.push((c.to_string(), -10.0));
+    }
+    p
+}
+
+/// The tiny T5 encoder configuration (T5 v1.1: gated GELU, no biases).
+pub fn tiny_t5_config(vocab: usize) -> serde_json::Value {
+    serde_json::json!({
+        "_name_or_path": "google/t5-v1_1-xxl",
+        "architectures": ["T5EncoderModel"],
+        "d_ff": 64, "d_kv": 8, "d_model": 32,
+        "decoder_start_token_id": 0, "dense_act_fn": "gelu_new",
+        "dropout_rate": 0.1, "eos_token_id": 1, "feed_forward_proj": "gated-gelu",
+        "initializer_factor": 1.0, "is_encoder_decoder": true, "is_gated_act": true,
+        "layer_norm_epsilon": 1e-6, "model_type": "t5",
+        "num_decoder_layers": 2, "num_heads": 4, "num_layers": 2,
+        "output_past": true, "pad_token_id": 0,
+        "relative_attention_max_distance": 128, "relative_attention_num_buckets": 32,
+        "tie_word_embeddings": false, "use_cache": true, "vocab_size": vocab
+    })
+}
+
+/// Converts FLUX tensors from original (BFL) names to diffusers names.
+pub fn flux_bfl_to_diffusers(
+    bfl: &BTreeMap<String, Tensor>,
+    cfg: &FluxTransformerConfig,
+) -> Result<BTreeMap<String, Tensor>> {
+    let h = cfg.hidden_size();
+    let mut out = BTreeMap::new();
+    for (name, t) in bfl {
+        match flux_diffusers_source(name) {
+            Some(Source::Key(k)) => {
+                out.insert(k, t.clone());
+            }
+            Some(Source::SwapHalves(k)) => {
+                let n = t.dim(0)? / 2;
+                out.insert(
+                    k,
+                    Tensor::cat(&[t.narrow(0, n, n)?, t.narrow(0, 0, n)?], 0)?,
+                );
+            }
+            Some(Source::Concat(keys)) => {
+                let sizes: Vec<usize> = if keys.len() == 3 {
+                    vec![h; 3]
+                } else {
+                    vec![h, h, h, t.dim(0)? - 3 * h]
+                };
+                let mut off = 0;
+                for (k, n) in keys.into_iter().zip(sizes) {
+                    out.insert(k, t.narrow(0, off, n)?.contiguous()?);
+                    off += n;
+                }
+            }
+            other => {
+                return Err(DiffusionError::Config(format!(
+                    "no diffusers name for FLUX tensor {name} ({other:?})"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the tiny FLUX.1-schnell in diffusers layout under `dir/`[`FLUX_DIR`]
+/// (transformer and T5 sharded in two files) and the same transformer in
+/// original names at `dir/`[`FLUX_BFL_FILE`].
+pub fn make_tiny_flux(dir: &Path, opts: &TinyOptions) -> Result<(PathBuf, PathBuf)> {
+    let (vocab, merges) = tiny_vocab();
+    let root = dir.join(FLUX_DIR);
+    for sub in ["transformer", "text_encoder_2", "tokenizer_2", "scheduler"] {
+        mkdir(&root.join(sub))?;
+    }
+    let seed = |what: &str| opts.seed ^ hash_name(what);
+    write_json(
+        &root.join("model_index.json"),
+        &serde_json::json!({
+            "_class_name": "FluxPipeline",
+            "_diffusers_version": "0.42.1",
+            "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "text_encoder_2": ["transformers", "T5EncoderModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "tokenizer_2": ["transformers", "T5TokenizerFast"],
+            "transformer": ["diffusers", "FluxTransformer2DModel"],
+            "vae": ["diffusers", "AutoencoderKL"]
+        }),
+    )?;
+    // Transformer.
+    let tcfg = tiny_flux_config();
+    let init = SeededInit::new(seed("flux_transformer"));
+    Flux::new(
+        &tcfg.to_candle().map_err(DiffusionError::Config)?,
+        init.var_builder(),
+    )?;
+    let bfl = init.tensors();
+    write_json(
+        &root.join("transformer/config.json"),
+        &with_class(&tcfg, &[("_class_name", "FluxTransformer2DModel".into())]),
+    )?;
+    save_sharded(
+        &flux_bfl_to_diffusers(&bfl, &tcfg)?,
+        opts.dtype,
+        &root.join("transformer"),
+        "diffusion_pytorch_model",
+        2,
+    )?;
+    let bfl_path = dir.join(FLUX_BFL_FILE);
+    mkdir(&hub::parent_or_dot(&bfl_path))?;
+    save(&bfl, opts.dtype, &bfl_path)?;
+    // CLIP-L (quick GELU, pooled output) and its tokenizer (padding with EOS).
+    write_clip_text_encoder(
+        &root.join("text_encoder"),
+        &tiny_clip_text(vocab.len(), "quick_gelu"),
+        seed("flux_clip"),
+        opts.dtype,
+    )?;
+    write_clip_tokenizer(&root.join("tokenizer"), &vocab, &merges, EOS, false)?;
+    // T5 encoder (sharded) and its unigram tokenizer.
+    let pieces = tiny_t5_pieces();
+    let t5_json = tiny_t5_config(pieces.len());
+    let t5_cfg: candle_transformers::models::t5::Config =
+        serde_json::from_value(t5_json.clone())
+            .map_err(|e| DiffusionError::Config(e.to_string()))?;
+    let init = SeededInit::new(seed("flux_t5"));
+    candle_transformers::models::t5::T5EncoderModel::load(init.var_builder(), &t5_cfg)?;
+    let mut t5_t = init.tensors();
+    if let Some(e) = t5_t.get("encoder.embed_tokens.weight").cloned() {
+        t5_t.insert("shared.weight".into(), e);
+    }
+    write_json(&root.join("text_encoder_2/config.json"), &t5_json)?;
+    save_sharded(&t5_t, opts.dtype, &root.join("text_encoder_2"), "model", 2)?;
+    let t5_tok = build_t5_tokenizer(pieces).map_err(DiffusionError::Tokenizer)?;
+    let tj = root.join("tokenizer_2/tokenizer.json");
+    t5_tok
+        .save(&tj, true)
+        .map_err(|e| DiffusionError::bad_file(&tj, e.to_string()))?;
+    write_json(
+        &root.join("tokenizer_2/tokenizer_config.json"),
+        &serde_json::json!({
+            "tokenizer_class": "T5Tokenizer", "model_max_length": 512,
+            "eos_token": T5_EOS, "pad_token": T5_PAD, "unk_token": T5_UNK
+        }),
+    )?;
+    // VAE: FLUX's 16-channel layout at tiny width.
+    let vcfg = VaeConfig {
+        block_out_channels: vec![32; 4],
+        layers_per_block: 1,
+        ..VaeConfig::flux()
+    };
+    write_vae(&root.join("vae"), &vcfg, seed("flux_vae"), opts.dtype)?;
+    write_json(
+        &root.join("scheduler/scheduler_config.json"),
+        &serde_json::json!({
+            "_class_name": "FlowMatchEulerDiscreteScheduler",
+            "base_image_seq_len": 256, "base_shift": 0.5, "max_image_seq_len": 4096,
+            "max_shift": 1.15, "num_train_timesteps": 1000, "shift": 1.0,
+            "use_dynamic_shifting": false
+        }),
+    )?;
+    Ok((root, bfl_path))
 }

@@ -273,3 +273,133 @@ pub fn build_clip_tokenizer(
     tok.add_special_tokens(&[AddedToken::from(BOS, true), AddedToken::from(EOS, true)]);
     Ok(tok)
 }
+
+/// T5's padding token.
+pub const T5_PAD: &str = "<pad>";
+/// T5's end-of-sequence token.
+pub const T5_EOS: &str = "</s>";
+/// T5's unknown token.
+pub const T5_UNK: &str = "<unk>";
+
+/// The T5 (SentencePiece unigram) tokenizer of FLUX's second text encoder,
+/// from its `tokenizer.json`, producing fixed-length id sequences:
+/// `tokens… </s> <pad>…`, truncated to keep the final `</s>` (as
+/// transformers does with `padding="max_length", truncation=True`).
+#[derive(Clone)]
+pub struct T5Tokenizer {
+    inner: Tokenizer,
+    max_length: usize,
+    pad_id: u32,
+    eos_id: u32,
+}
+
+impl std::fmt::Debug for T5Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("T5Tokenizer")
+            .field("max_length", &self.max_length)
+            .field("pad_id", &self.pad_id)
+            .field("eos_id", &self.eos_id)
+            .finish()
+    }
+}
+
+impl T5Tokenizer {
+    /// Wraps a tokenizer whose vocabulary has `<pad>` and `</s>`.
+    pub fn new(inner: Tokenizer, max_length: usize) -> Result<Self> {
+        let id = |t: &str| {
+            inner.token_to_id(t).ok_or_else(|| {
+                DiffusionError::Tokenizer(format!("the T5 vocabulary has no `{t}` token"))
+            })
+        };
+        if max_length < 1 {
+            return Err(DiffusionError::Tokenizer("max_length is 0".into()));
+        }
+        Ok(Self {
+            pad_id: id(T5_PAD)?,
+            eos_id: id(T5_EOS)?,
+            inner,
+            max_length,
+        })
+    }
+
+    /// From a `tokenizer.json` (FLUX's `tokenizer_2/tokenizer.json`).
+    pub fn from_tokenizer_json(path: &Path, max_length: usize) -> Result<Self> {
+        let inner = Tokenizer::from_file(path).map_err(|e| tok_err(path, e))?;
+        Self::new(inner, max_length)
+    }
+
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+    pub fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+
+    /// `text` → exactly `max_length` ids.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_to(text, self.max_length)
+    }
+
+    /// `text` → exactly `len` ids (`len ≥ 1`).
+    pub fn encode_to(&self, text: &str, len: usize) -> Result<Vec<u32>> {
+        if len == 0 {
+            return Err(DiffusionError::Tokenizer("sequence length 0".into()));
+        }
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| DiffusionError::Tokenizer(format!("cannot encode {text:?}: {e}")))?;
+        let mut ids: Vec<u32> = enc.get_ids().iter().copied().take(len - 1).collect();
+        ids.push(self.eos_id);
+        ids.resize(len, self.pad_id);
+        Ok(ids)
+    }
+}
+
+/// A T5-style unigram tokenizer over `pieces` (SentencePiece pieces with
+/// log-probabilities; `<pad>`, `</s>`, `<unk>` must be ids 0, 1, 2):
+/// whitespace collapse, `▁` metaspace pre-tokenisation, unigram model,
+/// `</s>` appended by the post-processor (tiny test models).
+pub fn build_t5_tokenizer(pieces: Vec<(String, f64)>) -> std::result::Result<Tokenizer, String> {
+    use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+    if pieces.len() < 3 || pieces[0].0 != T5_PAD || pieces[1].0 != T5_EOS || pieces[2].0 != T5_UNK {
+        return Err("the first pieces must be <pad>, </s>, <unk>".into());
+    }
+    let model = tokenizers::models::unigram::Unigram::from(pieces, Some(2), false)
+        .map_err(|e| e.to_string())?;
+    let mut tok = Tokenizer::new(model);
+    tok.with_normalizer(Some(
+        Replace::new(
+            tokenizers::normalizers::replace::ReplacePattern::Regex(r" {2,}".into()),
+            " ",
+        )
+        .map_err(|e| e.to_string())?,
+    ));
+    tok.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
+    tok.with_post_processor(Some(
+        tokenizers::processors::template::TemplateProcessing::builder()
+            .try_single("$A </s>")
+            .map_err(|e| e.to_string())?
+            .special_tokens(vec![(T5_EOS, 1)])
+            .build()
+            .map_err(|e| e.to_string())?,
+    ));
+    tok.with_decoder(Some(tokenizers::decoders::metaspace::Metaspace::new(
+        '▁',
+        PrependScheme::Always,
+        true,
+    )));
+    tok.add_special_tokens(&[
+        AddedToken::from(T5_PAD, true),
+        AddedToken::from(T5_EOS, true),
+        AddedToken::from(T5_UNK, true),
+    ]);
+    Ok(tok)
+}

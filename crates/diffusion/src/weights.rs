@@ -34,6 +34,9 @@ pub fn convert_to_safetensors_command(input: &Path) -> String {
 enum Inner {
     Safetensors(MmapedSafetensors),
     Pickle(candle_core::pickle::PthTensors),
+    /// Shards of one checkpoint (a `*.safetensors.index.json`): the files and,
+    /// per tensor name, the index of the shard holding it.
+    Sharded(Vec<TensorFile>, std::collections::HashMap<String, usize>),
 }
 
 /// One weight file, read lazily.
@@ -84,6 +87,38 @@ impl TensorFile {
                 "unknown weight file type: expected .safetensors, or a PyTorch checkpoint (.pt, .ckpt, .bin, .pth)",
             )),
         }
+    }
+
+    /// Opens a sharded checkpoint from its index (`….safetensors.index.json`,
+    /// `{"weight_map": {tensor: shard file}}`), the shards being `shards`
+    /// (paths of the files the index names, in any order; usually next to it).
+    pub fn open_sharded(index: &Path, shards: &[PathBuf]) -> Result<Self> {
+        let text = std::fs::read_to_string(index).map_err(|e| DiffusionError::io(index, e))?;
+        let map = parse_weight_map(index, &text)?;
+        let mut files = Vec::with_capacity(shards.len());
+        let mut by_name = std::collections::HashMap::new();
+        for (i, shard) in shards.iter().enumerate() {
+            let f = TensorFile::open(shard)?;
+            for n in f.names() {
+                by_name.insert(n.clone(), i);
+            }
+            files.push(f);
+        }
+        for (tensor, file) in &map {
+            if !by_name.contains_key(tensor) {
+                return Err(DiffusionError::bad_file(
+                    index,
+                    format!("tensor `{tensor}` is listed in shard {file} but not found in it"),
+                ));
+            }
+        }
+        let mut names: Vec<String> = by_name.keys().cloned().collect();
+        names.sort();
+        Ok(Self {
+            path: index.to_path_buf(),
+            inner: Inner::Sharded(files, by_name),
+            names,
+        })
     }
 
     fn open_pickle(path: &Path) -> Result<Self> {
@@ -139,6 +174,10 @@ impl TensorFile {
         match &self.inner {
             Inner::Safetensors(st) => st.load(name, &Device::Cpu).map(Some),
             Inner::Pickle(p) => p.get(name),
+            Inner::Sharded(files, by_name) => match by_name.get(name) {
+                Some(&i) => files[i].load(name),
+                None => Ok(None),
+            },
         }
     }
 
@@ -151,8 +190,41 @@ impl TensorFile {
                 .ok()
                 .and_then(|v| DType::try_from(v.dtype()).ok()),
             Inner::Pickle(p) => p.tensor_infos().get(name).map(|i| i.dtype),
+            Inner::Sharded(files, _) => files.first().and_then(|f| f.first_dtype()),
         }
     }
+}
+
+/// The shard file names of a `*.safetensors.index.json` (`weight_map`
+/// values), sorted and deduplicated.
+pub fn shard_files(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).map_err(|e| DiffusionError::io(index, e))?;
+    let map = parse_weight_map(index, &text)?;
+    let mut files: Vec<String> = map.into_values().collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+fn parse_weight_map(index: &Path, text: &str) -> Result<BTreeMap<String, String>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let idx: Index = serde_json::from_str(text).map_err(|e| {
+        DiffusionError::bad_file(index, format!("not a safetensors index (weight_map): {e}"))
+    })?;
+    if idx
+        .weight_map
+        .values()
+        .any(|f| f.contains("..") || f.starts_with('/'))
+    {
+        return Err(DiffusionError::bad_file(
+            index,
+            "shard names must be plain file names",
+        ));
+    }
+    Ok(idx.weight_map)
 }
 
 /// Where a module tensor comes from in a file.
@@ -167,12 +239,28 @@ pub enum Source {
         index: usize,
         chunks: usize,
     },
+    /// The tensors under these keys concatenated along dim 0 (e.g. FLUX's
+    /// fused `qkv` from diffusers' separate `to_q`, `to_k`, `to_v`).
+    Concat(Vec<String>),
+    /// The tensor under this key with the two halves of dim 0 swapped
+    /// (diffusers' `(scale, shift)` ↔ the original `(shift, scale)` order).
+    SwapHalves(String),
 }
 
 impl Source {
+    /// The (first) stored key.
     pub fn key(&self) -> &str {
         match self {
-            Source::Key(k) | Source::Chunk { key: k, .. } => k,
+            Source::Key(k) | Source::Chunk { key: k, .. } | Source::SwapHalves(k) => k,
+            Source::Concat(keys) => keys.first().map(String::as_str).unwrap_or(""),
+        }
+    }
+
+    /// Every stored key this source reads.
+    pub fn keys(&self) -> Vec<&str> {
+        match self {
+            Source::Concat(keys) => keys.iter().map(String::as_str).collect(),
+            other => vec![other.key()],
         }
     }
 }
@@ -211,16 +299,38 @@ impl MappedBackend {
                 self.file.path().display()
             ))
         })?;
-        let stored = self.file.load(src.key())?.ok_or_else(|| {
-            candle_core::Error::Msg(format!(
-                "{}: tensor `{}` (for `{name}`) is missing from {}",
-                self.what,
-                src.key(),
-                self.file.path().display()
-            ))
-        })?;
+        let load = |key: &str| -> candle_core::Result<Tensor> {
+            self.file.load(key)?.ok_or_else(|| {
+                candle_core::Error::Msg(format!(
+                    "{}: tensor `{key}` (for `{name}`) is missing from {}",
+                    self.what,
+                    self.file.path().display()
+                ))
+            })
+        };
+        if let Source::Concat(keys) = &src {
+            let parts = keys
+                .iter()
+                .map(|k| load(k))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            return Tensor::cat(&parts, 0);
+        }
+        let stored = load(src.key())?;
         match src {
             Source::Key(_) => Ok(stored),
+            Source::Concat(_) => unreachable!("handled above"),
+            Source::SwapHalves(key) => {
+                let rows = stored.dim(0)?;
+                if rows % 2 != 0 {
+                    candle_core::bail!(
+                        "{}: tensor `{key}` in {} has an odd number of rows ({rows})",
+                        self.what,
+                        self.file.path().display()
+                    )
+                }
+                let h = rows / 2;
+                Tensor::cat(&[stored.narrow(0, h, h)?, stored.narrow(0, 0, h)?], 0)
+            }
             Source::Chunk { key, index, chunks } => {
                 let rows = stored.dim(0)?;
                 if rows % chunks != 0 {
@@ -283,7 +393,7 @@ impl SimpleBackend for MappedBackend {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        (self.map)(name).is_some_and(|s| self.file.contains(s.key()))
+        (self.map)(name).is_some_and(|s| s.keys().iter().all(|k| self.file.contains(k)))
     }
 }
 

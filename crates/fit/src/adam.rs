@@ -33,6 +33,16 @@ impl Default for AdamConfig {
     }
 }
 
+/// The per-step constants of [`adam_update`]: `(lr / (1−β₁ᵗ), √(1−β₂ᵗ))`,
+/// computed in f64 and rounded to f32 (the GPU backend passes the same
+/// values to its fused kernel).
+pub fn adam_step_constants(lr: f32, step: u32, config: &AdamConfig) -> (f32, f32) {
+    let t = step.max(1) as i32;
+    let bc1 = 1.0 - (config.beta1 as f64).powi(t);
+    let bc2_sqrt = (1.0 - (config.beta2 as f64).powi(t)).sqrt();
+    ((lr as f64 / bc1) as f32, bc2_sqrt as f32)
+}
+
 /// One Adam step over flat slices, PyTorch's arithmetic (`step` ≥ 1 is the
 /// step count *after* incrementing):
 /// `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
@@ -47,11 +57,7 @@ pub fn adam_update(
     config: &AdamConfig,
 ) {
     assert!(params.len() == grads.len() && m.len() == params.len() && v.len() == params.len());
-    let t = step.max(1) as i32;
-    let bc1 = 1.0 - (config.beta1 as f64).powi(t);
-    let bc2_sqrt = (1.0 - (config.beta2 as f64).powi(t)).sqrt();
-    let step_size = (lr as f64 / bc1) as f32;
-    let bc2_sqrt = bc2_sqrt as f32;
+    let (step_size, bc2_sqrt) = adam_step_constants(lr, step, config);
     let (b1, b2, eps) = (config.beta1, config.beta2, config.eps);
     let kernel = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
         for i in 0..p.len() {

@@ -7,7 +7,8 @@
 //! Adam. [`CpuBackend`] composes the CPU reference functions of this crate
 //! and of `splatforge-render`; a GPU backend keeps everything on the device
 //! and implements the same trait (its `step` need not synchronise: it may
-//! return the previous step's statistics, see [`StepStats`]).
+//! return an earlier step's statistics, see [`FitBackend::latest_stats`];
+//! `crate::cuda::CudaBackend` under the `cuda` feature).
 
 use std::time::{Duration, Instant};
 
@@ -79,6 +80,13 @@ pub trait FitBackend {
     /// The current Gaussians (a download, for a GPU backend).
     fn gaussians(&self) -> Gaussians;
     fn timings(&self) -> StageTimings;
+    /// The latest step's statistics when [`step`](Self::step) returned
+    /// stale ones (a GPU backend reading them back at a throttled rate);
+    /// the trainer calls it once, after the last step. `None`: `step`'s were
+    /// current.
+    fn latest_stats(&mut self) -> Option<StepStats> {
+        None
+    }
 }
 
 /// Settings a backend needs from the config.

@@ -24,6 +24,9 @@ pub enum FitError {
     Input(String),
     #[error(transparent)]
     Render(#[from] RenderError),
+    /// The GPU backend failed, or was asked for in a build without it.
+    #[error("device: {0}")]
+    Device(String),
     #[error(transparent)]
     Splat(#[from] SplatError),
 }

@@ -25,13 +25,16 @@
 //! ```
 //!
 //! The per-step maths sits behind [`FitBackend`] ([`backend`]); the CPU
-//! reference is [`CpuBackend`], a GPU backend implements the same trait.
+//! reference is [`CpuBackend`]; with the `cuda` feature, `cuda::CudaBackend`
+//! implements the same trait on the GPU ([`fit_on`] picks one by
+//! [`FitDevice`]).
 
 pub mod adam;
 pub mod backend;
 pub mod config;
 pub mod dataset;
 pub mod densify;
+pub mod device;
 pub mod error;
 pub mod eval;
 pub mod init;
@@ -40,9 +43,13 @@ pub mod rng;
 pub mod schedule;
 pub mod trainer;
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
 pub use backend::{CpuBackend, FitBackend, StageTimings};
 pub use config::FitConfig;
 pub use dataset::{load_transforms, Dataset, LoadOptions, View, Views};
+pub use device::{fit_on, FitDevice};
 pub use error::{FitError, Result};
 pub use eval::{evaluate, Metrics};
 pub use init::{initial_gaussians, Init};

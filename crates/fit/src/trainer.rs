@@ -238,6 +238,9 @@ pub fn fit_with<B: FitBackend>(
             elapsed: start.elapsed(),
         });
     }
+    if let Some(s) = backend.latest_stats() {
+        last = s;
+    }
     Ok(FitResult {
         gaussians: backend.gaussians(),
         iterations: config.iters,

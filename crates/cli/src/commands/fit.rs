@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use splatforge_fit::{
-    background, evaluate, fit, initial_gaussians, load_transforms, render_mode, FitConfig, Init, LoadOptions,
+    background, evaluate, initial_gaussians, load_transforms, render_mode, FitConfig, Init, LoadOptions,
 };
 
 use super::convert::EncodingArgs;
@@ -38,6 +38,10 @@ pub struct Args {
     /// Print the result summary as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Where to fit: cpu, cuda or cuda:N (GPU loss/PSNR in the progress bar refresh every 50 steps).
+    #[cfg(feature = "cuda")]
+    #[arg(long, default_value = "cpu")]
+    device: String,
     #[command(flatten)]
     encoding: EncodingArgs,
 }
@@ -89,7 +93,11 @@ pub fn run(args: Args) -> Result<Outcome> {
             .progress_chars("=> "),
     );
     let load_time = start.elapsed();
-    let result = fit(&data.train, &config, init, |p| {
+    #[cfg(feature = "cuda")]
+    let device: splatforge_fit::FitDevice = args.device.parse()?;
+    #[cfg(not(feature = "cuda"))]
+    let device = splatforge_fit::FitDevice::Cpu;
+    let result = splatforge_fit::fit_on(device, &data.train, &config, init, |p| {
         bar.set_position(p.iteration as u64);
         bar.set_message(format!(
             "loss {:.4} | PSNR {:.2} dB | {} splats | {}px",

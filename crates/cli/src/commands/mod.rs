@@ -2,9 +2,11 @@
 
 pub mod convert;
 pub mod fit;
+pub mod generate;
 pub mod inspect;
 pub mod models;
 pub mod normalize;
+pub mod pipeline_generator;
 pub mod render;
 pub mod serve;
 pub mod validate;

@@ -18,10 +18,75 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum Command {
-    /// Write tiny random-weight MVDream models (diffusers layout and LDM checkpoint) with the real tensor names.
+    /// Write tiny random-weight models with the real tensor names: MVDream (diffusers layout and LDM checkpoint), SD-Turbo, FLUX.1-schnell.
     MakeTiny(MakeTinyArgs),
     /// Text → 4 MVDream views (PNG) and their cameras (JSON).
     Mvdream(MvdreamArgs),
+    /// Text → image with SD-Turbo / SD 2.1 (PNG).
+    Sd(SdArgs),
+    /// Text → image with FLUX.1-schnell (PNG).
+    Flux(FluxArgs),
+}
+
+#[derive(clap::Args)]
+struct SdArgs {
+    /// Model: a diffusers folder or hf:ORG/NAME[@REV].
+    #[arg(long, default_value = "hf:stabilityai/sd-turbo")]
+    model: String,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    /// Output PNG.
+    #[arg(long)]
+    out: PathBuf,
+    /// Denoising steps (SD-Turbo: 1–4; SD 2.1: 25–50).
+    #[arg(long, default_value_t = 1)]
+    steps: usize,
+    /// CFG scale (≤ 1: off, as SD-Turbo wants).
+    #[arg(long, default_value_t = 0.0)]
+    guidance: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 512)]
+    width: usize,
+    #[arg(long, default_value_t = 512)]
+    height: usize,
+    /// Precision of the UNet and text encoder.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    dtype: Precision,
+    /// Precision of the VAE (default: --dtype).
+    #[arg(long, value_enum)]
+    vae_dtype: Option<Precision>,
+}
+
+#[derive(clap::Args)]
+struct FluxArgs {
+    /// Model: a diffusers folder or hf:ORG/NAME[@REV].
+    #[arg(long, default_value = "hf:black-forest-labs/FLUX.1-schnell")]
+    model: String,
+    #[arg(long)]
+    prompt: String,
+    /// Output PNG.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    steps: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 1024)]
+    width: usize,
+    #[arg(long, default_value_t = 1024)]
+    height: usize,
+    /// T5 tokens.
+    #[arg(long, default_value_t = 256)]
+    max_sequence_length: usize,
+    /// Precision of the transformer and text encoders.
+    #[arg(long, value_enum, default_value_t = Precision::Bf16)]
+    dtype: Precision,
+    /// Precision of the VAE (default: --dtype).
+    #[arg(long, value_enum)]
+    vae_dtype: Option<Precision>,
 }
 
 #[derive(clap::Args)]
@@ -91,6 +156,8 @@ pub fn run(args: Args) -> Result<Outcome> {
     match args.command {
         Command::MakeTiny(a) => make_tiny(a),
         Command::Mvdream(a) => mvdream(a),
+        Command::Sd(a) => sd(a),
+        Command::Flux(a) => flux(a),
     }
 }
 
@@ -113,6 +180,84 @@ fn make_tiny(a: MakeTinyArgs) -> Result<Outcome> {
         "parameters: unet {}, vae {}, text encoder {}",
         m.unet_params, m.vae_params, m.text_params
     );
+    println!("SD-Turbo (diffusers layout): {}", m.sd_dir.display());
+    println!(
+        "FLUX.1-schnell (diffusers layout): {}",
+        m.flux_dir.display()
+    );
+    println!(
+        "FLUX transformer (original names): {}",
+        m.flux_bfl_checkpoint.display()
+    );
+    Ok(Outcome::Success)
+}
+
+fn save_png(images: &[image::RgbImage], out: &std::path::Path) -> Result<()> {
+    if let Some(d) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    images[0]
+        .save(out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("{}", out.display());
+    Ok(())
+}
+
+fn sd(a: SdArgs) -> Result<Outcome> {
+    let opts = LoadOptions {
+        device: diffusion::best_device(0),
+        dtype: a.dtype.dtype(),
+        vae_dtype: a.vae_dtype.map(Precision::dtype),
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let pipe = diffusion::load_sd(&ModelSource::parse(&a.model), &opts)?;
+    eprintln!(
+        "loaded {} in {:.1} s",
+        pipe.source,
+        t0.elapsed().as_secs_f64()
+    );
+    let t0 = Instant::now();
+    let out = pipe.generate(&diffusion::SdRequest {
+        prompt: a.prompt,
+        negative_prompt: a.negative_prompt,
+        steps: a.steps,
+        guidance_scale: a.guidance,
+        seed: a.seed,
+        width: a.width,
+        height: a.height,
+    })?;
+    eprintln!("generated in {:.1} s", t0.elapsed().as_secs_f64());
+    save_png(&out.to_rgb_images()?, &a.out)?;
+    Ok(Outcome::Success)
+}
+
+fn flux(a: FluxArgs) -> Result<Outcome> {
+    let opts = LoadOptions {
+        device: diffusion::best_device(0),
+        dtype: a.dtype.dtype(),
+        vae_dtype: a.vae_dtype.map(Precision::dtype),
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let pipe = diffusion::load_flux(&ModelSource::parse(&a.model), &opts)?;
+    eprintln!(
+        "loaded {} in {:.1} s",
+        pipe.source,
+        t0.elapsed().as_secs_f64()
+    );
+    let t0 = Instant::now();
+    let out = pipe.generate(&diffusion::FluxRequest {
+        prompt: a.prompt,
+        steps: a.steps,
+        seed: a.seed,
+        width: a.width,
+        height: a.height,
+        max_sequence_length: a.max_sequence_length,
+        ..Default::default()
+    })?;
+    eprintln!("generated in {:.1} s", t0.elapsed().as_secs_f64());
+    save_png(&out.to_rgb_images()?, &a.out)?;
     Ok(Outcome::Success)
 }
 

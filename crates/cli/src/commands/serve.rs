@@ -4,8 +4,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use splatforge_pipeline::{resolve_models, ConfigSources, HubConfig, Pipeline};
 use splatforge_server::{GenerationError, Generator, ServerConfig};
 
+use super::generate::ConfigArgs;
+use super::pipeline_generator::{generation_error, PipelineGenerator};
 use crate::Outcome;
 
 #[derive(clap::Args, Debug)]
@@ -34,23 +37,38 @@ pub struct Args {
     /// Largest turntable resolution; larger `video_res` values are clamped.
     #[arg(long, default_value_t = 1088)]
     max_video_res: u32,
-    /// Model directory (e.g. from `splatforge models make-tiny DIR`).
+    /// Model directory (e.g. from `splatforge models make-tiny DIR`), an LDM
+    /// checkpoint, or hf:ORG/NAME; default: MVDream from the Hugging Face cache.
     #[arg(long)]
     models: Option<PathBuf>,
-    /// Generation profile (speed, balanced, quality, memory, development).
-    #[arg(long)]
-    profile: Option<String>,
+    /// Generation profile and overrides (as for `generate`).
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 /// Builds the generator of one device. Called once per device at startup,
-/// on that device's loader thread.
+/// on that device's loader thread: loads the models on CUDA device `device`
+/// (the CPU in a build without the `cuda` feature) with the resolved
+/// configuration.
 pub fn build_generator(
     device: u32,
     models: Option<&Path>,
-    profile: Option<&str>,
+    sources: &ConfigSources,
 ) -> Result<Box<dyn Generator>, GenerationError> {
-    let _ = (device, models, profile);
-    Err(GenerationError::Failed("the text-to-3D pipeline is not built yet (issue 6)".into()))
+    let failed = |e: &dyn std::fmt::Display| GenerationError::Failed(e.to_string());
+    let (profile, config) = sources.resolve().map_err(|e| failed(&e))?;
+    let models = resolve_models(models.map(|p| p.to_string_lossy().into_owned()).as_deref()).map_err(generation_error)?;
+    // A CUDA build serves on the GPUs only: falling back to the CPU would
+    // turn seconds into minutes per request.
+    let dev = if cfg!(feature = "cuda") {
+        splatforge_diffusion::Device::new_cuda(device as usize)
+            .map_err(|e| GenerationError::Failed(format!("CUDA device {device}: {e}")))?
+    } else {
+        splatforge_diffusion::Device::Cpu
+    };
+    let pipe = Pipeline::load(&models, &dev, HubConfig::from_env(), &profile, config).map_err(generation_error)?;
+    eprintln!("splatforge serve: device {device}: {} on {dev:?}, profile {profile}", pipe.models());
+    Ok(Box::new(PipelineGenerator::new(pipe)))
 }
 
 fn seconds(name: &str, s: f64) -> Result<Duration> {
@@ -75,8 +93,11 @@ fn config(args: &Args) -> Result<ServerConfig> {
 
 pub fn run(args: Args) -> Result<Outcome> {
     let config = config(&args)?;
-    let Args { models, profile, .. } = args;
-    let factory = move |device: u32| build_generator(device, models.as_deref(), profile.as_deref());
+    // Check the generation config before binding, so that a typo fails fast.
+    let sources = args.config.sources();
+    sources.resolve()?;
+    let Args { models, .. } = args;
+    let factory = move |device: u32| build_generator(device, models.as_deref(), &sources);
     splatforge_server::run(config, factory)?;
     Ok(Outcome::Success)
 }
@@ -105,13 +126,15 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_secs(300));
         let a = parse(&[
             "--port", "8093", "--devices", "0,1", "--workers-per-device", "2", "--queue-size", "3", "--timeout", "2.5",
-            "--models", "/m", "--profile", "speed",
+            "--models", "/m", "--profile", "speed", "--config", "/c.yaml", "--set", "fit.iters=5", "--set", "seed=2",
         ])
         .unwrap();
         let c = config(&a).unwrap();
         assert_eq!((c.port, c.devices.clone(), c.workers_per_device, c.queue_size), (8093, vec![0, 1], 2, 3));
         assert_eq!(c.timeout, Duration::from_millis(2500));
-        assert_eq!((a.models.as_deref(), a.profile.as_deref()), (Some(Path::new("/m")), Some("speed")));
+        assert_eq!((a.models.as_deref(), a.config.profile.as_deref()), (Some(Path::new("/m")), Some("speed")));
+        assert_eq!(a.config.config.as_deref(), Some(Path::new("/c.yaml")));
+        assert_eq!(a.config.sets, ["fit.iters=5", "seed=2"]);
         assert!(parse(&["--devices", "zero"]).is_err());
         assert!(config(&parse(&["--queue-size", "0"]).unwrap()).is_err());
         assert!(config(&parse(&["--timeout", "0"]).unwrap()).is_err());
@@ -119,10 +142,18 @@ mod tests {
     }
 
     #[test]
-    fn serving_without_the_pipeline_fails_cleanly() {
-        let a = parse(&["--host", "127.0.0.1", "--port", "0"]).unwrap();
-        let e = run(a).err().expect("no pipeline yet");
-        let msg = format!("{e:#}");
-        assert!(msg.contains("the text-to-3D pipeline is not built yet (issue 6)"), "{msg}");
+    fn bad_configs_and_missing_models_fail_cleanly() {
+        let a = parse(&["--host", "127.0.0.1", "--port", "0", "--profile", "development", "--set", "fit.iterz=3"]).unwrap();
+        let msg = format!("{:#}", run(a).err().expect("unknown key"));
+        assert!(msg.contains("iterz"), "{msg}");
+        let a = parse(&["--host", "127.0.0.1", "--port", "0", "--profile", "nope"]).unwrap();
+        let msg = format!("{:#}", run(a).err().expect("unknown profile"));
+        assert!(msg.contains("nope"), "{msg}");
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-models");
+        let a = parse(&["--host", "127.0.0.1", "--port", "0", "--profile", "development", "--models", missing.to_str().unwrap()])
+            .unwrap();
+        let msg = format!("{:#}", run(a).err().expect("no models"));
+        assert!(msg.contains("no-models"), "{msg}");
     }
 }

@@ -1,0 +1,542 @@
+//! GPU parity and speed against diffusers (issue 5, item 8 and "Speed"):
+//! `tools/diffusion_parity.py` writes full-size random weights made with
+//! diffusers (SD 2.1 UNet, AutoencoderKL, a reduced-depth full-width FLUX
+//! transformer), fixed inputs and diffusers' outputs into DIR; this program
+//! loads the same files through this crate's loading code, reports the
+//! relative error of each model, and times the benchmark cases.
+//!
+//! Usage: `parity DIR [OUT.json]` (build with `--features cuda`; runs on the CPU
+//! too, slowly). Relative error = ‖ours − ref‖₂ / ‖ref‖₂ (also max |Δ| / max |ref|).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+use candle_transformers::models::flux::model::Flux;
+use candle_transformers::models::flux::WithForward;
+use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
+use splatforge_diffusion::flux::{flux_transformer_from_file, FluxTransformerConfig};
+use splatforge_diffusion::ldm::diffusers_unet_key;
+use splatforge_diffusion::mvdream::{MultiViewUNet, MultiViewUNetConfig};
+use splatforge_diffusion::sd::SdUNetConfig;
+use splatforge_diffusion::vae::{TilingOptions, Vae, VaeConfig};
+use splatforge_diffusion::weights::{MappedBackend, NameMap, Source, TensorFile};
+
+type R<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+type OpFn<'a> = Box<dyn Fn() -> R<Tensor> + 'a>;
+
+/// Random weights made on the device (speed runs of the full FLUX).
+struct RandBackend;
+
+impl SimpleBackend for RandBackend {
+    fn get(
+        &self,
+        s: Shape,
+        _: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        Tensor::randn(0f32, 0.02, s, dev)?.to_dtype(dtype)
+    }
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("RandBackend: no shape for {name}")
+    }
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> R<T> {
+    Ok(serde_json::from_str(&std::fs::read_to_string(p)?)?)
+}
+
+fn file(p: &Path) -> R<Arc<TensorFile>> {
+    Ok(Arc::new(TensorFile::open(p)?))
+}
+
+fn identity(f: Arc<TensorFile>, dtype: DType, dev: &Device) -> VarBuilder<'static> {
+    let map: NameMap = Arc::new(|n: &str| Some(Source::Key(n.to_string())));
+    MappedBackend::new(f, map, "model").into_var_builder(dtype, dev)
+}
+
+/// (‖a − b‖₂ / ‖b‖₂, max |a − b| / max |b|), in f64 on the CPU.
+fn rel(a: &Tensor, b: &Tensor) -> R<(f64, f64)> {
+    let a = a
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?;
+    let b = b
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?;
+    let d = (&a - &b)?;
+    let l2 = d.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt()
+        / b.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+    let mx = d.abs()?.max(0)?.to_scalar::<f64>()? / b.abs()?.max(0)?.to_scalar::<f64>()?;
+    Ok((l2, mx))
+}
+
+struct Report {
+    lines: Vec<String>,
+}
+
+impl Report {
+    fn parity(&mut self, what: &str, dtype: &str, r: (f64, f64), bound: f64) {
+        let ok = r.0 <= bound;
+        let line = format!(
+            "{{\"kind\":\"parity\",\"model\":\"{what}\",\"dtype\":\"{dtype}\",\"rel_l2\":{:.3e},\"rel_max\":{:.3e},\"bound\":{bound:e},\"pass\":{ok}}}",
+            r.0, r.1
+        );
+        println!("{line}");
+        self.lines.push(line);
+    }
+    fn time(&mut self, what: &str, ms: f64, extra: &str) {
+        let line = format!("{{\"kind\":\"time\",\"case\":\"{what}\",\"ms\":{ms:.3}{extra}}}");
+        println!("{line}");
+        self.lines.push(line);
+    }
+    fn note(&mut self, what: &str, v: f64) {
+        let line = format!("{{\"kind\":\"value\",\"name\":\"{what}\",\"value\":{v:.6e}}}");
+        println!("{line}");
+        self.lines.push(line);
+    }
+}
+
+/// Median milliseconds of `iters` runs after `warm` warm-ups.
+fn bench(dev: &Device, warm: usize, iters: usize, mut f: impl FnMut() -> R<Tensor>) -> R<f64> {
+    for _ in 0..warm {
+        f()?;
+    }
+    dev.synchronize()?;
+    let mut v = vec![];
+    for _ in 0..iters {
+        let t = Instant::now();
+        let out = f()?;
+        drop(out);
+        dev.synchronize()?;
+        v.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Ok(v[v.len() / 2])
+}
+
+/// MVDream's UNet configuration equivalent to a diffusers SD UNet (no camera).
+fn mvdream_config_of(u: &SdUNetConfig) -> R<MultiViewUNetConfig> {
+    let mc = u.block_out_channels[0];
+    let cc = u.to_candle()?;
+    let mut att = vec![];
+    let mut head_ch = None;
+    for (i, b) in cc.blocks.iter().enumerate() {
+        if b.use_cross_attn.is_some() {
+            att.push(1usize << i);
+            let hc = b.out_channels / b.attention_head_dim;
+            if head_ch.is_some_and(|h| h != hc) {
+                return Err("heads of different widths per level: no MVDream equivalent".into());
+            }
+            head_ch = Some(hc);
+        }
+    }
+    let mut c = MultiViewUNetConfig::sd21_base_4view();
+    c.in_channels = u.in_channels;
+    c.out_channels = u.out_channels;
+    c.model_channels = mc;
+    c.channel_mult = u.block_out_channels.iter().map(|&b| b / mc).collect();
+    c.num_res_blocks = splatforge_diffusion::mvdream::PerLevel::All(u.layers_per_block);
+    c.attention_resolutions = att;
+    c.num_heads = -1;
+    c.num_head_channels = head_ch.unwrap_or(64) as i64;
+    c.context_dim = u.cross_attention_dim;
+    c.camera_dim = None;
+    c.use_linear_in_transformer = u.use_linear_projection;
+    Ok(c)
+}
+
+/// Writes a CPU dry-run folder from the tiny models (random "references").
+fn make_dry(dir: &Path) -> R<()> {
+    use splatforge_diffusion::rng::randn;
+    let tmp = dir.join("tiny");
+    let m = splatforge_diffusion::make_tiny(&tmp, &Default::default())?;
+    let cp = |from: &Path, to: &Path| -> R<()> {
+        std::fs::create_dir_all(to.parent().unwrap())?;
+        std::fs::copy(from, to)?;
+        Ok(())
+    };
+    for sub in ["unet", "vae"] {
+        cp(
+            &m.sd_dir.join(sub).join("config.json"),
+            &dir.join(sub).join("config.json"),
+        )?;
+        cp(
+            &m.sd_dir
+                .join(sub)
+                .join("diffusion_pytorch_model.safetensors"),
+            &dir.join(sub).join("diffusion_pytorch_model.safetensors"),
+        )?;
+    }
+    cp(
+        &m.flux_dir.join("transformer/config.json"),
+        &dir.join("flux_small/config.json"),
+    )?;
+    cp(
+        &m.flux_bfl_checkpoint,
+        &dir.join("flux_small/diffusion_pytorch_model.safetensors"),
+    )?;
+    cp(
+        &m.flux_dir.join("transformer/config.json"),
+        &dir.join("flux_full_config.json"),
+    )?;
+    let c = Device::Cpu;
+    let f = DType::F32;
+    let mut io: HashMap<String, Tensor> = HashMap::new();
+    io.insert("unet_x".into(), randn(1, &[2, 4, 8, 8], f, &c)?);
+    io.insert("unet_ctx".into(), randn(2, &[2, 7, 32], f, &c)?);
+    io.insert("unet_t".into(), Tensor::new(&[500f32, 500.0], &c)?);
+    io.insert("unet_ref_f32".into(), randn(3, &[2, 4, 8, 8], f, &c)?);
+    io.insert("vae_z".into(), randn(4, &[1, 4, 4, 4], f, &c)?);
+    io.insert("vae_img".into(), randn(5, &[1, 3, 32, 32], f, &c)?);
+    io.insert("vae_dec_ref_f32".into(), randn(6, &[1, 3, 32, 32], f, &c)?);
+    io.insert("vae_enc_ref_f32".into(), randn(7, &[1, 4, 4, 4], f, &c)?);
+    io.insert("flux_img".into(), randn(8, &[1, 16, 64], f, &c)?);
+    io.insert("flux_img_ids".into(), Tensor::zeros((16, 3), f, &c)?);
+    io.insert("flux_txt".into(), randn(9, &[1, 8, 32], f, &c)?);
+    io.insert("flux_txt_ids".into(), Tensor::zeros((8, 3), f, &c)?);
+    io.insert("flux_pooled".into(), randn(10, &[1, 32], f, &c)?);
+    io.insert("flux_t".into(), Tensor::new(&[0.75f32], &c)?);
+    io.insert("flux_small_ref_f32".into(), randn(11, &[1, 16, 64], f, &c)?);
+    candle_core::safetensors::save(&io, dir.join("io.safetensors"))?;
+    println!("{}", dir.display());
+    Ok(())
+}
+
+fn main() -> R<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--make-dry") {
+        return make_dry(Path::new(
+            args.get(2).ok_or("usage: parity --make-dry DIR")?,
+        ));
+    }
+    let dir = PathBuf::from(args.get(1).ok_or("usage: parity DIR [OUT.json]")?);
+    // PARITY_QUICK=1 divides the benchmark sizes by 8 (CPU dry runs).
+    let q: usize = if std::env::var("PARITY_QUICK").is_ok() {
+        8
+    } else {
+        1
+    };
+    let out_path = args.get(2).map(PathBuf::from);
+    let only: Option<String> = std::env::var("PARITY_ONLY").ok();
+    let want = |k: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == k));
+    let dev = splatforge_diffusion::best_device(0);
+    eprintln!("device: {dev:?}");
+    let io: HashMap<String, Tensor> =
+        candle_core::safetensors::load(dir.join("io.safetensors"), &dev)?;
+    let g = |k: &str| -> R<Tensor> {
+        Ok(io
+            .get(k)
+            .ok_or(format!("io.safetensors has no {k}"))?
+            .clone())
+    };
+    let mut rep = Report { lines: vec![] };
+    // candle's CPU matmul has no bf16: a CPU dry run uses f32 in its place.
+    let bf = if dev.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    };
+
+    if want("unet") {
+        // ---- SD 2.1 UNet: candle-transformers' UNet2DConditionModel, and MVDream's UNet with one view ----
+        let ucfg: SdUNetConfig = read_json(&dir.join("unet/config.json"))?;
+        let uf = file(&dir.join("unet/diffusion_pytorch_model.safetensors"))?;
+        let (x, ctx) = (g("unet_x")?, g("unet_ctx")?);
+        let t = g("unet_t")?.to_dtype(DType::F32)?.to_vec1::<f32>()?[0] as f64;
+        let b = x.dim(0)?;
+        let mv_cfg = mvdream_config_of(&ucfg)?;
+        let c2 = mv_cfg.clone();
+        let map: NameMap = Arc::new(move |n: &str| diffusers_unet_key(n, &c2).map(Source::Key));
+        for (dt, name, bound) in [(DType::F32, "f32", 1e-3), (bf, "bf16", 2e-2)] {
+            let reference = g("unet_ref_f32")?;
+            let unet = UNet2DConditionModel::new(
+                identity(uf.clone(), dt, &dev),
+                ucfg.in_channels,
+                ucfg.out_channels,
+                false,
+                ucfg.to_candle()?,
+            )?;
+            let y = unet.forward(&x.to_dtype(dt)?, t, &ctx.to_dtype(dt)?)?;
+            rep.parity(
+                "sd21_unet (candle-transformers)",
+                name,
+                rel(&y, &reference)?,
+                bound,
+            );
+            if dt == bf {
+                if let Ok(rb) = g("unet_ref_bf16") {
+                    rep.parity(
+                        "sd21_unet (candle-transformers) vs diffusers bf16",
+                        name,
+                        rel(&y, &rb)?,
+                        bound,
+                    );
+                }
+            }
+            let mv = MultiViewUNet::new(
+                MappedBackend::new(uf.clone(), map.clone(), "unet").into_var_builder(dt, &dev),
+                &mv_cfg,
+            )?;
+            let tt = Tensor::full(t as f32, b, &dev)?;
+            let y = mv.forward(&x.to_dtype(dt)?, &tt, &ctx.to_dtype(dt)?, None, 1)?;
+            rep.parity(
+                "mvdream_unet (1 view, no camera)",
+                name,
+                rel(&y, &reference)?,
+                bound,
+            );
+            if dt == bf {
+                if let Ok(rb) = g("unet_ref_bf16") {
+                    rep.parity(
+                        "mvdream_unet (1 view, no camera) vs diffusers bf16",
+                        name,
+                        rel(&y, &rb)?,
+                        bound,
+                    );
+                }
+            }
+            if dt == bf {
+                // Speed: batch 8 (4 views × CFG) at 32×32 latents.
+                let x8 =
+                    Tensor::randn(0f32, 1., (8, ucfg.in_channels, 32, 32), &dev)?.to_dtype(bf)?;
+                let c8 = Tensor::randn(0f32, 1., (8, 77, ucfg.cross_attention_dim), &dev)?
+                    .to_dtype(bf)?;
+                let t8 = Tensor::full(500f32, 8, &dev)?;
+                let ms = bench(&dev, 3, 10, || Ok(unet.forward(&x8, 500.0, &c8)?))?;
+                rep.time(
+                    "unet_step_b8_32x32 sd21 (candle-transformers)",
+                    ms,
+                    ",\"dtype\":\"bf16\"",
+                );
+                let ms = bench(&dev, 3, 10, || Ok(mv.forward(&x8, &t8, &c8, None, 4)?))?;
+                rep.time(
+                    "unet_step_b8_32x32 mvdream (4 views)",
+                    ms,
+                    ",\"dtype\":\"bf16\"",
+                );
+                let ms = bench(&dev, 3, 10, || Ok(mv.forward(&x8, &t8, &c8, None, 1)?))?;
+                rep.time(
+                    "unet_step_b8_32x32 mvdream (1 view)",
+                    ms,
+                    ",\"dtype\":\"bf16\"",
+                );
+            }
+        }
+    }
+
+    if want("vae") {
+        // ---- AutoencoderKL ----
+        let vcfg: VaeConfig = read_json(&dir.join("vae/config.json"))?;
+        let vf = file(&dir.join("vae/diffusion_pytorch_model.safetensors"))?;
+        let z = g("vae_z")?;
+        let img = g("vae_img")?;
+        for (dt, name, bound) in [(DType::F32, "f32", 1e-3), (bf, "bf16", 2e-2)] {
+            let vae =
+                Vae::new(identity(vf.clone(), dt, &dev), &vcfg)?.with_tiling(TilingOptions::off());
+            let y = vae.decode_raw(&z)?;
+            rep.parity("vae_decode", name, rel(&y, &g("vae_dec_ref_f32")?)?, bound);
+            let m = vae.encode_raw(&img)?;
+            rep.parity(
+                "vae_encode_mean",
+                name,
+                rel(&m, &g("vae_enc_ref_f32")?)?,
+                bound,
+            );
+            if dt == bf {
+                if let (Ok(d), Ok(e)) = (g("vae_dec_ref_bf16"), g("vae_enc_ref_bf16")) {
+                    rep.parity("vae_decode vs diffusers bf16", name, rel(&y, &d)?, bound);
+                    rep.parity(
+                        "vae_encode_mean vs diffusers bf16",
+                        name,
+                        rel(&m, &e)?,
+                        bound,
+                    );
+                }
+            }
+            if dt == bf {
+                let lc = vcfg.latent_channels;
+                let z4 = Tensor::randn(0f32, 1., (4, lc, 32, 32), &dev)?;
+                let ms = bench(&dev, 2, 10, || Ok(vae.decode_raw(&z4)?))?;
+                rep.time("vae_decode_4x256", ms, ",\"dtype\":\"bf16\"");
+                // Tiled vs untiled at 1024² (512-px tiles, 64-px overlap), in [0, 1] image units.
+                // Tiled vs untiled at 1024² (512-px tiles, 64-px overlap), in [0, 1] image units.
+                let zl = (Tensor::randn(0f32, 1., (1, lc, 128 / q, 128 / q), &dev)? * 5.0)?;
+                let full = vae.with_tiling(TilingOptions::off());
+                let a = full.decode(&zl)?;
+                let tiled = full.with_tiling(TilingOptions {
+                    enabled: true,
+                    tile_px: 512 / q,
+                    overlap_px: 64 / q,
+                });
+                let bt = tiled.decode(&zl)?;
+                let d = (&a - &bt)?.abs()?.flatten_all()?.to_dtype(DType::F32)?;
+                let tag = format!(
+                    "vae_tiled_vs_untiled_{}_tile{}_ov{}",
+                    1024 / q,
+                    512 / q,
+                    64 / q
+                );
+                rep.note(
+                    &format!("{tag}_max_abs"),
+                    d.max(0)?.to_scalar::<f32>()? as f64,
+                );
+                rep.note(
+                    &format!("{tag}_mean_abs"),
+                    d.mean_all()?.to_scalar::<f32>()? as f64,
+                );
+                let vae = tiled.with_tiling(TilingOptions {
+                    enabled: true,
+                    tile_px: 1024 / q,
+                    overlap_px: 128 / q,
+                });
+                let z2k = Tensor::randn(0f32, 1., (1, lc, 256 / q, 256 / q), &dev)?;
+                let ms_only = bench(&dev, 1, 3, || Ok(vae.decode(&z2k)?))?;
+                rep.time(
+                    &format!("vae_decode_{}_tiled", 2048 / q),
+                    ms_only,
+                    &format!(
+                        ",\"dtype\":\"bf16\",\"tile\":{},\"overlap\":{}",
+                        1024 / q,
+                        128 / q
+                    ),
+                );
+            }
+        }
+    }
+
+    if want("flux") {
+        // ---- FLUX transformer, reduced depth at full width (parity) ----
+        let fcfg: FluxTransformerConfig = read_json(&dir.join("flux_small/config.json"))?;
+        let ff = file(&dir.join("flux_small/diffusion_pytorch_model.safetensors"))?;
+        let img = g("flux_img")?;
+        let img_ids = g("flux_img_ids")?.unsqueeze(0)?;
+        let txt = g("flux_txt")?;
+        let txt_ids = g("flux_txt_ids")?.unsqueeze(0)?;
+        let pooled = g("flux_pooled")?;
+        let ft = g("flux_t")?;
+        for (dt, name, bound) in [(DType::F32, "f32", 1e-3), (bf, "bf16", 2e-2)] {
+            let m = flux_transformer_from_file(ff.clone(), &fcfg.to_candle()?, dt, &dev)?;
+            let c = |t: &Tensor| t.to_dtype(dt);
+            let y = m.forward(
+                &c(&img)?,
+                &c(&img_ids)?,
+                &c(&txt)?,
+                &c(&txt_ids)?,
+                &c(&ft)?,
+                &c(&pooled)?,
+                None,
+            )?;
+            let reference = g("flux_small_ref_f32")?;
+            let label = format!(
+                "flux_transformer ({} double + {} single blocks, full width)",
+                fcfg.num_layers, fcfg.num_single_layers
+            );
+            rep.parity(&label, name, rel(&y, &reference)?, bound);
+            if dt == bf {
+                if let Ok(rb) = g("flux_small_ref_bf16") {
+                    rep.parity(
+                        &format!("{label} vs diffusers bf16"),
+                        name,
+                        rel(&y, &rb)?,
+                        bound,
+                    );
+                }
+            }
+        }
+    }
+
+    if want("fluxspeed") {
+        // ---- FLUX.1-schnell full size, random weights on the device (speed) ----
+        let full: FluxTransformerConfig = read_json(&dir.join("flux_full_config.json"))?;
+        let t0 = Instant::now();
+        let m = Flux::new(
+            &full.to_candle()?,
+            VarBuilder::from_backend(Box::new(RandBackend), bf, dev.clone()),
+        )?;
+        dev.synchronize()?;
+        eprintln!("random FLUX ready in {:.1} s", t0.elapsed().as_secs_f64());
+        for side in [512 / q, 1024 / q] {
+            let n = (side / 16) * (side / 16);
+            let img = Tensor::randn(0f32, 1., (1, n, full.in_channels), &dev)?.to_dtype(bf)?;
+            let ids: Vec<f32> = (0..n)
+                .flat_map(|i| [0.0, (i / (side / 16)) as f32, (i % (side / 16)) as f32])
+                .collect();
+            let img_ids = Tensor::from_vec(ids, (1, n, 3), &dev)?.to_dtype(bf)?;
+            let txt =
+                Tensor::randn(0f32, 1., (1, 256, full.joint_attention_dim), &dev)?.to_dtype(bf)?;
+            let txt_ids = Tensor::zeros((1, 256, 3), bf, &dev)?;
+            let pooled =
+                Tensor::randn(0f32, 1., (1, full.pooled_projection_dim), &dev)?.to_dtype(bf)?;
+            let t = Tensor::full(0.75f32, 1, &dev)?.to_dtype(bf)?;
+            let ms = bench(&dev, 2, 5, || {
+                Ok(m.forward(&img, &img_ids, &txt, &txt_ids, &t, &pooled, None)?)
+            })?;
+            rep.time(&format!("flux_step_{side}"), ms, ",\"dtype\":\"bf16\"");
+        }
+    }
+
+    if want("ops") && !dev.is_cpu() {
+        // Single operations at the sizes that dominate the benchmarks (bf16).
+        let r = |s: &[usize]| -> R<Tensor> { Ok(Tensor::randn(0f32, 1., s, &dev)?.to_dtype(bf)?) };
+        let x = r(&[4, 128, 256, 256])?;
+        let w = r(&[128, 128, 3, 3])?;
+        let x5 = r(&[4, 512, 64, 64])?;
+        let w5 = r(&[512, 512, 3, 3])?;
+        let gn = candle_nn::GroupNorm::new(r(&[128])?, r(&[128])?, 128, 32, 1e-6)?;
+        let xu = r(&[4, 128, 128, 128])?;
+        let (q, k, v) = (
+            r(&[1, 24, 4352, 128])?,
+            r(&[1, 24, 4352, 128])?,
+            r(&[1, 24, 4352, 128])?,
+        );
+        let (a, b) = (r(&[4352, 3072])?, r(&[3072, 12288])?);
+        use candle_core::Module;
+        let ops: Vec<(&str, OpFn)> = vec![
+            (
+                "op_conv3x3_4x128x256",
+                Box::new(|| Ok(x.conv2d(&w, 1, 1, 1, 1)?)),
+            ),
+            (
+                "op_conv3x3_4x512x64",
+                Box::new(|| Ok(x5.conv2d(&w5, 1, 1, 1, 1)?)),
+            ),
+            (
+                "op_group_norm_4x128x256 (candle-nn)",
+                Box::new(|| Ok(gn.forward(&x)?)),
+            ),
+            ("op_silu_4x128x256", Box::new(|| Ok(x.silu()?))),
+            (
+                "op_upsample2x_4x128x128",
+                Box::new(|| Ok(xu.upsample_nearest2d(256, 256)?)),
+            ),
+            (
+                "op_attention_24x4352x128",
+                Box::new(|| {
+                    let s = (q.matmul(&k.t()?)? * (128f64).powf(-0.5))?;
+                    Ok(candle_nn::ops::softmax_last_dim(&s)?.matmul(&v)?)
+                }),
+            ),
+            ("op_matmul_4352x3072x12288", Box::new(|| Ok(a.matmul(&b)?))),
+        ];
+        for (name, f) in ops {
+            let ms = bench(&dev, 3, 10, &f)?;
+            rep.time(name, ms, ",\"dtype\":\"bf16\"");
+        }
+    }
+
+    if let Some(p) = out_path {
+        std::fs::write(p, rep.lines.join("\n") + "\n")?;
+    }
+    Ok(())
+}

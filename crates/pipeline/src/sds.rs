@@ -1,0 +1,290 @@
+//! Score-distillation (SDS) refinement with MVDream guidance, DreamGaussian
+//! semantics (`guidance/mvdream_utils.py`, `main.py` of the text-to-3D
+//! path), after the fit to the generated views. The guidance itself is the
+//! diffusion crate's ([`splatforge_diffusion::sds`]: differentiable VAE
+//! encoder, CFG, `grad = ε̂ − ε`, NaNs → 0); this module drives it.
+//!
+//! One step:
+//! 1. a random orbit: elevation uniform in `elevation_range`, azimuth
+//!    uniform in [−180°, 180°); `n_views` cameras `360°/n_views` apart at
+//!    the views' radius and field of view, rendered at `resolution`² over
+//!    white or black (at random with `random_background`);
+//! 2. `latents = 0.18215 · E(2·img − 1)` (the posterior mean) through the
+//!    VAE encoder, candle's autograd tracking the rendered images;
+//! 3. `t` ([`sds_timestep`]): with `timestep_annealing`, DreamGaussian's
+//!    `round(T·(1 − step/iters)^annealing_eta)` clipped to
+//!    `[min_step·T, max_step·T]` (η = 1 is DreamGaussian's linear schedule);
+//!    otherwise uniform in that range. Seeded noise `ε`,
+//!    `x_t = √ᾱ_t·latents + √(1−ᾱ_t)·ε`;
+//! 4. `ε̂` from MVDream's UNet with the orbit's camera embedding and
+//!    classifier-free guidance against the negative prompt (no gradient);
+//! 5. the loss `0.5·‖latents − (latents − grad).detach()‖² / B` with
+//!    `grad = ε̂ − ε`, times `lambda_sds`, backpropagated through the
+//!    encoder to the images;
+//! 6. with `lambda_views > 0`, the fit's loss to the generated views
+//!    (L1 + SSIM + alpha, the fit's weights) is added, rendered in the same
+//!    call, so the refinement stays anchored to them;
+//! 7. the rasterizer's backward pass and one Adam step at the fit's final
+//!    learning rates times `lr_scale` (fresh Adam moments; no densification).
+//!
+//! Differences from DreamGaussian: the encoder's posterior *mean* is used
+//! instead of a sample (deterministic), renders are made at the SDS
+//! resolution directly instead of being resized to 256², and SDS refines a
+//! fit instead of training from the random ball.
+
+use candle_core::{DType, Device, Tensor, Var};
+use splatforge_diffusion::camera;
+use splatforge_diffusion::{sds_gradient, DiffusionError, MvDreamPipeline, MvDreamRequest, SdsOptions, SdsTimestep, SdsWeighting};
+use splatforge_fit::adam::{Adam, AdamConfig, GaussianGrads};
+use splatforge_fit::loss::{psnr, view_loss, LossWeights};
+use splatforge_fit::schedule::{ExponLr, LearningRates};
+use splatforge_fit::trainer::render_mode;
+use splatforge_fit::{FitConfig, Views};
+use splatforge_render::{pack_sh, rasterize_backward, rasterize_forward, Camera, GaussianParams, ImageGradients, RenderOptions};
+use splatforge_splat::Gaussians;
+
+use crate::carve::Rng;
+use crate::config::{DiffusionConfig, SdsConfig};
+
+/// The SDS timestep of 1-based `step` of `iters` (see the module docs);
+/// `u` is a uniform draw in [0, 1) for the non-annealed case.
+pub fn sds_timestep(cfg: &SdsConfig, step: u32, iters: u32, num_train_timesteps: usize, u: f64) -> usize {
+    let t_max = num_train_timesteps as f64;
+    let lo = (cfg.min_step * t_max).round() as usize;
+    let hi = ((cfg.max_step * t_max).round() as usize).max(lo).min(num_train_timesteps - 1);
+    if cfg.timestep_annealing {
+        let r = (step as f64 / iters.max(1) as f64).min(1.0);
+        let t = (t_max * (1.0 - r).powf(cfg.annealing_eta)).round() as usize;
+        t.clamp(lo, hi)
+    } else {
+        (lo + (u * (hi - lo + 1) as f64) as usize).min(hi)
+    }
+}
+
+/// What the SDS stage reports per step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SdsStep {
+    pub step: u32,
+    pub iters: u32,
+    pub timestep: usize,
+    /// DreamGaussian's SDS loss value, `0.5·‖grad‖²/B`.
+    pub sds_loss: f64,
+    /// PSNR against the generated views (when `lambda_views > 0`), else NaN.
+    pub views_psnr: f64,
+}
+
+/// Why SDS stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SdsError {
+    #[error("cancelled")]
+    Cancelled,
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Diffusion(#[from] DiffusionError),
+    #[error(transparent)]
+    Render(#[from] splatforge_render::RenderError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Everything SDS needs besides the Gaussians.
+pub struct SdsInputs<'a> {
+    pub pipe: &'a MvDreamPipeline,
+    pub sds: &'a SdsConfig,
+    pub diffusion: &'a DiffusionConfig,
+    pub fit: &'a FitConfig,
+    /// The generated views (for `lambda_views`).
+    pub views: &'a Views,
+    pub prompt: &'a str,
+    pub seed: u64,
+}
+
+fn images_to_tensor(images: &[&[f32]], size: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let n = images.len();
+    let mut chw = vec![0f32; n * 3 * size * size];
+    for (i, img) in images.iter().enumerate() {
+        for p in 0..size * size {
+            for c in 0..3 {
+                chw[((i * 3 + c) * size * size) + p] = img[p * 3 + c];
+            }
+        }
+    }
+    Tensor::from_vec(chw, (n, 3, size, size), &Device::Cpu)?.to_device(device)
+}
+
+/// Runs `sds.sds_iters` refinement steps on `g` in place (see the module
+/// docs). `cancelled` is polled every step.
+pub fn refine(
+    g: &mut Gaussians,
+    inp: &SdsInputs<'_>,
+    cancelled: &dyn Fn() -> bool,
+    progress: &mut dyn FnMut(&SdsStep),
+) -> Result<(), SdsError> {
+    let cfg = inp.sds;
+    let iters = cfg.sds_iters;
+    if iters == 0 {
+        return Ok(());
+    }
+    let pipe = inp.pipe;
+    let device = &pipe.device;
+    let nf = inp.diffusion.n_views;
+    let size = cfg.resolution;
+    pipe.latent_size(size)?;
+    let num_train = pipe.scheduler.num_train_timesteps;
+    let t_lo = (cfg.min_step * num_train as f64).round() as usize;
+    let sds_opts = SdsOptions {
+        guidance_scale: cfg.guidance_scale,
+        min_step: t_lo,
+        max_step: ((cfg.max_step * num_train as f64).round() as usize).max(t_lo),
+        weighting: SdsWeighting::Unit,
+        num_frames: nf,
+    };
+    // Text conditioning once; the cameras change every step.
+    let mut cond = pipe.sds_conditioning(&MvDreamRequest {
+        prompt: inp.prompt.to_string(),
+        prompt_suffix: inp.diffusion.prompt_suffix.clone(),
+        negative_prompt: inp.diffusion.negative_prompt.clone(),
+        num_frames: nf,
+        ..Default::default()
+    })?;
+    let uses_camera = cond.camera.is_some();
+
+    let views = &inp.views.views;
+    let use_views = cfg.lambda_views > 0.0 && !views.is_empty();
+    let weights = LossWeights { lambda_ssim: inp.fit.lambda_ssim, lambda_alpha: inp.fit.lambda_alpha };
+    let base = LearningRates::at(inp.fit, &ExponLr::position(inp.fit), inp.fit.iters);
+    let k = cfg.lr_scale;
+    let lrs = LearningRates {
+        xyz: base.xyz * k,
+        f_dc: base.f_dc * k,
+        f_rest: base.f_rest * k,
+        opacity: base.opacity * k,
+        scaling: base.scaling * k,
+        rotation: base.rotation * k,
+    };
+    let mut adam = Adam::for_gaussians(g, AdamConfig::default());
+    let mut rng = Rng::new(inp.seed ^ 0x5344_5320_7265_666e); // "SDS refn"
+    let mode = render_mode(inp.fit);
+
+    for step in 1..=iters {
+        if cancelled() {
+            return Err(SdsError::Cancelled);
+        }
+        let elevation = cfg.elevation_range[0] + (cfg.elevation_range[1] - cfg.elevation_range[0]) * rng.unit();
+        let azimuth = -180.0 + 360.0 * rng.unit();
+        let bg = if cfg.random_background && rng.unit() < 0.5 { [0.0; 3] } else { [1.0; 3] };
+        let t = sds_timestep(cfg, step, iters, num_train, rng.unit());
+        let noise_seed = rng.next_u64();
+
+        let mut cameras: Vec<Camera> = camera::render_cameras(
+            nf,
+            elevation,
+            azimuth,
+            360.0,
+            inp.diffusion.camera_radius,
+            inp.diffusion.fovy,
+            size as u32,
+        );
+        if use_views {
+            cameras.extend(views.iter().map(|v| v.camera));
+        }
+        let sh = pack_sh(g);
+        let params = GaussianParams::from_gaussians(g, &sh);
+        let opts = RenderOptions { background: bg, mode, ..Default::default() };
+        let (images, state) = rasterize_forward(&params, &cameras, &opts)?;
+
+        // SDS gradient on the orbit's renders.
+        let rgb: Vec<&[f32]> = images[..nf].iter().map(|im| im.rgb.as_slice()).collect();
+        let x = Var::from_tensor(&images_to_tensor(&rgb, size, device)?)?;
+        let latents = pipe.encode_images(x.as_tensor())?;
+        if uses_camera {
+            let emb = camera::camera_embeddings(nf, elevation, azimuth, 360.0);
+            let flat: Vec<f32> = emb.iter().flatten().copied().collect();
+            cond.camera = Some(Tensor::from_vec(flat, (nf, 16), device)?);
+        }
+        let out = sds_gradient(pipe, &latents, &cond, SdsTimestep::Fixed(t), noise_seed, &sds_opts)?;
+        let sds_loss = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let grads = (out.loss * cfg.lambda_sds as f64)?.backward()?;
+        let dx = grads
+            .get(x.as_tensor())
+            .ok_or_else(|| SdsError::Other("no gradient reached the rendered images".into()))?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        drop(grads);
+        let mut rgb_grads: Vec<Vec<f32>> = (0..nf)
+            .map(|i| {
+                let mut hwc = vec![0f32; size * size * 3];
+                for p in 0..size * size {
+                    for c in 0..3 {
+                        let v = dx[((i * 3 + c) * size * size) + p];
+                        hwc[p * 3 + c] = if v.is_finite() { v } else { 0.0 };
+                    }
+                }
+                hwc
+            })
+            .collect();
+        let mut alpha_grads: Vec<Option<Vec<f32>>> = vec![None; nf];
+
+        // The fit's loss to the generated views, in the same backward pass.
+        let mut views_psnr = f64::NAN;
+        if use_views {
+            let s = cfg.lambda_views / views.len() as f32;
+            let mut total = 0.0;
+            for (img, v) in images[nf..].iter().zip(views) {
+                let target = v.composite(bg);
+                let (l, gr) = view_loss(
+                    &img.rgb,
+                    &img.alpha,
+                    &target,
+                    v.alpha.as_deref(),
+                    img.width as usize,
+                    img.height as usize,
+                    &weights,
+                    s,
+                );
+                total += psnr(l.mse);
+                rgb_grads.push(gr.rgb);
+                alpha_grads.push(gr.alpha);
+            }
+            views_psnr = total / views.len() as f64;
+        }
+        let image_grads: Vec<ImageGradients<'_, f32>> = rgb_grads
+            .iter()
+            .zip(&alpha_grads)
+            .map(|(r, a)| ImageGradients { rgb: Some(r), alpha: a.as_deref(), depth: None })
+            .collect();
+        let grads = rasterize_backward(&params, &cameras, &opts, &state, &image_grads)?;
+        drop(state);
+        let gg = GaussianGrads::from_render(&grads, g.sh_degree);
+        adam.step(g, &gg, &lrs);
+        progress(&SdsStep { step, iters, timestep: t, sds_loss, views_psnr });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annealed_timesteps_follow_dreamgaussian() {
+        let cfg = SdsConfig::default();
+        // t = round(1000·(1 − step/iters)) clipped to [20, 980].
+        assert_eq!(sds_timestep(&cfg, 1, 1000, 1000, 0.0), 980);
+        assert_eq!(sds_timestep(&cfg, 500, 1000, 1000, 0.0), 500);
+        assert_eq!(sds_timestep(&cfg, 990, 1000, 1000, 0.0), 20);
+        assert_eq!(sds_timestep(&cfg, 1000, 1000, 1000, 0.0), 20);
+        // η > 1 reaches small t sooner.
+        let steep = SdsConfig { annealing_eta: 2.0, ..SdsConfig::default() };
+        assert_eq!(sds_timestep(&steep, 500, 1000, 1000, 0.0), 250);
+        let capped = SdsConfig { max_step: 0.5, ..SdsConfig::default() };
+        assert_eq!(sds_timestep(&capped, 1, 100, 1000, 0.0), 500);
+        // Without annealing: uniform over the range.
+        let flat = SdsConfig { timestep_annealing: false, ..SdsConfig::default() };
+        assert_eq!(sds_timestep(&flat, 1, 10, 1000, 0.0), 20);
+        assert_eq!(sds_timestep(&flat, 1, 10, 1000, 0.999_999), 980);
+    }
+}
