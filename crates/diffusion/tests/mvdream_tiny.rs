@@ -9,15 +9,8 @@ use std::path::{Path, PathBuf};
 use splatforge_diffusion::tokenizer::ClipTokenizer;
 use splatforge_diffusion::*;
 
-fn offline(dir: &Path) -> LoadOptions {
-    LoadOptions {
-        hub: HubConfig {
-            cache_dir: dir.join("no-hub"),
-            offline: true,
-        },
-        ..Default::default()
-    }
-}
+mod common;
+use common::{max_abs, offline};
 
 fn tiny(dir: &Path) -> TinyModels {
     make_tiny(
@@ -48,19 +41,6 @@ fn request(seed: u64) -> MvDreamRequest {
         image_size: 32,
         ..Default::default()
     }
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn latents(p: &MvDreamPipeline, req: &MvDreamRequest) -> Tensor {

@@ -11,28 +11,8 @@ use splatforge_diffusion::sd::{SdSamplerKind, SD_TURBO_REPO};
 use splatforge_diffusion::weights::TensorFile;
 use splatforge_diffusion::*;
 
-fn offline(dir: &Path) -> LoadOptions {
-    LoadOptions {
-        hub: HubConfig {
-            cache_dir: dir.join("no-hub"),
-            offline: true,
-        },
-        ..Default::default()
-    }
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+mod common;
+use common::{max_abs, offline};
 
 fn check_image(img: &Tensor, dims: &[usize]) {
     assert_eq!(img.dims(), dims);

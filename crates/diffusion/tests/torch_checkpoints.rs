@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use splatforge_diffusion::weights::TensorFile;
 use splatforge_diffusion::*;
 
+mod common;
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -118,16 +120,7 @@ fn tiny_model_from_torch_checkpoints() {
         ("tiny-fp16.pt", 0.02),
     ] {
         let out = load(dir.join(name)).generate(&req).unwrap();
-        let d = (&out.images - &reference.images)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = common::max_abs(&out.images, &reference.images);
         eprintln!("{name}: max |Δ image| = {d}");
         assert!(d <= tol, "{name}: {d}");
     }

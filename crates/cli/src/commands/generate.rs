@@ -127,17 +127,11 @@ fn save_views(dir: &std::path::Path, views: &splatforge_fit::Views) -> Result<()
         let (w, h) = (v.width(), v.height());
         let over_white: Vec<u8> = v.composite([1.0; 3]).iter().map(|x| (x.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
         let p = dir.join(format!("view_{i}.png"));
-        image::RgbImage::from_raw(w, h, over_white)
-            .expect("buffer size")
-            .save(&p)
-            .with_context(|| format!("writing {}", p.display()))?;
+        super::write_png(&p, image::RgbImage::from_raw(w, h, over_white).expect("buffer size"))?;
         if let Some(a) = &v.alpha {
             let mask: Vec<u8> = a.iter().map(|x| (x.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
             let p = dir.join(format!("alpha_{i}.png"));
-            image::GrayImage::from_raw(w, h, mask)
-                .expect("buffer size")
-                .save(&p)
-                .with_context(|| format!("writing {}", p.display()))?;
+            super::write_png(&p, image::GrayImage::from_raw(w, h, mask).expect("buffer size"))?;
         }
     }
     Ok(())

@@ -13,9 +13,10 @@ pub mod validate;
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use image::DynamicImage;
 use splatforge_splat::validate::{validate, ValidationConfig};
-use splatforge_splat::Gaussians;
+use splatforge_splat::{write_atomic, Gaussians};
 
 /// Reads a splat file; errors name the file.
 pub fn read(path: &Path) -> Result<Gaussians> {
@@ -29,4 +30,17 @@ pub fn require_finite(g: &Gaussians, path: &Path) -> Result<()> {
         bail!("{}: {}", path.display(), c.detail);
     }
     Ok(())
+}
+
+/// Encodes an image as PNG in memory.
+pub fn encode_png(img: impl Into<DynamicImage>) -> Result<Vec<u8>> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.into().write_to(&mut out, image::ImageFormat::Png).context("encoding PNG")?;
+    Ok(out.into_inner())
+}
+
+/// Writes an image as PNG atomically (temporary file, then rename), so a
+/// failure never leaves a half-written file.
+pub fn write_png(path: &Path, img: impl Into<DynamicImage>) -> Result<()> {
+    Ok(write_atomic(path, &encode_png(img)?)?)
 }

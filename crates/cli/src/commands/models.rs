@@ -192,24 +192,29 @@ fn make_tiny(a: MakeTinyArgs) -> Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-fn save_png(images: &[image::RgbImage], out: &std::path::Path) -> Result<()> {
+/// Writes the first of `images` (text-to-image models make one) as PNG.
+fn save_png(images: Vec<image::RgbImage>, out: &std::path::Path) -> Result<()> {
     if let Some(d) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    images[0]
-        .save(out)
-        .with_context(|| format!("writing {}", out.display()))?;
+    let first = images.into_iter().next().context("the model returned no image")?;
+    super::write_png(out, first)?;
     println!("{}", out.display());
     Ok(())
 }
 
-fn sd(a: SdArgs) -> Result<Outcome> {
-    let opts = LoadOptions {
+/// Loading options on the best device with the requested precisions.
+fn load_options(dtype: Precision, vae_dtype: Option<Precision>) -> LoadOptions {
+    LoadOptions {
         device: diffusion::best_device(0),
-        dtype: a.dtype.dtype(),
-        vae_dtype: a.vae_dtype.map(Precision::dtype),
+        dtype: dtype.dtype(),
+        vae_dtype: vae_dtype.map(Precision::dtype),
         ..Default::default()
-    };
+    }
+}
+
+fn sd(a: SdArgs) -> Result<Outcome> {
+    let opts = load_options(a.dtype, a.vae_dtype);
     let t0 = Instant::now();
     let pipe = diffusion::load_sd(&ModelSource::parse(&a.model), &opts)?;
     eprintln!(
@@ -228,17 +233,12 @@ fn sd(a: SdArgs) -> Result<Outcome> {
         height: a.height,
     })?;
     eprintln!("generated in {:.1} s", t0.elapsed().as_secs_f64());
-    save_png(&out.to_rgb_images()?, &a.out)?;
+    save_png(out.to_rgb_images()?, &a.out)?;
     Ok(Outcome::Success)
 }
 
 fn flux(a: FluxArgs) -> Result<Outcome> {
-    let opts = LoadOptions {
-        device: diffusion::best_device(0),
-        dtype: a.dtype.dtype(),
-        vae_dtype: a.vae_dtype.map(Precision::dtype),
-        ..Default::default()
-    };
+    let opts = load_options(a.dtype, a.vae_dtype);
     let t0 = Instant::now();
     let pipe = diffusion::load_flux(&ModelSource::parse(&a.model), &opts)?;
     eprintln!(
@@ -257,7 +257,7 @@ fn flux(a: FluxArgs) -> Result<Outcome> {
         ..Default::default()
     })?;
     eprintln!("generated in {:.1} s", t0.elapsed().as_secs_f64());
-    save_png(&out.to_rgb_images()?, &a.out)?;
+    save_png(out.to_rgb_images()?, &a.out)?;
     Ok(Outcome::Success)
 }
 
@@ -265,11 +265,7 @@ fn mvdream(a: MvdreamArgs) -> Result<Outcome> {
     if a.size == 0 {
         bail!("--size must be positive");
     }
-    let opts = LoadOptions {
-        device: diffusion::best_device(0),
-        dtype: a.dtype.dtype(),
-        ..Default::default()
-    };
+    let opts = load_options(a.dtype, None);
     let t0 = Instant::now();
     let pipe = diffusion::load_mvdream(&ModelSource::parse(&a.model), &opts)?;
     eprintln!(
@@ -297,10 +293,9 @@ fn mvdream(a: MvdreamArgs) -> Result<Outcome> {
         t0.elapsed().as_secs_f64()
     );
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    for (i, img) in out.to_rgb_images()?.iter().enumerate() {
+    for (i, img) in out.to_rgb_images()?.into_iter().enumerate() {
         let p = a.out.join(format!("view_{i}.png"));
-        img.save(&p)
-            .with_context(|| format!("writing {}", p.display()))?;
+        super::write_png(&p, img)?;
     }
     let cams: Vec<serde_json::Value> = out
         .cameras
@@ -314,8 +309,7 @@ fn mvdream(a: MvdreamArgs) -> Result<Outcome> {
         })
         .collect();
     let p = a.out.join("cameras.json");
-    std::fs::write(&p, serde_json::to_string_pretty(&cams)? + "\n")
-        .with_context(|| format!("writing {}", p.display()))?;
+    splatforge_splat::write_atomic(&p, (serde_json::to_string_pretty(&cams)? + "\n").as_bytes())?;
     println!("{}", a.out.display());
     Ok(Outcome::Success)
 }

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use image::codecs::gif::{GifEncoder, Repeat};
-use image::{Delay, Frame, ImageFormat, RgbImage, RgbaImage};
+use image::{Delay, Frame, RgbImage, RgbaImage};
 use splatforge_render::{render, Camera, GaussianBuffers, RenderMode, RenderOptions, RenderedImage};
 use splatforge_splat::normalize::{fit_to_box, VALIDATOR_BOX};
 use splatforge_splat::write_atomic;
@@ -87,9 +87,9 @@ pub fn run(args: Args) -> Result<Outcome> {
             (0..frames).map(|i| view(args.azimuth + 360.0 * i as f32 / frames as f32)).collect();
         encode_gif(draw(&cameras)?)?
     } else if args.validator_views {
-        encode_png(&contact_sheet(&draw(&Camera::validator_views())?, 4))?
+        super::encode_png(contact_sheet(&draw(&Camera::validator_views())?, 4))?
     } else {
-        encode_png(&draw(&[view(args.azimuth)])?.remove(0))?
+        super::encode_png(draw(&[view(args.azimuth)])?.remove(0))?
     };
     write_atomic(&args.output, &bytes)?;
     eprintln!("wrote {}", args.output.display());
@@ -110,12 +110,6 @@ fn contact_sheet(images: &[RgbImage], columns: u32) -> RgbImage {
         image::imageops::replace(&mut sheet, img, (col * w) as i64, (row * h) as i64);
     }
     sheet
-}
-
-fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, ImageFormat::Png).context("encoding PNG")?;
-    Ok(out.into_inner())
 }
 
 fn encode_gif(frames: Vec<RgbImage>) -> Result<Vec<u8>> {
