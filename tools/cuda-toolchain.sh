@@ -107,6 +107,22 @@ else
   log "installed ($ver)"
 fi
 
+# ---- 4b. cuDNN (for the `cudnn` feature) ------------------------------------------------------
+# candle's `cudnn` feature links -lcudnn. Only the 137 KB dispatcher libcudnn.so.9 is needed to
+# link; it loads its engine libraries at run time, and the GPU machine has its own cuDNN 9
+# (torch's nvidia-cudnn-cu13). So the 500 MB wheel is downloaded once and just that file kept.
+CUDNN_PIN=nvidia-cudnn-cu13==9.28.0.42
+if [[ ! -f "$CU/lib/libcudnn.so.9" || "$(cat "$DIR/.cudnn" 2>/dev/null)" != "$CUDNN_PIN" ]]; then
+  log "fetching libcudnn.so.9 from $CUDNN_PIN"
+  whl="$(mktemp -d)"
+  "$PY" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    --python-version 3.12 --platform manylinux_2_27_x86_64 -d "$whl" "$CUDNN_PIN" >&2
+  unzip -p "$whl"/nvidia_cudnn_cu13-*.whl nvidia/cudnn/lib/libcudnn.so.9 > "$CU/lib/libcudnn.so.9"
+  rm -rf "$whl"
+  ln -sfn libcudnn.so.9 "$CU/lib/libcudnn.so"
+  echo "$CUDNN_PIN" > "$DIR/.cudnn"
+fi
+
 # ---- 5. environment ---------------------------------------------------------------------------
 # LD_LIBRARY_PATH gets lib/ only, never lib/stubs (the stub must not be loaded at run time).
 cat > "$DIR/env.sh" <<EOF

@@ -80,3 +80,49 @@ fn bad_configs_are_one_error_line_naming_the_key() {
     let yaml = text(&out.stdout);
     assert!(yaml.contains("# profile: speed") && yaml.contains("iters: 42"), "{yaml}");
 }
+
+#[test]
+fn make_random_then_repeated_generations_print_one_json_object_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("mvdream");
+    // The same code path as `--size full`, at the tiny size.
+    let out = splatforge(&["models", "make-random", s(&models), "--size", "tiny", "--dtype", "bf16", "--seed", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("parameters: unet"), "{}", text(&out.stdout));
+    assert!(models.join("model_index.json").is_file());
+    let again = splatforge(&["models", "make-random", s(&models), "--size", "tiny"]);
+    let err = text(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{err}");
+    assert!(err.starts_with("error: ") && err.contains("not empty") && err.lines().count() == 1, "{err}");
+
+    let ply = dir.path().join("chair.ply");
+    let out = splatforge(&[
+        "generate", "--prompt", "a red chair", "-o", s(&ply), "--models", s(&models), "--profile", "development",
+        "--seed", "3", "--repeat", "2", "--warm-up", "--json", "--set", "sds.sds_iters=0",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}\n{}", stdout, text(&out.stderr));
+    let runs: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("one JSON object a line")).collect();
+    assert_eq!(runs.len(), 2, "{stdout}");
+    for (i, r) in runs.iter().enumerate() {
+        assert_eq!(r["profile"], "development");
+        assert_eq!(r["device"], "cpu");
+        assert_eq!((r["run"].as_u64(), r["runs"].as_u64(), r["seed"].as_u64()), (Some(i as u64 + 1), Some(2), Some(3 + i as u64)));
+        let stages = r["stages_ms"].as_object().unwrap();
+        let names: Vec<&str> = stages.keys().map(String::as_str).collect();
+        assert_eq!(names, ["alpha", "diffusion", "fit", "init", "normalize"], "{r}");
+        let sum: f64 = stages.values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((sum - r["total_ms"].as_f64().unwrap()).abs() < 0.01, "{r}");
+        assert!(r["load_ms"].as_f64().unwrap() > 0.0 && r["warm_up_ms"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["latents_finite"], true);
+        assert!(r["gaussians"].as_u64().unwrap() > 0);
+        // No GPU memory on the CPU.
+        assert!(r["device_memory_used_bytes"].is_null() && r["device_memory_total_bytes"].is_null());
+    }
+    assert!(runs[0]["output"].is_null());
+    assert_eq!(runs[1]["output"], s(&ply));
+    assert_eq!(read_splat_file(&ply).unwrap().len() as u64, runs[1]["gaussians"].as_u64().unwrap());
+
+    let out = splatforge(&["generate", "--prompt", "a cat", "-o", s(&ply), "--models", s(&models), "--repeat", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}

@@ -123,6 +123,10 @@ fn tiny_models_behind_the_real_service() {
     }
     let version = get(addr, "/version").unwrap();
     assert!(String::from_utf8_lossy(&version.body).contains("pipeline:development"));
+    // The CPU has no device memory to report (a CUDA build reports its GPU's).
+    let metrics = String::from_utf8_lossy(&get(addr, "/metrics").unwrap().body).into_owned();
+    assert!(metrics.contains("splatforge_ready 1"), "{metrics}");
+    assert!(!metrics.contains("splatforge_device_memory"), "{metrics}");
 
     // A PLY for "a red chair", with the stage timings.
     let r = post_prompt(addr, "a red chair").unwrap();

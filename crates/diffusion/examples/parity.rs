@@ -21,7 +21,7 @@ use candle_transformers::models::flux::WithForward;
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use splatforge_diffusion::flux::{flux_transformer_from_file, FluxTransformerConfig};
 use splatforge_diffusion::ldm::diffusers_unet_key;
-use splatforge_diffusion::mvdream::{MultiViewUNet, MultiViewUNetConfig};
+use splatforge_diffusion::mvdream::MultiViewUNet;
 use splatforge_diffusion::sd::SdUNetConfig;
 use splatforge_diffusion::vae::{TilingOptions, Vae, VaeConfig};
 use splatforge_diffusion::weights::{MappedBackend, NameMap, Source, TensorFile};
@@ -125,37 +125,6 @@ fn bench(dev: &Device, warm: usize, iters: usize, mut f: impl FnMut() -> R<Tenso
     Ok(v[v.len() / 2])
 }
 
-/// MVDream's UNet configuration equivalent to a diffusers SD UNet (no camera).
-fn mvdream_config_of(u: &SdUNetConfig) -> R<MultiViewUNetConfig> {
-    let mc = u.block_out_channels[0];
-    let cc = u.to_candle()?;
-    let mut att = vec![];
-    let mut head_ch = None;
-    for (i, b) in cc.blocks.iter().enumerate() {
-        if b.use_cross_attn.is_some() {
-            att.push(1usize << i);
-            let hc = b.out_channels / b.attention_head_dim;
-            if head_ch.is_some_and(|h| h != hc) {
-                return Err("heads of different widths per level: no MVDream equivalent".into());
-            }
-            head_ch = Some(hc);
-        }
-    }
-    let mut c = MultiViewUNetConfig::sd21_base_4view();
-    c.in_channels = u.in_channels;
-    c.out_channels = u.out_channels;
-    c.model_channels = mc;
-    c.channel_mult = u.block_out_channels.iter().map(|&b| b / mc).collect();
-    c.num_res_blocks = splatforge_diffusion::mvdream::PerLevel::All(u.layers_per_block);
-    c.attention_resolutions = att;
-    c.num_heads = -1;
-    c.num_head_channels = head_ch.unwrap_or(64) as i64;
-    c.context_dim = u.cross_attention_dim;
-    c.camera_dim = None;
-    c.use_linear_in_transformer = u.use_linear_projection;
-    Ok(c)
-}
-
 /// Writes a CPU dry-run folder from the tiny models (random "references").
 fn make_dry(dir: &Path) -> R<()> {
     use splatforge_diffusion::rng::randn;
@@ -232,6 +201,8 @@ fn main() -> R<()> {
     let want = |k: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == k));
     let dev = splatforge_diffusion::best_device(0);
     eprintln!("device: {dev:?}");
+    // The loaders do this; the benchmarks below build models directly.
+    splatforge_diffusion::ops::configure_device(&dev)?;
     let io: HashMap<String, Tensor> =
         candle_core::safetensors::load(dir.join("io.safetensors"), &dev)?;
     let g = |k: &str| -> R<Tensor> {
@@ -255,7 +226,7 @@ fn main() -> R<()> {
         let (x, ctx) = (g("unet_x")?, g("unet_ctx")?);
         let t = g("unet_t")?.to_dtype(DType::F32)?.to_vec1::<f32>()?[0] as f64;
         let b = x.dim(0)?;
-        let mv_cfg = mvdream_config_of(&ucfg)?;
+        let mv_cfg = ucfg.to_multiview()?;
         let c2 = mv_cfg.clone();
         let map: NameMap = Arc::new(move |n: &str| diffusers_unet_key(n, &c2).map(Source::Key));
         for (dt, name, bound) in [(DType::F32, "f32", 1e-3), (bf, "bf16", 2e-2)] {
@@ -313,19 +284,19 @@ fn main() -> R<()> {
                 let c8 = Tensor::randn(0f32, 1., (8, 77, ucfg.cross_attention_dim), &dev)?
                     .to_dtype(bf)?;
                 let t8 = Tensor::full(500f32, 8, &dev)?;
-                let ms = bench(&dev, 3, 10, || Ok(unet.forward(&x8, 500.0, &c8)?))?;
+                let ms = bench(&dev, 10, 30, || Ok(unet.forward(&x8, 500.0, &c8)?))?;
                 rep.time(
                     "unet_step_b8_32x32 sd21 (candle-transformers)",
                     ms,
                     ",\"dtype\":\"bf16\"",
                 );
-                let ms = bench(&dev, 3, 10, || Ok(mv.forward(&x8, &t8, &c8, None, 4)?))?;
+                let ms = bench(&dev, 10, 30, || Ok(mv.forward(&x8, &t8, &c8, None, 4)?))?;
                 rep.time(
                     "unet_step_b8_32x32 mvdream (4 views)",
                     ms,
                     ",\"dtype\":\"bf16\"",
                 );
-                let ms = bench(&dev, 3, 10, || Ok(mv.forward(&x8, &t8, &c8, None, 1)?))?;
+                let ms = bench(&dev, 10, 30, || Ok(mv.forward(&x8, &t8, &c8, None, 1)?))?;
                 rep.time(
                     "unet_step_b8_32x32 mvdream (1 view)",
                     ms,
@@ -364,12 +335,27 @@ fn main() -> R<()> {
                     );
                 }
             }
+            // The SDS path's encoder: forward and backward to the images,
+            // 4 × 256² (f32 here; bf16 and f16 below).
+            let sds_encode = |vae: &Vae, dt: DType| -> R<f64> {
+                let imgs = Tensor::rand(0f32, 1., (4, 3, 256, 256), &dev)?;
+                bench(&dev, 2, 5, || {
+                    let x = candle_core::Var::from_tensor(&imgs.to_dtype(dt)?)?;
+                    let grads = vae.encode(x.as_tensor())?.sqr()?.sum_all()?.backward()?;
+                    Ok(grads.get(x.as_tensor()).ok_or("no gradient")?.clone())
+                })
+            };
+            rep.time(&format!("sds_encode_fwd_bwd_4x256 {name}"), sds_encode(&vae, dt)?, "");
             if dt == bf {
+                let vae16 = Vae::new(identity(vf.clone(), DType::F16, &dev), &vcfg)?.with_tiling(TilingOptions::off());
+                match sds_encode(&vae16, DType::F16) {
+                    Ok(ms) => rep.time("sds_encode_fwd_bwd_4x256 f16", ms, ""),
+                    Err(e) => eprintln!("sds_encode_fwd_bwd_4x256 f16 failed: {e}"),
+                }
                 let lc = vcfg.latent_channels;
                 let z4 = Tensor::randn(0f32, 1., (4, lc, 32, 32), &dev)?;
                 let ms = bench(&dev, 2, 10, || Ok(vae.decode_raw(&z4)?))?;
                 rep.time("vae_decode_4x256", ms, ",\"dtype\":\"bf16\"");
-                // Tiled vs untiled at 1024² (512-px tiles, 64-px overlap), in [0, 1] image units.
                 // Tiled vs untiled at 1024² (512-px tiles, 64-px overlap), in [0, 1] image units.
                 let zl = (Tensor::randn(0f32, 1., (1, lc, 128 / q, 128 / q), &dev)? * 5.0)?;
                 let full = vae.with_tiling(TilingOptions::off());
@@ -487,56 +473,146 @@ fn main() -> R<()> {
     }
 
     if want("ops") && !dev.is_cpu() {
-        // Single operations at the sizes that dominate the benchmarks (bf16).
-        let r = |s: &[usize]| -> R<Tensor> { Ok(Tensor::randn(0f32, 1., s, &dev)?.to_dtype(bf)?) };
-        let x = r(&[4, 128, 256, 256])?;
-        let w = r(&[128, 128, 3, 3])?;
-        let x5 = r(&[4, 512, 64, 64])?;
-        let w5 = r(&[512, 512, 3, 3])?;
-        let gn = candle_nn::GroupNorm::new(r(&[128])?, r(&[128])?, 128, 32, 1e-6)?;
-        let xu = r(&[4, 128, 128, 128])?;
-        let (q, k, v) = (
-            r(&[1, 24, 4352, 128])?,
-            r(&[1, 24, 4352, 128])?,
-            r(&[1, 24, 4352, 128])?,
-        );
-        let (a, b) = (r(&[4352, 3072])?, r(&[3072, 12288])?);
-        use candle_core::Module;
-        let ops: Vec<(&str, OpFn)> = vec![
-            (
-                "op_conv3x3_4x128x256",
-                Box::new(|| Ok(x.conv2d(&w, 1, 1, 1, 1)?)),
-            ),
-            (
-                "op_conv3x3_4x512x64",
-                Box::new(|| Ok(x5.conv2d(&w5, 1, 1, 1, 1)?)),
-            ),
-            (
-                "op_group_norm_4x128x256 (candle-nn)",
-                Box::new(|| Ok(gn.forward(&x)?)),
-            ),
-            ("op_silu_4x128x256", Box::new(|| Ok(x.silu()?))),
-            (
-                "op_upsample2x_4x128x128",
-                Box::new(|| Ok(xu.upsample_nearest2d(256, 256)?)),
-            ),
-            (
-                "op_attention_24x4352x128",
-                Box::new(|| {
-                    let s = (q.matmul(&k.t()?)? * (128f64).powf(-0.5))?;
-                    Ok(candle_nn::ops::softmax_last_dim(&s)?.matmul(&v)?)
-                }),
-            ),
-            ("op_matmul_4352x3072x12288", Box::new(|| Ok(a.matmul(&b)?))),
-        ];
-        for (name, f) in ops {
-            let ms = bench(&dev, 3, 10, &f)?;
-            rep.time(name, ms, ",\"dtype\":\"bf16\"");
-        }
+        fused_ops(&dev, &mut rep)?;
     }
 
     if let Some(p) = out_path {
         std::fs::write(p, rep.lines.join("\n") + "\n")?;
+    }
+    Ok(())
+}
+
+/// The fused kernels of `splatforge_diffusion::ops` against the composite
+/// path run on the CPU in f32 from the same (rounded) inputs, then single
+/// operations timed at the sizes that dominate the benchmarks (bf16): candle's
+/// own op next to ours.
+fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
+    use candle_core::Module;
+    use splatforge_diffusion::ops::{attention, attention_reference, GroupNorm};
+    let cpu = Device::Cpu;
+    let r = |s: &[usize], dt: DType| -> R<Tensor> { Ok(Tensor::randn(0f32, 1., s, dev)?.to_dtype(dt)?) };
+    let f32_cpu = |t: &Tensor| -> R<Tensor> { Ok(t.to_device(&cpu)?.to_dtype(DType::F32)?) };
+
+    // (batch, queries, keys, heads, head dim, dtype)
+    let attn_cases = [
+        (2, 4096, 4096, 5, 64, DType::BF16, "mvdream self 32²×4 views"),
+        (8, 1024, 77, 5, 64, DType::BF16, "cross to text"),
+        (1, 1000, 130, 3, 64, DType::BF16, "ragged tails"),
+        (1, 1100, 1100, 4, 128, DType::BF16, "d128 ragged"),
+        (2, 300, 77, 2, 64, DType::F16, "f16"),
+        (1, 4608, 4608, 24, 128, DType::BF16, "flux 1024²"),
+    ];
+    for (b, nq, nk, h, d, dt, label) in attn_cases {
+        let q = r(&[b, nq, h * d], dt)?;
+        let k = r(&[b, nk, h * d], dt)?;
+        let v = r(&[b, nk, h * d], dt)?;
+        let ours = attention(&q, &k, &v, h)?;
+        let want = attention_reference(&f32_cpu(&q)?, &f32_cpu(&k)?, &f32_cpu(&v)?, h)?;
+        rep.parity(&format!("op attention {label} [{b},{nq},{nk},{h}x{d}]"), &format!("{dt:?}"), rel(&ours, &want)?, 1e-2);
+    }
+    let gn_cases: [(&[usize], usize, DType, bool); 5] = [
+        (&[4, 128, 256, 256], 32, DType::BF16, true),
+        (&[8, 320, 32, 32], 32, DType::F16, true),
+        (&[2, 64, 7, 5], 32, DType::F32, false),
+        (&[1, 128, 512, 512], 32, DType::BF16, false),
+        (&[3, 96, 9, 9], 32, DType::BF16, true),
+    ];
+    for (shape, groups, dt, silu) in gn_cases {
+        let c = shape[1];
+        let x = (r(shape, dt)? * 3.0)?.affine(1.0, 5.0)?; // a large mean, as after residual adds
+        let (w, b) = (r(&[c], dt)?, r(&[c], dt)?);
+        let gn = GroupNorm::new(w.clone(), b.clone(), groups, 1e-6)?;
+        let ours = if silu { gn.forward_silu(&x)? } else { gn.forward(&x)? };
+        let cpu_gn = GroupNorm::new(f32_cpu(&w)?, f32_cpu(&b)?, groups, 1e-6)?;
+        let want = if silu { cpu_gn.forward_silu(&f32_cpu(&x)?)? } else { cpu_gn.forward(&f32_cpu(&x)?)? };
+        let bound = if dt == DType::F32 { 1e-5 } else { 1e-2 };
+        rep.parity(&format!("op group_norm{} {shape:?}/{groups}", if silu { "+silu" } else { "" }), &format!("{dt:?}"), rel(&ours, &want)?, bound);
+    }
+
+    // Backward passes (the SDS path differentiates the VAE encoder): the
+    // gradient of Σ y·m (m random) with respect to x, GPU kernel vs the CPU
+    // composite path in f32.
+    let grad_of = |x: &Tensor, m: &Tensor, f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>| -> R<Tensor> {
+        let v = candle_core::Var::from_tensor(x)?;
+        let y = f(v.as_tensor())?;
+        let g = (y.to_dtype(DType::F32)? * m.to_dtype(DType::F32)?.to_device(y.device())?)?.sum_all()?.backward()?;
+        Ok(g.get(v.as_tensor()).ok_or("no gradient")?.clone())
+    };
+    for (shape, groups, dt, silu) in [(&[4usize, 128, 64, 64][..], 32usize, DType::BF16, true), (&[2, 64, 7, 5][..], 32, DType::F32, false), (&[2, 96, 9, 9][..], 32, DType::F32, true)] {
+        let c = shape[1];
+        let x = r(shape, dt)?;
+        let m = r(shape, DType::F32)?;
+        let (w, b) = (r(&[c], dt)?, r(&[c], dt)?);
+        let gn = GroupNorm::new(w.clone(), b.clone(), groups, 1e-6)?;
+        let cpu_gn = GroupNorm::new(f32_cpu(&w)?, f32_cpu(&b)?, groups, 1e-6)?;
+        let ours = grad_of(&x, &m, &|t| if silu { gn.forward_silu(t) } else { gn.forward(t) })?;
+        let want = grad_of(&f32_cpu(&x)?, &f32_cpu(&m)?, &|t| if silu { cpu_gn.forward_silu(t) } else { cpu_gn.forward(t) })?;
+        let bound = if dt == DType::F32 { 1e-4 } else { 2e-2 };
+        rep.parity(&format!("op group_norm{} backward {shape:?}/{groups}", if silu { "+silu" } else { "" }), &format!("{dt:?}"), rel(&ours, &want)?, bound);
+    }
+    #[cfg(feature = "cudnn")]
+    for (shape, k, pad, stride, dt) in [(&[2usize, 64, 32, 32][..], 64usize, 1usize, 1usize, DType::BF16), (&[2, 32, 17, 17][..], 48, 0, 2, DType::F32), (&[4, 3, 64, 64][..], 128, 1, 1, DType::F32)] {
+        let x = r(shape, dt)?;
+        let wt = r(&[k, shape[1], 3, 3], dt)?;
+        let bias = r(&[k], dt)?;
+        let cfg = candle_nn::Conv2dConfig { padding: pad, stride, ..Default::default() };
+        let ours_conv = splatforge_diffusion::ops::Conv2d::new(candle_nn::Conv2d::new(wt.clone(), Some(bias.clone()), cfg));
+        let cpu_conv = candle_nn::Conv2d::new(f32_cpu(&wt)?, Some(f32_cpu(&bias)?), cfg);
+        let y_ours = ours_conv.forward(&x)?;
+        let y_cpu = candle_core::Module::forward(&cpu_conv, &f32_cpu(&x)?)?;
+        rep.parity(&format!("op conv2d (cuDNN) {shape:?}→{k} pad {pad} stride {stride}"), &format!("{dt:?}"), rel(&y_ours, &y_cpu)?, if dt == DType::F32 { 1e-5 } else { 1e-2 });
+        let m = r(y_ours.dims(), DType::F32)?;
+        let ours = grad_of(&x, &m, &|t| ours_conv.forward(t))?;
+        let want = grad_of(&f32_cpu(&x)?, &f32_cpu(&m)?, &|t| candle_core::Module::forward(&cpu_conv, t))?;
+        rep.parity(&format!("op conv2d (cuDNN) backward {shape:?}→{k} pad {pad} stride {stride}"), &format!("{dt:?}"), rel(&ours, &want)?, if dt == DType::F32 { 1e-5 } else { 2e-2 });
+    }
+
+    let bf = DType::BF16;
+    let x = r(&[4, 128, 256, 256], bf)?;
+    let w = r(&[128, 128, 3, 3], bf)?;
+    let x5 = r(&[4, 512, 64, 64], bf)?;
+    let w5 = r(&[512, 512, 3, 3], bf)?;
+    let x3 = r(&[8, 320, 32, 32], bf)?;
+    let w3 = r(&[320, 320, 3, 3], bf)?;
+    let (g, be) = (r(&[128], bf)?, r(&[128], bf)?);
+    let gn_nn = candle_nn::GroupNorm::new(g.clone(), be.clone(), 128, 32, 1e-6)?;
+    let gn = GroupNorm::new(g, be, 32, 1e-6)?;
+    let xu = r(&[4, 128, 128, 128], bf)?;
+    let fl = [r(&[1, 4352, 24 * 128], bf)?, r(&[1, 4352, 24 * 128], bf)?, r(&[1, 4352, 24 * 128], bf)?];
+    let mv = [r(&[2, 4096, 320], bf)?, r(&[2, 4096, 320], bf)?, r(&[2, 4096, 320], bf)?];
+    let (a, b) = (r(&[4352, 3072], bf)?, r(&[3072, 12288], bf)?);
+    let conv = |w: &Tensor| -> R<splatforge_diffusion::ops::Conv2d> {
+        let cfg = candle_nn::Conv2dConfig { padding: 1, ..Default::default() };
+        let bias = r(&[w.dim(0)?], bf)?;
+        Ok(splatforge_diffusion::ops::Conv2d::new(candle_nn::Conv2d::new(w.clone(), Some(bias), cfg)))
+    };
+    let (cv, cv5, cv3) = (conv(&w)?, conv(&w5)?, conv(&w3)?);
+    let (xl, wl, bl) = (r(&[8, 1024, 320], bf)?, r(&[1280, 320], bf)?, r(&[1280], bf)?);
+    let lin = candle_nn::Linear::new(wl.clone(), Some(bl.clone()));
+    let ops: Vec<(&str, OpFn)> = vec![
+        ("op_conv3x3_4x128x256", Box::new(|| Ok(x.conv2d(&w, 1, 1, 1, 1)?))),
+        ("op_conv3x3_4x512x64", Box::new(|| Ok(x5.conv2d(&w5, 1, 1, 1, 1)?))),
+        ("op_conv3x3_8x320x32", Box::new(|| Ok(x3.conv2d(&w3, 1, 1, 1, 1)?))),
+        ("op_group_norm_4x128x256 (candle-nn)", Box::new(|| Ok(gn_nn.forward(&x)?))),
+        ("op_group_norm_4x128x256+silu (candle-nn)", Box::new(|| Ok(gn_nn.forward(&x)?.silu()?))),
+        ("op_group_norm_4x128x256 (fused)", Box::new(|| Ok(gn.forward(&x)?))),
+        ("op_group_norm_4x128x256+silu (fused)", Box::new(|| Ok(gn.forward_silu(&x)?))),
+        ("op_silu_4x128x256", Box::new(|| Ok(x.silu()?))),
+        ("op_upsample2x_4x128x128", Box::new(|| Ok(xu.upsample_nearest2d(256, 256)?))),
+        ("op_attention_24x4352x128 (materialised)", Box::new(|| Ok(attention_reference(&fl[0], &fl[1], &fl[2], 24)?))),
+        ("op_attention_24x4352x128 (fused)", Box::new(|| Ok(attention(&fl[0], &fl[1], &fl[2], 24)?))),
+        ("op_attention_mvdream_2x4096x5x64 (materialised)", Box::new(|| Ok(attention_reference(&mv[0], &mv[1], &mv[2], 5)?))),
+        ("op_attention_mvdream_2x4096x5x64 (fused)", Box::new(|| Ok(attention(&mv[0], &mv[1], &mv[2], 5)?))),
+        ("op_matmul_4352x3072x12288", Box::new(|| Ok(a.matmul(&b)?))),
+        ("op_conv3x3_4x128x256 (ops::Conv2d)", Box::new(|| Ok(cv.forward(&x)?))),
+        ("op_conv3x3_4x512x64 (ops::Conv2d)", Box::new(|| Ok(cv5.forward(&x5)?))),
+        ("op_conv3x3_8x320x32 (ops::Conv2d)", Box::new(|| Ok(cv3.forward(&x3)?))),
+        ("op_linear_8x1024x320x1280 (candle-nn, batched)", Box::new(|| Ok(lin.forward(&xl)?))),
+        ("op_linear_8x1024x320x1280 (flattened)", Box::new(|| Ok(xl.reshape((8192, 320))?.matmul(&wl.t()?)?.broadcast_add(&bl)?))),
+    ];
+    for (name, f) in ops {
+        let ms = bench(dev, 3, 10, &f)?;
+        rep.time(name, ms, ",\"dtype\":\"bf16\"");
     }
     Ok(())
 }

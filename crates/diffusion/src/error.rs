@@ -26,12 +26,34 @@ pub enum DiffusionError {
     /// An error from candle (tensor ops, weight shapes).
     #[error("tensor: {0}")]
     Candle(#[from] candle_core::Error),
+    /// A progress callback asked the denoising loop to stop.
+    #[error("cancelled")]
+    Cancelled,
     /// An I/O error on a named path.
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// What a denoising loop's progress callback returns: `()` (always go on),
+/// or a [`ControlFlow`](std::ops::ControlFlow) whose `Break` stops the loop
+/// after the current step with [`DiffusionError::Cancelled`].
+pub trait StepControl {
+    fn should_stop(&self) -> bool;
+}
+
+impl StepControl for () {
+    fn should_stop(&self) -> bool {
+        false
+    }
+}
+
+impl StepControl for std::ops::ControlFlow<()> {
+    fn should_stop(&self) -> bool {
+        self.is_break()
+    }
 }
 
 /// Result alias of this crate.

@@ -27,7 +27,7 @@ use candle_transformers::models::t5;
 use serde::{Deserialize, Serialize};
 
 use crate::clip_text::{ClipTextConfig, ClipTextModel};
-use crate::error::{DiffusionError, Result};
+use crate::error::{DiffusionError, Result, StepControl};
 use crate::hub::{self, FileSource};
 use crate::loading::{
     build_named, component_weights, diffusers_source, identity_var_builder, read_source_json,
@@ -457,10 +457,10 @@ impl FluxPipeline {
     }
 
     /// Text → final unpacked latents `[1, 16, H/8, W/8]` (f32, device).
-    pub fn generate_latents(
+    pub fn generate_latents<C: StepControl>(
         &self,
         req: &FluxRequest,
-        mut progress: impl FnMut(usize, usize),
+        mut progress: impl FnMut(usize, usize) -> C,
     ) -> Result<Tensor> {
         if req.width == 0 || req.height == 0 || req.width % 16 != 0 || req.height % 16 != 0 {
             return Err(DiffusionError::InvalidArgument(format!(
@@ -500,7 +500,9 @@ impl FluxPipeline {
                 guidance,
             )?;
             img = (img.to_dtype(DType::F32)? + (v * (win[1] - win[0]))?)?.to_dtype(dt)?;
-            progress(i + 1, n);
+            if progress(i + 1, n).should_stop() {
+                return Err(DiffusionError::Cancelled);
+            }
         }
         Ok(sampling::unpack(
             &img.to_dtype(DType::F32)?,
@@ -530,6 +532,7 @@ pub fn load_flux(source: &ModelSource, opts: &LoadOptions) -> Result<FluxPipelin
 
 /// [`load_flux`] from any file source.
 pub fn load_flux_from(src: &dyn FileSource, opts: &LoadOptions) -> Result<FluxPipeline> {
+    crate::ops::configure_device(&opts.device)?;
     let tcfg_path = src.find(&["transformer/config.json"])?;
     let tcfg: FluxTransformerConfig = read_source_json(src, "transformer/config.json")?;
     let fcfg = tcfg

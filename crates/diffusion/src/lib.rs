@@ -15,7 +15,7 @@
 //! | [`camera`] | MVDream camera inputs and our render cameras for the views |
 //! | [`pipeline`] | text → views: CFG with a negative prompt, seeded noise |
 //! | [`loading`], [`ldm`], [`hub`], [`weights`] | diffusers folders, LDM checkpoints, the HF cache |
-//! | [`tiny`] | tiny random-weight models with the real tensor names |
+//! | [`tiny`] | random-weight models with the real tensor names: tiny ones for tests, MVDream at full size for timing |
 //!
 //! Quick start:
 //! ```no_run
@@ -36,6 +36,7 @@ pub mod hub;
 pub mod ldm;
 pub mod loading;
 pub mod mvdream;
+pub mod ops;
 pub mod pipeline;
 pub mod rng;
 pub mod sd;
@@ -45,15 +46,18 @@ pub mod tokenizer;
 pub mod vae;
 pub mod weights;
 
+#[cfg(test)]
+mod test_util;
+
 pub use candle_core::{DType, Device, Tensor};
-pub use error::{DiffusionError, Result};
+pub use error::{DiffusionError, Result, StepControl};
 pub use flux::{load_flux, FluxOutput, FluxPipeline, FluxRequest};
 pub use hub::HubConfig;
 pub use loading::{load_mvdream, LdmConfig, LoadOptions, ModelSource};
 pub use pipeline::{MvDreamOutput, MvDreamPipeline, MvDreamRequest};
 pub use sd::{load_sd, SdOutput, SdPipeline, SdRequest};
 pub use sds::{sds_gradient, SdsConditioning, SdsOptions, SdsOutput, SdsTimestep, SdsWeighting};
-pub use tiny::{make_tiny, TinyModels, TinyOptions};
+pub use tiny::{make_random_mvdream, make_tiny, ModelSize, RandomMvDream, TinyModels, TinyOptions};
 pub use vae::{TilingOptions, Vae, VaeConfig};
 
 /// TF32 for f32 matrix products on CUDA (candle's cuBLAS compute type,

@@ -187,6 +187,7 @@ fn check_dims(unet: &MultiViewUNetConfig, text: &ClipTextConfig, vae: &VaeConfig
 
 /// Loads MVDream from any [`ModelSource`].
 pub fn load_mvdream(source: &ModelSource, opts: &LoadOptions) -> Result<MvDreamPipeline> {
+    crate::ops::configure_device(&opts.device)?;
     match source {
         ModelSource::Diffusers(dir) => load_diffusers(&LocalDir::new(dir), opts),
         ModelSource::HubDiffusers { repo, revision } => load_diffusers(

@@ -21,11 +21,10 @@
 //! `time_embed.0`, `camera_embed.2`, `input_blocks.1.1.transformer_blocks.0.attn1.to_q`, ...
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{
-    conv2d, group_norm, layer_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, GroupNorm,
-    LayerNorm, Linear, VarBuilder,
-};
+use candle_nn::{layer_norm, linear, linear_no_bias, Conv2dConfig, LayerNorm, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
+
+use crate::ops::{attention, conv2d, group_norm, Conv2d, GroupNorm};
 
 /// Number of groups of every GroupNorm of the LDM UNet (`GroupNorm32`).
 pub const NORM_GROUPS: usize = 32;
@@ -215,33 +214,6 @@ pub fn timestep_embedding(timesteps: &Tensor, dim: usize) -> Result<Tensor> {
     } else {
         Ok(emb)
     }
-}
-
-/// Multi-head softmax attention: `q [B, Nq, H·D]`, `k, v [B, Nk, H·D]` →
-/// `[B, Nq, H·D]`, scale `D^−½`, softmax in f32.
-///
-/// This is the one place a fused attention kernel would go.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
-    let (b, nq, inner) = q.dims3()?;
-    let nk = k.dim(1)?;
-    let d = inner / heads;
-    let q = q
-        .reshape((b, nq, heads, d))?
-        .transpose(1, 2)?
-        .contiguous()?;
-    let k = k
-        .reshape((b, nk, heads, d))?
-        .transpose(1, 2)?
-        .contiguous()?;
-    let v = v
-        .reshape((b, nk, heads, d))?
-        .transpose(1, 2)?
-        .contiguous()?;
-    let in_dtype = q.dtype();
-    let scores = (q.matmul(&k.t()?)? * (d as f64).powf(-0.5))?;
-    let probs =
-        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?;
-    probs.matmul(&v)?.transpose(1, 2)?.reshape((b, nq, inner))
 }
 
 #[derive(Debug, Clone)]
@@ -465,10 +437,10 @@ impl ResBlock {
     }
 
     fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
-        let h = self.in_conv.forward(&self.in_norm.forward(x)?.silu()?)?;
+        let h = self.in_conv.forward(&self.in_norm.forward_silu(x)?)?;
         let e = self.emb.forward(&emb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
         let h = h.broadcast_add(&e)?;
-        let h = self.out_conv.forward(&self.out_norm.forward(&h)?.silu()?)?;
+        let h = self.out_conv.forward(&self.out_norm.forward_silu(&h)?)?;
         match &self.skip {
             Some(s) => s.forward(x)? + h,
             None => x + h,
@@ -721,29 +693,18 @@ impl MultiViewUNet {
             let skip = hs.pop().expect("skip");
             h = block.forward(Tensor::cat(&[&h, &skip], 1)?, &emb, &context, num_frames)?;
         }
-        self.out_conv.forward(&self.out_norm.forward(&h)?.silu()?)
+        self.out_conv.forward(&self.out_norm.forward_silu(&h)?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_abs;
     use crate::rng::randn;
     use crate::weights::SeededInit;
     use candle_core::Device;
 
-    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     fn tiny() -> MultiViewUNetConfig {
         crate::tiny::tiny_config().unet

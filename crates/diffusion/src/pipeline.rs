@@ -7,7 +7,7 @@ use splatforge_render::Camera;
 use crate::camera;
 use crate::clip_text::ClipTextModel;
 use crate::ddim::{DdimConfig, DdimScheduler};
-use crate::error::{DiffusionError, Result};
+use crate::error::{DiffusionError, Result, StepControl};
 use crate::mvdream::MultiViewUNet;
 use crate::rng;
 use crate::tokenizer::ClipTokenizer;
@@ -197,10 +197,10 @@ impl MvDreamPipeline {
     }
 
     /// [`Self::generate`], calling `progress(step, total)` after each denoising step.
-    pub fn generate_with_progress(
+    pub fn generate_with_progress<C: StepControl>(
         &self,
         req: &MvDreamRequest,
-        progress: impl FnMut(usize, usize),
+        progress: impl FnMut(usize, usize) -> C,
     ) -> Result<MvDreamOutput> {
         let latents = self.generate_latents(req, progress)?;
         let images = self.decode_latents(&latents)?;
@@ -229,10 +229,10 @@ impl MvDreamPipeline {
 
     /// The denoising loop alone: final latents `[num_frames, 4, h, w]`
     /// (f32, on the model's device), not decoded.
-    pub fn generate_latents(
+    pub fn generate_latents<C: StepControl>(
         &self,
         req: &MvDreamRequest,
-        mut progress: impl FnMut(usize, usize),
+        mut progress: impl FnMut(usize, usize) -> C,
     ) -> Result<Tensor> {
         if req.num_frames == 0 {
             return Err(DiffusionError::InvalidArgument(
@@ -294,7 +294,9 @@ impl MvDreamPipeline {
                 eps
             };
             latents = sched.step(&eps, t, &latents)?;
-            progress(i + 1, total);
+            if progress(i + 1, total).should_stop() {
+                return Err(DiffusionError::Cancelled);
+            }
         }
         Ok(latents)
     }

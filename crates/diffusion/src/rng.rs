@@ -8,6 +8,9 @@
 
 use candle_core::{DType, Device, Tensor};
 
+/// SplitMix64's increment (the golden ratio in 64-bit fixed point).
+const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
 /// SplitMix64 (Steele, Lea & Flood 2014).
 #[derive(Debug, Clone)]
 pub struct SplitMix64 {
@@ -20,7 +23,7 @@ impl SplitMix64 {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.state = self.state.wrapping_add(GAMMA);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -46,6 +49,34 @@ impl SplitMix64 {
         out.truncate(n);
         out
     }
+}
+
+/// Elements per parallel chunk of [`fill_normals`] (even, so that no
+/// Box–Muller pair straddles two chunks).
+const FILL_CHUNK: usize = 1 << 16;
+
+/// Fills `out` with exactly what `SplitMix64::new(seed).normals(out.len())`
+/// returns, on all cores (rayon). SplitMix64's state after `k` draws is
+/// `seed + k·γ`, and element `i` comes from draws `i` and `i + 1` rounded
+/// down to a pair, so each chunk starts its own generator at its offset.
+pub fn fill_normals(seed: u64, out: &mut [f32]) {
+    use rayon::prelude::*;
+    out.par_chunks_mut(FILL_CHUNK)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let start = (c * FILL_CHUNK) as u64;
+            let mut rng = SplitMix64::new(seed.wrapping_add(start.wrapping_mul(GAMMA)));
+            for pair in chunk.chunks_mut(2) {
+                let u1 = rng.next_open01();
+                let u2 = rng.next_open01();
+                let r = (-2.0 * u1.ln()).sqrt();
+                let a = std::f64::consts::TAU * u2;
+                pair[0] = (r * a.cos()) as f32;
+                if let Some(second) = pair.get_mut(1) {
+                    *second = (r * a.sin()) as f32;
+                }
+            }
+        });
 }
 
 /// FNV-1a hash of a string, used to derive per-tensor seeds from names so that
@@ -85,6 +116,21 @@ mod tests {
         let mut r = SplitMix64::new(0);
         assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
         assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+    }
+
+    #[test]
+    fn parallel_fill_is_the_serial_sequence() {
+        for n in [0, 1, 2, 7, FILL_CHUNK - 1, FILL_CHUNK, 2 * FILL_CHUNK + 3] {
+            let mut par = vec![f32::NAN; n];
+            fill_normals(42, &mut par);
+            let serial = SplitMix64::new(42).normals(n);
+            assert!(
+                par.iter()
+                    .zip(&serial)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "n = {n}"
+            );
+        }
     }
 
     #[test]

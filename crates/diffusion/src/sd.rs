@@ -1,9 +1,17 @@
-//! Stable Diffusion 2.1 and SD-Turbo text → image, on candle-transformers'
-//! `stable_diffusion::unet_2d::UNet2DConditionModel` (diffusers tensor
-//! names), with our CLIP text encoder ([`crate::clip_text`]; candle's
-//! `stable_diffusion::clip::Config` has private fields), our VAE
-//! ([`crate::vae`], tiled) and our deterministic schedulers (DDIM for SD 2.1,
-//! Euler for SD-Turbo).
+//! Stable Diffusion 2.1 and SD-Turbo text → image, with our CLIP text
+//! encoder ([`crate::clip_text`]; candle's `stable_diffusion::clip::Config`
+//! has private fields), our VAE ([`crate::vae`], tiled), our deterministic
+//! schedulers (DDIM for SD 2.1, Euler for SD-Turbo) and, for the UNet, our
+//! MVDream UNet with one view and no camera ([`crate::mvdream`]), which is
+//! SD 2.1's UNet in LDM form: diffusers' tensor names are mapped with
+//! [`crate::ldm::diffusers_unet_key`].
+//!
+//! Why not candle-transformers' `UNet2DConditionModel` (used until the
+//! measurements in BENCHMARKS.md): in bf16 it is 2.9e-2 from diffusers' f32
+//! output (bound 2e-2; its timestep frequencies are rounded to bf16 and its
+//! GEGLU uses the tanh GELU), ours 1.1e-2; and ours runs the fused attention,
+//! GroupNorm and cuDNN convolutions of [`crate::ops`]. [`SdUNetConfig::to_candle`]
+//! still validates the block layout, which both UNets share.
 //!
 //! Loading: a diffusers-layout folder or hub repository
 //! (`stabilityai/sd-turbo`, `stabilityai/stable-diffusion-2-1[-base]`):
@@ -14,20 +22,25 @@
 //! β schedule and prediction type).
 
 use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
+
 use candle_transformers::models::stable_diffusion::unet_2d::{
-    BlockConfig, UNet2DConditionModel, UNet2DConditionModelConfig,
+    BlockConfig, UNet2DConditionModelConfig,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::clip_text::{ClipTextConfig, ClipTextModel};
 use crate::ddim::{DdimConfig, DdimScheduler};
-use crate::error::{DiffusionError, Result};
+use crate::error::{DiffusionError, Result, StepControl};
 use crate::euler::EulerScheduler;
 use crate::hub::{self, FileSource};
+use crate::ldm::diffusers_unet_key;
 use crate::loading::{
     build_named, component_weights, diffusers_source, identity_var_builder, read_source_json,
     LoadOptions, ModelSource,
 };
+use crate::mvdream::{MultiViewUNet, MultiViewUNetConfig, PerLevel};
+use crate::weights::{MappedBackend, NameMap, Source};
 use crate::rng;
 use crate::tokenizer::ClipTokenizer;
 use crate::vae::{Vae, VaeConfig};
@@ -226,6 +239,63 @@ impl SdUNetConfig {
     }
 }
 
+impl SdUNetConfig {
+    /// The equivalent LDM configuration of [`MultiViewUNet`] (one view, no
+    /// camera); errors on what the LDM UNet cannot express.
+    pub fn to_multiview(&self) -> std::result::Result<MultiViewUNetConfig, String> {
+        let cc = self.to_candle()?;
+        let unsupported = |what: &str| Err(format!("unet: {what} is not supported by the LDM UNet"));
+        if self.norm_num_groups != 32 {
+            return unsupported(&format!("norm_num_groups {}", self.norm_num_groups));
+        }
+        if !self.flip_sin_to_cos || self.freq_shift != 0.0 {
+            return unsupported("a timestep embedding other than flip_sin_to_cos with freq_shift 0");
+        }
+        if self.center_input_sample || self.mid_block_scale_factor != 1.0 || self.downsample_padding != 1 {
+            return unsupported("center_input_sample, mid_block_scale_factor ≠ 1 or downsample_padding ≠ 1");
+        }
+        let mc = self.block_out_channels[0];
+        if self.block_out_channels.iter().any(|&c| c % mc != 0) {
+            return unsupported("block_out_channels that are not multiples of the first");
+        }
+        let mut levels = vec![];
+        let mut depth = None;
+        for (i, b) in cc.blocks.iter().enumerate() {
+            if let Some(d) = b.use_cross_attn {
+                if depth.is_some_and(|x| x != d) {
+                    return unsupported("transformer_layers_per_block varying per level");
+                }
+                depth = Some(d);
+                levels.push((i, b.out_channels, b.attention_head_dim));
+            }
+        }
+        // LDM has either a head count or a head width for all levels.
+        let same_width = levels.windows(2).all(|w| w[0].1 / w[0].2 == w[1].1 / w[1].2);
+        let same_count = levels.windows(2).all(|w| w[0].2 == w[1].2);
+        let (num_heads, num_head_channels) = match levels.first() {
+            None => (-1, 64),
+            Some(&(_, c, h)) if same_width => (-1, (c / h) as i64),
+            Some(&(_, _, h)) if same_count => (h as i64, -1),
+            Some(_) => return unsupported("heads of different counts and widths per level"),
+        };
+        Ok(MultiViewUNetConfig {
+            in_channels: self.in_channels,
+            out_channels: self.out_channels,
+            model_channels: mc,
+            num_res_blocks: PerLevel::All(self.layers_per_block),
+            attention_resolutions: levels.iter().map(|&(i, _, _)| 1usize << i).collect(),
+            channel_mult: self.block_out_channels.iter().map(|&b| b / mc).collect(),
+            num_heads,
+            num_head_channels,
+            transformer_depth: depth.unwrap_or(1),
+            context_dim: self.cross_attention_dim,
+            camera_dim: None,
+            use_linear_in_transformer: self.use_linear_projection,
+            ..MultiViewUNetConfig::sd21_base_4view()
+        })
+    }
+}
+
 /// Which sampler a scheduler config selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SdSamplerKind {
@@ -358,7 +428,8 @@ impl SdOutput {
 pub struct SdPipeline {
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextModel,
-    pub unet: UNet2DConditionModel,
+    /// SD's UNet as [`MultiViewUNet`] with one view and no camera.
+    pub unet: MultiViewUNet,
     pub unet_config: SdUNetConfig,
     pub vae: Vae,
     pub scheduler: SdSchedulerConfig,
@@ -383,12 +454,15 @@ impl SdPipeline {
         timestep: f64,
         context: &Tensor,
     ) -> Result<Tensor> {
+        let t = Tensor::full(timestep as f32, latents.dim(0)?, &self.device)?;
         Ok(self
             .unet
             .forward(
                 &latents.to_dtype(self.dtype)?,
-                timestep,
+                &t,
                 &context.to_dtype(self.dtype)?,
+                None,
+                1,
             )?
             .to_dtype(DType::F32)?)
     }
@@ -412,10 +486,10 @@ impl SdPipeline {
     }
 
     /// The denoising loop: final latents `[1, 4, h, w]` f32 on the device.
-    pub fn generate_latents(
+    pub fn generate_latents<C: StepControl>(
         &self,
         req: &SdRequest,
-        mut progress: impl FnMut(usize, usize),
+        mut progress: impl FnMut(usize, usize) -> C,
     ) -> Result<Tensor> {
         let (h, w) = (self.latent_side(req.height)?, self.latent_side(req.width)?);
         let sampler = Sampler::new(&self.scheduler, req.steps)?;
@@ -446,7 +520,9 @@ impl SdPipeline {
                 out
             };
             x = sampler.step(&out, i, t, &x)?;
-            progress(i + 1, ts.len());
+            if progress(i + 1, ts.len()).should_stop() {
+                return Err(DiffusionError::Cancelled);
+            }
         }
         Ok(x)
     }
@@ -472,10 +548,11 @@ pub fn load_sd(source: &ModelSource, opts: &LoadOptions) -> Result<SdPipeline> {
 
 /// [`load_sd`] from any file source.
 pub fn load_sd_from(src: &dyn FileSource, opts: &LoadOptions) -> Result<SdPipeline> {
+    crate::ops::configure_device(&opts.device)?;
     let unet_cfg_path = src.find(&["unet/config.json"])?;
     let unet_config: SdUNetConfig = read_source_json(src, "unet/config.json")?;
-    let candle_cfg = unet_config
-        .to_candle()
+    let mv_cfg = unet_config
+        .to_multiview()
         .map_err(|m| DiffusionError::bad_file(&unet_cfg_path, m))?;
     let vae_cfg: VaeConfig = read_source_json(src, "vae/config.json")?;
     vae_cfg.validate().map_err(DiffusionError::Config)?;
@@ -507,15 +584,15 @@ pub fn load_sd_from(src: &dyn FileSource, opts: &LoadOptions) -> Result<SdPipeli
     let vae_dtype = opts.vae_dtype.unwrap_or(opts.dtype);
 
     let unet_file = component_weights(src, "unet", &["diffusion_pytorch_model"])?;
+    let mv_cfg = Arc::new(mv_cfg);
+    let keys = mv_cfg.clone();
+    let map: NameMap = Arc::new(move |n: &str| diffusers_unet_key(n, &keys).map(Source::Key));
     let unet = build_named(
         "UNet",
         unet_file.path(),
-        UNet2DConditionModel::new(
-            identity_var_builder(unet_file.clone(), "unet", opts.dtype, &opts.device),
-            unet_config.in_channels,
-            unet_config.out_channels,
-            false,
-            candle_cfg,
+        MultiViewUNet::new(
+            MappedBackend::new(unet_file.clone(), map, "unet").into_var_builder(opts.dtype, &opts.device),
+            &mv_cfg,
         ),
     )?;
     let vae_file = component_weights(src, "vae", &["diffusion_pytorch_model"])?;

@@ -21,6 +21,10 @@
 //!   16-channel `vae/`; flow-matching `scheduler/`), and the same transformer
 //!   in original BFL names in `flux-bfl/flux1-schnell-tiny.safetensors`.
 //!
+//! [`make_random_mvdream`] writes only the diffusers layout, at the tiny size or
+//! at MVDream's real size ([`ModelSize::Full`], for timing runs without the
+//! real weights), through the same code as [`make_tiny`].
+//!
 //! Dimensions: UNet `model_channels 32, channel_mult [1, 2], 1 res block per
 //! level, head dim 8, context 32, camera_dim 16`; VAE 4 levels of 32 channels
 //! (×8 like SD, so 256² images ↔ 32² latents), 1 layer per block; text encoder
@@ -46,7 +50,7 @@ use crate::tokenizer::{
     build_clip_tokenizer, build_t5_tokenizer, BOS, EOS, T5_EOS, T5_PAD, T5_UNK,
 };
 use crate::vae::{Vae, VaeConfig};
-use crate::weights::{SeededInit, Source};
+use crate::weights::{save_random, RandomRecorder, RandomTensor, SeededInit, Source};
 use candle_transformers::models::flux::model::Flux;
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 
@@ -57,7 +61,7 @@ pub const LDM_DIR: &str = "mvdream-ldm";
 /// File name of the LDM checkpoint.
 pub const LDM_FILE: &str = "sd-v2.1-base-4view-tiny.safetensors";
 
-/// Options of [`make_tiny`].
+/// Options of [`make_tiny`] and [`make_random_mvdream`].
 #[derive(Debug, Clone)]
 pub struct TinyOptions {
     pub seed: u64,
@@ -232,57 +236,125 @@ fn mkdir(p: &Path) -> Result<()> {
     std::fs::create_dir_all(p).map_err(|e| DiffusionError::io(p, e))
 }
 
-fn count(ts: &BTreeMap<String, Tensor>) -> usize {
-    ts.values().map(|t| t.elem_count()).sum()
+/// The sizes of MVDream that [`make_random_mvdream`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelSize {
+    /// [`tiny_config`]: the MVDream of [`make_tiny`].
+    Tiny,
+    /// MVDream `sd-v2.1-base-4view` at its real size
+    /// ([`LdmConfig::mvdream_sd21_base_4view`]): the UNet of
+    /// `MultiViewUNetConfig::sd21_base_4view` (camera_dim 16), SD 2.1's VAE
+    /// (128/256/512/512 channels, 2 layers per block), and OpenCLIP ViT-H/14's
+    /// text tower (width 1024, 16 heads, MLP 4096, GELU, 77 positions, 49408
+    /// tokens; 23 layers, as diffusers stores SD 2.1's penultimate-layer
+    /// encoder). 1.29 billion parameters: UNet 868 M, VAE 84 M, text 340 M.
+    Full,
 }
 
-/// Writes the tiny models (see the module docs) under `dir`.
-pub fn make_tiny(dir: &Path, opts: &TinyOptions) -> Result<TinyModels> {
-    let (vocab, merges) = tiny_vocab();
-    let mut cfg = tiny_config();
-    cfg.text_encoder.vocab_size = vocab.len();
+impl ModelSize {
+    /// The configuration. The tiny model's vocabulary is exactly the tiny
+    /// tokenizer's ([`tiny_vocab`]), the full model's OpenCLIP's 49408.
+    pub fn config(self) -> LdmConfig {
+        match self {
+            ModelSize::Tiny => {
+                let mut cfg = tiny_config();
+                cfg.text_encoder.vocab_size = tiny_vocab().0.len();
+                cfg
+            }
+            ModelSize::Full => LdmConfig::mvdream_sd21_base_4view(),
+        }
+    }
+}
 
-    // Random weights, each component from its own seed.
-    let init = |what: &str| SeededInit::new(opts.seed ^ hash_name(what));
-    let unet_init = init("unet");
-    MultiViewUNet::new(unet_init.var_builder(), &cfg.unet)?;
-    let unet_t = unet_init.tensors();
+/// Random MVDream weights as recipes ([`RandomTensor`]), each component
+/// from its own seed.
+struct MvDreamRecipes {
+    unet: BTreeMap<String, RandomTensor>,
+    /// In modern diffusers names.
+    vae: BTreeMap<String, RandomTensor>,
+    /// The text tower with one more layer than the configuration uses, like
+    /// OpenCLIP ViT-H's 24 of which MVDream uses 23.
+    text_all: BTreeMap<String, RandomTensor>,
+    /// The layers used (what a diffusers `text_encoder/` holds).
+    text_used: BTreeMap<String, RandomTensor>,
+}
 
-    let vae_init = init("vae");
-    Vae::new(vae_init.var_builder(), &cfg.vae)?;
-    // Modern diffusers names for the VAE attention (candle asks for the old ones
-    // when nothing exists yet).
-    let vae_t: BTreeMap<String, Tensor> = vae_init
-        .tensors()
-        .into_iter()
-        .map(|(k, t)| {
-            let k = k
-                .replace(".attentions.0.query.", ".attentions.0.to_q.")
-                .replace(".attentions.0.key.", ".attentions.0.to_k.")
-                .replace(".attentions.0.value.", ".attentions.0.to_v.")
-                .replace(".attentions.0.proj_attn.", ".attentions.0.to_out.0.");
-            (k, t)
+impl MvDreamRecipes {
+    fn new(cfg: &LdmConfig, seed: u64) -> Result<Self> {
+        let recorder = |what: &str| RandomRecorder::new(seed ^ hash_name(what));
+        let unet = recorder("unet");
+        MultiViewUNet::new(unet.var_builder(), &cfg.unet)?;
+
+        let vae = recorder("vae");
+        Vae::new(vae.var_builder(), &cfg.vae)?;
+        // Modern diffusers names for the VAE attention (candle asks for the old
+        // ones when nothing exists yet).
+        let vae = vae
+            .recipes()
+            .into_iter()
+            .map(|(k, t)| {
+                let k = k
+                    .replace(".attentions.0.query.", ".attentions.0.to_q.")
+                    .replace(".attentions.0.key.", ".attentions.0.to_k.")
+                    .replace(".attentions.0.value.", ".attentions.0.to_v.")
+                    .replace(".attentions.0.proj_attn.", ".attentions.0.to_out.0.");
+                (k, t)
+            })
+            .collect();
+
+        let text = recorder("text_encoder");
+        let mut full_text = cfg.text_encoder.clone();
+        full_text.num_hidden_layers += 1;
+        ClipTextModel::new(text.var_builder(), &full_text)?;
+        let text_all = text.recipes();
+        let unused = format!(
+            "text_model.encoder.layers.{}.",
+            cfg.text_encoder.num_hidden_layers
+        );
+        let text_used = text_all
+            .iter()
+            .filter(|(k, _)| !k.starts_with(&unused))
+            .map(|(k, t)| (k.clone(), t.clone()))
+            .collect();
+        Ok(Self {
+            unet: unet.recipes(),
+            vae,
+            text_all,
+            text_used,
         })
-        .collect();
+    }
+}
 
-    // The text tower with one more layer than used, like OpenCLIP ViT-H.
-    let text_init = init("text_encoder");
-    let mut full_text = cfg.text_encoder.clone();
-    full_text.num_hidden_layers += 1;
-    ClipTextModel::new(text_init.var_builder(), &full_text)?;
-    let text_all = text_init.tensors();
-    let unused = format!(
-        "text_model.encoder.layers.{}.",
-        cfg.text_encoder.num_hidden_layers
-    );
-    let text_used: BTreeMap<String, Tensor> = text_all
+fn count_recipes(ts: &BTreeMap<String, RandomTensor>) -> usize {
+    ts.values().map(RandomTensor::elem_count).sum()
+}
+
+fn materialise(ts: &BTreeMap<String, RandomTensor>) -> Result<BTreeMap<String, Tensor>> {
+    Ok(ts
         .iter()
-        .filter(|(k, _)| !k.starts_with(&unused))
-        .map(|(k, t)| (k.clone(), t.clone()))
-        .collect();
+        .map(|(k, r)| Ok((k.clone(), r.tensor()?)))
+        .collect::<candle_core::Result<_>>()?)
+}
 
-    // ---- diffusers layout ----
-    let ddir = dir.join(DIFFUSERS_DIR);
+/// Writes MVDream in the diffusers layout of `ashawkey/mvdream-sd2.1-diffusers`
+/// into `ddir`: `model_index.json`, `unet/`, `vae/`, `text_encoder/` (configs
+/// from `cfg`, weights from `recipes` stored as `dtype`), `tokenizer/` (the
+/// BPE `vocab` and `merges`), a DDIM `scheduler/`. Returns the tokenizer.
+fn write_mvdream_diffusers(
+    ddir: &Path,
+    cfg: &LdmConfig,
+    recipes: &MvDreamRecipes,
+    vocab: &[String],
+    merges: &[(String, String)],
+    dtype: DType,
+) -> Result<tokenizers::Tokenizer> {
+    if cfg.text_encoder.vocab_size < vocab.len() {
+        return Err(DiffusionError::Config(format!(
+            "the text encoder's vocab_size {} is smaller than the tokenizer's {} tokens",
+            cfg.text_encoder.vocab_size,
+            vocab.len()
+        )));
+    }
     for sub in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] {
         mkdir(&ddir.join(sub))?;
     }
@@ -305,25 +377,7 @@ pub fn make_tiny(dir: &Path, opts: &TinyOptions) -> Result<TinyModels> {
         &ddir.join("unet/config.json"),
         &with_class(&cfg.unet, &[("_class_name", "MultiViewUNetModel".into())]),
     )?;
-    write_json(
-        &ddir.join("vae/config.json"),
-        &with_class(
-            &cfg.vae,
-            &[
-                ("_class_name", "AutoencoderKL".into()),
-                ("act_fn", "silu".into()),
-                (
-                    "down_block_types",
-                    serde_json::json!(vec!["DownEncoderBlock2D"; 4]),
-                ),
-                (
-                    "up_block_types",
-                    serde_json::json!(vec!["UpDecoderBlock2D"; 4]),
-                ),
-                ("sample_size", 256.into()),
-            ],
-        ),
-    )?;
+    write_json(&ddir.join("vae/config.json"), &vae_json(&cfg.vae))?;
     write_json(
         &ddir.join("text_encoder/config.json"),
         &with_class(
@@ -331,7 +385,7 @@ pub fn make_tiny(dir: &Path, opts: &TinyOptions) -> Result<TinyModels> {
             &[
                 ("architectures", serde_json::json!(["CLIPTextModel"])),
                 ("model_type", "clip_text_model".into()),
-                ("projection_dim", 32.into()),
+                ("projection_dim", cfg.text_encoder.hidden_size.into()),
             ],
         ),
     )?;
@@ -345,24 +399,135 @@ pub fn make_tiny(dir: &Path, opts: &TinyOptions) -> Result<TinyModels> {
             ],
         ),
     )?;
-    save(
-        &unet_t,
-        opts.dtype,
+    save_random(
+        &recipes.unet,
+        dtype,
         &ddir.join("unet/diffusion_pytorch_model.safetensors"),
     )?;
-    save(
-        &vae_t,
-        opts.dtype,
+    save_random(
+        &recipes.vae,
+        dtype,
         &ddir.join("vae/diffusion_pytorch_model.safetensors"),
     )?;
-    save(
-        &text_used,
-        opts.dtype,
+    save_random(
+        &recipes.text_used,
+        dtype,
         &ddir.join("text_encoder/model.safetensors"),
     )?;
-
     // Tokenizer: tokenizer.json plus the slow tokenizer's files.
-    let tok = write_clip_tokenizer(&ddir.join("tokenizer"), &vocab, &merges, "!", true)?;
+    write_clip_tokenizer(&ddir.join("tokenizer"), vocab, merges, "!", true)
+}
+
+/// What [`make_random_mvdream`] wrote.
+#[derive(Debug, Clone)]
+pub struct RandomMvDream {
+    /// The diffusers-layout folder (holds `model_index.json`).
+    pub dir: PathBuf,
+    /// Parameter counts (UNet, VAE, text encoder as stored).
+    pub unet_params: usize,
+    pub vae_params: usize,
+    pub text_params: usize,
+    /// Total size of the three weight files.
+    pub weight_bytes: u64,
+}
+
+/// Writes only MVDream's diffusers layout (`model_index.json`, `unet/`,
+/// `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`) of configuration
+/// `cfg` (usually [`ModelSize::config`]) with seeded random weights, stored
+/// as `opts.dtype` (f32, f16 or bf16), into the folder `dir` itself:
+/// `--models dir` loads it. For timing runs where the
+/// real weights cannot be had: the time of every operation depends on the
+/// shapes, not the values, and the initialisation ([`RandomTensor`]) keeps
+/// activations at about unit scale, so they stay finite in bf16/f16.
+///
+/// The tokenizer is the tiny BPE vocabulary ([`tiny_vocab`]) at either size:
+/// its ids (< 130) index the first rows of the full model's 49408-row token
+/// embedding, and the loader does not compare the text encoder's
+/// `vocab_size` with the tokenizer's size (it must only not be smaller). Prompts encode to other ids than
+/// with OpenCLIP's vocabulary (unknown words are spelled letter by letter),
+/// but the text encoder always runs on the padded 77-token sequence.
+///
+/// Values are made one tensor at a time on all cores and streamed to the
+/// files (memory peaks at the largest tensor, the full model's 49408 × 1024
+/// token embedding), into a temporary sibling folder renamed to `dir` when
+/// complete: an interrupted run leaves no half-written model. `dir` must not
+/// exist or be empty.
+pub fn make_random_mvdream(
+    dir: &Path,
+    cfg: &LdmConfig,
+    opts: &TinyOptions,
+) -> Result<RandomMvDream> {
+    let not_empty = match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(DiffusionError::io(dir, e)),
+    };
+    if not_empty {
+        return Err(DiffusionError::InvalidArgument(format!(
+            "{} already exists and is not empty: remove it or choose another folder",
+            dir.display()
+        )));
+    }
+    let name = dir.file_name().ok_or_else(|| {
+        DiffusionError::InvalidArgument(format!("{}: not a folder name", dir.display()))
+    })?;
+    let parent = hub::parent_or_dot(dir);
+    mkdir(&parent)?;
+    let tmp = parent.join(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    // A leftover of an interrupted run that had the same process id.
+    let _ = std::fs::remove_dir_all(&tmp);
+
+    let (vocab, merges) = tiny_vocab();
+    let written = MvDreamRecipes::new(cfg, opts.seed).and_then(|recipes| {
+        write_mvdream_diffusers(&tmp, cfg, &recipes, &vocab, &merges, opts.dtype)?;
+        let params = [&recipes.unet, &recipes.vae, &recipes.text_used].map(count_recipes);
+        Ok(params)
+    });
+    let params = match written {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    if dir.exists() {
+        // Empty (checked above): rename cannot replace a folder.
+        std::fs::remove_dir(dir).map_err(|e| DiffusionError::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| DiffusionError::io(dir, e))?;
+    let weight_bytes = [
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+    ]
+    .iter()
+    .map(|f| std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0))
+    .sum();
+    Ok(RandomMvDream {
+        dir: dir.to_path_buf(),
+        unet_params: params[0],
+        vae_params: params[1],
+        text_params: params[2],
+        weight_bytes,
+    })
+}
+
+/// Writes the tiny models (see the module docs) under `dir`.
+pub fn make_tiny(dir: &Path, opts: &TinyOptions) -> Result<TinyModels> {
+    let (vocab, merges) = tiny_vocab();
+    let cfg = ModelSize::Tiny.config();
+    let recipes = MvDreamRecipes::new(&cfg, opts.seed)?;
+
+    // ---- diffusers layout ----
+    let ddir = dir.join(DIFFUSERS_DIR);
+    let tok = write_mvdream_diffusers(&ddir, &cfg, &recipes, &vocab, &merges, opts.dtype)?;
+    let unet_t = materialise(&recipes.unet)?;
+    let vae_t = materialise(&recipes.vae)?;
+    let text_all = materialise(&recipes.text_all)?;
 
     // ---- LDM checkpoint ----
     let ldir = dir.join(LDM_DIR);
@@ -449,9 +614,9 @@ pub fn make_tiny(dir: &Path, opts: &TinyOptions) -> Result<TinyModels> {
         diffusers_dir: ddir,
         ldm_checkpoint: ldm_path,
         ldm_config,
-        unet_params: count(&unet_t),
-        vae_params: count(&vae_t),
-        text_params: count(&text_used),
+        unet_params: count_recipes(&recipes.unet),
+        vae_params: count_recipes(&recipes.vae),
+        text_params: count_recipes(&recipes.text_used),
         sd_dir,
         flux_dir,
         flux_bfl_checkpoint,
@@ -605,7 +770,8 @@ fn write_clip_text_encoder(
     save(&init.tensors(), dtype, &dir.join("model.safetensors"))
 }
 
-fn tiny_vae_json(cfg: &VaeConfig) -> serde_json::Value {
+/// The diffusers `vae/config.json` of `cfg`.
+fn vae_json(cfg: &VaeConfig) -> serde_json::Value {
     let n = cfg.block_out_channels.len();
     with_class(
         cfg,
@@ -629,7 +795,7 @@ fn write_vae(dir: &Path, cfg: &VaeConfig, seed: u64, dtype: DType) -> Result<()>
     mkdir(dir)?;
     let init = SeededInit::new(seed);
     Vae::new(init.var_builder(), cfg)?;
-    write_json(&dir.join("config.json"), &tiny_vae_json(cfg))?;
+    write_json(&dir.join("config.json"), &vae_json(cfg))?;
     save(
         &init.tensors(),
         dtype,

@@ -37,7 +37,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
+
+use crate::ops::{conv2d, group_norm, Conv2d, GroupNorm};
 use serde::{Deserialize, Serialize};
 
 /// `vae/config.json` (diffusers `AutoencoderKL`), the fields we use.
@@ -187,22 +189,12 @@ impl ResBlock {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         match &self.shortcut {
             Some(s) => s.forward(x)? + h,
             None => x + h,
         }
-    }
-}
-
-/// Softmax over the last dimension: candle's fused kernel when no gradient
-/// is being tracked, else the differentiable composition.
-pub(crate) fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    if x.track_op() {
-        candle_nn::ops::softmax(x, D::Minus1)
-    } else {
-        candle_nn::ops::softmax_last_dim(x)
     }
 }
 
@@ -245,15 +237,7 @@ impl AttnBlock {
         let q = self.q.forward(&t)?;
         let k = self.k.forward(&t)?;
         let v = self.v.forward(&t)?;
-        let dtype = q.dtype();
-        let scores = (q.matmul(&k.t()?)? * (c as f64).powf(-0.5))?;
-        let soft = if dtype == DType::F64 {
-            DType::F64
-        } else {
-            DType::F32
-        };
-        let probs = softmax_last(&scores.to_dtype(soft)?)?.to_dtype(dtype)?;
-        let o = self.out.forward(&probs.matmul(&v)?)?;
+        let o = self.out.forward(&crate::ops::attention(&q, &k, &v, 1)?)?;
         let o = o.transpose(1, 2)?.reshape((b, c, h, w))?;
         x + o
     }
@@ -374,7 +358,7 @@ impl Encoder {
             }
         }
         let h = self.mid.forward(&h)?;
-        self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
     }
 }
 
@@ -437,7 +421,7 @@ impl Decoder {
                 h = u.forward(&h.upsample_nearest2d(2 * hh, 2 * ww)?)?;
             }
         }
-        self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
     }
 }
 
@@ -860,18 +844,7 @@ mod tests {
     fn blending_is_exact_for_local_operations() {
         let x = crate::rng::randn(3, &[2, 3, 21, 30], DType::F32, &Device::Cpu).unwrap();
         let cache = RampCache::default();
-        let diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
+        let diff = crate::test_util::max_abs;
         // "Decoder": nearest ×4 then a pointwise map; tiles of 8 sharing 3.
         let up = |t: &Tensor| {
             let (_, _, h, w) = t.dims4()?;

@@ -10,6 +10,10 @@
 //!   linear) reshapes. Errors name the module tensor, the key and the file.
 //! * [`SeededInit`]: a backend that invents deterministic random weights for
 //!   every tensor asked for and records them (tiny test models).
+//! * [`RandomRecorder`]: a backend that records only the recipe
+//!   ([`RandomTensor`]) of every tensor asked for, so that a full-size model
+//!   costs no memory to describe; [`save_random`] then streams the values
+//!   into a safetensors file one tensor at a time.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +23,7 @@ use candle_core::{safetensors::MmapedSafetensors, DType, Device, Shape, Tensor};
 use candle_nn::{var_builder::SimpleBackend, Init, VarBuilder};
 
 use crate::error::{DiffusionError, Result};
-use crate::rng::{hash_name, SplitMix64};
+use crate::rng::{fill_normals, hash_name};
 
 /// The one-line Python command that converts a PyTorch checkpoint to safetensors.
 pub fn convert_to_safetensors_command(input: &Path) -> String {
@@ -397,12 +401,95 @@ impl SimpleBackend for MappedBackend {
     }
 }
 
-/// A `VarBuilder` backend that makes up deterministic random weights and
-/// records every tensor handed out (keyed by full name).
-///
-/// Values depend only on `seed` and the tensor's name: normalisation weights
-/// are `1 + 0.1·n`, their biases and other biases `0.1·n`, matrices and
-/// convolution kernels `n / sqrt(fan_in)`, embeddings `n` (n standard normal).
+/// The recipe of one seeded random tensor. Its values depend only on the
+/// seed, the tensor's name, its shape and its initialisation hint (candle's
+/// `Init`, which each layer passes): normalisation weights (`Const`) are
+/// `c + 0.1·n`, biases and other 1-D tensors `0.1·n`, matrices and
+/// convolution kernels (`Kaiming`/`Uniform`) `n / sqrt(fan_in)` (fan-in: the
+/// product of all dimensions but the first), embeddings (`Randn`)
+/// `mean + stdev·n`, with `n` standard normal. That keeps every layer's
+/// output at about unit scale, so the activations of a deep random model stay
+/// finite in bf16 and f16.
+#[derive(Debug, Clone)]
+pub struct RandomTensor {
+    /// The tensor's own seed (the model's seed mixed with its name).
+    seed: u64,
+    dims: Vec<usize>,
+    /// The values are `offset + scale · n`.
+    offset: f32,
+    scale: f32,
+}
+
+impl RandomTensor {
+    /// The recipe of tensor `name` of shape `dims` with hint `init`, in a
+    /// model seeded with `seed`.
+    pub fn new(seed: u64, name: &str, dims: &[usize], init: Init) -> Self {
+        let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
+        let (offset, scale) = match init {
+            Init::Const(c) => (c as f32, 0.1),
+            Init::Randn { mean, stdev } => (mean as f32, stdev as f32),
+            Init::Uniform { .. } | Init::Kaiming { .. } => {
+                if dims.len() <= 1 {
+                    (0.0, 0.1)
+                } else {
+                    (0.0, 1.0 / (fan_in as f32).sqrt())
+                }
+            }
+        };
+        Self {
+            seed: seed ^ hash_name(name).rotate_left(17),
+            dims: dims.to_vec(),
+            offset,
+            scale,
+        }
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        &self.dims
+    }
+
+    pub fn elem_count(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    /// The values, row-major, made on all cores.
+    pub fn values(&self) -> Vec<f32> {
+        let mut v = vec![0f32; self.elem_count()];
+        fill_normals(self.seed, &mut v);
+        let (offset, scale) = (self.offset, self.scale);
+        use rayon::prelude::*;
+        v.par_iter_mut().for_each(|x| *x = offset + scale * *x);
+        v
+    }
+
+    /// The values as an f32 CPU tensor.
+    pub fn tensor(&self) -> candle_core::Result<Tensor> {
+        Tensor::from_vec(self.values(), self.dims.as_slice(), &Device::Cpu)
+    }
+
+    /// The values in `dtype` as little-endian bytes, as safetensors stores
+    /// them (rounded to nearest, as `Tensor::to_dtype`). `None` for a dtype
+    /// other than f32, f16 and bf16.
+    pub fn bytes(&self, dtype: DType) -> Option<Vec<u8>> {
+        use rayon::prelude::*;
+        let v = self.values();
+        Some(match dtype {
+            DType::F32 => v.par_iter().flat_map_iter(|x| x.to_le_bytes()).collect(),
+            DType::F16 => v
+                .par_iter()
+                .flat_map_iter(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect(),
+            DType::BF16 => v
+                .par_iter()
+                .flat_map_iter(|&x| half::bf16::from_f32(x).to_le_bytes())
+                .collect(),
+            _ => return None,
+        })
+    }
+}
+
+/// A `VarBuilder` backend that makes up deterministic random weights
+/// ([`RandomTensor`]) and records every tensor handed out (keyed by full name).
 #[derive(Clone)]
 pub struct SeededInit {
     seed: u64,
@@ -431,27 +518,7 @@ impl SeededInit {
         if let Some(t) = self.tensors.lock().expect("poisoned").get(name) {
             return Ok(t.clone());
         }
-        let dims = s.dims();
-        let n = s.elem_count();
-        let mut rng = SplitMix64::new(self.seed ^ hash_name(name).rotate_left(17));
-        let noise = rng.normals(n);
-        let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
-        let values: Vec<f32> = match h {
-            Init::Const(c) => noise.iter().map(|x| c as f32 + 0.1 * x).collect(),
-            Init::Randn { mean, stdev } => noise
-                .iter()
-                .map(|x| mean as f32 + stdev as f32 * x)
-                .collect(),
-            Init::Uniform { .. } | Init::Kaiming { .. } => {
-                if dims.len() <= 1 {
-                    noise.iter().map(|x| 0.1 * x).collect()
-                } else {
-                    let sc = 1.0 / (fan_in as f32).sqrt();
-                    noise.iter().map(|x| sc * x).collect()
-                }
-            }
-        };
-        let t = Tensor::from_vec(values, dims, &Device::Cpu)?;
+        let t = RandomTensor::new(self.seed, name, s.dims(), h).tensor()?;
         self.tensors
             .lock()
             .expect("poisoned")
@@ -482,6 +549,112 @@ impl SimpleBackend for SeededInit {
     fn contains_tensor(&self, name: &str) -> bool {
         self.tensors.lock().expect("poisoned").contains_key(name)
     }
+}
+
+/// A `VarBuilder` backend that records the [`RandomTensor`] recipe of every
+/// tensor a model asks for, keyed by full name, and hands out zero-stride
+/// views of a single zero: building a model through it allocates nothing,
+/// whatever its size. The model built is only good for learning its tensors'
+/// names and shapes. [`SeededInit`] makes the same values.
+#[derive(Clone)]
+pub struct RandomRecorder {
+    seed: u64,
+    recipes: Arc<Mutex<BTreeMap<String, RandomTensor>>>,
+}
+
+impl RandomRecorder {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            recipes: Arc::new(Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    /// A `VarBuilder` (f32, CPU) over this recorder.
+    pub fn var_builder(&self) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), DType::F32, Device::Cpu)
+    }
+
+    /// Every recipe recorded so far.
+    pub fn recipes(&self) -> BTreeMap<String, RandomTensor> {
+        self.recipes.lock().expect("poisoned").clone()
+    }
+}
+
+impl SimpleBackend for RandomRecorder {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.recipes
+            .lock()
+            .expect("poisoned")
+            .entry(name.to_string())
+            .or_insert_with(|| RandomTensor::new(self.seed, name, s.dims(), h));
+        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        match self.recipes.lock().expect("poisoned").get(name) {
+            Some(r) => Tensor::zeros((), dtype, dev)?.broadcast_as(r.dims()),
+            None => candle_core::bail!("RandomRecorder: `{name}` was never created"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.recipes.lock().expect("poisoned").contains_key(name)
+    }
+}
+
+/// A recipe as a safetensors view whose bytes are made when the writer asks.
+struct LazyView<'a> {
+    recipe: &'a RandomTensor,
+    dtype: DType,
+}
+
+impl safetensors::View for LazyView<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype.into()
+    }
+
+    fn shape(&self) -> &[usize] {
+        self.recipe.dims()
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        // `save_random` admits only the dtypes `bytes` handles.
+        std::borrow::Cow::Owned(self.recipe.bytes(self.dtype).expect("checked dtype"))
+    }
+
+    fn data_len(&self) -> usize {
+        self.recipe.elem_count() * self.dtype.size_in_bytes()
+    }
+}
+
+/// Writes the values of `recipes` as a safetensors file at `path`, stored as
+/// `dtype` (f32, f16 or bf16). Tensors are made one at a time (each on all
+/// cores) and streamed to the file, so memory peaks at the largest tensor
+/// (in f32 plus `dtype`), not the file. The file is written to a temporary
+/// sibling and renamed, so `path` is never half-written.
+pub fn save_random(
+    recipes: &BTreeMap<String, RandomTensor>,
+    dtype: DType,
+    path: &Path,
+) -> Result<()> {
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return Err(DiffusionError::Config(format!(
+            "random weights are stored as f32, f16 or bf16, not {dtype:?}"
+        )));
+    }
+    let views = recipes
+        .iter()
+        .map(|(name, recipe)| (name.as_str(), LazyView { recipe, dtype }));
+    safetensors::serialize_to_file(views, None, path)
+        .map_err(|e| DiffusionError::bad_file(path, format!("cannot write: {e}")))
 }
 
 #[cfg(test)]
@@ -515,5 +688,34 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert_eq!(d, 0.0);
+    }
+
+    #[test]
+    fn recorded_recipes_save_the_seeded_init_values() {
+        let init = SeededInit::new(9);
+        let rec = RandomRecorder::new(9);
+        for vb in [init.var_builder(), rec.var_builder()] {
+            candle_nn::linear(3, 4, vb.pp("lin")).unwrap();
+            candle_nn::layer_norm(4, 1e-5, vb.pp("norm")).unwrap();
+            candle_nn::embedding(5, 4, vb.pp("emb")).unwrap();
+        }
+        let recipes = rec.recipes();
+        let dir = tempfile::tempdir().unwrap();
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let path = dir.path().join("w.safetensors");
+            save_random(&recipes, dtype, &path).unwrap();
+            let file = TensorFile::open(&path).unwrap();
+            assert_eq!(file.names().len(), 5);
+            for (name, t) in init.tensors() {
+                let saved = file.load(&name).unwrap().unwrap();
+                assert_eq!(saved.dtype(), dtype);
+                let want = t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+                let got = saved.to_dtype(DType::F32).unwrap();
+                let d = (want - got).unwrap().abs().unwrap().sum_all().unwrap();
+                assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "{name} {dtype:?}");
+            }
+        }
+        let e = save_random(&recipes, DType::U8, &dir.path().join("x.safetensors")).unwrap_err();
+        assert!(e.to_string().contains("bf16"), "{e}");
     }
 }

@@ -6,6 +6,7 @@
 //! gpu_fit bench  [--gt hamburger.ply] [--runs 3] [--iters 500] [--seeds 0,1,..] [--export DIR] [--out ours.ply] [--json FILE]
 //! gpu_fit eval   --ply FIT.ply [--ply ...] [--gt hamburger.ply] [--json FILE]
 //! gpu_fit sample [--data data/shapes/transforms_train.json] [--runs 3] [--json FILE]
+//! gpu_fit guided [--data data/shapes/transforms_train.json] [--steps 3] [--fit-steps 100] [--json FILE]
 //! ```
 //! `parity` compares [`CudaBackend`] with [`CpuBackend`] on the sample
 //! dataset: the loss and its image gradient on one render; a short fit
@@ -29,20 +30,35 @@
 //! without the progress bar: [`fit_on`] on the sample dataset (default
 //! config), timed (new CUDA device and backend per run, as the CLI), with
 //! the test split's PSNR.
+//!
+//! `guided` compares [`FitBackend::guided_step`] (SDS refinement's step) of
+//! the two backends from the same Gaussians (a short CPU fit of the sample
+//! dataset), with fresh Adam moments, on three cases: guide cameras (4 test
+//! cameras) and views (4 training views) of one size (one rasterizer call
+//! on the GPU), guide cameras at half size (two calls, gradients summed),
+//! and no views. The guide is a seeded random gradient plus a term in the
+//! renders, with NaN and ±Inf entries that both must zero. Checked: the
+//! renders the guide receives (max relative error ≤ 1e-4), the parameters
+//! after the first step (as `parity`'s one-step check), the views' loss
+//! statistics (relative error ≤ 1e-5), and the parameters after `--steps`
+//! steps (reported).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
+use candle_core::Tensor;
 use serde_json::json;
-use splatforge_fit::backend::{BatchView, StepParams, StepStats};
+use splatforge_fit::backend::{BatchView, GuidedParams, StepParams, StepStats};
 use splatforge_fit::cuda::{view_loss_on_gpu, CudaBackend};
 use splatforge_fit::densify::{densify_and_prune, reset_opacity, DensifyParams, DensifyReport};
 use splatforge_fit::loss::{view_loss, LossWeights};
+use splatforge_fit::schedule::{ExponLr, LearningRates};
 use splatforge_fit::trainer::backend_settings;
 use splatforge_fit::{
-    background, evaluate, fit_on, fit_with, initial_gaussians, load_transforms, render_mode,
-    CpuBackend, FitBackend, FitConfig, FitDevice, Init, LoadOptions, StageTimings, View, Views,
+    background, evaluate, fit, fit_on, fit_with, initial_gaussians, load_transforms, render_mode,
+    CpuBackend, FitBackend, FitConfig, FitDevice, Guide, Init, LoadOptions, StageTimings, View,
+    Views,
 };
 use splatforge_render::{pack_sh, render, Camera, GaussianParams, RenderOptions};
 use splatforge_splat::normalize::{fit_to_box, VALIDATOR_BOX};
@@ -57,8 +73,11 @@ fn main() {
         Some("bench") => bench(&args[1..]),
         Some("eval") => eval_cmd(&args[1..]),
         Some("sample") => sample(&args[1..]),
+        Some("guided") => guided(&args[1..]),
         _ => {
-            eprintln!("usage: gpu_fit parity|bench|eval [options] (see the source's docs)");
+            eprintln!(
+                "usage: gpu_fit parity|bench|eval|sample|guided [options] (see the source's docs)"
+            );
             std::process::exit(2);
         }
     };
@@ -177,6 +196,18 @@ impl<B: FitBackend> FitBackend for Recorder<'_, B> {
     }
     fn latest_stats(&mut self) -> Option<StepStats> {
         self.inner.latest_stats()
+    }
+    fn guided_step(
+        &mut self,
+        guide_cameras: &[Camera],
+        views: &[BatchView<'_>],
+        params: &GuidedParams,
+        guide: &mut Guide<'_>,
+    ) -> splatforge_fit::Result<Option<StepStats>> {
+        self.inner.guided_step(guide_cameras, views, params, guide)
+    }
+    fn reset_optimizer(&mut self) {
+        self.inner.reset_optimizer()
     }
 }
 
@@ -784,4 +815,193 @@ fn sample(args: &[String]) -> Res<bool> {
     });
     write_json(opt(args, "--json"), &out)?;
     Ok(true)
+}
+
+// ---------------------------------------------------------------- guided
+
+/// The guide of the `guided` check: `noise + 0.1·(renders − 0.5)`, with the
+/// noise `[n, 3, H, W]` seeded (NaN and ±Inf included) and uploaded to the
+/// renders' device; keeps a host copy of every render it receives.
+struct TestGuide {
+    noise: Vec<f32>,
+    seen: Vec<Vec<f32>>,
+}
+
+impl TestGuide {
+    fn new(n: usize, w: usize, h: usize, seed: u64) -> Self {
+        let mut rng = splatforge_fit::rng::Rng::new(seed);
+        let mut noise: Vec<f32> = (0..n * 3 * w * h)
+            .map(|_| (rng.normal() * 1e-3) as f32)
+            .collect();
+        let len = noise.len();
+        noise[7 % len] = f32::NAN;
+        noise[1000 % len] = f32::INFINITY;
+        noise[2000 % len] = f32::NEG_INFINITY;
+        TestGuide {
+            noise,
+            seen: Vec::new(),
+        }
+    }
+
+    fn gradient(&mut self, renders: &Tensor) -> candle_core::Result<Tensor> {
+        self.seen.push(renders.flatten_all()?.to_vec1::<f32>()?);
+        let noise = Tensor::from_slice(&self.noise, renders.dims(), renders.device())?;
+        noise + ((renders - 0.5)? * 0.1)?
+    }
+}
+
+/// One guided step on `backend` with `guide`: its statistics and the
+/// Gaussians after it.
+fn guided_step_once(
+    backend: &mut dyn FitBackend,
+    guide_cams: &[Camera],
+    views: &[BatchView<'_>],
+    p: &GuidedParams,
+    guide: &mut TestGuide,
+) -> Res<(Option<StepStats>, Gaussians)> {
+    let mut f =
+        |r: &Tensor| -> Result<Tensor, splatforge_fit::GuideError> { Ok(guide.gradient(r)?) };
+    let stats = backend.guided_step(guide_cams, views, p, &mut f)?;
+    Ok((stats, backend.gaussians()))
+}
+
+fn guided(args: &[String]) -> Res<bool> {
+    let data_path = opt(args, "--data").unwrap_or("data/shapes/transforms_train.json");
+    let steps: usize = opt(args, "--steps").map_or(Ok(3), str::parse)?;
+    let fit_steps: u32 = opt(args, "--fit-steps").map_or(Ok(100), str::parse)?;
+    if steps == 0 {
+        return Err("--steps must be at least 1".into());
+    }
+    let data = load_transforms(Path::new(data_path), &LoadOptions::default())?;
+    if data.train.len() < 4 || data.test.len() < 4 {
+        return Err(format!("{data_path}: need at least 4 training and 4 test views").into());
+    }
+    let device = Device::new_cuda(0)?;
+    // A start with structure: a short CPU fit.
+    let config = FitConfig {
+        iters: fit_steps.max(1),
+        ..Default::default()
+    };
+    let g0 = fit(&data.train, &config, Init::Random, |_| {})?.gaussians;
+    let settings = backend_settings(&config);
+    let lrs = LearningRates::at(&config, &ExponLr::position(&config), config.iters);
+    let views: Vec<&View> = data.train.views.iter().take(4).collect();
+    let bgs = [[1.0f32; 3], [0.0; 3]];
+    // The targets over each background, ids as the trainer's full-size views.
+    let targets: Vec<Vec<Vec<f32>>> = bgs
+        .iter()
+        .map(|&bg| views.iter().map(|v| v.composite(bg)).collect())
+        .collect();
+    let batch = |b: usize| -> Vec<BatchView<'_>> {
+        views
+            .iter()
+            .enumerate()
+            .map(|(id, v)| BatchView {
+                id,
+                camera: &v.camera,
+                target_rgb: &targets[b][id],
+                target_alpha: v.alpha.as_deref(),
+            })
+            .collect()
+    };
+    let full = views[0].width().max(views[0].height());
+    let cases: [(&str, u32, bool); 3] = [
+        ("one_call", full, true),
+        ("two_calls", (full / 2).max(8), true),
+        ("no_views", full, false),
+    ];
+    let mut ok = true;
+    let mut report = serde_json::Map::new();
+    for (name, side, with_views) in cases {
+        let guide_cams: Vec<Camera> = data
+            .test
+            .views
+            .iter()
+            .take(4)
+            .map(|v| v.downscaled(side).camera)
+            .collect();
+        let (w, h) = (guide_cams[0].width as usize, guide_cams[0].height as usize);
+        // Alternate the backgrounds, as SDS draws them.
+        let params: Vec<GuidedParams> = (0..steps)
+            .map(|i| GuidedParams {
+                background: bgs[i % 2],
+                lrs,
+                sh_degree: config.sh_degree,
+                view_grad_scale: if with_views { 1.0 / 4.0 } else { 0.0 },
+            })
+            .collect();
+        let batches: [Vec<BatchView<'_>>; 2] = if with_views {
+            [batch(0), batch(1)]
+        } else {
+            [Vec::new(), Vec::new()]
+        };
+        #[allow(clippy::type_complexity)]
+        let run = |b: &mut dyn FitBackend| -> Res<(Vec<Option<StepStats>>, Vec<Gaussians>, Vec<Vec<f32>>)> {
+            let mut guide = TestGuide::new(guide_cams.len(), w, h, 17);
+            let mut stats = Vec::new();
+            let mut after = Vec::new();
+            b.reset_optimizer();
+            for (i, p) in params.iter().enumerate() {
+                let (s, a) = guided_step_once(b, &guide_cams, &batches[i % 2], p, &mut guide)?;
+                stats.push(s);
+                after.push(a);
+            }
+            Ok((stats, after, guide.seen))
+        };
+        let mut cpu = CpuBackend::new(g0.clone(), settings)?;
+        let t0 = Instant::now();
+        let (cpu_stats, cpu_after, cpu_seen) = run(&mut cpu)?;
+        let cpu_s = t0.elapsed().as_secs_f64();
+        let mut gpu = CudaBackend::on_device(g0.clone(), settings, &device)?;
+        gpu.set_stats_interval(1);
+        let t0 = Instant::now();
+        let (gpu_stats, gpu_after, gpu_seen) = run(&mut gpu)?;
+        let gpu_s = t0.elapsed().as_secs_f64();
+
+        let (render_err, _) = rel_err(&gpu_seen[0], &cpu_seen[0]);
+        let first = compare_gaussians(&gpu_after[0], &cpu_after[0]);
+        let last = compare_gaussians(&gpu_after[steps - 1], &cpu_after[steps - 1]);
+        let first_ok = first.as_object().is_some_and(|o| {
+            o.values().all(|v| {
+                v["over_1e-5"].as_u64().unwrap_or(u64::MAX) * 1000 <= v["of"].as_u64().unwrap_or(0)
+            })
+        });
+        let stats_rel: Vec<f64> = cpu_stats
+            .iter()
+            .zip(&gpu_stats)
+            .map(|(c, g)| match (c, g) {
+                (Some(c), Some(g)) => (g.loss - c.loss).abs() / c.loss.abs().max(1e-30),
+                (None, None) => 0.0,
+                _ => f64::INFINITY,
+            })
+            .collect();
+        let worst_stats = stats_rel.iter().cloned().fold(0.0, f64::max);
+        let finite = gpu_after[steps - 1]
+            .means
+            .iter()
+            .flatten()
+            .all(|v| v.is_finite());
+        let pass = render_err <= 1e-4 && first_ok && worst_stats <= 1e-5 && finite;
+        ok &= pass;
+        eprintln!(
+            "guided [{name}]: guide {w}x{h}, renders max rel {render_err:.2e}, stats max rel {worst_stats:.2e}, first step ok {first_ok}, cpu {cpu_s:.2} s, gpu {gpu_s:.2} s: {}",
+            if pass { "PASS" } else { "FAIL" }
+        );
+        report.insert(
+            name.into(),
+            json!({
+                "pass": pass, "guide_size": [w, h], "views": if with_views { 4 } else { 0 },
+                "steps": steps, "renders_max_rel": render_err,
+                "stats_loss_rel_per_step": stats_rel,
+                "params_after_first_step": first, "params_after_last_step": last,
+                "cpu_s": cpu_s, "gpu_s": gpu_s,
+                "gpu_syncs": format!("{:?}", gpu.sync_counts()),
+            }),
+        );
+    }
+    report.insert("pass".into(), json!(ok));
+    report.insert("data".into(), json!(data_path));
+    write_json(opt(args, "--json"), &serde_json::Value::Object(report))?;
+    eprintln!("guided: {}", if ok { "PASS" } else { "FAIL" });
+    Ok(ok)
 }

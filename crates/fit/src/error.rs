@@ -29,6 +29,16 @@ pub enum FitError {
     Device(String),
     #[error(transparent)]
     Splat(#[from] SplatError),
+    /// The guide of a [`crate::FitBackend::guided_step`] failed (its error,
+    /// boxed: the caller can downcast it back to its own type).
+    #[error("guidance: {0}")]
+    Guide(crate::backend::GuideError),
+}
+
+impl From<candle_core::Error> for FitError {
+    fn from(e: candle_core::Error) -> Self {
+        FitError::Device(format!("candle: {e}"))
+    }
 }
 
 impl FitError {

@@ -1,6 +1,7 @@
 //! Fits 3D Gaussian splats to posed images: the engine behind
 //! `splatforge fit`, the fast generation path (fitting the views a
-//! multi-view diffusion model generates) and, later, SDS refinement.
+//! multi-view diffusion model generates) and SDS refinement (its guided
+//! steps, [`FitBackend::guided_step`]).
 //!
 //! It follows DreamGaussian / 3DGS: random-ball or file initialisation
 //! ([`init`]), per-group Adam with eps 1e-15 ([`adam`]), the exponential
@@ -46,7 +47,7 @@ pub mod trainer;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
-pub use backend::{CpuBackend, FitBackend, StageTimings};
+pub use backend::{CpuBackend, FitBackend, Guide, GuideError, GuidedParams, StageTimings};
 pub use config::FitConfig;
 pub use dataset::{load_transforms, Dataset, LoadOptions, View, Views};
 pub use device::{fit_on, FitDevice};

@@ -65,5 +65,5 @@ pub mod sds;
 
 pub use config::{ConfigError, ConfigSources, PipelineConfig, Precision, DEFAULT_PROFILE, PROFILES};
 pub use error::{is_out_of_memory, PipelineError, Stage};
-pub use pipeline::{parse_device, resolve_models, Generated, InitUsed, Observer, Pipeline, Request};
+pub use pipeline::{device_memory, device_name, parse_device, resolve_models, DeviceMemory, Generated, InitUsed, Observer, Pipeline, Request};
 pub use splatforge_diffusion::HubConfig;

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use splatforge_diffusion::{camera, load_mvdream, HubConfig, LoadOptions, ModelSource, MvDreamPipeline, MvDreamRequest, TilingOptions};
 use splatforge_fit::densify::{DensifyParams, DensifyReport};
 use splatforge_fit::trainer::backend_settings;
-use splatforge_fit::{fit_with, initial_gaussians, CpuBackend, FitBackend, FitError, Init, View, Views};
+use splatforge_fit::{fit_with, initial_gaussians, CpuBackend, FitBackend, FitConfig, FitError, Init, View, Views};
 use splatforge_splat::normalize::fit_to_box;
 use splatforge_splat::Gaussians;
 
@@ -56,6 +56,10 @@ pub struct Generated {
     /// The fit's targets: the generated views with their foreground alpha.
     pub views: Views,
     pub seed: u64,
+    /// Whether every value of the diffusion stage's latents was finite. A
+    /// model overflowing its precision gives NaN or Inf latents, which the
+    /// VAE's clamp to [0, 1] would hide in the views.
+    pub latents_finite: bool,
     pub init: InitUsed,
     /// Training loss and PSNR of the fit's last step.
     pub fit_loss: f64,
@@ -131,6 +135,40 @@ pub fn parse_device(spec: &str) -> Result<Device, PipelineError> {
     })
 }
 
+/// The name [`parse_device`] reads back: `cpu` or `cuda:N`.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+/// Memory of one device as its driver reports it, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// In use on the whole device (total − free: every process's
+    /// allocations, plus the CUDA contexts), as `nvidia-smi` counts it.
+    pub used: u64,
+    pub total: u64,
+}
+
+/// The memory of `device` from the CUDA driver (`cuMemGetInfo` in the
+/// device's context); `None` on the CPU or when the driver call fails.
+#[cfg(feature = "cuda")]
+pub fn device_memory(device: &Device) -> Option<DeviceMemory> {
+    let Device::Cuda(d) = device else { return None };
+    let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
+    Some(DeviceMemory { used: total.saturating_sub(free) as u64, total: total as u64 })
+}
+
+/// The memory of a GPU, from its driver: always `None` in a build without
+/// the `cuda` feature.
+#[cfg(not(feature = "cuda"))]
+pub fn device_memory(_device: &Device) -> Option<DeviceMemory> {
+    None
+}
+
 /// A [`FitBackend`] that stops the fit when `cancelled` fires: its step
 /// returns an error the pipeline turns into [`PipelineError::Cancelled`].
 /// (The fitting engine's progress callback cannot stop the loop.)
@@ -163,22 +201,90 @@ impl<B: FitBackend> FitBackend for Cancellable<'_, B> {
     fn timings(&self) -> splatforge_fit::StageTimings {
         self.inner.timings()
     }
+    fn latest_stats(&mut self) -> Option<splatforge_fit::backend::StepStats> {
+        self.inner.latest_stats()
+    }
+    fn guided_step(
+        &mut self,
+        guide_cameras: &[splatforge_render::Camera],
+        views: &[splatforge_fit::backend::BatchView<'_>],
+        params: &splatforge_fit::GuidedParams,
+        guide: &mut splatforge_fit::Guide<'_>,
+    ) -> splatforge_fit::Result<Option<splatforge_fit::backend::StepStats>> {
+        self.inner.guided_step(guide_cameras, views, params, guide)
+    }
+    fn reset_optimizer(&mut self) {
+        self.inner.reset_optimizer()
+    }
 }
 
-/// Runs the fitting engine's loop on `backend`, stopping when `cancelled` fires.
+/// Runs the fitting engine's loop on `backend`, stopping when `cancelled`
+/// fires; gives the backend back (for SDS) with the result.
 fn run_fit<B: FitBackend>(
     backend: B,
     views: &Views,
-    config: &splatforge_fit::FitConfig,
+    config: &FitConfig,
     cancelled: &(dyn Fn() -> bool + Sync),
     progress: &mut dyn FnMut(&splatforge_fit::Progress),
-) -> Result<splatforge_fit::trainer::FitResult, PipelineError> {
+) -> Result<(splatforge_fit::trainer::FitResult, B), PipelineError> {
     let mut backend = Cancellable { inner: backend, cancelled, fired: false };
     match fit_with(&mut backend, views, config, progress) {
-        Ok(r) => Ok(r),
+        Ok(r) => Ok((r, backend.inner)),
         Err(_) if backend.fired => Err(PipelineError::Cancelled),
         Err(e) => Err(PipelineError::stage(Stage::Fit, e)),
     }
+}
+
+/// What the fit and SDS stages of [`Pipeline::generate_with`] need.
+struct FitStages<'a> {
+    views: &'a Views,
+    fit: &'a FitConfig,
+    /// `None`: no SDS stage.
+    sds: Option<SdsInputs<'a>>,
+    cancelled: &'a (dyn Fn() -> bool + Sync),
+    /// When the fit stage started (the backend's creation counts towards it).
+    started: Instant,
+}
+
+/// The Gaussians after the fit and SDS, and the fit's last loss and PSNR.
+struct Fitted {
+    gaussians: Gaussians,
+    fit_loss: f64,
+    fit_psnr: f64,
+}
+
+/// The fit stage, then the SDS stage (when configured) on the same
+/// backend, each reported to `obs` and timed into `timings`.
+fn fit_and_refine<B: FitBackend>(
+    backend: B,
+    s: &FitStages<'_>,
+    obs: &mut dyn Observer,
+    timings: &mut Vec<(Stage, Duration)>,
+) -> Result<Fitted, PipelineError> {
+    let mut on_step = |p: &splatforge_fit::Progress| obs.step(Stage::Fit, p.iteration as u64, p.iters as u64, Some(p.loss));
+    let (fit, mut backend) = run_fit(backend, s.views, s.fit, s.cancelled, &mut on_step)?;
+    let el = s.started.elapsed();
+    obs.stage_finished(Stage::Fit, el);
+    timings.push((Stage::Fit, el));
+    let Some(sds) = &s.sds else {
+        return Ok(Fitted { gaussians: fit.gaussians, fit_loss: fit.final_loss, fit_psnr: fit.final_train_psnr });
+    };
+
+    if (s.cancelled)() {
+        return Err(PipelineError::Cancelled);
+    }
+    let t0 = stage_timer(obs, Stage::Sds, sds.sds.sds_iters as u64);
+    let mut on_step = |st: &SdsStep| obs.step(Stage::Sds, st.step as u64, st.iters as u64, Some(st.sds_loss));
+    match refine(&mut backend, sds, &|| (s.cancelled)(), &mut on_step) {
+        Ok(()) => {}
+        Err(SdsError::Cancelled) => return Err(PipelineError::Cancelled),
+        Err(e) => return Err(PipelineError::stage(Stage::Sds, e)),
+    }
+    let gaussians = backend.gaussians();
+    let el = t0.elapsed();
+    obs.stage_finished(Stage::Sds, el);
+    timings.push((Stage::Sds, el));
+    Ok(Fitted { gaussians, fit_loss: fit.final_loss, fit_psnr: fit.final_train_psnr })
 }
 
 /// Splits the largest Gaussians in two along their longest axis until there
@@ -300,6 +406,11 @@ impl Pipeline {
         &self.device
     }
 
+    /// The memory of the pipeline's device (see [`device_memory`]).
+    pub fn device_memory(&self) -> Option<DeviceMemory> {
+        device_memory(&self.device)
+    }
+
     /// Where the models came from.
     pub fn models(&self) -> &str {
         &self.mvdream.source
@@ -333,8 +444,8 @@ impl Pipeline {
 
     /// Prompt → Gaussians with `config`. Stages, in order:
     /// `diffusion`, `alpha`, `init`, `fit`, `sds` (when `sds_iters > 0`),
-    /// `normalize`. `cancelled` is polled between stages, every fit step and
-    /// every SDS step (the diffusion crate's sampler cannot stop mid-loop).
+    /// `normalize`. `cancelled` is polled between stages and at every
+    /// denoising, fit and SDS step.
     pub fn generate_with(
         &self,
         config: &PipelineConfig,
@@ -372,9 +483,28 @@ impl Pipeline {
         };
         let latents = self
             .mvdream
-            .generate_latents(&mreq, |i, n| obs.step(Stage::Diffusion, i as u64, n as u64 + 1, None))
-            .map_err(|e| PipelineError::stage(Stage::Diffusion, e))?;
+            .generate_latents(&mreq, |i, n| {
+                obs.step(Stage::Diffusion, i as u64, n as u64 + 1, None);
+                // Checked at every denoising step, so a timed-out or
+                // disconnected request frees the GPU within one UNet call.
+                if cancelled() {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
+                }
+            })
+            .map_err(|e| match e {
+                splatforge_diffusion::DiffusionError::Cancelled => PipelineError::Cancelled,
+                e => PipelineError::stage(Stage::Diffusion, e),
+            })?;
         check()?;
+        let latents_finite = latents
+            .to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| PipelineError::stage(Stage::Diffusion, e))?
+            .iter()
+            .all(|v| v.is_finite());
         let images = decode(&self.mvdream, &latents, d).map_err(|e| PipelineError::stage(Stage::Diffusion, e))?;
         drop(latents);
         obs.step(Stage::Diffusion, steps + 1, steps + 1, None);
@@ -407,36 +537,15 @@ impl Pipeline {
         obs.stage_finished(Stage::Init, el);
         timings.push((Stage::Init, el));
 
-        // 4. Fit to the views.
+        // 4. Fit to the views, 5. SDS refinement: on one fitting backend, so
+        // that the CUDA backend keeps the Gaussians on the GPU between them.
         check()?;
         let t0 = stage_timer(obs, Stage::Fit, fit_cfg.iters as u64);
-        let mut on_step = |p: &splatforge_fit::Progress| obs.step(Stage::Fit, p.iteration as u64, p.iters as u64, Some(p.loss));
         let settings = backend_settings(&fit_cfg);
-        #[cfg(feature = "cuda")]
-        let fit = if self.device.is_cuda() {
-            // The fitting engine's CUDA backend, on the diffusion model's device.
-            let b = splatforge_fit::cuda::CudaBackend::on_device(init_g, settings, &self.device)
-                .map_err(|e| PipelineError::stage(Stage::Fit, e))?;
-            run_fit(b, &views, &fit_cfg, cancelled, &mut on_step)?
-        } else {
-            let b = CpuBackend::new(init_g, settings).map_err(|e| PipelineError::stage(Stage::Fit, e))?;
-            run_fit(b, &views, &fit_cfg, cancelled, &mut on_step)?
-        };
-        #[cfg(not(feature = "cuda"))]
-        let fit = {
-            let b = CpuBackend::new(init_g, settings).map_err(|e| PipelineError::stage(Stage::Fit, e))?;
-            run_fit(b, &views, &fit_cfg, cancelled, &mut on_step)?
-        };
-        let mut g = fit.gaussians;
-        let el = t0.elapsed();
-        obs.stage_finished(Stage::Fit, el);
-        timings.push((Stage::Fit, el));
-
-        // 5. SDS refinement.
-        if config.sds.sds_iters > 0 {
-            check()?;
-            let t0 = stage_timer(obs, Stage::Sds, config.sds.sds_iters as u64);
-            let inputs = SdsInputs {
+        let stages = FitStages {
+            views: &views,
+            fit: &fit_cfg,
+            sds: (config.sds.sds_iters > 0).then(|| SdsInputs {
                 pipe: &self.mvdream,
                 sds: &config.sds,
                 diffusion: d,
@@ -444,17 +553,26 @@ impl Pipeline {
                 views: &views,
                 prompt: &req.prompt,
                 seed,
-            };
-            let mut on_step = |s: &SdsStep| obs.step(Stage::Sds, s.step as u64, s.iters as u64, Some(s.sds_loss));
-            match refine(&mut g, &inputs, &|| cancelled(), &mut on_step) {
-                Ok(()) => {}
-                Err(SdsError::Cancelled) => return Err(PipelineError::Cancelled),
-                Err(e) => return Err(PipelineError::stage(Stage::Sds, e)),
-            }
-            let el = t0.elapsed();
-            obs.stage_finished(Stage::Sds, el);
-            timings.push((Stage::Sds, el));
-        }
+            }),
+            cancelled,
+            started: t0,
+        };
+        #[cfg(feature = "cuda")]
+        let fitted = if self.device.is_cuda() {
+            // The fitting engine's CUDA backend, on the diffusion model's device.
+            let b = splatforge_fit::cuda::CudaBackend::on_device(init_g, settings, &self.device)
+                .map_err(|e| PipelineError::stage(Stage::Fit, e))?;
+            fit_and_refine(b, &stages, obs, &mut timings)?
+        } else {
+            let b = CpuBackend::new(init_g, settings).map_err(|e| PipelineError::stage(Stage::Fit, e))?;
+            fit_and_refine(b, &stages, obs, &mut timings)?
+        };
+        #[cfg(not(feature = "cuda"))]
+        let fitted = {
+            let b = CpuBackend::new(init_g, settings).map_err(|e| PipelineError::stage(Stage::Fit, e))?;
+            fit_and_refine(b, &stages, obs, &mut timings)?
+        };
+        let mut g = fitted.gaussians;
 
         // 6. Top up and normalise.
         check()?;
@@ -472,9 +590,10 @@ impl Pipeline {
             timings,
             views,
             seed,
+            latents_finite,
             init,
-            fit_loss: fit.final_loss,
-            fit_psnr: fit.final_train_psnr,
+            fit_loss: fitted.fit_loss,
+            fit_psnr: fitted.fit_psnr,
         })
     }
 }
@@ -515,6 +634,8 @@ mod tests {
     #[test]
     fn devices_and_model_folders_resolve() {
         assert!(matches!(parse_device("cpu").unwrap(), Device::Cpu));
+        assert_eq!(device_memory(&Device::Cpu), None, "the CPU reports no device memory");
+        assert_eq!(device_name(&parse_device("CPU").unwrap()), "cpu");
         assert!(parse_device("gpu").is_err());
         assert!(parse_device("cuda:x").is_err());
         #[cfg(not(feature = "cuda"))]

@@ -31,17 +31,24 @@
 //! instead of a sample (deterministic), renders are made at the SDS
 //! resolution directly instead of being resized to 256², and SDS refines a
 //! fit instead of training from the random ball.
+//!
+//! Where it runs: on the fit's backend, one
+//! [`FitBackend::guided_step`] per step (steps 1, 6 and 7 above), with
+//! steps 2–5 as its guide. With the fitting engine's CUDA backend the
+//! Gaussians stay on the GPU from the fit on, and the renders and their
+//! gradient pass between the rasterizer and the diffusion model as device
+//! tensors; the CPU backend is the reference and gives the same result as
+//! rendering, backpropagating and stepping Adam by hand.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use splatforge_diffusion::camera;
-use splatforge_diffusion::{sds_gradient, DiffusionError, MvDreamPipeline, MvDreamRequest, SdsOptions, SdsTimestep, SdsWeighting};
-use splatforge_fit::adam::{Adam, AdamConfig, GaussianGrads};
-use splatforge_fit::loss::{psnr, view_loss, LossWeights};
+use splatforge_diffusion::{
+    sds_gradient, DiffusionError, MvDreamPipeline, MvDreamRequest, SdsConditioning, SdsOptions, SdsTimestep, SdsWeighting,
+};
+use splatforge_fit::backend::BatchView;
 use splatforge_fit::schedule::{ExponLr, LearningRates};
-use splatforge_fit::trainer::render_mode;
-use splatforge_fit::{FitConfig, Views};
-use splatforge_render::{pack_sh, rasterize_backward, rasterize_forward, Camera, GaussianParams, ImageGradients, RenderOptions};
-use splatforge_splat::Gaussians;
+use splatforge_fit::{FitBackend, FitConfig, FitError, GuidedParams, Views};
+use splatforge_render::Camera;
 
 use crate::carve::Rng;
 use crate::config::{DiffusionConfig, SdsConfig};
@@ -70,6 +77,8 @@ pub struct SdsStep {
     /// DreamGaussian's SDS loss value, `0.5·‖grad‖²/B`.
     pub sds_loss: f64,
     /// PSNR against the generated views (when `lambda_views > 0`), else NaN.
+    /// On a GPU backend, the latest the backend has read back (it reads its
+    /// loss statistics back every few steps, as during the fit).
     pub views_psnr: f64,
 }
 
@@ -82,10 +91,25 @@ pub enum SdsError {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Diffusion(#[from] DiffusionError),
+    /// The fitting backend failed (render, backward, device).
     #[error(transparent)]
-    Render(#[from] splatforge_render::RenderError),
+    Fit(FitError),
     #[error("{0}")]
     Other(String),
+}
+
+impl From<FitError> for SdsError {
+    /// A failure of the guide (this module's SDS gradient) comes back from
+    /// the backend boxed: unbox it to the error it was.
+    fn from(e: FitError) -> Self {
+        match e {
+            FitError::Guide(inner) => match inner.downcast::<SdsError>() {
+                Ok(sds) => *sds,
+                Err(other) => SdsError::Other(other.to_string()),
+            },
+            e => SdsError::Fit(e),
+        }
+    }
 }
 
 /// Everything SDS needs besides the Gaussians.
@@ -100,23 +124,35 @@ pub struct SdsInputs<'a> {
     pub seed: u64,
 }
 
-fn images_to_tensor(images: &[&[f32]], size: usize, device: &Device) -> candle_core::Result<Tensor> {
-    let n = images.len();
-    let mut chw = vec![0f32; n * 3 * size * size];
-    for (i, img) in images.iter().enumerate() {
-        for p in 0..size * size {
-            for c in 0..3 {
-                chw[((i * 3 + c) * size * size) + p] = img[p * 3 + c];
-            }
-        }
-    }
-    Tensor::from_vec(chw, (n, 3, size, size), &Device::Cpu)?.to_device(device)
+/// Steps 2–5 of the module docs: the gradient of `lambda_sds` times the SDS
+/// loss with respect to `renders` (`[n, 3, H, W]` in [0, 1], any device),
+/// on the diffusion model's device, and the SDS loss (a scalar tensor
+/// without graph: reading it waits for the device, which the caller does
+/// once the whole step is enqueued).
+fn sds_image_gradient(
+    pipe: &MvDreamPipeline,
+    cond: &SdsConditioning,
+    renders: &Tensor,
+    t: usize,
+    noise_seed: u64,
+    opts: &SdsOptions,
+    lambda_sds: f32,
+) -> Result<(Tensor, Tensor), SdsError> {
+    let x = Var::from_tensor(&renders.to_device(&pipe.device)?)?;
+    let latents = pipe.encode_images(x.as_tensor())?;
+    let out = sds_gradient(pipe, &latents, cond, SdsTimestep::Fixed(t), noise_seed, opts)?;
+    let grads = (&out.loss * lambda_sds as f64)?.backward()?;
+    let dx = grads
+        .get(x.as_tensor())
+        .ok_or_else(|| SdsError::Other("no gradient reached the rendered images".into()))?;
+    Ok((dx.clone(), out.loss.detach()))
 }
 
-/// Runs `sds.sds_iters` refinement steps on `g` in place (see the module
-/// docs). `cancelled` is polled every step.
+/// Runs `sds.sds_iters` refinement steps on the Gaussians of `backend` (the
+/// one that ran the fit; see the module docs), with fresh Adam moments.
+/// `cancelled` is polled every step.
 pub fn refine(
-    g: &mut Gaussians,
+    backend: &mut dyn FitBackend,
     inp: &SdsInputs<'_>,
     cancelled: &dyn Fn() -> bool,
     progress: &mut dyn FnMut(&SdsStep),
@@ -152,7 +188,7 @@ pub fn refine(
 
     let views = &inp.views.views;
     let use_views = cfg.lambda_views > 0.0 && !views.is_empty();
-    let weights = LossWeights { lambda_ssim: inp.fit.lambda_ssim, lambda_alpha: inp.fit.lambda_alpha };
+    let view_grad_scale = if use_views { cfg.lambda_views / views.len() as f32 } else { 0.0 };
     let base = LearningRates::at(inp.fit, &ExponLr::position(inp.fit), inp.fit.iters);
     let k = cfg.lr_scale;
     let lrs = LearningRates {
@@ -163,9 +199,10 @@ pub fn refine(
         scaling: base.scaling * k,
         rotation: base.rotation * k,
     };
-    let mut adam = Adam::for_gaussians(g, AdamConfig::default());
+    backend.reset_optimizer();
     let mut rng = Rng::new(inp.seed ^ 0x5344_5320_7265_666e); // "SDS refn"
-    let mode = render_mode(inp.fit);
+    // The views over each background, made on first use.
+    let mut composites: Vec<([f32; 3], Vec<Vec<f32>>)> = Vec::new();
 
     for step in 1..=iters {
         if cancelled() {
@@ -177,7 +214,7 @@ pub fn refine(
         let t = sds_timestep(cfg, step, iters, num_train, rng.unit());
         let noise_seed = rng.next_u64();
 
-        let mut cameras: Vec<Camera> = camera::render_cameras(
+        let cameras: Vec<Camera> = camera::render_cameras(
             nf,
             elevation,
             azimuth,
@@ -186,80 +223,53 @@ pub fn refine(
             inp.diffusion.fovy,
             size as u32,
         );
-        if use_views {
-            cameras.extend(views.iter().map(|v| v.camera));
-        }
-        let sh = pack_sh(g);
-        let params = GaussianParams::from_gaussians(g, &sh);
-        let opts = RenderOptions { background: bg, mode, ..Default::default() };
-        let (images, state) = rasterize_forward(&params, &cameras, &opts)?;
-
-        // SDS gradient on the orbit's renders.
-        let rgb: Vec<&[f32]> = images[..nf].iter().map(|im| im.rgb.as_slice()).collect();
-        let x = Var::from_tensor(&images_to_tensor(&rgb, size, device)?)?;
-        let latents = pipe.encode_images(x.as_tensor())?;
         if uses_camera {
             let emb = camera::camera_embeddings(nf, elevation, azimuth, 360.0);
             let flat: Vec<f32> = emb.iter().flatten().copied().collect();
             cond.camera = Some(Tensor::from_vec(flat, (nf, 16), device)?);
         }
-        let out = sds_gradient(pipe, &latents, &cond, SdsTimestep::Fixed(t), noise_seed, &sds_opts)?;
-        let sds_loss = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let grads = (out.loss * cfg.lambda_sds as f64)?.backward()?;
-        let dx = grads
-            .get(x.as_tensor())
-            .ok_or_else(|| SdsError::Other("no gradient reached the rendered images".into()))?
-            .to_dtype(DType::F32)?
-            .to_device(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        drop(grads);
-        let mut rgb_grads: Vec<Vec<f32>> = (0..nf)
-            .map(|i| {
-                let mut hwc = vec![0f32; size * size * 3];
-                for p in 0..size * size {
-                    for c in 0..3 {
-                        let v = dx[((i * 3 + c) * size * size) + p];
-                        hwc[p * 3 + c] = if v.is_finite() { v } else { 0.0 };
-                    }
-                }
-                hwc
-            })
-            .collect();
-        let mut alpha_grads: Vec<Option<Vec<f32>>> = vec![None; nf];
-
         // The fit's loss to the generated views, in the same backward pass.
-        let mut views_psnr = f64::NAN;
-        if use_views {
-            let s = cfg.lambda_views / views.len() as f32;
-            let mut total = 0.0;
-            for (img, v) in images[nf..].iter().zip(views) {
-                let target = v.composite(bg);
-                let (l, gr) = view_loss(
-                    &img.rgb,
-                    &img.alpha,
-                    &target,
-                    v.alpha.as_deref(),
-                    img.width as usize,
-                    img.height as usize,
-                    &weights,
-                    s,
-                );
-                total += psnr(l.mse);
-                rgb_grads.push(gr.rgb);
-                alpha_grads.push(gr.alpha);
-            }
-            views_psnr = total / views.len() as f64;
-        }
-        let image_grads: Vec<ImageGradients<'_, f32>> = rgb_grads
-            .iter()
-            .zip(&alpha_grads)
-            .map(|(r, a)| ImageGradients { rgb: Some(r), alpha: a.as_deref(), depth: None })
-            .collect();
-        let grads = rasterize_backward(&params, &cameras, &opts, &state, &image_grads)?;
-        drop(state);
-        let gg = GaussianGrads::from_render(&grads, g.sh_degree);
-        adam.step(g, &gg, &lrs);
+        let batch: Vec<BatchView<'_>> = if use_views {
+            let at = match composites.iter().position(|(b, _)| *b == bg) {
+                Some(i) => i,
+                None => {
+                    composites.push((bg, views.iter().map(|v| v.composite(bg)).collect()));
+                    composites.len() - 1
+                }
+            };
+            // Ids as the fit's trainer gives the full-size views (same
+            // images), so that a backend reuses the uploads of the fit.
+            views
+                .iter()
+                .zip(&composites[at].1)
+                .enumerate()
+                .map(|(id, (v, target))| BatchView { id, camera: &v.camera, target_rgb: target, target_alpha: v.alpha.as_deref() })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let params = GuidedParams {
+            background: bg,
+            lrs,
+            // Every stored SH degree: the Gaussians were made with the
+            // fit's, and SDS renders them as the fit left them.
+            sh_degree: inp.fit.sh_degree,
+            view_grad_scale,
+        };
+        let mut loss = None;
+        let stats = backend.guided_step(&cameras, &batch, &params, &mut |renders: &Tensor| {
+            let (grad, l) = sds_image_gradient(pipe, &cond, renders, t, noise_seed, &sds_opts, cfg.lambda_sds)?;
+            loss = Some(l);
+            Ok(grad)
+        })?;
+        let sds_loss = loss
+            .ok_or_else(|| SdsError::Other("the fitting backend did not call the SDS guidance".into()))?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        let views_psnr = match stats {
+            Some(s) if use_views => s.psnr,
+            _ => f64::NAN,
+        };
         progress(&SdsStep { step, iters, timestep: t, sds_loss, views_psnr });
     }
     Ok(())

@@ -105,14 +105,14 @@ fn a_seed_gives_the_same_splat_and_another_seed_another() {
 }
 
 #[test]
-fn cancellation_stops_between_stages_and_inside_the_fit_and_sds() {
+fn cancellation_stops_between_stages_and_inside_diffusion_fit_and_sds() {
     let pipe = &fixture().pipe;
     let req = Request { prompt: "a cat".into(), seed: Some(1) };
     // Cancelled from the start.
     let e = pipe.generate(&req, &|| true, &mut ()).unwrap_err();
     assert!(matches!(e, PipelineError::Cancelled), "{e}");
-    // Count the polls of a whole run: before each stage, every fit step and
-    // every SDS step.
+    // Count the polls of a whole run: before each stage, every denoising
+    // step, every fit step and every SDS step.
     let n = AtomicUsize::new(0);
     pipe.generate(&req, &|| {
         n.fetch_add(1, Ordering::Relaxed);
@@ -120,18 +120,28 @@ fn cancellation_stops_between_stages_and_inside_the_fit_and_sds() {
     }, &mut ())
     .unwrap();
     let total = n.into_inner();
-    let (fit, sds) = (pipe.config().fit.iters as usize, pipe.config().sds.sds_iters as usize);
-    assert!(total >= 6 + fit + sds, "{total}");
-    // Fire in the fit (the 2nd diffusion poll is after sampling; then alpha
-    // and init), in SDS (its step poll comes after its stage poll) and
-    // right before normalising: each a clean `Cancelled`.
-    for fire_at in [6, total - 2, total] {
+    let c = pipe.config();
+    let (steps, fit, sds) = (c.diffusion.num_inference_steps, c.fit.iters as usize, c.sds.sds_iters as usize);
+    assert!(steps >= 2, "the development profile denoises in {steps} steps");
+    assert!(total >= 6 + steps + fit + sds, "{total}");
+    // Fire after the first denoising step (poll 1 is before the stage), in
+    // the fit (after the denoising steps, the poll after sampling, alpha and
+    // init), in SDS (its step poll comes after its stage poll) and right
+    // before normalising: each a clean `Cancelled`.
+    let in_fit = 6 + steps;
+    for fire_at in [2, in_fit, total - 2, total] {
         let n = AtomicUsize::new(0);
         let mut rec = Recorder::default();
         let e = pipe.generate(&req, &|| n.fetch_add(1, Ordering::Relaxed) + 1 >= fire_at, &mut rec).unwrap_err();
         assert!(matches!(e, PipelineError::Cancelled), "at {fire_at}: {e}");
         assert!(!rec.events.contains(&"end normalize".to_string()));
-        if fire_at == 6 {
+        if fire_at == 2 {
+            // Stopped inside the sampler: one step done, not the second.
+            assert!(rec.events.iter().any(|e| e.starts_with("step diffusion 1/")), "{:?}", rec.events);
+            assert!(!rec.events.iter().any(|e| e.starts_with("step diffusion 2/")), "{:?}", rec.events);
+            assert!(!rec.events.contains(&"end diffusion".to_string()), "{:?}", rec.events);
+        }
+        if fire_at == in_fit {
             assert!(rec.events.contains(&"start fit 6".to_string()) && !rec.events.contains(&"end fit".to_string()), "{:?}", rec.events);
         }
     }

@@ -63,11 +63,21 @@ pub trait Generator: Send + Sync + 'static {
     /// A short name for `/version` and `/health` (e.g. `"pipeline:speed"`).
     fn name(&self) -> &str;
 
-    /// Device memory in use, in bytes, when the generator can tell
-    /// (exported as `splatforge_device_memory_bytes`).
-    fn memory_bytes(&self) -> Option<u64> {
+    /// The memory of the generator's device when it can tell (exported as
+    /// `splatforge_device_memory_bytes` and
+    /// `splatforge_device_memory_total_bytes`). Called at every scrape of
+    /// `/metrics`, off the async runtime, so it may ask a driver.
+    fn device_memory(&self) -> Option<DeviceMemory> {
         None
     }
+}
+
+/// Memory of one device, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// In use on the whole device (by every process), as `nvidia-smi` counts it.
+    pub used_bytes: u64,
+    pub total_bytes: u64,
 }
 
 impl<G: Generator + ?Sized> Generator for Box<G> {
@@ -80,8 +90,8 @@ impl<G: Generator + ?Sized> Generator for Box<G> {
     fn name(&self) -> &str {
         (**self).name()
     }
-    fn memory_bytes(&self) -> Option<u64> {
-        (**self).memory_bytes()
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        (**self).device_memory()
     }
 }
 
@@ -95,8 +105,8 @@ impl<G: Generator + ?Sized> Generator for Arc<G> {
     fn name(&self) -> &str {
         (**self).name()
     }
-    fn memory_bytes(&self) -> Option<u64> {
-        (**self).memory_bytes()
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        (**self).device_memory()
     }
 }
 

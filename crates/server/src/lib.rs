@@ -43,7 +43,9 @@ use axum::serve::ListenerExt as _;
 use axum::Router;
 use tokio::sync::{oneshot, watch};
 
-pub use generator::{CancelToken, Generation, GenerationError, GenerationRequest, Generator, GeneratorFactory};
+pub use generator::{
+    CancelToken, DeviceMemory, Generation, GenerationError, GenerationRequest, Generator, GeneratorFactory,
+};
 use metrics::{names, GaugeSample, Metrics};
 pub use output::{Encoding, OutputSpec, SplatFormat, VideoFormat};
 use pool::{DeviceState, Job, JobFailure, JobOutput, Pool, PoolStatus, Rejection};
@@ -645,8 +647,8 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     let tracker = Tracker::new(&app, "/metrics");
     // Asking generators for memory may touch a driver: not on the runtime.
     let pool = app.pool.clone();
-    let memory: Vec<(u32, Option<u64>)> = tokio::task::spawn_blocking(move || {
-        pool.devices.iter().map(|d| (d.id, d.generator().and_then(|g| g.memory_bytes()))).collect()
+    let memory: Vec<(u32, Option<DeviceMemory>)> = tokio::task::spawn_blocking(move || {
+        pool.devices.iter().map(|d| (d.id, d.generator().and_then(|g| g.device_memory()))).collect()
     })
     .await
     .unwrap_or_default();
@@ -661,9 +663,10 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         gauge(names::QUEUE_CAPACITY, dev(), d.capacity as f64);
         gauge(names::JOBS_RUNNING, dev(), d.running() as f64);
     }
-    for (id, bytes) in memory {
-        if let Some(b) = bytes {
-            gauge(names::DEVICE_MEMORY, vec![("device", id.to_string())], b as f64);
+    for (id, m) in memory {
+        if let Some(m) = m {
+            gauge(names::DEVICE_MEMORY, vec![("device", id.to_string())], m.used_bytes as f64);
+            gauge(names::DEVICE_MEMORY_TOTAL, vec![("device", id.to_string())], m.total_bytes as f64);
         }
     }
     gauge(names::READY, vec![], if app.pool.is_ready() { 1.0 } else { 0.0 });

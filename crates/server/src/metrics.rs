@@ -25,6 +25,7 @@ pub mod names {
     pub const GENERATION: &str = "splatforge_generation_duration_seconds";
     pub const STAGE: &str = "splatforge_stage_duration_seconds";
     pub const DEVICE_MEMORY: &str = "splatforge_device_memory_bytes";
+    pub const DEVICE_MEMORY_TOTAL: &str = "splatforge_device_memory_total_bytes";
     pub const READY: &str = "splatforge_ready";
     pub const BUILD_INFO: &str = "splatforge_build_info";
 }
@@ -97,7 +98,11 @@ impl Metrics {
             (QUEUE_DEPTH, "Jobs waiting in a device queue."),
             (QUEUE_CAPACITY, "Capacity of a device queue (--queue-size)."),
             (JOBS_RUNNING, "Jobs a device's workers are running now."),
-            (DEVICE_MEMORY, "Device memory in use as reported by the generator."),
+            (
+                DEVICE_MEMORY,
+                "Memory in use on a GPU (all processes, as nvidia-smi counts it), from the CUDA driver; absent on the CPU.",
+            ),
+            (DEVICE_MEMORY_TOTAL, "Total memory of a GPU, from the CUDA driver; absent on the CPU."),
             (READY, "1 once every device's generator is loaded and warmed up."),
             (BUILD_INFO, "Always 1; labels carry the version, git hash and generator."),
         ]);

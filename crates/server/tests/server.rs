@@ -489,6 +489,7 @@ async fn metrics_expose_the_expected_series_with_the_right_counts() {
         (r#"splatforge_queue_capacity{device="0"}"#, 4.0),
         (r#"splatforge_jobs_running{device="0"}"#, 0.0),
         (r#"splatforge_device_memory_bytes{device="0"}"#, 1_000_000.0),
+        (r#"splatforge_device_memory_total_bytes{device="0"}"#, 8_000_000.0),
         ("splatforge_ready", 1.0),
         (r#"splatforge_http_requests_in_flight{endpoint="/generate/"}"#, 0.0),
     ];

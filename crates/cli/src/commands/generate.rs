@@ -1,11 +1,13 @@
 //! `splatforge generate`: text prompt → splat file, through the pipeline.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use splatforge_pipeline::{parse_device, resolve_models, ConfigSources, HubConfig, Observer, Pipeline, Request, Stage};
+use splatforge_pipeline::{
+    device_name, parse_device, resolve_models, ConfigSources, Generated, HubConfig, Observer, Pipeline, Request, Stage,
+};
 
 use super::convert::EncodingArgs;
 use crate::Outcome;
@@ -55,6 +57,15 @@ pub struct Args {
     /// Print the resolved configuration (YAML) and exit.
     #[arg(long)]
     print_config: bool,
+    /// Print one JSON object per generation on stdout instead of the timing table: profile, models, device, run, seed, stage times and total (ms), model load and warm-up times (ms), Gaussians, fit PSNR, whether the latents were finite, GPU memory in use after the run (whole device, from the driver), and the output path (on the run that wrote it).
+    #[arg(long)]
+    json: bool,
+    /// Generate N times with the models loaded once, with seeds SEED, SEED+1, …; each run reports its timings, the last one is written.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    repeat: u64,
+    /// After loading, run one tiny generation (as `serve` does) and report its time, so that the timed runs do not pay first-use costs.
+    #[arg(long)]
+    warm_up: bool,
     #[command(flatten)]
     encoding: EncodingArgs,
 }
@@ -137,6 +148,63 @@ fn save_views(dir: &std::path::Path, views: &splatforge_fit::Views) -> Result<()
     Ok(())
 }
 
+/// Milliseconds, for reports.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Milliseconds rounded to microseconds, for JSON.
+fn ms_json(d: Duration) -> f64 {
+    (ms(d) * 1e3).round() / 1e3
+}
+
+/// The median of `v` (not empty), in milliseconds.
+fn median_ms(v: &mut [Duration]) -> f64 {
+    v.sort();
+    let n = v.len();
+    if n % 2 == 1 {
+        ms(v[n / 2])
+    } else {
+        0.5 * (ms(v[n / 2 - 1]) + ms(v[n / 2]))
+    }
+}
+
+/// Once per command: what every run's JSON object repeats.
+struct Session<'a> {
+    profile: &'a str,
+    pipe: &'a Pipeline,
+    load: Duration,
+    warm_up: Option<Duration>,
+    runs: u64,
+}
+
+impl Session<'_> {
+    /// The JSON object of run `run` (1-based); `output` when it wrote the file.
+    fn json(&self, run: u64, out: &Generated, output: Option<&Path>) -> serde_json::Value {
+        let stages: serde_json::Map<String, serde_json::Value> =
+            out.timings.iter().map(|(stage, d)| (stage.name().to_string(), ms_json(*d).into())).collect();
+        let memory = self.pipe.device_memory();
+        serde_json::json!({
+            "profile": self.profile,
+            "models": self.pipe.models(),
+            "device": device_name(self.pipe.device()),
+            "run": run,
+            "runs": self.runs,
+            "seed": out.seed,
+            "stages_ms": stages,
+            "total_ms": ms_json(out.total()),
+            "load_ms": ms_json(self.load),
+            "warm_up_ms": self.warm_up.map(ms_json),
+            "gaussians": out.gaussians.len(),
+            "fit_psnr": out.fit_psnr,
+            "latents_finite": out.latents_finite,
+            "device_memory_used_bytes": memory.map(|m| m.used),
+            "device_memory_total_bytes": memory.map(|m| m.total),
+            "output": output.map(|p| p.display().to_string()),
+        })
+    }
+}
+
 pub fn run(args: Args) -> Result<Outcome> {
     let (profile, config) = args.config.sources().resolve()?;
     if args.print_config {
@@ -153,28 +221,57 @@ pub fn run(args: Args) -> Result<Outcome> {
 
     let t0 = Instant::now();
     let pipe = Pipeline::load(&models, &device, HubConfig::from_env(), &profile, config)?;
-    eprintln!(
-        "loaded {} on {:?} in {:.1} s (profile {profile})",
-        pipe.models(),
-        device,
-        t0.elapsed().as_secs_f64()
-    );
+    let load = t0.elapsed();
+    eprintln!("loaded {} on {:?} in {:.1} s (profile {profile})", pipe.models(), device, load.as_secs_f64());
+    let warm_up = if args.warm_up {
+        let d = pipe.warm_up()?;
+        eprintln!("warmed up in {:.1} s", d.as_secs_f64());
+        Some(d)
+    } else {
+        None
+    };
+    let session = Session { profile: &profile, pipe: &pipe, load, warm_up, runs: args.repeat };
 
-    let mut bars = Bars { multi: MultiProgress::new(), current: None };
-    let out = pipe.generate(&Request { prompt: args.prompt.clone(), seed: args.seed }, &|| false, &mut bars)?;
-    drop(bars);
-
-    args.encoding.write(&out.gaussians, &args.output)?;
-    if let Some(dir) = &args.save_views {
-        save_views(dir, &out.views)?;
+    let first_seed = args.seed.unwrap_or(pipe.config().seed);
+    let mut totals = Vec::new();
+    for run in 1..=args.repeat {
+        let seed = first_seed.wrapping_add(run - 1);
+        let mut bars = Bars { multi: MultiProgress::new(), current: None };
+        let out = pipe.generate(&Request { prompt: args.prompt.clone(), seed: Some(seed) }, &|| false, &mut bars)?;
+        drop(bars);
+        if !out.latents_finite {
+            eprintln!("warning: run {run}: the diffusion stage's latents were not all finite (NaN or Inf)");
+        }
+        totals.push(out.total());
+        let last = run == args.repeat;
+        if last {
+            args.encoding.write(&out.gaussians, &args.output)?;
+            if let Some(dir) = &args.save_views {
+                save_views(dir, &out.views)?;
+            }
+        }
+        if args.json {
+            let written = last.then_some(args.output.as_path());
+            println!("{}", session.json(run, &out, written));
+            continue;
+        }
+        if args.repeat > 1 {
+            println!("run {run}/{} (seed {seed})", args.repeat);
+        }
+        print!("{}", timing_table(&out.timings));
+        if last {
+            println!(
+                "wrote {} ({} Gaussians, seed {}, fit PSNR {:.2} dB)",
+                args.output.display(),
+                out.gaussians.len(),
+                out.seed,
+                out.fit_psnr
+            );
+        }
     }
-    print!("{}", timing_table(&out.timings));
-    println!(
-        "wrote {} ({} Gaussians, seed {}, fit PSNR {:.2} dB)",
-        args.output.display(),
-        out.gaussians.len(),
-        out.seed,
-        out.fit_psnr
-    );
+    if !args.json && args.repeat > 1 {
+        let list: Vec<String> = totals.iter().map(|d| format!("{:.1}", ms(*d))).collect();
+        println!("total ms per run: {} (median {:.1})", list.join(", "), median_ms(&mut totals));
+    }
     Ok(Outcome::Success)
 }

@@ -1,10 +1,11 @@
 //! The text-to-3D pipeline as the service's [`Generator`]: models load once
 //! per device, warm-up runs one tiny generation, errors map to the
 //! service's outcomes (cancelled, out of memory → 500 and the worker goes
-//! on, anything else → 500).
+//! on, anything else → 500), and a CUDA device's memory comes from its
+//! driver (none on the CPU).
 
 use splatforge_pipeline::{Pipeline, PipelineError, Request};
-use splatforge_server::{CancelToken, Generation, GenerationError, GenerationRequest, Generator};
+use splatforge_server::{CancelToken, DeviceMemory, Generation, GenerationError, GenerationRequest, Generator};
 
 pub struct PipelineGenerator {
     pipe: Pipeline,
@@ -43,6 +44,10 @@ impl Generator for PipelineGenerator {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        self.pipe.device_memory().map(|m| DeviceMemory { used_bytes: m.used, total_bytes: m.total })
     }
 }
 

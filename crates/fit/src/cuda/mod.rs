@@ -27,11 +27,22 @@
 //! the CPU appends and retains them, with their optimiser state following
 //! (`examples/gpu_fit.rs parity` checks it).
 //!
+//! Guided steps ([`FitBackend::guided_step`], SDS refinement) run the same
+//! forward, loss, backward and Adam kernels. The guide receives the guide
+//! cameras' renders as a candle tensor on this device (a channel-first copy
+//! of the rasterizer's output) and returns its gradient there; candle ops on
+//! the same stream zero its non-finite entries, permute it back to the
+//! rasterizer's layout and stack it with the views' loss gradients
+//! (`examples/gpu_fit.rs guided` checks the step against the CPU's).
+//!
 //! # Host synchronisation points
 //! 1. [`splatforge_render::cuda::CudaRasterizer::forward`]: the number of
 //!    tile intersections per camera (8 bytes each), every step: the
 //!    rasterizer sizes its sort buffers with it (gsplat does the same). It is
 //!    the only per-step synchronisation, and it belongs to the rasterizer.
+//!    A guided step whose views differ in size from its guide cameras
+//!    renders them in a second call, with a second readback; whatever the
+//!    guide itself synchronises is the caller's.
 //! 2. Loss statistics: every [`stats_interval`](CudaBackend::set_stats_interval)
 //!    steps (default [`DEFAULT_STATS_INTERVAL`](CudaBackend::DEFAULT_STATS_INTERVAL)),
 //!    the ring of per-step loss sums is copied back (a few KiB). In between,
@@ -51,9 +62,10 @@
 //! to step, so there is no fixed-shape segment long enough to capture.
 //!
 //! # Limits
-//! All views of one step must share one image size (one rasterizer call).
-//! [`StageTimings`] are host-side times (the GPU runs asynchronously, so
-//! they measure enqueueing plus the waits at the sync points above).
+//! All views of one step must share one image size (one rasterizer call);
+//! so must the guide cameras of a guided step. [`StageTimings`] are
+//! host-side times (the GPU runs asynchronously, so they measure enqueueing
+//! plus the waits at the sync points above).
 
 mod ffi;
 
@@ -64,18 +76,24 @@ use std::time::Instant;
 
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use candle_core::op::BackpropOp;
-use candle_core::{CudaDevice, CudaStorage, Device, Storage, Tensor};
-use splatforge_render::cuda::{CudaRasterizer, GaussianTensors, GradientTensors, ImageGradTensors};
+use candle_core::{CudaDevice, CudaStorage, DType, Device, Storage, Tensor};
+use splatforge_render::cuda::{
+    CudaRasterizer, GaussianTensors, GradientTensors, ImageGradTensors, RenderedTensors,
+};
 use splatforge_render::sh::num_sh_coeffs;
 use splatforge_render::{pack_sh, split_sh, Camera, RenderOptions};
 use splatforge_splat::{logit, Gaussians};
 
 use crate::adam::{adam_step_constants, Adam, Group};
-use crate::backend::{BackendSettings, BatchView, FitBackend, StageTimings, StepParams, StepStats};
+use crate::backend::{
+    check_guide_gradient, guide_size, BackendSettings, BatchView, FitBackend, Guide, GuidedParams,
+    StageTimings, StepParams, StepStats,
+};
 use crate::densify::{ndc_scale, DensifyParams, DensifyReport, DensifyState};
 use crate::error::{FitError, Result};
 use crate::loss::{gaussian_kernel, psnr, SSIM_SIGMA, SSIM_WINDOW};
 use crate::rng::Rng;
+use crate::schedule::LearningRates;
 
 fn dev_err(stage: &str, e: impl std::fmt::Display) -> FitError {
     FitError::Device(format!("{stage}: {e}"))
@@ -92,12 +110,6 @@ fn check(stage: &str, code: c_int) -> Result<()> {
     Err(FitError::Device(format!(
         "CUDA error {code} in {stage}: {msg}"
     )))
-}
-
-impl From<candle_core::Error> for FitError {
-    fn from(e: candle_core::Error) -> Self {
-        FitError::Device(format!("candle: {e}"))
-    }
 }
 
 impl From<splatforge_render::cuda::CudaRenderError> for FitError {
@@ -203,6 +215,39 @@ impl Scratch {
                 Some(unsafe { stream.alloc::<f32>(cap) }.map_err(|e| dev_err("scratch alloc", e))?);
         }
         Ok(slice_ptr(self.buf.as_ref().unwrap(), stream))
+    }
+}
+
+/// Gradients of the parameter groups, shaped as [`GaussianTensors`] and
+/// contiguous (what the fused Adam reads).
+struct ParamGrads {
+    means: Tensor,
+    quats: Tensor,
+    log_scales: Tensor,
+    opacity_logits: Tensor,
+    sh: Tensor,
+}
+
+impl ParamGrads {
+    fn of(g: GradientTensors) -> Self {
+        ParamGrads {
+            means: g.means,
+            quats: g.quats,
+            log_scales: g.log_scales,
+            opacity_logits: g.opacity_logits,
+            sh: g.sh,
+        }
+    }
+
+    /// The element-wise sum (the gradients of two rasterizer calls).
+    fn add(&self, o: &ParamGrads) -> Result<ParamGrads> {
+        Ok(ParamGrads {
+            means: (&self.means + &o.means)?,
+            quats: (&self.quats + &o.quats)?,
+            log_scales: (&self.log_scales + &o.log_scales)?,
+            opacity_logits: (&self.opacity_logits + &o.opacity_logits)?,
+            sh: (&self.sh + &o.sh)?,
+        })
     }
 }
 
@@ -527,53 +572,47 @@ impl CudaBackend {
         Ok(())
     }
 
-    fn try_step(&mut self, views: &[BatchView<'_>], p: &StepParams) -> Result<StepStats> {
-        self.check_deferred()?;
-        if views.is_empty() {
-            return Err(FitError::Input("a step needs at least one view".into()));
-        }
-        if views.len() > MAX_VIEWS_PER_SLOT {
-            return Err(FitError::Input(format!(
-                "the CUDA backend takes at most {MAX_VIEWS_PER_SLOT} views per step, got {}",
-                views.len()
-            )));
-        }
+    fn bound_stream(&self) -> Result<Arc<CudaStream>> {
         let stream = self.stream.clone();
         stream
             .context()
             .bind_to_thread()
             .map_err(|e| dev_err("bind context", e))?;
-        let cs = stream.cu_stream() as *mut c_void;
-        let t0 = Instant::now();
-        let n = self.n;
-        let k = self.k();
-        let cameras: Vec<Camera> = views.iter().map(|v| *v.camera).collect();
-        let (w, h) = (cameras[0].width as usize, cameras[0].height as usize);
-        if cameras
-            .iter()
-            .any(|c| (c.width as usize, c.height as usize) != (w, h))
-        {
-            return Err(FitError::Input(
-                "the CUDA backend renders the views of one step in one call: they must share one size".into(),
-            ));
-        }
-        let opts = RenderOptions {
-            background: p.background,
-            mode: self.settings.mode,
-            sh_degree: Some(p.sh_degree.min(self.sh_degree)),
-            ..Default::default()
-        };
-        let gt = self.gaussian_tensors()?;
-        let (images, state) = self.raster.forward(&gt, &cameras, &opts)?;
-        self.syncs.forward += 1;
-        let t1 = Instant::now();
+        Ok(stream)
+    }
 
-        // Loss and its image gradient, per view.
+    fn render_options(&self, background: [f32; 3], sh_degree: u8) -> RenderOptions {
+        RenderOptions {
+            background,
+            mode: self.settings.mode,
+            sh_degree: Some(sh_degree.min(self.sh_degree)),
+            ..Default::default()
+        }
+    }
+
+    /// Enqueues the loss kernels of `views`, whose renders are images
+    /// `first..first + views.len()` of `images`, each view's gradient
+    /// multiplied by `grad_scale`, and records their sums as one pending
+    /// step. Returns the gradients with respect to those renders: RGB
+    /// `[V, H, W, 3]` and, when some view has an alpha term, alpha
+    /// `[V, H, W]` (zero for the others).
+    fn enqueue_view_losses(
+        &mut self,
+        images: &RenderedTensors,
+        first: usize,
+        views: &[BatchView<'_>],
+        background: [f32; 3],
+        grad_scale: f32,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let stream = self.stream.clone();
+        let cs = stream.cu_stream() as *mut c_void;
+        let (_, h, w, _) = images.rgb.dims4()?;
         let c = views.len();
         let px = h * w;
         let weights = self.settings.weights;
         let want_alpha =
             weights.lambda_alpha > 0.0 && views.iter().any(|v| v.target_alpha.is_some());
+        // Every view's kernel writes all of its RGB gradient.
         let mut grad_rgb =
             unsafe { stream.alloc::<f32>(c * 3 * px) }.map_err(|e| dev_err("alloc", e))?;
         let mut grad_alpha = if want_alpha {
@@ -586,8 +625,8 @@ impl CudaBackend {
             None
         };
         let scratch = self.loss_scratch.ensure(&stream, 11 * 3 * px)?;
-        let rgb_ptr = tensor_ptr::<f32>(&images.rgb, &stream)?;
-        let alpha_ptr = tensor_ptr::<f32>(&images.alpha, &stream)?;
+        let rgb_ptr = tensor_ptr::<f32>(&images.rgb, &stream)? + (first * 3 * px * 4) as u64;
+        let alpha_ptr = tensor_ptr::<f32>(&images.alpha, &stream)? + (first * px * 4) as u64;
         let grad_rgb_ptr = slice_ptr_mut(&mut grad_rgb, &stream);
         let grad_alpha_ptr = grad_alpha.as_mut().map(|g| slice_ptr_mut(g, &stream));
         if self.pending.len() >= self.ring_slots {
@@ -596,7 +635,6 @@ impl CudaBackend {
         let slot = self.steps as usize % self.ring_slots;
         let ring_ptr = slice_ptr_mut(&mut self.ring, &stream);
         let taps: Vec<f32> = gaussian_kernel::<f32>(SSIM_WINDOW, SSIM_SIGMA);
-        let grad_scale = 1.0 / c as f32;
         let mut pend = PendingStep {
             slot,
             views: c,
@@ -604,7 +642,7 @@ impl CudaBackend {
             has_alpha: [false; MAX_VIEWS_PER_SLOT],
         };
         for (ci, v) in views.iter().enumerate() {
-            let (trgb, talpha) = self.target(v, p.background)?;
+            let (trgb, talpha) = self.target(v, background)?;
             pend.has_alpha[ci] = talpha.is_some();
             let a = ffi::SffLossArgs {
                 render_rgb: rgb_ptr + (ci * 3 * px * 4) as u64,
@@ -631,11 +669,97 @@ impl CudaBackend {
             check("loss", unsafe { ffi::sff_view_loss(&a, cs) })?;
         }
         self.pending.push(pend);
-        let image_grads = ImageGradTensors {
-            rgb: Some(wrap_f32(grad_rgb, &self.dev).reshape((c, h, w, 3))?),
-            alpha: grad_alpha
+        Ok((
+            wrap_f32(grad_rgb, &self.dev).reshape((c, h, w, 3))?,
+            grad_alpha
                 .map(|g| wrap_f32(g, &self.dev).reshape((c, h, w)))
                 .transpose()?,
+        ))
+    }
+
+    /// Enqueues the fused Adam step over the six groups at `lrs`.
+    fn enqueue_adam(&mut self, grads: &ParamGrads, lrs: &LearningRates) -> Result<()> {
+        let stream = self.stream.clone();
+        let cs = stream.cu_stream() as *mut c_void;
+        let cfg = self.settings.adam;
+        let mut group = [ffi::SffAdamGroup::default(); 6];
+        for (i, grp) in Group::ALL.iter().enumerate() {
+            self.adam_steps[i] += 1;
+            let (step_size, bc2_sqrt) = adam_step_constants(grp.lr(lrs), self.adam_steps[i], &cfg);
+            group[i] = ffi::SffAdamGroup {
+                step_size,
+                bc2_sqrt,
+            };
+        }
+        let params_ptr = tensor_ptr::<f32>(&self.params, &stream)?;
+        let a = ffi::SffAdamArgs {
+            params: params_ptr,
+            m: slice_ptr_mut(&mut self.m, &stream),
+            v: slice_ptr_mut(&mut self.v, &stream),
+            grad_means: tensor_ptr::<f32>(&grads.means, &stream)?,
+            grad_quats: tensor_ptr::<f32>(&grads.quats, &stream)?,
+            grad_scales: tensor_ptr::<f32>(&grads.log_scales, &stream)?,
+            grad_opacity: tensor_ptr::<f32>(&grads.opacity_logits, &stream)?,
+            grad_sh: tensor_ptr::<f32>(&grads.sh, &stream)?,
+            n: self.n as i64,
+            sh_coeffs: self.k() as c_int,
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            eps: cfg.eps,
+            group,
+        };
+        check("adam", unsafe { ffi::sff_adam(&a, cs) })
+    }
+
+    /// Counts a finished step; reads the statistics back every
+    /// `stats_interval` steps.
+    fn finish_step(&mut self) -> Result<()> {
+        self.steps += 1;
+        #[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87
+        if self.steps % self.stats_interval == 0 {
+            self.read_stats()?;
+        }
+        Ok(())
+    }
+
+    fn try_step(&mut self, views: &[BatchView<'_>], p: &StepParams) -> Result<StepStats> {
+        self.check_deferred()?;
+        if views.is_empty() {
+            return Err(FitError::Input("a step needs at least one view".into()));
+        }
+        if views.len() > MAX_VIEWS_PER_SLOT {
+            return Err(FitError::Input(format!(
+                "the CUDA backend takes at most {MAX_VIEWS_PER_SLOT} views per step, got {}",
+                views.len()
+            )));
+        }
+        let stream = self.bound_stream()?;
+        let cs = stream.cu_stream() as *mut c_void;
+        let t0 = Instant::now();
+        let n = self.n;
+        let cameras: Vec<Camera> = views.iter().map(|v| *v.camera).collect();
+        let (w, h) = (cameras[0].width as usize, cameras[0].height as usize);
+        if cameras
+            .iter()
+            .any(|c| (c.width as usize, c.height as usize) != (w, h))
+        {
+            return Err(FitError::Input(
+                "the CUDA backend renders the views of one step in one call: they must share one size".into(),
+            ));
+        }
+        let opts = self.render_options(p.background, p.sh_degree);
+        let gt = self.gaussian_tensors()?;
+        let (images, state) = self.raster.forward(&gt, &cameras, &opts)?;
+        self.syncs.forward += 1;
+        let t1 = Instant::now();
+
+        // Loss and its image gradient, per view.
+        let c = views.len();
+        let (grad_rgb, grad_alpha) =
+            self.enqueue_view_losses(&images, 0, views, p.background, 1.0 / c as f32)?;
+        let image_grads = ImageGradTensors {
+            rgb: Some(grad_rgb),
+            alpha: grad_alpha,
             depth: None,
         };
         let t2 = Instant::now();
@@ -660,48 +784,165 @@ impl CudaBackend {
             check("statistics", unsafe { ffi::sff_accumulate_stats(&a, cs) })?;
         }
 
-        // Fused Adam over the six groups.
-        let cfg = self.settings.adam;
-        let mut group = [ffi::SffAdamGroup::default(); 6];
-        for (i, grp) in Group::ALL.iter().enumerate() {
-            self.adam_steps[i] += 1;
-            let (step_size, bc2_sqrt) =
-                adam_step_constants(grp.lr(&p.lrs), self.adam_steps[i], &cfg);
-            group[i] = ffi::SffAdamGroup {
-                step_size,
-                bc2_sqrt,
-            };
-        }
-        let params_ptr = tensor_ptr::<f32>(&self.params, &stream)?;
-        let a = ffi::SffAdamArgs {
-            params: params_ptr,
-            m: slice_ptr_mut(&mut self.m, &stream),
-            v: slice_ptr_mut(&mut self.v, &stream),
-            grad_means: tensor_ptr::<f32>(&grads.means, &stream)?,
-            grad_quats: tensor_ptr::<f32>(&grads.quats, &stream)?,
-            grad_scales: tensor_ptr::<f32>(&grads.log_scales, &stream)?,
-            grad_opacity: tensor_ptr::<f32>(&grads.opacity_logits, &stream)?,
-            grad_sh: tensor_ptr::<f32>(&grads.sh, &stream)?,
-            n: n as i64,
-            sh_coeffs: k as c_int,
-            beta1: cfg.beta1,
-            beta2: cfg.beta2,
-            eps: cfg.eps,
-            group,
-        };
-        check("adam", unsafe { ffi::sff_adam(&a, cs) })?;
-        drop(grads);
-        self.steps += 1;
-        #[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87
-        if self.steps % self.stats_interval == 0 {
-            self.read_stats()?;
-        }
+        self.enqueue_adam(&ParamGrads::of(grads), &p.lrs)?;
+        self.finish_step()?;
         let t4 = Instant::now();
         self.timings.forward += t1 - t0;
         self.timings.loss += t2 - t1;
         self.timings.backward += t3 - t2;
         self.timings.optimizer += t4 - t3;
         Ok(self.last_stats)
+    }
+
+    /// See [`FitBackend::guided_step`]. The guide cameras and the views are
+    /// rendered in one rasterizer call when they share one size, else in
+    /// one call each (one more host synchronisation) with the two gradients
+    /// summed.
+    fn try_guided_step(
+        &mut self,
+        guide_cameras: &[Camera],
+        views: &[BatchView<'_>],
+        p: &GuidedParams,
+        guide: &mut Guide<'_>,
+    ) -> Result<Option<StepStats>> {
+        self.check_deferred()?;
+        let (w, h) = guide_size(guide_cameras)?;
+        if views.len() > MAX_VIEWS_PER_SLOT {
+            return Err(FitError::Input(format!(
+                "the CUDA backend takes at most {MAX_VIEWS_PER_SLOT} views per step, got {}",
+                views.len()
+            )));
+        }
+        let view_size = views
+            .first()
+            .map(|v| (v.camera.width as usize, v.camera.height as usize));
+        if views
+            .iter()
+            .any(|v| Some((v.camera.width as usize, v.camera.height as usize)) != view_size)
+        {
+            return Err(FitError::Input(
+                "the CUDA backend renders the views of one step in one call: they must share one size".into(),
+            ));
+        }
+        self.bound_stream()?;
+        let t0 = Instant::now();
+        let opts = self.render_options(p.background, p.sh_degree);
+        let gt = self.gaussian_tensors()?;
+        let ng = guide_cameras.len();
+        let shared = view_size.is_none_or(|s| s == (w, h));
+        let mut cameras = guide_cameras.to_vec();
+        if shared {
+            cameras.extend(views.iter().map(|v| *v.camera));
+        }
+        let (images, state) = self.raster.forward(&gt, &cameras, &opts)?;
+        self.syncs.forward += 1;
+        let separate = if shared {
+            None
+        } else {
+            let vc: Vec<Camera> = views.iter().map(|v| *v.camera).collect();
+            let (vi, vs) = self.raster.forward(&gt, &vc, &opts)?;
+            self.syncs.forward += 1;
+            Some((vc, vi, vs))
+        };
+        // [C, H, W, 3] → the guide's [n, 3, H, W]: a copy, so the guide's
+        // graph holds no view of the frame buffer the backward reads.
+        let renders = images
+            .rgb
+            .narrow(0, 0, ng)?
+            .permute((0, 3, 1, 2))?
+            .contiguous()?;
+        let t1 = Instant::now();
+
+        let grad = guide(&renders).map_err(FitError::Guide)?;
+        drop(renders);
+        let t_guide = Instant::now();
+        check_guide_gradient(&grad, ng, w, h)?;
+        // Non-finite entries become 0 (NaN fails `|x| < ∞` as well), then the
+        // rasterizer's [C, H, W, 3] layout.
+        let grad = grad.to_device(&self.device())?.to_dtype(DType::F32)?;
+        let finite = grad.abs()?.lt(f64::INFINITY)?;
+        let grad = finite
+            .where_cond(&grad, &grad.zeros_like()?)?
+            .permute((0, 2, 3, 1))?
+            .contiguous()?;
+        // The views' losses only once the guide has succeeded: a failed guide
+        // leaves no pending statistics behind.
+        let view_grads = match &separate {
+            _ if views.is_empty() => None,
+            None => Some(self.enqueue_view_losses(
+                &images,
+                ng,
+                views,
+                p.background,
+                p.view_grad_scale,
+            )?),
+            Some((_, vi, _)) => {
+                Some(self.enqueue_view_losses(vi, 0, views, p.background, p.view_grad_scale)?)
+            }
+        };
+        let t3 = Instant::now();
+
+        let grads = match (separate, view_grads) {
+            (Some((vc, _, vs)), Some((vrgb, valpha))) => {
+                let only_rgb = ImageGradTensors {
+                    rgb: Some(grad),
+                    alpha: None,
+                    depth: None,
+                };
+                let a = self
+                    .raster
+                    .backward(&gt, &cameras, &opts, &state, &only_rgb)?;
+                drop(state);
+                let view_image_grads = ImageGradTensors {
+                    rgb: Some(vrgb),
+                    alpha: valpha,
+                    depth: None,
+                };
+                let b = self
+                    .raster
+                    .backward(&gt, &vc, &opts, &vs, &view_image_grads)?;
+                ParamGrads::of(a).add(&ParamGrads::of(b))?
+            }
+            (_, view_grads) => {
+                // One call: the guide's rows first, then the views'; the
+                // guide cameras have no alpha gradient.
+                let (rgb, alpha) = match view_grads {
+                    Some((vrgb, valpha)) => {
+                        let alpha = match valpha {
+                            Some(a) => Some(Tensor::cat(
+                                &[&Tensor::zeros((ng, h, w), DType::F32, &self.device())?, &a],
+                                0,
+                            )?),
+                            None => None,
+                        };
+                        (Tensor::cat(&[&grad, &vrgb], 0)?, alpha)
+                    }
+                    None => (grad, None),
+                };
+                let image_grads = ImageGradTensors {
+                    rgb: Some(rgb),
+                    alpha,
+                    depth: None,
+                };
+                let g = self
+                    .raster
+                    .backward(&gt, &cameras, &opts, &state, &image_grads)?;
+                drop(state);
+                ParamGrads::of(g)
+            }
+        };
+        let t4 = Instant::now();
+
+        self.enqueue_adam(&grads, &p.lrs)?;
+        drop(grads);
+        self.finish_step()?;
+        let t5 = Instant::now();
+        self.timings.forward += t1 - t0;
+        // The guide's time counts towards no stage.
+        self.timings.loss += t3 - t_guide;
+        self.timings.backward += t4 - t3;
+        self.timings.optimizer += t5 - t4;
+        Ok((!views.is_empty()).then_some(self.last_stats))
     }
 
     fn try_densify(&mut self, p: &DensifyParams) -> Result<DensifyReport> {
@@ -823,6 +1064,19 @@ impl CudaBackend {
         })
     }
 
+    fn try_reset_optimizer(&mut self) -> Result<()> {
+        self.check_deferred()?;
+        let stream = self.stream.clone();
+        stream
+            .memset_zeros(&mut self.m)
+            .map_err(|e| dev_err("reset optimizer", e))?;
+        stream
+            .memset_zeros(&mut self.v)
+            .map_err(|e| dev_err("reset optimizer", e))?;
+        self.adam_steps = [0; 6];
+        Ok(())
+    }
+
     fn try_reset_opacity(&mut self) -> Result<()> {
         self.check_deferred()?;
         let stream = self.stream.clone();
@@ -851,6 +1105,23 @@ impl FitBackend for CudaBackend {
 
     fn step(&mut self, views: &[BatchView<'_>], params: &StepParams) -> Result<StepStats> {
         self.try_step(views, params)
+    }
+
+    fn guided_step(
+        &mut self,
+        guide_cameras: &[Camera],
+        views: &[BatchView<'_>],
+        params: &GuidedParams,
+        guide: &mut Guide<'_>,
+    ) -> Result<Option<StepStats>> {
+        self.try_guided_step(guide_cameras, views, params, guide)
+    }
+
+    /// Errors (of the device) are deferred to the next step.
+    fn reset_optimizer(&mut self) {
+        if let Err(e) = self.try_reset_optimizer() {
+            self.deferred = Some(e);
+        }
     }
 
     /// Errors (of the device) are deferred to the next [`step`](Self::step).

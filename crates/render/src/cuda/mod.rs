@@ -529,6 +529,19 @@ macro_rules! tensor_ptr {
     };
 }
 
+/// Raises the release threshold of `dev`'s default memory pool (the one
+/// candle's stream-ordered allocations use), so that freed blocks are kept
+/// for the next allocation instead of being returned to the driver at every
+/// host synchronisation. Process-wide for the device; binds its context to
+/// the calling thread.
+pub fn keep_pool_memory(dev: &CudaDevice) -> Result<()> {
+    let stream = dev.cuda_stream();
+    driver("bind context", stream.context().bind_to_thread())?;
+    check("memory pool", unsafe {
+        ffi::sf_keep_pool_memory(stream.context().ordinal() as c_int)
+    })
+}
+
 fn wrap_f32(slice: CudaSlice<f32>, dev: &CudaDevice) -> Tensor {
     let n = slice.len();
     let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(slice, dev.clone()));
@@ -581,11 +594,7 @@ impl CudaRasterizer {
                 )))
             }
         };
-        let stream = dev.cuda_stream();
-        driver("bind context", stream.context().bind_to_thread())?;
-        check("memory pool", unsafe {
-            ffi::sf_keep_pool_memory(stream.context().ordinal() as c_int)
-        })?;
+        keep_pool_memory(&dev)?;
         Ok(CudaRasterizer {
             device: dev,
             ws: Mutex::new(Workspace::default()),

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use splatforge_server::{
-    bind, CancelToken, Generation, GenerationError, GenerationRequest, Generator, ServerConfig, ServerError,
+    bind, CancelToken, DeviceMemory, Generation, GenerationError, GenerationRequest, Generator, ServerConfig, ServerError,
 };
 use splatforge_splat::{logit, Gaussians, SH_C0};
 
@@ -223,8 +223,8 @@ impl Generator for TestGenerator {
         "test-generator"
     }
 
-    fn memory_bytes(&self) -> Option<u64> {
-        Some(1_000_000 + self.device as u64)
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        Some(DeviceMemory { used_bytes: 1_000_000 + self.device as u64, total_bytes: 8_000_000 })
     }
 }
 
