@@ -626,3 +626,52 @@ pub fn load_sd_from(src: &dyn FileSource, opts: &LoadOptions) -> Result<SdPipeli
         source: src.describe(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sd21_maps_to_fixed_width_heads_of_64() {
+        let c = SdUNetConfig::sd21().to_multiview().unwrap();
+        assert_eq!((c.num_heads, c.num_head_channels), (-1, 64));
+        assert_eq!(c.attention_resolutions, vec![1, 2, 4]);
+        assert_eq!(c.channel_mult, vec![1, 2, 4, 4]);
+        assert_eq!((c.model_channels, c.context_dim, c.camera_dim), (320, 1024, None));
+        assert!(c.use_linear_in_transformer);
+    }
+
+    #[test]
+    fn a_fixed_head_count_maps_to_num_heads() {
+        // SD 1.5 style: 8 heads on every level, so the head width varies.
+        let u = SdUNetConfig {
+            attention_head_dim: PerBlock::All(8),
+            cross_attention_dim: 768,
+            use_linear_projection: false,
+            ..SdUNetConfig::sd21()
+        };
+        let c = u.to_multiview().unwrap();
+        assert_eq!((c.num_heads, c.num_head_channels), (8, -1));
+        assert!(!c.use_linear_in_transformer);
+        for level in 0..3 {
+            let ch = 320 * c.channel_mult[level];
+            assert_eq!(c.heads_for(ch), (8, ch / 8));
+        }
+    }
+
+    #[test]
+    fn what_the_ldm_unet_cannot_express_is_refused() {
+        let base = SdUNetConfig::sd21();
+        let cases = [
+            SdUNetConfig { norm_num_groups: 16, ..base.clone() },
+            SdUNetConfig { flip_sin_to_cos: false, ..base.clone() },
+            SdUNetConfig { downsample_padding: 0, ..base.clone() },
+            // Neither the head count nor the head width is the same on all levels.
+            SdUNetConfig { attention_head_dim: PerBlock::Each(vec![5, 8, 10, 10]), ..base.clone() },
+        ];
+        for u in cases {
+            let e = u.to_multiview().unwrap_err();
+            assert!(e.contains("not supported"), "{e}");
+        }
+    }
+}

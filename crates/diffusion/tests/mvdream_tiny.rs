@@ -70,6 +70,8 @@ fn text_to_four_views_on_both_layouts_gives_identical_results() {
         .generate_with_progress(&req, |i, n| steps.push((i, n)))
         .unwrap();
     assert_eq!(steps, vec![(1, 2), (2, 2)]);
+    // Cancelled from the progress callback after the first step.
+    common::assert_cancels_after_one_step(|cb| a.generate_latents(&req, cb));
     let ob = b.generate(&req).unwrap();
     assert_eq!(oa.images.dims(), &[4, 3, 32, 32]);
     assert_eq!(oa.latents.dims(), &[4, 4, 4, 4]);

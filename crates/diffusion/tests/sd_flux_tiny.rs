@@ -111,6 +111,8 @@ fn sd_turbo_and_sd21_text_to_image() {
         max_abs(&pipe.generate(&req).unwrap().images, &out.images),
         0.0
     );
+    // A progress callback can stop the sampler after a step.
+    common::assert_cancels_after_one_step(|cb| pipe.generate_latents(&req, cb));
     let other = pipe
         .generate(&SdRequest {
             seed: 4,
@@ -212,6 +214,7 @@ fn flux_schnell_text_to_image() {
         .unwrap();
     assert_eq!(steps, vec![(1, 2), (2, 2)]);
     assert_eq!(lat.dims(), &[1, 16, 4, 4]);
+    common::assert_cancels_after_one_step(|cb| pipe.generate_latents(&req, cb));
     let out = pipe.generate(&req).unwrap();
     check_image(&out.images, &[1, 3, 32, 32]);
     assert_eq!(max_abs(&out.latents, &lat), 0.0);

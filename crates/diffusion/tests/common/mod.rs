@@ -30,3 +30,19 @@ pub fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// Runs a denoising loop (`generate` hands it the progress callback) with a
+/// callback that asks to stop, and checks that the loop stopped after its
+/// first step with [`DiffusionError::Cancelled`].
+pub fn assert_cancels_after_one_step<T: std::fmt::Debug>(
+    generate: impl FnOnce(&mut dyn FnMut(usize, usize) -> std::ops::ControlFlow<()>) -> splatforge_diffusion::Result<T>,
+) {
+    let mut calls = 0;
+    let e = generate(&mut |_, _| {
+        calls += 1;
+        std::ops::ControlFlow::Break(())
+    })
+    .unwrap_err();
+    assert!(matches!(e, splatforge_diffusion::DiffusionError::Cancelled), "{e}");
+    assert_eq!(calls, 1);
+}
