@@ -213,6 +213,23 @@ void launch_backward(const SfGroupNormBwdArgs& a, long long group_size, long lon
                                                      a.spatial, a.channels, group_size);
 }
 
+// Launches the statistics passes (1 and 2 of the header comment): partial
+// sums into scratch[0 .. groups·splits·2), then mean and rstd per group into
+// the 2·groups floats that follow, which it returns.
+template <typename T>
+float* launch_stats(const T* x, long long group_size, long long splits, int num_groups, float eps, float* scratch,
+                    cudaStream_t s) {
+  float* stats = scratch + size_t(num_groups) * splits * 2;
+  partial_sums<T><<<dim3(num_groups, unsigned(splits)), kThreads, 0, s>>>(x, group_size, scratch);
+  finalise<T><<<(num_groups + 127) / 128, 128, 0, s>>>(x, group_size, splits, num_groups, eps, scratch, stats);
+  return stats;
+}
+
+// The sizes both entry points accept.
+bool valid_shape(int n, int groups, int channels, long long spatial) {
+  return n > 0 && groups > 0 && channels % groups == 0 && spatial > 0 && (long long)n * groups <= 0x7fffffffLL;
+}
+
 template <typename T>
 cudaError_t run_backward(const SfGroupNormBwdArgs& a, cudaStream_t s) {
   const long long group_size = (long long)(a.channels / a.groups) * a.spatial;
@@ -220,13 +237,9 @@ cudaError_t run_backward(const SfGroupNormBwdArgs& a, cudaStream_t s) {
   const long long splits = num_splits(group_size);
   if (splits > 65535) return cudaErrorInvalidValue;
   // Scratch: [forward partials | stats | backward partials | backward means].
-  float* partial = a.scratch;
-  float* stats = partial + size_t(num_groups) * splits * 2;
+  float* stats = launch_stats(static_cast<const T*>(a.x), group_size, splits, num_groups, a.eps, a.scratch, s);
   float* partial2 = stats + size_t(num_groups) * 2;
   float* means = partial2 + size_t(num_groups) * splits * 2;
-  const auto x = static_cast<const T*>(a.x);
-  partial_sums<T><<<dim3(num_groups, unsigned(splits)), kThreads, 0, s>>>(x, group_size, partial);
-  finalise<T><<<(num_groups + 127) / 128, 128, 0, s>>>(x, group_size, splits, num_groups, a.eps, partial, stats);
   if (a.silu)
     launch_backward<T, true>(a, group_size, splits, partial2, stats, means, s);
   else
@@ -256,11 +269,7 @@ cudaError_t run(const SfGroupNormArgs& a, cudaStream_t s) {
   const int num_groups = a.n * a.groups;
   const long long splits = num_splits(group_size);
   if (splits > 65535) return cudaErrorInvalidValue;
-  float* partial = a.scratch;
-  float* stats = a.scratch + size_t(num_groups) * splits * 2;
-  const auto x = static_cast<const T*>(a.x);
-  partial_sums<T><<<dim3(num_groups, unsigned(splits)), kThreads, 0, s>>>(x, group_size, partial);
-  finalise<T><<<(num_groups + 127) / 128, 128, 0, s>>>(x, group_size, splits, num_groups, a.eps, partial, stats);
+  const float* stats = launch_stats(static_cast<const T*>(a.x), group_size, splits, num_groups, a.eps, a.scratch, s);
   constexpr int kVec = 16 / sizeof(T);
   const bool aligned = (reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.y)) % 16 == 0;
   if (a.spatial % kVec == 0 && aligned)
@@ -277,9 +286,7 @@ extern "C" size_t sf_group_norm_scratch_floats(int n, int groups, long long grou
 }
 
 extern "C" int sf_group_norm(const SfGroupNormArgs* a, void* stream) {
-  if (a->n <= 0 || a->groups <= 0 || a->channels % a->groups != 0 || a->spatial <= 0)
-    return cudaErrorInvalidValue;
-  if ((long long)a->n * a->groups > 0x7fffffffLL) return cudaErrorInvalidValue;
+  if (!valid_shape(a->n, a->groups, a->channels, a->spatial)) return cudaErrorInvalidValue;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (a->dtype) {
     case SF_DTYPE_F32: return run<float>(*a, s);
@@ -290,9 +297,7 @@ extern "C" int sf_group_norm(const SfGroupNormArgs* a, void* stream) {
 }
 
 extern "C" int sf_group_norm_backward(const SfGroupNormBwdArgs* a, void* stream) {
-  if (a->n <= 0 || a->groups <= 0 || a->channels % a->groups != 0 || a->spatial <= 0)
-    return cudaErrorInvalidValue;
-  if ((long long)a->n * a->groups > 0x7fffffffLL) return cudaErrorInvalidValue;
+  if (!valid_shape(a->n, a->groups, a->channels, a->spatial)) return cudaErrorInvalidValue;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (a->dtype) {
     case SF_DTYPE_F32: return run_backward<float>(*a, s);

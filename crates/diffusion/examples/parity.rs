@@ -20,7 +20,7 @@ use candle_transformers::models::flux::model::Flux;
 use candle_transformers::models::flux::WithForward;
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use splatforge_diffusion::flux::{flux_transformer_from_file, FluxTransformerConfig};
-use splatforge_diffusion::ldm::diffusers_unet_key;
+use splatforge_diffusion::ldm::diffusers_unet_names;
 use splatforge_diffusion::mvdream::MultiViewUNet;
 use splatforge_diffusion::sd::SdUNetConfig;
 use splatforge_diffusion::vae::{TilingOptions, Vae, VaeConfig};
@@ -227,8 +227,7 @@ fn main() -> R<()> {
         let t = g("unet_t")?.to_dtype(DType::F32)?.to_vec1::<f32>()?[0] as f64;
         let b = x.dim(0)?;
         let mv_cfg = ucfg.to_multiview()?;
-        let c2 = mv_cfg.clone();
-        let map: NameMap = Arc::new(move |n: &str| diffusers_unet_key(n, &c2).map(Source::Key));
+        let map = diffusers_unet_names(&mv_cfg);
         for (dt, name, bound) in [(DType::F32, "f32", 1e-3), (bf, "bf16", 2e-2)] {
             let reference = g("unet_ref_f32")?;
             let unet = UNet2DConditionModel::new(

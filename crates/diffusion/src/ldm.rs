@@ -22,7 +22,7 @@
 //! OpenCLIP keeps all 24 blocks of ViT-H; MVDream uses the penultimate layer,
 //! so we load blocks `0..num_hidden_layers` (23) and ignore the last one.
 
-use crate::weights::Source;
+use crate::weights::{NameMap, Source};
 
 /// Prefix of the UNet in an LDM checkpoint.
 pub const UNET_PREFIX: &str = "model.diffusion_model.";
@@ -164,6 +164,14 @@ pub fn openclip_source(name: &str) -> Option<Source> {
 pub fn hf_clip_source(name: &str) -> Option<Source> {
     name.starts_with("text_model.")
         .then(|| Source::Key(format!("{HF_CLIP_PREFIX}{name}")))
+}
+
+/// A [`NameMap`] that reads a diffusers SD UNet's tensors for a
+/// [`crate::mvdream::MultiViewUNet`] of configuration `cfg` (through
+/// [`diffusers_unet_key`]).
+pub fn diffusers_unet_names(cfg: &crate::mvdream::MultiViewUNetConfig) -> NameMap {
+    let cfg = cfg.clone();
+    std::sync::Arc::new(move |n: &str| diffusers_unet_key(n, &cfg).map(Source::Key))
 }
 
 /// The diffusers `UNet2DConditionModel` key holding MVDream/LDM UNet module

@@ -4,7 +4,7 @@
 //! schedulers (DDIM for SD 2.1, Euler for SD-Turbo) and, for the UNet, our
 //! MVDream UNet with one view and no camera ([`crate::mvdream`]), which is
 //! SD 2.1's UNet in LDM form: diffusers' tensor names are mapped with
-//! [`crate::ldm::diffusers_unet_key`].
+//! [`crate::ldm::diffusers_unet_names`].
 //!
 //! Why not candle-transformers' `UNet2DConditionModel` (used until the
 //! measurements in BENCHMARKS.md): in bf16 it is 2.9e-2 from diffusers' f32
@@ -22,8 +22,6 @@
 //! β schedule and prediction type).
 
 use candle_core::{DType, Device, Tensor};
-use std::sync::Arc;
-
 use candle_transformers::models::stable_diffusion::unet_2d::{
     BlockConfig, UNet2DConditionModelConfig,
 };
@@ -34,13 +32,13 @@ use crate::ddim::{DdimConfig, DdimScheduler};
 use crate::error::{DiffusionError, Result, StepControl};
 use crate::euler::EulerScheduler;
 use crate::hub::{self, FileSource};
-use crate::ldm::diffusers_unet_key;
+use crate::ldm::diffusers_unet_names;
 use crate::loading::{
     build_named, component_weights, diffusers_source, identity_var_builder, read_source_json,
     LoadOptions, ModelSource,
 };
 use crate::mvdream::{MultiViewUNet, MultiViewUNetConfig, PerLevel};
-use crate::weights::{MappedBackend, NameMap, Source};
+use crate::weights::MappedBackend;
 use crate::rng;
 use crate::tokenizer::ClipTokenizer;
 use crate::vae::{Vae, VaeConfig};
@@ -584,14 +582,12 @@ pub fn load_sd_from(src: &dyn FileSource, opts: &LoadOptions) -> Result<SdPipeli
     let vae_dtype = opts.vae_dtype.unwrap_or(opts.dtype);
 
     let unet_file = component_weights(src, "unet", &["diffusion_pytorch_model"])?;
-    let mv_cfg = Arc::new(mv_cfg);
-    let keys = mv_cfg.clone();
-    let map: NameMap = Arc::new(move |n: &str| diffusers_unet_key(n, &keys).map(Source::Key));
     let unet = build_named(
         "UNet",
         unet_file.path(),
         MultiViewUNet::new(
-            MappedBackend::new(unet_file.clone(), map, "unet").into_var_builder(opts.dtype, &opts.device),
+            MappedBackend::new(unet_file.clone(), diffusers_unet_names(&mv_cfg), "unet")
+                .into_var_builder(opts.dtype, &opts.device),
             &mv_cfg,
         ),
     )?;

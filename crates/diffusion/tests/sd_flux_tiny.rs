@@ -314,7 +314,7 @@ fn flux_schnell_text_to_image() {
 fn mvdream_unet_with_one_view_and_no_camera_is_the_sd_unet() {
     use splatforge_diffusion::mvdream::MultiViewUNet;
     use splatforge_diffusion::sd::{PerBlock, SdUNetConfig};
-    use splatforge_diffusion::weights::{MappedBackend, NameMap, SeededInit, Source};
+    use splatforge_diffusion::weights::{MappedBackend, SeededInit};
     // Tiny MVDream without camera, and the diffusers UNet of the same shape.
     let mut mv_cfg = tiny::tiny_config().unet;
     mv_cfg.camera_dim = None;
@@ -341,10 +341,7 @@ fn mvdream_unet_with_one_view_and_no_camera_is_the_sd_unet() {
     let tensors: std::collections::HashMap<String, Tensor> = init.tensors().into_iter().collect();
     candle_core::safetensors::save(&tensors, &path).unwrap();
     let file = std::sync::Arc::new(TensorFile::open(&path).unwrap());
-    let c2 = mv_cfg.clone();
-    let map: NameMap = std::sync::Arc::new(move |n: &str| {
-        splatforge_diffusion::ldm::diffusers_unet_key(n, &c2).map(Source::Key)
-    });
+    let map = splatforge_diffusion::ldm::diffusers_unet_names(&mv_cfg);
     let mv = MultiViewUNet::new(
         MappedBackend::new(file, map, "unet").into_var_builder(DType::F32, &Device::Cpu),
         &mv_cfg,

@@ -230,6 +230,15 @@ fn check_targets(views: &[BatchView<'_>]) -> Result<()> {
     Ok(())
 }
 
+/// The image gradients of [`view_losses`]' results, for the rasterizer's backward pass.
+fn loss_image_grads(losses: &[(ViewLoss, ViewLossGrad)]) -> impl Iterator<Item = ImageGradients<'_, f32>> {
+    losses.iter().map(|(_, g)| ImageGradients {
+        rgb: Some(&g.rgb),
+        alpha: g.alpha.as_deref(),
+        depth: None,
+    })
+}
+
 /// The views' losses and their image gradients (times `scale`), in parallel.
 fn view_losses(
     images: &[RenderedImage<f32>],
@@ -310,6 +319,17 @@ impl CpuBackend {
     pub fn adam(&self) -> &Adam {
         &self.adam
     }
+
+    /// Render options of a step: `background`, SH up to `sh_degree` (capped
+    /// at the Gaussians' degree), the configured render mode.
+    fn render_options(&self, background: [f32; 3], sh_degree: u8) -> RenderOptions {
+        RenderOptions {
+            background,
+            mode: self.settings.mode,
+            sh_degree: Some(sh_degree.min(self.g.sh_degree)),
+            ..Default::default()
+        }
+    }
 }
 
 impl FitBackend for CpuBackend {
@@ -326,12 +346,7 @@ impl FitBackend for CpuBackend {
         let sh = pack_sh(&self.g);
         let params = GaussianParams::from_gaussians(&self.g, &sh);
         let cameras: Vec<Camera> = views.iter().map(|v| *v.camera).collect();
-        let opts = RenderOptions {
-            background: p.background,
-            mode: self.settings.mode,
-            sh_degree: Some(p.sh_degree.min(self.g.sh_degree)),
-            ..Default::default()
-        };
+        let opts = self.render_options(p.background, p.sh_degree);
         let (images, state) = rasterize_forward(&params, &cameras, &opts)?;
         let t1 = Instant::now();
 
@@ -341,14 +356,7 @@ impl FitBackend for CpuBackend {
             &self.settings.weights,
             1.0 / views.len() as f32,
         );
-        let image_grads: Vec<ImageGradients<'_, f32>> = losses
-            .iter()
-            .map(|(_, g)| ImageGradients {
-                rgb: Some(&g.rgb),
-                alpha: g.alpha.as_deref(),
-                depth: None,
-            })
-            .collect();
+        let image_grads: Vec<ImageGradients<'_, f32>> = loss_image_grads(&losses).collect();
         let t2 = Instant::now();
 
         let grads = rasterize_backward(&params, &cameras, &opts, &state, &image_grads)?;
@@ -400,12 +408,7 @@ impl FitBackend for CpuBackend {
             .copied()
             .chain(views.iter().map(|v| *v.camera))
             .collect();
-        let opts = RenderOptions {
-            background: p.background,
-            mode: self.settings.mode,
-            sh_degree: Some(p.sh_degree.min(self.g.sh_degree)),
-            ..Default::default()
-        };
+        let opts = self.render_options(p.background, p.sh_degree);
         // The CPU rasterizer takes mixed sizes: one call for everything.
         let (images, state) = rasterize_forward(&params, &cameras, &opts)?;
         let ng = guide_cameras.len();
@@ -431,11 +434,7 @@ impl FitBackend for CpuBackend {
                 alpha: None,
                 depth: None,
             })
-            .chain(losses.iter().map(|(_, g)| ImageGradients {
-                rgb: Some(&g.rgb),
-                alpha: g.alpha.as_deref(),
-                depth: None,
-            }))
+            .chain(loss_image_grads(&losses))
             .collect();
         let t2 = Instant::now();
 

@@ -87,15 +87,6 @@ fn address<T: DeviceRepr>(s: &CudaSlice<T>, l: &Layout, dev: &CudaDevice) -> u64
     p + (l.start_offset() * std::mem::size_of::<T>()) as u64
 }
 
-fn dtype_code(d: DType) -> Option<c_int> {
-    match d {
-        DType::F32 => Some(SF_DTYPE_F32),
-        DType::F16 => Some(SF_DTYPE_F16),
-        DType::BF16 => Some(SF_DTYPE_BF16),
-        _ => None,
-    }
-}
-
 /// The fused attention when it applies (CUDA, f16/bf16, head dim 64 or 128,
 /// no autograd); `None` sends the caller to the composite path.
 pub(super) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Option<Tensor>> {
@@ -216,7 +207,8 @@ pub(super) fn group_norm(
 ) -> Result<Option<Tensor>> {
     let dims = x.dims();
     let on_cuda = matches!(x.device(), candle_core::Device::Cuda(_));
-    if !on_cuda || weight.track_op() || bias.track_op() || dtype_code(x.dtype()).is_none() {
+    let kernel_dtype = matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16);
+    if !on_cuda || weight.track_op() || bias.track_op() || !kernel_dtype {
         return Ok(None);
     }
     if dims.len() < 2 || dims[1] != weight.dim(0)? || groups == 0 || dims[1] % groups != 0 {
@@ -671,7 +663,7 @@ mod cudnn_conv {
         bias: Option<&Tensor>,
         cfg: &Conv2dConfig,
     ) -> Result<Option<Tensor>> {
-        let ok = matches!(x.device(), candle_core::Device::Cuda(_))
+        let applies = matches!(x.device(), candle_core::Device::Cuda(_))
             && !weight.track_op()
             && bias.is_none_or(|b| !b.track_op())
             && cfg.groups == 1
@@ -680,7 +672,7 @@ mod cudnn_conv {
             && weight.dtype() == x.dtype()
             && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
             && x.dim(1)? == weight.dim(1)?;
-        if !ok {
+        if !applies {
             return Ok(None);
         }
         let params = Params {
@@ -748,12 +740,16 @@ mod cudnn_conv {
         let key: Key = (pass, x_dims, [k, c, r, s], p.padding, p.stride, p.dilation, T::DTYPE, dev.id());
         let pl = plan::<T>(&hd, key, p, y_dims)?;
         let stream = dev.cuda_stream();
-        let mut workspace = unsafe { dev.alloc::<u8>(pl.workspace.max(1))? };
+        // No allocation when the plan needs no workspace (cuDNN takes null then).
+        let mut workspace = match pl.workspace {
+            0 => None,
+            bytes => Some(unsafe { dev.alloc::<u8>(bytes)? }),
+        };
         let mut out = unsafe { dev.alloc::<T>(out_dims.iter().product())? };
         let elem = std::mem::size_of::<T>() as u64;
         let a_ptr = a.device_ptr(&stream).0 + la.start_offset() as u64 * elem;
         let w_ptr = w.device_ptr(&stream).0 + lw.start_offset() as u64 * elem;
-        let ws_ptr = workspace.device_ptr_mut(&stream).0;
+        let ws_ptr = workspace.as_mut().map_or(0, |w| w.device_ptr_mut(&stream).0);
         let out_ptr = out.device_ptr_mut(&stream).0;
         let (alpha, beta) = (1f32, 0f32);
         let (alpha, beta) = (&alpha as *const f32 as *const c_void, &beta as *const f32 as *const c_void);

@@ -116,6 +116,9 @@ impl GroupNorm {
     }
 
     /// The composite path (candle ops; statistics in f32 for f16/bf16).
+    /// Not `candle_nn::GroupNorm`: that one rounds to the input dtype before
+    /// the affine; here the affine is in f32 too, as in the kernel and torch,
+    /// so both paths round once.
     pub fn reference(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
         if dims.len() < 2 || dims[1] != self.weight.dim(0)? {
@@ -191,8 +194,9 @@ pub fn conv2d(
     candle_nn::conv2d(in_channels, out_channels, kernel_size, config, vb).map(Conv2d::new)
 }
 
-/// One-time settings of a CUDA device for the models (a cuBLAS workspace);
-/// nothing on the CPU. Called by the model loaders.
+/// One-time settings of a CUDA device for the models (a cuBLAS workspace,
+/// freed memory kept in the device's pool); nothing on the CPU. Called by the
+/// model loaders.
 pub fn configure_device(device: &Device) -> Result<()> {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(d) = device {
