@@ -162,7 +162,7 @@ def main():
     os.makedirs(work, exist_ok=True)
     os.makedirs(out, exist_ok=True)
     io = {}
-    log("torch", torch.__version__, "diffusers", diffusers.__version__, torch.cuda.get_device_name())
+    log("torch", torch.__version__, "cuDNN", torch.backends.cudnn.version(), "diffusers", diffusers.__version__, torch.cuda.get_device_name())
 
     @torch.no_grad()
     def unet():
@@ -299,6 +299,8 @@ def main():
         P["op_silu_4x128x256"] = bench(lambda: F.silu(x))
         P["op_upsample2x_4x128x128"] = bench(lambda: F.interpolate(xu, scale_factor=2.0, mode="nearest"))
         P["op_attention_24x4352x128"] = bench(lambda: F.scaled_dot_product_attention(q, k, v))
+        vq, vk, vv = r(1, 1, 16384, 512), r(1, 1, 16384, 512), r(1, 1, 16384, 512)
+        P["op_attention_vae_1x16384x512"] = bench(lambda: F.scaled_dot_product_attention(vq, vk, vv))
         mq, mk, mv = r(2, 5, 4096, 64), r(2, 5, 4096, 64), r(2, 5, 4096, 64)
         P["op_attention_mvdream_2x4096x5x64"] = bench(lambda: F.scaled_dot_product_attention(mq, mk, mv))
         P["op_matmul_4352x3072x12288"] = bench(lambda: a @ b)
@@ -353,6 +355,8 @@ def main():
     for r in ours:
         if r["kind"] == "value":
             log(f"{r['name']}: {r['value']:.4g}")
+        elif r["kind"] == "text":
+            log(f"{r['name']}: {r['value']}")
     log("diffusers bf16 vs f32:", json.dumps(RESULTS["py_bf16_rel_l2"]))
     log("errors:", RESULTS["errors"])
 

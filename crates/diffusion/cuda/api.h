@@ -21,6 +21,12 @@ extern "C" {
 // q [B, Nq, H*D], k and v [B, Nk, H*D], out [B, Nq, H*D], all contiguous, f16
 // or bf16, 16-byte aligned. D is 64 or 128; scale is applied to q·k.
 // Products on tensor cores (f32 accumulation), softmax in f32.
+// `variant` picks the kernel's block shape (keys are taken 64 at a time in
+// all): 0 = the tuned default (kDefaultVariant in attention.cu); 1 = 4 warps
+// × 16 query rows; 2 = 8 warps × 16 rows; 3 = 4 warps × 32 rows; 4 = 8 warps
+// × 32 rows. Others are rejected (cudaErrorInvalidValue). All compute each
+// output row alike, so they give the same results; 1..4 are for benchmarks
+// and checks.
 typedef struct {
   const void* q;
   const void* k;
@@ -29,6 +35,7 @@ typedef struct {
   int batch, heads, head_dim, nq, nk;
   float scale;
   int dtype;  // SF_DTYPE_F16 or SF_DTYPE_BF16
+  int variant;
 } SfAttentionArgs;
 
 int sf_attention(const SfAttentionArgs* args, void* stream);
@@ -72,6 +79,74 @@ typedef struct {
 } SfGroupNormBwdArgs;
 
 int sf_group_norm_backward(const SfGroupNormBwdArgs* args, void* stream);
+
+// y[p, :] += bias[p % channels] for each of `planes` contiguous planes of
+// `plane` elements (NCHW: planes = N·C, plane = H·W), in place, in f32 then
+// rounded once. y is 16-byte aligned.
+typedef struct {
+  void* y;
+  const void* bias;
+  long long planes;
+  int channels;
+  long long plane;
+  int dtype;  // SF_DTYPE_*
+} SfChannelBiasArgs;
+
+int sf_channel_bias(const SfChannelBiasArgs* args, void* stream);
+
+// Nearest-neighbour 2× upsampling: x [planes, h, w] → y [planes, 2h, 2w],
+// contiguous, any SF_DTYPE_*; y is 8-byte aligned.
+typedef struct {
+  const void* x;
+  void* y;
+  long long planes;
+  int h, w;
+  int dtype;  // SF_DTYPE_*
+} SfUpsampleArgs;
+
+int sf_upsample_nearest2x(const SfUpsampleArgs* args, void* stream);
+
+// The epilogue of a linear layer y = x·Wᵀ, in one pass:
+//   out = residual + gate ⊙ act(y + bias + extra)
+// with act = GELU (tanh approximation) when `gelu` is set; every term but y
+// is optional (null). y, extra, residual, out [rows, cols]; bias [cols];
+// gate [rows / rows_per_gate, cols] (one row of gates per batch item). All
+// contiguous, one dtype; f32 arithmetic, one rounding. out may alias y.
+typedef struct {
+  const void* y;
+  void* out;
+  const void* bias;
+  const void* extra;
+  const void* gate;
+  const void* residual;
+  long long rows;
+  int cols;
+  long long rows_per_gate;
+  int gelu;
+  int dtype;  // SF_DTYPE_*
+} SfLinearEpilogueArgs;
+
+int sf_linear_epilogue(const SfLinearEpilogueArgs* args, void* stream);
+
+// FLUX's query/key preparation: RMSNorm of each head's D values (f32 sum of
+// squares, eps, times scale[D]), then the interleaved rotary embedding of
+// each pair (x[2j], x[2j+1]) by the token's angle j:
+//   (a·cos[t, j] − b·sin[t, j], a·sin[t, j] + b·cos[t, j]).
+// x, out [tokens, heads, D]; cos, sin [tokens, D/2]; all contiguous, one
+// dtype; f32 arithmetic, one rounding. D even, at most 256.
+typedef struct {
+  const void* x;
+  const void* scale;
+  const void* cos;
+  const void* sin;
+  void* out;
+  long long tokens;
+  int heads, head_dim;
+  float eps;
+  int dtype;  // SF_DTYPE_*
+} SfRmsNormRopeArgs;
+
+int sf_rms_norm_rope(const SfRmsNormRopeArgs* args, void* stream);
 
 #ifdef __cplusplus
 }

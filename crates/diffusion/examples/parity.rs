@@ -16,10 +16,9 @@ use std::time::Instant;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
-use candle_transformers::models::flux::model::Flux;
-use candle_transformers::models::flux::WithForward;
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use splatforge_diffusion::flux::{flux_transformer_from_file, FluxTransformerConfig};
+use splatforge_diffusion::flux_transformer::FluxTransformer;
 use splatforge_diffusion::ldm::diffusers_unet_names;
 use splatforge_diffusion::mvdream::MultiViewUNet;
 use splatforge_diffusion::sd::SdUNetConfig;
@@ -97,6 +96,11 @@ impl Report {
     }
     fn time(&mut self, what: &str, ms: f64, extra: &str) {
         let line = format!("{{\"kind\":\"time\",\"case\":\"{what}\",\"ms\":{ms:.3}{extra}}}");
+        println!("{line}");
+        self.lines.push(line);
+    }
+    fn text(&mut self, what: &str, v: &str) {
+        let line = format!("{{\"kind\":\"text\",\"name\":\"{what}\",\"value\":{}}}", serde_json::to_string(v).unwrap_or_default());
         println!("{line}");
         self.lines.push(line);
     }
@@ -445,7 +449,7 @@ fn main() -> R<()> {
         // ---- FLUX.1-schnell full size, random weights on the device (speed) ----
         let full: FluxTransformerConfig = read_json(&dir.join("flux_full_config.json"))?;
         let t0 = Instant::now();
-        let m = Flux::new(
+        let m = FluxTransformer::new(
             &full.to_candle()?,
             VarBuilder::from_backend(Box::new(RandBackend), bf, dev.clone()),
         )?;
@@ -473,6 +477,9 @@ fn main() -> R<()> {
 
     if want("ops") && !dev.is_cpu() {
         fused_ops(&dev, &mut rep)?;
+    }
+    for plan in splatforge_diffusion::ops::conv_plan_summary() {
+        rep.text("cudnn_plan", &plan);
     }
 
     if let Some(p) = out_path {
@@ -528,6 +535,49 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
         rep.parity(&format!("op group_norm{} {shape:?}/{groups}", if silu { "+silu" } else { "" }), &format!("{dt:?}"), rel(&ours, &want)?, bound);
     }
 
+    for (shape, dt) in [(&[2usize, 3, 5, 7][..], DType::BF16), (&[4, 128, 64, 64][..], DType::F32), (&[1, 4, 9, 8][..], DType::F16)] {
+        let x = r(shape, dt)?;
+        let ours = splatforge_diffusion::ops::upsample_nearest2x(&x)?;
+        let want = f32_cpu(&x)?.upsample_nearest2d(2 * shape[2], 2 * shape[3])?;
+        rep.parity(&format!("op upsample_nearest2x {shape:?}"), &format!("{dt:?}"), rel(&ours, &want)?, 0.0);
+    }
+    {
+        use splatforge_diffusion::ops::{linear, LinearEpilogue};
+        // (batch, tokens, in, out, dtype): FLUX-like widths, a ragged one, f32.
+        for (b, n, k, o, dt) in [(1usize, 300usize, 256usize, 384usize, DType::BF16), (2, 77, 96, 40, DType::F16), (2, 33, 64, 48, DType::F32)] {
+            let x = r(&[b, n, k], dt)?;
+            let (w, bias) = (r(&[o, k], dt)?, r(&[o], dt)?);
+            let (extra, gate, res) = (r(&[b, n, o], dt)?, r(&[b, 1, o], dt)?, r(&[b, n, o], dt)?);
+            let layer = candle_nn::Linear::new(w.clone(), Some(bias.clone()));
+            let cpu_layer = candle_nn::Linear::new(f32_cpu(&w)?, Some(f32_cpu(&bias)?));
+            let (ce, cg, cr) = (f32_cpu(&extra)?, f32_cpu(&gate)?, f32_cpu(&res)?);
+            let cases: [(&str, LinearEpilogue, LinearEpilogue); 3] = [
+                ("bias", LinearEpilogue::default(), LinearEpilogue::default()),
+                ("bias+gelu", LinearEpilogue { gelu: true, ..Default::default() }, LinearEpilogue { gelu: true, ..Default::default() }),
+                (
+                    "extra+gate+residual",
+                    LinearEpilogue { extra: Some(&extra), gate: Some(&gate), residual: Some(&res), ..Default::default() },
+                    LinearEpilogue { extra: Some(&ce), gate: Some(&cg), residual: Some(&cr), ..Default::default() },
+                ),
+            ];
+            for (label, gpu, cpu) in cases {
+                let ours = linear(&x, &layer, gpu)?;
+                let want = linear(&f32_cpu(&x)?, &cpu_layer, cpu)?;
+                let bound = if dt == DType::F32 { 1e-5 } else { 1e-2 };
+                rep.parity(&format!("op linear+{label} [{b},{n},{k}]→{o}"), &format!("{dt:?}"), rel(&ours, &want)?, bound);
+            }
+        }
+    }
+    for (b, n, h, d, dt) in [(1usize, 300usize, 24usize, 128usize, DType::BF16), (2, 37, 3, 64, DType::F32), (1, 5, 2, 256, DType::F16)] {
+        let x = r(&[b, n, h, d], dt)?;
+        let scale = r(&[d], dt)?;
+        let angles = Tensor::rand(0f32, 100., (b, n, d / 2), dev)?;
+        let (cos, sin) = (angles.cos()?.to_dtype(dt)?, angles.sin()?.to_dtype(dt)?);
+        let ours = splatforge_diffusion::ops::rms_norm_rope(&x, &scale, &cos, &sin, 1e-6)?;
+        let want = splatforge_diffusion::ops::rms_norm_rope(&f32_cpu(&x)?, &f32_cpu(&scale)?, &f32_cpu(&cos)?, &f32_cpu(&sin)?, 1e-6)?;
+        let bound = if dt == DType::F32 { 1e-5 } else { 1e-2 };
+        rep.parity(&format!("op rms_norm_rope [{b},{n},{h},{d}]"), &format!("{dt:?}"), rel(&ours, &want)?, bound);
+    }
     // Backward passes (the SDS path differentiates the VAE encoder): the
     // gradient of Σ y·m (m random) with respect to x, GPU kernel vs the CPU
     // composite path in f32.
@@ -577,6 +627,7 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
     let gn_nn = candle_nn::GroupNorm::new(g.clone(), be.clone(), 128, 32, 1e-6)?;
     let gn = GroupNorm::new(g, be, 32, 1e-6)?;
     let xu = r(&[4, 128, 128, 128], bf)?;
+    let va = [r(&[1, 16384, 512], bf)?, r(&[1, 16384, 512], bf)?, r(&[1, 16384, 512], bf)?];
     let fl = [r(&[1, 4352, 24 * 128], bf)?, r(&[1, 4352, 24 * 128], bf)?, r(&[1, 4352, 24 * 128], bf)?];
     let mv = [r(&[2, 4096, 320], bf)?, r(&[2, 4096, 320], bf)?, r(&[2, 4096, 320], bf)?];
     let (a, b) = (r(&[4352, 3072], bf)?, r(&[3072, 12288], bf)?);
@@ -598,6 +649,8 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
         ("op_group_norm_4x128x256+silu (fused)", Box::new(|| Ok(gn.forward_silu(&x)?))),
         ("op_silu_4x128x256", Box::new(|| Ok(x.silu()?))),
         ("op_upsample2x_4x128x128", Box::new(|| Ok(xu.upsample_nearest2d(256, 256)?))),
+        ("op_upsample2x_4x128x128 (ops)", Box::new(|| Ok(splatforge_diffusion::ops::upsample_nearest2x(&xu)?))),
+        ("op_attention_vae_1x16384x512 (composite)", Box::new(|| Ok(attention(&va[0], &va[1], &va[2], 1)?))),
         ("op_attention_24x4352x128 (materialised)", Box::new(|| Ok(attention_reference(&fl[0], &fl[1], &fl[2], 24)?))),
         ("op_attention_24x4352x128 (fused)", Box::new(|| Ok(attention(&fl[0], &fl[1], &fl[2], 24)?))),
         ("op_attention_mvdream_2x4096x5x64 (materialised)", Box::new(|| Ok(attention_reference(&mv[0], &mv[1], &mv[2], 5)?))),
@@ -607,6 +660,7 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
         ("op_conv3x3_4x512x64 (ops::Conv2d)", Box::new(|| Ok(cv5.forward(&x5)?))),
         ("op_conv3x3_8x320x32 (ops::Conv2d)", Box::new(|| Ok(cv3.forward(&x3)?))),
         ("op_linear_8x1024x320x1280 (candle-nn, batched)", Box::new(|| Ok(lin.forward(&xl)?))),
+        ("op_linear_8x1024x320x1280 (ops::linear)", Box::new(|| Ok(splatforge_diffusion::ops::linear(&xl, &lin, Default::default())?))),
         ("op_linear_8x1024x320x1280 (flattened)", Box::new(|| Ok(xl.reshape((8192, 320))?.matmul(&wl.t()?)?.broadcast_add(&bl)?))),
     ];
     for (name, f) in ops {

@@ -10,7 +10,8 @@
 //! | [`vae`] | the SD / FLUX KL autoencoder: encoder with gradients, decoder, tiling |
 //! | [`sds`] | score distillation (DreamGaussian's SDS with MVDream) |
 //! | [`sd`], [`euler`] | SD 2.1 / SD-Turbo text → image on candle-transformers' UNet |
-//! | [`flux`] | FLUX.1-schnell text → image on candle-transformers' `flux` (T5 + CLIP) |
+//! | [`flux`] | FLUX.1-schnell text → image: loading, T5 + CLIP, candle-transformers' `flux` sampling |
+//! | [`flux_transformer`] | FLUX.1's transformer, ours (fused attention, token-major layout) |
 //! | [`ddim`] | DDIM scheduler (SD 2.1-base schedule) |
 //! | [`camera`] | MVDream camera inputs and our render cameras for the views |
 //! | [`pipeline`] | text → views: CFG with a negative prompt, seeded noise |
@@ -32,6 +33,7 @@ pub mod ddim;
 pub mod error;
 pub mod euler;
 pub mod flux;
+pub mod flux_transformer;
 pub mod hub;
 pub mod ldm;
 pub mod loading;

@@ -473,10 +473,7 @@ impl Block {
                 Layer::Conv(c) | Layer::Down(c) => c.forward(&h)?,
                 Layer::Res(r) => r.forward(&h, emb)?,
                 Layer::Attn(a) => a.forward(&h, context, num_frames)?,
-                Layer::Up(c) => {
-                    let (_, _, hh, ww) = h.dims4()?;
-                    c.forward(&h.upsample_nearest2d(2 * hh, 2 * ww)?)?
-                }
+                Layer::Up(c) => c.forward(&crate::ops::upsample_nearest2x(&h)?)?,
             };
         }
         Ok(h)

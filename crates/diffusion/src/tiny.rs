@@ -40,6 +40,7 @@ use crate::clip_text::{ClipTextConfig, ClipTextModel};
 use crate::ddim::DdimConfig;
 use crate::error::{DiffusionError, Result};
 use crate::flux::{flux_diffusers_source, FluxTransformerConfig};
+use crate::flux_transformer::FluxTransformer;
 use crate::hub;
 use crate::ldm;
 use crate::loading::LdmConfig;
@@ -51,7 +52,6 @@ use crate::tokenizer::{
 };
 use crate::vae::{Vae, VaeConfig};
 use crate::weights::{save_random, RandomRecorder, RandomTensor, SeededInit, Source};
-use candle_transformers::models::flux::model::Flux;
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 
 /// Folder of the diffusers layout inside the output folder.
@@ -979,7 +979,7 @@ pub fn make_tiny_flux(dir: &Path, opts: &TinyOptions) -> Result<(PathBuf, PathBu
     // Transformer.
     let tcfg = tiny_flux_config();
     let init = SeededInit::new(seed("flux_transformer"));
-    Flux::new(
+    FluxTransformer::new(
         &tcfg.to_candle().map_err(DiffusionError::Config)?,
         init.var_builder(),
     )?;

@@ -417,8 +417,7 @@ impl Decoder {
                 h = r.forward(&h)?;
             }
             if let Some(u) = &b.up {
-                let (_, _, hh, ww) = h.dims4()?;
-                h = u.forward(&h.upsample_nearest2d(2 * hh, 2 * ww)?)?;
+                h = u.forward(&crate::ops::upsample_nearest2x(&h)?)?;
             }
         }
         self.conv_out.forward(&self.norm_out.forward_silu(&h)?)

@@ -254,7 +254,6 @@ fn flux_schnell_text_to_image() {
         &Device::Cpu,
     )
     .unwrap();
-    use candle_transformers::models::flux::WithForward;
     let t = Tensor::new(&[1f32], &Device::Cpu).unwrap();
     let v_bfl = bfl
         .forward(

@@ -149,6 +149,9 @@ pub fn logit(p: f32) -> f32 {
 }
 
 #[cfg(test)]
+pub(crate) use tests::sample;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -203,6 +206,3 @@ mod tests {
         assert!(logit(0.0).is_finite() && logit(1.0).is_finite());
     }
 }
-
-#[cfg(test)]
-pub(crate) use tests::sample;

@@ -5,7 +5,7 @@ use std::ffi::{c_int, c_void};
 
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, CudaStorageSlice};
-use candle_core::{CudaDevice, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CudaDevice, CudaStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use super::fusable;
 
@@ -26,6 +26,7 @@ struct SfAttentionArgs {
     nk: c_int,
     scale: f32,
     dtype: c_int,
+    variant: c_int,
 }
 
 #[repr(C)]
@@ -61,14 +62,77 @@ struct SfGroupNormBwdArgs {
     dtype: c_int,
 }
 
+#[repr(C)]
+pub(super) struct SfChannelBiasArgs {
+    pub y: u64,
+    pub bias: u64,
+    pub planes: i64,
+    pub channels: c_int,
+    pub plane: i64,
+    pub dtype: c_int,
+}
+
+#[repr(C)]
+struct SfUpsampleArgs {
+    x: u64,
+    y: u64,
+    planes: i64,
+    h: c_int,
+    w: c_int,
+    dtype: c_int,
+}
+
+#[repr(C)]
+struct SfLinearEpilogueArgs {
+    y: u64,
+    out: u64,
+    bias: u64,
+    extra: u64,
+    gate: u64,
+    residual: u64,
+    rows: i64,
+    cols: c_int,
+    rows_per_gate: i64,
+    gelu: c_int,
+    dtype: c_int,
+}
+
+#[repr(C)]
+struct SfRmsNormRopeArgs {
+    x: u64,
+    scale: u64,
+    cos: u64,
+    sin: u64,
+    out: u64,
+    tokens: i64,
+    heads: c_int,
+    head_dim: c_int,
+    eps: f32,
+    dtype: c_int,
+}
+
 extern "C" {
+    fn sf_rms_norm_rope(args: *const SfRmsNormRopeArgs, stream: *mut c_void) -> c_int;
+    fn sf_linear_epilogue(args: *const SfLinearEpilogueArgs, stream: *mut c_void) -> c_int;
+    pub(super) fn sf_channel_bias(args: *const SfChannelBiasArgs, stream: *mut c_void) -> c_int;
+    fn sf_upsample_nearest2x(args: *const SfUpsampleArgs, stream: *mut c_void) -> c_int;
     fn sf_attention(args: *const SfAttentionArgs, stream: *mut c_void) -> c_int;
     fn sf_group_norm_scratch_floats(n: c_int, groups: c_int, group_size: i64) -> usize;
     fn sf_group_norm(args: *const SfGroupNormArgs, stream: *mut c_void) -> c_int;
     fn sf_group_norm_backward(args: *const SfGroupNormBwdArgs, stream: *mut c_void) -> c_int;
 }
 
-fn check(what: &str, code: c_int) -> Result<()> {
+/// The kernels' code for a dtype (`SF_DTYPE_*` in `cuda/api.h`).
+pub(super) fn sf_dtype(dt: DType) -> Result<c_int> {
+    match dt {
+        DType::F32 => Ok(SF_DTYPE_F32),
+        DType::F16 => Ok(SF_DTYPE_F16),
+        DType::BF16 => Ok(SF_DTYPE_BF16),
+        d => candle_core::bail!("no CUDA kernel for {d:?}"),
+    }
+}
+
+pub(super) fn check(what: &str, code: c_int) -> Result<()> {
     if code == 0 {
         Ok(())
     } else {
@@ -88,8 +152,16 @@ fn address<T: DeviceRepr>(s: &CudaSlice<T>, l: &Layout, dev: &CudaDevice) -> u64
 }
 
 /// The fused attention when it applies (CUDA, f16/bf16, head dim 64 or 128,
-/// no autograd); `None` sends the caller to the composite path.
-pub(super) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Option<Tensor>> {
+/// no autograd); `None` sends the caller to the composite path. `variant`
+/// picks the kernel's block shape (`SfAttentionArgs` in `cuda/api.h`; 0 is
+/// the tuned default).
+pub(super) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    variant: u32,
+) -> Result<Option<Tensor>> {
     let (b, _, inner) = q.dims3()?;
     let (bk, nk, inner_k) = k.dims3()?;
     if heads == 0 || inner % heads != 0 || bk != b || inner_k != inner || v.dims() != k.dims() {
@@ -114,11 +186,12 @@ pub(super) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Res
         }
     };
     let (q, k, v) = (aligned(q)?, aligned(k)?, aligned(v)?);
-    Ok(Some(q.apply_op3_no_bwd(&k, &v, &FusedAttention { heads })?))
+    Ok(Some(q.apply_op3_no_bwd(&k, &v, &FusedAttention { heads, variant })?))
 }
 
 struct FusedAttention {
     heads: usize,
+    variant: u32,
 }
 
 impl FusedAttention {
@@ -146,6 +219,7 @@ impl FusedAttention {
             nk: small("keys", nk)?,
             scale: ((inner / self.heads) as f32).powf(-0.5),
             dtype,
+            variant: small("attention variant", self.variant as usize)?,
         };
         check("attention", unsafe { sf_attention(&args, stream.cu_stream() as *mut c_void) })?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
@@ -473,390 +547,222 @@ pub(super) fn configure_device(dev: &CudaDevice) -> Result<()> {
     Ok(())
 }
 
-#[cfg(feature = "cudnn")]
-pub(super) use cudnn_conv::conv2d;
+/// Nearest-neighbour 2× upsampling of `[N, C, H, W]` when the kernel applies
+/// (CUDA, f32/f16/bf16, no autograd); `None` sends the caller to candle's.
+pub(super) fn upsample_nearest2x(x: &Tensor) -> Result<Option<Tensor>> {
+    if !(fusable(x) && x.rank() == 4 && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)) {
+        return Ok(None);
+    }
+    Ok(Some(x.contiguous()?.apply_op1_no_bwd(&Upsample2x)?))
+}
 
-/// Convolutions through cuDNN (cudarc's raw bindings; candle's own `cudnn`
-/// feature stays off, see [`crate::ops::Conv2d`]) with tensor-op math for
-/// f16/bf16 (f32 keeps cuDNN's default math, which allows TF32 unless
-/// `NVIDIA_TF32_OVERRIDE=0`, as torch's default does).
-///
-/// Per shape and thread a plan is made once and cached: the descriptors, and
-/// the algorithm cuDNN's `Find` measured fastest (it runs each candidate, as
-/// torch's `cudnn.benchmark` does; cuDNN's heuristics chose algorithms up to
-/// 5× slower than torch's on the VAE's 256² convolutions) with its workspace
-/// size. A call is then one cuDNN launch. The forward has a backward for the
-/// input (backward-data), so the SDS path's VAE encoder, differentiated with
-/// respect to the images, runs on cuDNN too; the weights take no gradient.
-#[cfg(feature = "cudnn")]
-mod cudnn_conv {
-    use std::cell::RefCell;
-    use std::collections::HashMap;
-    use std::ffi::c_void;
-    use std::rc::Rc;
+struct Upsample2x;
 
-    use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::cudnn::{sys, CudnnDataType};
-    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
-    use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, DeviceId};
-    use candle_core::{CudaDevice, CudaStorage, CustomOp2, DType, Error as E, Layout, Result, Shape, Tensor, WithDType};
-    use candle_nn::Conv2dConfig;
+impl CustomOp1 for Upsample2x {
+    fn name(&self) -> &'static str {
+        "splatforge-upsample-nearest2x"
+    }
 
-    use super::fusable;
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("the upsampling kernel is CUDA-only (CPU tensors take candle's upsample_nearest2d)")
+    }
 
-    fn ok(what: &str, status: sys::cudnnStatus_t) -> Result<()> {
-        if status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-            Ok(())
-        } else {
-            candle_core::bail!("cuDNN {what}: {status:?}")
+    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
+        if !lx.is_contiguous() {
+            candle_core::bail!("the upsampling kernel needs a contiguous input");
         }
-    }
-
-    /// Which cuDNN call a plan is for.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-    enum Pass {
-        Forward,
-        BackwardData,
-    }
-
-    /// (pass, input dims, filter dims, padding, stride, dilation, dtype, device)
-    type Key = (Pass, [usize; 4], [usize; 4], usize, usize, usize, DType, DeviceId);
-
-    /// Descriptors of one convolution (x `[n,c,h,w]`, filter `[k,c,r,s]`, y
-    /// `[n,k,ho,wo]`, f32 compute) and the algorithm picked for its pass.
-    struct Plan {
-        conv: sys::cudnnConvolutionDescriptor_t,
-        x: sys::cudnnTensorDescriptor_t,
-        w: sys::cudnnFilterDescriptor_t,
-        y: sys::cudnnTensorDescriptor_t,
-        /// `cudnnConvolutionFwdAlgo_t` or `cudnnConvolutionBwdDataAlgo_t` as u32.
-        algo: u32,
-        workspace: usize,
-    }
-
-    impl Drop for Plan {
-        fn drop(&mut self) {
-            unsafe {
-                sys::cudnnDestroyConvolutionDescriptor(self.conv);
-                sys::cudnnDestroyTensorDescriptor(self.x);
-                sys::cudnnDestroyFilterDescriptor(self.w);
-                sys::cudnnDestroyTensorDescriptor(self.y);
-            }
-        }
-    }
-
-    struct Handle(sys::cudnnHandle_t);
-
-    impl Drop for Handle {
-        fn drop(&mut self) {
-            unsafe {
-                sys::cudnnDestroy(self.0);
-            }
-        }
-    }
-
-    thread_local! {
-        // cuDNN handles are not thread-safe: one per thread and device, on
-        // the device's (candle's) stream.
-        static HANDLES: RefCell<HashMap<DeviceId, Rc<Handle>>> = RefCell::new(HashMap::new());
-        static PLANS: RefCell<HashMap<Key, Rc<Plan>>> = RefCell::new(HashMap::new());
-    }
-
-    fn handle(dev: &CudaDevice) -> Result<Rc<Handle>> {
-        let id = dev.id();
-        if let Some(h) = HANDLES.with(|m| m.borrow().get(&id).cloned()) {
-            return Ok(h);
-        }
-        let stream = dev.cuda_stream();
-        stream.context().bind_to_thread().map_err(E::wrap)?;
-        let mut raw = std::ptr::null_mut();
-        ok("create", unsafe { sys::cudnnCreate(&mut raw) })?;
-        let h = Rc::new(Handle(raw));
-        ok("set stream", unsafe { sys::cudnnSetStream(raw, stream.cu_stream() as _) })?;
-        HANDLES.with(|m| m.borrow_mut().insert(id, h.clone()));
-        Ok(h)
-    }
-
-    fn int(v: usize) -> Result<i32> {
-        i32::try_from(v).map_err(|_| E::Msg(format!("conv2d: size {v} too large for cuDNN")))
-    }
-
-    /// The cached plan of `key`, made (descriptors, then `Find`) on first use.
-    fn plan<T: CudnnDataType + WithDType>(h: &Handle, key: Key, p: Params, y: [usize; 4]) -> Result<Rc<Plan>> {
-        if let Some(pl) = PLANS.with(|m| m.borrow().get(&key).cloned()) {
-            return Ok(pl);
-        }
-        let (pass, x, w) = (key.0, key.1, key.2);
-        let mut pl = Plan {
-            conv: std::ptr::null_mut(),
-            x: std::ptr::null_mut(),
-            w: std::ptr::null_mut(),
-            y: std::ptr::null_mut(),
-            algo: 0,
-            workspace: 0,
-        };
-        let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
-        unsafe {
-            ok("descriptor", sys::cudnnCreateConvolutionDescriptor(&mut pl.conv))?;
-            ok("descriptor", sys::cudnnCreateTensorDescriptor(&mut pl.x))?;
-            ok("descriptor", sys::cudnnCreateFilterDescriptor(&mut pl.w))?;
-            ok("descriptor", sys::cudnnCreateTensorDescriptor(&mut pl.y))?;
-            ok(
-                "convolution descriptor",
-                sys::cudnnSetConvolution2dDescriptor(
-                    pl.conv,
-                    int(p.padding)?,
-                    int(p.padding)?,
-                    int(p.stride)?,
-                    int(p.stride)?,
-                    int(p.dilation)?,
-                    int(p.dilation)?,
-                    sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
-                    sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
-                ),
-            )?;
-            let math = if T::DTYPE == DType::F32 {
-                sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
-            } else {
-                sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
-            };
-            ok("math type", sys::cudnnSetConvolutionMathType(pl.conv, math))?;
-            let dt = T::DATA_TYPE;
-            ok("x descriptor", sys::cudnnSetTensor4dDescriptor(pl.x, nchw, dt, int(x[0])?, int(x[1])?, int(x[2])?, int(x[3])?))?;
-            ok("w descriptor", sys::cudnnSetFilter4dDescriptor(pl.w, dt, nchw, int(w[0])?, int(w[1])?, int(w[2])?, int(w[3])?))?;
-            ok("y descriptor", sys::cudnnSetTensor4dDescriptor(pl.y, nchw, dt, int(y[0])?, int(y[1])?, int(y[2])?, int(y[3])?))?;
-            let mut found = 0;
-            match pass {
-                Pass::Forward => {
-                    let mut perf = [std::mem::zeroed::<sys::cudnnConvolutionFwdAlgoPerf_t>(); 8];
-                    ok("find forward", sys::cudnnFindConvolutionForwardAlgorithm(h.0, pl.x, pl.w, pl.conv, pl.y, 8, &mut found, perf.as_mut_ptr()))?;
-                    let best = perf[..found.max(0) as usize]
-                        .iter()
-                        .find(|r| r.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS)
-                        .ok_or_else(|| E::Msg(format!("cuDNN has no forward algorithm for x {x:?}, w {w:?}")))?;
-                    (pl.algo, pl.workspace) = (best.algo as u32, best.memory);
-                    // Find tries each math type; run with the one it measured.
-                    ok("math type", sys::cudnnSetConvolutionMathType(pl.conv, best.mathType))?;
-                }
-                Pass::BackwardData => {
-                    let mut perf = [std::mem::zeroed::<sys::cudnnConvolutionBwdDataAlgoPerf_t>(); 8];
-                    ok("find backward data", sys::cudnnFindConvolutionBackwardDataAlgorithm(h.0, pl.w, pl.y, pl.conv, pl.x, 8, &mut found, perf.as_mut_ptr()))?;
-                    let best = perf[..found.max(0) as usize]
-                        .iter()
-                        .find(|r| r.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS)
-                        .ok_or_else(|| E::Msg(format!("cuDNN has no backward-data algorithm for x {x:?}, w {w:?}")))?;
-                    (pl.algo, pl.workspace) = (best.algo as u32, best.memory);
-                    ok("math type", sys::cudnnSetConvolutionMathType(pl.conv, best.mathType))?;
-                }
-            }
-        }
-        let pl = Rc::new(pl);
-        PLANS.with(|m| m.borrow_mut().insert(key, pl.clone()));
-        Ok(pl)
-    }
-
-    /// The cuDNN convolution when it applies (CUDA, f32/f16/bf16, one group,
-    /// weights without gradient); `None` sends the caller to candle's `conv2d`.
-    pub(in crate::ops) fn conv2d(
-        x: &Tensor,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
-        cfg: &Conv2dConfig,
-    ) -> Result<Option<Tensor>> {
-        let applies = matches!(x.device(), candle_core::Device::Cuda(_))
-            && !weight.track_op()
-            && bias.is_none_or(|b| !b.track_op())
-            && cfg.groups == 1
-            && x.rank() == 4
-            && weight.rank() == 4
-            && weight.dtype() == x.dtype()
-            && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
-            && x.dim(1)? == weight.dim(1)?;
-        if !applies {
-            return Ok(None);
-        }
-        let params = Params {
-            padding: cfg.padding,
-            stride: cfg.stride,
-            dilation: cfg.dilation,
-        };
-        let (x, w) = (x.contiguous()?, weight.contiguous()?);
-        let y = if fusable(&x) {
-            x.apply_op2_no_bwd(&w, &CudnnConv2d(params))?
-        } else {
-            x.apply_op2(&w, CudnnConv2d(params))?
-        };
-        Ok(Some(match bias {
-            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?.reshape((1, (), 1, 1))?)?,
-            None => y,
-        }))
-    }
-
-    #[derive(Debug, Clone, Copy)]
-    struct Params {
-        padding: usize,
-        stride: usize,
-        dilation: usize,
-    }
-
-    impl Params {
-        fn out_size(&self, input: usize, kernel: usize) -> Result<usize> {
-            let span = self.dilation * (kernel - 1) + 1;
-            let padded = input + 2 * self.padding;
-            if padded < span || self.stride == 0 {
-                candle_core::bail!("conv2d: kernel {kernel} (dilation {}) larger than the padded input {padded}", self.dilation);
-            }
-            Ok((padded - span) / self.stride + 1)
-        }
-    }
-
-    /// Runs one pass: `a` is x (forward) or dy (backward-data), `w` the
-    /// filter; returns y or dx.
-    fn run<T>(
-        pass: Pass,
-        p: Params,
-        x_dims: [usize; 4],
-        (a, la): (&CudaSlice<T>, &Layout),
-        (w, lw): (&CudaSlice<T>, &Layout),
-        dev: &CudaDevice,
-    ) -> Result<(CudaStorage, Shape)>
-    where
-        T: CudnnDataType + DeviceRepr + CudaDType + WithDType,
-    {
-        let [n, c, h, wd] = x_dims;
-        let (k, c_w, r, s) = lw.shape().dims4()?;
-        if c_w != c {
-            candle_core::bail!("conv2d: {c} input channels, filter {:?}", lw.shape().dims());
-        }
-        let y_dims = [n, k, p.out_size(h, r)?, p.out_size(wd, s)?];
-        let (a_dims, out_dims) = match pass {
-            Pass::Forward => (x_dims, y_dims),
-            Pass::BackwardData => (y_dims, x_dims),
-        };
-        if la.shape().dims() != a_dims {
-            candle_core::bail!("conv2d: input {:?}, expected {a_dims:?}", la.shape().dims());
-        }
-        let hd = handle(dev)?;
-        let key: Key = (pass, x_dims, [k, c, r, s], p.padding, p.stride, p.dilation, T::DTYPE, dev.id());
-        let pl = plan::<T>(&hd, key, p, y_dims)?;
-        let stream = dev.cuda_stream();
-        // No allocation when the plan needs no workspace (cuDNN takes null then).
-        let mut workspace = match pl.workspace {
-            0 => None,
-            bytes => Some(unsafe { dev.alloc::<u8>(bytes)? }),
-        };
-        let mut out = unsafe { dev.alloc::<T>(out_dims.iter().product())? };
-        let elem = std::mem::size_of::<T>() as u64;
-        let a_ptr = a.device_ptr(&stream).0 + la.start_offset() as u64 * elem;
-        let w_ptr = w.device_ptr(&stream).0 + lw.start_offset() as u64 * elem;
-        let ws_ptr = workspace.as_mut().map_or(0, |w| w.device_ptr_mut(&stream).0);
-        let out_ptr = out.device_ptr_mut(&stream).0;
-        let (alpha, beta) = (1f32, 0f32);
-        let (alpha, beta) = (&alpha as *const f32 as *const c_void, &beta as *const f32 as *const c_void);
-        unsafe {
-            match pass {
-                Pass::Forward => ok(
-                    "forward",
-                    sys::cudnnConvolutionForward(
-                        hd.0, alpha, pl.x, a_ptr as *const c_void, pl.w, w_ptr as *const c_void, pl.conv,
-                        std::mem::transmute::<u32, sys::cudnnConvolutionFwdAlgo_t>(pl.algo),
-                        ws_ptr as *mut c_void, pl.workspace, beta, pl.y, out_ptr as *mut c_void,
-                    ),
-                )?,
-                Pass::BackwardData => ok(
-                    "backward data",
-                    sys::cudnnConvolutionBackwardData(
-                        hd.0, alpha, pl.w, w_ptr as *const c_void, pl.y, a_ptr as *const c_void, pl.conv,
-                        std::mem::transmute::<u32, sys::cudnnConvolutionBwdDataAlgo_t>(pl.algo),
-                        ws_ptr as *mut c_void, pl.workspace, beta, pl.x, out_ptr as *mut c_void,
-                    ),
-                )?,
-            }
-        }
-        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from(out_dims.to_vec())))
-    }
-
-    fn dispatch(
-        pass: Pass,
-        p: Params,
-        x_dims: Option<[usize; 4]>,
-        (a, la): (&CudaStorage, &Layout),
-        (w, lw): (&CudaStorage, &Layout),
-    ) -> Result<(CudaStorage, Shape)> {
-        if !(la.is_contiguous() && lw.is_contiguous()) {
-            candle_core::bail!("the cuDNN convolution needs contiguous tensors");
-        }
-        let x_dims = match x_dims {
-            Some(d) => d,
-            None => {
-                let (n, c, h, w) = la.shape().dims4()?;
-                [n, c, h, w]
-            }
-        };
-        let dev = a.device();
+        let (n, c, h, w) = lx.shape().dims4()?;
+        let out_shape = Shape::from((n, c, 2 * h, 2 * w));
         use CudaStorageSlice as S;
-        match (&a.slice, &w.slice) {
-            (S::F32(a), S::F32(w)) => run(pass, p, x_dims, (a, la), (w, lw), dev),
-            (S::F16(a), S::F16(w)) => run(pass, p, x_dims, (a, la), (w, lw), dev),
-            (S::BF16(a), S::BF16(w)) => run(pass, p, x_dims, (a, la), (w, lw), dev),
-            _ => candle_core::bail!("the cuDNN convolution takes f32, f16 or bf16 tensors of one dtype"),
-        }
+        let out = match &x.slice {
+            S::F32(v) => Self::launch(v, lx, &out_shape, &x.device)?,
+            S::F16(v) => Self::launch(v, lx, &out_shape, &x.device)?,
+            S::BF16(v) => Self::launch(v, lx, &out_shape, &x.device)?,
+            _ => candle_core::bail!("the upsampling kernel takes f32, f16 or bf16"),
+        };
+        Ok((out, out_shape))
+    }
+}
+
+impl Upsample2x {
+    fn launch<T: CudaDType + DeviceRepr + candle_core::WithDType>(
+        x: &CudaSlice<T>,
+        lx: &Layout,
+        out_shape: &Shape,
+        dev: &CudaDevice,
+    ) -> Result<CudaStorage> {
+        let (n, c, h, w) = lx.shape().dims4()?;
+        let out = unsafe { dev.alloc::<T>(out_shape.elem_count())? };
+        let args = SfUpsampleArgs {
+            x: address(x, lx, dev),
+            y: address(&out, &Layout::contiguous(out_shape), dev),
+            planes: (n * c) as i64,
+            h: small("height", h)?,
+            w: small("width", w)?,
+            dtype: sf_dtype(T::DTYPE)?,
+        };
+        let stream = dev.cuda_stream();
+        check("upsample", unsafe { sf_upsample_nearest2x(&args, stream.cu_stream() as *mut c_void) })?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+    }
+}
+
+/// The terms of [`super::LinearEpilogue`] as contiguous device tensors.
+pub(super) struct EpilogueTerms {
+    pub bias: Option<Tensor>,
+    pub extra: Option<Tensor>,
+    /// Gates `[B, cols]` and the rows each covers.
+    pub gate: Option<(Tensor, usize)>,
+    pub residual: Option<Tensor>,
+    pub gelu: bool,
+}
+
+/// `y [rows, cols]` through the fused epilogue kernel.
+pub(super) fn linear_epilogue(y: &Tensor, terms: EpilogueTerms) -> Result<Tensor> {
+    y.apply_op1_no_bwd(&terms)
+}
+
+/// Device address of a CUDA tensor's first element (0 when absent).
+fn tensor_address(t: Option<&Tensor>) -> Result<u64> {
+    let Some(t) = t else { return Ok(0) };
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cuda(s) = &*storage else {
+        candle_core::bail!("the linear epilogue's terms must be on the GPU")
+    };
+    if !layout.is_contiguous() {
+        candle_core::bail!("the linear epilogue's terms must be contiguous");
+    }
+    use CudaStorageSlice as S;
+    Ok(match &s.slice {
+        S::F32(v) => address(v, layout, &s.device),
+        S::F16(v) => address(v, layout, &s.device),
+        S::BF16(v) => address(v, layout, &s.device),
+        _ => candle_core::bail!("the linear epilogue takes f32, f16 or bf16"),
+    })
+}
+
+impl CustomOp1 for EpilogueTerms {
+    fn name(&self) -> &'static str {
+        "splatforge-linear-epilogue"
     }
 
-    /// `y = conv(x, w)`; the backward gives `dx` (the weights take none).
-    struct CudnnConv2d(Params);
-
-    impl CustomOp2 for CudnnConv2d {
-        fn name(&self) -> &'static str {
-            "splatforge-cudnn-conv2d"
-        }
-
-        fn cpu_fwd(
-            &self,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-        ) -> Result<(candle_core::CpuStorage, Shape)> {
-            candle_core::bail!("the cuDNN convolution is CUDA-only (CPU tensors take candle's conv2d)")
-        }
-
-        fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout) -> Result<(CudaStorage, Shape)> {
-            dispatch(Pass::Forward, self.0, None, (x, lx), (w, lw))
-        }
-
-        fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-            let (n, c, h, wd) = x.dims4()?;
-            let op = CudnnConv2dBackwardData { params: self.0, x: [n, c, h, wd] };
-            let dx = dy.to_dtype(x.dtype())?.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)?;
-            Ok((Some(dx), None))
-        }
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("the linear epilogue kernel is CUDA-only (CPU tensors take the composite path)")
     }
 
-    /// `dx` of [`CudnnConv2d`] from `dy` and the filter (cuDNN's backward-data).
-    struct CudnnConv2dBackwardData {
-        params: Params,
-        /// The forward input's dims `[n, c, h, w]`.
-        x: [usize; 4],
+    fn cuda_fwd(&self, y: &CudaStorage, ly: &Layout) -> Result<(CudaStorage, Shape)> {
+        if !ly.is_contiguous() {
+            candle_core::bail!("the linear epilogue needs a contiguous product");
+        }
+        let (rows, cols) = ly.shape().dims2()?;
+        use CudaStorageSlice as S;
+        let out = match &y.slice {
+            S::F32(v) => self.launch(v, ly, rows, cols, &y.device)?,
+            S::F16(v) => self.launch(v, ly, rows, cols, &y.device)?,
+            S::BF16(v) => self.launch(v, ly, rows, cols, &y.device)?,
+            _ => candle_core::bail!("the linear epilogue takes f32, f16 or bf16"),
+        };
+        Ok((out, ly.shape().clone()))
+    }
+}
+
+impl EpilogueTerms {
+    fn launch<T: CudaDType + DeviceRepr + candle_core::WithDType>(
+        &self,
+        y: &CudaSlice<T>,
+        ly: &Layout,
+        rows: usize,
+        cols: usize,
+        dev: &CudaDevice,
+    ) -> Result<CudaStorage> {
+        let terms = [self.bias.as_ref(), self.extra.as_ref(), self.residual.as_ref(), self.gate.as_ref().map(|g| &g.0)];
+        if terms.iter().flatten().any(|t| t.dtype() != T::DTYPE) {
+            candle_core::bail!("the linear epilogue's terms must have the product's dtype");
+        }
+        let out = unsafe { dev.alloc::<T>(rows * cols)? };
+        let args = SfLinearEpilogueArgs {
+            y: address(y, ly, dev),
+            out: address(&out, &Layout::contiguous((rows, cols)), dev),
+            bias: tensor_address(self.bias.as_ref())?,
+            extra: tensor_address(self.extra.as_ref())?,
+            gate: tensor_address(self.gate.as_ref().map(|g| &g.0))?,
+            residual: tensor_address(self.residual.as_ref())?,
+            rows: rows as i64,
+            cols: small("columns", cols)?,
+            rows_per_gate: self.gate.as_ref().map_or(0, |g| g.1 as i64),
+            gelu: self.gelu as c_int,
+            dtype: sf_dtype(T::DTYPE)?,
+        };
+        let stream = dev.cuda_stream();
+        check("linear epilogue", unsafe { sf_linear_epilogue(&args, stream.cu_stream() as *mut c_void) })?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+    }
+}
+
+/// FLUX's fused per-head RMSNorm + rotary embedding (`SfRmsNormRopeArgs`):
+/// x `[T, H, D]`, scale `[D]`, cos and sin `[T, D/2]`, all contiguous, one
+/// dtype, on the GPU.
+pub(super) struct RmsNormRope {
+    pub scale: Tensor,
+    pub cos: Tensor,
+    pub sin: Tensor,
+    pub eps: f32,
+}
+
+impl CustomOp1 for RmsNormRope {
+    fn name(&self) -> &'static str {
+        "splatforge-rms-norm-rope"
     }
 
-    impl CustomOp2 for CudnnConv2dBackwardData {
-        fn name(&self) -> &'static str {
-            "splatforge-cudnn-conv2d-backward-data"
-        }
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("the RMSNorm + RoPE kernel is CUDA-only (CPU tensors take the composite path)")
+    }
 
-        fn cpu_fwd(
-            &self,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-        ) -> Result<(candle_core::CpuStorage, Shape)> {
-            candle_core::bail!("the cuDNN convolution is CUDA-only")
+    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
+        if !lx.is_contiguous() {
+            candle_core::bail!("the RMSNorm + RoPE kernel needs a contiguous input");
         }
+        use CudaStorageSlice as S;
+        let out = match &x.slice {
+            S::F32(v) => self.launch(v, lx, &x.device)?,
+            S::F16(v) => self.launch(v, lx, &x.device)?,
+            S::BF16(v) => self.launch(v, lx, &x.device)?,
+            _ => candle_core::bail!("the RMSNorm + RoPE kernel takes f32, f16 or bf16"),
+        };
+        Ok((out, lx.shape().clone()))
+    }
+}
 
-        fn cuda_fwd(&self, dy: &CudaStorage, ly: &Layout, w: &CudaStorage, lw: &Layout) -> Result<(CudaStorage, Shape)> {
-            dispatch(Pass::BackwardData, self.params, Some(self.x), (dy, ly), (w, lw))
+impl RmsNormRope {
+    fn launch<T: CudaDType + DeviceRepr + candle_core::WithDType>(
+        &self,
+        x: &CudaSlice<T>,
+        lx: &Layout,
+        dev: &CudaDevice,
+    ) -> Result<CudaStorage> {
+        let (tokens, heads, d) = lx.shape().dims3()?;
+        if [&self.scale, &self.cos, &self.sin].iter().any(|t| t.dtype() != T::DTYPE)
+            || self.scale.elem_count() != d
+            || self.cos.dims() != [tokens, d / 2]
+            || self.sin.dims() != [tokens, d / 2]
+        {
+            candle_core::bail!("RMSNorm + RoPE: scale [{d}] and cos, sin [{tokens}, {}] in the input's dtype expected", d / 2);
         }
+        let out = unsafe { dev.alloc::<T>(lx.shape().elem_count())? };
+        let args = SfRmsNormRopeArgs {
+            x: address(x, lx, dev),
+            scale: tensor_address(Some(&self.scale))?,
+            cos: tensor_address(Some(&self.cos))?,
+            sin: tensor_address(Some(&self.sin))?,
+            out: address(&out, &Layout::contiguous(lx.shape()), dev),
+            tokens: tokens as i64,
+            heads: small("heads", heads)?,
+            head_dim: small("head dim", d)?,
+            eps: self.eps,
+            dtype: sf_dtype(T::DTYPE)?,
+        };
+        let stream = dev.cuda_stream();
+        check("RMSNorm + RoPE", unsafe { sf_rms_norm_rope(&args, stream.cu_stream() as *mut c_void) })?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
 }

@@ -5,7 +5,10 @@
 //! |---|---|---|
 //! | [`attention`] | `cuda/attention.cu`: flash-style, f16/bf16, head dim 64 or 128 | scores materialised, softmax in f32 |
 //! | [`GroupNorm::forward`] / [`GroupNorm::forward_silu`] | `cuda/group_norm.cu`: statistics + normalise + SiLU in three launches | candle ops, statistics in f32 |
-//! | [`Conv2d::forward`] | cuDNN (feature `cudnn`) with tensor-op math and the algorithm cached per shape | candle's `conv2d` |
+//! | [`linear`] | cuBLAS product, then `cuda/elementwise.cu`: bias, GELU, gated residual in one pass | candle-nn's `Linear`, then candle ops |
+//! | [`rms_norm_rope`] | `cuda/elementwise.cu`: FLUX's per-head RMSNorm and rotary embedding in one pass | candle-nn's `rms_norm`, `rope_i` |
+//! | [`upsample_nearest2x`] | `cuda/elementwise.cu` | candle's `upsample_nearest2d` |
+//! | [`Conv2d::forward`] | cuDNN's graph API (feature `cudnn`), one execution plan cached per shape | candle's `conv2d` |
 //!
 //! The composite path is the reference: it runs on the CPU, for f64, for
 //! shapes the kernels don't cover, and for attention whenever an input takes
@@ -17,6 +20,8 @@
 
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(feature = "cudnn")]
+mod cudnn_conv;
 
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -24,10 +29,25 @@ use candle_nn::VarBuilder;
 /// Multi-head softmax attention: `q [B, Nq, H·D]`, `k, v [B, Nk, H·D]` →
 /// `[B, Nq, H·D]`, scale `D^−½`, softmax in f32.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    attention_with_variant(q, k, v, heads, 0)
+}
+
+/// [`attention`] for benchmarks and parity checks: force one kernel
+/// configuration (`variant` of `SfAttentionArgs` in `cuda/api.h`; 0 is the
+/// tuned default, unknown ones fail). CPU tensors / unsupported shapes take
+/// the composite path exactly as `attention` does.
+pub fn attention_with_variant(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    variant: u32,
+) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
-    if let Some(out) = cuda::attention(q, k, v, heads)? {
+    if let Some(out) = cuda::attention(q, k, v, heads, variant)? {
         return Ok(out);
     }
+    let _ = variant;
     attention_reference(q, k, v, heads)
 }
 
@@ -163,7 +183,7 @@ pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> R
 /// Why not candle's own cuDNN path: it sets no math type on the convolution,
 /// and cuDNN then runs bf16/f16 convolutions without tensor cores (measured
 /// ≈ 25 TFLOP/s on an H200, 10–40× torch's time), and it asks cuDNN's
-/// heuristics at every call.
+/// heuristics at every call. Ours uses the graph API (`ops/cudnn_conv.rs`).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     inner: candle_nn::Conv2d,
@@ -176,7 +196,7 @@ impl Conv2d {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         #[cfg(feature = "cudnn")]
-        if let Some(y) = cuda::conv2d(x, self.inner.weight(), self.inner.bias(), self.inner.config())? {
+        if let Some(y) = cudnn_conv::conv2d(x, self.inner.weight(), self.inner.bias(), self.inner.config())? {
             return Ok(y);
         }
         candle_core::Module::forward(&self.inner, x)
@@ -192,6 +212,127 @@ pub fn conv2d(
     vb: VarBuilder,
 ) -> Result<Conv2d> {
     candle_nn::conv2d(in_channels, out_channels, kernel_size, config, vb).map(Conv2d::new)
+}
+
+/// What follows a linear layer's product `y = x·Wᵀ` (with the layer's bias):
+/// `out = residual + gate ⊙ act(y + bias + extra)`, each term optional. On
+/// CUDA without autograd it is one kernel pass after the product (candle's
+/// broadcast bias add alone took 10× the memory-bound time); otherwise
+/// candle ops in this order, rounding after each.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinearEpilogue<'a> {
+    /// GELU, tanh approximation, after the bias (and `extra`).
+    pub gelu: bool,
+    /// Added to the product, `[.., N, out]` like it (a second product summed in).
+    pub extra: Option<&'a Tensor>,
+    /// Multiplies the activation, `[B, 1, out]` (one row per batch item);
+    /// needs `residual`.
+    pub gate: Option<&'a Tensor>,
+    /// Added last, `[.., N, out]` like the product.
+    pub residual: Option<&'a Tensor>,
+}
+
+/// `layer` on `x [.., K]` followed by `epilogue` (see [`LinearEpilogue`]).
+pub fn linear(x: &Tensor, layer: &candle_nn::Linear, epilogue: LinearEpilogue) -> Result<Tensor> {
+    if epilogue.gate.is_some() && epilogue.residual.is_none() {
+        candle_core::bail!("a gated linear epilogue needs the residual it adds to");
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let inputs = [Some(x), Some(layer.weight()), layer.bias(), epilogue.extra, epilogue.gate, epilogue.residual];
+        let dtype_ok = matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16);
+        if dtype_ok && inputs.iter().flatten().all(|t| fusable(t) && t.dtype() == x.dtype()) {
+            let dims = x.dims();
+            let k = *dims.last().ok_or_else(|| candle_core::Error::Msg("linear: scalar input".into()))?;
+            let rows = x.elem_count() / k.max(1);
+            let y = x.contiguous()?.reshape((rows, k))?.matmul(&layer.weight().t()?)?;
+            let out_features = y.dim(1)?;
+            let flat = |t: &Tensor| t.contiguous()?.reshape((rows, out_features));
+            let gate = match epilogue.gate {
+                Some(g) => {
+                    let batch = g.dim(0)?;
+                    if batch == 0 || rows % batch != 0 {
+                        candle_core::bail!("linear: gate {:?} does not divide {rows} rows", g.dims());
+                    }
+                    Some((g.contiguous()?.reshape((batch, out_features))?, rows / batch))
+                }
+                None => None,
+            };
+            let terms = cuda::EpilogueTerms {
+                bias: layer.bias().map(|b| b.contiguous()).transpose()?,
+                extra: epilogue.extra.map(flat).transpose()?,
+                gate,
+                residual: epilogue.residual.map(flat).transpose()?,
+                gelu: epilogue.gelu,
+            };
+            let mut shape = dims.to_vec();
+            *shape.last_mut().expect("rank ≥ 1") = out_features;
+            return cuda::linear_epilogue(&y, terms)?.reshape(shape);
+        }
+    }
+    let mut v = candle_core::Module::forward(layer, x)?;
+    if let Some(e) = epilogue.extra {
+        v = (v + e)?;
+    }
+    if epilogue.gelu {
+        v = v.gelu()?;
+    }
+    match (epilogue.gate, epilogue.residual) {
+        (Some(g), Some(r)) => r + v.broadcast_mul(g)?,
+        (None, Some(r)) => r + v,
+        _ => Ok(v),
+    }
+}
+
+/// FLUX's query/key preparation: RMSNorm over each head's `D` values of
+/// `x [B, N, H, D]` (weights `scale [D]`), then the interleaved rotary
+/// embedding, pair `(x[2j], x[2j+1])` of token `t` rotated by the angle with
+/// `cos[b, t, j]`, `sin[b, t, j]` (`[B, N, D/2]`, `x`'s dtype) → `[B, N, H·D]`.
+/// One kernel on CUDA without autograd (f32 throughout, one rounding; `D` even
+/// and at most 256); otherwise candle-nn's `rms_norm` then `rope_i`.
+pub fn rms_norm_rope(x: &Tensor, scale: &Tensor, cos: &Tensor, sin: &Tensor, eps: f32) -> Result<Tensor> {
+    let (b, n, h, d) = x.dims4()?;
+    #[cfg(feature = "cuda")]
+    if [x, scale, cos, sin].iter().all(|t| fusable(t) && t.dtype() == x.dtype())
+        && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
+        && d % 2 == 0
+        && d <= 256
+    {
+        let op = cuda::RmsNormRope {
+            scale: scale.contiguous()?,
+            cos: cos.contiguous()?.reshape((b * n, d / 2))?,
+            sin: sin.contiguous()?.reshape((b * n, d / 2))?,
+            eps,
+        };
+        return x.contiguous()?.reshape((b * n, h, d))?.apply_op1_no_bwd(&op)?.reshape((b, n, h * d));
+    }
+    let normed = candle_nn::ops::rms_norm(&x.contiguous()?, scale, eps)?;
+    // rope_i rotates [B', H', T, D] with cos/sin [B', T, D/2]; as
+    // [B·N, H, 1, D] each token's heads share its angles.
+    let (cos, sin) = (cos.contiguous()?.reshape((b * n, 1, d / 2))?, sin.contiguous()?.reshape((b * n, 1, d / 2))?);
+    candle_nn::rotary_emb::rope_i(&normed.reshape((b * n, h, 1, d))?, &cos, &sin)?.reshape((b, n, h * d))
+}
+
+/// Nearest-neighbour 2× upsampling of `[N, C, H, W]` (the VAE decoder's and
+/// the UNet's): our kernel on CUDA without autograd, candle's
+/// `upsample_nearest2d` otherwise.
+pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Some(y) = cuda::upsample_nearest2x(x)? {
+        return Ok(y);
+    }
+    let (_, _, h, w) = x.dims4()?;
+    x.upsample_nearest2d(2 * h, 2 * w)
+}
+
+/// The cuDNN convolution plans this thread has made, a line each (shape,
+/// engine, workspace; for benchmark reports). Empty without the `cudnn`
+/// feature or before the first convolution on a GPU.
+pub fn conv_plan_summary() -> Vec<String> {
+    #[cfg(feature = "cudnn")]
+    return cudnn_conv::plan_summary();
+    #[cfg(not(feature = "cudnn"))]
+    Vec::new()
 }
 
 /// One-time settings of a CUDA device for the models (a cuBLAS workspace,
