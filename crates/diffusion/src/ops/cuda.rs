@@ -231,17 +231,7 @@ impl CustomOp3 for FusedAttention {
         "splatforge-fused-attention"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("fused attention is CUDA-only (CPU tensors take ops::attention_reference)")
-    }
+    cuda_only!("fused attention is CUDA-only (CPU tensors take ops::attention_reference)"; (_a, _la), (_b, _lb), (_c, _lc));
 
     fn cuda_fwd(
         &self,
@@ -384,17 +374,7 @@ impl CustomOp3 for FusedGroupNormBackward {
         "splatforge-fused-group-norm-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("fused GroupNorm backward is CUDA-only")
-    }
+    cuda_only!("fused GroupNorm backward is CUDA-only"; (_a, _la), (_b, _lb), (_c, _lc));
 
     fn cuda_fwd(
         &self,
@@ -473,17 +453,7 @@ impl CustomOp3 for FusedGroupNorm {
         Ok((Some(dx), None, None))
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("fused GroupNorm is CUDA-only (CPU tensors take GroupNorm::reference)")
-    }
+    cuda_only!("fused GroupNorm is CUDA-only (CPU tensors take GroupNorm::reference)"; (_a, _la), (_b, _lb), (_c, _lc));
 
     fn cuda_fwd(
         &self,
@@ -563,9 +533,7 @@ impl CustomOp1 for Upsample2x {
         "splatforge-upsample-nearest2x"
     }
 
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("the upsampling kernel is CUDA-only (CPU tensors take candle's upsample_nearest2d)")
-    }
+    cuda_only!("the upsampling kernel is CUDA-only (CPU tensors take candle's upsample_nearest2d)"; (_x, _lx));
 
     fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
         if !lx.is_contiguous() {
@@ -646,9 +614,7 @@ impl CustomOp1 for EpilogueTerms {
         "splatforge-linear-epilogue"
     }
 
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("the linear epilogue kernel is CUDA-only (CPU tensors take the composite path)")
-    }
+    cuda_only!("the linear epilogue kernel is CUDA-only (CPU tensors take the composite path)"; (_x, _lx));
 
     fn cuda_fwd(&self, y: &CudaStorage, ly: &Layout) -> Result<(CudaStorage, Shape)> {
         if !ly.is_contiguous() {
@@ -714,9 +680,7 @@ impl CustomOp1 for RmsNormRope {
         "splatforge-rms-norm-rope"
     }
 
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("the RMSNorm + RoPE kernel is CUDA-only (CPU tensors take the composite path)")
-    }
+    cuda_only!("the RMSNorm + RoPE kernel is CUDA-only (CPU tensors take the composite path)"; (_x, _lx));
 
     fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
         if !lx.is_contiguous() {

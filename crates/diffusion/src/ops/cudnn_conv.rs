@@ -533,15 +533,7 @@ impl CustomOp2 for CudnnConv2d {
         "splatforge-cudnn-conv2d"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("the cuDNN convolution is CUDA-only (CPU tensors take candle's conv2d)")
-    }
+    cuda_only!("the cuDNN convolution is CUDA-only (CPU tensors take candle's conv2d)"; (_x, _lx), (_w, _lw));
 
     fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout) -> Result<(CudaStorage, Shape)> {
         dispatch(Pass::Forward, self.0, None, (x, lx), (w, lw), None)
@@ -558,17 +550,7 @@ impl CustomOp3 for CudnnConv2d {
         "splatforge-cudnn-conv2d-bias"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("the cuDNN convolution is CUDA-only (CPU tensors take candle's conv2d)")
-    }
+    cuda_only!("the cuDNN convolution is CUDA-only (CPU tensors take candle's conv2d)"; (_a, _la), (_b, _lb), (_c, _lc));
 
     fn cuda_fwd(
         &self,
@@ -614,15 +596,7 @@ impl CustomOp2 for CudnnConv2dBackwardData {
         "splatforge-cudnn-conv2d-backward-data"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("the cuDNN convolution is CUDA-only")
-    }
+    cuda_only!("the cuDNN convolution is CUDA-only"; (_x, _lx), (_w, _lw));
 
     fn cuda_fwd(&self, dy: &CudaStorage, ly: &Layout, w: &CudaStorage, lw: &Layout) -> Result<(CudaStorage, Shape)> {
         dispatch(Pass::BackwardData, self.params, Some(self.x), (dy, ly), (w, lw), None)

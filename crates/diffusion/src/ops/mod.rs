@@ -18,6 +18,21 @@
 //! each kernel (and these backwards) against the composite path on the GPU
 //! with random inputs.
 
+/// The `cpu_fwd` of a CUDA-only candle custom op: an error saying so (the
+/// entry points below send CPU tensors elsewhere). One `(storage, layout)`
+/// pair of parameter names per input.
+#[cfg(feature = "cuda")]
+macro_rules! cuda_only {
+    ($what:literal; $(($storage:ident, $layout:ident)),+) => {
+        fn cpu_fwd(
+            &self,
+            $($storage: &candle_core::CpuStorage, $layout: &Layout),+
+        ) -> Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!($what)
+        }
+    };
+}
+
 #[cfg(feature = "cuda")]
 mod cuda;
 #[cfg(feature = "cudnn")]
