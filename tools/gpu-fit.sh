@@ -21,15 +21,12 @@
 # sides, for held-out PSNR), SKIP_PARITY=1, SKIP_REFERENCE=1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tools/gpu-common.sh
+source tools/gpu-common.sh
 
 if [[ "${1:-}" == "--pack" ]]; then
   set -e
-  bin="${CARGO_TARGET_DIR:-target-cuda}/release/examples/gpu_fit"
-  mkdir -p .gpu-bin
-  grep -qx '/.gpu-bin/' .git/info/exclude 2>/dev/null || echo '/.gpu-bin/' >> .git/info/exclude
-  cp "$bin" .gpu-bin/gpu_fit
-  strip .gpu-bin/gpu_fit
-  xz -T2 -6 -f .gpu-bin/gpu_fit
+  pack_binary "${CARGO_TARGET_DIR:-target-cuda}/release/examples/gpu_fit" gpu_fit
   if [[ -f ../shared/fixtures/hamburger.ply ]]; then cp ../shared/fixtures/hamburger.ply .gpu-bin/hamburger.ply; fi
   ls -la .gpu-bin
   exit 0
@@ -37,10 +34,10 @@ fi
 
 OUT="${OUT:-$PWD/gpu-out}"
 mkdir -p "$OUT"
-export LD_LIBRARY_PATH="/usr/local/cuda-13.0/lib64:${LD_LIBRARY_PATH:-}"
+use_cuda_runtime
 export PYTHONUNBUFFERED=1
 BIN=/tmp/gpu_fit
-python3 -c "import lzma,shutil; shutil.copyfileobj(lzma.open('.gpu-bin/gpu_fit.xz'), open('$BIN','wb'))"
+unxz_to .gpu-bin/gpu_fit.xz "$BIN"
 chmod +x "$BIN"
 GT=.gpu-bin/hamburger.ply
 [[ -f "$GT" ]] || GT=../shared/fixtures/hamburger.ply
@@ -73,21 +70,7 @@ grep -E '^(run|seed) ' /tmp/bench.out
 
 if [[ -z "${SKIP_REFERENCE:-}" ]]; then
   echo "== reference: gsplat 1.5.3 + torch Adam"
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/gsplat-*.whl
-  export PYTHONPATH=/tmp/site TORCH_CUDA_ARCH_LIST=9.0
-  export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-/tmp/torch_ext}"
-  # A gsplat_cuda.so kept from an earlier run (same wheel, same image) skips gsplat's
-  # ~60 s JIT: gsplat first tries `from gsplat import csrc`, which this shim points at it.
-  if [[ -f .gpu-bin/gsplat_cuda.so.xz ]]; then
-    python3 -c "import lzma,shutil; shutil.copyfileobj(lzma.open('.gpu-bin/gsplat_cuda.so.xz'), open('/tmp/gsplat_cuda.so','wb'))"
-    cat > /tmp/site/gsplat/csrc.py <<'PY'
-import importlib.util, sys
-_spec = importlib.util.spec_from_file_location("gsplat_cuda", "/tmp/gsplat_cuda.so")
-_mod = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_mod)
-sys.modules[__name__] = _mod
-PY
-  fi
+  install_gsplat
   python3 tools/bench/gsplat_fit_reference.py "${DIRS[@]}" --runs "${RUNS:-3}" --json "$OUT/ref.json" 2>&1 | tail -12
   echo "== reference PLYs scored by our evaluator"
   PLYS=()

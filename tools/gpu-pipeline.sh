@@ -42,15 +42,12 @@
 #     cargo build --release -p splatforge && CPU_SMOKE=1 OUT=/tmp/smoke tools/gpu-pipeline.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tools/gpu-common.sh
+source tools/gpu-common.sh
 
 if [[ "${1:-}" == "--pack" ]]; then
   set -e
-  bin="${CARGO_TARGET_DIR:-target-cuda}/release/splatforge"
-  mkdir -p .gpu-bin
-  grep -qx '/.gpu-bin/' .git/info/exclude 2>/dev/null || echo '/.gpu-bin/' >> .git/info/exclude
-  cp "$bin" .gpu-bin/splatforge
-  strip .gpu-bin/splatforge
-  xz -T2 -6 -f .gpu-bin/splatforge
+  pack_binary "${CARGO_TARGET_DIR:-target-cuda}/release/splatforge" splatforge
   ls -la .gpu-bin
   exit 0
 fi
@@ -83,11 +80,11 @@ fail() {  # profile, step, exit status
 }
 
 # ---- 1. binary and libraries ------------------------------------------------------------------
-export LD_LIBRARY_PATH="/usr/local/cuda-13.0/lib64:${LD_LIBRARY_PATH:-}"
+use_cuda_runtime
 if [[ -z "${BIN:-}" ]]; then
   BIN=/tmp/splatforge
   log "unpacking .gpu-bin/splatforge.xz"
-  python3 -c "import lzma,shutil; shutil.copyfileobj(lzma.open('.gpu-bin/splatforge.xz'), open('$BIN','wb'))" \
+  unxz_to .gpu-bin/splatforge.xz "$BIN" \
     || { log "cannot unpack .gpu-bin/splatforge.xz (run tools/gpu-pipeline.sh --pack here first)"; exit 1; }
   chmod +x "$BIN"
 fi

@@ -15,26 +15,23 @@
 # Options (GPU side): SKIP_GSPLAT=1, SKIP_PARITY=1, NCU=1 (per-kernel times with Nsight Compute).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tools/gpu-common.sh
+source tools/gpu-common.sh
 
 if [[ "${1:-}" == "--pack" ]]; then
   set -e
-  bin="${CARGO_TARGET_DIR:-target-cuda}/release/examples/gpu_raster"
-  mkdir -p .gpu-bin
-  grep -qx '/.gpu-bin/' .git/info/exclude 2>/dev/null || echo '/.gpu-bin/' >> .git/info/exclude
-  cp "$bin" .gpu-bin/gpu_raster
-  strip .gpu-bin/gpu_raster
-  xz -T2 -6 -f .gpu-bin/gpu_raster
+  pack_binary "${CARGO_TARGET_DIR:-target-cuda}/release/examples/gpu_raster" gpu_raster
   ls -la .gpu-bin
   exit 0
 fi
 
 OUT="${OUT:-$PWD/gpu-out}"
 mkdir -p "$OUT"
-export LD_LIBRARY_PATH="/usr/local/cuda-13.0/lib64:${LD_LIBRARY_PATH:-}"
+use_cuda_runtime
 export PYTHONUNBUFFERED=1
 BIN=/tmp/gpu_raster
 if [[ -f .gpu-bin/gpu_raster.xz ]]; then
-  python3 -c "import lzma,shutil; shutil.copyfileobj(lzma.open('.gpu-bin/gpu_raster.xz'), open('$BIN','wb'))"
+  unxz_to .gpu-bin/gpu_raster.xz "$BIN"
 else
   cp .gpu-bin/gpu_raster "$BIN"
 fi
@@ -70,22 +67,7 @@ fi
 
 if [[ -z "${SKIP_GSPLAT:-}" ]]; then
   echo "== gsplat 1.5.3 bench"
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/gsplat-*.whl
-  export PYTHONPATH=/tmp/site TORCH_CUDA_ARCH_LIST=9.0
-  export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-/tmp/torch_ext}"
-  # gsplat JIT-compiles its CUDA code on first use (~60 s). A gsplat_cuda.so kept from an
-  # earlier run (.gpu-bin/gsplat_cuda.so.xz, same wheel, same image) is loaded instead:
-  # gsplat first tries `from gsplat import csrc`, which this shim points at the library.
-  if [[ -f .gpu-bin/gsplat_cuda.so.xz ]]; then
-    python3 -c "import lzma,shutil; shutil.copyfileobj(lzma.open('.gpu-bin/gsplat_cuda.so.xz'), open('/tmp/gsplat_cuda.so','wb'))"
-    cat > /tmp/site/gsplat/csrc.py <<'PY'
-import importlib.util, sys
-_spec = importlib.util.spec_from_file_location("gsplat_cuda", "/tmp/gsplat_cuda.so")
-_mod = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_mod)
-sys.modules[__name__] = _mod
-PY
-  fi
+  install_gsplat
   python3 tools/bench/gsplat_raster.py --n 200000 --size 512 --cams 1 --json "$OUT/gsplat_a.json" 2>&1 | tail -3
   python3 tools/bench/gsplat_raster.py --n 50000 --size 256 --cams 4 --json "$OUT/gsplat_b.json" 2>&1 | tail -3
   so="$(ls "$TORCH_EXTENSIONS_DIR"/*/gsplat_cuda/gsplat_cuda.so "$TORCH_EXTENSIONS_DIR"/gsplat_cuda/gsplat_cuda.so 2>/dev/null | head -1)"

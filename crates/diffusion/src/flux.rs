@@ -35,14 +35,15 @@ use serde::{Deserialize, Serialize};
 use crate::clip_text::{ClipTextConfig, ClipTextModel};
 use crate::error::{DiffusionError, Result, StepControl};
 use crate::flux_transformer::FluxTransformer;
-use crate::hub::{self, FileSource};
+use crate::hub::FileSource;
 use crate::loading::{
-    build_named, component_weights, diffusers_source, identity_var_builder, read_source_json,
-    LoadOptions, ModelSource,
+    build_named, component_weights, diffusers_clip_text, diffusers_clip_tokenizer,
+    diffusers_component, diffusers_source, diffusers_vae, diffusers_vae_config,
+    identity_var_builder, read_source_config, read_source_json, LoadOptions, ModelSource,
 };
 use crate::rng;
 use crate::tokenizer::{ClipTokenizer, T5Tokenizer};
-use crate::vae::{Vae, VaeConfig};
+use crate::vae::Vae;
 use crate::weights::{MappedBackend, NameMap, Source, TensorFile};
 
 /// FLUX.1-schnell on the hub.
@@ -540,15 +541,14 @@ pub fn load_flux(source: &ModelSource, opts: &LoadOptions) -> Result<FluxPipelin
 /// [`load_flux`] from any file source.
 pub fn load_flux_from(src: &dyn FileSource, opts: &LoadOptions) -> Result<FluxPipeline> {
     crate::ops::configure_device(&opts.device)?;
-    let tcfg_path = src.find(&["transformer/config.json"])?;
-    let tcfg: FluxTransformerConfig = read_source_json(src, "transformer/config.json")?;
-    let fcfg = tcfg
-        .to_candle()
-        .map_err(|m| DiffusionError::bad_file(&tcfg_path, m))?;
+    let (tcfg, fcfg) = read_source_config(
+        src,
+        "transformer/config.json",
+        FluxTransformerConfig::to_candle,
+    )?;
     let clip_cfg: ClipTextConfig = read_source_json(src, "text_encoder/config.json")?;
     let t5_cfg: t5::Config = read_source_json(src, "text_encoder_2/config.json")?;
-    let vae_cfg: VaeConfig = read_source_json(src, "vae/config.json")?;
-    vae_cfg.validate().map_err(DiffusionError::Config)?;
+    let vae_cfg = diffusers_vae_config(src)?;
     if clip_cfg.hidden_size != tcfg.pooled_projection_dim
         || t5_cfg.d_model != tcfg.joint_attention_dim
     {
@@ -570,14 +570,7 @@ pub fn load_flux_from(src: &dyn FileSource, opts: &LoadOptions) -> Result<FluxPi
         Some(_) => read_source_json(src, "scheduler/scheduler_config.json")?,
         None => FlowMatchConfig::default(),
     };
-    let clip_tokenizer = {
-        let p = src.find(&["tokenizer/tokenizer.json", "tokenizer/vocab.json"])?;
-        if p.ends_with("vocab.json") {
-            src.find(&["tokenizer/merges.txt"])?;
-        }
-        let _ = src.find_optional(&["tokenizer/tokenizer_config.json"]);
-        ClipTokenizer::from_dir(&hub::parent_or_dot(&p), clip_cfg.max_position_embeddings)?
-    };
+    let clip_tokenizer = diffusers_clip_tokenizer(src, clip_cfg.max_position_embeddings)?;
     let t5_tokenizer =
         T5Tokenizer::from_tokenizer_json(&src.find(&["tokenizer_2/tokenizer.json"])?, 256)?;
     let dtype = opts.dtype;
@@ -602,33 +595,17 @@ pub fn load_flux_from(src: &dyn FileSource, opts: &LoadOptions) -> Result<FluxPi
     };
     let transformer = flux_transformer_from_file(tfile, &fcfg, dtype, &opts.device)?;
 
-    let clip_file = component_weights(src, "text_encoder", &["model", "pytorch_model"])?;
-    let clip = build_named(
-        "CLIP text encoder",
-        clip_file.path(),
-        ClipTextModel::new(
-            identity_var_builder(clip_file.clone(), "text_encoder", dtype, &opts.device),
-            &clip_cfg,
-        ),
-    )?;
-    let t5_file = component_weights(src, "text_encoder_2", &["model", "pytorch_model"])?;
-    let t5 = build_named(
+    let clip = diffusers_clip_text(src, &clip_cfg, "CLIP text encoder", dtype, &opts.device)?;
+    let t5 = diffusers_component(
+        src,
+        "text_encoder_2",
+        &["model", "pytorch_model"],
         "T5 encoder",
-        t5_file.path(),
-        t5::T5EncoderModel::load(
-            identity_var_builder(t5_file.clone(), "text_encoder_2", t5_dtype, &opts.device),
-            &t5_cfg,
-        ),
+        t5_dtype,
+        &opts.device,
+        |vb| t5::T5EncoderModel::load(vb, &t5_cfg),
     )?;
-    let vae_file = component_weights(src, "vae", &["diffusion_pytorch_model"])?;
-    let vae = build_named(
-        "VAE",
-        vae_file.path(),
-        Vae::new(
-            identity_var_builder(vae_file.clone(), "vae", vae_dtype, &opts.device),
-            &vae_cfg,
-        ),
-    )?;
+    let vae = diffusers_vae(src, &vae_cfg, vae_dtype, &opts.device)?;
     Ok(FluxPipeline {
         clip_tokenizer,
         clip,

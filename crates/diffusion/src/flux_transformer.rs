@@ -12,9 +12,10 @@
 //! interleaved pairs `(x[2i], x[2i+1])` rotated by `pos[axis] · θ^(−2j/d_axis)`
 //! (pair `j` of its axis, axes of `axes_dim` dimensions in order); cos and sin
 //! are computed once per forward in f32 from the ids, stored in the
-//! activations' dtype (the fused kernel takes one dtype) and applied by
-//! candle's fused interleaved `rope_i` to q and k viewed as `[B·N, H, 1, D]`.
-//! Attention runs through [`crate::ops::attention`].
+//! activations' dtype (the kernels take one dtype) and applied together with
+//! the QK-RMSNorm by [`crate::ops::rms_norm_rope`]. Attention runs through
+//! [`crate::ops::attention`], and every linear layer through
+//! [`crate::ops::linear`] with its bias, GELU and gated residual fused.
 //!
 //! Why ours: candle's `Flux` materialises the attention scores (softmax over
 //! `[24, 4352, 4352]` at 1024²), its attention function and block fields are
@@ -124,7 +125,7 @@ impl RotaryFrequencies {
 
     /// The rotation of the tokens with positions `ids [B, N, axes]` (any
     /// dtype); angles, cos and sin in f32, stored in `dtype` (the activations'
-    /// dtype, which candle's fused rope requires).
+    /// dtype, which the fused kernels require).
     fn rotation(&self, ids: &Tensor, dtype: DType) -> Result<Rotation> {
         let axes = ids.dim(2)?;
         if axes != self.axes {

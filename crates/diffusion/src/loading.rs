@@ -515,9 +515,102 @@ pub(crate) fn read_source_json<T: for<'de> Deserialize<'de>>(
     read_json(&src.find(&[file])?)
 }
 
+/// Reads the JSON config `file` of a model source and converts it with
+/// `convert`, whose error names the file; returns both forms.
+pub(crate) fn read_source_config<T: for<'de> Deserialize<'de>, U>(
+    src: &dyn FileSource,
+    file: &str,
+    convert: impl FnOnce(&T) -> std::result::Result<U, String>,
+) -> Result<(T, U)> {
+    let path = src.find(&[file])?;
+    let cfg: T = read_json(&path)?;
+    let converted = convert(&cfg).map_err(|m| DiffusionError::bad_file(&path, m))?;
+    Ok((cfg, converted))
+}
+
 /// Builds a model, turning candle's error into one naming the file.
 pub(crate) fn build_named<T>(what: &str, path: &Path, r: candle_core::Result<T>) -> Result<T> {
     build(what, path, r)
+}
+
+/// The CLIP tokenizer of a diffusers-layout source (`tokenizer/tokenizer.json`,
+/// or `tokenizer/vocab.json` + `merges.txt`), padding to `max_length` tokens.
+pub(crate) fn diffusers_clip_tokenizer(
+    src: &dyn FileSource,
+    max_length: usize,
+) -> Result<ClipTokenizer> {
+    let p = src.find(&["tokenizer/tokenizer.json", "tokenizer/vocab.json"])?;
+    if p.ends_with("vocab.json") {
+        src.find(&["tokenizer/merges.txt"])?;
+    }
+    // tokenizer_config.json is optional; fetch it so that from_dir sees it.
+    let _ = src.find_optional(&["tokenizer/tokenizer_config.json"]);
+    ClipTokenizer::from_dir(&hub::parent_or_dot(&p), max_length)
+}
+
+/// The validated `vae/config.json` of a diffusers-layout source.
+pub(crate) fn diffusers_vae_config(src: &dyn FileSource) -> Result<VaeConfig> {
+    let cfg: VaeConfig = read_source_json(src, "vae/config.json")?;
+    cfg.validate().map_err(DiffusionError::Config)?;
+    Ok(cfg)
+}
+
+/// Builds the model of the diffusers component folder `sub` with `model`,
+/// over the weights of [`component_weights`] in their stored names, in
+/// `dtype` on `device`; `what` names the model in errors.
+pub(crate) fn diffusers_component<T>(
+    src: &dyn FileSource,
+    sub: &str,
+    stems: &[&str],
+    what: &str,
+    dtype: DType,
+    device: &Device,
+    model: impl FnOnce(candle_nn::VarBuilder<'static>) -> candle_core::Result<T>,
+) -> Result<T> {
+    let file = component_weights(src, sub, stems)?;
+    build(
+        what,
+        file.path(),
+        model(identity_var_builder(file.clone(), sub, dtype, device)),
+    )
+}
+
+/// The VAE of a diffusers-layout source (`vae/`), in `dtype` on `device`.
+pub(crate) fn diffusers_vae(
+    src: &dyn FileSource,
+    cfg: &VaeConfig,
+    dtype: DType,
+    device: &Device,
+) -> Result<Vae> {
+    diffusers_component(
+        src,
+        "vae",
+        &["diffusion_pytorch_model"],
+        "VAE",
+        dtype,
+        device,
+        |vb| Vae::new(vb, cfg),
+    )
+}
+
+/// The CLIP text encoder of a diffusers-layout source (`text_encoder/`), in
+/// `dtype` on `device`; `what` names it in errors.
+pub(crate) fn diffusers_clip_text(
+    src: &dyn FileSource,
+    cfg: &ClipTextConfig,
+    what: &str,
+    dtype: DType,
+    device: &Device,
+) -> Result<ClipTextModel> {
+    diffusers_component(
+        src,
+        "text_encoder",
+        &["model", "pytorch_model"],
+        what,
+        dtype,
+        device,
+        |vb| ClipTextModel::new(vb, cfg),
+    )
 }
 
 /// The local folder or hub repository of a diffusers-layout source; `hint`

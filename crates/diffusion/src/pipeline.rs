@@ -107,6 +107,19 @@ pub fn tensor_to_rgb_images(images: &Tensor) -> Result<Vec<image::RgbImage>> {
         .collect())
 }
 
+/// The hidden states `[1, max_length, C]` (the encoder's dtype) of one prompt,
+/// tokenized and padded to the tokenizer's length on `device`.
+pub(crate) fn encode_clip_prompt(
+    tokenizer: &ClipTokenizer,
+    text_encoder: &ClipTextModel,
+    text: &str,
+    device: &Device,
+) -> Result<Tensor> {
+    let ids = tokenizer.encode(text)?;
+    let ids = Tensor::from_vec(ids, (1, tokenizer.max_length()), device)?;
+    Ok(text_encoder.forward(&ids)?)
+}
+
 /// A loaded MVDream model. Build it with [`crate::loading::load_mvdream`].
 #[derive(Debug)]
 pub struct MvDreamPipeline {
@@ -127,9 +140,7 @@ pub struct MvDreamPipeline {
 impl MvDreamPipeline {
     /// Text embeddings `[1, max_length, context_dim]` of one prompt (model dtype).
     pub fn encode_prompt(&self, text: &str) -> Result<Tensor> {
-        let ids = self.tokenizer.encode(text)?;
-        let ids = Tensor::from_vec(ids, (1, self.tokenizer.max_length()), &self.device)?;
-        Ok(self.text_encoder.forward(&ids)?)
+        encode_clip_prompt(&self.tokenizer, &self.text_encoder, text, &self.device)
     }
 
     /// UNet noise prediction for a batch (the SDS entry point).

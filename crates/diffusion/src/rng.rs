@@ -1,61 +1,46 @@
 //! Seeded, platform-independent random numbers for initial latents and
 //! random test weights.
 //!
-//! The generator is SplitMix64 and normals come from the Box–Muller
-//! transform, both written here so that a seed gives the same numbers on every
-//! machine, every device and every version of this crate (candle's CPU RNG
-//! cannot be seeded, and `rand`'s `StdRng` algorithm may change).
+//! The generator is the workspace's SplitMix64 (`splatforge_splat::rng`) and
+//! normals come from the Box–Muller transform here, so that a seed gives the
+//! same numbers on every machine, every device and every version (candle's CPU
+//! RNG cannot be seeded, and `rand`'s `StdRng` algorithm may change).
 
 use candle_core::{DType, Device, Tensor};
 
-/// SplitMix64's increment (the golden ratio in 64-bit fixed point).
-const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+pub use splatforge_splat::rng::{SplitMix64, GAMMA};
 
-/// SplitMix64 (Steele, Lea & Flood 2014).
-#[derive(Debug, Clone)]
-pub struct SplitMix64 {
-    state: u64,
+/// Uniform in the open interval (0, 1) (Box–Muller takes its logarithm).
+pub fn open_unit(rng: &mut SplitMix64) -> f64 {
+    ((rng.next_u64() >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64)
 }
 
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        Self { state: seed }
+/// `n` standard normal samples (Box–Muller, both outputs used).
+pub fn normals(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let (a, b) = box_muller(rng);
+        out.push(a);
+        out.push(b);
     }
+    out.truncate(n);
+    out
+}
 
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(GAMMA);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in the open interval (0, 1).
-    pub fn next_open01(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// `n` standard normal samples (Box–Muller, both outputs used).
-    pub fn normals(&mut self, n: usize) -> Vec<f32> {
-        let mut out = Vec::with_capacity(n + 1);
-        while out.len() < n {
-            let u1 = self.next_open01();
-            let u2 = self.next_open01();
-            let r = (-2.0 * u1.ln()).sqrt();
-            let a = std::f64::consts::TAU * u2;
-            out.push((r * a.cos()) as f32);
-            out.push((r * a.sin()) as f32);
-        }
-        out.truncate(n);
-        out
-    }
+/// Two standard normal samples from two open-unit draws.
+fn box_muller(rng: &mut SplitMix64) -> (f32, f32) {
+    let u1 = open_unit(rng);
+    let u2 = open_unit(rng);
+    let r = (-2.0 * u1.ln()).sqrt();
+    let a = std::f64::consts::TAU * u2;
+    ((r * a.cos()) as f32, (r * a.sin()) as f32)
 }
 
 /// Elements per parallel chunk of [`fill_normals`] (even, so that no
 /// Box–Muller pair straddles two chunks).
 const FILL_CHUNK: usize = 1 << 16;
 
-/// Fills `out` with exactly what `SplitMix64::new(seed).normals(out.len())`
+/// Fills `out` with exactly what `normals(&mut SplitMix64::new(seed), out.len())`
 /// returns, on all cores (rayon). SplitMix64's state after `k` draws is
 /// `seed + k·γ`, and element `i` comes from draws `i` and `i + 1` rounded
 /// down to a pair, so each chunk starts its own generator at its offset.
@@ -67,13 +52,10 @@ pub fn fill_normals(seed: u64, out: &mut [f32]) {
             let start = (c * FILL_CHUNK) as u64;
             let mut rng = SplitMix64::new(seed.wrapping_add(start.wrapping_mul(GAMMA)));
             for pair in chunk.chunks_mut(2) {
-                let u1 = rng.next_open01();
-                let u2 = rng.next_open01();
-                let r = (-2.0 * u1.ln()).sqrt();
-                let a = std::f64::consts::TAU * u2;
-                pair[0] = (r * a.cos()) as f32;
+                let (a, b) = box_muller(&mut rng);
+                pair[0] = a;
                 if let Some(second) = pair.get_mut(1) {
-                    *second = (r * a.sin()) as f32;
+                    *second = b;
                 }
             }
         });
@@ -100,7 +82,7 @@ pub fn randn(
     device: &Device,
 ) -> candle_core::Result<Tensor> {
     let n: usize = shape.iter().product();
-    let data = SplitMix64::new(seed).normals(n);
+    let data = normals(&mut SplitMix64::new(seed), n);
     Tensor::from_vec(data, shape, &Device::Cpu)?
         .to_device(device)?
         .to_dtype(dtype)
@@ -111,19 +93,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn splitmix_known_values() {
-        // Reference values of SplitMix64 with seed 0 (from the published C code).
-        let mut r = SplitMix64::new(0);
-        assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
-        assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
-    }
-
-    #[test]
     fn parallel_fill_is_the_serial_sequence() {
         for n in [0, 1, 2, 7, FILL_CHUNK - 1, FILL_CHUNK, 2 * FILL_CHUNK + 3] {
             let mut par = vec![f32::NAN; n];
             fill_normals(42, &mut par);
-            let serial = SplitMix64::new(42).normals(n);
+            let serial = normals(&mut SplitMix64::new(42), n);
             assert!(
                 par.iter()
                     .zip(&serial)
@@ -135,7 +109,7 @@ mod tests {
 
     #[test]
     fn normals_have_unit_moments() {
-        let v = SplitMix64::new(7).normals(200_001);
+        let v = normals(&mut SplitMix64::new(7), 200_001);
         let n = v.len() as f64;
         let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
         let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;

@@ -31,17 +31,18 @@ use crate::clip_text::{ClipTextConfig, ClipTextModel};
 use crate::ddim::{DdimConfig, DdimScheduler};
 use crate::error::{DiffusionError, Result, StepControl};
 use crate::euler::EulerScheduler;
-use crate::hub::{self, FileSource};
+use crate::hub::FileSource;
 use crate::ldm::diffusers_unet_names;
 use crate::loading::{
-    build_named, component_weights, diffusers_source, identity_var_builder, read_source_json,
+    build_named, component_weights, diffusers_clip_text, diffusers_clip_tokenizer,
+    diffusers_source, diffusers_vae, diffusers_vae_config, read_source_config, read_source_json,
     LoadOptions, ModelSource,
 };
 use crate::mvdream::{MultiViewUNet, MultiViewUNetConfig, PerLevel};
 use crate::weights::MappedBackend;
 use crate::rng;
 use crate::tokenizer::ClipTokenizer;
-use crate::vae::{Vae, VaeConfig};
+use crate::vae::Vae;
 
 /// SD-Turbo on the hub (SD 2.1 architecture, 512², 1–4 steps, no guidance).
 pub const SD_TURBO_REPO: &str = "stabilityai/sd-turbo";
@@ -440,9 +441,7 @@ pub struct SdPipeline {
 impl SdPipeline {
     /// Text embeddings `[1, max_length, C]` (model dtype).
     pub fn encode_prompt(&self, text: &str) -> Result<Tensor> {
-        let ids = self.tokenizer.encode(text)?;
-        let ids = Tensor::from_vec(ids, (1, self.tokenizer.max_length()), &self.device)?;
-        Ok(self.text_encoder.forward(&ids)?)
+        crate::pipeline::encode_clip_prompt(&self.tokenizer, &self.text_encoder, text, &self.device)
     }
 
     /// UNet output (ε or v) for a batch at one timestep, f32.
@@ -547,13 +546,9 @@ pub fn load_sd(source: &ModelSource, opts: &LoadOptions) -> Result<SdPipeline> {
 /// [`load_sd`] from any file source.
 pub fn load_sd_from(src: &dyn FileSource, opts: &LoadOptions) -> Result<SdPipeline> {
     crate::ops::configure_device(&opts.device)?;
-    let unet_cfg_path = src.find(&["unet/config.json"])?;
-    let unet_config: SdUNetConfig = read_source_json(src, "unet/config.json")?;
-    let mv_cfg = unet_config
-        .to_multiview()
-        .map_err(|m| DiffusionError::bad_file(&unet_cfg_path, m))?;
-    let vae_cfg: VaeConfig = read_source_json(src, "vae/config.json")?;
-    vae_cfg.validate().map_err(DiffusionError::Config)?;
+    let (unet_config, mv_cfg) =
+        read_source_config(src, "unet/config.json", SdUNetConfig::to_multiview)?;
+    let vae_cfg = diffusers_vae_config(src)?;
     let text_cfg: ClipTextConfig = read_source_json(src, "text_encoder/config.json")?;
     if text_cfg.hidden_size != unet_config.cross_attention_dim {
         return Err(DiffusionError::Config(format!(
@@ -571,14 +566,7 @@ pub fn load_sd_from(src: &dyn FileSource, opts: &LoadOptions) -> Result<SdPipeli
             config: DdimConfig::default(),
         },
     };
-    let tokenizer = {
-        let p = src.find(&["tokenizer/tokenizer.json", "tokenizer/vocab.json"])?;
-        if p.ends_with("vocab.json") {
-            src.find(&["tokenizer/merges.txt"])?;
-        }
-        let _ = src.find_optional(&["tokenizer/tokenizer_config.json"]);
-        ClipTokenizer::from_dir(&hub::parent_or_dot(&p), text_cfg.max_position_embeddings)?
-    };
+    let tokenizer = diffusers_clip_tokenizer(src, text_cfg.max_position_embeddings)?;
     let vae_dtype = opts.vae_dtype.unwrap_or(opts.dtype);
 
     let unet_file = component_weights(src, "unet", &["diffusion_pytorch_model"])?;
@@ -591,24 +579,9 @@ pub fn load_sd_from(src: &dyn FileSource, opts: &LoadOptions) -> Result<SdPipeli
             &mv_cfg,
         ),
     )?;
-    let vae_file = component_weights(src, "vae", &["diffusion_pytorch_model"])?;
-    let vae = build_named(
-        "VAE",
-        vae_file.path(),
-        Vae::new(
-            identity_var_builder(vae_file.clone(), "vae", vae_dtype, &opts.device),
-            &vae_cfg,
-        ),
-    )?;
-    let text_file = component_weights(src, "text_encoder", &["model", "pytorch_model"])?;
-    let text_encoder = build_named(
-        "text encoder",
-        text_file.path(),
-        ClipTextModel::new(
-            identity_var_builder(text_file.clone(), "text_encoder", opts.dtype, &opts.device),
-            &text_cfg,
-        ),
-    )?;
+    let vae = diffusers_vae(src, &vae_cfg, vae_dtype, &opts.device)?;
+    let text_encoder =
+        diffusers_clip_text(src, &text_cfg, "text encoder", opts.dtype, &opts.device)?;
     Ok(SdPipeline {
         tokenizer,
         text_encoder,

@@ -96,42 +96,22 @@ pub struct TinyModels {
     pub flux_bfl_checkpoint: PathBuf,
 }
 
-/// The tiny configuration.
+/// The tiny configuration: MVDream's ([`LdmConfig::mvdream_sd21_base_4view`])
+/// at the dimensions of the module docs.
 pub fn tiny_config() -> LdmConfig {
     LdmConfig {
         unet: MultiViewUNetConfig {
-            image_size: 32,
-            in_channels: 4,
-            out_channels: 4,
             model_channels: 32,
             num_res_blocks: PerLevel::All(1),
-            attention_resolutions: vec![4, 2, 1],
             channel_mult: vec![1, 2],
-            num_heads: -1,
             num_head_channels: 8,
-            transformer_depth: 1,
             context_dim: 32,
-            camera_dim: Some(16),
-            use_linear_in_transformer: true,
-            legacy: false,
-            use_scale_shift_norm: false,
-            resblock_updown: false,
-            conv_resample: true,
-            num_classes: None,
-            ip_dim: 0,
+            ..MultiViewUNetConfig::sd21_base_4view()
         },
         vae: VaeConfig {
-            in_channels: 3,
-            out_channels: 3,
             block_out_channels: vec![32, 32, 32, 32],
             layers_per_block: 1,
-            latent_channels: 4,
-            norm_num_groups: 32,
-            scaling_factor: 0.18215,
-            shift_factor: None,
-            use_quant_conv: true,
-            use_post_quant_conv: true,
-            mid_block_add_attention: true,
+            ..VaeConfig::sd21()
         },
         text_encoder: ClipTextConfig {
             vocab_size: 0, // set from the tokenizer

@@ -188,6 +188,20 @@ impl ResBlock {
         })
     }
 
+    /// The `n` ResNet blocks of one encoder or decoder level (`vb.pp(j)`): the
+    /// first from `cin` to `cout` channels, the others at `cout`.
+    fn chain(
+        vb: VarBuilder,
+        n: usize,
+        cin: usize,
+        cout: usize,
+        groups: usize,
+    ) -> Result<Vec<Self>> {
+        (0..n)
+            .map(|j| Self::new(vb.pp(j), if j == 0 { cin } else { cout }, cout, groups))
+            .collect()
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
@@ -306,16 +320,7 @@ impl Encoder {
         let mut cin = ch[0];
         for (i, &cout) in ch.iter().enumerate() {
             let bvb = vb.pp("down_blocks").pp(i);
-            let resnets = (0..c.layers_per_block)
-                .map(|j| {
-                    ResBlock::new(
-                        bvb.pp("resnets").pp(j),
-                        if j == 0 { cin } else { cout },
-                        cout,
-                        g,
-                    )
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let resnets = ResBlock::chain(bvb.pp("resnets"), c.layers_per_block, cin, cout, g)?;
             let down = if i + 1 < ch.len() {
                 Some(conv2d(
                     cout,
@@ -382,16 +387,7 @@ impl Decoder {
         let mut cin = rev[0];
         for (i, &cout) in rev.iter().enumerate() {
             let bvb = vb.pp("up_blocks").pp(i);
-            let resnets = (0..c.layers_per_block + 1)
-                .map(|j| {
-                    ResBlock::new(
-                        bvb.pp("resnets").pp(j),
-                        if j == 0 { cin } else { cout },
-                        cout,
-                        g,
-                    )
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let resnets = ResBlock::chain(bvb.pp("resnets"), c.layers_per_block + 1, cin, cout, g)?;
             let up = if i + 1 < rev.len() {
                 Some(conv3(cout, cout, bvb.pp("upsamplers").pp(0).pp("conv"))?)
             } else {

@@ -10,7 +10,7 @@
 //!   linear) reshapes. Errors name the module tensor, the key and the file.
 //! * [`SeededInit`]: a backend that invents deterministic random weights for
 //!   every tensor asked for and records them (tiny test models).
-//! * [`RandomRecorder`]: a backend that records only the recipe
+//! * [`RandomRecorder`]: the same backend ([`RandomWeights`]) recording only the recipe
 //!   ([`RandomTensor`]) of every tensor asked for, so that a full-size model
 //!   costs no memory to describe; [`save_random`] then streams the values
 //!   into a safetensors file one tensor at a time.
@@ -488,100 +488,94 @@ impl RandomTensor {
     }
 }
 
+/// What a [`RandomWeights`] backend keeps of each tensor it hands out: the
+/// values ([`Tensor`], for [`SeededInit`]) or only the recipe
+/// ([`RandomTensor`], for [`RandomRecorder`]).
+pub trait KeptTensor: Clone + Send + Sync + 'static {
+    /// The backend's name, for errors.
+    const BACKEND: &'static str;
+
+    /// What is kept of a tensor asked for the first time.
+    fn from_recipe(recipe: RandomTensor) -> candle_core::Result<Self>;
+
+    /// The tensor handed out for what was kept.
+    fn hand_out(&self, dtype: DType, dev: &Device) -> candle_core::Result<Tensor>;
+}
+
+impl KeptTensor for Tensor {
+    const BACKEND: &'static str = "SeededInit";
+
+    fn from_recipe(recipe: RandomTensor) -> candle_core::Result<Self> {
+        recipe.tensor()
+    }
+
+    fn hand_out(&self, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.to_device(dev)?.to_dtype(dtype)
+    }
+}
+
+impl KeptTensor for RandomTensor {
+    const BACKEND: &'static str = "RandomRecorder";
+
+    fn from_recipe(recipe: RandomTensor) -> candle_core::Result<Self> {
+        Ok(recipe)
+    }
+
+    /// A zero-stride view of a single zero: nothing is allocated, whatever the size.
+    fn hand_out(&self, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        Tensor::zeros((), dtype, dev)?.broadcast_as(self.dims())
+    }
+}
+
+/// A `VarBuilder` backend that makes up deterministic random weights
+/// ([`RandomTensor`]) and keeps, per full tensor name, what it made of each
+/// tensor the first time it was asked for (see [`KeptTensor`]).
+#[derive(Clone)]
+pub struct RandomWeights<K> {
+    seed: u64,
+    kept: Arc<Mutex<BTreeMap<String, K>>>,
+}
+
 /// A `VarBuilder` backend that makes up deterministic random weights
 /// ([`RandomTensor`]) and records every tensor handed out (keyed by full name).
-#[derive(Clone)]
-pub struct SeededInit {
-    seed: u64,
-    tensors: Arc<Mutex<BTreeMap<String, Tensor>>>,
-}
-
-impl SeededInit {
-    pub fn new(seed: u64) -> Self {
-        Self {
-            seed,
-            tensors: Arc::new(Mutex::new(BTreeMap::new())),
-        }
-    }
-
-    /// A `VarBuilder` handing out f32 CPU tensors from this initialiser.
-    pub fn var_builder(&self) -> VarBuilder<'static> {
-        VarBuilder::from_backend(Box::new(self.clone()), DType::F32, Device::Cpu)
-    }
-
-    /// Every tensor created so far.
-    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
-        self.tensors.lock().expect("poisoned").clone()
-    }
-
-    fn make(&self, s: &Shape, name: &str, h: Init) -> candle_core::Result<Tensor> {
-        if let Some(t) = self.tensors.lock().expect("poisoned").get(name) {
-            return Ok(t.clone());
-        }
-        let t = RandomTensor::new(self.seed, name, s.dims(), h).tensor()?;
-        self.tensors
-            .lock()
-            .expect("poisoned")
-            .insert(name.to_string(), t.clone());
-        Ok(t)
-    }
-}
-
-impl SimpleBackend for SeededInit {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        h: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.make(&s, name, h)?.to_device(dev)?.to_dtype(dtype)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        match self.tensors.lock().expect("poisoned").get(name) {
-            Some(t) => t.to_device(dev)?.to_dtype(dtype),
-            None => candle_core::bail!("SeededInit: `{name}` was never created"),
-        }
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.tensors.lock().expect("poisoned").contains_key(name)
-    }
-}
+pub type SeededInit = RandomWeights<Tensor>;
 
 /// A `VarBuilder` backend that records the [`RandomTensor`] recipe of every
 /// tensor a model asks for, keyed by full name, and hands out zero-stride
 /// views of a single zero: building a model through it allocates nothing,
 /// whatever its size. The model built is only good for learning its tensors'
 /// names and shapes. [`SeededInit`] makes the same values.
-#[derive(Clone)]
-pub struct RandomRecorder {
-    seed: u64,
-    recipes: Arc<Mutex<BTreeMap<String, RandomTensor>>>,
-}
+pub type RandomRecorder = RandomWeights<RandomTensor>;
 
-impl RandomRecorder {
+impl<K: KeptTensor> RandomWeights<K> {
     pub fn new(seed: u64) -> Self {
         Self {
             seed,
-            recipes: Arc::new(Mutex::new(BTreeMap::new())),
+            kept: Arc::new(Mutex::new(BTreeMap::new())),
         }
     }
 
-    /// A `VarBuilder` (f32, CPU) over this recorder.
+    /// A `VarBuilder` (f32, CPU) over this backend.
     pub fn var_builder(&self) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(self.clone()), DType::F32, Device::Cpu)
     }
+}
 
-    /// Every recipe recorded so far.
-    pub fn recipes(&self) -> BTreeMap<String, RandomTensor> {
-        self.recipes.lock().expect("poisoned").clone()
+impl SeededInit {
+    /// Every tensor created so far.
+    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
+        self.kept.lock().expect("poisoned").clone()
     }
 }
 
-impl SimpleBackend for RandomRecorder {
+impl RandomRecorder {
+    /// Every recipe recorded so far.
+    pub fn recipes(&self) -> BTreeMap<String, RandomTensor> {
+        self.kept.lock().expect("poisoned").clone()
+    }
+}
+
+impl<K: KeptTensor> SimpleBackend for RandomWeights<K> {
     fn get(
         &self,
         s: Shape,
@@ -590,23 +584,29 @@ impl SimpleBackend for RandomRecorder {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        self.recipes
-            .lock()
-            .expect("poisoned")
-            .entry(name.to_string())
-            .or_insert_with(|| RandomTensor::new(self.seed, name, s.dims(), h));
-        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+        let mut kept = self.kept.lock().expect("poisoned");
+        let k = match kept.get(name) {
+            Some(k) => k.clone(),
+            None => {
+                let k = K::from_recipe(RandomTensor::new(self.seed, name, s.dims(), h))?;
+                kept.insert(name.to_string(), k.clone());
+                k
+            }
+        };
+        drop(kept);
+        k.hand_out(dtype, dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        match self.recipes.lock().expect("poisoned").get(name) {
-            Some(r) => Tensor::zeros((), dtype, dev)?.broadcast_as(r.dims()),
-            None => candle_core::bail!("RandomRecorder: `{name}` was never created"),
+        let k = self.kept.lock().expect("poisoned").get(name).cloned();
+        match k {
+            Some(k) => k.hand_out(dtype, dev),
+            None => candle_core::bail!("{}: `{name}` was never created", K::BACKEND),
         }
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.recipes.lock().expect("poisoned").contains_key(name)
+        self.kept.lock().expect("poisoned").contains_key(name)
     }
 }
 

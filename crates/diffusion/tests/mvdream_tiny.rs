@@ -10,17 +10,15 @@ use splatforge_diffusion::tokenizer::ClipTokenizer;
 use splatforge_diffusion::*;
 
 mod common;
-use common::{max_abs, offline};
+use common::{all_finite, check_image, copy_dir, max_abs, max_abs_value, offline};
 
 fn tiny(dir: &Path) -> TinyModels {
-    make_tiny(
-        dir,
-        &TinyOptions {
-            seed: 11,
-            dtype: DType::F32,
-        },
-    )
-    .unwrap()
+    tiny_stored_as(dir, DType::F32)
+}
+
+/// The tiny models with their weights stored as `dtype`.
+fn tiny_stored_as(dir: &Path, dtype: DType) -> TinyModels {
+    make_tiny(dir, &TinyOptions { seed: 11, dtype }).unwrap()
 }
 
 fn ldm(m: &TinyModels) -> ModelSource {
@@ -73,15 +71,8 @@ fn text_to_four_views_on_both_layouts_gives_identical_results() {
     // Cancelled from the progress callback after the first step.
     common::assert_cancels_after_one_step(|cb| a.generate_latents(&req, cb));
     let ob = b.generate(&req).unwrap();
-    assert_eq!(oa.images.dims(), &[4, 3, 32, 32]);
+    check_image(&oa.images, &[4, 3, 32, 32], 0.05);
     assert_eq!(oa.latents.dims(), &[4, 4, 4, 4]);
-    let v = oa.images.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert!(v.iter().all(|x| x.is_finite() && (0.0..=1.0).contains(x)));
-    // Not a constant image.
-    let (lo, hi) = v
-        .iter()
-        .fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
-    assert!(hi - lo > 0.05, "{lo}..{hi}");
     assert_eq!(max_abs(&oa.latents, &ob.latents), 0.0);
     assert_eq!(max_abs(&oa.images, &ob.images), 0.0);
 
@@ -114,13 +105,7 @@ fn generation_is_seeded_and_reproducible() {
     let y = latents(&p, &request(4));
     assert_eq!(max_abs(&x1, &x2), 0.0);
     assert!(max_abs(&x1, &y) > 1e-3);
-    assert!(x1
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .all(|v| v.is_finite()));
+    assert!(all_finite(&x1));
 }
 
 #[test]
@@ -160,22 +145,8 @@ fn guidance_uses_the_negative_prompt() {
 fn half_precision_files_load_and_match_f32() {
     let tmp = tempfile::tempdir().unwrap();
     let m32 = tiny(&tmp.path().join("f32"));
-    let m16 = make_tiny(
-        &tmp.path().join("f16"),
-        &TinyOptions {
-            seed: 11,
-            dtype: DType::F16,
-        },
-    )
-    .unwrap();
-    let mb = make_tiny(
-        &tmp.path().join("bf16"),
-        &TinyOptions {
-            seed: 11,
-            dtype: DType::BF16,
-        },
-    )
-    .unwrap();
+    let m16 = tiny_stored_as(&tmp.path().join("f16"), DType::F16);
+    let mb = tiny_stored_as(&tmp.path().join("bf16"), DType::BF16);
     let opts = offline(tmp.path());
     let req = MvDreamRequest {
         steps: 1,
@@ -185,15 +156,7 @@ fn half_precision_files_load_and_match_f32() {
         &load_mvdream(&ModelSource::Diffusers(m32.diffusers_dir), &opts).unwrap(),
         &req,
     );
-    let scale = reference
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let scale = max_abs_value(&reference);
     for (m, tol) in [(m16, 0.01f32), (mb, 0.05)] {
         for src in [ModelSource::Diffusers(m.diffusers_dir.clone()), ldm(&m)] {
             let p = load_mvdream(&src, &opts).unwrap();
@@ -314,19 +277,6 @@ fn inconsistent_config_and_weights_are_reported() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("not an LDM checkpoint"), "{e}");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
 }
 
 #[test]
@@ -466,12 +416,5 @@ fn views_at_256() {
     );
     assert_eq!(out.images.dims(), &[4, 3, 256, 256]);
     assert_eq!(out.latents.dims(), &[4, 4, 32, 32]);
-    assert!(out
-        .images
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .all(|v| v.is_finite()));
+    assert!(all_finite(&out.images));
 }

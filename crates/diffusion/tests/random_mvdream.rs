@@ -9,7 +9,7 @@ use splatforge_diffusion::weights::TensorFile;
 use splatforge_diffusion::*;
 
 mod common;
-use common::offline;
+use common::{all_finite, offline};
 
 fn request() -> MvDreamRequest {
     MvDreamRequest {
@@ -21,17 +21,6 @@ fn request() -> MvDreamRequest {
         image_size: 32,
         ..Default::default()
     }
-}
-
-fn all_finite(t: &Tensor) -> bool {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .all(|v| v.is_finite())
 }
 
 fn opts(seed: u64, dtype: DType) -> TinyOptions {

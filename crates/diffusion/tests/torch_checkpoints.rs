@@ -7,20 +7,12 @@ use splatforge_diffusion::weights::TensorFile;
 use splatforge_diffusion::*;
 
 mod common;
+use common::f32s;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
-}
-
-fn f32s(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
 }
 
 fn check_small(f: &TensorFile) {

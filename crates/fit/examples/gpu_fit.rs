@@ -64,6 +64,9 @@ use splatforge_render::{pack_sh, render, Camera, GaussianParams, RenderOptions};
 use splatforge_splat::normalize::{fit_to_box, VALIDATOR_BOX};
 use splatforge_splat::Gaussians;
 
+mod sparse_view;
+use sparse_view::sparse_views;
+
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() {
@@ -478,35 +481,12 @@ fn parity(args: &[String]) -> Res<bool> {
 
 // ---------------------------------------------------------------- bench
 
-fn render_views(g: &Gaussians, cameras: &[Camera], bg: [f32; 3]) -> Res<Views> {
-    let sh = pack_sh(g);
-    let params = GaussianParams::from_gaussians(g, &sh);
-    let opts = RenderOptions {
-        background: bg,
-        sh_degree: Some(0),
-        ..Default::default()
-    };
-    let images = render(&params, cameras, &opts)?;
-    let mut views = Vec::new();
-    for (i, (img, cam)) in images.into_iter().zip(cameras).enumerate() {
-        let rgb = img.rgb.iter().map(|v| v.clamp(0.0, 1.0)).collect();
-        views.push(View::from_rgb(format!("view {i}"), *cam, rgb)?);
-    }
-    Ok(Views::new(views))
-}
-
 /// The sparse-view case's ground truth, training and held-out views.
 fn sparse_case(args: &[String]) -> Res<(PathBuf, Views, Views)> {
     let gt_path = PathBuf::from(opt(args, "--gt").unwrap_or("../shared/fixtures/hamburger.ply"));
     let mut gt = splatforge_splat::read_splat_file(&gt_path)?;
     fit_to_box(&mut gt, VALIDATOR_BOX)?;
-    let white = [1.0f32; 3];
-    let train_cams: Vec<Camera> = [0.0, 90.0, 180.0, 270.0]
-        .iter()
-        .map(|&az| Camera::orbit(0.0, az, 2.5, 49.1, 256, 256))
-        .collect();
-    let train = render_views(&gt, &train_cams, white)?;
-    let test = render_views(&gt, &Camera::validator_views(), white)?;
+    let (train, test) = sparse_views(&gt)?;
     Ok((gt_path, train, test))
 }
 
@@ -572,7 +552,7 @@ fn export(
         &[n],
         &g0.opacity_logits,
     )?;
-    let k = splatforge_render::sh::num_sh_coeffs(g0.sh_degree);
+    let k = splatforge_splat::sh_coeffs_per_channel(g0.sh_degree);
     write_npy(&dir.join("init_sh.npy"), &[n, k, 3], &pack_sh(g0))?;
     let cams: Vec<_> = train
         .views

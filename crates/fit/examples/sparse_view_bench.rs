@@ -14,31 +14,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use splatforge_fit::{background, evaluate, fit, initial_gaussians, render_mode, FitConfig, Init, View, Views};
-use splatforge_render::{pack_sh, render, Camera, GaussianParams, RenderOptions};
+use splatforge_fit::{background, evaluate, fit, initial_gaussians, render_mode, FitConfig, Init};
 use splatforge_splat::normalize::{fit_to_box, VALIDATOR_BOX};
 
-fn render_views(g: &splatforge_splat::Gaussians, cameras: &[Camera], bg: [f32; 3]) -> Views {
-    let sh = pack_sh(g);
-    let params = GaussianParams::from_gaussians(g, &sh);
-    let opts = RenderOptions {
-        background: bg,
-        sh_degree: Some(0),
-        ..Default::default()
-    };
-    let images = render(&params, cameras, &opts).expect("render ground truth");
-    Views::new(
-        images
-            .into_iter()
-            .zip(cameras)
-            .enumerate()
-            .map(|(i, (img, cam))| {
-                let rgb = img.rgb.iter().map(|v| v.clamp(0.0, 1.0)).collect();
-                View::from_rgb(format!("view {i}"), *cam, rgb).unwrap()
-            })
-            .collect(),
-    )
-}
+mod sparse_view;
+use sparse_view::sparse_views;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -72,14 +52,8 @@ fn main() {
         std::process::exit(2)
     });
     fit_to_box(&mut gt, VALIDATOR_BOX).unwrap();
-    let white = [1.0f32; 3];
-    let train_cams: Vec<Camera> = [0.0, 90.0, 180.0, 270.0]
-        .iter()
-        .map(|&az| Camera::orbit(0.0, az, 2.5, 49.1, 256, 256))
-        .collect();
     let t0 = Instant::now();
-    let train = render_views(&gt, &train_cams, white);
-    let test = render_views(&gt, &Camera::validator_views(), white);
+    let (train, test) = sparse_views(&gt).expect("render ground truth");
     let gt_time = t0.elapsed();
 
     let bg = background(&config);

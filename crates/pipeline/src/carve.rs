@@ -21,31 +21,11 @@
 
 use splatforge_fit::init::mean_sq_dist_to_nearest;
 use splatforge_fit::View;
+use splatforge_splat::rng::SplitMix64;
 use splatforge_splat::{logit, sh_coeffs_per_channel, Gaussians, SH_C0};
 
 use crate::alpha::dilate;
 use crate::config::{CarveSample, InitConfig};
-
-/// SplitMix64, for seeded jitter and sampling.
-#[derive(Debug, Clone)]
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub(crate) fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-}
 
 /// What carving found (for logs and tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +131,7 @@ pub fn carve_init(views: &[View], cfg: &InitConfig, num_pts: usize, sh_degree: u
         })
         .collect();
 
-    let mut rng = Rng::new(seed ^ 0x6361_7276_6520_696e); // "carve in"
+    let mut rng = SplitMix64::new(seed ^ 0x6361_7276_6520_696e); // "carve in"
     let mut g = Gaussians::with_capacity(num_pts, sh_degree);
     let cells = match cfg.sample {
         CarveSample::Surface => &surface,

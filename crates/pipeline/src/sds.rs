@@ -49,8 +49,8 @@ use splatforge_fit::backend::BatchView;
 use splatforge_fit::schedule::{ExponLr, LearningRates};
 use splatforge_fit::{FitBackend, FitConfig, FitError, GuidedParams, Views};
 use splatforge_render::Camera;
+use splatforge_splat::rng::SplitMix64;
 
-use crate::carve::Rng;
 use crate::config::{DiffusionConfig, SdsConfig};
 
 /// The SDS timestep of 1-based `step` of `iters` (see the module docs);
@@ -200,7 +200,7 @@ pub fn refine(
         rotation: base.rotation * k,
     };
     backend.reset_optimizer();
-    let mut rng = Rng::new(inp.seed ^ 0x5344_5320_7265_666e); // "SDS refn"
+    let mut rng = SplitMix64::new(inp.seed ^ 0x5344_5320_7265_666e); // "SDS refn"
     // The views over each background, made on first use.
     let mut composites: Vec<([f32; 3], Vec<Vec<f32>>)> = Vec::new();
 

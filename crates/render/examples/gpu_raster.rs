@@ -23,33 +23,14 @@ use splatforge_render::{
     rasterize_backward, rasterize_forward, Camera, GaussianBuffers, ImageGradients, RenderMode,
     RenderOptions,
 };
+use splatforge_splat::rng::SplitMix64;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// SplitMix64 + Box–Muller.
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.unit()
-    }
-    fn normal(&mut self) -> f64 {
-        let u1 = self.unit().max(1e-300);
-        let u2 = self.unit();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
+/// The scene generator of `seed`, the seed spread over the state as in the
+/// renderer's tests.
+fn seeded_rng(seed: u64) -> SplitMix64 {
+    SplitMix64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03)
 }
 
 /// The camera of gsplat_raster.py: on a circle of radius 3 around the
@@ -97,7 +78,7 @@ fn bench_camera(i: usize, cams: usize, size: u32) -> Camera {
 /// gsplat_raster.py's scene: means U(-1,1)³, scales U(0, 0.02), random
 /// quaternions, opacity U(0,1), RGB U(0,1) as SH degree 0.
 fn bench_scene(n: usize, seed: u64) -> GaussianBuffers<f32> {
-    let mut r = Rng::new(seed);
+    let mut r = seeded_rng(seed);
     let c0 = 0.282_094_791_773_878_14;
     let mut b = GaussianBuffers::<f32> {
         sh_degree: 0,
@@ -121,7 +102,7 @@ fn bench_scene(n: usize, seed: u64) -> GaussianBuffers<f32> {
 /// large ones, near-opaque ones (alpha clamp, early stop), and a few
 /// invalid ones (culled on both paths).
 fn parity_scene(n: usize, sh_degree: u8, seed: u64) -> GaussianBuffers<f32> {
-    let mut r = Rng::new(seed);
+    let mut r = seeded_rng(seed);
     let k = ((sh_degree as usize) + 1).pow(2);
     let mut b = GaussianBuffers::<f32> {
         sh_degree,
@@ -241,7 +222,7 @@ fn run_case(
     let t0 = Instant::now();
     let (cpu_img, cpu_state) = rasterize_forward(&params, &cams, opts)?;
     // Random per-pixel loss gradients for all three outputs.
-    let mut r = Rng::new(seed ^ 0xABCD);
+    let mut r = seeded_rng(seed ^ 0xABCD);
     let npix = (case.w * case.h) as usize;
     let w_rgb: Vec<Vec<f32>> = (0..cams.len())
         .map(|_| (0..3 * npix).map(|_| r.normal() as f32).collect())

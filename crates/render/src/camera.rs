@@ -391,6 +391,20 @@ mod tests {
         (a - b).abs() <= tol
     }
 
+    /// Asserts that `a` and `b` have the same world→camera transform, entry
+    /// by entry within 1e-5.
+    fn assert_same_pose(a: &Camera, b: &Camera) {
+        for r in 0..3 {
+            for k in 0..4 {
+                assert!(close(
+                    a.world_to_camera[r][k],
+                    b.world_to_camera[r][k],
+                    1e-5
+                ));
+            }
+        }
+    }
+
     fn rotation_is_orthonormal(c: &Camera) {
         let m = &c.world_to_camera;
         for i in 0..3 {
@@ -517,30 +531,14 @@ mod tests {
         }
         let back_cam =
             Camera::from_camera_to_world_opengl(gl, cv.fx, cv.fy, cv.cx, cv.cy, 518, 518);
-        for r in 0..3 {
-            for k in 0..4 {
-                assert!(close(
-                    back_cam.world_to_camera[r][k],
-                    cv.world_to_camera[r][k],
-                    1e-5
-                ));
-            }
-        }
+        assert_same_pose(&back_cam, &cv);
     }
 
     #[test]
     fn look_at_agrees_with_orbit() {
         let o = Camera::orbit(-20.0, 70.0, 3.0, 45.0, 100, 80);
         let l = Camera::look_at(o.position(), [0.0; 3], [0.0, 1.0, 0.0], 45.0, 100, 80);
-        for r in 0..3 {
-            for k in 0..4 {
-                assert!(close(
-                    l.world_to_camera[r][k],
-                    o.world_to_camera[r][k],
-                    1e-5
-                ));
-            }
-        }
+        assert_same_pose(&l, &o);
     }
 
     #[test]

@@ -52,7 +52,8 @@ pub mod sh;
 pub mod tiles;
 
 use rayon::prelude::*;
-use splatforge_splat::Gaussians;
+use splatforge_splat::sh::MAX_SH_DEGREE;
+use splatforge_splat::{sh_coeffs_per_channel, Gaussians};
 
 pub use camera::{Camera, MAX_IMAGE_SIDE};
 pub use error::RenderError;
@@ -62,7 +63,6 @@ use project::{
 };
 use rasterize::{rasterize_backward_image, rasterize_forward_image, PixelGrads, RasterState};
 pub use real::Real;
-use sh::{num_sh_coeffs, MAX_SH_DEGREE};
 use tiles::{bin_gaussians, TileBins, TileGrid};
 
 /// Largest total number of pixels over all cameras of one call (16384²).
@@ -154,7 +154,7 @@ pub struct GaussianParams<'a, F = f32> {
     pub log_scales: &'a [[F; 3]],
     /// `sigmoid(logit)` is the opacity.
     pub opacity_logits: &'a [F],
-    /// `[gaussian][coefficient][channel]`, `num_sh_coeffs(sh_degree)`
+    /// `[gaussian][coefficient][channel]`, `sh_coeffs_per_channel(sh_degree)`
     /// coefficients per Gaussian, DC first.
     pub sh: &'a [F],
     /// 0 to 3.
@@ -171,9 +171,9 @@ impl<'a, F: Real> GaussianParams<'a, F> {
         self.means.is_empty()
     }
 
-    /// SH values per Gaussian (`3 · num_sh_coeffs(sh_degree)`).
+    /// SH values per Gaussian (`3 · sh_coeffs_per_channel(sh_degree)`).
     pub fn sh_stride(&self) -> usize {
-        num_sh_coeffs(self.sh_degree) * 3
+        sh_coeffs_per_channel(self.sh_degree) * 3
     }
 
     /// Checks that the arrays agree and the degree is supported.
@@ -253,7 +253,7 @@ pub fn pack_sh(g: &Gaussians) -> Vec<f32> {
 /// Inverse of [`pack_sh`]: splits packed SH (values or gradients) into the
 /// DC term and the rest, as [`Gaussians`] stores them.
 pub fn split_sh<F: Real>(sh: &[F], sh_degree: u8) -> (Vec<[F; 3]>, Vec<F>) {
-    let k = num_sh_coeffs(sh_degree) * 3;
+    let k = sh_coeffs_per_channel(sh_degree) * 3;
     let n = sh.len() / k;
     let mut dc = Vec::with_capacity(n);
     let mut rest = Vec::with_capacity(n * (k - 3));
@@ -461,6 +461,13 @@ fn check_call<F: Real>(
 ) -> Result<(), RenderError> {
     params.validate()?;
     opts.validate()?;
+    check_cameras(cameras)
+}
+
+/// Validates each camera (errors name it by its index in `cameras`) and the
+/// call's total pixel count against [`MAX_PIXELS_PER_CALL`]; the CPU and
+/// CUDA paths refuse the same calls.
+pub(crate) fn check_cameras(cameras: &[Camera]) -> Result<(), RenderError> {
     let mut total = 0usize;
     for (i, cam) in cameras.iter().enumerate() {
         cam.validate(i)?;
@@ -720,32 +727,12 @@ impl Rasterizer for CpuRasterizer {
 
 #[cfg(test)]
 pub(crate) mod test_util {
-    /// Deterministic test randomness (SplitMix64 + Box–Muller).
-    pub struct Rng(u64);
+    use splatforge_splat::rng::SplitMix64;
 
-    impl Rng {
-        pub fn new(seed: u64) -> Self {
-            Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03)
-        }
-        pub fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-        /// Uniform in [0, 1).
-        pub fn unit(&mut self) -> f64 {
-            (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-        }
-        pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-            lo + (hi - lo) * self.unit()
-        }
-        pub fn normal(&mut self) -> f64 {
-            let u1 = self.unit().max(1e-300);
-            let u2 = self.unit();
-            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-        }
+    /// The deterministic generator of test case `seed`, the seed spread over
+    /// the state (times SplitMix64's increment, xor a constant).
+    pub fn seeded_rng(seed: u64) -> SplitMix64 {
+        SplitMix64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03)
     }
 }
 

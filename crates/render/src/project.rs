@@ -28,9 +28,11 @@
 //! and gives exact derivatives of the forward (including the branch where
 //! the Jacobian clamp is active: there `∂u/∂x = 0` and `∂(z·u)/∂z = u`).
 
+use splatforge_splat::sh_coeffs_per_channel;
+
 use crate::camera::Camera;
 use crate::real::{c, sigmoid, Real};
-use crate::sh::{eval_sh, eval_sh_backward, num_sh_coeffs};
+use crate::sh::{eval_sh, eval_sh_backward};
 use crate::RenderMode;
 
 /// Minimum alpha a Gaussian must reach at a pixel to be composited there.
@@ -460,7 +462,7 @@ pub fn project_gaussian_backward<F: Real>(
                 v_raw[ch] = v.rgb[ch];
             }
         }
-        let n = num_sh_coeffs(s.sh_degree) * 3;
+        let n = sh_coeffs_per_channel(s.sh_degree) * 3;
         let v_dir = eval_sh_backward(s.sh_degree, &g.sh[..n], dir, v_raw, &mut v_sh[..n]);
         // d = D/|D| ⇒ ∂L/∂D = (v − d (d·v)) / |D|.
         let dv = dir[0] * v_dir[0] + dir[1] * v_dir[1] + dir[2] * v_dir[2];
@@ -594,7 +596,7 @@ pub fn project_gaussian_backward<F: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::Rng;
+    use crate::test_util::seeded_rng;
 
     fn settings(mode: RenderMode) -> ProjectSettings<f64> {
         ProjectSettings {
@@ -625,7 +627,7 @@ mod tests {
         let cam = Camera::orbit(-20.0, 30.0, 3.0, 50.0, 64, 48);
         let cp = CameraParams::<f64>::new(&cam);
         for mode in [RenderMode::Classic, RenderMode::Antialiased] {
-            let mut rng = Rng::new(7);
+            let mut rng = seeded_rng(7);
             let s = settings(mode);
             let (mut checked, mut clamped) = (0, 0);
             for case in 0..60 {

@@ -334,11 +334,12 @@ pub fn rasterize_backward_image<F: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::Rng;
+    use crate::test_util::seeded_rng;
     use crate::tiles::bin_gaussians;
+    use splatforge_splat::rng::SplitMix64;
 
     fn random_splats(
-        rng: &mut Rng,
+        rng: &mut SplitMix64,
         n: usize,
         size: f64,
         std: (f64, f64),
@@ -423,7 +424,7 @@ mod tests {
     fn compositing_backward_matches_finite_differences() {
         let size = 32u32;
         let grid = TileGrid::new(size, size);
-        let mut rng = Rng::new(11);
+        let mut rng = seeded_rng(11);
         let translucent = random_splats(&mut rng, 25, size as f64, (1.5, 5.0), (0.05, 0.95));
         check_compositing(&translucent, &grid, &mut rng);
         let opaque = random_splats(&mut rng, 40, size as f64, (4.0, 8.0), (0.995, 1.0));
@@ -436,7 +437,7 @@ mod tests {
         check_compositing(&opaque, &grid, &mut rng);
     }
 
-    fn check_compositing(splats: &[Projected<f64>], grid: &TileGrid, rng: &mut Rng) {
+    fn check_compositing(splats: &[Projected<f64>], grid: &TileGrid, rng: &mut SplitMix64) {
         let grid = *grid;
         let size = grid.width;
         let npix = (size * grid.height) as usize;

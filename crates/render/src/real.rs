@@ -6,9 +6,14 @@ use std::fmt::Debug;
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
 
-/// A floating-point scalar (`f32` or `f64`).
+use splatforge_splat::sh::ShScalar;
+
+/// A floating-point scalar (`f32` or `f64`). `from_f64` (rounding to the
+/// nearest value) comes from [`ShScalar`], so that the SH basis of
+/// [`splatforge_splat::sh`] evaluates in it.
 pub trait Real:
-    Copy
+    ShScalar
+    + Copy
     + Send
     + Sync
     + Default
@@ -28,7 +33,6 @@ pub trait Real:
 {
     const ZERO: Self;
     const ONE: Self;
-    fn from_f64(v: f64) -> Self;
     fn from_f32(v: f32) -> Self;
     fn to_f64(self) -> f64;
     fn to_f32(self) -> f32;
@@ -53,10 +57,6 @@ macro_rules! impl_real {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
-            #[inline(always)]
-            fn from_f64(v: f64) -> Self {
-                v as $t
-            }
             #[inline(always)]
             fn from_f32(v: f32) -> Self {
                 v as $t

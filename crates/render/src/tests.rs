@@ -3,13 +3,13 @@
 //! bad input, and the (ignored) hamburger timing.
 
 use super::*;
-use crate::test_util::Rng;
-use sh::SH_C0;
+use crate::test_util::seeded_rng;
+use splatforge_splat::SH_C0;
 
 /// 20 Gaussians of SH degree 3 in a unit box around the origin, sized to
 /// cover a few pixels of a 32×32 view from 2.5 units away.
 fn fd_scene(seed: u64) -> GaussianBuffers<f64> {
-    let mut rng = Rng::new(seed);
+    let mut rng = seeded_rng(seed);
     let n = 20;
     let mut b = GaussianBuffers {
         sh_degree: 3,
@@ -53,6 +53,26 @@ struct Weights {
     depth: Vec<Vec<f64>>,
 }
 
+impl Weights {
+    /// The RGB weights in f32, for the f32 backward.
+    fn rgb_f32(&self) -> Vec<Vec<f32>> {
+        self.rgb
+            .iter()
+            .map(|v| v.iter().map(|&x| x as f32).collect())
+            .collect()
+    }
+}
+
+/// Per-camera image gradients with only an RGB part.
+fn rgb_gradients(rgb: &[Vec<f32>]) -> Vec<ImageGradients<'_, f32>> {
+    rgb.iter()
+        .map(|v| ImageGradients {
+            rgb: Some(v),
+            ..Default::default()
+        })
+        .collect()
+}
+
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Outputs {
     All,
@@ -62,7 +82,7 @@ enum Outputs {
 }
 
 fn weights(cams: &[Camera], which: Outputs, seed: u64) -> Weights {
-    let mut rng = Rng::new(seed);
+    let mut rng = seeded_rng(seed);
     let mut gen = |len: usize, on: bool| -> Vec<f64> {
         (0..len)
             .map(|_| if on { rng.normal() } else { 0.0 })
@@ -338,7 +358,7 @@ fn single_gaussian(colour: [f32; 3], opacity_logit: f32) -> GaussianBuffers<f32>
         quats: vec![[1.0, 0.0, 0.0, 0.0]],
         log_scales: vec![[0.1f32.ln(); 3]],
         opacity_logits: vec![opacity_logit],
-        sh: colour.map(|c| (c - 0.5) / SH_C0 as f32).to_vec(),
+        sh: colour.map(|c| (c - 0.5) / SH_C0).to_vec(),
         sh_degree: 0,
     }
 }
@@ -408,7 +428,7 @@ fn background_shows_where_nothing_is() {
 /// (zero for the culled ones).
 #[test]
 fn bad_values_are_culled_and_images_stay_finite() {
-    let mut rng = Rng::new(77);
+    let mut rng = seeded_rng(77);
     let good = fd_scene(8).cast::<f32>();
     let cam = Camera::orbit(-15.0, 20.0, 2.5, 50.0, 48, 40);
     let cam_pos = cam.position();
@@ -657,19 +677,8 @@ fn several_cameras_equal_separate_calls_and_backward_is_deterministic() {
             img
         );
     }
-    let w = weights(&cams, Outputs::All, 5);
-    let w32: Vec<Vec<f32>> = w
-        .rgb
-        .iter()
-        .map(|v| v.iter().map(|&x| x as f32).collect())
-        .collect();
-    let grads: Vec<ImageGradients<f32>> = w32
-        .iter()
-        .map(|v| ImageGradients {
-            rgb: Some(v),
-            ..Default::default()
-        })
-        .collect();
+    let w32 = weights(&cams, Outputs::All, 5).rgb_f32();
+    let grads = rgb_gradients(&w32);
     let a = rasterize_backward(&buf.params(), &cams, &opts, &state, &grads).unwrap();
     let b = rasterize_backward(&buf.params(), &cams, &opts, &state, &grads).unwrap();
     assert_eq!(a, b);
@@ -700,19 +709,8 @@ fn densify_stats_are_consistent() {
     let cams = fd_cameras();
     let opts = RenderOptions::default();
     let (_, state) = rasterize_forward(&buf.params(), &cams, &opts).unwrap();
-    let w = weights(&cams, Outputs::Rgb, 6);
-    let w32: Vec<Vec<f32>> = w
-        .rgb
-        .iter()
-        .map(|v| v.iter().map(|&x| x as f32).collect())
-        .collect();
-    let grads: Vec<ImageGradients<f32>> = w32
-        .iter()
-        .map(|v| ImageGradients {
-            rgb: Some(v),
-            ..Default::default()
-        })
-        .collect();
+    let w32 = weights(&cams, Outputs::Rgb, 6).rgb_f32();
+    let grads = rgb_gradients(&w32);
     let g = rasterize_backward(&buf.params(), &cams, &opts, &state, &grads).unwrap();
     let s = &g.stats;
     for i in 0..buf.means.len() {
@@ -755,19 +753,8 @@ fn active_sh_degree_limits_evaluation() {
         }
     }
     let (_, st) = rasterize_forward(&buf.params(), &cams, &opts).unwrap();
-    let w = weights(&cams, Outputs::Rgb, 6);
-    let w32: Vec<Vec<f32>> = w
-        .rgb
-        .iter()
-        .map(|v| v.iter().map(|&x| x as f32).collect())
-        .collect();
-    let grads: Vec<ImageGradients<f32>> = w32
-        .iter()
-        .map(|v| ImageGradients {
-            rgb: Some(v),
-            ..Default::default()
-        })
-        .collect();
+    let w32 = weights(&cams, Outputs::Rgb, 6).rgb_f32();
+    let grads = rgb_gradients(&w32);
     let g = rasterize_backward(&buf.params(), &cams, &opts, &st, &grads).unwrap();
     for i in 0..20 {
         assert!(g.sh[i * 48 + 12..(i + 1) * 48].iter().all(|&v| v == 0.0));

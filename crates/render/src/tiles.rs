@@ -170,7 +170,7 @@ pub fn bin_gaussians<F: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::Rng;
+    use crate::test_util::seeded_rng;
 
     fn splat(x: f32, y: f32, r: f32, depth: f32) -> Projected<f32> {
         Projected {
@@ -205,7 +205,7 @@ mod tests {
     #[test]
     fn binning_matches_brute_force() {
         let grid = TileGrid::new(70, 50);
-        let mut rng = Rng::new(3);
+        let mut rng = seeded_rng(3);
         let mut ps: Vec<Projected<f32>> = (0..300)
             .map(|_| {
                 let depth = (rng.uniform(1.0, 4.0) * 4.0).round() as f32 / 4.0; // many ties

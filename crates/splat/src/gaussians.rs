@@ -2,8 +2,9 @@
 
 use crate::error::SplatError;
 
-/// Spherical-harmonics constant of degree 0: `rgb = 0.5 + SH_C0 * f_dc`.
-pub const SH_C0: f32 = 0.282_094_8;
+/// Spherical-harmonics constant of degree 0 ([`crate::sh::C0`] in `f32`):
+/// `rgb = 0.5 + SH_C0 * f_dc`.
+pub const SH_C0: f32 = crate::sh::C0 as f32;
 
 /// Number of SH coefficients per colour channel for a degree (1, 4, 9, 16).
 pub const fn sh_coeffs_per_channel(degree: u8) -> usize {

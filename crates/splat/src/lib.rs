@@ -1,6 +1,8 @@
 //! Gaussian splats as our users exchange them: the [`Gaussians`] data model,
 //! the 3DGS PLY and SPZ file formats, the 404-GEN validator's data checks,
-//! summaries for `inspect`, and normalisation.
+//! summaries for `inspect`, and normalisation. Also what the crates above
+//! share: the spherical-harmonics basis ([`sh`]) and the seeded generator
+//! ([`rng::SplitMix64`]).
 //!
 //! Data flows one way here: bytes → [`Gaussians`] → bytes. Every reader
 //! bounds its allocations by the input's length, never by a count field.
@@ -10,6 +12,7 @@ pub mod gaussians;
 pub mod io;
 pub mod normalize;
 pub mod ply;
+pub mod rng;
 pub mod sh;
 pub mod spz;
 pub mod summary;

@@ -80,9 +80,8 @@ use candle_core::{CudaDevice, CudaStorage, DType, Device, Storage, Tensor};
 use splatforge_render::cuda::{
     CudaRasterizer, GaussianTensors, GradientTensors, ImageGradTensors, RenderedTensors,
 };
-use splatforge_render::sh::num_sh_coeffs;
 use splatforge_render::{pack_sh, split_sh, Camera, RenderOptions};
-use splatforge_splat::{logit, Gaussians};
+use splatforge_splat::{logit, sh_coeffs_per_channel, Gaussians};
 
 use crate::adam::{adam_step_constants, Adam, Group};
 use crate::backend::{
@@ -165,7 +164,7 @@ fn row_floats(k: usize) -> usize {
 fn pack_params(g: &Gaussians) -> Vec<f32> {
     let n = g.len();
     let sh = pack_sh(g);
-    let k = num_sh_coeffs(g.sh_degree);
+    let k = sh_coeffs_per_channel(g.sh_degree);
     let mut out = Vec::with_capacity(n * row_floats(k));
     out.extend(g.means.iter().flatten());
     out.extend(g.rotations.iter().flatten());
@@ -177,7 +176,7 @@ fn pack_params(g: &Gaussians) -> Vec<f32> {
 
 /// Inverse of [`pack_params`].
 fn unpack_params(p: &[f32], n: usize, sh_degree: u8) -> Gaussians {
-    let k = num_sh_coeffs(sh_degree);
+    let k = sh_coeffs_per_channel(sh_degree);
     assert_eq!(p.len(), n * row_floats(k));
     let a3 = |s: &[f32]| {
         s.chunks_exact(3)
@@ -435,12 +434,12 @@ impl CudaBackend {
             .clone_dtoh(&self.v)
             .map_err(|e| dev_err("download", e))?;
         let gm = unpack_params(
-            &m[..n * row_floats(num_sh_coeffs(self.sh_degree))],
+            &m[..n * row_floats(sh_coeffs_per_channel(self.sh_degree))],
             n,
             self.sh_degree,
         );
         let gv = unpack_params(
-            &v[..n * row_floats(num_sh_coeffs(self.sh_degree))],
+            &v[..n * row_floats(sh_coeffs_per_channel(self.sh_degree))],
             n,
             self.sh_degree,
         );
@@ -490,7 +489,7 @@ impl CudaBackend {
     }
 
     fn k(&self) -> usize {
-        num_sh_coeffs(self.sh_degree)
+        sh_coeffs_per_channel(self.sh_degree)
     }
 
     fn gaussian_tensors(&self) -> Result<GaussianTensors> {

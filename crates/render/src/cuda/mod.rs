@@ -73,15 +73,16 @@ use candle_core::backend::BackendDevice;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Device, Storage, Tensor};
+use splatforge_splat::sh::MAX_SH_DEGREE;
+use splatforge_splat::sh_coeffs_per_channel;
 
 use crate::camera::Camera;
 use crate::error::RenderError;
 use crate::project::CameraParams;
-use crate::sh::{num_sh_coeffs, MAX_SH_DEGREE};
 use crate::tiles::TileGrid;
 use crate::{
-    DensifyStats, GaussianParams, Gradients, ImageGradients, RenderMode, RenderOptions,
-    RenderedImage, MAX_PIXELS_PER_CALL,
+    check_cameras, DensifyStats, GaussianParams, Gradients, ImageGradients, RenderMode,
+    RenderOptions, RenderedImage,
 };
 
 /// Why a CUDA render failed.
@@ -152,7 +153,7 @@ impl GaussianTensors {
     pub fn from_params(p: &GaussianParams<'_, f32>, device: &Device) -> Result<Self> {
         p.validate()?;
         let n = p.len();
-        let k = num_sh_coeffs(p.sh_degree);
+        let k = sh_coeffs_per_channel(p.sh_degree);
         let flat3 = |v: &[[f32; 3]]| v.iter().flatten().copied().collect::<Vec<f32>>();
         Ok(GaussianTensors {
             means: Tensor::from_vec(flat3(p.means), (n, 3), device)?,
@@ -186,7 +187,7 @@ impl GaussianTensors {
             .into());
         }
         let n = self.len();
-        let k = num_sh_coeffs(self.sh_degree);
+        let k = sh_coeffs_per_channel(self.sh_degree);
         for (name, t, shape) in [
             ("means", &self.means, vec![n, 3]),
             ("quats", &self.quats, vec![n, 4]),
@@ -615,18 +616,7 @@ impl CudaRasterizer {
         opts.validate()?;
         let n = g.validate(&self.device)?;
         let (w, h) = common_size(cameras)?;
-        let mut total = 0usize;
-        for (i, cam) in cameras.iter().enumerate() {
-            cam.validate(i)?;
-            total += cam.num_pixels();
-        }
-        if total > MAX_PIXELS_PER_CALL {
-            return Err(RenderError::ResolutionTooLarge(format!(
-                "{total} pixels over {} cameras exceed the per-call limit of {MAX_PIXELS_PER_CALL}",
-                cameras.len()
-            ))
-            .into());
-        }
+        check_cameras(cameras)?;
         if (cameras.len() as u64) * (n as u64) > i32::MAX as u64 {
             return Err(RenderError::InvalidParams(format!(
                 "{n} Gaussians x {} cameras exceed the CUDA path's 2^31 limit per call",
@@ -656,7 +646,7 @@ impl CudaRasterizer {
         let (tiles_x, tiles_y) = (grid.tiles_x as usize, grid.tiles_y as usize);
         let num_tiles = c * tiles_x * tiles_y;
         let sh_degree = opts.sh_degree.map_or(g.sh_degree, |d| d.min(g.sh_degree));
-        let k = num_sh_coeffs(g.sh_degree);
+        let k = sh_coeffs_per_channel(g.sh_degree);
         let means = g.means.contiguous()?;
         let quats = g.quats.contiguous()?;
         let log_scales = g.log_scales.contiguous()?;
@@ -917,7 +907,7 @@ impl CudaRasterizer {
         let grid = TileGrid::new(w as u32, h as u32);
         let (tiles_x, tiles_y) = (grid.tiles_x as usize, grid.tiles_y as usize);
         let sh_degree = opts.sh_degree.map_or(g.sh_degree, |d| d.min(g.sh_degree));
-        let k = num_sh_coeffs(g.sh_degree);
+        let k = sh_coeffs_per_channel(g.sh_degree);
         let p = c * h * w;
         let g_rgb = grads.rgb.as_ref().map(|t| t.contiguous()).transpose()?;
         let g_alpha = grads.alpha.as_ref().map(|t| t.contiguous()).transpose()?;
