@@ -128,14 +128,16 @@ typedef struct {
 
 int sf_linear_epilogue(const SfLinearEpilogueArgs* args, void* stream);
 
-// FLUX's query/key preparation: RMSNorm of each head's D values (f32 sum of
-// squares, eps, times scale[D]), then the interleaved rotary embedding of
-// each pair (x[2j], x[2j+1]) by the token's angle j:
+// FLUX's query/key preparation: the projection's bias[heads·D] added (when
+// not null), RMSNorm of each head's D values (f32 sum of squares, eps, times
+// scale[D]), then the interleaved rotary embedding of each pair
+// (x[2j], x[2j+1]) by the token's angle j:
 //   (a·cos[t, j] − b·sin[t, j], a·sin[t, j] + b·cos[t, j]).
 // x, out [tokens, heads, D]; cos, sin [tokens, D/2]; all contiguous, one
 // dtype; f32 arithmetic, one rounding. D even, at most 256.
 typedef struct {
   const void* x;
+  const void* bias;
   const void* scale;
   const void* cos;
   const void* sin;

@@ -105,12 +105,14 @@ __global__ void linear_epilogue_kernel(const T* __restrict__ y, T* out, const T*
   }
 }
 
-// One warp per (token, head) row of D elements: RMSNorm over the row (f32
-// sum of squares, scale[D]), then the interleaved rotation of each pair
+// One warp per (token, head) row of D elements: the head's bias added (when
+// given), RMSNorm over the row (f32 sum of squares, scale[D]), then the
+// interleaved rotation of each pair
 // (x[2j], x[2j+1]) by the token's angle j: (a·cos − b·sin, a·sin + b·cos).
 // Lanes own pairs lane, lane + 32, …; kPairs bounds the pairs per lane.
 template <typename T, int kPairs>
-__global__ void rms_norm_rope_kernel(const T* __restrict__ x, const T* __restrict__ scale, const T* __restrict__ cos_t,
+__global__ void rms_norm_rope_kernel(const T* __restrict__ x, const T* __restrict__ bias, const T* __restrict__ scale,
+                                     const T* __restrict__ cos_t,
                                      const T* __restrict__ sin_t, T* __restrict__ out, long long rows, int heads, int d,
                                      float eps) {
   const int lane = threadIdx.x & 31;
@@ -119,6 +121,7 @@ __global__ void rms_norm_rope_kernel(const T* __restrict__ x, const T* __restric
   const long long token = row / heads;
   const int pairs = d / 2;
   const T* xr = x + row * d;
+  const T* br = bias ? bias + (row % heads) * d : nullptr;  // this head's bias
   float a[kPairs], b[kPairs];
   float sumsq = 0.f;
 #pragma unroll
@@ -126,8 +129,8 @@ __global__ void rms_norm_rope_kernel(const T* __restrict__ x, const T* __restric
     const int p = lane + 32 * i;
     a[i] = b[i] = 0.f;
     if (p < pairs) {
-      a[i] = to_f32(xr[2 * p]);
-      b[i] = to_f32(xr[2 * p + 1]);
+      a[i] = to_f32(xr[2 * p]) + (br ? to_f32(br[2 * p]) : 0.f);
+      b[i] = to_f32(xr[2 * p + 1]) + (br ? to_f32(br[2 * p + 1]) : 0.f);
       sumsq += a[i] * a[i] + b[i] * b[i];
     }
   }
@@ -236,7 +239,8 @@ void launch_rms_norm_rope(const SfRmsNormRopeArgs* a, cudaStream_t s) {
   const long long rows = a->tokens * a->heads;
   const unsigned blocks = static_cast<unsigned>((rows + kWarps - 1) / kWarps);
   rms_norm_rope_kernel<T, 4><<<blocks, kWarps * 32, 0, s>>>(
-      static_cast<const T*>(a->x), static_cast<const T*>(a->scale), static_cast<const T*>(a->cos),
+      static_cast<const T*>(a->x), static_cast<const T*>(a->bias), static_cast<const T*>(a->scale),
+      static_cast<const T*>(a->cos),
       static_cast<const T*>(a->sin), static_cast<T*>(a->out), rows, a->heads, a->head_dim, a->eps);
 }
 }  // namespace

@@ -573,10 +573,14 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
         let scale = r(&[d], dt)?;
         let angles = Tensor::rand(0f32, 100., (b, n, d / 2), dev)?;
         let (cos, sin) = (angles.cos()?.to_dtype(dt)?, angles.sin()?.to_dtype(dt)?);
-        let ours = splatforge_diffusion::ops::rms_norm_rope(&x, &scale, &cos, &sin, 1e-6)?;
-        let want = splatforge_diffusion::ops::rms_norm_rope(&f32_cpu(&x)?, &f32_cpu(&scale)?, &f32_cpu(&cos)?, &f32_cpu(&sin)?, 1e-6)?;
+        // With the projection's bias in the half-precision cases, without in f32.
+        let bias = if dt == DType::F32 { None } else { Some(r(&[h * d], dt)?) };
+        let cpu_bias = bias.as_ref().map(f32_cpu).transpose()?;
+        let ours = splatforge_diffusion::ops::rms_norm_rope(&x, bias.as_ref(), &scale, &cos, &sin, 1e-6)?;
+        let want = splatforge_diffusion::ops::rms_norm_rope(&f32_cpu(&x)?, cpu_bias.as_ref(), &f32_cpu(&scale)?, &f32_cpu(&cos)?, &f32_cpu(&sin)?, 1e-6)?;
         let bound = if dt == DType::F32 { 1e-5 } else { 1e-2 };
-        rep.parity(&format!("op rms_norm_rope [{b},{n},{h},{d}]"), &format!("{dt:?}"), rel(&ours, &want)?, bound);
+        let label = if bias.is_some() { " +bias" } else { "" };
+        rep.parity(&format!("op rms_norm_rope{label} [{b},{n},{h},{d}]"), &format!("{dt:?}"), rel(&ours, &want)?, bound);
     }
     // Backward passes (the SDS path differentiates the VAE encoder): the
     // gradient of Σ y·m (m random) with respect to x, GPU kernel vs the CPU

@@ -257,9 +257,11 @@ impl QkvProjection {
     fn project(&self, x: &Tensor, rotation: &Rotation) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, n, _) = x.dims3()?;
         let plain = LinearEpilogue::default();
+        // The bias joins the norm's pass (the product alone needs no epilogue).
         let prepare = |layer: &Linear, scale: &Tensor| {
-            let t = linear(x, layer, plain)?.reshape((b, n, self.heads, ()))?;
-            rms_norm_rope(&t, scale, &rotation.cos, &rotation.sin, NORM_EPS)
+            let product = linear(x, &Linear::new(layer.weight().clone(), None), plain)?;
+            let t = product.reshape((b, n, self.heads, ()))?;
+            rms_norm_rope(&t, layer.bias(), scale, &rotation.cos, &rotation.sin, NORM_EPS)
         };
         Ok((
             prepare(&self.q, &self.query_scale)?,

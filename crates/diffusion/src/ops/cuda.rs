@@ -100,6 +100,7 @@ struct SfLinearEpilogueArgs {
 #[repr(C)]
 struct SfRmsNormRopeArgs {
     x: u64,
+    bias: u64,
     scale: u64,
     cos: u64,
     sin: u64,
@@ -665,10 +666,12 @@ impl EpilogueTerms {
     }
 }
 
-/// FLUX's fused per-head RMSNorm + rotary embedding (`SfRmsNormRopeArgs`):
-/// x `[T, H, D]`, scale `[D]`, cos and sin `[T, D/2]`, all contiguous, one
-/// dtype, on the GPU.
+/// FLUX's fused per-head bias + RMSNorm + rotary embedding
+/// (`SfRmsNormRopeArgs`): x `[T, H, D]`, bias `[H·D]` (optional), scale `[D]`,
+/// cos and sin `[T, D/2]`, all contiguous, one dtype, on the GPU.
 pub(super) struct RmsNormRope {
+    /// `[H·D]`, added before the norm.
+    pub bias: Option<Tensor>,
     pub scale: Tensor,
     pub cos: Tensor,
     pub sin: Tensor,
@@ -705,16 +708,18 @@ impl RmsNormRope {
         dev: &CudaDevice,
     ) -> Result<CudaStorage> {
         let (tokens, heads, d) = lx.shape().dims3()?;
-        if [&self.scale, &self.cos, &self.sin].iter().any(|t| t.dtype() != T::DTYPE)
+        if [Some(&self.scale), Some(&self.cos), Some(&self.sin), self.bias.as_ref()].iter().flatten().any(|t| t.dtype() != T::DTYPE)
+            || self.bias.as_ref().is_some_and(|b| b.elem_count() != heads * d)
             || self.scale.elem_count() != d
             || self.cos.dims() != [tokens, d / 2]
             || self.sin.dims() != [tokens, d / 2]
         {
-            candle_core::bail!("RMSNorm + RoPE: scale [{d}] and cos, sin [{tokens}, {}] in the input's dtype expected", d / 2);
+            candle_core::bail!("RMSNorm + RoPE: bias [{}], scale [{d}] and cos, sin [{tokens}, {}] in the input's dtype expected", heads * d, d / 2);
         }
         let out = unsafe { dev.alloc::<T>(lx.shape().elem_count())? };
         let args = SfRmsNormRopeArgs {
             x: address(x, lx, dev),
+            bias: tensor_address(self.bias.as_ref())?,
             scale: tensor_address(Some(&self.scale))?,
             cos: tensor_address(Some(&self.cos))?,
             sin: tensor_address(Some(&self.sin))?,

@@ -282,7 +282,10 @@ pub fn linear(x: &Tensor, layer: &candle_nn::Linear, epilogue: LinearEpilogue) -
             };
             let mut shape = dims.to_vec();
             *shape.last_mut().expect("rank ≥ 1") = out_features;
-            return cuda::linear_epilogue(&y, terms)?.reshape(shape);
+            let plain = terms.bias.is_none() && terms.extra.is_none() && terms.gate.is_none() && terms.residual.is_none() && !terms.gelu;
+            // Nothing to add: the product is the result (no copy pass).
+            let y = if plain { y } else { cuda::linear_epilogue(&y, terms)? };
+            return y.reshape(shape);
         }
     }
     let mut v = candle_core::Module::forward(layer, x)?;
@@ -299,21 +302,23 @@ pub fn linear(x: &Tensor, layer: &candle_nn::Linear, epilogue: LinearEpilogue) -
     }
 }
 
-/// FLUX's query/key preparation: RMSNorm over each head's `D` values of
-/// `x [B, N, H, D]` (weights `scale [D]`), then the interleaved rotary
-/// embedding, pair `(x[2j], x[2j+1])` of token `t` rotated by the angle with
-/// `cos[b, t, j]`, `sin[b, t, j]` (`[B, N, D/2]`, `x`'s dtype) → `[B, N, H·D]`.
-/// One kernel on CUDA without autograd (f32 throughout, one rounding; `D` even
-/// and at most 256); otherwise candle-nn's `rms_norm` then `rope_i`.
-pub fn rms_norm_rope(x: &Tensor, scale: &Tensor, cos: &Tensor, sin: &Tensor, eps: f32) -> Result<Tensor> {
+/// FLUX's query/key preparation: `x [B, N, H, D]` plus the projection's
+/// `bias [H·D]` (when given), RMSNorm over each head's `D` values (weights
+/// `scale [D]`), then the interleaved rotary embedding, pair `(x[2j], x[2j+1])`
+/// of token `t` rotated by the angle with `cos[b, t, j]`, `sin[b, t, j]`
+/// (`[B, N, D/2]`, `x`'s dtype) → `[B, N, H·D]`. One kernel on CUDA without
+/// autograd (f32 throughout, one rounding; `D` even and at most 256);
+/// otherwise candle ops, then candle-nn's `rms_norm` and `rope_i`.
+pub fn rms_norm_rope(x: &Tensor, bias: Option<&Tensor>, scale: &Tensor, cos: &Tensor, sin: &Tensor, eps: f32) -> Result<Tensor> {
     let (b, n, h, d) = x.dims4()?;
     #[cfg(feature = "cuda")]
-    if [x, scale, cos, sin].iter().all(|t| fusable(t) && t.dtype() == x.dtype())
+    if [Some(x), bias, Some(scale), Some(cos), Some(sin)].iter().flatten().all(|t| fusable(t) && t.dtype() == x.dtype())
         && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
         && d % 2 == 0
         && d <= 256
     {
         let op = cuda::RmsNormRope {
+            bias: bias.map(|t| t.contiguous()).transpose()?,
             scale: scale.contiguous()?,
             cos: cos.contiguous()?.reshape((b * n, d / 2))?,
             sin: sin.contiguous()?.reshape((b * n, d / 2))?,
@@ -321,7 +326,11 @@ pub fn rms_norm_rope(x: &Tensor, scale: &Tensor, cos: &Tensor, sin: &Tensor, eps
         };
         return x.contiguous()?.reshape((b * n, h, d))?.apply_op1_no_bwd(&op)?.reshape((b, n, h * d));
     }
-    let normed = candle_nn::ops::rms_norm(&x.contiguous()?, scale, eps)?;
+    let x = match bias {
+        Some(bias) => x.broadcast_add(&bias.reshape((h, d))?)?,
+        None => x.contiguous()?,
+    };
+    let normed = candle_nn::ops::rms_norm(&x, scale, eps)?;
     // rope_i rotates [B', H', T, D] with cos/sin [B', T, D/2]; as
     // [B·N, H, 1, D] each token's heads share its angles.
     let (cos, sin) = (cos.contiguous()?.reshape((b * n, 1, d / 2))?, sin.contiguous()?.reshape((b * n, 1, d / 2))?);
