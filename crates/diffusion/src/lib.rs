@@ -9,9 +9,10 @@
 //! | [`tokenizer`] | CLIP BPE tokenizer (`tokenizer.json` or `vocab.json` + `merges.txt`) |
 //! | [`vae`] | the SD / FLUX KL autoencoder: encoder with gradients, decoder, tiling |
 //! | [`sds`] | score distillation (DreamGaussian's SDS with MVDream) |
-//! | [`sd`], [`euler`] | SD 2.1 / SD-Turbo text → image on candle-transformers' UNet |
+//! | [`sd`], [`euler`] | SD 2.1 / SD-Turbo text → image on our UNet (MVDream's, one view, no camera) |
 //! | [`flux`] | FLUX.1-schnell text → image: loading, T5 + CLIP, candle-transformers' `flux` sampling |
-//! | [`flux_transformer`] | FLUX.1's transformer, ours (fused attention, token-major layout) |
+//! | [`flux_transformer`] | FLUX.1's transformer, ours (fused attention, linear epilogues and RMSNorm + RoPE, token-major layout) |
+//! | [`ops`] | the hot operations: CUDA kernels (attention, GroupNorm, linear epilogue, RMSNorm + RoPE, upsampling) and cuDNN convolutions, with candle's composite path on the CPU as their reference |
 //! | [`ddim`] | DDIM scheduler (SD 2.1-base schedule) |
 //! | [`camera`] | MVDream camera inputs and our render cameras for the views |
 //! | [`pipeline`] | text → views: CFG with a negative prompt, seeded noise |

@@ -383,6 +383,81 @@ mod tests {
     use super::*;
     use crate::test_util::max_abs;
 
+    fn values(t: &Tensor) -> Vec<f64> {
+        t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    fn gelu_tanh(v: f64) -> f64 {
+        0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh())
+    }
+
+    #[test]
+    fn linear_epilogue_follows_its_formula() {
+        // out = residual + gate ⊙ gelu(x·Wᵀ + bias + extra), gates per batch item,
+        // against the formula written out element by element.
+        let dev = Device::Cpu;
+        let (b, n, k, o) = (2, 3, 4, 5);
+        let r = |s: &[usize]| Tensor::randn(0f32, 1.0, s, &dev).unwrap();
+        let (x, w, bias) = (r(&[b, n, k]), r(&[o, k]), r(&[o]));
+        let (extra, gate, res) = (r(&[b, n, o]), r(&[b, 1, o]), r(&[b, n, o]));
+        let layer = candle_nn::Linear::new(w.clone(), Some(bias.clone()));
+        let epilogue = LinearEpilogue { gelu: true, extra: Some(&extra), gate: Some(&gate), residual: Some(&res) };
+        let got = values(&linear(&x, &layer, epilogue).unwrap());
+        let (xv, wv, bv) = (values(&x), values(&w), values(&bias));
+        let (ev, gv, rv) = (values(&extra), values(&gate), values(&res));
+        for bi in 0..b {
+            for t in 0..n {
+                for j in 0..o {
+                    let row = bi * n + t;
+                    let dot: f64 = (0..k).map(|c| xv[row * k + c] * wv[j * k + c]).sum();
+                    let want = rv[row * o + j] + gv[bi * o + j] * gelu_tanh(dot + bv[j] + ev[row * o + j]);
+                    assert!((got[row * o + j] - want).abs() < 1e-5, "({bi}, {t}, {j}): {} vs {want}", got[row * o + j]);
+                }
+            }
+        }
+        // Without terms it is the layer itself; a gate needs the residual.
+        let plain = linear(&x, &layer, LinearEpilogue::default()).unwrap();
+        assert!(max_abs(&plain, &candle_core::Module::forward(&layer, &x).unwrap()) < 1e-6);
+        let gate_only = LinearEpilogue { gate: Some(&gate), ..Default::default() };
+        assert!(linear(&x, &layer, gate_only).is_err());
+    }
+
+    #[test]
+    fn rms_norm_rope_follows_its_formula() {
+        // Per (token, head): v = x + bias, v / rms(v) · scale, then pair j of
+        // token t rotated by (cos, sin)[t, j].
+        let dev = Device::Cpu;
+        let (n, h, d) = (3, 2, 4);
+        let r = |s: &[usize]| Tensor::randn(0f32, 1.0, s, &dev).unwrap();
+        let (x, bias, scale) = (r(&[1, n, h, d]), r(&[h * d]), r(&[d]));
+        let angles = Tensor::rand(0f32, 6.0, (1, n, d / 2), &dev).unwrap();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let eps = 1e-6;
+        let got = values(&rms_norm_rope(&x, Some(&bias), &scale, &cos, &sin, eps).unwrap());
+        let (xv, bv, sv, cv, snv) = (values(&x), values(&bias), values(&scale), values(&cos), values(&sin));
+        for t in 0..n {
+            for hd in 0..h {
+                let v: Vec<f64> = (0..d).map(|i| xv[(t * h + hd) * d + i] + bv[hd * d + i]).collect();
+                let rms = (v.iter().map(|a| a * a).sum::<f64>() / d as f64 + eps as f64).sqrt();
+                for j in 0..d / 2 {
+                    let (a, b) = (v[2 * j] / rms * sv[2 * j], v[2 * j + 1] / rms * sv[2 * j + 1]);
+                    let (c, s) = (cv[t * d / 2 + j], snv[t * d / 2 + j]);
+                    let at = (t * h + hd) * d + 2 * j;
+                    assert!((got[at] - (a * c - b * s)).abs() < 1e-5, "token {t} head {hd} pair {j}");
+                    assert!((got[at + 1] - (a * s + b * c)).abs() < 1e-5, "token {t} head {hd} pair {j}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn upsample_nearest2x_repeats_each_value() {
+        let x = Tensor::arange(0f32, 6.0, &Device::Cpu).unwrap().reshape((1, 1, 2, 3)).unwrap();
+        let y: Vec<f32> = upsample_nearest2x(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let row0 = [0.0, 0.0, 1.0, 1.0, 2.0, 2.0];
+        let row1 = [3.0, 3.0, 4.0, 4.0, 5.0, 5.0];
+        assert_eq!(y, [row0, row0, row1, row1].concat());
+    }
 
     #[test]
     fn group_norm_matches_candle_nn() {
