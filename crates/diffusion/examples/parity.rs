@@ -99,6 +99,15 @@ impl Report {
         println!("{line}");
         self.lines.push(line);
     }
+    /// `y` against the f32 reference, and against diffusers' own bf16 output
+    /// when one is given (the bf16 runs).
+    fn parity_with_refs(&mut self, what: &str, dtype: &str, y: &Tensor, f32_ref: &Tensor, bf16_ref: Option<Tensor>, bound: f64) -> R<()> {
+        self.parity(what, dtype, rel(y, f32_ref)?, bound);
+        if let Some(rb) = bf16_ref {
+            self.parity(&format!("{what} vs diffusers bf16"), dtype, rel(y, &rb)?, bound);
+        }
+        Ok(())
+    }
     fn text(&mut self, what: &str, v: &str) {
         let line = format!("{{\"kind\":\"text\",\"name\":\"{what}\",\"value\":{}}}", serde_json::to_string(v).unwrap_or_default());
         println!("{line}");
@@ -242,44 +251,15 @@ fn main() -> R<()> {
                 ucfg.to_candle()?,
             )?;
             let y = unet.forward(&x.to_dtype(dt)?, t, &ctx.to_dtype(dt)?)?;
-            rep.parity(
-                "sd21_unet (candle-transformers)",
-                name,
-                rel(&y, &reference)?,
-                bound,
-            );
-            if dt == bf {
-                if let Ok(rb) = g("unet_ref_bf16") {
-                    rep.parity(
-                        "sd21_unet (candle-transformers) vs diffusers bf16",
-                        name,
-                        rel(&y, &rb)?,
-                        bound,
-                    );
-                }
-            }
+            let bf16_ref = || if dt == bf { g("unet_ref_bf16").ok() } else { None };
+            rep.parity_with_refs("sd21_unet (candle-transformers)", name, &y, &reference, bf16_ref(), bound)?;
             let mv = MultiViewUNet::new(
                 MappedBackend::new(uf.clone(), map.clone(), "unet").into_var_builder(dt, &dev),
                 &mv_cfg,
             )?;
             let tt = Tensor::full(t as f32, b, &dev)?;
             let y = mv.forward(&x.to_dtype(dt)?, &tt, &ctx.to_dtype(dt)?, None, 1)?;
-            rep.parity(
-                "mvdream_unet (1 view, no camera)",
-                name,
-                rel(&y, &reference)?,
-                bound,
-            );
-            if dt == bf {
-                if let Ok(rb) = g("unet_ref_bf16") {
-                    rep.parity(
-                        "mvdream_unet (1 view, no camera) vs diffusers bf16",
-                        name,
-                        rel(&y, &rb)?,
-                        bound,
-                    );
-                }
-            }
+            rep.parity_with_refs("mvdream_unet (1 view, no camera)", name, &y, &reference, bf16_ref(), bound)?;
             if dt == bf {
                 // Speed: batch 8 (4 views × CFG) at 32×32 latents.
                 let x8 =
@@ -318,26 +298,11 @@ fn main() -> R<()> {
         for (dt, name, bound) in [(DType::F32, "f32", 1e-3), (bf, "bf16", 2e-2)] {
             let vae =
                 Vae::new(identity(vf.clone(), dt, &dev), &vcfg)?.with_tiling(TilingOptions::off());
+            let bf16_ref = |key: &str| if dt == bf { g(key).ok() } else { None };
             let y = vae.decode_raw(&z)?;
-            rep.parity("vae_decode", name, rel(&y, &g("vae_dec_ref_f32")?)?, bound);
+            rep.parity_with_refs("vae_decode", name, &y, &g("vae_dec_ref_f32")?, bf16_ref("vae_dec_ref_bf16"), bound)?;
             let m = vae.encode_raw(&img)?;
-            rep.parity(
-                "vae_encode_mean",
-                name,
-                rel(&m, &g("vae_enc_ref_f32")?)?,
-                bound,
-            );
-            if dt == bf {
-                if let (Ok(d), Ok(e)) = (g("vae_dec_ref_bf16"), g("vae_enc_ref_bf16")) {
-                    rep.parity("vae_decode vs diffusers bf16", name, rel(&y, &d)?, bound);
-                    rep.parity(
-                        "vae_encode_mean vs diffusers bf16",
-                        name,
-                        rel(&m, &e)?,
-                        bound,
-                    );
-                }
-            }
+            rep.parity_with_refs("vae_encode_mean", name, &m, &g("vae_enc_ref_f32")?, bf16_ref("vae_enc_ref_bf16"), bound)?;
             // The SDS path's encoder: forward and backward to the images,
             // 4 × 256² (f32 here; bf16 and f16 below).
             let sds_encode = |vae: &Vae, dt: DType| -> R<f64> {
@@ -431,17 +396,8 @@ fn main() -> R<()> {
                 "flux_transformer ({} double + {} single blocks, full width)",
                 fcfg.num_layers, fcfg.num_single_layers
             );
-            rep.parity(&label, name, rel(&y, &reference)?, bound);
-            if dt == bf {
-                if let Ok(rb) = g("flux_small_ref_bf16") {
-                    rep.parity(
-                        &format!("{label} vs diffusers bf16"),
-                        name,
-                        rel(&y, &rb)?,
-                        bound,
-                    );
-                }
-            }
+            let bf16_ref = if dt == bf { g("flux_small_ref_bf16").ok() } else { None };
+            rep.parity_with_refs(&label, name, &y, &reference, bf16_ref, bound)?;
         }
     }
 

@@ -80,35 +80,28 @@ pub struct DeviceMemory {
     pub total_bytes: u64,
 }
 
-impl<G: Generator + ?Sized> Generator for Box<G> {
-    fn generate(&self, request: &GenerationRequest, cancel: &CancelToken) -> Result<Generation, GenerationError> {
-        (**self).generate(request, cancel)
-    }
-    fn warm_up(&self) -> Result<(), GenerationError> {
-        (**self).warm_up()
-    }
-    fn name(&self) -> &str {
-        (**self).name()
-    }
-    fn device_memory(&self) -> Option<DeviceMemory> {
-        (**self).device_memory()
-    }
+/// Boxed and shared generators are generators too (factories return
+/// `Box<dyn Generator>`; an `Arc` shares one between owners).
+macro_rules! delegate_generator {
+    ($($pointer:ident),+) => {$(
+        impl<G: Generator + ?Sized> Generator for $pointer<G> {
+            fn generate(&self, request: &GenerationRequest, cancel: &CancelToken) -> Result<Generation, GenerationError> {
+                (**self).generate(request, cancel)
+            }
+            fn warm_up(&self) -> Result<(), GenerationError> {
+                (**self).warm_up()
+            }
+            fn name(&self) -> &str {
+                (**self).name()
+            }
+            fn device_memory(&self) -> Option<DeviceMemory> {
+                (**self).device_memory()
+            }
+        }
+    )+};
 }
 
-impl<G: Generator + ?Sized> Generator for Arc<G> {
-    fn generate(&self, request: &GenerationRequest, cancel: &CancelToken) -> Result<Generation, GenerationError> {
-        (**self).generate(request, cancel)
-    }
-    fn warm_up(&self) -> Result<(), GenerationError> {
-        (**self).warm_up()
-    }
-    fn name(&self) -> &str {
-        (**self).name()
-    }
-    fn device_memory(&self) -> Option<DeviceMemory> {
-        (**self).device_memory()
-    }
-}
+delegate_generator!(Box, Arc);
 
 /// Builds the generator of one device (called once per device, on a
 /// dedicated thread, at startup). Any `Fn(u32) -> Result<G, GenerationError>`
