@@ -152,6 +152,29 @@ fn address<T: DeviceRepr>(s: &CudaSlice<T>, l: &Layout, dev: &CudaDevice) -> u64
     p + (l.start_offset() * std::mem::size_of::<T>()) as u64
 }
 
+/// Device address of the first element of `l` in `s` (f32, f16 or bf16).
+pub(super) fn storage_address(s: &CudaStorage, l: &Layout) -> Result<u64> {
+    use CudaStorageSlice as S;
+    Ok(match &s.slice {
+        S::F32(v) => address(v, l, &s.device),
+        S::F16(v) => address(v, l, &s.device),
+        S::BF16(v) => address(v, l, &s.device),
+        _ => candle_core::bail!("the CUDA kernels take f32, f16 or bf16 tensors"),
+    })
+}
+
+/// `t` contiguous and starting on a 16-byte boundary, for kernels that load
+/// 16-byte vectors (buffers are 256-byte aligned; a view's offset may not
+/// be): `t` itself when it already is, else a copy.
+pub(super) fn aligned(t: &Tensor) -> Result<Tensor> {
+    let t = t.contiguous()?;
+    if (t.layout().start_offset() * t.dtype().size_in_bytes()) % 16 == 0 {
+        Ok(t)
+    } else {
+        t.copy()
+    }
+}
+
 /// The fused attention when it applies (CUDA, f16/bf16, head dim 64 or 128,
 /// no autograd); `None` sends the caller to the composite path. `variant`
 /// picks the kernel's block shape (`SfAttentionArgs` in `cuda/api.h`; 0 is
@@ -176,16 +199,7 @@ pub(super) fn attention(
     if !ok {
         return Ok(None);
     }
-    // 16-byte vector loads: rows must start on 16-byte boundaries (buffers
-    // are 256-byte aligned; a view's offset may not be).
-    let aligned = |t: &Tensor| -> Result<Tensor> {
-        let t = t.contiguous()?;
-        if (t.layout().start_offset() * 2) % 16 == 0 {
-            Ok(t)
-        } else {
-            t.copy()
-        }
-    };
+    // 16-byte vector loads: rows must start on 16-byte boundaries.
     let (q, k, v) = (aligned(q)?, aligned(k)?, aligned(v)?);
     Ok(Some(q.apply_op3_no_bwd(&k, &v, &FusedAttention { heads, variant })?))
 }
@@ -591,23 +605,18 @@ pub(super) fn linear_epilogue(y: &Tensor, terms: EpilogueTerms) -> Result<Tensor
     y.apply_op1_no_bwd(&terms)
 }
 
-/// Device address of a CUDA tensor's first element (0 when absent).
+/// Device address of a CUDA tensor's first element (0 when absent), for the
+/// optional inputs the kernels take beside their main one.
 fn tensor_address(t: Option<&Tensor>) -> Result<u64> {
     let Some(t) = t else { return Ok(0) };
     let (storage, layout) = t.storage_and_layout();
     let candle_core::Storage::Cuda(s) = &*storage else {
-        candle_core::bail!("the linear epilogue's terms must be on the GPU")
+        candle_core::bail!("a CUDA kernel's inputs must all be on the GPU")
     };
     if !layout.is_contiguous() {
-        candle_core::bail!("the linear epilogue's terms must be contiguous");
+        candle_core::bail!("a CUDA kernel's inputs must be contiguous");
     }
-    use CudaStorageSlice as S;
-    Ok(match &s.slice {
-        S::F32(v) => address(v, layout, &s.device),
-        S::F16(v) => address(v, layout, &s.device),
-        S::BF16(v) => address(v, layout, &s.device),
-        _ => candle_core::bail!("the linear epilogue takes f32, f16 or bf16"),
-    })
+    storage_address(s, layout)
 }
 
 impl CustomOp1 for EpilogueTerms {

@@ -34,7 +34,7 @@ use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, DeviceId};
 use candle_core::{CudaDevice, CudaStorage, CustomOp2, CustomOp3, DType, Error as E, Layout, Result, Shape, Tensor, WithDType};
 use candle_nn::Conv2dConfig;
 
-use super::cuda::{check, SfChannelBiasArgs, sf_channel_bias, sf_dtype};
+use super::cuda::{aligned, check, sf_channel_bias, sf_dtype, storage_address, SfChannelBiasArgs};
 use super::fusable;
 
 use sys::cudnnBackendAttributeName_t as A;
@@ -42,7 +42,7 @@ use sys::cudnnBackendAttributeType_t as T;
 use sys::cudnnBackendDescriptorType_t as K;
 
 /// Engine configurations timed per shape when `SPLATFORGE_CUDNN_BENCHMARK=1`.
-pub const BENCHMARK_CANDIDATES: usize = 8;
+const BENCHMARK_CANDIDATES: usize = 8;
 /// Tensor ids in the graphs and variant packs.
 const UID_IN: i64 = 1;
 const UID_FILTER: i64 = 2;
@@ -394,17 +394,6 @@ pub(super) fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: &C
     }))
 }
 
-/// `t` contiguous and starting on a 16-byte boundary (buffers are 256-byte
-/// aligned; a view's offset may not be), as the tensor descriptors promise.
-fn aligned(t: &Tensor) -> Result<Tensor> {
-    let t = t.contiguous()?;
-    if (t.layout().start_offset() * t.dtype().size_in_bytes()) % 16 == 0 {
-        Ok(t)
-    } else {
-        t.copy()
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Params {
     padding: usize,
@@ -492,7 +481,7 @@ fn dispatch(
         candle_core::bail!("the cuDNN convolution needs contiguous tensors");
     }
     let bias = match bias {
-        Some((b, lb)) if b.dtype() == a.dtype() && lb.shape().elem_count() == lw.shape().dims()[0] => Some(address(b, lb)),
+        Some((b, lb)) if b.dtype() == a.dtype() && lb.shape().elem_count() == lw.shape().dims()[0] => Some(storage_address(b, lb)?),
         Some(_) => candle_core::bail!("conv2d: the bias must hold one value per output channel, in the input's dtype"),
         None => None,
     };
@@ -511,18 +500,6 @@ fn dispatch(
         (S::BF16(a), S::BF16(w)) => run(pass, p, x_dims, (a, la), (w, lw), bias, dev),
         _ => candle_core::bail!("the cuDNN convolution takes f32, f16 or bf16 tensors of one dtype"),
     }
-}
-
-/// The device address of a tensor's first element.
-fn address(s: &CudaStorage, l: &Layout) -> u64 {
-    let stream = s.device().cuda_stream();
-    let (base, elem) = match &s.slice {
-        CudaStorageSlice::F32(v) => (v.device_ptr(&stream).0, 4),
-        CudaStorageSlice::F16(v) => (v.device_ptr(&stream).0, 2),
-        CudaStorageSlice::BF16(v) => (v.device_ptr(&stream).0, 2),
-        _ => (0, 0),
-    };
-    base + l.start_offset() as u64 * elem
 }
 
 /// `y = conv(x, w)`; the backward gives `dx` (the weights take none).
