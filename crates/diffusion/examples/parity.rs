@@ -450,7 +450,7 @@ fn main() -> R<()> {
 /// own op next to ours.
 fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
     use candle_core::Module;
-    use splatforge_diffusion::ops::{attention, attention_reference, GroupNorm};
+    use splatforge_diffusion::ops::{attention, attention_reference, attention_with_variant, GroupNorm};
     let cpu = Device::Cpu;
     let r = |s: &[usize], dt: DType| -> R<Tensor> { Ok(Tensor::randn(0f32, 1., s, dev)?.to_dtype(dt)?) };
     let f32_cpu = |t: &Tensor| -> R<Tensor> { Ok(t.to_device(&cpu)?.to_dtype(DType::F32)?) };
@@ -471,6 +471,14 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
         let ours = attention(&q, &k, &v, h)?;
         let want = attention_reference(&f32_cpu(&q)?, &f32_cpu(&k)?, &f32_cpu(&v)?, h)?;
         rep.parity(&format!("op attention {label} [{b},{nq},{nk},{h}x{d}]"), &format!("{dt:?}"), rel(&ours, &want)?, 1e-2);
+        // Every block shape of the kernel (cuda/api.h `variant`) computes the
+        // same values; the ragged case exercises their tails.
+        if label.contains("ragged") {
+            for variant in ATTENTION_VARIANTS {
+                let ours = attention_with_variant(&q, &k, &v, h, variant)?;
+                rep.parity(&format!("op attention {label} variant {variant}"), &format!("{dt:?}"), rel(&ours, &want)?, 1e-2);
+            }
+        }
     }
     let gn_cases: [(&[usize], usize, DType, bool); 5] = [
         (&[4, 128, 256, 256], 32, DType::BF16, true),
@@ -627,5 +635,15 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
         let ms = bench(dev, 3, 10, &f)?;
         rep.time(name, ms, ",\"dtype\":\"bf16\"");
     }
+    // The block shapes against each other (the default is tuned from these).
+    for variant in ATTENTION_VARIANTS {
+        let flux = bench(dev, 3, 10, || Ok(attention_with_variant(&fl[0], &fl[1], &fl[2], 24, variant)?))?;
+        rep.time(&format!("op_attention_24x4352x128 (fused, variant {variant})"), flux, ",\"dtype\":\"bf16\"");
+        let mvd = bench(dev, 3, 10, || Ok(attention_with_variant(&mv[0], &mv[1], &mv[2], 5, variant)?))?;
+        rep.time(&format!("op_attention_mvdream_2x4096x5x64 (fused, variant {variant})"), mvd, ",\"dtype\":\"bf16\"");
+    }
     Ok(())
 }
+
+/// The attention kernel's forced block shapes (`variant` in cuda/api.h).
+const ATTENTION_VARIANTS: [u32; 4] = [1, 2, 3, 4];
