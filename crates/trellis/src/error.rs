@@ -1,0 +1,23 @@
+//! Errors of the TRELLIS runtime.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading or running TRELLIS.
+#[derive(Debug, thiserror::Error)]
+pub enum TrellisError {
+    /// A file exists but cannot be used (bad JSON, unreadable checkpoint, wrong tensors).
+    #[error("{}: {message}", path.display())]
+    BadFile { path: PathBuf, message: String },
+    /// An unsupported or inconsistent configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Invalid arguments to a call (shapes, sizes, counts).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// An error from candle (tensor ops, weight shapes).
+    #[error("tensor: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, TrellisError>;

@@ -1,0 +1,15 @@
+//! TRELLIS (microsoft/TRELLIS, `TRELLIS-image-large`) image → 3D Gaussians on candle.
+//!
+//! Data flows one way: image → DINOv2 tokens → sparse structure (stage 1: flow over a
+//! 16³×8 latent, decoded to 64³ occupancy) → structured latent (stage 2: flow over the
+//! occupied voxels) → Gaussian decoder → [`splatforge_splat::Gaussians`].
+//!
+//! | module | what |
+//! |---|---|
+//! | [`sparse`] | sparse voxel tensors (batch-indexed coordinates + features) and the ops on them |
+//! | [`error`] | errors of this crate |
+
+pub mod error;
+pub mod sparse;
+
+pub use error::{Result, TrellisError};
