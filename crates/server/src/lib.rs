@@ -17,6 +17,11 @@
 //! - Shutdown (the `shutdown` future, or SIGINT/SIGTERM in [`run`]) stops
 //!   accepting connections, lets running and queued jobs finish until
 //!   `shutdown_timeout`, then cancels what is left (503) and returns.
+//! - Slow and idle clients are bounded: request headers must arrive within
+//!   `header_read_timeout` (hyper's setting), a request body within
+//!   `body_read_timeout` (408) and under `max_body_bytes` (tower-http's
+//!   limit, 413), and at most `max_connections` connections are open at once.
+//!   A client that leaves while its job waits frees its queue slot at once.
 //!
 //! Endpoints, request fields and metrics are listed in the crate README
 //! section of the project README.
@@ -25,30 +30,32 @@ pub mod generator;
 pub mod metrics;
 pub mod output;
 
+mod connections;
 mod form;
 mod pool;
 
-use std::collections::BTreeMap;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt as _;
 use axum::Router;
 use tokio::sync::{oneshot, watch};
+use tower_http::limit::RequestBodyLimitLayer;
 
 pub use generator::{
     CancelToken, DeviceMemory, Generation, GenerationError, GenerationRequest, Generator, GeneratorFactory,
 };
-use metrics::{names, GaugeSample, Metrics};
+use connections::{serve_connections, ConnectionLimits};
+use metrics::{BuildLabels, DeviceLabels, EndpointLabels, Metrics};
 pub use output::{Encoding, OutputSpec, SplatFormat, VideoFormat};
-use pool::{DeviceState, Job, JobFailure, JobOutput, Pool, PoolStatus, Rejection};
+use pool::{DeviceState, Job, JobFailure, JobOutput, Pool, PoolStatus, Rejection, Ticket};
 
 /// Longest accepted prompt, in Unicode scalar values (404's limit).
 pub const MAX_PROMPT_CHARS: usize = 1024;
@@ -58,8 +65,14 @@ pub const MIN_VIDEO_RES: u32 = 16;
 pub const MAX_VIDEO_FRAMES: u32 = 360;
 /// Turntable frames when the request does not say (404: one every 5°).
 pub const DEFAULT_VIDEO_FRAMES: u32 = 72;
-/// `video_res` when the request does not say (404's default).
+/// `video_res` when the request does not say (404's default; the server's
+/// `max_video_res` when that is lower).
 pub const DEFAULT_VIDEO_RES: u32 = 1088;
+/// The default address to listen on: loopback only. The 404 miner calls its
+/// generation service on the same machine, and the service has no
+/// authentication, so serving other machines (`--host 0.0.0.0`) is a choice
+/// the operator makes, behind a firewall.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
 
 /// The crate version, and the git commit when it was known at build time.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -68,7 +81,7 @@ pub const GIT_HASH: Option<&str> = option_env!("SPLATFORGE_GIT_HASH");
 /// Everything the service is configured with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
-    /// Address to listen on (`0.0.0.0`).
+    /// Address to listen on ([`DEFAULT_HOST`], loopback).
     pub host: String,
     /// Port (10006; 0 picks a free one, see [`bind`]).
     pub port: u16,
@@ -83,16 +96,25 @@ pub struct ServerConfig {
     /// After the shutdown signal, how long running and queued jobs may take
     /// before they are cancelled (300 s).
     pub shutdown_timeout: Duration,
-    /// Largest request body (1 MiB).
+    /// Largest request body (1 MiB); larger ones get 413.
     pub max_body_bytes: usize,
-    /// `video_res` above this is clamped to it (1088).
+    /// Largest accepted `video_res` (1088); larger ones get 400.
     pub max_video_res: u32,
+    /// How long a client may take to send a request's headers, from its
+    /// first byte or from the moment its connection opened or went idle
+    /// (10 s); then the connection is closed without an answer.
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request's body once its headers
+    /// are in (30 s); then it gets 408 and the connection is closed.
+    pub body_read_timeout: Duration,
+    /// Most connections open at once (256); more wait to be accepted.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            host: "0.0.0.0".into(),
+            host: DEFAULT_HOST.into(),
             port: 10006,
             devices: vec![0],
             workers_per_device: 1,
@@ -101,6 +123,9 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(300),
             max_body_bytes: 1 << 20,
             max_video_res: DEFAULT_VIDEO_RES,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 256,
         }
     }
 }
@@ -131,6 +156,12 @@ impl ServerConfig {
         }
         if self.max_video_res < MIN_VIDEO_RES {
             return bad("the largest video resolution must be at least 16");
+        }
+        if self.header_read_timeout.is_zero() || self.body_read_timeout.is_zero() {
+            return bad("the header and body read timeouts must be positive");
+        }
+        if self.max_connections == 0 {
+            return bad("at least one connection must be allowed");
         }
         Ok(())
     }
@@ -233,7 +264,7 @@ impl BoundServer {
         let metrics = Arc::new(Metrics::new());
         let factory: Arc<dyn GeneratorFactory> = Arc::new(factory);
         let pool = Pool::start(&config.devices, config.workers_per_device, config.queue_size, factory, metrics.clone());
-        let app = Arc::new(App { config: config.clone(), pool: pool.clone(), metrics, in_flight: Mutex::default() });
+        let app = Arc::new(App { config: config.clone(), pool: pool.clone(), metrics: metrics.clone() });
         let listener = tokio::net::TcpListener::from_std(self.listener)
             .map_err(|source| ServerError::Io { context: "registering the listener".into(), source })?;
 
@@ -248,26 +279,21 @@ impl BoundServer {
             draining_pool.start_draining();
             let _ = drain_tx.send(true);
         };
-        // Small JSON answers should not wait for Nagle.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let server = axum::serve(listener, router(app)).with_graceful_shutdown(graceful).into_future();
+        let limits =
+            ConnectionLimits { header_read_timeout: config.header_read_timeout, max_connections: config.max_connections };
+        let server = serve_connections(listener, router(app), limits, metrics, graceful);
         tokio::pin!(server);
         let shutdown_timeout = config.shutdown_timeout;
         let deadline = async move {
             let _ = drain_rx.wait_for(|d| *d).await;
             tokio::time::sleep(shutdown_timeout).await;
         };
-        let mut io_result = Ok(());
         tokio::select! {
-            r = &mut server => io_result = r,
+            _ = &mut server => {},
             _ = deadline => {
                 eprintln!("splatforge-server: shutdown deadline reached; cancelling the remaining jobs");
                 pool.root.cancel();
-                if let Ok(r) = tokio::time::timeout(Duration::from_secs(10), &mut server).await {
-                    io_result = r;
-                }
+                let _ = tokio::time::timeout(Duration::from_secs(10), &mut server).await;
             }
         }
         pool.close();
@@ -283,7 +309,6 @@ impl BoundServer {
             pool.root.cancel();
             eprintln!("splatforge-server: some worker threads did not stop in time; leaving them");
         }
-        io_result.map_err(|source| ServerError::Io { context: "serving".into(), source })?;
         match &*pool.subscribe().borrow() {
             PoolStatus::Failed(e) => Err(ServerError::Startup(e.clone())),
             _ => Ok(()),
@@ -298,7 +323,6 @@ struct App {
     config: ServerConfig,
     pool: Arc<Pool>,
     metrics: Arc<Metrics>,
-    in_flight: Mutex<BTreeMap<&'static str, i64>>,
 }
 
 fn router(app: Arc<App>) -> Router {
@@ -307,11 +331,27 @@ fn router(app: Arc<App>) -> Router {
         .route("/generate", post(generate).fallback(method_not_allowed))
         .route("/generate_video/", post(generate_video).fallback(method_not_allowed))
         .route("/generate_video", post(generate_video).fallback(method_not_allowed))
+        // Only the routes above read bodies; the later layer is the outer one.
+        .route_layer(RequestBodyLimitLayer::new(app.config.max_body_bytes))
+        .route_layer(middleware::from_fn_with_state(app.clone(), json_body_limit_answer))
         .route("/health", get(health).fallback(method_not_allowed))
         .route("/metrics", get(metrics_text).fallback(method_not_allowed))
         .route("/version", get(version).fallback(method_not_allowed))
         .fallback(not_found)
         .with_state(app)
+}
+
+/// tower-http answers a Content-Length over the body limit itself, in plain
+/// text, before the handler runs: give that answer the JSON error and the
+/// request count that every other answer gets.
+async fn json_body_limit_answer(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let endpoint = if request.uri().path().starts_with("/generate_video") { "/generate_video/" } else { "/generate/" };
+    let response = next.run(request).await;
+    let is_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
+        return Tracker::new(&app, endpoint).fail(form::too_large(app.config.max_body_bytes));
+    }
+    response
 }
 
 /// An error answer: status, a short machine-readable kind (also the metrics
@@ -350,28 +390,42 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A submitted job as its request sees it: its token, and where it waits.
+struct SubmittedJob {
+    token: CancelToken,
+    ticket: Ticket,
+}
+
 /// Counts one request: in flight while alive, then exactly one outcome.
 /// Dropped unfinished (the client went away and hyper dropped the handler),
-/// it cancels the request's job and counts `disconnected`.
+/// it cancels the request's job, withdraws it from its queue and counts
+/// `disconnected`.
 struct Tracker {
     app: Arc<App>,
     endpoint: &'static str,
     started: Instant,
-    token: Option<CancelToken>,
+    job: Option<SubmittedJob>,
     done: bool,
 }
 
 impl Tracker {
     fn new(app: &Arc<App>, endpoint: &'static str) -> Self {
-        *app.in_flight.lock().unwrap_or_else(|e| e.into_inner()).entry(endpoint).or_default() += 1;
-        Tracker { app: app.clone(), endpoint, started: Instant::now(), token: None, done: false }
+        app.metrics.in_flight.get_or_create(&EndpointLabels { endpoint }).inc();
+        Tracker { app: app.clone(), endpoint, started: Instant::now(), job: None, done: false }
     }
 
-    fn count(&mut self, outcome: &str) {
+    fn count(&mut self, outcome: &'static str) {
         self.done = true;
-        let m = &self.app.metrics;
-        m.inc(names::REQUESTS, &[("endpoint", self.endpoint), ("outcome", outcome)]);
-        m.observe(names::REQUEST_DURATION, &[("endpoint", self.endpoint)], self.started.elapsed());
+        self.app.metrics.count_request(self.endpoint, outcome, self.started.elapsed());
+    }
+
+    /// Nobody waits for the job any more: stop it, and free its queue slot
+    /// if it has not started.
+    fn abandon_job(&mut self) {
+        if let Some(job) = self.job.take() {
+            job.token.cancel();
+            self.app.pool.withdraw(&job.ticket);
+        }
     }
 
     fn fail(mut self, e: ApiError) -> Response {
@@ -388,12 +442,10 @@ impl Tracker {
 impl Drop for Tracker {
     fn drop(&mut self) {
         if !self.done {
-            if let Some(t) = &self.token {
-                t.cancel();
-            }
+            self.abandon_job();
             self.count("disconnected");
         }
-        *self.app.in_flight.lock().unwrap_or_else(|e| e.into_inner()).entry(self.endpoint).or_default() -= 1;
+        self.app.metrics.in_flight.get_or_create(&EndpointLabels { endpoint: self.endpoint }).dec();
     }
 }
 
@@ -422,22 +474,26 @@ fn parse_request(
              (text prompts only: image prompts are not supported)"
         )));
     }
-    let field = |name: &str| -> Result<Option<String>, ApiError> {
-        Ok(form.text(name)?.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
-    };
-    let seed = field("seed")?
+    // Optional fields: surrounding white space is dropped, and an empty
+    // value is the same as leaving the field out (as HTML forms send them).
+    let present = |value: Option<String>| value.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let field = |name: &str| -> Result<Option<String>, ApiError> { Ok(present(form.text(name)?)) };
+    let seed = present(form.number("seed")?)
         .map(|s| s.parse::<u64>().map_err(|_| ApiError::bad_request(format!("seed must be an integer in 0..2^64, got '{s}'"))))
         .transpose()?;
     let number = |name: &str, default: u32| -> Result<u32, ApiError> {
-        match field(name)? {
+        match present(form.number(name)?) {
             None => Ok(default),
             Some(s) => s.parse::<u32>().map_err(|_| ApiError::bad_request(format!("{name} must be a positive integer, got '{s}'"))),
         }
     };
     let output = if video {
-        let resolution = number("video_res", DEFAULT_VIDEO_RES)?;
-        if resolution < MIN_VIDEO_RES {
-            return Err(ApiError::bad_request(format!("video_res must be at least {MIN_VIDEO_RES}, got {resolution}")));
+        let max_res = config.max_video_res;
+        let resolution = number("video_res", DEFAULT_VIDEO_RES.min(max_res))?;
+        if !(MIN_VIDEO_RES..=max_res).contains(&resolution) {
+            return Err(ApiError::bad_request(format!(
+                "video_res must be {MIN_VIDEO_RES} to {max_res} on this server, got {resolution}"
+            )));
         }
         let frames = number("frames", DEFAULT_VIDEO_FRAMES)?;
         if !(1..=MAX_VIDEO_FRAMES).contains(&frames) {
@@ -454,10 +510,8 @@ fn parse_request(
         if !format.available() {
             return Err(ApiError::bad_request("this server was built without the MP4 encoder; ask for video_format=gif"));
         }
-        let mut resolution = resolution.min(config.max_video_res);
-        if format == VideoFormat::Mp4 {
-            resolution &= !1; // H.264 4:2:0 needs even sides
-        }
+        // H.264 4:2:0 needs even sides: an odd MP4 resolution is rounded down.
+        let resolution = if format == VideoFormat::Mp4 { resolution & !1 } else { resolution };
         OutputSpec::Video { resolution, frames, format }
     } else {
         let format = match field("format")?.map(|s| s.to_ascii_lowercase()).as_deref() {
@@ -479,7 +533,8 @@ fn parse_request(
 
 async fn handle_generation(app: Arc<App>, endpoint: &'static str, headers: HeaderMap, body: Body, video: bool) -> Response {
     let mut tracker = Tracker::new(&app, endpoint);
-    let parsed = match form::read_form(&headers, body, app.config.max_body_bytes).await {
+    let config = &app.config;
+    let parsed = match form::read_form(&headers, body, config.max_body_bytes, config.body_read_timeout).await {
         Ok(form) => parse_request(&form, video, &app.config),
         Err(e) => Err(e),
     };
@@ -488,10 +543,16 @@ async fn handle_generation(app: Arc<App>, endpoint: &'static str, headers: Heade
         Err(e) => return tracker.fail(e),
     };
     let token = app.pool.root.child();
-    tracker.token = Some(token.clone());
     let (reply, receiver) = oneshot::channel();
-    let job = Job { request, output, cancel: token.clone(), enqueued: Instant::now(), reply };
-    if let Err((_, rejection)) = app.pool.submit(job) {
+    let job = Job { id: 0, request, output, cancel: token.clone(), enqueued: Instant::now(), reply };
+    let rejection = match app.pool.submit(job) {
+        Ok(ticket) => {
+            tracker.job = Some(SubmittedJob { token, ticket });
+            None
+        }
+        Err((_, rejection)) => Some(rejection),
+    };
+    if let Some(rejection) = rejection {
         let e = match rejection {
             Rejection::NotReady => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -514,7 +575,7 @@ async fn handle_generation(app: Arc<App>, endpoint: &'static str, headers: Heade
     let timeout = app.config.timeout;
     let result = match tokio::time::timeout(timeout, receiver).await {
         Err(_) => {
-            token.cancel();
+            tracker.abandon_job();
             return tracker.fail(ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",
@@ -652,38 +713,40 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     })
     .await
     .unwrap_or_default();
-    let mut gauges = Vec::new();
-    let mut gauge = |name, labels: Vec<(&'static str, String)>, value: f64| gauges.push(GaugeSample { name, labels, value });
-    for (endpoint, n) in app.in_flight.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        gauge(names::IN_FLIGHT, vec![("endpoint", endpoint.to_string())], *n as f64);
-    }
+    let m = &app.metrics;
+    let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
     for d in &app.pool.devices {
-        let dev = || vec![("device", d.id.to_string())];
-        gauge(names::QUEUE_DEPTH, dev(), d.depth() as f64);
-        gauge(names::QUEUE_CAPACITY, dev(), d.capacity as f64);
-        gauge(names::JOBS_RUNNING, dev(), d.running() as f64);
+        let dev = DeviceLabels { device: d.id };
+        m.queue_depth.get_or_create(&dev).set(gauge(d.depth() as u64));
+        m.queue_capacity.get_or_create(&dev).set(gauge(d.capacity as u64));
+        m.jobs_running.get_or_create(&dev).set(gauge(d.running() as u64));
     }
-    for (id, m) in memory {
-        if let Some(m) = m {
-            gauge(names::DEVICE_MEMORY, vec![("device", id.to_string())], m.used_bytes as f64);
-            gauge(names::DEVICE_MEMORY_TOTAL, vec![("device", id.to_string())], m.total_bytes as f64);
+    for (device, memory) in memory {
+        let dev = DeviceLabels { device };
+        match memory {
+            Some(memory) => {
+                m.device_memory.get_or_create(&dev).set(gauge(memory.used_bytes));
+                m.device_memory_total.get_or_create(&dev).set(gauge(memory.total_bytes));
+            }
+            None => {
+                m.device_memory.remove(&dev);
+                m.device_memory_total.remove(&dev);
+            }
         }
     }
-    gauge(names::READY, vec![], if app.pool.is_ready() { 1.0 } else { 0.0 });
-    gauge(
-        names::BUILD_INFO,
-        vec![
-            ("version", VERSION.to_string()),
-            ("git", GIT_HASH.unwrap_or("unknown").to_string()),
-            ("generator", app.pool.generator_name().unwrap_or_default()),
-        ],
-        1.0,
-    );
+    m.ready.set(i64::from(app.pool.is_ready()));
+    // One series: the generator label is known once a device has loaded.
+    m.build_info.clear();
+    let build = BuildLabels {
+        version: VERSION,
+        git: GIT_HASH.unwrap_or("unknown"),
+        generator: app.pool.generator_name().unwrap_or_default(),
+    };
+    m.build_info.get_or_create(&build).set(1);
     // Count this scrape before rendering so that it sees itself.
     let mut t = tracker;
     t.count("ok");
-    let text = app.metrics.render(&gauges);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], m.render()).into_response()
 }
 
 async fn version(State(app): State<Arc<App>>) -> Response {

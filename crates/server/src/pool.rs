@@ -4,7 +4,9 @@
 //! factory and warms it up, then `workers_per_device` worker threads that
 //! share it. Workers pop jobs FIFO from the device's queue, skip jobs whose
 //! token already fired, run the generator and the output encoding under
-//! `catch_unwind`, and send exactly one reply per job.
+//! `catch_unwind`, and send exactly one reply per job. A job whose client
+//! left or timed out is withdrawn from its queue at once ([`Pool::withdraw`]),
+//! so that its slot is free for the next request.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -16,11 +18,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 use crate::generator::{CancelToken, GenerationError, GenerationRequest, Generator, GeneratorFactory};
-use crate::metrics::{names, Metrics};
+use crate::metrics::{DeviceLabels, Metrics, StageLabels};
 use crate::output::{self, Encoded, OutputSpec};
 
 /// One unit of work: a request, what to produce, its token and reply slot.
 pub(crate) struct Job {
+    /// Set by [`Pool::submit`]: what [`Pool::withdraw`] finds the job by.
+    pub id: u64,
     pub request: GenerationRequest,
     pub output: OutputSpec,
     pub cancel: CancelToken,
@@ -134,6 +138,13 @@ impl Device {
         Ok(())
     }
 
+    /// Takes a job out of the queue (`None` when a worker already took it).
+    fn withdraw(&self, id: u64) -> Option<Job> {
+        let mut q = self.lock_queue();
+        let index = q.jobs.iter().position(|j| j.id == id)?;
+        q.jobs.remove(index)
+    }
+
     /// Blocks for the next job; `None` once closed and drained.
     fn pop(&self) -> Option<Job> {
         let mut q = self.lock_queue();
@@ -179,6 +190,12 @@ pub(crate) enum Rejection {
     ShuttingDown,
 }
 
+/// Where a submitted job waits: what [`Pool::withdraw`] takes.
+pub(crate) struct Ticket {
+    device: Arc<Device>,
+    id: u64,
+}
+
 /// Loading progress as seen by `serve`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PoolStatus {
@@ -193,6 +210,7 @@ pub(crate) struct Pool {
     pub root: CancelToken,
     pub metrics: Arc<Metrics>,
     draining: AtomicBool,
+    next_job_id: AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
     status: watch::Sender<PoolStatus>,
 }
@@ -212,6 +230,7 @@ impl Pool {
             root: CancelToken::new(),
             metrics,
             draining: AtomicBool::new(false),
+            next_job_id: AtomicU64::new(0),
             threads: Mutex::new(Vec::new()),
             status,
         });
@@ -267,7 +286,7 @@ impl Pool {
     }
 
     /// Queues a job on the least loaded ready device with room.
-    pub fn submit(&self, job: Job) -> Result<(), (Job, Rejection)> {
+    pub fn submit(&self, mut job: Job) -> Result<Ticket, (Job, Rejection)> {
         if self.is_draining() {
             return Err((job, Rejection::ShuttingDown));
         }
@@ -279,15 +298,24 @@ impl Pool {
             let load = |d: &Device| (d.depth() + d.running()) as f64 / d.workers as f64;
             load(a).total_cmp(&load(b))
         });
-        let mut job = job;
+        let id = self.next_job_id.fetch_add(1, Ordering::Relaxed);
+        job.id = id;
         for d in &order {
             match d.try_push(job) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Ticket { device: Arc::clone(d), id }),
                 Err(j) => job = j,
             }
         }
         let retry_after_secs = order.iter().map(|d| d.retry_after_secs()).min().unwrap_or(5);
         Err((job, Rejection::QueueFull { retry_after_secs }))
+    }
+
+    /// Takes a job that no one waits for any more out of its queue, freeing
+    /// its slot at once; a job a worker already took is left to its token.
+    pub fn withdraw(&self, ticket: &Ticket) {
+        if ticket.device.withdraw(ticket.id).is_some() {
+            self.metrics.count_job(ticket.device.id, "withdrawn");
+        }
     }
 
     /// Closes every queue: workers finish what is queued, then exit.
@@ -356,24 +384,23 @@ fn load_device(pool: Arc<Pool>, device: Arc<Device>, factory: Arc<dyn GeneratorF
 
 fn worker_loop(pool: Arc<Pool>, device: Arc<Device>) {
     let generator = device.generator().expect("workers start after loading").clone();
-    let dev = device.id.to_string();
-    let dev = dev.as_str();
+    let dev = DeviceLabels { device: device.id };
     while let Some(job) = device.pop() {
         let metrics = &pool.metrics;
         let waited = job.enqueued.elapsed();
         if job.cancel.is_cancelled() {
-            metrics.inc(names::JOBS, &[("device", dev), ("outcome", "skipped")]);
+            metrics.count_job(device.id, "skipped");
             let _ = job.reply.send(Err(JobFailure::Cancelled));
             continue;
         }
         device.running.fetch_add(1, Ordering::AcqRel);
-        metrics.observe(names::QUEUE_WAIT, &[("device", dev)], waited);
+        metrics.queue_wait.get_or_create(&dev).observe(waited.as_secs_f64());
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| {
             let t = Instant::now();
             let generation = generator.generate(&job.request, &job.cancel);
             let generate_time = t.elapsed();
-            metrics.observe(names::GENERATION, &[("device", dev)], generate_time);
+            metrics.generation.get_or_create(&dev).observe(generate_time.as_secs_f64());
             let generation = generation?;
             job.cancel.check()?;
             let mut timings = vec![("queue".to_string(), waited)];
@@ -385,7 +412,8 @@ fn worker_loop(pool: Arc<Pool>, device: Arc<Device>) {
         let (outcome, reply) = match result {
             Ok(Ok(out)) => {
                 for (stage, d) in &out.timings {
-                    metrics.observe(names::STAGE, &[("stage", &crate::sanitize_stage(stage))], *d);
+                    let stage = StageLabels { stage: crate::sanitize_stage(stage) };
+                    metrics.stage.get_or_create(&stage).observe(d.as_secs_f64());
                 }
                 ("ok", Ok(out))
             }
@@ -396,7 +424,7 @@ fn worker_loop(pool: Arc<Pool>, device: Arc<Device>) {
         };
         device.record_job_time(started.elapsed());
         device.running.fetch_sub(1, Ordering::AcqRel);
-        metrics.inc(names::JOBS, &[("device", dev), ("outcome", outcome)]);
+        metrics.count_job(device.id, outcome);
         // The receiver is gone when the client left or timed out: nothing to do.
         let _ = job.reply.send(reply);
     }

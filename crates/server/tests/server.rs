@@ -389,8 +389,106 @@ async fn a_client_that_disconnects_cancels_its_running_and_queued_jobs() {
     let m = s.metrics().await;
     assert_eq!(sample(&m, r#"splatforge_http_requests_total{endpoint="/generate/",outcome="disconnected"}"#), 2.0, "{m}");
     assert_eq!(sample(&m, r#"splatforge_jobs_total{device="0",outcome="cancelled"}"#), 1.0);
-    assert_eq!(sample(&m, r#"splatforge_jobs_total{device="0",outcome="skipped"}"#), 1.0);
+    assert_eq!(sample(&m, r#"splatforge_jobs_total{device="0",outcome="withdrawn"}"#), 1.0, "B left its queue at once");
+    assert_eq!(sample(&m, r#"splatforge_jobs_total{device="0",outcome="skipped"}"#), 0.0);
     assert_eq!(sample(&m, r#"splatforge_http_requests_in_flight{endpoint="/generate/"}"#), 0.0);
+    s.stop().await.unwrap();
+}
+
+/// Issue 17, item 5: queue 4, one long job running, three queued clients
+/// that disconnect and one live queued client: the queue was full of dead
+/// jobs until they reached the front; now their slots are free at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_leave_the_queue_free_their_slots_at_once() {
+    let spec = TestGeneratorSpec::default().then(Behaviour::Sleep(Duration::from_secs(2)));
+    let s = TestServer::ready(ServerConfig { queue_size: 4, ..test_config() }, spec).await;
+    let c = client();
+    let depth = || async {
+        let h = json(c.get(s.url("/health")).send().await.unwrap()).await;
+        h["devices"][0]["queue_depth"].as_u64().unwrap()
+    };
+    let post = |client: reqwest::Client, prompt: &'static str| {
+        let url = s.url("/generate/");
+        tokio::spawn(async move { client.post(url).form(&[("prompt", prompt)]).send().await })
+    };
+    let long = post(client(), "long");
+    wait_for(|| s.stats().calls.load(Ordering::SeqCst) == 1, "the long job running").await;
+    let impatient = reqwest::Client::builder().no_proxy().timeout(Duration::from_millis(400)).build().unwrap();
+    let leaving: Vec<_> = ["gone 1", "gone 2", "gone 3"].into_iter().map(|p| post(impatient.clone(), p)).collect();
+    let end = Instant::now() + Duration::from_secs(5);
+    while depth().await != 3 {
+        assert!(Instant::now() < end, "the three never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let live = post(client(), "live 1");
+    for l in leaving {
+        assert!(l.await.unwrap().unwrap_err().is_timeout());
+    }
+    let left = Instant::now();
+    while depth().await != 1 {
+        assert!(left.elapsed() < Duration::from_millis(500), "the leavers' slots were not freed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The long job still runs; a live request is queued, not refused.
+    assert_eq!(s.stats().calls.load(Ordering::SeqCst), 1);
+    let r = post_generate(&c, &s, &[("prompt", "live 2")]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(live.await.unwrap().unwrap().status(), 200);
+    assert_eq!(long.await.unwrap().unwrap().status(), 200);
+    assert_eq!(*s.stats().prompts.lock().unwrap(), ["long", "live 1", "live 2"], "no dead job ran");
+    let m = s.metrics().await;
+    assert_eq!(sample(&m, r#"splatforge_jobs_total{device="0",outcome="withdrawn"}"#), 3.0, "{m}");
+    assert_eq!(sample(&m, r#"splatforge_jobs_total{device="0",outcome="skipped"}"#), 0.0);
+    assert_eq!(sample(&m, r#"splatforge_http_requests_total{endpoint="/generate/",outcome="disconnected"}"#), 3.0);
+    assert_eq!(sample(&m, r#"splatforge_http_requests_total{endpoint="/generate/",outcome="queue_full"}"#), 0.0);
+    s.stop().await.unwrap();
+}
+
+/// Issue 17, item 7: each lenient case is refused, the same way on both
+/// generation routes and in every body encoding, before any generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lenient_input_is_refused_alike_on_every_route_and_encoding() {
+    let s = TestServer::ready(test_config(), TestGeneratorSpec::default()).await;
+    let c = client();
+    async fn expect(r: reqwest::Response, status: u16, needle: &str) {
+        assert_eq!(r.status(), status);
+        let body: serde_json::Value = r.json().await.unwrap();
+        let msg = body["error"].as_str().expect("a JSON error");
+        assert!(msg.contains(needle), "{msg:?} should contain {needle:?}");
+    }
+    for route in ["/generate/", "/generate_video/"] {
+        let url = s.url(route);
+        // No Content-Type: refused, not guessed to be a form.
+        expect(c.post(&url).body("prompt=a+cat").send().await.unwrap(), 415, "no Content-Type").await;
+        // Text fields are JSON strings; numeric fields integers or digit strings.
+        expect(c.post(&url).json(&serde_json::json!({"prompt": 5})).send().await.unwrap(), 400, "must be a string")
+            .await;
+        let r = c.post(&url).json(&serde_json::json!({"prompt": "a cat", "seed": [1]})).send().await.unwrap();
+        expect(r, 400, "'seed' must be an integer, got an array").await;
+        // A field given twice, in each encoding.
+        let r = c
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("prompt=a+cat&prompt=a+dog")
+            .send()
+            .await
+            .unwrap();
+        expect(r, 400, "'prompt' is given 2 times").await;
+        let form = reqwest::multipart::Form::new().text("prompt", "a cat").text("prompt", "a dog");
+        expect(c.post(&url).multipart(form).send().await.unwrap(), 400, "'prompt' is given 2 times").await;
+        let r = c
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(r#"{"prompt": "a cat", "seed": 1, "seed": 2}"#)
+            .send()
+            .await
+            .unwrap();
+        expect(r, 400, "'seed' is given 2 times").await;
+    }
+    // Above the largest video resolution: refused, not clamped.
+    let r = c.post(s.url("/generate_video/")).form(&[("prompt", "a mug"), ("video_res", "5000")]).send().await.unwrap();
+    expect(r, 400, "video_res must be 16 to 1088").await;
+    assert_eq!(s.stats().calls.load(Ordering::SeqCst), 0);
     s.stop().await.unwrap();
 }
 
@@ -533,7 +631,7 @@ async fn generate_video_returns_a_turntable_gif() {
     let f = frames[0].buffer();
     assert_ne!(f.get_pixel(24, 24).0[..3], [255, 255, 255]);
     assert_eq!(f.get_pixel(0, 0).0[..3], [255, 255, 255]);
-    // 404's default resolution is clamped to the server's cap.
+    // Without video_res: 404's default, or the server's cap when lower.
     let r = c.post(s.url("/generate_video/")).form(&[("prompt", "a mug"), ("frames", "2"), ("video_format", "gif")]).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-video-res"], "64");
@@ -551,10 +649,13 @@ async fn generate_video_returns_a_turntable_gif() {
 async fn generate_video_returns_an_h264_mp4_by_default() {
     let s = TestServer::ready(ServerConfig { max_video_res: 64, ..test_config() }, TestGeneratorSpec::default()).await;
     let c = client();
-    // 404's request: prompt and video_res (odd, and over the cap: 64 it is).
+    // 404's request: prompt and video_res, here over this server's cap.
+    let r = c.post(s.url("/generate_video/")).form(&[("prompt", "a mug"), ("video_res", "1088")]).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(json(r).await["error"].as_str().unwrap().contains("16 to 64"));
     let r = c
         .post(s.url("/generate_video/"))
-        .form(&[("prompt", "a mug"), ("video_res", "1087"), ("frames", "10")])
+        .form(&[("prompt", "a mug"), ("video_res", "64"), ("frames", "10")])
         .send()
         .await
         .unwrap();
