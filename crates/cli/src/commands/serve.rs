@@ -1,11 +1,12 @@
 //! `splatforge serve`: the 404-GEN compatible generation service.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use splatforge_diffusion::ModelSource;
 use splatforge_pipeline::{resolve_models, ConfigSources, HubConfig, Pipeline};
-use splatforge_server::{GenerationError, Generator, ServerConfig};
+use splatforge_server::{GenerationError, Generator, ServerConfig, DEFAULT_HOST};
 
 use super::generate::ConfigArgs;
 use super::pipeline_generator::{generation_error, PipelineGenerator};
@@ -13,8 +14,10 @@ use crate::Outcome;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Address to listen on. Loopback by default: the 404 miner calls the
+    /// service on its own machine; `0.0.0.0` serves every interface (the
+    /// service has no authentication: firewall it).
+    #[arg(long, default_value = DEFAULT_HOST)]
     host: String,
     /// Port to listen on (the 404 miner's generation endpoint; 0 picks a free one).
     #[arg(long, default_value_t = 10006)]
@@ -34,9 +37,20 @@ pub struct Args {
     /// On SIGINT/SIGTERM, how long running and queued jobs may still take.
     #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
     shutdown_timeout: f64,
-    /// Largest turntable resolution; larger `video_res` values are clamped.
+    /// Largest accepted turntable resolution; a larger `video_res` gets 400.
     #[arg(long, default_value_t = 1088)]
     max_video_res: u32,
+    /// How long a client may take to send a request's headers (also how
+    /// long an idle connection stays open); then the connection is closed.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    header_timeout: f64,
+    /// How long a client may take to send a request's body once its headers
+    /// are in; then it gets 408.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    body_timeout: f64,
+    /// Most client connections open at once; more wait to be accepted.
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
     /// Model directory (e.g. from `splatforge models make-tiny DIR`), an LDM
     /// checkpoint, or hf:ORG/NAME; default: MVDream from the Hugging Face cache.
     #[arg(long)]
@@ -52,12 +66,11 @@ pub struct Args {
 /// configuration.
 pub fn build_generator(
     device: u32,
-    models: Option<&Path>,
+    models: &ModelSource,
     sources: &ConfigSources,
 ) -> Result<Box<dyn Generator>, GenerationError> {
     let failed = |e: &dyn std::fmt::Display| GenerationError::Failed(e.to_string());
     let (profile, config) = sources.resolve().map_err(|e| failed(&e))?;
-    let models = resolve_models(models.map(|p| p.to_string_lossy().into_owned()).as_deref()).map_err(generation_error)?;
     // A CUDA build serves on the GPUs only: falling back to the CPU would
     // turn seconds into minutes per request.
     let dev = if cfg!(feature = "cuda") {
@@ -66,7 +79,7 @@ pub fn build_generator(
     } else {
         splatforge_diffusion::Device::Cpu
     };
-    let pipe = Pipeline::load(&models, &dev, HubConfig::from_env(), &profile, config).map_err(generation_error)?;
+    let pipe = Pipeline::load(models, &dev, HubConfig::from_env(), &profile, config).map_err(generation_error)?;
     eprintln!("splatforge serve: device {device}: {} on {dev:?}, profile {profile}", pipe.models());
     Ok(Box::new(PipelineGenerator::new(pipe)))
 }
@@ -85,6 +98,9 @@ fn config(args: &Args) -> Result<ServerConfig> {
         timeout: seconds("timeout", args.timeout)?,
         shutdown_timeout: seconds("shutdown-timeout", args.shutdown_timeout)?,
         max_video_res: args.max_video_res,
+        header_read_timeout: seconds("header-timeout", args.header_timeout)?,
+        body_read_timeout: seconds("body-timeout", args.body_timeout)?,
+        max_connections: args.max_connections,
         ..ServerConfig::default()
     };
     config.validate()?;
@@ -93,17 +109,20 @@ fn config(args: &Args) -> Result<ServerConfig> {
 
 pub fn run(args: Args) -> Result<Outcome> {
     let config = config(&args)?;
-    // Check the generation config before binding, so that a typo fails fast.
+    // Check the generation config and find the models before binding, so
+    // that a typo fails before the port opens.
     let sources = args.config.sources();
     sources.resolve()?;
-    let Args { models, .. } = args;
-    let factory = move |device: u32| build_generator(device, models.as_deref(), &sources);
+    let models = resolve_models(args.models.as_deref().map(|p| p.to_string_lossy()).as_deref())?;
+    let factory = move |device: u32| build_generator(device, &models, &sources);
     splatforge_server::run(config, factory)?;
     Ok(Outcome::Success)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use clap::Parser;
 
     use super::*;
@@ -122,8 +141,10 @@ mod tests {
     fn parses_the_flags_and_defaults() {
         let a = parse(&[]).unwrap();
         let c = config(&a).unwrap();
-        assert_eq!((c.host.as_str(), c.port, c.devices.as_slice()), ("0.0.0.0", 10006, &[0][..]));
+        assert_eq!((c.host.as_str(), c.port, c.devices.as_slice()), ("127.0.0.1", 10006, &[0][..]));
         assert_eq!(c.timeout, Duration::from_secs(300));
+        assert_eq!((c.header_read_timeout, c.body_read_timeout), (Duration::from_secs(10), Duration::from_secs(30)));
+        assert_eq!((c.max_connections, c.max_video_res), (256, 1088));
         let a = parse(&[
             "--port", "8093", "--devices", "0,1", "--workers-per-device", "2", "--queue-size", "3", "--timeout", "2.5",
             "--models", "/m", "--profile", "speed", "--config", "/c.yaml", "--set", "fit.iters=5", "--set", "seed=2",
@@ -139,6 +160,13 @@ mod tests {
         assert!(config(&parse(&["--queue-size", "0"]).unwrap()).is_err());
         assert!(config(&parse(&["--timeout", "0"]).unwrap()).is_err());
         assert!(config(&parse(&["--devices", "1,1"]).unwrap()).is_err());
+        let a = parse(&["--host", "0.0.0.0", "--header-timeout", "0.5", "--body-timeout", "2", "--max-connections", "9"]);
+        let c = config(&a.unwrap()).unwrap();
+        assert_eq!(c.host, "0.0.0.0");
+        assert_eq!((c.header_read_timeout, c.body_read_timeout), (Duration::from_millis(500), Duration::from_secs(2)));
+        assert_eq!(c.max_connections, 9);
+        assert!(config(&parse(&["--header-timeout", "0"]).unwrap()).is_err());
+        assert!(config(&parse(&["--max-connections", "0"]).unwrap()).is_err());
     }
 
     #[test]
@@ -149,11 +177,38 @@ mod tests {
         let a = parse(&["--host", "127.0.0.1", "--port", "0", "--profile", "nope"]).unwrap();
         let msg = format!("{:#}", run(a).err().expect("unknown profile"));
         assert!(msg.contains("nope"), "{msg}");
+    }
+
+    /// Issue 17, item 8: the README's `serve` section documents every option.
+    #[test]
+    fn the_readme_documents_every_option() {
+        use clap::CommandFactory;
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"));
+        let start = readme.find("### `splatforge serve").expect("a serve section");
+        let section = &readme[start..];
+        let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+        let command = Cli::command();
+        let options: Vec<&str> = command.get_arguments().filter_map(|a| a.get_long()).collect();
+        assert!(options.len() >= 15, "{options:?}");
+        let missing: Vec<&&str> = options.iter().filter(|o| !section.contains(&format!("`--{o}"))).collect();
+        assert!(missing.is_empty(), "serve options missing from the README: {missing:?}");
+    }
+
+    /// Issue 17, item 7: a bad `--models` fails before the port opens. The
+    /// port is taken, so an error about the models (not about binding) shows
+    /// that they were checked first.
+    #[test]
+    fn a_bad_models_path_fails_before_the_port_opens() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port().to_string();
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("no-models");
-        let a = parse(&["--host", "127.0.0.1", "--port", "0", "--profile", "development", "--models", missing.to_str().unwrap()])
-            .unwrap();
-        let msg = format!("{:#}", run(a).err().expect("no models"));
-        assert!(msg.contains("no-models"), "{msg}");
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        for (models, needle) in [(&missing, "no such model folder"), (&empty, "no MVDream model here")] {
+            let args = ["--port", &port, "--profile", "development", "--models", models.to_str().unwrap()];
+            let msg = format!("{:#}", run(parse(&args).unwrap()).err().expect("bad models"));
+            assert!(msg.contains(needle) && !msg.contains("binding"), "{msg}");
+        }
     }
 }
