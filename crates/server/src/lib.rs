@@ -100,9 +100,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Largest accepted `video_res` (1088); larger ones get 400.
     pub max_video_res: u32,
-    /// How long a client may take to send a request's headers, from its
-    /// first byte or from the moment its connection opened or went idle
-    /// (10 s); then the connection is closed without an answer.
+    /// How long a client may take to send a request's headers, counted from
+    /// the connection's opening or the end of its previous request (10 s);
+    /// then the connection is closed without an answer.
     pub header_read_timeout: Duration,
     /// How long a client may take to send a request's body once its headers
     /// are in (30 s); then it gets 408 and the connection is closed.

@@ -27,6 +27,8 @@ enum Slowness {
 }
 
 const TRICKLE: Duration = Duration::from_millis(500);
+/// Between the first connections of successive slow clients.
+const STAGGER: Duration = Duration::from_millis(10);
 
 /// How one slow connection ended.
 #[derive(Debug)]
@@ -90,6 +92,17 @@ async fn slow_connection(
     Some(Ending { slowness, lifetime: started.elapsed(), answer: String::from_utf8_lossy(&answer).into_owned() })
 }
 
+/// Gives the calling thread the lowest CPU priority (nice 19; on Linux the
+/// nice value is per thread).
+fn lowest_cpu_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority only reads its integer arguments; the thread id is
+    // the caller's own.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+    }
+}
+
 /// Issue 17's must-show: 200 slow connections on loopback for 10 s; `/health`
 /// answers within 50 ms throughout, and the server closes every slow
 /// connection within its timeout (silent and slow-header connections by
@@ -114,18 +127,28 @@ async fn two_hundred_slow_clients_are_closed_in_time_while_health_answers_within
     let endings = Arc::new(Mutex::new(Vec::new()));
     let connected = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    // The slow clients run on a runtime of their own, as they would in other
-    // processes: the server's runtime serves, it does not also trickle.
+    // The slow clients stand for other machines: they run on a runtime of
+    // their own, at the lowest CPU priority, so that they do not take the
+    // server's share of this machine's cores.
     let clients = {
         let (endings, connected, stop) = (endings.clone(), connected.clone(), stop.clone());
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            lowest_cpu_priority();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .on_thread_start(lowest_cpu_priority)
+                .enable_all()
+                .build()
+                .unwrap();
             runtime.block_on(async move {
                 let mut clients = Vec::new();
                 for i in 0..SLOW_CLIENTS {
                     let slowness = [Slowness::Silent, Slowness::Headers, Slowness::Body][i % 3];
                     let (endings, connected, stop) = (endings.clone(), connected.clone(), stop.clone());
                     clients.push(tokio::spawn(async move {
+                        // Staggered starts, as independent clients would come (all at
+                        // once, their timeouts would also fire at once, in bursts).
+                        tokio::time::sleep(STAGGER * i as u32).await;
                         // A new slow connection as soon as the server closes the last one.
                         let give_up = header_timeout.max(body_timeout) * 3;
                         while !stop.load(Ordering::SeqCst) {
