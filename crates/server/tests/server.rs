@@ -444,6 +444,35 @@ async fn clients_that_leave_the_queue_free_their_slots_at_once() {
     s.stop().await.unwrap();
 }
 
+/// Issue 17, item 6: a client that closes its connection in the middle of
+/// its body is counted as `upload_aborted`, not as a bad request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_mid_upload_is_counted_as_upload_aborted() {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::ready(test_config(), TestGeneratorSpec::default()).await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // 14 of the 1000 bytes announced, then the connection closes.
+    let head = "POST /generate/ HTTP/1.1\r\nHost: loopback\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+                Content-Length: 1000\r\n\r\nprompt=a+chair";
+    sock.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(sock);
+    let outcome = |m: &str, o: &str| {
+        sample(m, &format!(r#"splatforge_http_requests_total{{endpoint="/generate/",outcome="{o}"}}"#))
+    };
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut m = s.metrics().await;
+    while outcome(&m, "upload_aborted") + outcome(&m, "bad_request") == 0.0 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        m = s.metrics().await;
+    }
+    assert_eq!(outcome(&m, "upload_aborted"), 1.0, "{m}");
+    assert_eq!(outcome(&m, "bad_request"), 0.0);
+    assert_eq!(s.stats().calls.load(Ordering::SeqCst), 0);
+    s.stop().await.unwrap();
+}
+
 /// Issue 17, item 7: each lenient case is refused, the same way on both
 /// generation routes and in every body encoding, before any generation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
