@@ -283,3 +283,22 @@ async fn a_body_slower_than_the_body_timeout_gets_408_and_the_connection_closes(
     assert_eq!(sample(&m, r#"splatforge_http_requests_total{endpoint="/generate/",outcome="body_timeout"}"#), 1.0);
     s.stop().await.unwrap();
 }
+
+/// The header timeout bounds reading a request's headers only: a generation
+/// (or a body) that takes longer is not cut by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_longer_than_the_header_timeout_are_answered() {
+    let header_timeout = Duration::from_millis(300);
+    let spec = TestGeneratorSpec::default().then(Behaviour::Sleep(header_timeout * 4));
+    let s = TestServer::ready(ServerConfig { header_read_timeout: header_timeout, ..test_config() }, spec).await;
+    let c = client();
+    let t = Instant::now();
+    let r = post_generate(&c, &s, &[("prompt", "slow to make")]).await;
+    assert_eq!(r.status(), 200);
+    assert!(t.elapsed() >= header_timeout * 4);
+    // The same kept-alive connection serves the next request.
+    assert_eq!(post_generate(&c, &s, &[("prompt", "again")]).await.status(), 200);
+    let m = s.metrics().await;
+    assert_eq!(sample(&m, "splatforge_http_header_timeouts_total"), 0.0, "{m}");
+    s.stop().await.unwrap();
+}
