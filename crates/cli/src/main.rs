@@ -21,7 +21,7 @@ enum Command {
     Validate(commands::validate::Args),
     /// Convert between PLY and SPZ (chosen by the output extension).
     Convert(commands::convert::Args),
-    /// Recentre and rescale to a bounding box; optionally change the up axis.
+    /// Recentre and rescale as the validators do (or into a bounding box); optionally change the up axis.
     Normalize(commands::normalize::Args),
     /// Render a splat to PNG: one view, the validator's 16 views, or a turntable GIF.
     Render(commands::render::Args),
@@ -59,8 +59,70 @@ fn main() -> ExitCode {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::CheckFailed) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+/// An error and its causes on one line, joined by ": ". A cause whose text
+/// the line already ends with is left out: many errors (std's I/O errors
+/// wrapped with a context, our own `SplatError::Io`) both print their
+/// source and return it as their cause, which would print it twice. Of each
+/// message only the text before a backtrace (candle appends one when
+/// `RUST_BACKTRACE` is set) or a blank line is kept, its lines joined.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let message = first_paragraph(&cause.to_string());
+        if message.is_empty() || line.ends_with(&message) {
+            continue;
+        }
+        if !line.is_empty() {
+            line += ": ";
+        }
+        line += &message;
+    }
+    line
+}
+
+/// The lines of `message` up to a blank line or a backtrace (a line
+/// `stack backtrace:` or a frame `N: …`), trimmed and joined by spaces.
+fn first_paragraph(message: &str) -> String {
+    let is_backtrace = |l: &str| {
+        l.to_ascii_lowercase().starts_with("stack backtrace")
+            || l.split_once(": ").is_some_and(|(frame, _)| !frame.is_empty() && frame.bytes().all(|b| b.is_ascii_digit()))
+    };
+    message.lines().map(str::trim).take_while(|l| !l.is_empty() && !is_backtrace(l)).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails on the code before issue 17 (item 12), which printed the OS
+    /// error twice.
+    #[test]
+    fn an_os_error_is_printed_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let text = io.to_string();
+        let splat = splatforge_splat::SplatError::io("reading x.ply", io);
+        let e = anyhow::Error::new(splat).context("loading");
+        assert_eq!(one_line(&e), format!("loading: reading x.ply: {text}"));
+        let port = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::AddrInUse));
+        let port_text = port.to_string();
+        let e = port.context(format!("binding 0.0.0.0:10006: {port_text}"));
+        assert_eq!(one_line(&e), format!("binding 0.0.0.0:10006: {port_text}"));
+    }
+
+    /// Fails on the code before issue 17 (item 10): a candle error with its
+    /// backtrace (RUST_BACKTRACE set) spanned dozens of lines.
+    #[test]
+    fn backtraces_and_line_breaks_stay_out_of_the_error_line() {
+        let candle = "unsupported dtype BF16 for op matmul\n   0: candle_core::error::Error::bt\n             at src/error.rs:1\n   1: main";
+        let e = anyhow::anyhow!("{candle}").context("generating");
+        assert_eq!(one_line(&e), "generating: unsupported dtype BF16 for op matmul");
+        let e = anyhow::anyhow!("first line\n  second line\n\nStack backtrace:\n 0: x");
+        assert_eq!(one_line(&e), "first line second line");
     }
 }

@@ -2,13 +2,34 @@
 //! `models make-tiny DIR`, then `generate --models DIR --profile development`.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use splatforge_splat::read_splat_file;
 use splatforge_splat::validate::{validate, ValidationConfig};
 
 fn splatforge(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_splatforge")).args(args).output().expect("binary runs")
+}
+
+/// Runs the binary, killing it and failing the test after `limit`.
+fn splatforge_within(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_splatforge"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("{args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
 }
 
 fn s(p: &Path) -> &str {
@@ -38,6 +59,10 @@ fn make_tiny_then_generate_writes_a_valid_splat_and_the_timing_table() {
         assert!(stdout.lines().any(|l| l.starts_with(stage)), "{stage} missing:\n{stdout}");
     }
     assert!(stdout.contains("seed 5"), "{stdout}");
+    // Item 3 of issue 17 (fails on the old code): the development profile's
+    // few hundred Gaussians would fail the validators' 7000 minimum.
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("would fail `splatforge validate` (count: ") && stderr.contains("(minimum 7000)"), "{stderr}");
     let g = read_splat_file(&ply).unwrap();
     let report = validate(&g, &ValidationConfig { min_gaussians: 0, ..Default::default() });
     assert!(report.passed, "{:#?}", report.checks);
@@ -125,4 +150,61 @@ fn make_random_then_repeated_generations_print_one_json_object_each() {
 
     let out = splatforge(&["generate", "--prompt", "a cat", "-o", s(&ply), "--models", s(&models), "--repeat", "0"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+/// Items 14, 10, 13 and 12 of issue 17, each failing on the old code:
+/// tiny models without `--profile` ran the balanced profile for minutes;
+/// `models flux` on the CPU failed in bf16; `models` took `--model`/`--out`
+/// where `generate` takes `--models`/`-o`; a port clash printed the OS
+/// error twice.
+#[test]
+fn tiny_models_pick_their_profile_and_every_command_shares_the_flag_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let out = splatforge(&["models", "make-tiny", s(&models)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let ply = dir.path().join("x.ply");
+    let out = splatforge_within(&["generate", "--prompt", "a cat", "-o", s(&ply), "--models", s(&models)], &[], Duration::from_secs(240));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("tiny test models; using --profile development"), "{stderr}");
+    let out = splatforge(&["generate", "--prompt", "a cat", "-o", s(&ply), "--models", s(&models), "--profile", "speed", "--print-config"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success() && stderr.contains("--profile development fits them"), "{stderr}");
+
+    // FLUX on the CPU with its default precision, the shared spelling and the old one.
+    let flux = models.join("flux-schnell-diffusers");
+    for (models_flag, output_flag) in [("--models", "-o"), ("--model", "--out")] {
+        let png = dir.path().join(format!("flux{models_flag}.png"));
+        let args = [
+            "models", "flux", models_flag, s(&flux), "--prompt", "a cat", output_flag, s(&png), "--steps", "1", "--width", "64",
+            "--height", "64", "--max-sequence-length", "16",
+        ];
+        let out = splatforge_within(&args, &[], Duration::from_secs(240));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(image::open(&png).unwrap().to_rgb8().dimensions(), (64, 64));
+    }
+    // Every error is one line, even with candle's backtraces switched on.
+    let png = dir.path().join("sd.png");
+    let out = splatforge_within(
+        &["models", "sd", "--models", s(&flux), "--prompt", "a cat", "-o", s(&png), "--width", "64", "--height", "64"],
+        &[("RUST_BACKTRACE", "1")],
+        Duration::from_secs(240),
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.lines().count() == 1, "{stderr}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = splatforge_within(
+        &["serve", "--host", "127.0.0.1", "--port", &port, "--models", s(&models), "--profile", "development"],
+        &[],
+        Duration::from_secs(60),
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.starts_with("error: ")).count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("os error 98").count(), 1, "{stderr}");
 }

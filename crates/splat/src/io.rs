@@ -42,13 +42,54 @@ impl EncodeOptions {
     }
 }
 
-/// Decodes a splat of any supported format, detected from its magic bytes.
+/// Decodes a splat of any supported format, detected from its content: PLY
+/// and SPZ by their magic bytes, then base64 text of either (the 404-GEN
+/// miner's transport, whitespace and line breaks allowed, padding optional).
+/// Base64 is undone once: base64 of base64 is refused.
 pub fn read_splat_bytes(bytes: &[u8]) -> Result<Gaussians, SplatError> {
-    if ply::is_ply(bytes) {
-        ply::read_ply(bytes)
-    } else {
-        spz::read_spz(bytes)
+    if let Some(g) = read_binary_splat(bytes) {
+        return g;
     }
+    let unknown = || {
+        let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        SplatError::malformed(
+            "unknown format",
+            format!("first bytes [{}]: not PLY, not SPZ (gzip, zstd or NGSP), not base64 of either", head.join(" ")),
+        )
+    };
+    let decoded = decode_base64_text(bytes).ok_or_else(unknown)?;
+    match read_binary_splat(&decoded) {
+        Some(g) => g.map_err(|e| SplatError::malformed("base64 payload", e)),
+        None => Err(unknown()),
+    }
+}
+
+/// A PLY or SPZ file by its magic bytes, decoded; `None` for any other bytes.
+fn read_binary_splat(bytes: &[u8]) -> Option<Result<Gaussians, SplatError>> {
+    if ply::is_ply(bytes) {
+        Some(ply::read_ply(bytes))
+    } else if spz::is_spz(bytes) {
+        Some(spz::read_spz(bytes))
+    } else {
+        None
+    }
+}
+
+/// The bytes that `text` encodes in standard base64 (RFC 4648 alphabet,
+/// `=` padding optional, ASCII whitespace ignored); `None` if it is empty or
+/// not such text. Allocates at most the input's length.
+fn decode_base64_text(text: &[u8]) -> Option<Vec<u8>> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    use base64::Engine;
+    const LENIENT_PADDING: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let compact: Vec<u8> = text.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    if compact.is_empty() {
+        return None;
+    }
+    LENIENT_PADDING.decode(&compact).ok()
 }
 
 /// Reads and decodes a splat file.
@@ -75,9 +116,12 @@ pub fn write_splat_file(path: &Path, g: &Gaussians, options: &EncodeOptions) -> 
 
 /// Writes `bytes` to `path` through a temporary file in the same directory
 /// and a rename, so readers never see a half-written file and a failure
-/// leaves any existing file untouched.
+/// leaves any existing file untouched. Temporary files that an earlier
+/// writer of the same path left when it was killed mid-write are removed
+/// first ([`remove_stale_temp_files`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SplatError> {
     use std::io::Write;
+    remove_stale_temp_files(path);
     let tmp = temp_path_beside(path);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -91,12 +135,52 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SplatError> {
     })
 }
 
+/// The temporary file of one write to `path`: `.NAME.PID.N.tmp` beside it,
+/// with this process's id and a counter of its writes.
 fn temp_path_beside(path: &Path) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
     path.with_file_name(format!(".{name}.{}.{unique}.tmp", std::process::id()))
+}
+
+/// Removes the temporary files of [`temp_path_beside`]'s pattern for `path`
+/// whose process is no longer running: what a writer killed mid-write left.
+/// Those of running processes (concurrent writers) stay. Best effort: a
+/// folder that cannot be listed or a file that cannot be removed is left
+/// as it is, and the write goes on.
+fn remove_stale_temp_files(path: &Path) {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid_and_counter) =
+            file_name.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|f| f.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        let Some((pid, counter)) = pid_and_counter.split_once('.') else { continue };
+        let (Ok(pid), Ok(_)) = (pid.parse::<u32>(), counter.parse::<u64>()) else { continue };
+        if pid != std::process::id() && !process_is_running(pid) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether process `pid` exists. Linux tells through `/proc`; elsewhere we
+/// cannot tell without a system library, and answer yes (the file stays).
+fn process_is_running(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    }
 }
 
 #[cfg(test)]
@@ -119,6 +203,63 @@ mod tests {
         assert_eq!(leftovers.len(), 1, "temporary files left behind");
         let missing_dir = dir.path().join("no/such/dir/out.ply");
         assert!(write_atomic(&missing_dir, b"x").is_err());
+    }
+
+    /// Fails on the code before issue 17 (item 15): the killed writer's
+    /// temporary file stayed.
+    #[test]
+    fn a_write_removes_temp_files_of_dead_writers_of_the_same_path_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.ply");
+        // Above Linux's largest pid (2^22): no process has it.
+        let dead = dir.path().join(".out.ply.4194305.0.tmp");
+        let live = dir.path().join(format!(".out.ply.{}.0.tmp", std::os::unix::process::parent_id()));
+        let other_path = dir.path().join(".other.ply.4194305.0.tmp");
+        let not_ours = dir.path().join(".out.ply.backup.tmp");
+        for p in [&dead, &live, &other_path, &not_ours] {
+            std::fs::write(p, b"partial").unwrap();
+        }
+        write_atomic(&path, b"new").unwrap();
+        assert!(!dead.exists(), "the dead writer's temporary file stayed");
+        assert!(live.exists() && other_path.exists() && not_ours.exists());
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+    }
+
+    fn base64(bytes: &[u8]) -> Vec<u8> {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(bytes).into_bytes()
+    }
+
+    /// Fails on the code before issue 17 (item 1): base64 was refused as
+    /// "unknown magic bytes".
+    #[test]
+    fn reads_base64_of_ply_and_of_every_spz_flavour() {
+        let g = sample(20, 2);
+        let ply_bytes = crate::ply::write_ply(&g, PlyWriteOptions::default()).unwrap();
+        assert_eq!(read_splat_bytes(&base64(&ply_bytes)).unwrap(), g);
+        for flavor in [SpzFlavor::NianticV2, SpzFlavor::NianticV3, SpzFlavor::Zstd404] {
+            let spz_bytes = spz::write_spz(&g, flavor).unwrap();
+            let direct = read_splat_bytes(&spz_bytes).unwrap();
+            assert_eq!(read_splat_bytes(&base64(&spz_bytes)).unwrap(), direct, "{flavor:?}");
+        }
+        // Line-wrapped, unpadded text with a final newline, as tools write it.
+        let mut wrapped: Vec<u8> = base64(&ply_bytes).chunks(76).flat_map(|l| [l, b"\n"].concat()).collect();
+        while wrapped.ends_with(b"=\n") {
+            wrapped.remove(wrapped.len() - 2);
+        }
+        assert_eq!(read_splat_bytes(&wrapped).unwrap(), g);
+    }
+
+    #[test]
+    fn undecodable_input_names_what_was_tried() {
+        let expected = "not PLY, not SPZ (gzip, zstd or NGSP), not base64 of either";
+        for bytes in [&b""[..], b"\x00\x01garbage", b"aGVsbG8gd29ybGQ=", b"  \n", &base64(&base64(b"ply\n"))] {
+            let msg = read_splat_bytes(bytes).unwrap_err().to_string();
+            assert!(msg.contains(expected), "{msg}");
+        }
+        let truncated = crate::ply::write_ply(&sample(20, 2), PlyWriteOptions::default()).unwrap();
+        let msg = read_splat_bytes(&base64(&truncated[..truncated.len() / 2])).unwrap_err().to_string();
+        assert!(msg.starts_with("base64 payload: PLY: truncated"), "{msg}");
     }
 
     #[test]

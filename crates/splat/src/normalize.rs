@@ -1,14 +1,61 @@
 //! Recentring, rescaling and changing the up axis of a splat.
 
 use crate::sh::ShRotation;
-use crate::{Gaussians, SplatError};
+use crate::{logit, sigmoid, Gaussians, SplatError};
 
 /// The validators' bounding-box size.
 pub const VALIDATOR_BOX: f32 = 1.5;
 
+/// The transform the 404-GEN validator applies before rendering, exactly:
+/// `transform_gs_data` (with `recenter_gs_points`) in
+/// `validation/engine/rendering/gaussian_splatting/gs_utils.py` of
+/// 404-Repo/three-gen-subnet, called by `Renderer.render_gs` in
+/// `validation/engine/rendering/renderer.py` with `ref_bbox_size = 1.5`.
+/// With `k = ref_box / e`, where `e` is the longest side of the means'
+/// axis-aligned bounding box (open3d's, in f64):
+/// - means: `(p − m) · k`, where `m` is numpy's `points.mean()` without an
+///   axis, i.e. the mean of all 3N coordinates: ONE scalar subtracted from
+///   x, y and z alike (so the result is not centred per axis);
+/// - scales (after the exponential): `· k` (log-scales `+ ln k`);
+/// - opacities (after the sigmoid): `clip(α / k, 0, 1)` (the code's
+///   `volume_scale = np.prod(scaling)` of the scalar `k` is `k` itself), so
+///   a splat shrunk into the box becomes more opaque. An opacity clipped
+///   to 1 is stored as the largest logit [`logit`] gives (1 − 1.2e-7).
+///
+/// Rotations and colours are untouched. A splat whose means all coincide
+/// (`e = 0`, where the validator divides by zero) is only recentred.
+/// Applying it twice changes nothing more: the mean is then 0 and `k` 1.
+pub fn validator_transform(g: &mut Gaussians, ref_box: f32) -> Result<(), SplatError> {
+    if !(ref_box.is_finite() && ref_box > 0.0) {
+        return Err(SplatError::invalid(format!("box size must be positive, got {ref_box}")));
+    }
+    let Some((lo, hi)) = g.bounds() else { return Ok(()) };
+    if lo.iter().chain(&hi).any(|v| !v.is_finite()) {
+        return Err(SplatError::invalid("positions contain NaN or Inf; cannot normalise"));
+    }
+    let extent = (0..3).map(|a| f64::from(hi[a]) - f64::from(lo[a])).fold(0.0f64, f64::max);
+    let k = if extent > 0.0 { f64::from(ref_box) / extent } else { 1.0 };
+    let coordinate_sum: f64 = g.means.iter().flatten().map(|&v| f64::from(v)).sum();
+    let mean = (coordinate_sum / (3 * g.means.len()) as f64) as f32;
+    let k32 = k as f32;
+    for m in &mut g.means {
+        m.iter_mut().for_each(|v| *v = (*v - mean) * k32);
+    }
+    let log_k = k.ln() as f32;
+    for s in &mut g.log_scales {
+        s.iter_mut().for_each(|v| *v += log_k);
+    }
+    for o in &mut g.opacity_logits {
+        *o = logit((f64::from(sigmoid(*o)) / k).clamp(0.0, 1.0) as f32);
+    }
+    Ok(())
+}
+
 /// Moves the centre of the means' bounding box to the origin and scales the
-/// splat uniformly so its longest side is `size` (log-scales follow).
-/// A splat of one point, or of coincident points, is only recentred.
+/// splat uniformly so its longest side is `size` (log-scales follow;
+/// opacities stay). A splat of one point, or of coincident points, is only
+/// recentred. Not what the validators do ([`validator_transform`]): their
+/// mean-based recentring leaves a splat off-centre by up to half its box.
 pub fn fit_to_box(g: &mut Gaussians, size: f32) -> Result<(), SplatError> {
     if !(size.is_finite() && size > 0.0) {
         return Err(SplatError::invalid(format!("box size must be positive, got {size}")));
@@ -95,6 +142,53 @@ mod tests {
         let mut one = sample(1, 0);
         fit_to_box(&mut one, 1.5).unwrap();
         assert_eq!(one.means[0], [0.0; 3]);
+    }
+
+    /// Pins [`validator_transform`] against values worked out by hand from
+    /// `transform_gs_data`'s formulas. Fails on the code before issue 17
+    /// (item 2), which had only the bounding-box fit.
+    #[test]
+    fn validator_transform_matches_the_validators_formulas_by_hand() {
+        let mut g = sample(3, 1);
+        g.means = vec![[0.0, 0.0, 0.0], [2.0, 1.0, 0.0], [1.0, 3.0, 3.0]];
+        g.opacity_logits = vec![logit(0.3), logit(0.8), logit(0.25)];
+        g.log_scales = vec![[0.0, 1.0, -1.0], [0.5, 0.5, 0.5], [-2.0, -2.0, -2.0]];
+        let before = g.clone();
+        validator_transform(&mut g, 1.5).unwrap();
+        // points.mean() = (0+0+0 + 2+1+0 + 1+3+3) / 9 = 10/9; extents
+        // (2, 3, 3) → max 3 → scaling = 1.5 / 3 = 0.5.
+        let (m, k) = (10.0f32 / 9.0, 0.5f32);
+        let expected_means =
+            [[-m * k, -m * k, -m * k], [(2.0 - m) * k, (1.0 - m) * k, -m * k], [(1.0 - m) * k, (3.0 - m) * k, (3.0 - m) * k]];
+        for (got, want) in g.means.iter().zip(&expected_means) {
+            for a in 0..3 {
+                assert!((got[a] - want[a]).abs() < 1e-6, "{got:?} vs {want:?}");
+            }
+        }
+        // Scales · 0.5; opacities / 0.5 clipped to 1: 0.6, 1, 0.5.
+        for (got, was) in g.log_scales.iter().zip(&before.log_scales) {
+            for a in 0..3 {
+                assert!((got[a] - (was[a] + k.ln())).abs() < 1e-6);
+            }
+        }
+        let opacities: Vec<f32> = g.opacity_logits.iter().map(|&o| sigmoid(o)).collect();
+        for (got, want) in opacities.iter().zip([0.6, 1.0, 0.5]) {
+            assert!((got - want).abs() < 1e-6, "{opacities:?}");
+        }
+        assert!(g.opacity_logits.iter().all(|o| o.is_finite()));
+        assert_eq!((&g.rotations, &g.sh_dc), (&before.rotations, &before.sh_dc));
+
+        // Idempotent: the mean is now 0 and the extent 1.5.
+        let once = g.clone();
+        validator_transform(&mut g, 1.5).unwrap();
+        for (a, b) in g.means.as_flattened().iter().zip(once.means.as_flattened()) {
+            assert!((a - b).abs() < 1e-6);
+        }
+        assert!(validator_transform(&mut g, 0.0).is_err());
+        let mut one = sample(1, 0);
+        one.means[0] = [1.0, 2.0, 6.0];
+        validator_transform(&mut one, 1.5).unwrap();
+        assert_eq!(one.means[0], [-2.0, -1.0, 3.0], "coincident means: only the scalar mean 3 is subtracted");
     }
 
     #[test]

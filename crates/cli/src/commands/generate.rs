@@ -5,9 +5,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use splatforge_diffusion::ModelSource;
 use splatforge_pipeline::{
     device_name, parse_device, resolve_models, ConfigSources, Generated, HubConfig, Observer, Pipeline, Request, Stage,
 };
+use splatforge_splat::validate::{validate, ValidationConfig};
 
 use super::convert::EncodingArgs;
 use crate::Outcome;
@@ -205,8 +207,73 @@ impl Session<'_> {
     }
 }
 
+/// The profile that fits tiny test models.
+const TINY_MODELS_PROFILE: &str = "development";
+
+/// The smallest UNet base width (`model_channels`, or diffusers'
+/// `block_out_channels[0]`) of a real model: MVDream's and SD 2.1's are
+/// 320, the tiny test models' 32.
+const REAL_UNET_MIN_CHANNELS: u64 = 128;
+
+/// The smallest LDM checkpoint of a real model, in bytes: MVDream's is
+/// 1.7 GB or more, the tiny one's well under 1 MB.
+const REAL_CHECKPOINT_MIN_BYTES: u64 = 64 << 20;
+
+/// Whether `models` are tiny random-weight test models (`models
+/// make-tiny`, `models make-random --size tiny`), from the UNet's base
+/// width in a diffusers folder's `unet/config.json`, or a local LDM
+/// checkpoint's size. Anything unreadable counts as not tiny: loading
+/// reports what is wrong with it.
+fn is_tiny(models: &ModelSource) -> bool {
+    match models {
+        ModelSource::Diffusers(dir) => {
+            let Ok(text) = std::fs::read_to_string(dir.join("unet/config.json")) else { return false };
+            let Ok(config) = serde_json::from_str::<serde_json::Value>(&text) else { return false };
+            let base = config["model_channels"].as_u64().or_else(|| config["block_out_channels"][0].as_u64());
+            base.is_some_and(|c| c < REAL_UNET_MIN_CHANNELS)
+        }
+        ModelSource::Ldm { checkpoint, .. } => {
+            std::fs::metadata(checkpoint).is_ok_and(|m| m.len() < REAL_CHECKPOINT_MIN_BYTES)
+        }
+        ModelSource::HubDiffusers { .. } | ModelSource::HubLdm { .. } => false,
+    }
+}
+
+/// `sources` with the profile that fits `models`: tiny test models
+/// without `--profile` get [`TINY_MODELS_PROFILE`] (any other profile runs
+/// for many minutes on them to make noise); with another profile asked
+/// for, a warning says which one fits.
+fn profile_for_models(mut sources: ConfigSources, models: &ModelSource) -> ConfigSources {
+    if !is_tiny(models) {
+        return sources;
+    }
+    match sources.profile.as_deref() {
+        None => {
+            eprintln!("note: tiny test models; using --profile {TINY_MODELS_PROFILE} (pass --profile to choose another)");
+            sources.profile = Some(TINY_MODELS_PROFILE.to_string());
+        }
+        Some(TINY_MODELS_PROFILE) => {}
+        Some(other) => eprintln!(
+            "warning: tiny test models with profile {other}: this takes minutes and makes noise; --profile {TINY_MODELS_PROFILE} fits them"
+        ),
+    }
+    sources
+}
+
+/// Warns when `g` would fail `splatforge validate` (the validators' checks
+/// at their defaults), naming the failed checks.
+fn warn_if_invalid(g: &splatforge_splat::Gaussians, output: &Path) {
+    let report = validate(g, &ValidationConfig::default());
+    if !report.passed {
+        let failed: Vec<String> =
+            report.checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.name, c.detail)).collect();
+        eprintln!("warning: {} would fail `splatforge validate` ({})", output.display(), failed.join("; "));
+    }
+}
+
 pub fn run(args: Args) -> Result<Outcome> {
-    let (profile, config) = args.config.sources().resolve()?;
+    let models = resolve_models(args.models.as_deref())?;
+    let (profile, config) = profile_for_models(args.config.sources(), &models).resolve()?;
     if args.print_config {
         print!("# profile: {profile}\n{}", config.to_yaml());
         return Ok(Outcome::Success);
@@ -217,7 +284,6 @@ pub fn run(args: Args) -> Result<Outcome> {
     // Fail on a bad output name before loading models.
     splatforge_splat::SplatFormat::from_path(&args.output)?;
     let device = device(args.device.as_deref(), 0)?;
-    let models = resolve_models(args.models.as_deref())?;
 
     let t0 = Instant::now();
     let pipe = Pipeline::load(&models, &device, HubConfig::from_env(), &profile, config)?;
@@ -246,6 +312,7 @@ pub fn run(args: Args) -> Result<Outcome> {
         let last = run == args.repeat;
         if last {
             args.encoding.write(&out.gaussians, &args.output)?;
+            warn_if_invalid(&out.gaussians, &args.output);
             if let Some(dir) = &args.save_views {
                 save_views(dir, &out.views)?;
             }

@@ -34,15 +34,15 @@ enum Command {
 #[derive(clap::Args)]
 struct SdArgs {
     /// Model: a diffusers folder or hf:ORG/NAME[@REV].
-    #[arg(long, default_value = "hf:stabilityai/sd-turbo")]
-    model: String,
+    #[arg(long = "models", alias = "model", value_name = "DIR", default_value = "hf:stabilityai/sd-turbo")]
+    models: String,
     #[arg(long)]
     prompt: String,
     #[arg(long, default_value = "")]
     negative_prompt: String,
     /// Output PNG.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(short, long = "output", alias = "out")]
+    output: PathBuf,
     /// Denoising steps (SD-Turbo: 1–4; SD 2.1: 25–50).
     #[arg(long, default_value_t = 1)]
     steps: usize,
@@ -55,10 +55,10 @@ struct SdArgs {
     width: usize,
     #[arg(long, default_value_t = 512)]
     height: usize,
-    /// Precision of the UNet and text encoder.
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    dtype: Precision,
-    /// Precision of the VAE (default: --dtype).
+    /// Precision of the UNet and text encoder on a GPU (default f32); the CPU runs f32.
+    #[arg(long, value_enum)]
+    dtype: Option<Precision>,
+    /// Precision of the VAE on a GPU (default: --dtype); the CPU runs f32.
     #[arg(long, value_enum)]
     vae_dtype: Option<Precision>,
 }
@@ -66,13 +66,13 @@ struct SdArgs {
 #[derive(clap::Args)]
 struct FluxArgs {
     /// Model: a diffusers folder or hf:ORG/NAME[@REV].
-    #[arg(long, default_value = "hf:black-forest-labs/FLUX.1-schnell")]
-    model: String,
+    #[arg(long = "models", alias = "model", value_name = "DIR", default_value = "hf:black-forest-labs/FLUX.1-schnell")]
+    models: String,
     #[arg(long)]
     prompt: String,
     /// Output PNG.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(short, long = "output", alias = "out")]
+    output: PathBuf,
     #[arg(long, default_value_t = 4)]
     steps: usize,
     #[arg(long, default_value_t = 0)]
@@ -84,10 +84,10 @@ struct FluxArgs {
     /// T5 tokens.
     #[arg(long, default_value_t = 256)]
     max_sequence_length: usize,
-    /// Precision of the transformer and text encoders.
-    #[arg(long, value_enum, default_value_t = Precision::Bf16)]
-    dtype: Precision,
-    /// Precision of the VAE (default: --dtype).
+    /// Precision of the transformer and text encoders on a GPU (default bf16); the CPU runs f32.
+    #[arg(long, value_enum)]
+    dtype: Option<Precision>,
+    /// Precision of the VAE on a GPU (default: --dtype); the CPU runs f32.
     #[arg(long, value_enum)]
     vae_dtype: Option<Precision>,
 }
@@ -145,8 +145,8 @@ impl Precision {
 #[derive(clap::Args)]
 struct MvdreamArgs {
     /// Model: a diffusers folder, an LDM checkpoint (.safetensors/.pt), or hf:ORG/NAME[@REV][:FILE].
-    #[arg(long, default_value = "hf:ashawkey/mvdream-sd2.1-diffusers")]
-    model: String,
+    #[arg(long = "models", alias = "model", value_name = "DIR", default_value = "hf:ashawkey/mvdream-sd2.1-diffusers")]
+    models: String,
     /// The text prompt.
     #[arg(long)]
     prompt: String,
@@ -157,8 +157,8 @@ struct MvdreamArgs {
     #[arg(long, default_value = ", 3d asset")]
     suffix: String,
     /// Output folder for view_0.png … and cameras.json.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(short, long = "output", alias = "out")]
+    output: PathBuf,
     #[arg(long, default_value_t = 50)]
     steps: usize,
     #[arg(long, default_value_t = 10.0)]
@@ -171,9 +171,9 @@ struct MvdreamArgs {
     /// Camera elevation in degrees (positive = above, MVDream's sign).
     #[arg(long, default_value_t = 15.0)]
     elevation: f64,
-    /// Precision of the UNet and text encoder.
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    dtype: Precision,
+    /// Precision of the UNet and text encoder on a GPU (default f32); the CPU runs f32.
+    #[arg(long, value_enum)]
+    dtype: Option<Precision>,
 }
 
 pub fn run(args: Args) -> Result<Outcome> {
@@ -259,20 +259,25 @@ fn save_png(images: Vec<image::RgbImage>, out: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Loading options on the best device with the requested precisions.
-fn load_options(dtype: Precision, vae_dtype: Option<Precision>) -> LoadOptions {
-    LoadOptions {
-        device: diffusion::best_device(0),
-        dtype: dtype.dtype(),
-        vae_dtype: vae_dtype.map(Precision::dtype),
-        ..Default::default()
+/// Loading options on the best device: on a GPU the requested precisions
+/// (`dtype`, else `default`); on the CPU f32 for every model, as `generate`
+/// does, since candle's CPU backend has no bf16 or f16 matmul. A lower
+/// precision asked for on the CPU is noted, not refused.
+fn load_options(dtype: Option<Precision>, default: Precision, vae_dtype: Option<Precision>) -> LoadOptions {
+    let device = diffusion::best_device(0);
+    if device.is_cpu() {
+        if let Some(p) = dtype.into_iter().chain(vae_dtype).find(|p| !matches!(p, Precision::F32)) {
+            eprintln!("note: running in f32 on the CPU ({:?} is for a GPU)", p.dtype());
+        }
+        return LoadOptions { device, dtype: DType::F32, vae_dtype: Some(DType::F32), ..Default::default() };
     }
+    LoadOptions { device, dtype: dtype.unwrap_or(default).dtype(), vae_dtype: vae_dtype.map(Precision::dtype), ..Default::default() }
 }
 
 fn sd(a: SdArgs) -> Result<Outcome> {
-    let opts = load_options(a.dtype, a.vae_dtype);
+    let opts = load_options(a.dtype, Precision::F32, a.vae_dtype);
     let t0 = Instant::now();
-    let pipe = diffusion::load_sd(&ModelSource::parse(&a.model), &opts)?;
+    let pipe = diffusion::load_sd(&ModelSource::parse(&a.models), &opts)?;
     eprintln!(
         "loaded {} in {:.1} s",
         pipe.source,
@@ -289,14 +294,14 @@ fn sd(a: SdArgs) -> Result<Outcome> {
         height: a.height,
     })?;
     eprintln!("generated in {:.1} s", t0.elapsed().as_secs_f64());
-    save_png(out.to_rgb_images()?, &a.out)?;
+    save_png(out.to_rgb_images()?, &a.output)?;
     Ok(Outcome::Success)
 }
 
 fn flux(a: FluxArgs) -> Result<Outcome> {
-    let opts = load_options(a.dtype, a.vae_dtype);
+    let opts = load_options(a.dtype, Precision::Bf16, a.vae_dtype);
     let t0 = Instant::now();
-    let pipe = diffusion::load_flux(&ModelSource::parse(&a.model), &opts)?;
+    let pipe = diffusion::load_flux(&ModelSource::parse(&a.models), &opts)?;
     eprintln!(
         "loaded {} in {:.1} s",
         pipe.source,
@@ -313,7 +318,7 @@ fn flux(a: FluxArgs) -> Result<Outcome> {
         ..Default::default()
     })?;
     eprintln!("generated in {:.1} s", t0.elapsed().as_secs_f64());
-    save_png(out.to_rgb_images()?, &a.out)?;
+    save_png(out.to_rgb_images()?, &a.output)?;
     Ok(Outcome::Success)
 }
 
@@ -321,9 +326,9 @@ fn mvdream(a: MvdreamArgs) -> Result<Outcome> {
     if a.size == 0 {
         bail!("--size must be positive");
     }
-    let opts = load_options(a.dtype, None);
+    let opts = load_options(a.dtype, Precision::F32, None);
     let t0 = Instant::now();
-    let pipe = diffusion::load_mvdream(&ModelSource::parse(&a.model), &opts)?;
+    let pipe = diffusion::load_mvdream(&ModelSource::parse(&a.models), &opts)?;
     eprintln!(
         "loaded {} in {:.1} s on {:?}",
         pipe.source,
@@ -348,9 +353,9 @@ fn mvdream(a: MvdreamArgs) -> Result<Outcome> {
         req.num_frames,
         t0.elapsed().as_secs_f64()
     );
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    std::fs::create_dir_all(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
     for (i, img) in out.to_rgb_images()?.into_iter().enumerate() {
-        let p = a.out.join(format!("view_{i}.png"));
+        let p = a.output.join(format!("view_{i}.png"));
         super::write_png(&p, img)?;
     }
     let cams: Vec<serde_json::Value> = out
@@ -364,8 +369,8 @@ fn mvdream(a: MvdreamArgs) -> Result<Outcome> {
             })
         })
         .collect();
-    let p = a.out.join("cameras.json");
+    let p = a.output.join("cameras.json");
     splatforge_splat::write_atomic(&p, (serde_json::to_string_pretty(&cams)? + "\n").as_bytes())?;
-    println!("{}", a.out.display());
+    println!("{}", a.output.display());
     Ok(Outcome::Success)
 }

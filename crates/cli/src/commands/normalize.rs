@@ -1,7 +1,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use splatforge_splat::normalize::{convert_up_axis, fit_to_box, UpAxis, VALIDATOR_BOX};
+use splatforge_splat::normalize::{
+    convert_up_axis, fit_to_box, validator_transform, UpAxis, VALIDATOR_BOX,
+};
 
 use super::convert::EncodingArgs;
 use crate::Outcome;
@@ -12,9 +14,15 @@ pub struct Args {
     input: PathBuf,
     /// Output file (.ply or .spz).
     output: PathBuf,
-    /// Side of the bounding box to fit the splat into (validators use 1.5).
-    #[arg(long = "box", default_value_t = VALIDATOR_BOX)]
+    /// Reference box size: the longest side of the means' bounding box after
+    /// the transform (validators use 1.5).
+    #[arg(long, value_name = "SIZE", default_value_t = VALIDATOR_BOX)]
     box_size: f32,
+    /// Fit the bounding box (centred on the origin, opacities kept) instead
+    /// of the validators' transform (recentring on the mean coordinate,
+    /// opacity divided by the scale factor).
+    #[arg(long = "box", conflicts_with = "no_fit")]
+    bounding_box: bool,
     /// Only change the up axis; keep position and size.
     #[arg(long)]
     no_fit: bool,
@@ -41,8 +49,10 @@ pub fn run(args: Args) -> Result<Outcome> {
         Some(UpConversion::YToZ) => convert_up_axis(&mut g, UpAxis::Y, UpAxis::Z),
         None => {}
     }
-    if !args.no_fit {
+    if args.bounding_box {
         fit_to_box(&mut g, args.box_size)?;
+    } else if !args.no_fit {
+        validator_transform(&mut g, args.box_size)?;
     }
     args.encoding.write(&g, &args.output)?;
     eprintln!("wrote {} splats to {}", g.len(), args.output.display());

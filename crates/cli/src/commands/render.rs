@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::{Delay, Frame, RgbImage, RgbaImage};
 use splatforge_render::{render, Camera, GaussianBuffers, RenderMode, RenderOptions, RenderedImage};
-use splatforge_splat::normalize::{fit_to_box, VALIDATOR_BOX};
+use splatforge_splat::normalize::{fit_to_box, validator_transform, VALIDATOR_BOX};
 use splatforge_splat::write_atomic;
 
 use crate::Outcome;
@@ -13,7 +13,8 @@ use crate::Outcome;
 pub struct Args {
     /// A .ply or .spz file.
     file: PathBuf,
-    /// Output: a .png for one view or the contact sheet, a .gif for a turntable.
+    /// Output: a .png for one view or the contact sheet, a .gif for a
+    /// turntable (another extension is refused).
     #[arg(short, long)]
     output: PathBuf,
     /// Render the 404 validator's 16 views (elevation −15°, radius 2.5,
@@ -41,9 +42,14 @@ pub struct Args {
     /// Background colour as R,G,B in [0, 1].
     #[arg(long, default_value = "1,1,1", value_parser = parse_rgb)]
     background: [f32; 3],
-    /// Render the splat as stored, without fitting it into the validators' 1.5 box.
+    /// Render the splat as stored, without the validators' transform.
     #[arg(long)]
     no_normalize: bool,
+    /// Fit the means' bounding box into the 1.5 box (centred on the origin,
+    /// opacities kept) instead of the validators' transform (recentring on
+    /// the mean coordinate, opacity divided by the scale factor).
+    #[arg(long = "box", conflicts_with = "no_normalize")]
+    bounding_box: bool,
     /// Use only the DC colour, as the validators do.
     #[arg(long)]
     dc_only: bool,
@@ -60,11 +66,26 @@ fn parse_rgb(s: &str) -> Result<[f32; 3], String> {
     }
 }
 
+/// Refuses an output whose extension names another format than the one
+/// the render makes: a GIF for a turntable, a PNG otherwise.
+fn check_output_extension(args: &Args) -> Result<()> {
+    let (expected, what) =
+        if args.turntable.is_some() { ("gif", "a turntable is an animated GIF") } else { ("png", "a still is a PNG") };
+    let ext = args.output.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    if ext.as_deref() != Some(expected) {
+        bail!("{}: {what}; name the output .{expected}", args.output.display());
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> Result<Outcome> {
+    check_output_extension(&args)?;
     let mut g = super::read(&args.file)?;
     super::require_finite(&g, &args.file)?;
-    if !args.no_normalize {
+    if args.bounding_box {
         fit_to_box(&mut g, VALIDATOR_BOX)?;
+    } else if !args.no_normalize {
+        validator_transform(&mut g, VALIDATOR_BOX)?;
     }
     let buffers = GaussianBuffers::from(&g);
     let options = RenderOptions {
