@@ -67,15 +67,19 @@ pub const REQUIRED_MODELS: [&str; 4] = [
 
 impl PipelineConfig {
     /// `microsoft/TRELLIS-image-large`'s `pipeline.json`, the source of our presets'
-    /// defaults. The values are those of the public copy cited in the crate README
-    /// (`crates/trellis/README.md`, "Where the defaults come from").
+    /// defaults, as published at
+    /// <https://huggingface.co/JeffreyXiang/TRELLIS-image-large/blob/main/pipeline.json> (the
+    /// repository's name before it moved to `microsoft/`): both samplers
+    /// `FlowEulerGuidanceIntervalSampler(sigma_min=1e-5)` with 25 steps, `cfg_strength` 5.0,
+    /// `cfg_interval` [0.5, 1.0], `rescale_t` 3.0. (The official README's example overrides,
+    /// 12 steps with cfg 7.5 and 3, are not the file's values.)
     pub fn image_large() -> Self {
-        let sampler = |cfg_strength| SamplerSpec {
+        let sampler = SamplerSpec {
             name: GUIDANCE_INTERVAL_SAMPLER.into(),
             args: FlowEulerSampler { sigma_min: 1e-5 },
             params: SamplerParams {
                 steps: 25,
-                cfg_strength,
+                cfg_strength: 5.0,
                 cfg_interval: (0.5, 1.0),
                 rescale_t: 3.0,
             },
@@ -101,8 +105,8 @@ impl PipelineConfig {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
-                sparse_structure_sampler: sampler(7.5),
-                slat_sampler: sampler(3.0),
+                sparse_structure_sampler: sampler.clone(),
+                slat_sampler: sampler,
                 slat_normalization: SlatNormalization {
                     mean: vec![
                         -2.1687545776367188,
@@ -329,6 +333,43 @@ mod tests {
             read.checkpoint_stem(dir.path(), "slat_flow_model").unwrap(),
             dir.path().join("ckpts/slat_flow_img_dit_L_64l8p2_fp16")
         );
+    }
+
+    #[test]
+    fn the_preset_is_the_published_pipeline_json() {
+        // https://huggingface.co/JeffreyXiang/TRELLIS-image-large/blob/main/pipeline.json
+        let published = r#"{
+            "name": "TrellisImageTo3DPipeline",
+            "args": {
+                "models": {
+                    "sparse_structure_decoder": "ckpts/ss_dec_conv3d_16l8_fp16",
+                    "sparse_structure_flow_model": "ckpts/ss_flow_img_dit_L_16l8_fp16",
+                    "slat_decoder_gs": "ckpts/slat_dec_gs_swin8_B_64l8gs32_fp16",
+                    "slat_decoder_rf": "ckpts/slat_dec_rf_swin8_B_64l8r16_fp16",
+                    "slat_decoder_mesh": "ckpts/slat_dec_mesh_swin8_B_64l8m256c_fp16",
+                    "slat_flow_model": "ckpts/slat_flow_img_dit_L_64l8p2_fp16"
+                },
+                "sparse_structure_sampler": {
+                    "name": "FlowEulerGuidanceIntervalSampler",
+                    "args": {"sigma_min": 1e-5},
+                    "params": {"steps": 25, "cfg_strength": 5.0, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}
+                },
+                "slat_sampler": {
+                    "name": "FlowEulerGuidanceIntervalSampler",
+                    "args": {"sigma_min": 1e-5},
+                    "params": {"steps": 25, "cfg_strength": 5.0, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}
+                },
+                "slat_normalization": {
+                    "mean": [-2.1687545776367188, -0.004347046371549368, -0.13352349400520325, -0.08418072760105133,
+                             -0.5271206498146057, 0.7238689064979553, -1.1414450407028198, 1.2039363384246826],
+                    "std": [2.377650737762451, 2.386378288269043, 2.124418020248413, 2.1748552322387695,
+                            2.663944721221924, 2.371192216873169, 2.6217446327209473, 2.684523105621338]
+                },
+                "image_cond_model": "dinov2_vitl14_reg"
+            }
+        }"#;
+        let parsed: PipelineConfig = serde_json::from_str(published).unwrap();
+        assert_eq!(parsed, PipelineConfig::image_large());
     }
 
     #[test]
