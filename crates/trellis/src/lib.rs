@@ -13,6 +13,7 @@
 //! | [`sampler`] | flow-Euler sampling with classifier-free guidance inside an interval, rescaled time |
 //! | [`ss_flow`] | stage 1: `SparseStructureFlowModel` |
 //! | [`ss_decoder`] | stage 1: `SparseStructureDecoder` (dense 3D convolutions) and the occupied voxels |
+//! | [`stage1`] | image → occupied voxels (`preprocess_image`, `get_cond`, `sample_sparse_structure`), random-weight stage-1 folders |
 //! | [`sparse`] | sparse voxel tensors (batch-indexed coordinates + features) and the ops on them |
 //! | [`error`] | errors of this crate |
 
@@ -25,5 +26,6 @@ pub mod sampler;
 pub mod sparse;
 pub mod ss_decoder;
 pub mod ss_flow;
+pub mod stage1;
 
 pub use error::{Result, TrellisError};
