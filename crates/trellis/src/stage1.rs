@@ -98,6 +98,18 @@ impl Stage1 {
         &self.pipeline
     }
 
+    pub fn dinov2(&self) -> &Dinov2 {
+        &self.dinov2
+    }
+
+    pub fn flow(&self) -> &SparseStructureFlowModel {
+        &self.flow
+    }
+
+    pub fn decoder(&self) -> &SparseStructureDecoder {
+        &self.decoder
+    }
+
     /// `preprocess_image` + `get_cond`: the image's alpha (or, for an opaque picture, the
     /// plain-background matte), the 518² crop, DINOv2 tokens.
     pub fn condition(&self, image: &RgbaImage) -> Result<Conditioning> {
