@@ -477,6 +477,35 @@ mod tests {
         assert!((v[2 * 518 * 518] - (0.0 - 0.406) / 0.225).abs() < 1e-6);
     }
 
+    /// FNV-1a 64 of bytes.
+    fn fnv1a(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+
+    #[test]
+    fn fixtures_preprocess_exactly_as_pillow_does() {
+        // FNV-1a of the 518² RGB that TRELLIS' preprocess_image steps give with Pillow 13.0.0
+        // (computed once with Pillow and numpy from the same fixture files).
+        for (name, want) in [
+            ("ghost_rgba.png", 0x38ff_596d_b0da_4322u64),
+            ("car_rgba.png", 0xb3e5_8c79_9967_fe4a),
+            ("astronaut_rgba.png", 0x28f3_76e1_c75a_84a6),
+        ] {
+            let path = format!(
+                "{}/../../../shared/fixtures/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let Ok(bytes) = std::fs::read(&path) else {
+                eprintln!("skipping: fixture {path} not found");
+                continue;
+            };
+            let out = preprocess(&decode_image(&bytes).unwrap()).unwrap();
+            assert_eq!(fnv1a(out.as_raw()), want, "{name}");
+        }
+    }
+
     #[test]
     fn plain_background_becomes_transparent() {
         let mut im = RgbaImage::from_pixel(9, 9, Rgba([250, 250, 250, 255]));

@@ -340,6 +340,47 @@ mod tests {
     }
 
     #[test]
+    fn full_size_models_have_the_published_shapes() {
+        let (dinov2, flow, decoder) = stage1_configs(ModelSize::Full);
+        let shapes = |build: &dyn Fn(&RandomRecorder)| {
+            let recorder = RandomRecorder::new(0);
+            build(&recorder);
+            recorder
+                .recipes()
+                .into_iter()
+                .map(|(k, v)| (k, v.dims().to_vec()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let f = shapes(&|r| {
+            SparseStructureFlowModel::load(&flow, r.var_builder()).unwrap();
+        });
+        assert_eq!(f["input_layer.weight"], [1024, 8]);
+        assert_eq!(f["blocks.23.cross_attn.to_kv.weight"], [2048, 1024]);
+        assert_eq!(f["blocks.23.self_attn.k_rms_norm.gamma"], [16, 64]);
+        assert_eq!(f["blocks.0.mlp.mlp.0.weight"], [4096, 1024]);
+        assert_eq!(f["blocks.0.norm2.weight"], [1024]);
+        assert_eq!(f["out_layer.weight"], [8, 1024]);
+        assert!(!f.contains_key("blocks.24.norm2.weight"));
+        let d = shapes(&|r| {
+            SparseStructureDecoder::load(&decoder, r.var_builder()).unwrap();
+        });
+        assert_eq!(d["input_layer.weight"], [512, 8, 3, 3, 3]);
+        assert_eq!(d["middle_block.1.conv2.weight"], [512, 512, 3, 3, 3]);
+        assert_eq!(d["blocks.2.conv.weight"], [1024, 512, 3, 3, 3]);
+        assert_eq!(d["blocks.5.conv.weight"], [256, 128, 3, 3, 3]);
+        assert_eq!(d["blocks.7.norm2.weight"], [32]);
+        assert_eq!(d["out_layer.2.weight"], [1, 32, 3, 3, 3]);
+        let v = shapes(&|r| {
+            Dinov2::load(&dinov2, r.var_builder()).unwrap();
+        });
+        assert_eq!(v["pos_embed"], [1, 1370, 1024]);
+        assert_eq!(v["register_tokens"], [1, 4, 1024]);
+        assert_eq!(v["patch_embed.proj.weight"], [1024, 3, 14, 14]);
+        assert_eq!(v["blocks.23.attn.qkv.weight"], [3072, 1024]);
+        assert_eq!(v["blocks.23.ls2.gamma"], [1024]);
+    }
+
+    #[test]
     fn mismatched_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let dinov2 = write_random_stage1(dir.path(), ModelSize::Tiny, DType::F32, 1).unwrap();
