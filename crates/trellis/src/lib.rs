@@ -6,9 +6,11 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`blocks`] | the shared transformer parts: attention with QK RMSNorm, MLP, adaLN-modulated blocks, timestep and position embedders |
 //! | [`sparse`] | sparse voxel tensors (batch-indexed coordinates + features) and the ops on them |
 //! | [`error`] | errors of this crate |
 
+pub mod blocks;
 pub mod error;
 pub mod sparse;
 
