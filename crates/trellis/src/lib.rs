@@ -7,11 +7,13 @@
 //! | module | what |
 //! |---|---|
 //! | [`blocks`] | the shared transformer parts: attention with QK RMSNorm, MLP, adaLN-modulated blocks, timestep and position embedders |
+//! | [`slat_flow`] | stage 2: the structured-latent flow model over sparse voxels (io res blocks with sparse convolutions and down/upsampling, modulated cross-attention blocks), the latent's normalisation |
 //! | [`sparse`] | sparse voxel tensors (batch-indexed coordinates + features) and the ops on them |
 //! | [`error`] | errors of this crate |
 
 pub mod blocks;
 pub mod error;
+pub mod slat_flow;
 pub mod sparse;
 
 pub use error::{Result, TrellisError};

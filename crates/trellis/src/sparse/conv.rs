@@ -148,9 +148,10 @@ impl NeighbourMap {
 /// documentation for its semantics and weight layout.
 #[derive(Debug, Clone)]
 pub struct SparseConv3d {
-    /// The kernel as a linear layer over gathered neighbourhoods: weight `[out, 27·in]`
-    /// (the `KRSC` kernel, reshaped), bias `[out]`.
-    gemm: candle_nn::Linear,
+    /// `[out, 3, 3, 3, in]`, as loaded.
+    weight: Tensor,
+    /// `[out]`.
+    bias: Tensor,
     in_channels: usize,
 }
 
@@ -165,16 +166,16 @@ impl SparseConv3d {
             candle_nn::init::DEFAULT_KAIMING_UNIFORM,
         )?;
         let bias = vb.get_with_hints(out_channels, "bias", candle_nn::Init::Const(0.0))?;
-        let weight = weight.reshape((out_channels, KERNEL_VOLUME * in_channels))?;
         Ok(Self {
-            gemm: candle_nn::Linear::new(weight, Some(bias)),
+            weight,
+            bias,
             in_channels,
         })
     }
 
     /// Output channels.
     pub fn out_channels(&self) -> usize {
-        self.gemm.weight().dims()[0]
+        self.weight.dims()[0]
     }
 
     /// The convolution of `x` (`[N, in]` features) over the voxels `map` was built from
@@ -200,6 +201,12 @@ impl SparseConv3d {
                 self.in_channels
             )));
         }
+        // The kernel as a linear layer over gathered neighbourhoods (a view of the kernel).
+        let gemm = candle_nn::Linear::new(
+            self.weight
+                .reshape((self.out_channels(), KERNEL_VOLUME * self.in_channels))?,
+            Some(self.bias.clone()),
+        );
         let padded = with_zero_row(&x.feats)?;
         let chunk = (gather_elements / (KERNEL_VOLUME * self.in_channels)).max(1);
         let mut outputs = Vec::with_capacity(rows.div_ceil(chunk));
@@ -212,7 +219,7 @@ impl SparseConv3d {
             let gathered = padded
                 .index_select(&taps, 0)?
                 .reshape((len, KERNEL_VOLUME * self.in_channels))?;
-            outputs.push(linear(&gathered, &self.gemm, LinearEpilogue::default())?);
+            outputs.push(linear(&gathered, &gemm, LinearEpilogue::default())?);
             start += len;
         }
         let feats = match outputs.len() {
@@ -352,10 +359,7 @@ mod tests {
             .to_vec1::<f32>()
             .unwrap();
         let conv = SparseConv3d {
-            gemm: candle_nn::Linear::new(
-                conv.gemm.weight().clone(),
-                Some(Tensor::new(bias.as_slice(), &Device::Cpu).unwrap()),
-            ),
+            bias: Tensor::new(bias.as_slice(), &Device::Cpu).unwrap(),
             ..conv
         };
         let feats = Tensor::randn(0f32, 1.0, (coords.len(), cin), &Device::Cpu).unwrap();
@@ -386,10 +390,8 @@ mod tests {
         let mut kernel = vec![0f32; KERNEL_VOLUME];
         kernel[2 * 9 + 3 + 1] = 1.0;
         let conv = SparseConv3d {
-            gemm: candle_nn::Linear::new(
-                Tensor::from_vec(kernel, (1, KERNEL_VOLUME), &Device::Cpu).unwrap(),
-                None,
-            ),
+            weight: Tensor::from_vec(kernel, (1, 3, 3, 3, 1), &Device::Cpu).unwrap(),
+            bias: Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap(),
             in_channels: 1,
         };
         let x = SparseTensor::new(

@@ -130,7 +130,7 @@ impl SparseDownsample {
         }
         SparseTensor::new(
             self.fine_coords.clone(),
-            x.feats.index_select(&self.parent, 0)?,
+            x.feats.contiguous()?.index_select(&self.parent, 0)?,
         )
     }
 }
