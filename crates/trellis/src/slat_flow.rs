@@ -303,7 +303,8 @@ pub struct SlatGeometry {
     levels: Vec<VoxelLevel>,
     /// `downsamples[i]` maps level `i` to level `i + 1`.
     downsamples: Vec<SparseDownsample>,
-    /// `[T, model_channels]` f32: the position embedding of the coarsest level's voxels.
+    /// `[T, model_channels]` in the torso dtype: the position embedding of the coarsest
+    /// level's voxels (computed in f32).
     position: Tensor,
 }
 
@@ -537,7 +538,10 @@ impl SLatFlowModel {
         }
         let tokens = downsamples.last().map_or(coords, |d| d.coarse_coords());
         let xyz: Vec<u32> = tokens.iter().flat_map(|c| c[1..].iter().copied()).collect();
-        let position = self.pos_embedder.embed(&xyz, device)?;
+        let position = self
+            .pos_embedder
+            .embed(&xyz, device)?
+            .to_dtype(self.dtype)?;
         Ok(SlatGeometry {
             coords: coords.to_vec(),
             levels,
@@ -598,7 +602,7 @@ impl SLatFlowModel {
             }
             skips.push(h.feats.clone());
         }
-        let tokens = (&h.feats + geometry.position.to_dtype(self.dtype)?)?;
+        let tokens = (&h.feats + &geometry.position)?;
         let tokens = self.transformer(&tokens, &t_emb, &cond, &geometry.levels[level])?;
         h = h.with_feats(tokens)?;
         for (block, skip) in self.out_blocks.iter().zip(skips.iter().rev()) {
@@ -854,6 +858,85 @@ mod tests {
             let diff = max_abs_diff(&single.feats, &batched.feats.index_select(&ids, 0).unwrap());
             assert!(diff < 1e-4, "item {item}: max |Δ| {diff}");
         }
+    }
+
+    #[test]
+    fn model_follows_the_official_forward() {
+        // `SLatFlowModel.forward` written out over the components (each tested on its own):
+        // input layer, input res blocks keeping their outputs, APE of the coarse voxels,
+        // each item alone through the dense blocks, output res blocks on [h, skip], layer
+        // norm (eps 1e-5, no affine), output layer.
+        let model = tiny_model(9);
+        let cfg = model.config().clone();
+        let coords = two_items();
+        let geometry = model.geometry(&coords, &Device::Cpu).unwrap();
+        let x = randn(&[coords.len(), cfg.in_channels], 1);
+        let t = Tensor::new(&[640f32, 75.0], &Device::Cpu).unwrap();
+        let cond = randn(&[2, 4, cfg.cond_channels], 2);
+        let got = model
+            .forward(
+                &SparseTensor::new(coords.clone(), x.clone()).unwrap(),
+                &t,
+                &cond,
+                &geometry,
+            )
+            .unwrap();
+
+        let t_emb = model.t_embedder.forward(&t).unwrap();
+        let h = SparseTensor::new(coords.clone(), model.input_layer.forward(&x).unwrap()).unwrap();
+        let h0 = model.input_blocks[0]
+            .forward(&h, &t_emb, &geometry, 0)
+            .unwrap();
+        let h1 = model.input_blocks[1]
+            .forward(&h0, &t_emb, &geometry, 0)
+            .unwrap();
+        let coarse = geometry.downsamples[0].coarse_coords();
+        assert_eq!(h1.coords, coarse);
+        let xyz: Vec<u32> = coarse.iter().flat_map(|c| c[1..].to_vec()).collect();
+        let position = AbsolutePositionEmbedder::new(cfg.model_channels, 3)
+            .unwrap()
+            .embed(&xyz, &Device::Cpu)
+            .unwrap();
+        let tokens = (&h1.feats + position).unwrap();
+        let mut items = Vec::new();
+        let mut start = 0;
+        for (i, &n) in geometry.levels[1].lens.iter().enumerate() {
+            let mut item = tokens.narrow(0, start, n).unwrap().unsqueeze(0).unwrap();
+            for block in &model.blocks {
+                item = block
+                    .forward(
+                        &item,
+                        &t_emb.narrow(0, i, 1).unwrap(),
+                        &cond.narrow(0, i, 1).unwrap(),
+                    )
+                    .unwrap();
+            }
+            items.push(item.squeeze(0).unwrap());
+            start += n;
+        }
+        let h = h1.with_feats(Tensor::cat(&items, 0).unwrap()).unwrap();
+        let h = h
+            .with_feats(Tensor::cat(&[&h.feats, &h1.feats], 1).unwrap())
+            .unwrap();
+        let h = model.out_blocks[0]
+            .forward(&h, &t_emb, &geometry, 1)
+            .unwrap();
+        assert_eq!(h.coords, coords);
+        let h = h
+            .with_feats(Tensor::cat(&[&h.feats, &h0.feats], 1).unwrap())
+            .unwrap();
+        let h = model.out_blocks[1]
+            .forward(&h, &t_emb, &geometry, 0)
+            .unwrap();
+        let mut w = BTreeMap::new();
+        w.insert("out.weight".to_string(), model.out_layer.weight().clone());
+        w.insert(
+            "out.bias".to_string(),
+            model.out_layer.bias().unwrap().clone(),
+        );
+        let want = lin(&w, "out", &layer_norm(&Mat::of(&h.feats), 1e-5, None));
+        let diff = max_diff(&got.feats, &want);
+        assert!(diff < 1e-4, "max |Δ| {diff}");
     }
 
     #[test]
