@@ -1,6 +1,7 @@
 //! The structured-latent flow model of stage 2: TRELLIS' `SLatFlowModel` /
 //! `ElasticSLatFlowModel` (`trellis/models/structured_latent_flow.py`; the elastic
-//! variant only changes training-time checkpointing), and the latent's normalisation.
+//! variant only changes training-time checkpointing), and undoing the latent's
+//! normalisation.
 //!
 //! Over the occupied voxels of the 64³ grid: `input_layer` (per-voxel linear), the input
 //! `SparseResBlock3d`s (sparse 3×3×3 convolutions, adaLN-style scale/shift from the
@@ -203,64 +204,27 @@ impl SLatFlowConfig {
     }
 }
 
-/// The latent's normalisation, `slat_normalization` of `pipeline.json`: the flow samples
-/// `(latent − mean) / std`, [`denormalize`](Self::denormalize) undoes it per channel.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct SlatNormalization {
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
-}
-
-impl SlatNormalization {
-    /// `TRELLIS-image-large`'s statistics: the `normalization` of the official
-    /// `configs/generation/slat_flow_img_dit_L_64l8p2_fp16.json` (the dataset the flow was
-    /// trained on), which the model's `pipeline.json` repeats as `slat_normalization`.
-    // The JSON's digits, rounded to f32 as `torch.tensor` of the list does.
-    #[allow(clippy::excessive_precision)]
-    pub fn image_large() -> Self {
-        Self {
-            mean: vec![
-                -2.1687545776367188,
-                -0.004347046371549368,
-                -0.13352349400520325,
-                -0.08418072760105133,
-                -0.5271206498146057,
-                0.7238689064979553,
-                -1.1414450407028198,
-                1.2039363384246826,
-            ],
-            std: vec![
-                2.377650737762451,
-                2.386378288269043,
-                2.124418020248413,
-                2.1748552322387695,
-                2.663944721221924,
-                2.371192216873169,
-                2.6217446327209473,
-                2.684523105621338,
-            ],
-        }
+/// Undoes the latent's normalisation (`slat_normalization` of `pipeline.json`, whose
+/// `mean` and `std` lists are passed): `feats · std + mean` per channel, the official `sample_slat`'s last
+/// step (statistics rounded to f32, as `torch.tensor` of the JSON lists).
+pub fn denormalize_slat(x: &SparseTensor, mean: &[f64], std: &[f64]) -> Result<SparseTensor> {
+    let channels = x.channels();
+    if mean.len() != channels || std.len() != channels {
+        return Err(TrellisError::InvalidArgument(format!(
+            "slat normalisation has {} means and {} stds for {channels} channels",
+            mean.len(),
+            std.len()
+        )));
     }
-
-    /// `feats · std + mean` per channel (the official `sample_slat`'s last step).
-    pub fn denormalize(&self, x: &SparseTensor) -> Result<SparseTensor> {
-        let channels = x.channels();
-        if self.mean.len() != channels || self.std.len() != channels {
-            return Err(TrellisError::InvalidArgument(format!(
-                "slat normalisation has {} means and {} stds for {channels} channels",
-                self.mean.len(),
-                self.std.len()
-            )));
-        }
-        let row = |v: &[f32]| -> Result<Tensor> {
-            Ok(Tensor::from_slice(v, (1, channels), x.device())?.to_dtype(x.feats.dtype())?)
-        };
-        x.with_feats(
-            x.feats
-                .broadcast_mul(&row(&self.std)?)?
-                .broadcast_add(&row(&self.mean)?)?,
-        )
-    }
+    let row = |v: &[f64]| -> Result<Tensor> {
+        let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        Ok(Tensor::from_vec(v, (1, channels), x.device())?.to_dtype(x.feats.dtype())?)
+    };
+    x.with_feats(
+        x.feats
+            .broadcast_mul(&row(std)?)?
+            .broadcast_add(&row(mean)?)?,
+    )
 }
 
 /// What a [`SlatGeometry`] keeps of one resolution.
@@ -1057,24 +1021,17 @@ mod tests {
 
     #[test]
     fn denormalize_scales_and_shifts_each_channel() {
-        let norm = SlatNormalization {
-            mean: vec![1.0, -2.0],
-            std: vec![3.0, 0.5],
-        };
         let x = SparseTensor::new(
             vec![[0, 0, 0, 0], [0, 1, 0, 0]],
             Tensor::new(&[[1f32, 2.0], [0.0, -4.0]], &Device::Cpu).unwrap(),
         )
         .unwrap();
-        let got = norm
-            .denormalize(&x)
-            .unwrap()
-            .feats
-            .to_vec2::<f32>()
-            .unwrap();
-        assert_eq!(got, vec![vec![4.0, -1.0], vec![1.0, -4.0]]);
-        assert_eq!(SlatNormalization::image_large().mean.len(), 8);
-        assert!(SlatNormalization::image_large().denormalize(&x).is_err());
+        let got = denormalize_slat(&x, &[1.0, -2.0], &[3.0, 0.5]).unwrap();
+        assert_eq!(
+            got.feats.to_vec2::<f32>().unwrap(),
+            vec![vec![4.0, -1.0], vec![1.0, -4.0]]
+        );
+        assert!(denormalize_slat(&x, &[1.0; 8], &[1.0; 8]).is_err());
     }
 
     #[test]
