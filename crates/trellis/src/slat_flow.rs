@@ -22,14 +22,19 @@
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::blocks::{
     linear, AbsolutePositionEmbedder, Attend, BlockConfig, LayerNorm32,
     ModulatedTransformerCrossBlock, TimestepEmbedder, BLOCK_NORM_EPS,
 };
+use crate::sampler::FlowModel;
 use crate::sparse::{varlen_attention, NeighbourMap, SparseConv3d, SparseDownsample, SparseTensor};
 use crate::{Result, TrellisError};
+
+/// The class name in the model's `ckpts/<name>.json` (`SLatFlowModel` with training-time
+/// memory management; the same module at inference).
+pub const CLASS: &str = "ElasticSLatFlowModel";
 
 /// The eps of the final layer norm (`F.layer_norm` with its default).
 const OUT_NORM_EPS: f64 = 1e-5;
@@ -52,7 +57,7 @@ fn default_true() -> bool {
 
 /// The constructor arguments of `SLatFlowModel` (the `args` of its checkpoint JSON),
 /// with the official defaults.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SLatFlowConfig {
     /// Side of the voxel grid (64).
     pub resolution: usize,
@@ -641,11 +646,75 @@ impl SLatFlowModel {
     }
 }
 
+/// The stage-2 flow as [`FlowEulerSampler`](crate::sampler::FlowEulerSampler) drives it:
+/// [`SLatFlowModel`] over one fixed voxel set, the sampled tensor being its features
+/// `[N, in_channels]`. The conditional and unconditional passes run as one batch of twice
+/// the items (the voxels repeated under new batch indices), as the geometry of both is
+/// built once here.
+#[derive(Debug, Clone)]
+pub struct SlatVelocity<'a> {
+    model: &'a SLatFlowModel,
+    items: usize,
+    single: SlatGeometry,
+    pair: SlatGeometry,
+}
+
+impl<'a> SlatVelocity<'a> {
+    /// The flow over voxels `coords` (`(batch, x, y, z)` grouped by batch, as the sparse
+    /// structure stage gives them), geometry on `device`.
+    pub fn new(model: &'a SLatFlowModel, coords: &[[u32; 4]], device: &Device) -> Result<Self> {
+        let items = coords.last().map_or(0, |c| c[0] as usize + 1);
+        let repeated = coords
+            .iter()
+            .map(|c| [c[0] + items as u32, c[1], c[2], c[3]]);
+        let pair: Vec<[u32; 4]> = coords.iter().copied().chain(repeated).collect();
+        Ok(Self {
+            model,
+            items,
+            single: model.geometry(coords, device)?,
+            pair: model.geometry(&pair, device)?,
+        })
+    }
+
+    /// The voxels sampled over.
+    pub fn coords(&self) -> &[[u32; 4]] {
+        self.single.coords()
+    }
+}
+
+impl FlowModel for SlatVelocity<'_> {
+    fn velocity(&self, x_t: &Tensor, timestep: f64, cond: &Tensor) -> Result<Tensor> {
+        let x = SparseTensor::new(self.single.coords.clone(), x_t.clone())?;
+        let t = Tensor::full(timestep as f32, self.items, x_t.device())?;
+        Ok(self.model.forward(&x, &t, cond, &self.single)?.feats)
+    }
+
+    /// Both passes as one batch of `2B` items.
+    fn guided_velocities(
+        &self,
+        x_t: &Tensor,
+        timestep: f64,
+        cond: &Tensor,
+        neg_cond: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let rows = x_t.dim(0)?;
+        let x = SparseTensor::new(self.pair.coords.clone(), Tensor::cat(&[x_t, x_t], 0)?)?;
+        let t = Tensor::full(timestep as f32, 2 * self.items, x_t.device())?;
+        let v = self
+            .model
+            .forward(&x, &t, &Tensor::cat(&[cond, neg_cond], 0)?, &self.pair)?
+            .feats;
+        Ok((v.narrow(0, 0, rows)?, v.narrow(0, rows, rows)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::blocks::tests::{layer_norm, lin, max_diff, Mat};
-    use splatforge_diffusion::weights::{save_random, RandomRecorder, SeededInit};
+    use crate::config::{checkpoint_weights, write_checkpoint, Checkpoint};
+    use crate::sampler::{FlowEulerSampler, SamplerParams};
+    use splatforge_diffusion::weights::{RandomRecorder, SeededInit};
     use std::collections::BTreeMap;
 
     fn randn(dims: &[usize], seed: u64) -> Tensor {
@@ -916,6 +985,47 @@ mod tests {
     }
 
     #[test]
+    fn sampler_velocities_are_the_model_on_the_voxels() {
+        let model = tiny_model(4);
+        let coords = two_items();
+        let flow = SlatVelocity::new(&model, &coords, &Device::Cpu).unwrap();
+        let x = randn(&[coords.len(), 8], 1);
+        let (cond, neg) = (
+            randn(&[2, 3, 16], 2),
+            Tensor::zeros((2, 3, 16), DType::F32, &Device::Cpu).unwrap(),
+        );
+        let direct = |c: &Tensor| {
+            let t = Tensor::new(&[250f32, 250.0], &Device::Cpu).unwrap();
+            let geometry = model.geometry(&coords, &Device::Cpu).unwrap();
+            model
+                .forward(
+                    &SparseTensor::new(coords.clone(), x.clone()).unwrap(),
+                    &t,
+                    c,
+                    &geometry,
+                )
+                .unwrap()
+                .feats
+        };
+        let (v_cond, v_neg) = flow.guided_velocities(&x, 250.0, &cond, &neg).unwrap();
+        assert!(max_abs_diff(&v_cond, &direct(&cond)) < 1e-5);
+        assert!(max_abs_diff(&v_neg, &direct(&neg)) < 1e-5);
+        assert!(max_abs_diff(&flow.velocity(&x, 250.0, &cond).unwrap(), &direct(&cond)) < 1e-5);
+        let params = SamplerParams {
+            steps: 2,
+            cfg_strength: 3.0,
+            cfg_interval: (0.5, 1.0),
+            rescale_t: 3.0,
+        };
+        let sample = FlowEulerSampler { sigma_min: 1e-5 }
+            .sample(&flow, &x, &cond, &neg, &params, |_, _| {
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(sample.dims(), x.dims());
+    }
+
+    #[test]
     fn loads_a_random_weight_file_by_the_official_names() {
         let cfg = SLatFlowConfig::tiny();
         let recorder = RandomRecorder::new(5);
@@ -937,10 +1047,11 @@ mod tests {
             assert!(recipes.contains_key(name), "{name} missing");
         }
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("slat_flow.safetensors");
-        save_random(&recipes, DType::F32, &path).unwrap();
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&path], DType::F32, &Device::Cpu) }
-            .unwrap();
+        let stem = dir.path().join("ckpts/slat_flow_img_dit_L_64l8p2_fp16");
+        write_checkpoint(&stem, CLASS, &cfg, &recipes, DType::F32).unwrap();
+        let read = Checkpoint::<SLatFlowConfig>::read(&stem, CLASS).unwrap();
+        assert_eq!(read.args, cfg);
+        let vb = checkpoint_weights(&stem, DType::F32, &Device::Cpu).unwrap();
         let from_file = SLatFlowModel::load(&cfg, vb, DType::F32).unwrap();
         let seeded = tiny_model(5);
         let coords = two_items();
