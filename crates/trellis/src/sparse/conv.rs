@@ -12,17 +12,21 @@
 //! TRELLIS loads it as is (`conv_spconv.py` has no permute on load), under
 //! `<module>.conv.weight` and `<module>.conv.bias`.
 //!
-//! Computation: the 27 neighbour rows of every voxel are gathered (a missing neighbour
-//! reads an appended zero row) into `[rows, 27·in]` and multiplied by the kernel viewed
-//! as `[out, 27·in]` in one GEMM through [`splatforge_diffusion::ops::linear`] (bias in
-//! its epilogue). Each output row is written once, so no scatter is needed and the result
-//! is deterministic; rows go in chunks so the gathered matrix stays bounded. All of it is
-//! candle ops, so it runs on any device.
+//! Computation, output-stationary (each output row is written once: no scatter, no
+//! atomics, deterministic), candle ops only, so it runs on any device; rows go in chunks so
+//! the gathered matrix stays bounded. Which side is gathered depends on the narrower one:
+//! - `out ≥ in`: the 27 neighbour rows of every voxel are gathered (a missing neighbour
+//!   reads an appended zero row) into `[rows, 27·in]` and multiplied by the kernel viewed
+//!   as `[out, 27·in]` in one GEMM through [`splatforge_diffusion::ops::linear`];
+//! - `out < in` (the output blocks' 2048 → 128 and 256 → 128): every voxel is first
+//!   multiplied by all 27 taps at once (`[rows, 27·out]`, one GEMM), then each voxel sums,
+//!   in f32, tap `k` of its neighbour `k` — the same products, but the gathered values are
+//!   `27·out` per voxel instead of `27·in` (16× fewer for 2048 → 128).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use splatforge_diffusion::ops::{linear, LinearEpilogue};
 
@@ -98,10 +102,13 @@ pub(crate) fn voxel_index(coords: &[[u32; 4]]) -> Result<VoxelIndex> {
 #[derive(Debug, Clone)]
 pub struct NeighbourMap {
     rows: usize,
-    /// `[rows · 27]` `u32` on the device: entry `27·r + 9·i + 3·j + l` is the row of the
-    /// voxel at `coords[r] + (i−1, j−1, l−1)` in the same batch item, or `rows` (the zero
-    /// row appended before gathering) when it is not occupied.
+    /// `[rows · 27]` `u32` on the device: entry `27·r + k`, `k = 9·i + 3·j + l`, is the row
+    /// of the voxel at `coords[r] + (i−1, j−1, l−1)` in the same batch item, or `rows` (the
+    /// zero row appended before gathering) when it is not occupied.
     neighbours: Tensor,
+    /// `[rows · 27]` `u32`: entry `27·r + k` is `27·neighbour + k`, the row of tap `k`'s
+    /// output at that neighbour in a `[(rows + 1)·27, out]` table (the last 27 rows zero).
+    tap_rows: Tensor,
 }
 
 impl NeighbourMap {
@@ -132,9 +139,15 @@ impl NeighbourMap {
             }
         }
         let len = neighbours.len();
+        let tap_rows: Vec<u32> = neighbours
+            .iter()
+            .enumerate()
+            .map(|(at, &n)| n * KERNEL_VOLUME as u32 + (at % KERNEL_VOLUME) as u32)
+            .collect();
         Ok(Self {
             rows: coords.len(),
             neighbours: Tensor::from_vec(neighbours, len, device)?,
+            tap_rows: Tensor::from_vec(tap_rows, len, device)?,
         })
     }
 
@@ -148,11 +161,20 @@ impl NeighbourMap {
 /// documentation for its semantics and weight layout.
 #[derive(Debug, Clone)]
 pub struct SparseConv3d {
-    /// `[out, 3, 3, 3, in]`, as loaded.
-    weight: Tensor,
+    kernel: Kernel,
     /// `[out]`.
     bias: Tensor,
     in_channels: usize,
+    out_channels: usize,
+}
+
+/// The kernel in the layout its product needs (see the module docs).
+#[derive(Debug, Clone)]
+enum Kernel {
+    /// `out ≥ in`: `[out, 3, 3, 3, in]` as loaded, used as `[out, 27·in]`.
+    GatherInputs(Tensor),
+    /// `out < in`: `[27·out, in]`, row `k·out + o` holding tap `k` of output channel `o`.
+    GatherOutputs(Tensor),
 }
 
 impl SparseConv3d {
@@ -166,16 +188,34 @@ impl SparseConv3d {
             candle_nn::init::DEFAULT_KAIMING_UNIFORM,
         )?;
         let bias = vb.get_with_hints(out_channels, "bias", candle_nn::Init::Const(0.0))?;
+        Self::from_kernel(weight, bias)
+    }
+
+    /// The layer of a `[out, 3, 3, 3, in]` kernel and `[out]` bias.
+    fn from_kernel(weight: Tensor, bias: Tensor) -> Result<Self> {
+        let (out_channels, _, _, _, in_channels) = weight.dims5()?;
+        let kernel = if out_channels >= in_channels {
+            Kernel::GatherInputs(weight)
+        } else {
+            Kernel::GatherOutputs(
+                weight
+                    .reshape((out_channels, KERNEL_VOLUME, in_channels))?
+                    .transpose(0, 1)?
+                    .contiguous()?
+                    .reshape((KERNEL_VOLUME * out_channels, in_channels))?,
+            )
+        };
         Ok(Self {
-            weight,
+            kernel,
             bias,
             in_channels,
+            out_channels,
         })
     }
 
     /// Output channels.
     pub fn out_channels(&self) -> usize {
-        self.weight.dims()[0]
+        self.out_channels
     }
 
     /// The convolution of `x` (`[N, in]` features) over the voxels `map` was built from
@@ -201,29 +241,61 @@ impl SparseConv3d {
                 self.in_channels
             )));
         }
-        // The kernel as a linear layer over gathered neighbourhoods (a view of the kernel).
-        let gemm = candle_nn::Linear::new(
-            self.weight
-                .reshape((self.out_channels(), KERNEL_VOLUME * self.in_channels))?,
-            Some(self.bias.clone()),
-        );
-        let padded = with_zero_row(&x.feats)?;
-        let chunk = (gather_elements / (KERNEL_VOLUME * self.in_channels)).max(1);
-        let mut outputs = Vec::with_capacity(rows.div_ceil(chunk));
-        let mut start = 0;
-        while start < rows {
-            let len = chunk.min(rows - start);
-            let taps = map
-                .neighbours
-                .narrow(0, start * KERNEL_VOLUME, len * KERNEL_VOLUME)?;
-            let gathered = padded
-                .index_select(&taps, 0)?
-                .reshape((len, KERNEL_VOLUME * self.in_channels))?;
-            outputs.push(linear(&gathered, &gemm, LinearEpilogue::default())?);
-            start += len;
+        let (out_channels, dtype) = (self.out_channels, x.feats.dtype());
+        let mut outputs = Vec::new();
+        match &self.kernel {
+            Kernel::GatherInputs(weight) => {
+                // A view of the loaded kernel; the bias goes in the product's epilogue.
+                let gemm = candle_nn::Linear::new(
+                    weight.reshape((out_channels, KERNEL_VOLUME * self.in_channels))?,
+                    Some(self.bias.clone()),
+                );
+                let padded = with_zero_row(&x.feats)?;
+                let chunk = (gather_elements / (KERNEL_VOLUME * self.in_channels)).max(1);
+                for start in (0..rows).step_by(chunk) {
+                    let len = chunk.min(rows - start);
+                    let taps =
+                        map.neighbours
+                            .narrow(0, start * KERNEL_VOLUME, len * KERNEL_VOLUME)?;
+                    let gathered = padded
+                        .index_select(&taps, 0)?
+                        .reshape((len, KERNEL_VOLUME * self.in_channels))?;
+                    outputs.push(linear(&gathered, &gemm, LinearEpilogue::default())?);
+                }
+            }
+            Kernel::GatherOutputs(weight) => {
+                let all_taps = linear(
+                    &x.feats,
+                    &candle_nn::Linear::new(weight.clone(), None),
+                    LinearEpilogue::default(),
+                )?
+                .reshape((rows * KERNEL_VOLUME, out_channels))?;
+                let table = Tensor::cat(
+                    &[
+                        &all_taps,
+                        &Tensor::zeros((KERNEL_VOLUME, out_channels), dtype, x.device())?,
+                    ],
+                    0,
+                )?;
+                let bias = self.bias.to_dtype(DType::F32)?;
+                let chunk = (gather_elements / (KERNEL_VOLUME * out_channels)).max(1);
+                for start in (0..rows).step_by(chunk) {
+                    let len = chunk.min(rows - start);
+                    let taps =
+                        map.tap_rows
+                            .narrow(0, start * KERNEL_VOLUME, len * KERNEL_VOLUME)?;
+                    let summed = table
+                        .index_select(&taps, 0)?
+                        .to_dtype(DType::F32)?
+                        .reshape((len, KERNEL_VOLUME, out_channels))?
+                        .sum(1)?
+                        .broadcast_add(&bias)?;
+                    outputs.push(summed.to_dtype(dtype)?);
+                }
+            }
         }
         let feats = match outputs.len() {
-            0 => Tensor::zeros((0, self.out_channels()), x.feats.dtype(), x.device())?,
+            0 => Tensor::zeros((0, out_channels), dtype, x.device())?,
             1 => outputs.remove(0),
             _ => Tensor::cat(&outputs, 0)?,
         };
@@ -277,7 +349,6 @@ pub(crate) fn random_voxels(batch: u32, side: u32, fill: f32, seed: u64) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::DType;
     use splatforge_diffusion::weights::SeededInit;
 
     /// A dense 3D convolution (padding 1, zero-filled grid) written out over the whole
@@ -344,40 +415,45 @@ mod tests {
 
     #[test]
     fn matches_a_dense_convolution_on_the_same_occupancy() {
-        let (side, cin, cout) = (6u32, 5, 7);
+        let side = 6u32;
         let coords = random_voxels(2, side, 0.35, 11);
-        let init = SeededInit::new(4);
-        let conv = SparseConv3d::new(cin, cout, init.var_builder().pp("block.conv1")).unwrap();
-        let tensors = init.tensors();
-        let weight = tensors["block.conv1.conv.weight"]
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let bias = (&tensors["block.conv1.conv.bias"] + 0.25)
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let conv = SparseConv3d {
-            bias: Tensor::new(bias.as_slice(), &Device::Cpu).unwrap(),
-            ..conv
-        };
-        let feats = Tensor::randn(0f32, 1.0, (coords.len(), cin), &Device::Cpu).unwrap();
-        let rows = feats.to_vec2::<f32>().unwrap();
-        let x = SparseTensor::new(coords.clone(), feats).unwrap();
         let map = NeighbourMap::new(&coords, &Device::Cpu).unwrap();
-        let want = dense_conv_reference(&coords, &rows, &weight, &bias, side as usize, cin, cout);
-        // One chunk, and chunks of 7 rows (the last one shorter).
-        for gather in [GATHER_ELEMENTS, 7 * KERNEL_VOLUME * cin] {
-            let got = conv
-                .forward_in_chunks(&x, &map, gather)
+        // Widening (inputs gathered) and narrowing (tap outputs gathered).
+        for (cin, cout) in [(5, 7), (7, 3)] {
+            let init = SeededInit::new(4);
+            let conv = SparseConv3d::new(cin, cout, init.var_builder().pp("block.conv1")).unwrap();
+            assert_eq!(matches!(conv.kernel, Kernel::GatherOutputs(_)), cout < cin);
+            let tensors = init.tensors();
+            let weight = tensors["block.conv1.conv.weight"]
+                .flatten_all()
                 .unwrap()
-                .feats
-                .to_vec2::<f32>()
+                .to_vec1::<f32>()
                 .unwrap();
-            assert_eq!(got.len(), want.len());
-            for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
-                assert!((g - w).abs() < 1e-4, "{g} vs {w}");
+            let bias = (&tensors["block.conv1.conv.bias"] + 0.25)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let conv = SparseConv3d {
+                bias: Tensor::new(bias.as_slice(), &Device::Cpu).unwrap(),
+                ..conv
+            };
+            let feats = Tensor::randn(0f32, 1.0, (coords.len(), cin), &Device::Cpu).unwrap();
+            let rows = feats.to_vec2::<f32>().unwrap();
+            let x = SparseTensor::new(coords.clone(), feats).unwrap();
+            let want =
+                dense_conv_reference(&coords, &rows, &weight, &bias, side as usize, cin, cout);
+            // One chunk, and chunks of 7 rows (the last one shorter).
+            for gather in [GATHER_ELEMENTS, 7 * KERNEL_VOLUME * cin.max(cout)] {
+                let got = conv
+                    .forward_in_chunks(&x, &map, gather)
+                    .unwrap()
+                    .feats
+                    .to_vec2::<f32>()
+                    .unwrap();
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+                    assert!((g - w).abs() < 1e-4, "{cin}→{cout}: {g} vs {w}");
+                }
             }
         }
     }
@@ -389,11 +465,11 @@ mod tests {
         let coords = vec![[0, 1, 1, 1], [0, 2, 1, 1], [0, 1, 2, 1]];
         let mut kernel = vec![0f32; KERNEL_VOLUME];
         kernel[2 * 9 + 3 + 1] = 1.0;
-        let conv = SparseConv3d {
-            weight: Tensor::from_vec(kernel, (1, 3, 3, 3, 1), &Device::Cpu).unwrap(),
-            bias: Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap(),
-            in_channels: 1,
-        };
+        let conv = SparseConv3d::from_kernel(
+            Tensor::from_vec(kernel, (1, 3, 3, 3, 1), &Device::Cpu).unwrap(),
+            Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
         let x = SparseTensor::new(
             coords.clone(),
             Tensor::new(&[[10f32], [20.0], [30.0]], &Device::Cpu).unwrap(),
