@@ -1023,6 +1023,9 @@ mod tests {
             })
             .unwrap();
         assert_eq!(sample.dims(), x.dims());
+        let values = sample.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(values.iter().all(|v| v.is_finite()));
+        assert!(max_abs_diff(&sample, &x) > 0.0);
     }
 
     #[test]
