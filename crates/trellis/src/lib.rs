@@ -14,6 +14,7 @@
 //! | [`ss_flow`] | stage 1: `SparseStructureFlowModel` |
 //! | [`ss_decoder`] | stage 1: `SparseStructureDecoder` (dense 3D convolutions) and the occupied voxels |
 //! | [`stage1`] | image → occupied voxels (`preprocess_image`, `get_cond`, `sample_sparse_structure`), random-weight stage-1 folders |
+//! | [`slat_flow`] | stage 2: the structured-latent flow model over sparse voxels (io res blocks with sparse convolutions and down/upsampling, modulated cross-attention blocks), undoing the latent's normalisation |
 //! | [`sparse`] | sparse voxel tensors (batch-indexed coordinates + features) and the ops on them |
 //! | [`error`] | errors of this crate |
 
@@ -23,6 +24,7 @@ pub mod dinov2;
 pub mod error;
 pub mod preprocess;
 pub mod sampler;
+pub mod slat_flow;
 pub mod sparse;
 pub mod ss_decoder;
 pub mod ss_flow;
