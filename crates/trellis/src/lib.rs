@@ -7,9 +7,11 @@
 //! | module | what |
 //! |---|---|
 //! | [`sparse`] | sparse voxel tensors (batch-indexed coordinates + features) and the ops on them |
+//! | [`gaussians`] | the Gaussian decoder's output → [`splatforge_splat::Gaussians`], as TRELLIS' `save_ply` writes them |
 //! | [`error`] | errors of this crate |
 
 pub mod error;
+pub mod gaussians;
 pub mod sparse;
 
 pub use error::{Result, TrellisError};

@@ -2,5 +2,6 @@
 //! `trellis/modules/sparse`, which uses spconv and flash-attn on the GPU).
 
 mod tensor;
+pub mod window;
 
 pub use tensor::SparseTensor;

@@ -1,0 +1,320 @@
+//! Windowed self-attention over sparse voxels: TRELLIS'
+//! `sparse_windowed_scaled_dot_product_self_attention`
+//! (`trellis/modules/sparse/attention/windowed_attn.py`).
+//!
+//! Each voxel attends to the voxels of its own batch item that fall in the same window: the
+//! grid, shifted by `shift` voxels along every axis, is cut into cubes of `window_size`³
+//! voxels, and voxel `(b, x, y, z)` lies in window `(b, ⌊(x+shift)/w⌋, ⌊(y+shift)/w⌋,
+//! ⌊(z+shift)/w⌋)`. TRELLIS' Swin blocks alternate shift 0 and `window_size / 2`.
+//!
+//! TRELLIS serialises the voxels window by window (windows in ascending `(b, wx, wy, wz)`) and
+//! runs flash-attn's variable-length kernel over the windows. Here the windows of equal length
+//! are stacked into one `[windows, len, H·D]` batch of [`splatforge_diffusion::ops::attention`]
+//! (at most `window_size³` distinct lengths), and the results are put back in row order.
+
+use candle_core::{Device, Tensor};
+use splatforge_diffusion::ops;
+
+use crate::{Result, TrellisError};
+
+/// One non-empty window: its batch item and rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Window {
+    batch: u32,
+    /// Input rows in this window, ascending.
+    rows: Vec<u32>,
+}
+
+/// Windows of one length, stacked for one attention call.
+#[derive(Debug, Clone)]
+struct LengthGroup {
+    /// `[windows · len]` `u32` input rows, window after window.
+    rows: Tensor,
+    windows: usize,
+    len: usize,
+}
+
+/// How the rows of a sparse tensor split into attention windows: TRELLIS'
+/// `calc_window_partition` for one window size and shift, with the gather and scatter
+/// indices on the device of the features. Build it once per coordinate set and reuse it for
+/// every block with the same window and shift (TRELLIS caches it on the tensor likewise).
+#[derive(Debug, Clone)]
+pub struct WindowPartition {
+    groups: Vec<LengthGroup>,
+    /// `[N]` `u32`: for each input row, its row in the concatenated group outputs.
+    restore: Tensor,
+    rows: usize,
+    windows: usize,
+}
+
+impl WindowPartition {
+    /// The partition of voxels at `coords` (`(batch, x, y, z)`, as [`super::SparseTensor`])
+    /// into windows of `window_size`³ voxels, the grid shifted by `shift` voxels along each
+    /// axis; index tensors live on `device`.
+    pub fn new(coords: &[[u32; 4]], window_size: u32, shift: u32, device: &Device) -> Result<Self> {
+        let windows = serialize_windows(coords, window_size, shift)?;
+        let mut by_len: Vec<&Window> = windows.iter().collect();
+        // Stable: windows of one length stay in serialisation order.
+        by_len.sort_by_key(|w| w.rows.len());
+        let mut groups = Vec::new();
+        let mut restore = vec![0u32; coords.len()];
+        let mut out_row = 0u32;
+        for same_len in by_len.chunk_by(|a, b| a.rows.len() == b.rows.len()) {
+            let rows: Vec<u32> = same_len
+                .iter()
+                .flat_map(|w| w.rows.iter().copied())
+                .collect();
+            for &row in &rows {
+                restore[row as usize] = out_row;
+                out_row += 1;
+            }
+            groups.push(LengthGroup {
+                windows: same_len.len(),
+                len: same_len[0].rows.len(),
+                rows: Tensor::from_vec(rows, same_len.len() * same_len[0].rows.len(), device)?,
+            });
+        }
+        Ok(Self {
+            groups,
+            restore: Tensor::from_vec(restore, coords.len(), device)?,
+            rows: coords.len(),
+            windows: windows.len(),
+        })
+    }
+
+    /// Number of non-empty windows.
+    pub fn windows(&self) -> usize {
+        self.windows
+    }
+
+    /// Number of voxels (rows) partitioned.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+/// The non-empty windows of `coords` in TRELLIS' serialisation order (ascending
+/// `(batch, wx, wy, wz)`), each with its rows.
+fn serialize_windows(coords: &[[u32; 4]], window_size: u32, shift: u32) -> Result<Vec<Window>> {
+    if window_size == 0 {
+        return Err(TrellisError::InvalidArgument(
+            "window size must be positive".into(),
+        ));
+    }
+    let (w, s) = (u64::from(window_size), u64::from(shift));
+    let window_of = |c: &[u32; 4]| {
+        let cell = |v: u32| (u64::from(v) + s) / w;
+        (c[0], cell(c[1]), cell(c[2]), cell(c[3]))
+    };
+    let mut order: Vec<u32> = (0..coords.len() as u32).collect();
+    order.sort_by_key(|&r| window_of(&coords[r as usize]));
+    let mut windows: Vec<Window> = Vec::new();
+    let mut current = None;
+    for row in order {
+        let key = window_of(&coords[row as usize]);
+        match windows.last_mut() {
+            Some(last) if current == Some(key) => last.rows.push(row),
+            _ => {
+                windows.push(Window {
+                    batch: key.0,
+                    rows: vec![row],
+                });
+                current = Some(key);
+            }
+        }
+    }
+    Ok(windows)
+}
+
+/// Self-attention within each window of `partition`: `qkv` is `[N, 3·H·D]` (the q, k and v
+/// blocks of TRELLIS' fused `to_qkv` projection, each head-major), rows of the partitioned
+/// voxels → `[N, H·D]`, scale `D^−½`.
+pub fn windowed_self_attention(
+    qkv: &Tensor,
+    heads: usize,
+    partition: &WindowPartition,
+) -> Result<Tensor> {
+    let (rows, packed) = qkv.dims2()?;
+    if rows != partition.rows || packed % 3 != 0 {
+        return Err(TrellisError::InvalidArgument(format!(
+            "windowed attention: qkv {:?} for {} partitioned rows (want [N, 3·H·D])",
+            qkv.dims(),
+            partition.rows
+        )));
+    }
+    let width = packed / 3;
+    if rows == 0 {
+        return Ok(qkv.narrow(1, 0, width)?);
+    }
+    let qkv = qkv.contiguous()?;
+    let mut outputs = Vec::with_capacity(partition.groups.len());
+    for group in &partition.groups {
+        let stacked =
+            qkv.index_select(&group.rows, 0)?
+                .reshape((group.windows, group.len, packed))?;
+        let part = |i: usize| stacked.narrow(2, i * width, width);
+        let out = ops::attention(&part(0)?, &part(1)?, &part(2)?, heads)?;
+        outputs.push(out.reshape((group.windows * group.len, width))?);
+    }
+    Ok(Tensor::cat(&outputs, 0)?.index_select(&partition.restore, 0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+    use splatforge_splat::rng::SplitMix64;
+
+    /// `n` distinct random voxels in `[0, extent)³` for each of `batches` items, grouped by batch.
+    fn random_coords(rng: &mut SplitMix64, batches: u32, n: usize, extent: u32) -> Vec<[u32; 4]> {
+        let mut coords = Vec::new();
+        for b in 0..batches {
+            let mut seen = std::collections::HashSet::new();
+            while seen.len() < n {
+                let c = [0, 0, 0].map(|_| rng.below(extent as usize) as u32);
+                if seen.insert(c) {
+                    coords.push([b, c[0], c[1], c[2]]);
+                }
+            }
+        }
+        coords
+    }
+
+    fn random_matrix(rng: &mut SplitMix64, rows: usize, cols: usize) -> Vec<f32> {
+        (0..rows * cols)
+            .map(|_| rng.uniform(-1.0, 1.0) as f32)
+            .collect()
+    }
+
+    /// Brute force: voxel i attends to every voxel j of its batch item whose shifted
+    /// coordinates fall in the same window cube, per head, in f64.
+    fn reference(
+        coords: &[[u32; 4]],
+        [q, k, v]: [&[f32]; 3],
+        heads: usize,
+        width: usize,
+        window: u32,
+        shift: u32,
+    ) -> Vec<f32> {
+        let d = width / heads;
+        let cell = |c: &[u32; 4]| {
+            [
+                c[0],
+                (c[1] + shift) / window,
+                (c[2] + shift) / window,
+                (c[3] + shift) / window,
+            ]
+        };
+        let mut out = vec![0f32; coords.len() * width];
+        for i in 0..coords.len() {
+            let mates: Vec<usize> = (0..coords.len())
+                .filter(|&j| cell(&coords[j]) == cell(&coords[i]))
+                .collect();
+            for h in 0..heads {
+                let dot = |j: usize| {
+                    (0..d)
+                        .map(|c| {
+                            f64::from(q[i * width + h * d + c])
+                                * f64::from(k[j * width + h * d + c])
+                        })
+                        .sum::<f64>()
+                        / (d as f64).sqrt()
+                };
+                let scores: Vec<f64> = mates.iter().map(|&j| dot(j)).collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                for c in 0..d {
+                    let value: f64 = mates
+                        .iter()
+                        .zip(&weights)
+                        .map(|(&j, w)| w * f64::from(v[j * width + h * d + c]))
+                        .sum();
+                    out[i * width + h * d + c] = (value / total) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_brute_force_windows_on_random_occupancy() {
+        let mut rng = SplitMix64::new(7);
+        let (heads, width) = (2, 8);
+        for (window, shift, extent, n) in [
+            (8, 0, 20, 150),
+            (8, 4, 20, 150),
+            (3, 1, 9, 60),
+            (4, 2, 4, 64),
+        ] {
+            let coords = random_coords(&mut rng, 2, n, extent);
+            let rows = coords.len();
+            let (q, k, v) = (
+                random_matrix(&mut rng, rows, width),
+                random_matrix(&mut rng, rows, width),
+                random_matrix(&mut rng, rows, width),
+            );
+            let t = |x: &[f32]| Tensor::from_slice(x, (rows, width), &Device::Cpu).unwrap();
+            let partition = WindowPartition::new(&coords, window, shift, &Device::Cpu).unwrap();
+            let qkv = Tensor::cat(&[t(&q), t(&k), t(&v)], 1).unwrap();
+            let ours: Vec<f32> = windowed_self_attention(&qkv, heads, &partition)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let want = reference(&coords, [&q, &k, &v], heads, width, window, shift);
+            let err = ours
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err < 1e-5, "window {window} shift {shift}: max error {err}");
+        }
+    }
+
+    #[test]
+    fn windows_follow_trellis_serialisation() {
+        let mut rng = SplitMix64::new(11);
+        let coords = random_coords(&mut rng, 3, 80, 24);
+        for shift in [0, 4] {
+            let serialized = serialize_windows(&coords, 8, shift).unwrap();
+            assert_eq!(
+                serialized.iter().map(|w| w.rows.len()).sum::<usize>(),
+                coords.len()
+            );
+            let key = |w: &Window| {
+                let c = coords[w.rows[0] as usize];
+                (
+                    c[0],
+                    (c[1] + shift) / 8,
+                    (c[2] + shift) / 8,
+                    (c[3] + shift) / 8,
+                )
+            };
+            // Strictly ascending window keys: each window appears once, in TRELLIS' order.
+            assert!(serialized.windows(2).all(|p| key(&p[0]) < key(&p[1])));
+            for w in &serialized {
+                // TRELLIS' debug checks: one batch item per window, extent below the window size.
+                assert!(w.rows.iter().all(|&r| coords[r as usize][0] == w.batch));
+                let extent = |axis: usize| {
+                    let values = w.rows.iter().map(|&r| coords[r as usize][axis]);
+                    let (lo, hi) = values.fold((u32::MAX, 0), |(lo, hi), v| (lo.min(v), hi.max(v)));
+                    hi - lo + 1
+                };
+                assert!((1..4).all(|axis| extent(axis) <= 8));
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        let coords = vec![[0, 0, 0, 0], [0, 1, 0, 0]];
+        assert!(WindowPartition::new(&coords, 0, 0, &Device::Cpu).is_err());
+        let partition = WindowPartition::new(&coords, 8, 0, &Device::Cpu).unwrap();
+        let wrong_rows = Tensor::zeros((3, 12), DType::F32, &Device::Cpu).unwrap();
+        assert!(windowed_self_attention(&wrong_rows, 1, &partition).is_err());
+        let not_packed = Tensor::zeros((2, 10), DType::F32, &Device::Cpu).unwrap();
+        assert!(windowed_self_attention(&not_packed, 1, &partition).is_err());
+    }
+}
