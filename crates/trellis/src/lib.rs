@@ -6,10 +6,12 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`blocks`] | the shared transformer parts: attention with QK RMSNorm, MLP, adaLN-modulated blocks, timestep and position embedders |
 //! | [`sparse`] | sparse voxel tensors (batch-indexed coordinates + features) and the ops on them |
 //! | [`gaussians`] | the Gaussian decoder's output → [`splatforge_splat::Gaussians`], as TRELLIS' `save_ply` writes them |
 //! | [`error`] | errors of this crate |
 
+pub mod blocks;
 pub mod error;
 pub mod gaussians;
 pub mod sparse;
