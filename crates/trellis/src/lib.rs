@@ -9,11 +9,13 @@
 //! | [`blocks`] | the shared transformer parts: attention with QK RMSNorm, MLP, adaLN-modulated blocks, timestep and position embedders |
 //! | [`sparse`] | sparse voxel tensors (batch-indexed coordinates + features) and the ops on them |
 //! | [`gaussians`] | the Gaussian decoder's output → [`splatforge_splat::Gaussians`], as TRELLIS' `save_ply` writes them |
+//! | [`gs_decoder`] | `SLatGaussianDecoder`: the Swin sparse transformer from the structured latent to Gaussian channels |
 //! | [`error`] | errors of this crate |
 
 pub mod blocks;
 pub mod error;
 pub mod gaussians;
+pub mod gs_decoder;
 pub mod sparse;
 
 pub use error::{Result, TrellisError};

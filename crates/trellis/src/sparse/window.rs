@@ -126,34 +126,36 @@ fn serialize_windows(coords: &[[u32; 4]], window_size: u32, shift: u32) -> Resul
     Ok(windows)
 }
 
-/// Self-attention within each window of `partition`: `qkv` is `[N, 3·H·D]` (the q, k and v
-/// blocks of TRELLIS' fused `to_qkv` projection, each head-major), rows of the partitioned
-/// voxels → `[N, H·D]`, scale `D^−½`.
+/// Self-attention of `q`, `k`, `v` (`[N, H·D]`, head-major, rows of the partitioned voxels)
+/// within each window of `partition` → `[N, H·D]`, scale `D^−½`.
 pub fn windowed_self_attention(
-    qkv: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
     heads: usize,
     partition: &WindowPartition,
 ) -> Result<Tensor> {
-    let (rows, packed) = qkv.dims2()?;
-    if rows != partition.rows || packed % 3 != 0 {
+    let (rows, width) = q.dims2()?;
+    if rows != partition.rows || k.dims() != q.dims() || v.dims() != q.dims() {
         return Err(TrellisError::InvalidArgument(format!(
-            "windowed attention: qkv {:?} for {} partitioned rows (want [N, 3·H·D])",
-            qkv.dims(),
+            "windowed attention: q {:?}, k {:?}, v {:?} for {} partitioned rows",
+            q.dims(),
+            k.dims(),
+            v.dims(),
             partition.rows
         )));
     }
-    let width = packed / 3;
     if rows == 0 {
-        return Ok(qkv.narrow(1, 0, width)?);
+        return Ok(q.clone());
     }
-    let qkv = qkv.contiguous()?;
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     let mut outputs = Vec::with_capacity(partition.groups.len());
     for group in &partition.groups {
-        let stacked =
-            qkv.index_select(&group.rows, 0)?
-                .reshape((group.windows, group.len, packed))?;
-        let part = |i: usize| stacked.narrow(2, i * width, width);
-        let out = ops::attention(&part(0)?, &part(1)?, &part(2)?, heads)?;
+        let stack = |t: &Tensor| {
+            t.index_select(&group.rows, 0)?
+                .reshape((group.windows, group.len, width))
+        };
+        let out = ops::attention(&stack(&q)?, &stack(&k)?, &stack(&v)?, heads)?;
         outputs.push(out.reshape((group.windows * group.len, width))?);
     }
     Ok(Tensor::cat(&outputs, 0)?.index_select(&partition.restore, 0)?)
@@ -256,8 +258,7 @@ mod tests {
             );
             let t = |x: &[f32]| Tensor::from_slice(x, (rows, width), &Device::Cpu).unwrap();
             let partition = WindowPartition::new(&coords, window, shift, &Device::Cpu).unwrap();
-            let qkv = Tensor::cat(&[t(&q), t(&k), t(&v)], 1).unwrap();
-            let ours: Vec<f32> = windowed_self_attention(&qkv, heads, &partition)
+            let ours: Vec<f32> = windowed_self_attention(&t(&q), &t(&k), &t(&v), heads, &partition)
                 .unwrap()
                 .flatten_all()
                 .unwrap()
@@ -312,9 +313,12 @@ mod tests {
         let coords = vec![[0, 0, 0, 0], [0, 1, 0, 0]];
         assert!(WindowPartition::new(&coords, 0, 0, &Device::Cpu).is_err());
         let partition = WindowPartition::new(&coords, 8, 0, &Device::Cpu).unwrap();
-        let wrong_rows = Tensor::zeros((3, 12), DType::F32, &Device::Cpu).unwrap();
-        assert!(windowed_self_attention(&wrong_rows, 1, &partition).is_err());
-        let not_packed = Tensor::zeros((2, 10), DType::F32, &Device::Cpu).unwrap();
-        assert!(windowed_self_attention(&not_packed, 1, &partition).is_err());
+        let wrong_rows = Tensor::zeros((3, 4), DType::F32, &Device::Cpu).unwrap();
+        assert!(
+            windowed_self_attention(&wrong_rows, &wrong_rows, &wrong_rows, 1, &partition).is_err()
+        );
+        let q = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
+        let k = Tensor::zeros((2, 6), DType::F32, &Device::Cpu).unwrap();
+        assert!(windowed_self_attention(&q, &k, &q, 1, &partition).is_err());
     }
 }
