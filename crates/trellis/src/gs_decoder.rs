@@ -219,6 +219,11 @@ impl GaussianDecoder {
         &self.config
     }
 
+    /// How the network's output channels become Gaussians.
+    pub fn representation(&self) -> &GaussianRepresentation {
+        &self.representation
+    }
+
     /// The network: `latent` (`[N, latent_channels]` at voxel coordinates of the decoder's
     /// resolution) → `[N, 14·num_gaussians]` f32 Gaussian channels at the same coordinates.
     pub fn forward(&self, latent: &SparseTensor) -> Result<SparseTensor> {
