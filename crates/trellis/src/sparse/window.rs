@@ -8,28 +8,28 @@
 //! ⌊(z+shift)/w⌋)`. TRELLIS' Swin blocks alternate shift 0 and `window_size / 2`.
 //!
 //! TRELLIS serialises the voxels window by window (windows in ascending `(b, wx, wy, wz)`) and
-//! runs flash-attn's variable-length kernel over the windows. Here the windows of equal length
-//! are stacked into one `[windows, len, H·D]` batch of [`splatforge_diffusion::ops::attention`]
-//! (at most `window_size³` distinct lengths), and the results are put back in row order.
+//! runs flash-attn's variable-length kernel over the windows. Here the rows are gathered once
+//! per tensor in order of window length (then serialisation order), so the windows of each
+//! length are one contiguous `[windows, len, H·D]` batch of
+//! [`splatforge_diffusion::ops::attention`] (at most `window_size³` distinct lengths, one call
+//! each), and one more gather puts the results back in row order.
 
 use candle_core::{Device, Tensor};
 use splatforge_diffusion::ops;
 
 use crate::{Result, TrellisError};
 
-/// One non-empty window: its batch item and rows.
+/// One non-empty window: its input rows, ascending.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Window {
-    batch: u32,
-    /// Input rows in this window, ascending.
     rows: Vec<u32>,
 }
 
-/// Windows of one length, stacked for one attention call.
-#[derive(Debug, Clone)]
+/// Windows of one length: rows `start..start + windows · len` of the gathered tensors, one
+/// attention call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct LengthGroup {
-    /// `[windows · len]` `u32` input rows, window after window.
-    rows: Tensor,
+    start: usize,
     windows: usize,
     len: usize,
 }
@@ -41,7 +41,9 @@ struct LengthGroup {
 #[derive(Debug, Clone)]
 pub struct WindowPartition {
     groups: Vec<LengthGroup>,
-    /// `[N]` `u32`: for each input row, its row in the concatenated group outputs.
+    /// `[N]` `u32`: the input rows, windows by length, then in serialisation order.
+    order: Tensor,
+    /// `[N]` `u32`: for each input row, its position in `order`.
     restore: Tensor,
     rows: usize,
     windows: usize,
@@ -57,25 +59,22 @@ impl WindowPartition {
         // Stable: windows of one length stay in serialisation order.
         by_len.sort_by_key(|w| w.rows.len());
         let mut groups = Vec::new();
-        let mut restore = vec![0u32; coords.len()];
-        let mut out_row = 0u32;
+        let mut order = Vec::with_capacity(coords.len());
         for same_len in by_len.chunk_by(|a, b| a.rows.len() == b.rows.len()) {
-            let rows: Vec<u32> = same_len
-                .iter()
-                .flat_map(|w| w.rows.iter().copied())
-                .collect();
-            for &row in &rows {
-                restore[row as usize] = out_row;
-                out_row += 1;
-            }
             groups.push(LengthGroup {
+                start: order.len(),
                 windows: same_len.len(),
                 len: same_len[0].rows.len(),
-                rows: Tensor::from_vec(rows, same_len.len() * same_len[0].rows.len(), device)?,
             });
+            order.extend(same_len.iter().flat_map(|w| w.rows.iter().copied()));
+        }
+        let mut restore = vec![0u32; coords.len()];
+        for (position, &row) in order.iter().enumerate() {
+            restore[row as usize] = position as u32;
         }
         Ok(Self {
             groups,
+            order: Tensor::from_vec(order, coords.len(), device)?,
             restore: Tensor::from_vec(restore, coords.len(), device)?,
             rows: coords.len(),
             windows: windows.len(),
@@ -85,11 +84,6 @@ impl WindowPartition {
     /// Number of non-empty windows.
     pub fn windows(&self) -> usize {
         self.windows
-    }
-
-    /// Number of voxels (rows) partitioned.
-    pub fn rows(&self) -> usize {
-        self.rows
     }
 }
 
@@ -115,10 +109,7 @@ fn serialize_windows(coords: &[[u32; 4]], window_size: u32, shift: u32) -> Resul
         match windows.last_mut() {
             Some(last) if current == Some(key) => last.rows.push(row),
             _ => {
-                windows.push(Window {
-                    batch: key.0,
-                    rows: vec![row],
-                });
+                windows.push(Window { rows: vec![row] });
                 current = Some(key);
             }
         }
@@ -148,11 +139,12 @@ pub fn windowed_self_attention(
     if rows == 0 {
         return Ok(q.clone());
     }
-    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let gather = |t: &Tensor| t.contiguous()?.index_select(&partition.order, 0);
+    let (q, k, v) = (gather(q)?, gather(k)?, gather(v)?);
     let mut outputs = Vec::with_capacity(partition.groups.len());
     for group in &partition.groups {
         let stack = |t: &Tensor| {
-            t.index_select(&group.rows, 0)?
+            t.narrow(0, group.start, group.windows * group.len)?
                 .reshape((group.windows, group.len, width))
         };
         let out = ops::attention(&stack(&q)?, &stack(&k)?, &stack(&v)?, heads)?;
@@ -280,6 +272,8 @@ mod tests {
         let coords = random_coords(&mut rng, 3, 80, 24);
         for shift in [0, 4] {
             let serialized = serialize_windows(&coords, 8, shift).unwrap();
+            let partition = WindowPartition::new(&coords, 8, shift, &Device::Cpu).unwrap();
+            assert_eq!(partition.windows(), serialized.len());
             assert_eq!(
                 serialized.iter().map(|w| w.rows.len()).sum::<usize>(),
                 coords.len()
@@ -297,7 +291,8 @@ mod tests {
             assert!(serialized.windows(2).all(|p| key(&p[0]) < key(&p[1])));
             for w in &serialized {
                 // TRELLIS' debug checks: one batch item per window, extent below the window size.
-                assert!(w.rows.iter().all(|&r| coords[r as usize][0] == w.batch));
+                let batch = coords[w.rows[0] as usize][0];
+                assert!(w.rows.iter().all(|&r| coords[r as usize][0] == batch));
                 let extent = |axis: usize| {
                     let values = w.rows.iter().map(|&r| coords[r as usize][axis]);
                     let (lo, hi) = values.fold((u32::MAX, 0), |(lo, hi), v| (lo.min(v), hi.max(v)));
