@@ -7,16 +7,14 @@ and EasternJournalist/utils3d at the commit TRELLIS' setup.sh pins, 9a4eb15e
 (`--utils3d`, the folder holding `utils3d/`). plyfile is used when importable; otherwise a
 stand-in keeps the structured array save_ply builds (`.npy`) instead of writing the PLY.
 
-Shims (plain torch, same semantics; nothing else of TRELLIS is replaced):
-- flash_attn: `flash_attn_qkvpacked_func` and `flash_attn_varlen_qkvpacked_func`, the two
-  calls of `sparse_windowed_scaled_dot_product_self_attention`, as torch SDPA over each
-  sequence (sequences of equal length batched); their time is reported alone (`shim_ms`).
-- spconv.pytorch.SparseConvTensor: a holder of features/indices; the decoder runs no sparse
-  convolution, SparseTensor only stores its data there.
-- the `trellis`, `trellis.models`, `trellis.models.structured_latent_vae` and
-  `trellis.representations` package __init__ files are skipped (they import the pipelines,
-  renderers and mesh extraction and their dependencies); the modules the decoder uses are the
-  official files, imported by path.
+Shims: spconv and flash-attn are used when importable (flash-attn for half precision only: it has
+no f32 kernels); otherwise the plain-torch shims of slat_flow_parity.py (next to this script) stand
+in, checked against dense equivalents first, plus here the non-varlen
+`flash_attn_qkvpacked_func` that `sparse_windowed_scaled_dot_product_self_attention` calls when
+every window holds exactly `window_size` voxels (SDPA). The time spent in shims is reported alone
+(`shim_ms`). The `trellis`, `trellis.models.structured_latent_vae` and `trellis.representations`
+package __init__ files are skipped (they import the pipelines, renderers and mesh extraction and
+their dependencies); every module the decoder uses is the official file, imported by path.
 
 Steps, for DIR written by `gs_decoder_parity write DIR [--full]`:
   gs_decoder_parity run DIR --dtype f32   (ours; also --dtype f16)
@@ -30,7 +28,7 @@ and times the official forward + save_ply. Bounds: relative ‖Δ‖₂/‖ref�
 ≤ 2e-2 (f16). One JSON line per result, then a Markdown table.
 """
 import argparse
-import importlib.util
+import importlib
 import json
 import os
 import sys
@@ -42,92 +40,34 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-SHIM_SECONDS = [0.0]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import slat_flow_parity as shared  # noqa: E402  (the shared spconv / flash-attn shims)
 
 
-def _sdpa_by_length(q, k, v, seq_lens):
-    """q, k, v [M, H, C] holding sequences of `seq_lens` back to back → [M, H, C]."""
-    out = torch.empty_like(q)
-    starts = np.concatenate([[0], np.cumsum(seq_lens)[:-1]])
-    lens = np.asarray(seq_lens)
-    for length in np.unique(lens):
-        idx = torch.as_tensor(
-            (starts[lens == length][:, None] + np.arange(length)[None, :]).reshape(-1), device=q.device
-        )
-        n = idx.numel() // int(length)
-        take = lambda t: t[idx].reshape(n, int(length), t.shape[1], t.shape[2]).transpose(1, 2)
-        o = F.scaled_dot_product_attention(take(q), take(k), take(v))
-        out[idx] = o.transpose(1, 2).reshape(-1, q.shape[1], q.shape[2])
-    return out
+def install_shims(trellis_src, utils3d_src, report):
+    try:
+        from flash_attn import flash_attn_qkvpacked_func as real
+    except ImportError:
+        real = None
+    os.environ.setdefault("ATTN_BACKEND", "sdpa")
+    shared.install_shims(report)
+    shared.check_shims()
 
+    @shared.timed
+    def sdpa_qkvpacked(qkv):
+        """[B, N, 3, H, C] → [B, N, H, C], softmax(q·kᵀ/√C)·v per batch item."""
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(dim=2))
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
 
-def _timed(fn):
-    def wrapper(*args, **kwargs):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        out = fn(*args, **kwargs)
-        torch.cuda.synchronize()
-        SHIM_SECONDS[0] += time.perf_counter() - t
-        return out
+    def qkvpacked(qkv):
+        if real is not None and qkv.dtype in (torch.float16, torch.bfloat16):
+            return real(qkv)
+        return sdpa_qkvpacked(qkv)
 
-    return wrapper
-
-
-@_timed
-def flash_attn_qkvpacked_func(qkv):
-    """[B, N, 3, H, C] → [B, N, H, C], softmax(q·kᵀ/√C)·v per batch item."""
-    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(dim=2))
-    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
-
-
-@_timed
-def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen):
-    """[M, 3, H, C] with sequence boundaries `cu_seqlens` → [M, H, C]."""
-    seq_lens = (cu_seqlens[1:] - cu_seqlens[:-1]).cpu().numpy()
-    q, k, v = qkv.unbind(dim=1)
-    return _sdpa_by_length(q, k, v, seq_lens)
-
-
-class SparseConvTensor:
-    """The fields of spconv's SparseConvTensor that TRELLIS' SparseTensor reads and writes."""
-
-    def __init__(self, features, indices, spatial_shape, batch_size, grid=None, voxel_num=None, indice_dict=None):
-        self._features = features
-        self.indices = indices
-        self.spatial_shape = spatial_shape
-        self.batch_size = batch_size
-        self.grid = grid
-        self.voxel_num = voxel_num
-        self.indice_dict = {} if indice_dict is None else indice_dict
-        self.benchmark = False
-        self.benchmark_record = {}
-        self.thrust_allocator = None
-        self._timer = None
-        self.force_algo = None
-        self.int8_scale = None
-
-    @property
-    def features(self):
-        return self._features
-
-    @features.setter
-    def features(self, value):
-        self._features = value
-
-
-def install_shims(trellis_src, utils3d_src):
-    flash_attn = types.ModuleType("flash_attn")
-    flash_attn.flash_attn_qkvpacked_func = flash_attn_qkvpacked_func
-    flash_attn.flash_attn_varlen_qkvpacked_func = flash_attn_varlen_qkvpacked_func
-    sys.modules["flash_attn"] = flash_attn
-    spconv = types.ModuleType("spconv")
-    spconv_pytorch = types.ModuleType("spconv.pytorch")
-    spconv_pytorch.SparseConvTensor = SparseConvTensor
-    spconv.pytorch = spconv_pytorch
-    sys.modules["spconv"] = spconv
-    sys.modules["spconv.pytorch"] = spconv_pytorch
+    sys.modules["flash_attn"].flash_attn_qkvpacked_func = qkvpacked
     try:
         import plyfile  # noqa: F401
+        report["ply"] = "plyfile"
     except ImportError:
         plyfile = types.ModuleType("plyfile")
 
@@ -145,9 +85,10 @@ def install_shims(trellis_src, utils3d_src):
 
         plyfile.PlyElement, plyfile.PlyData = PlyElement, PlyData
         sys.modules["plyfile"] = plyfile
+        report["ply"] = "save_ply's structured array (.npy), plyfile absent"
     sys.path.insert(0, utils3d_src)
     sys.path.insert(0, trellis_src)
-    for package in ["trellis", "trellis.models", "trellis.models.structured_latent_vae", "trellis.representations"]:
+    for package in ["trellis", "trellis.models.structured_latent_vae", "trellis.representations"]:
         module = types.ModuleType(package)
         module.__path__ = [os.path.join(trellis_src, *package.split("."))]
         sys.modules[package] = module
@@ -183,7 +124,8 @@ def main():
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    SLatGaussianDecoder = install_shims(os.path.abspath(args.trellis), os.path.abspath(args.utils3d))
+    report = {}
+    SLatGaussianDecoder = install_shims(os.path.abspath(args.trellis), os.path.abspath(args.utils3d), report)
     import trellis.modules.sparse as sp
 
     ckpt = json.load(open(os.path.join(args.dir, "decoder.json")))
@@ -196,19 +138,22 @@ def main():
 
     captured = {}
     model.out_layer.register_forward_hook(lambda m, i, o: captured.__setitem__("out", o.feats.float().cpu()))
+    ply_path = os.path.join(args.dir, f"official_{args.dtype}.ply")
+    for stale in (ply_path, ply_path + ".npy"):
+        if os.path.exists(stale):
+            os.remove(stale)
     timings = []
     with torch.no_grad():
         for _ in range(args.repeat + 1):
-            SHIM_SECONDS[0] = 0.0
+            shared.SHIM_SECONDS[0] = 0.0
             torch.cuda.synchronize()
             t = time.perf_counter()
             reps = model(x)
             torch.cuda.synchronize()
             network = time.perf_counter() - t
             t = time.perf_counter()
-            ply_path = os.path.join(args.dir, f"official_{args.dtype}.ply")
             reps[0].save_ply(ply_path)
-            timings.append((network, time.perf_counter() - t, SHIM_SECONDS[0]))
+            timings.append((network, time.perf_counter() - t, shared.SHIM_SECONDS[0]))
     network, save, shim = (float(np.median([t[i] for t in timings[1:]])) * 1e3 for i in range(3))
 
     bound = 1e-3 if args.dtype == "f32" else 2e-2
@@ -227,8 +172,10 @@ def main():
         l2, mx = relative(ours[:, idx], theirs[:, idx])
         lines.append(dict(kind="parity", what=f"ply {group}", dtype=args.dtype, rel_l2=l2, rel_max=mx, bound=bound, passed=l2 <= bound))
     lines.append(dict(kind="time", what="official forward (incl. shim)", dtype=args.dtype, ms=network,
-                      voxels=int(x.feats.shape[0]), shim_ms=shim))
+                      voxels=int(x.feats.shape[0]), shim_ms=shim,
+                      peak_memory_mib=torch.cuda.max_memory_allocated() / 2**20))
     lines.append(dict(kind="time", what="official save_ply", dtype=args.dtype, ms=save))
+    lines.append(dict(kind="backends", **report))
     for line in lines:
         print(json.dumps(line))
     print("\n| check | dtype | rel L2 | rel max | bound | pass |\n|---|---|---|---|---|---|")
