@@ -13,6 +13,7 @@
 //! Gaussian → inverse activations) in f32, the numpy part of `save_ply` (rotation matrix → turned
 //! → quaternion, via utils3d at the commit TRELLIS pins) in f32 and then f64, as numpy promotes.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use splatforge_splat::{sigmoid, Gaussians};
 
@@ -238,40 +239,72 @@ impl GaussianRepresentation {
                 output.channels()
             )));
         }
+        if let Some(bad) = output
+            .coords
+            .iter()
+            .find(|c| c[1..].iter().any(|&v| v >= self.resolution))
+        {
+            return Err(TrellisError::InvalidArgument(format!(
+                "voxel {:?} outside the {}³ grid",
+                &bad[1..],
+                self.resolution
+            )));
+        }
         let feats: Vec<f32> = output
             .feats
             .to_dtype(candle_core::DType::F32)?
             .flatten_all()?
             .to_vec1()?;
-        let per_item = output
-            .batch_ranges()
-            .into_iter()
-            .map(|rows| -> Result<Gaussians> {
-                let mut g = Gaussians::with_capacity(rows.len() * self.config.num_gaussians, 0);
-                for row in rows {
-                    let c = output.coords[row];
-                    self.push_voxel(
-                        [c[1], c[2], c[3]],
-                        &feats[row * channels..(row + 1) * channels],
-                        &mut g,
-                    )?;
-                }
-                Ok(g)
-            });
-        per_item.collect()
+        let per_voxel = self.config.num_gaussians;
+        let items = output.batch_ranges().into_iter().map(|rows| {
+            let n = rows.len() * per_voxel;
+            let mut g = Gaussians {
+                means: vec![[0.0; 3]; n],
+                log_scales: vec![[0.0; 3]; n],
+                rotations: vec![[0.0; 4]; n],
+                opacity_logits: vec![0.0; n],
+                sh_dc: vec![[0.0; 3]; n],
+                sh_rest: Vec::new(),
+                sh_degree: 0,
+            };
+            // Voxels are independent: fill each one's Gaussians on all cores.
+            (
+                g.means.par_chunks_mut(per_voxel),
+                g.log_scales.par_chunks_mut(per_voxel),
+                g.rotations.par_chunks_mut(per_voxel),
+                g.opacity_logits.par_chunks_mut(per_voxel),
+                g.sh_dc.par_chunks_mut(per_voxel),
+            )
+                .into_par_iter()
+                .zip(rows.into_par_iter())
+                .for_each(
+                    |((means, log_scales, rotations, opacity_logits, sh_dc), row)| {
+                        let c = output.coords[row];
+                        let out = VoxelGaussians {
+                            means,
+                            log_scales,
+                            rotations,
+                            opacity_logits,
+                            sh_dc,
+                        };
+                        self.fill_voxel(
+                            [c[1], c[2], c[3]],
+                            &feats[row * channels..(row + 1) * channels],
+                            out,
+                        );
+                    },
+                );
+            g
+        });
+        Ok(items.collect())
     }
 
-    /// Appends the Gaussians of one voxel at grid coordinates `voxel` from its decoder channels.
-    fn push_voxel(&self, voxel: [u32; 3], channels: &[f32], g: &mut Gaussians) -> Result<()> {
+    /// Writes the Gaussians of the voxel at grid coordinates `voxel` (inside the grid) from its
+    /// decoder channels.
+    fn fill_voxel(&self, voxel: [u32; 3], channels: &[f32], out: VoxelGaussians) {
         let cfg = &self.config;
         let lr = &cfg.lr;
         let res = self.resolution as f32;
-        if let Some(&bad) = voxel.iter().find(|&&v| v >= self.resolution) {
-            return Err(TrellisError::InvalidArgument(format!(
-                "voxel coordinate {bad} outside the {}³ grid",
-                self.resolution
-            )));
-        }
         // Biases as TRELLIS computes them: from f32 tensors of the config values.
         let scale_bias = cfg.scaling_activation.inverse(cfg.scaling_bias as f32);
         let opacity_bias = inverse_sigmoid(cfg.opacity_bias as f32);
@@ -287,21 +320,20 @@ impl GaussianRepresentation {
                 let offset = offset.tanh() / res * 0.5 * cfg.voxel_size as f32;
                 (centre[a] + offset) * AABB_SIZE + AABB_ORIGIN
             });
-            g.means.push(turn_position(xyz));
-            g.sh_dc.push(std::array::from_fn(|a| {
+            out.means[i] = turn_position(xyz);
+            out.sh_dc[i] = std::array::from_fn(|a| {
                 channels[b.features_dc + 3 * i + a] * lr.features_dc as f32
-            }));
-            g.log_scales.push(std::array::from_fn(|a| {
+            });
+            out.log_scales[i] = std::array::from_fn(|a| {
                 let s = channels[b.scaling + 3 * i + a] * lr.scaling as f32;
                 let activated = cfg.scaling_activation.apply(s + scale_bias);
                 (activated * activated + min_kernel_sq).sqrt().ln()
-            }));
+            });
             let opacity = channels[b.opacity + i] * lr.opacity as f32 + opacity_bias;
             let logit = inverse_sigmoid(sigmoid(opacity));
             // save_ply's sigmoid → inverse sigmoid round trip overflows where the sigmoid rounds
             // to 0 or 1 in f32 (|logit| ≳ 17); the logit it stands for is `opacity`.
-            g.opacity_logits
-                .push(if logit.is_finite() { logit } else { opacity });
+            out.opacity_logits[i] = if logit.is_finite() { logit } else { opacity };
             let quaternion: [f32; 4] = std::array::from_fn(|a| {
                 let r = channels[b.rotation + 4 * i + a] * lr.rotation as f32;
                 // `rots_bias`: the identity quaternion (1, 0, 0, 0).
@@ -311,10 +343,18 @@ impl GaussianRepresentation {
                     r
                 }
             });
-            g.rotations.push(turn_rotation(quaternion));
+            out.rotations[i] = turn_rotation(quaternion);
         }
-        Ok(())
     }
+}
+
+/// One voxel's slots in the output arrays, `num_gaussians` each.
+struct VoxelGaussians<'a> {
+    means: &'a mut [[f32; 3]],
+    log_scales: &'a mut [[f32; 3]],
+    rotations: &'a mut [[f32; 4]],
+    opacity_logits: &'a mut [f32],
+    sh_dc: &'a mut [[f32; 3]],
 }
 
 /// The perturbation TRELLIS' decoder builds at construction (`_build_perturbation`):
