@@ -4,7 +4,7 @@
 //! Usage:
 //! - `gs_decoder_parity write DIR [--full]`: random weights with the official names
 //!   (`DIR/decoder.safetensors`, f32; `--full`: TRELLIS-image-large's decoder, else the tiny
-//!   test decoder), the ckpt JSON (`DIR/decoder.json`, `{"name", "args"}`) and a latent
+//!   test decoder), the checkpoint JSON (`DIR/decoder.json`, `{"name", "args"}`, as `ckpts/<name>.json`) and a latent
 //!   (`DIR/latent.safetensors`: `coords` i64 `[N, 4]`, `feats` f32 `[N, 8]`; `--full`: a
 //!   sphere shell in the 64³ grid, about 15k voxels, as stage 2 produces; else 300 random voxels
 //!   in two batch items).
@@ -16,17 +16,15 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use splatforge_diffusion::weights::{
-    save_random, MappedBackend, RandomRecorder, Source, TensorFile,
-};
+use splatforge_diffusion::weights::RandomRecorder;
 use splatforge_splat::io::write_atomic;
 use splatforge_splat::ply::{write_ply, PlyWriteOptions};
 use splatforge_splat::rng::SplitMix64;
-use splatforge_trellis::gs_decoder::{GaussianDecoder, GaussianDecoderConfig};
+use splatforge_trellis::config::write_checkpoint;
+use splatforge_trellis::gs_decoder::{GaussianDecoder, GaussianDecoderConfig, CHECKPOINT_CLASS};
 use splatforge_trellis::sparse::SparseTensor;
 
 type R<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -96,15 +94,13 @@ fn write(dir: &Path, full: bool) -> R<()> {
     };
     let recorder = RandomRecorder::new(12);
     GaussianDecoder::load(config.clone(), DType::F32, recorder.var_builder())?;
-    save_random(
-        &recorder.recipes(),
+    let recipes = recorder.recipes();
+    write_checkpoint(
+        &dir.join("decoder"),
+        CHECKPOINT_CLASS,
+        &config,
+        &recipes,
         DType::F32,
-        &dir.join("decoder.safetensors"),
-    )?;
-    let ckpt = serde_json::json!({"name": "SLatGaussianDecoder", "args": config});
-    std::fs::write(
-        dir.join("decoder.json"),
-        serde_json::to_string_pretty(&ckpt)?,
     )?;
 
     let mut rng = SplitMix64::new(34);
@@ -143,17 +139,7 @@ fn median_ms(mut samples: Vec<f64>) -> f64 {
 
 fn run(dir: &Path, dtype: DType, repeat: usize) -> R<()> {
     let device = Device::cuda_if_available(0)?;
-    let ckpt: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("decoder.json"))?)?;
-    let config: GaussianDecoderConfig = serde_json::from_value(ckpt["args"].clone())?;
-    let file = Arc::new(TensorFile::open(&dir.join("decoder.safetensors"))?);
-    let vb = MappedBackend::new(
-        file,
-        Arc::new(|n: &str| Some(Source::Key(n.into()))),
-        "gs decoder",
-    )
-    .into_var_builder(dtype, &device);
-    let decoder = GaussianDecoder::load(config, dtype, vb)?;
+    let decoder = GaussianDecoder::from_checkpoint(&dir.join("decoder"), dtype, &device)?;
 
     let latent = candle_core::safetensors::load(dir.join("latent.safetensors"), &Device::Cpu)?;
     let coords: Vec<[u32; 4]> = latent["coords"]

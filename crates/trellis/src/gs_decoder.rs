@@ -14,16 +14,25 @@
 //! `blocks.{i}.attn.to_qkv.*`, `blocks.{i}.attn.to_out.*`, `blocks.{i}.mlp.mlp.{0,2}.*`,
 //! `out_layer.*` and the buffer `offset_perturbation` (`[num_gaussians, 3]`).
 
-use candle_core::{DType, Module, Tensor};
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use splatforge_splat::Gaussians;
 
 use crate::blocks::{linear, AbsolutePositionEmbedder, BlockConfig, LayerNorm32, TransformerBlock};
+use crate::config::{checkpoint_weights, Checkpoint};
 use crate::gaussians::{GaussianRepresentation, RepresentationConfig};
 use crate::sparse::window::{windowed_self_attention, WindowPartition};
 use crate::sparse::SparseTensor;
 use crate::{Result, TrellisError};
+
+/// The checkpoint class of the decoder (`ckpts/<name>.json`'s `name`).
+pub const CHECKPOINT_CLASS: &str = "SLatGaussianDecoder";
+/// The training variant's class: the same network and weights (its mixin only manages memory
+/// during training), accepted too.
+pub const ELASTIC_CHECKPOINT_CLASS: &str = "ElasticSLatGaussianDecoder";
 
 /// eps of the layer norm before `out_layer` (`F.layer_norm`'s default).
 const OUTPUT_NORM_EPS: f64 = 1e-5;
@@ -215,6 +224,17 @@ impl GaussianDecoder {
         })
     }
 
+    /// Loads the checkpoint `<stem>.json` + `<stem>.safetensors` (e.g.
+    /// `ckpts/slat_dec_gs_swin8_B_64l8gs32_fp16` of a TRELLIS folder), blocks in `dtype`.
+    pub fn from_checkpoint(stem: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let ckpt: Checkpoint<GaussianDecoderConfig> = match Checkpoint::read(stem, CHECKPOINT_CLASS)
+        {
+            Ok(ckpt) => ckpt,
+            Err(first) => Checkpoint::read(stem, ELASTIC_CHECKPOINT_CLASS).map_err(|_| first)?,
+        };
+        Self::load(ckpt.args, dtype, checkpoint_weights(stem, dtype, device)?)
+    }
+
     pub fn config(&self) -> &GaussianDecoderConfig {
         &self.config
     }
@@ -282,13 +302,11 @@ impl GaussianDecoder {
 mod tests {
     use super::*;
     use crate::blocks::tests::{layer_norm, lin, max_diff, Mat};
+    use crate::config::{with_suffix, write_checkpoint};
     use candle_core::Device;
-    use splatforge_diffusion::weights::{
-        save_random, MappedBackend, RandomRecorder, SeededInit, Source, TensorFile,
-    };
+    use splatforge_diffusion::weights::{RandomRecorder, SeededInit, TensorFile};
     use splatforge_splat::rng::SplitMix64;
     use std::collections::BTreeMap;
-    use std::sync::Arc;
 
     /// Distinct random voxels of a `res`³ grid, `n` per batch item.
     fn random_latent(seed: u64, batches: u32, n: usize, res: u32, channels: usize) -> SparseTensor {
@@ -389,23 +407,25 @@ mod tests {
     }
 
     #[test]
-    fn loads_a_random_weight_file_by_the_official_names() {
+    fn loads_a_random_checkpoint_by_the_official_names() {
         let config = GaussianDecoderConfig::tiny();
         let recorder = RandomRecorder::new(4);
         GaussianDecoder::load(config.clone(), DType::F32, recorder.var_builder()).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("slat_dec_gs.safetensors");
-        save_random(&recorder.recipes(), DType::F32, &path).unwrap();
-
-        let file = Arc::new(TensorFile::open(&path).unwrap());
-        assert_eq!(file.names(), official_names(config.num_blocks).as_slice());
-        let vb = MappedBackend::new(
-            file,
-            Arc::new(|name: &str| Some(Source::Key(name.into()))),
-            "gs decoder",
+        let stem = dir.path().join("ckpts/slat_dec_gs_tiny");
+        write_checkpoint(
+            &stem,
+            CHECKPOINT_CLASS,
+            &config,
+            &recorder.recipes(),
+            DType::F32,
         )
-        .into_var_builder(DType::F32, &Device::Cpu);
-        let from_file = GaussianDecoder::load(config.clone(), DType::F32, vb).unwrap();
+        .unwrap();
+        let file = TensorFile::open(&with_suffix(&stem, "safetensors")).unwrap();
+        assert_eq!(file.names(), official_names(config.num_blocks).as_slice());
+
+        let from_file = GaussianDecoder::from_checkpoint(&stem, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(from_file.config(), &config);
         let seeded =
             GaussianDecoder::load(config, DType::F32, SeededInit::new(4).var_builder()).unwrap();
         let latent = random_latent(3, 1, 40, 16, 8);
@@ -420,6 +440,34 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert_eq!(diff, 0.0);
+    }
+
+    #[test]
+    fn checkpoint_of_another_class_is_refused() {
+        let config = GaussianDecoderConfig::tiny();
+        let recorder = RandomRecorder::new(4);
+        GaussianDecoder::load(config.clone(), DType::F32, recorder.var_builder()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let stem = dir.path().join("decoder");
+        write_checkpoint(
+            &stem,
+            ELASTIC_CHECKPOINT_CLASS,
+            &config,
+            &recorder.recipes(),
+            DType::F16,
+        )
+        .unwrap();
+        assert!(GaussianDecoder::from_checkpoint(&stem, DType::F32, &Device::Cpu).is_ok());
+        write_checkpoint(
+            &stem,
+            "SLatMeshDecoder",
+            &config,
+            &recorder.recipes(),
+            DType::F16,
+        )
+        .unwrap();
+        let err = GaussianDecoder::from_checkpoint(&stem, DType::F32, &Device::Cpu).unwrap_err();
+        assert!(err.to_string().contains("SLatMeshDecoder"), "{err}");
     }
 
     fn gelu_tanh(v: f64) -> f64 {
