@@ -117,6 +117,12 @@ fn serialize_windows(coords: &[[u32; 4]], window_size: u32, shift: u32) -> Resul
     Ok(windows)
 }
 
+/// Most attention scores (windows × heads × len²) in one attention call: the CPU path
+/// materialises them (2^27 f32 = 512 MiB); on the GPU the fused kernel does not, and at
+/// TRELLIS' sizes (12 heads, windows of at most 512 voxels) a call reaches this only past 42
+/// full windows of one length.
+const MAX_SCORES_PER_CALL: usize = 1 << 27;
+
 /// Self-attention of `q`, `k`, `v` (`[N, H·D]`, head-major, rows of the partitioned voxels)
 /// within each window of `partition` → `[N, H·D]`, scale `D^−½`.
 pub fn windowed_self_attention(
@@ -125,6 +131,19 @@ pub fn windowed_self_attention(
     v: &Tensor,
     heads: usize,
     partition: &WindowPartition,
+) -> Result<Tensor> {
+    attend_in_windows(q, k, v, heads, partition, MAX_SCORES_PER_CALL)
+}
+
+/// [`windowed_self_attention`] with at most `max_scores` attention scores (windows × heads ×
+/// len²) per attention call.
+fn attend_in_windows(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    partition: &WindowPartition,
+    max_scores: usize,
 ) -> Result<Tensor> {
     let (rows, width) = q.dims2()?;
     if rows != partition.rows || k.dims() != q.dims() || v.dims() != q.dims() {
@@ -143,12 +162,19 @@ pub fn windowed_self_attention(
     let (q, k, v) = (gather(q)?, gather(k)?, gather(v)?);
     let mut outputs = Vec::with_capacity(partition.groups.len());
     for group in &partition.groups {
-        let stack = |t: &Tensor| {
-            t.narrow(0, group.start, group.windows * group.len)?
-                .reshape((group.windows, group.len, width))
-        };
-        let out = ops::attention(&stack(&q)?, &stack(&k)?, &stack(&v)?, heads)?;
-        outputs.push(out.reshape((group.windows * group.len, width))?);
+        let per_call = (max_scores / (heads * group.len * group.len).max(1)).max(1);
+        let mut done = 0;
+        while done < group.windows {
+            let windows = per_call.min(group.windows - done);
+            let start = group.start + done * group.len;
+            let stack = |t: &Tensor| {
+                t.narrow(0, start, windows * group.len)?
+                    .reshape((windows, group.len, width))
+            };
+            let out = ops::attention(&stack(&q)?, &stack(&k)?, &stack(&v)?, heads)?;
+            outputs.push(out.reshape((windows * group.len, width))?);
+            done += windows;
+        }
     }
     Ok(Tensor::cat(&outputs, 0)?.index_select(&partition.restore, 0)?)
 }
@@ -257,6 +283,17 @@ mod tests {
                 .to_vec1()
                 .unwrap();
             let want = reference(&coords, [&q, &k, &v], heads, width, window, shift);
+            // The same with calls of at most 64 scores (windows split over several calls).
+            let split: Vec<f32> = attend_in_windows(&t(&q), &t(&k), &t(&v), heads, &partition, 64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(
+                split, ours,
+                "window {window} shift {shift}: split calls differ"
+            );
             let err = ours
                 .iter()
                 .zip(&want)
