@@ -256,6 +256,10 @@ impl GaussianDecoder {
             )));
         }
         let device = latent.device();
+        if latent.is_empty() {
+            let channels = cfg.representation_config.channels();
+            return latent.with_feats(Tensor::zeros((0, channels), DType::F32, device)?);
+        }
         let xyz: Vec<u32> = latent
             .coords
             .iter()
@@ -597,5 +601,11 @@ mod tests {
         assert!(items.iter().all(|g| g.check_consistent().is_ok()));
         let wrong = random_latent(5, 1, 4, 16, 7);
         assert!(decoder.forward(&wrong).is_err());
+        let empty = SparseTensor::new(
+            Vec::new(),
+            Tensor::zeros((0, 8), DType::F32, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        assert!(decoder.decode(&empty).unwrap().is_empty());
     }
 }
