@@ -202,7 +202,7 @@ impl GaussianDecoder {
                 "offset_perturbation",
                 Init::Const(0.0),
             )?
-            .to_device(&candle_core::Device::Cpu)?
+            .to_device(&Device::Cpu)?
             .to_vec2()?;
         let perturbation = perturbation
             .into_iter()
@@ -268,11 +268,9 @@ impl GaussianDecoder {
         let feats = latent.feats.to_dtype(DType::F32)?;
         let h = (self.input_layer.forward(&feats)? + self.position.embed(&xyz, device)?)?;
         // The two window layouts of the Swin blocks (TRELLIS caches them on the tensor too).
-        let shifts = [0, cfg.window_size / 2];
-        let partitions = shifts
-            .map(|shift| WindowPartition::new(&latent.coords, cfg.window_size, shift, device));
-        let [plain, shifted] = partitions;
-        let (plain, shifted) = (plain?, shifted?);
+        let partition =
+            |shift| WindowPartition::new(&latent.coords, cfg.window_size, shift, device);
+        let (plain, shifted) = (partition(0)?, partition(cfg.window_size / 2)?);
         let mut h = h.to_dtype(self.dtype)?.unsqueeze(0)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let partition = if i % 2 == 0 { &plain } else { &shifted };
