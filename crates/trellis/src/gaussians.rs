@@ -678,6 +678,35 @@ mod tests {
     }
 
     #[test]
+    fn exp_scaling_activation_uses_log_bias() {
+        let mut config = RepresentationConfig::trellis_image_large();
+        config.num_gaussians = 1;
+        config.scaling_activation = ScalingActivation::Exp;
+        let rep = GaussianRepresentation::new(config, 2, vec![[0.0; 3]]).unwrap();
+        let mut feats = vec![0.0; 14];
+        feats[6] = 1.5;
+        let out = rep
+            .to_gaussians(&sparse(vec![[0, 1, 1, 1]], feats, 14))
+            .unwrap();
+        // exp(1.5 + log 0.004) = 0.004·e^1.5, then the 3D filter.
+        let s = 0.004 * 1.5f64.exp();
+        let want = [
+            (s * s + 9e-4f64.powi(2)).sqrt().ln(),
+            (0.004f64.powi(2) + 9e-4f64.powi(2)).sqrt().ln(),
+        ];
+        assert!(
+            close(out[0].log_scales[0][0] as f64, want[0], 1e-5),
+            "{:?}",
+            out[0].log_scales[0]
+        );
+        assert!(
+            close(out[0].log_scales[0][1] as f64, want[1], 1e-5),
+            "{:?}",
+            out[0].log_scales[0]
+        );
+    }
+
+    #[test]
     fn saturated_opacity_stays_finite() {
         let mut config = RepresentationConfig::trellis_image_large();
         config.num_gaussians = 1;
