@@ -16,12 +16,16 @@
 //! | [`stage1`] | image → occupied voxels (`preprocess_image`, `get_cond`, `sample_sparse_structure`), random-weight stage-1 folders |
 //! | [`slat_flow`] | stage 2: the structured-latent flow model over sparse voxels (io res blocks with sparse convolutions and down/upsampling, modulated cross-attention blocks), undoing the latent's normalisation |
 //! | [`sparse`] | sparse voxel tensors (batch-indexed coordinates + features) and the ops on them |
+//! | [`gaussians`] | the Gaussian decoder's output → [`splatforge_splat::Gaussians`], as TRELLIS' `save_ply` writes them |
+//! | [`gs_decoder`] | `SLatGaussianDecoder`: the Swin sparse transformer from the structured latent to Gaussian channels |
 //! | [`error`] | errors of this crate |
 
 pub mod blocks;
 pub mod config;
 pub mod dinov2;
 pub mod error;
+pub mod gaussians;
+pub mod gs_decoder;
 pub mod preprocess;
 pub mod sampler;
 pub mod slat_flow;
