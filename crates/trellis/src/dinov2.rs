@@ -82,6 +82,45 @@ impl Dinov2Config {
         }
     }
 
+    /// The shape from a Hugging Face `config.json` of `Dinov2WithRegistersModel`
+    /// (`model_type` `dinov2_with_registers`, plain MLP, GELU).
+    pub fn from_hugging_face(text: &str) -> std::result::Result<Self, String> {
+        #[derive(Deserialize)]
+        struct HfConfig {
+            model_type: String,
+            hidden_size: usize,
+            num_hidden_layers: usize,
+            num_attention_heads: usize,
+            mlp_ratio: f64,
+            patch_size: usize,
+            image_size: usize,
+            num_register_tokens: usize,
+            layer_norm_eps: f64,
+            #[serde(default)]
+            use_swiglu_ffn: bool,
+            #[serde(default = "default_act")]
+            hidden_act: String,
+        }
+        fn default_act() -> String {
+            "gelu".into()
+        }
+        let c: HfConfig = serde_json::from_str(text)
+            .map_err(|e| format!("not a DINOv2-with-registers config.json: {e}"))?;
+        if c.model_type != "dinov2_with_registers" || c.use_swiglu_ffn || c.hidden_act != "gelu" {
+            return Err(format!("model_type `{}` (SwiGLU {}, activation {}): only dinov2_with_registers with a GELU MLP is supported", c.model_type, c.use_swiglu_ffn, c.hidden_act));
+        }
+        Ok(Self {
+            embed_dim: c.hidden_size,
+            depth: c.num_hidden_layers,
+            heads: c.num_attention_heads,
+            mlp_ratio: c.mlp_ratio,
+            patch_size: c.patch_size,
+            image_size: c.image_size,
+            register_tokens: c.num_register_tokens,
+            layer_norm_eps: c.layer_norm_eps,
+        })
+    }
+
     /// Patches per side at the trained image size.
     pub fn grid(&self) -> usize {
         self.image_size / self.patch_size
@@ -491,6 +530,24 @@ mod tests {
             model.forward_prenorm(&wrong),
             Err(TrellisError::InvalidArgument(_))
         ));
+    }
+
+    #[test]
+    fn hugging_face_config_gives_the_vitl14_reg_shape() {
+        // facebook/dinov2-with-registers-large's config.json (the keys we read).
+        let text = r#"{"model_type": "dinov2_with_registers", "hidden_size": 1024, "num_hidden_layers": 24,
+            "num_attention_heads": 16, "mlp_ratio": 4, "patch_size": 14, "image_size": 518,
+            "num_register_tokens": 4, "layer_norm_eps": 1e-06, "use_swiglu_ffn": false, "hidden_act": "gelu",
+            "layerscale_value": 1.0, "qkv_bias": true}"#;
+        assert_eq!(
+            Dinov2Config::from_hugging_face(text).unwrap(),
+            Dinov2Config::vitl14_reg()
+        );
+        assert!(Dinov2Config::from_hugging_face(
+            &text.replace("\"use_swiglu_ffn\": false", "\"use_swiglu_ffn\": true")
+        )
+        .is_err());
+        assert!(Dinov2Config::from_hugging_face("{}").is_err());
     }
 
     #[test]

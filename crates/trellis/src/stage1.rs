@@ -169,13 +169,21 @@ impl Stage1 {
     }
 }
 
+/// The DINOv2 shape for the weights at `weights`: `<stem>.json` (a [`Dinov2Config`]), else
+/// a Hugging Face `config.json` beside the weights, else ViT-L/14 with registers.
 fn read_dinov2_config(weights: &Path) -> Result<Dinov2Config> {
-    let path = weights.with_extension("json");
-    if !path.is_file() {
-        return Ok(Dinov2Config::vitl14_reg());
+    let ours = weights.with_extension("json");
+    if ours.is_file() {
+        let text = std::fs::read_to_string(&ours).map_err(|e| bad_file(&ours, e))?;
+        return serde_json::from_str(&text)
+            .map_err(|e| bad_file(&ours, format!("not a DINOv2 shape: {e}")));
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| bad_file(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| bad_file(&path, format!("not a DINOv2 shape: {e}")))
+    let hf = weights.with_file_name("config.json");
+    if hf.is_file() {
+        let text = std::fs::read_to_string(&hf).map_err(|e| bad_file(&hf, e))?;
+        return Dinov2Config::from_hugging_face(&text).map_err(|e| bad_file(&hf, e));
+    }
+    Ok(Dinov2Config::vitl14_reg())
 }
 
 /// The sizes of random-weight stage-1 models.
