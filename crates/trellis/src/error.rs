@@ -14,6 +14,9 @@ pub enum TrellisError {
     /// Invalid arguments to a call (shapes, sizes, counts).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A progress callback asked a sampling loop to stop.
+    #[error("cancelled")]
+    Cancelled,
     /// An error from candle (tensor ops, weight shapes).
     #[error("tensor: {0}")]
     Candle(#[from] candle_core::Error),

@@ -6,10 +6,32 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`blocks`] | the shared transformer parts: attention with QK RMSNorm, MLP, adaLN-modulated blocks, timestep and position embedders |
+//! | [`config`] | `pipeline.json` (with the TRELLIS-image-large preset) and the `ckpts/<name>.json` + `.safetensors` checkpoints |
+//! | [`dinov2`] | DINOv2 ViT-L/14 with registers (torch-hub and Hugging Face weights), TRELLIS' image tokens |
+//! | [`preprocess`] | image decoding with limits, TRELLIS' crop / 518² Lanczos / premultiply (Pillow-exact), DINOv2 input |
+//! | [`sampler`] | flow-Euler sampling with classifier-free guidance inside an interval, rescaled time |
+//! | [`ss_flow`] | stage 1: `SparseStructureFlowModel` |
+//! | [`ss_decoder`] | stage 1: `SparseStructureDecoder` (dense 3D convolutions) and the occupied voxels |
+//! | [`stage1`] | image → occupied voxels (`preprocess_image`, `get_cond`, `sample_sparse_structure`), random-weight stage-1 folders |
+//! | [`slat_flow`] | stage 2: the structured-latent flow model over sparse voxels (io res blocks with sparse convolutions and down/upsampling, modulated cross-attention blocks), undoing the latent's normalisation |
 //! | [`sparse`] | sparse voxel tensors (batch-indexed coordinates + features) and the ops on them |
+//! | [`gaussians`] | the Gaussian decoder's output → [`splatforge_splat::Gaussians`], as TRELLIS' `save_ply` writes them |
+//! | [`gs_decoder`] | `SLatGaussianDecoder`: the Swin sparse transformer from the structured latent to Gaussian channels |
 //! | [`error`] | errors of this crate |
 
+pub mod blocks;
+pub mod config;
+pub mod dinov2;
 pub mod error;
+pub mod gaussians;
+pub mod gs_decoder;
+pub mod preprocess;
+pub mod sampler;
+pub mod slat_flow;
 pub mod sparse;
+pub mod ss_decoder;
+pub mod ss_flow;
+pub mod stage1;
 
 pub use error::{Result, TrellisError};

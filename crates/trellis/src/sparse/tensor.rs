@@ -59,18 +59,21 @@ impl SparseTensor {
         self.coords.last().map_or(0, |c| c[0] as usize + 1)
     }
 
-    /// The row range of each batch item, in batch order.
+    /// The row range of each batch item, in batch order (an item without rows gets the
+    /// empty range where its rows would start).
     pub fn batch_ranges(&self) -> Vec<std::ops::Range<usize>> {
-        let mut ranges = vec![0..0; self.batch_size()];
-        let mut start = 0;
-        for (i, w) in self.coords.iter().enumerate() {
-            let next = self.coords.get(i + 1).map(|c| c[0]);
-            if next != Some(w[0]) {
-                ranges[w[0] as usize] = start..i + 1;
-                start = i + 1;
-            }
+        let mut counts = vec![0usize; self.batch_size()];
+        for c in &self.coords {
+            counts[c[0] as usize] += 1;
         }
-        ranges
+        let mut start = 0;
+        counts
+            .into_iter()
+            .map(|n| {
+                start += n;
+                start - n..start
+            })
+            .collect()
     }
 
     /// The same coordinates with other features (`[N, C']`).

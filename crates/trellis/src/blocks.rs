@@ -1,0 +1,1201 @@
+//! The transformer parts TRELLIS' models share, with the official module paths as tensor
+//! names: `LayerNorm32`, `MultiHeadRMSNorm`, `MultiHeadAttention` (self and cross),
+//! `FeedForwardNet`, the adaLN modulation, `ModulatedTransformerCrossBlock`,
+//! `TransformerBlock` (`trellis/modules/{norm,attention,transformer}`), the timestep
+//! embedder of `sparse_structure_flow.py` and `AbsolutePositionEmbedder`.
+//!
+//! Layout: activations are `[B, N, C]` (batch, tokens, channels), in the model dtype;
+//! layer norms and the QK RMSNorm compute in f32 and round back, as the official
+//! `LayerNorm32` and `MultiHeadRMSNorm` do. The blocks are written once for dense and
+//! sparse tensors: the attention between the projections is a parameter ([`Attend`]),
+//! dense ([`dense_attention`]) here, variable-length or windowed in the sparse models,
+//! which also run the blocks on `[1, rows, C]` with per-row modulation terms
+//! ([`ModulationTerms::map`]).
+
+use candle_core::{DType, Module, Tensor, D};
+use candle_nn::{Init, Linear, VarBuilder};
+use splatforge_diffusion::ops::{self, LinearEpilogue};
+
+use crate::{Result, TrellisError};
+
+/// The eps of every block's layer norms (`LayerNorm32(..., eps=1e-6)`).
+pub const BLOCK_NORM_EPS: f64 = 1e-6;
+
+/// Width of the sinusoidal timestep features (`frequency_embedding_size=256`).
+pub const TIMESTEP_FREQUENCY_DIM: usize = 256;
+
+/// The attention between a block's projections: `(q, k, v, heads)` with `q [B, Nq, H·D]`,
+/// `k, v [B, Nk, H·D]` → `[B, Nq, H·D]`, softmax of `q·kᵀ·D^−½`.
+pub type Attend<'a> = &'a dyn Fn(&Tensor, &Tensor, &Tensor, usize) -> candle_core::Result<Tensor>;
+
+/// Full attention over each batch item's tokens (the runtime's fused kernel on the GPU).
+pub fn dense_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+) -> candle_core::Result<Tensor> {
+    ops::attention(q, k, v, heads)
+}
+
+/// `nn.Linear(in_dim, out_dim, bias)` under `vb` (`weight [out, in]`, `bias [out]`).
+pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    Ok(candle_nn::linear_b(in_dim, out_dim, bias, vb)?)
+}
+
+/// `layer` on `x`, then `residual + gate ⊙ (…)`: one fused epilogue where the gate has one
+/// row per batch item (`[B, 1, C]`), candle ops for per-row gates (sparse blocks).
+fn linear_into_residual(
+    x: &Tensor,
+    layer: &Linear,
+    gate: Option<&Tensor>,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    let per_item = |g: &Tensor| g.rank() == 3 && g.dims()[1] == 1;
+    Ok(match gate {
+        Some(g) if !per_item(g) => {
+            (residual + ops::linear(x, layer, LinearEpilogue::default())?.broadcast_mul(g)?)?
+        }
+        gate => ops::linear(
+            x,
+            layer,
+            LinearEpilogue {
+                gate,
+                residual: Some(residual),
+                ..Default::default()
+            },
+        )?,
+    })
+}
+
+/// `LayerNorm32`: layer norm over the last dimension in f32 (statistics and affine), the
+/// result rounded to the input dtype. Without affine the weight is 1 and the bias 0.
+#[derive(Debug, Clone)]
+pub struct LayerNorm32 {
+    /// `[C]` f32.
+    weight: Tensor,
+    /// `[C]` f32.
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm32 {
+    /// `LayerNorm32(channels, elementwise_affine=affine, eps)`; with `affine`, `weight` and
+    /// `bias` are read from `vb` (kept in f32, as the official code never halves norms).
+    pub fn load(channels: usize, eps: f64, affine: bool, vb: VarBuilder) -> Result<Self> {
+        let (weight, bias) = if affine {
+            let vb = vb.to_dtype(DType::F32);
+            (
+                vb.get_with_hints(channels, "weight", Init::Const(1.0))?,
+                vb.get_with_hints(channels, "bias", Init::Const(0.0))?,
+            )
+        } else {
+            (
+                Tensor::ones(channels, DType::F32, vb.device())?,
+                Tensor::zeros(channels, DType::F32, vb.device())?,
+            )
+        };
+        Ok(Self {
+            weight,
+            bias,
+            eps: eps as f32,
+        })
+    }
+
+    /// Normalises `x [.., C]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x32 = x.to_dtype(DType::F32)?.contiguous()?;
+        Ok(
+            candle_nn::ops::layer_norm(&x32, &self.weight, &self.bias, self.eps)?
+                .to_dtype(x.dtype())?,
+        )
+    }
+}
+
+/// `MultiHeadRMSNorm`: each head's `D` values divided by their L2 norm (`F.normalize`,
+/// norm clamped at 1e-12), times `√D` and a per-head, per-channel `gamma [H, D]`; in f32,
+/// rounded back to the input dtype.
+#[derive(Debug, Clone)]
+pub struct MultiHeadRmsNorm {
+    /// `[H, D]` f32.
+    gamma: Tensor,
+    /// `[D]` ones: candle's RMSNorm without its own scale.
+    ones: Tensor,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl MultiHeadRmsNorm {
+    /// `MultiHeadRMSNorm(head_dim, heads)`: `gamma [heads, head_dim]` from `vb`.
+    pub fn load(head_dim: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+        let gamma =
+            vb.to_dtype(DType::F32)
+                .get_with_hints((heads, head_dim), "gamma", Init::Const(1.0))?;
+        let ones = Tensor::ones(head_dim, DType::F32, vb.device())?;
+        Ok(Self {
+            gamma,
+            ones,
+            heads,
+            head_dim,
+        })
+    }
+
+    /// Normalises `x [.., H·D]` head by head.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let width = self.heads * self.head_dim;
+        if dims.last() != Some(&width) {
+            return Err(TrellisError::InvalidArgument(format!(
+                "QK RMSNorm over {} heads of {} channels got {dims:?}",
+                self.heads, self.head_dim
+            )));
+        }
+        let rows = x.elem_count() / width;
+        let x32 =
+            x.to_dtype(DType::F32)?
+                .contiguous()?
+                .reshape((rows, self.heads, self.head_dim))?;
+        // x·√D / √(‖x‖² + D·eps) is F.normalize's x / max(‖x‖, 1e-12) · √D, bar the clamp.
+        let eps = 1e-24 / self.head_dim as f32;
+        let normed = candle_nn::ops::rms_norm(&x32, &self.ones, eps)?;
+        Ok(normed
+            .broadcast_mul(&self.gamma)?
+            .to_dtype(x.dtype())?
+            .reshape(dims)?)
+    }
+}
+
+/// Loads the optional QK norms `q_rms_norm`, `k_rms_norm`.
+fn load_qk_norms(
+    enabled: bool,
+    channels: usize,
+    heads: usize,
+    vb: &VarBuilder,
+) -> Result<Option<(MultiHeadRmsNorm, MultiHeadRmsNorm)>> {
+    if !enabled {
+        return Ok(None);
+    }
+    let head_dim = channels / heads;
+    Ok(Some((
+        MultiHeadRmsNorm::load(head_dim, heads, vb.pp("q_rms_norm"))?,
+        MultiHeadRmsNorm::load(head_dim, heads, vb.pp("k_rms_norm"))?,
+    )))
+}
+
+fn check_heads(channels: usize, heads: usize) -> Result<()> {
+    if heads == 0 || channels % heads != 0 {
+        return Err(TrellisError::Config(format!(
+            "{channels} channels cannot be split into {heads} heads"
+        )));
+    }
+    Ok(())
+}
+
+/// `MultiHeadAttention(type="self", attn_mode="full")`: `to_qkv` (q, k, v stacked along the
+/// output channels, each `H·D` head-major), optional QK RMSNorm, `to_out`.
+#[derive(Debug, Clone)]
+pub struct SelfAttention {
+    to_qkv: Linear,
+    qk_norm: Option<(MultiHeadRmsNorm, MultiHeadRmsNorm)>,
+    to_out: Linear,
+    channels: usize,
+    heads: usize,
+}
+
+impl SelfAttention {
+    pub fn load(
+        channels: usize,
+        heads: usize,
+        qkv_bias: bool,
+        qk_rms_norm: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        check_heads(channels, heads)?;
+        Ok(Self {
+            to_qkv: linear(channels, 3 * channels, qkv_bias, vb.pp("to_qkv"))?,
+            qk_norm: load_qk_norms(qk_rms_norm, channels, heads, &vb)?,
+            to_out: linear(channels, channels, true, vb.pp("to_out"))?,
+            channels,
+            heads,
+        })
+    }
+
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
+    /// `x [.., C]` → `(q, k, v)`, each `[.., H·D]` contiguous, q and k normalised when the
+    /// layer has QK RMSNorm.
+    pub fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let qkv = self.to_qkv.forward(x)?;
+        let c = self.channels;
+        let part = |i: usize| qkv.narrow(D::Minus1, i * c, c)?.contiguous();
+        let (mut q, mut k, v) = (part(0)?, part(1)?, part(2)?);
+        if let Some((q_norm, k_norm)) = &self.qk_norm {
+            q = q_norm.forward(&q)?;
+            k = k_norm.forward(&k)?;
+        }
+        Ok((q, k, v))
+    }
+
+    /// `residual + gate ⊙ to_out(attend(project(x)))` (`gate` optional, `[B, 1, C]` or
+    /// broadcastable to the output).
+    pub fn forward_into(
+        &self,
+        x: &Tensor,
+        attend: Attend,
+        gate: Option<&Tensor>,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        let (q, k, v) = self.project(x)?;
+        let h = attend(&q, &k, &v, self.heads)?;
+        linear_into_residual(&h, &self.to_out, gate, residual)
+    }
+
+    /// `to_out(attention(project(x)))` over `x [B, N, C]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (q, k, v) = self.project(x)?;
+        let h = dense_attention(&q, &k, &v, self.heads)?;
+        Ok(self.to_out.forward(&h)?)
+    }
+}
+
+/// `MultiHeadAttention(type="cross")`: `to_q` on the tokens, `to_kv` on the context (k then
+/// v along the output channels), optional QK RMSNorm, `to_out`.
+#[derive(Debug, Clone)]
+pub struct CrossAttention {
+    to_q: Linear,
+    to_kv: Linear,
+    qk_norm: Option<(MultiHeadRmsNorm, MultiHeadRmsNorm)>,
+    to_out: Linear,
+    channels: usize,
+    heads: usize,
+}
+
+impl CrossAttention {
+    pub fn load(
+        channels: usize,
+        ctx_channels: usize,
+        heads: usize,
+        qkv_bias: bool,
+        qk_rms_norm: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        check_heads(channels, heads)?;
+        Ok(Self {
+            to_q: linear(channels, channels, qkv_bias, vb.pp("to_q"))?,
+            to_kv: linear(ctx_channels, 2 * channels, qkv_bias, vb.pp("to_kv"))?,
+            qk_norm: load_qk_norms(qk_rms_norm, channels, heads, &vb)?,
+            to_out: linear(channels, channels, true, vb.pp("to_out"))?,
+            channels,
+            heads,
+        })
+    }
+
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
+    /// `x [.., C]` → `q [.., H·D]` (normalised with QK RMSNorm).
+    pub fn project_query(&self, x: &Tensor) -> Result<Tensor> {
+        let q = self.to_q.forward(x)?;
+        match &self.qk_norm {
+            Some((q_norm, _)) => q_norm.forward(&q),
+            None => Ok(q),
+        }
+    }
+
+    /// `context [.., C_ctx]` → `(k, v)`, each `[.., H·D]` contiguous (k normalised with QK
+    /// RMSNorm). Constant over a sampling run, so callers may compute it once.
+    pub fn project_context(&self, context: &Tensor) -> Result<(Tensor, Tensor)> {
+        let kv = self.to_kv.forward(context)?;
+        let c = self.channels;
+        let mut k = kv.narrow(D::Minus1, 0, c)?.contiguous()?;
+        let v = kv.narrow(D::Minus1, c, c)?.contiguous()?;
+        if let Some((_, k_norm)) = &self.qk_norm {
+            k = k_norm.forward(&k)?;
+        }
+        Ok((k, v))
+    }
+
+    /// `residual + to_out(attend(q(x), k(context), v(context)))`.
+    pub fn forward_into(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        attend: Attend,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        let q = self.project_query(x)?;
+        let (k, v) = self.project_context(context)?;
+        let h = attend(&q, &k, &v, self.heads)?;
+        linear_into_residual(&h, &self.to_out, None, residual)
+    }
+}
+
+/// `FeedForwardNet`: `mlp.0` (C → ⌊C·ratio⌋), GELU (tanh approximation), `mlp.2` (back to C).
+#[derive(Debug, Clone)]
+pub struct FeedForward {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl FeedForward {
+    /// Loads `mlp.0`, `mlp.2` under `vb` (a block passes `vb.pp("mlp")`, giving the official
+    /// `mlp.mlp.0`).
+    pub fn load(channels: usize, mlp_ratio: f64, vb: VarBuilder) -> Result<Self> {
+        // int(channels * mlp_ratio), as the official module.
+        let hidden = (channels as f64 * mlp_ratio) as usize;
+        Ok(Self {
+            fc1: linear(channels, hidden, true, vb.pp("mlp").pp("0"))?,
+            fc2: linear(hidden, channels, true, vb.pp("mlp").pp("2"))?,
+        })
+    }
+
+    /// `residual + gate ⊙ mlp(x)` (`gate` optional).
+    pub fn forward_into(
+        &self,
+        x: &Tensor,
+        gate: Option<&Tensor>,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        let h = ops::linear(
+            x,
+            &self.fc1,
+            LinearEpilogue {
+                gelu: true,
+                ..Default::default()
+            },
+        )?;
+        linear_into_residual(&h, &self.fc2, gate, residual)
+    }
+
+    /// `mlp(x)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = ops::linear(
+            x,
+            &self.fc1,
+            LinearEpilogue {
+                gelu: true,
+                ..Default::default()
+            },
+        )?;
+        Ok(self.fc2.forward(&h)?)
+    }
+}
+
+/// The six adaLN terms of a modulated block, each `[B, 1, C]` (or, after
+/// [`map`](Self::map), one row per token).
+#[derive(Debug, Clone)]
+pub struct ModulationTerms {
+    pub shift_msa: Tensor,
+    pub scale_msa: Tensor,
+    pub gate_msa: Tensor,
+    pub shift_mlp: Tensor,
+    pub scale_mlp: Tensor,
+    pub gate_mlp: Tensor,
+}
+
+impl ModulationTerms {
+    /// Splits `[B, 6·C]` into the six terms, in the official `chunk(6, dim=1)` order.
+    pub fn from_packed(packed: &Tensor) -> Result<Self> {
+        let (b, six_c) = packed.dims2()?;
+        if six_c % 6 != 0 {
+            return Err(TrellisError::InvalidArgument(format!(
+                "modulation of width {six_c} is not 6·C"
+            )));
+        }
+        let c = six_c / 6;
+        let term = |i: usize| packed.narrow(1, i * c, c)?.reshape((b, 1, c));
+        Ok(Self {
+            shift_msa: term(0)?,
+            scale_msa: term(1)?,
+            gate_msa: term(2)?,
+            shift_mlp: term(3)?,
+            scale_mlp: term(4)?,
+            gate_mlp: term(5)?,
+        })
+    }
+
+    /// The six terms through `f` (e.g. gathered to one row per sparse token).
+    pub fn map(&self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
+        Ok(Self {
+            shift_msa: f(&self.shift_msa)?,
+            scale_msa: f(&self.scale_msa)?,
+            gate_msa: f(&self.gate_msa)?,
+            shift_mlp: f(&self.shift_mlp)?,
+            scale_mlp: f(&self.scale_mlp)?,
+            gate_mlp: f(&self.gate_mlp)?,
+        })
+    }
+}
+
+/// `adaLN_modulation = Sequential(SiLU, Linear(C, 6·C))`, the linear being `…​.1`.
+#[derive(Debug, Clone)]
+pub struct AdaLnModulation {
+    linear: Linear,
+}
+
+impl AdaLnModulation {
+    /// Loads `adaLN_modulation.1` under `vb`.
+    pub fn load(channels: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            linear: linear(
+                channels,
+                6 * channels,
+                true,
+                vb.pp("adaLN_modulation").pp("1"),
+            )?,
+        })
+    }
+
+    /// `linear(silu(emb))`, `emb [B, C]` → the packed `[B, 6·C]` terms.
+    pub fn forward(&self, emb: &Tensor) -> Result<Tensor> {
+        Ok(self.linear.forward(&emb.silu()?)?)
+    }
+}
+
+/// `x·(1 + scale) + shift`, the official `modulate` (terms broadcast over the tokens).
+pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    Ok(x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)?)
+}
+
+/// The shape of a transformer block, the official constructor arguments.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockConfig {
+    pub channels: usize,
+    pub heads: usize,
+    pub mlp_ratio: f64,
+    pub qkv_bias: bool,
+    /// QK RMSNorm in the self-attention.
+    pub qk_rms_norm: bool,
+}
+
+/// `ModulatedTransformerCrossBlock`: adaLN-modulated self-attention (`norm1`, no affine),
+/// cross-attention to the conditioning tokens (`norm2`, with affine), adaLN-modulated MLP
+/// (`norm3`, no affine). Its own `adaLN_modulation` unless the model shares one.
+#[derive(Debug, Clone)]
+pub struct ModulatedTransformerCrossBlock {
+    norm1: LayerNorm32,
+    norm2: LayerNorm32,
+    norm3: LayerNorm32,
+    self_attn: SelfAttention,
+    cross_attn: CrossAttention,
+    mlp: FeedForward,
+    modulation: Option<AdaLnModulation>,
+}
+
+impl ModulatedTransformerCrossBlock {
+    /// `config` of the self-attention and MLP; the cross-attention reads `ctx_channels`
+    /// and has QK RMSNorm when `qk_rms_norm_cross`; `share_mod`: no own modulation.
+    pub fn load(
+        config: BlockConfig,
+        ctx_channels: usize,
+        qk_rms_norm_cross: bool,
+        share_mod: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let c = config.channels;
+        Ok(Self {
+            norm1: LayerNorm32::load(c, BLOCK_NORM_EPS, false, vb.pp("norm1"))?,
+            norm2: LayerNorm32::load(c, BLOCK_NORM_EPS, true, vb.pp("norm2"))?,
+            norm3: LayerNorm32::load(c, BLOCK_NORM_EPS, false, vb.pp("norm3"))?,
+            self_attn: SelfAttention::load(
+                c,
+                config.heads,
+                config.qkv_bias,
+                config.qk_rms_norm,
+                vb.pp("self_attn"),
+            )?,
+            cross_attn: CrossAttention::load(
+                c,
+                ctx_channels,
+                config.heads,
+                config.qkv_bias,
+                qk_rms_norm_cross,
+                vb.pp("cross_attn"),
+            )?,
+            mlp: FeedForward::load(c, config.mlp_ratio, vb.pp("mlp"))?,
+            modulation: if share_mod {
+                None
+            } else {
+                Some(AdaLnModulation::load(c, vb)?)
+            },
+        })
+    }
+
+    /// The terms for `emb`: the timestep embedding `[B, C]` through this block's
+    /// modulation, or (shared modulation) the model's packed `[B, 6·C]` terms.
+    pub fn modulation_terms(&self, emb: &Tensor) -> Result<ModulationTerms> {
+        match &self.modulation {
+            Some(m) => ModulationTerms::from_packed(&m.forward(emb)?),
+            None => ModulationTerms::from_packed(emb),
+        }
+    }
+
+    /// The block over dense tokens `x [B, N, C]` with `emb` (see
+    /// [`modulation_terms`](Self::modulation_terms)) and `context [B, L, C_ctx]`.
+    pub fn forward(&self, x: &Tensor, emb: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let terms = self.modulation_terms(emb)?;
+        self.forward_with(x, &terms, context, &dense_attention, &dense_attention)
+    }
+
+    /// The block with given terms and attentions (sparse models: per-row terms and their
+    /// variable-length attentions).
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        terms: &ModulationTerms,
+        context: &Tensor,
+        self_attend: Attend,
+        cross_attend: Attend,
+    ) -> Result<Tensor> {
+        let h = modulate(&self.norm1.forward(x)?, &terms.shift_msa, &terms.scale_msa)?;
+        let x = self
+            .self_attn
+            .forward_into(&h, self_attend, Some(&terms.gate_msa), x)?;
+        let h = self.norm2.forward(&x)?;
+        let x = self
+            .cross_attn
+            .forward_into(&h, context, cross_attend, &x)?;
+        let h = modulate(&self.norm3.forward(&x)?, &terms.shift_mlp, &terms.scale_mlp)?;
+        self.mlp.forward_into(&h, Some(&terms.gate_mlp), &x)
+    }
+}
+
+/// `TransformerBlock`: self-attention (`norm1`) and MLP (`norm2`), pre-norm residual; the
+/// norms have an affine when `ln_affine`.
+#[derive(Debug, Clone)]
+pub struct TransformerBlock {
+    norm1: LayerNorm32,
+    norm2: LayerNorm32,
+    attn: SelfAttention,
+    mlp: FeedForward,
+}
+
+impl TransformerBlock {
+    pub fn load(config: BlockConfig, ln_affine: bool, vb: VarBuilder) -> Result<Self> {
+        let c = config.channels;
+        Ok(Self {
+            norm1: LayerNorm32::load(c, BLOCK_NORM_EPS, ln_affine, vb.pp("norm1"))?,
+            norm2: LayerNorm32::load(c, BLOCK_NORM_EPS, ln_affine, vb.pp("norm2"))?,
+            attn: SelfAttention::load(
+                c,
+                config.heads,
+                config.qkv_bias,
+                config.qk_rms_norm,
+                vb.pp("attn"),
+            )?,
+            mlp: FeedForward::load(c, config.mlp_ratio, vb.pp("mlp"))?,
+        })
+    }
+
+    /// The block over dense tokens `x [B, N, C]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, &dense_attention)
+    }
+
+    /// The block with the given attention (sparse models: windowed or variable-length).
+    pub fn forward_with(&self, x: &Tensor, attend: Attend) -> Result<Tensor> {
+        let x = self
+            .attn
+            .forward_into(&self.norm1.forward(x)?, attend, None, x)?;
+        self.mlp.forward_into(&self.norm2.forward(&x)?, None, &x)
+    }
+}
+
+/// Sinusoidal timestep features `[B, dim]` (f32) of `t [B]`: `[cos(t·fᵢ), sin(t·fᵢ)]` with
+/// `fᵢ = exp(−ln(10000)·i / (dim/2))`, `i < dim/2`, and a zero column when `dim` is odd (the
+/// official `TimestepEmbedder.timestep_embedding`, GLIDE's).
+pub fn timestep_features(t: &Tensor, dim: usize) -> Result<Tensor> {
+    let half = dim / 2;
+    let log_period = 10000f32.ln();
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| (-log_period * i as f32 / half as f32).exp())
+        .collect();
+    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
+    let args = t
+        .to_dtype(DType::F32)?
+        .unsqueeze(1)?
+        .broadcast_mul(&freqs)?;
+    let mut parts = vec![args.cos()?, args.sin()?];
+    if dim % 2 == 1 {
+        parts.push(Tensor::zeros((t.dim(0)?, 1), DType::F32, t.device())?);
+    }
+    Ok(Tensor::cat(&parts, 1)?)
+}
+
+/// `TimestepEmbedder`: [`timestep_features`] (256 wide), `mlp.0`, SiLU, `mlp.2`.
+#[derive(Debug, Clone)]
+pub struct TimestepEmbedder {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl TimestepEmbedder {
+    pub fn load(hidden: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            fc1: linear(TIMESTEP_FREQUENCY_DIM, hidden, true, vb.pp("mlp").pp("0"))?,
+            fc2: linear(hidden, hidden, true, vb.pp("mlp").pp("2"))?,
+        })
+    }
+
+    /// `t [B]` (the sampler's time × 1000) → `[B, hidden]` in the layers' dtype.
+    pub fn forward(&self, t: &Tensor) -> Result<Tensor> {
+        let features =
+            timestep_features(t, TIMESTEP_FREQUENCY_DIM)?.to_dtype(self.fc1.weight().dtype())?;
+        Ok(self.fc2.forward(&self.fc1.forward(&features)?.silu()?)?)
+    }
+}
+
+/// `AbsolutePositionEmbedder(channels, in_channels)`: for each coordinate axis,
+/// `[sin(x·fⱼ), cos(x·fⱼ)]` with `fⱼ = 10000^(−j/F)`, `F = channels / in_channels / 2`,
+/// axes concatenated and zero-padded to `channels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbsolutePositionEmbedder {
+    pub channels: usize,
+    pub in_channels: usize,
+}
+
+impl AbsolutePositionEmbedder {
+    pub fn new(channels: usize, in_channels: usize) -> Result<Self> {
+        if in_channels == 0 || channels / in_channels / 2 == 0 {
+            return Err(TrellisError::Config(format!(
+                "a position embedding of {channels} channels cannot cover {in_channels} axes"
+            )));
+        }
+        Ok(Self {
+            channels,
+            in_channels,
+        })
+    }
+
+    /// `coords` (`in_channels` integers per row, row-major) → `[rows, channels]` f32.
+    pub fn embed(&self, coords: &[u32], device: &candle_core::Device) -> Result<Tensor> {
+        if coords.len() % self.in_channels != 0 {
+            return Err(TrellisError::InvalidArgument(format!(
+                "{} coordinate values are not rows of {}",
+                coords.len(),
+                self.in_channels
+            )));
+        }
+        let freq_dim = self.channels / self.in_channels / 2;
+        let freqs: Vec<f32> = (0..freq_dim)
+            .map(|j| 1.0 / 10000f32.powf(j as f32 / freq_dim as f32))
+            .collect();
+        let rows = coords.len() / self.in_channels;
+        let mut out = vec![0f32; rows * self.channels];
+        for (row, point) in out
+            .chunks_exact_mut(self.channels)
+            .zip(coords.chunks_exact(self.in_channels))
+        {
+            for (axis, &x) in point.iter().enumerate() {
+                let base = axis * 2 * freq_dim;
+                for (j, f) in freqs.iter().enumerate() {
+                    let arg = x as f32 * f;
+                    row[base + j] = arg.sin();
+                    row[base + freq_dim + j] = arg.cos();
+                }
+            }
+        }
+        Ok(Tensor::from_vec(out, (rows, self.channels), device)?)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use candle_core::Device;
+    use splatforge_diffusion::weights::SeededInit;
+    use std::collections::BTreeMap;
+
+    /// A row-major f64 matrix, the written-out reference's data.
+    #[derive(Debug, Clone)]
+    pub(crate) struct Mat {
+        pub rows: usize,
+        pub cols: usize,
+        pub v: Vec<f64>,
+    }
+
+    impl Mat {
+        pub fn of(t: &Tensor) -> Mat {
+            let cols = *t.dims().last().unwrap();
+            let v: Vec<f64> = t
+                .to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            Mat {
+                rows: v.len() / cols,
+                cols,
+                v,
+            }
+        }
+        pub fn row(&self, r: usize) -> &[f64] {
+            &self.v[r * self.cols..(r + 1) * self.cols]
+        }
+        pub fn map_rows(&self, f: impl Fn(&[f64]) -> Vec<f64>) -> Mat {
+            let v: Vec<f64> = (0..self.rows).flat_map(|r| f(self.row(r))).collect();
+            Mat {
+                rows: self.rows,
+                cols: v.len() / self.rows.max(1),
+                v,
+            }
+        }
+        pub fn add(&self, o: &Mat) -> Mat {
+            Mat {
+                rows: self.rows,
+                cols: self.cols,
+                v: self.v.iter().zip(&o.v).map(|(a, b)| a + b).collect(),
+            }
+        }
+    }
+
+    pub(crate) fn max_diff(a: &Tensor, b: &Mat) -> f64 {
+        let a = Mat::of(a);
+        assert_eq!(a.v.len(), b.v.len(), "sizes differ");
+        a.v.iter()
+            .zip(&b.v)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    }
+
+    /// `x·Wᵀ + b` with the weights named `prefix.weight`, `prefix.bias`.
+    pub(crate) fn lin(w: &BTreeMap<String, Tensor>, prefix: &str, x: &Mat) -> Mat {
+        let wt = Mat::of(&w[&format!("{prefix}.weight")]);
+        let b = w.get(&format!("{prefix}.bias")).map(Mat::of);
+        x.map_rows(|r| {
+            (0..wt.rows)
+                .map(|o| {
+                    wt.row(o).iter().zip(r).map(|(a, b)| a * b).sum::<f64>()
+                        + b.as_ref().map_or(0.0, |b| b.v[o])
+                })
+                .collect()
+        })
+    }
+
+    pub(crate) fn layer_norm(x: &Mat, eps: f64, affine: Option<(&Mat, &Mat)>) -> Mat {
+        x.map_rows(|r| {
+            let n = r.len() as f64;
+            let mean = r.iter().sum::<f64>() / n;
+            let var = r.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+            r.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let y = (v - mean) / (var + eps).sqrt();
+                    affine.map_or(y, |(w, b)| y * w.v[i] + b.v[i])
+                })
+                .collect()
+        })
+    }
+
+    fn gelu_tanh(v: f64) -> f64 {
+        0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh())
+    }
+
+    /// F.normalize per head, times gamma·√D.
+    fn qk_norm(x: &Mat, gamma: &Mat) -> Mat {
+        let d = gamma.cols;
+        x.map_rows(|r| {
+            r.chunks(d)
+                .enumerate()
+                .flat_map(|(h, head)| {
+                    let norm = head.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+                    head.iter()
+                        .enumerate()
+                        .map(move |(j, v)| v / norm * gamma.v[h * d + j] * (d as f64).sqrt())
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        })
+    }
+
+    /// Softmax attention of one batch item, heads of `d` channels.
+    fn attention(q: &Mat, k: &Mat, v: &Mat, heads: usize) -> Mat {
+        let d = q.cols / heads;
+        let mut out = vec![0.0; q.rows * q.cols];
+        for h in 0..heads {
+            for i in 0..q.rows {
+                let s: Vec<f64> = (0..k.rows)
+                    .map(|j| {
+                        (0..d)
+                            .map(|c| q.v[i * q.cols + h * d + c] * k.v[j * k.cols + h * d + c])
+                            .sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for c in 0..d {
+                    out[i * q.cols + h * d + c] = (0..k.rows)
+                        .map(|j| e[j] / z * v.v[j * v.cols + h * d + c])
+                        .sum();
+                }
+            }
+        }
+        Mat {
+            rows: q.rows,
+            cols: q.cols,
+            v: out,
+        }
+    }
+
+    fn cols(x: &Mat, start: usize, n: usize) -> Mat {
+        x.map_rows(|r| r[start..start + n].to_vec())
+    }
+
+    fn mul_add(x: &Mat, a: &[f64], b: &[f64]) -> Mat {
+        x.map_rows(|r| r.iter().enumerate().map(|(i, v)| v * a[i] + b[i]).collect())
+    }
+
+    /// The modulated cross block of one batch item written out: `x [N, C]`, `emb [C]`,
+    /// `ctx [L, C_ctx]`, weights by their official names under `p`.
+    fn modulated_cross_block(
+        w: &BTreeMap<String, Tensor>,
+        p: &str,
+        x: &Mat,
+        emb: &[f64],
+        ctx: &Mat,
+        heads: usize,
+    ) -> Mat {
+        let c = x.cols;
+        let silu: Vec<f64> = emb.iter().map(|v| v / (1.0 + (-v).exp())).collect();
+        let m = lin(
+            w,
+            &format!("{p}.adaLN_modulation.1"),
+            &Mat {
+                rows: 1,
+                cols: c,
+                v: silu,
+            },
+        );
+        let t = |i: usize| m.v[i * c..(i + 1) * c].to_vec();
+        let (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp) =
+            (t(0), t(1), t(2), t(3), t(4), t(5));
+        let one_plus = |s: &[f64]| s.iter().map(|v| 1.0 + v).collect::<Vec<_>>();
+        let zeros = vec![0.0; c];
+        let gamma = |n: &str| Mat::of(&w[&format!("{p}.{n}.gamma")]);
+
+        let h = mul_add(
+            &layer_norm(x, 1e-6, None),
+            &one_plus(&scale_msa),
+            &shift_msa,
+        );
+        let qkv = lin(w, &format!("{p}.self_attn.to_qkv"), &h);
+        let q = qk_norm(&cols(&qkv, 0, c), &gamma("self_attn.q_rms_norm"));
+        let k = qk_norm(&cols(&qkv, c, c), &gamma("self_attn.k_rms_norm"));
+        let a = lin(
+            w,
+            &format!("{p}.self_attn.to_out"),
+            &attention(&q, &k, &cols(&qkv, 2 * c, c), heads),
+        );
+        let x = x.add(&mul_add(&a, &gate_msa, &zeros));
+
+        let n2 = (
+            Mat::of(&w[&format!("{p}.norm2.weight")]),
+            Mat::of(&w[&format!("{p}.norm2.bias")]),
+        );
+        let h = layer_norm(&x, 1e-6, Some((&n2.0, &n2.1)));
+        let q = qk_norm(
+            &lin(w, &format!("{p}.cross_attn.to_q"), &h),
+            &gamma("cross_attn.q_rms_norm"),
+        );
+        let kv = lin(w, &format!("{p}.cross_attn.to_kv"), ctx);
+        let k = qk_norm(&cols(&kv, 0, c), &gamma("cross_attn.k_rms_norm"));
+        let a = lin(
+            w,
+            &format!("{p}.cross_attn.to_out"),
+            &attention(&q, &k, &cols(&kv, c, c), heads),
+        );
+        let x = x.add(&a);
+
+        let h = mul_add(
+            &layer_norm(&x, 1e-6, None),
+            &one_plus(&scale_mlp),
+            &shift_mlp,
+        );
+        let h = lin(w, &format!("{p}.mlp.mlp.0"), &h)
+            .map_rows(|r| r.iter().map(|v| gelu_tanh(*v)).collect());
+        let h = lin(w, &format!("{p}.mlp.mlp.2"), &h);
+        x.add(&mul_add(&h, &gate_mlp, &zeros))
+    }
+
+    fn randn(dims: &[usize], seed: u64) -> Tensor {
+        let init = SeededInit::new(seed);
+        init.var_builder()
+            .get_with_hints(
+                dims,
+                "x",
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0,
+                },
+            )
+            .unwrap()
+    }
+
+    const CONFIG: BlockConfig = BlockConfig {
+        channels: 8,
+        heads: 2,
+        mlp_ratio: 2.5,
+        qkv_bias: true,
+        qk_rms_norm: true,
+    };
+
+    #[test]
+    fn modulated_cross_block_follows_its_equations() {
+        let init = SeededInit::new(7);
+        let block = ModulatedTransformerCrossBlock::load(
+            CONFIG,
+            6,
+            true,
+            false,
+            init.var_builder().pp("blocks.0"),
+        )
+        .unwrap();
+        let weights = init.tensors();
+        let names: Vec<&str> = weights.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "blocks.0.adaLN_modulation.1.bias",
+                "blocks.0.adaLN_modulation.1.weight",
+                "blocks.0.cross_attn.k_rms_norm.gamma",
+                "blocks.0.cross_attn.q_rms_norm.gamma",
+                "blocks.0.cross_attn.to_kv.bias",
+                "blocks.0.cross_attn.to_kv.weight",
+                "blocks.0.cross_attn.to_out.bias",
+                "blocks.0.cross_attn.to_out.weight",
+                "blocks.0.cross_attn.to_q.bias",
+                "blocks.0.cross_attn.to_q.weight",
+                "blocks.0.mlp.mlp.0.bias",
+                "blocks.0.mlp.mlp.0.weight",
+                "blocks.0.mlp.mlp.2.bias",
+                "blocks.0.mlp.mlp.2.weight",
+                "blocks.0.norm2.bias",
+                "blocks.0.norm2.weight",
+                "blocks.0.self_attn.k_rms_norm.gamma",
+                "blocks.0.self_attn.q_rms_norm.gamma",
+                "blocks.0.self_attn.to_out.bias",
+                "blocks.0.self_attn.to_out.weight",
+                "blocks.0.self_attn.to_qkv.bias",
+                "blocks.0.self_attn.to_qkv.weight",
+            ]
+        );
+        assert_eq!(weights["blocks.0.mlp.mlp.0.weight"].dims(), &[20, 8]);
+        let (b, n, l) = (2, 5, 3);
+        let x = randn(&[b, n, 8], 1);
+        let emb = randn(&[b, 8], 2);
+        let ctx = randn(&[b, l, 6], 3);
+        let y = block.forward(&x, &emb, &ctx).unwrap();
+        assert_eq!(y.dims(), &[b, n, 8]);
+        for i in 0..b {
+            let item = |t: &Tensor| Mat::of(&t.get(i).unwrap());
+            let want = modulated_cross_block(
+                &weights,
+                "blocks.0",
+                &item(&x),
+                &item(&emb).v,
+                &item(&ctx),
+                2,
+            );
+            let diff = max_diff(&y.get(i).unwrap(), &want);
+            assert!(diff < 1e-4, "batch item {i}: max |Δ| {diff}");
+        }
+    }
+
+    #[test]
+    fn per_row_terms_and_custom_attention_match_the_dense_block() {
+        // The sparse models' use: both items' tokens as one [1, rows, C] sequence, terms
+        // gathered per row, attention restricted to each item's rows.
+        let init = SeededInit::new(11);
+        let block =
+            ModulatedTransformerCrossBlock::load(CONFIG, 6, true, false, init.var_builder())
+                .unwrap();
+        let (b, n, l) = (2, 4, 3);
+        let x = randn(&[b, n, 8], 4);
+        let emb = randn(&[b, 8], 5);
+        let ctx = randn(&[b, l, 6], 6);
+        let dense = block.forward(&x, &emb, &ctx).unwrap();
+
+        let rows_of_item: Vec<u32> = (0..b as u32)
+            .flat_map(|i| std::iter::repeat_n(i, n))
+            .collect();
+        let index = Tensor::new(rows_of_item.as_slice(), &Device::Cpu).unwrap();
+        let terms = block
+            .modulation_terms(&emb)
+            .unwrap()
+            .map(|t| Ok(t.squeeze(1)?.index_select(&index, 0)?.unsqueeze(0)?))
+            .unwrap();
+        let by_item = |q: &Tensor,
+                       k: &Tensor,
+                       v: &Tensor,
+                       heads: usize,
+                       kv_rows: usize|
+         -> candle_core::Result<Tensor> {
+            let q = q.reshape((b, n, 8))?;
+            let (k, v) = (k.reshape((b, kv_rows, 8))?, v.reshape((b, kv_rows, 8))?);
+            dense_attention(&q, &k, &v, heads)?.reshape((1, b * n, 8))
+        };
+        let self_attend = |q: &Tensor, k: &Tensor, v: &Tensor, h: usize| by_item(q, k, v, h, n);
+        let cross_attend = |q: &Tensor, k: &Tensor, v: &Tensor, h: usize| by_item(q, k, v, h, l);
+        let flat = block
+            .forward_with(
+                &x.reshape((1, b * n, 8)).unwrap(),
+                &terms,
+                &ctx,
+                &self_attend,
+                &cross_attend,
+            )
+            .unwrap();
+        let diff = (flat.reshape((b, n, 8)).unwrap() - dense)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "max |Δ| {diff}");
+    }
+
+    #[test]
+    fn transformer_block_follows_its_equations() {
+        let init = SeededInit::new(3);
+        let config = BlockConfig {
+            qk_rms_norm: false,
+            mlp_ratio: 4.0,
+            ..CONFIG
+        };
+        let block = TransformerBlock::load(config, true, init.var_builder()).unwrap();
+        let w = init.tensors();
+        assert!(
+            w.contains_key("norm1.weight")
+                && w.contains_key("attn.to_qkv.weight")
+                && !w.contains_key("attn.q_rms_norm.gamma")
+        );
+        let x = randn(&[1, 6, 8], 9);
+        let y = block.forward(&x).unwrap();
+        let xm = Mat::of(&x.get(0).unwrap());
+        let norm = |name: &str, x: &Mat| {
+            layer_norm(
+                x,
+                1e-6,
+                Some((
+                    &Mat::of(&w[&format!("{name}.weight")]),
+                    &Mat::of(&w[&format!("{name}.bias")]),
+                )),
+            )
+        };
+        let qkv = lin(&w, "attn.to_qkv", &norm("norm1", &xm));
+        let a = attention(&cols(&qkv, 0, 8), &cols(&qkv, 8, 8), &cols(&qkv, 16, 8), 2);
+        let xm = xm.add(&lin(&w, "attn.to_out", &a));
+        let h = lin(&w, "mlp.mlp.0", &norm("norm2", &xm))
+            .map_rows(|r| r.iter().map(|v| gelu_tanh(*v)).collect());
+        let want = xm.add(&lin(&w, "mlp.mlp.2", &h));
+        let diff = max_diff(&y.get(0).unwrap(), &want);
+        assert!(diff < 1e-4, "max |Δ| {diff}");
+    }
+
+    #[test]
+    fn norms_compute_in_f32_and_keep_the_input_dtype() {
+        let init = SeededInit::new(5);
+        let vb = init.var_builder();
+        let ln = LayerNorm32::load(8, 1e-6, false, vb.pp("ln")).unwrap();
+        let rms = MultiHeadRmsNorm::load(4, 2, vb.pp("rms")).unwrap();
+        let x = (randn(&[3, 8], 8) * 3.0).unwrap();
+        let want = layer_norm(&Mat::of(&x), 1e-6, None);
+        assert!(max_diff(&ln.forward(&x).unwrap(), &want) < 1e-5);
+        let y = ln.forward(&x.to_dtype(DType::BF16).unwrap()).unwrap();
+        assert_eq!(y.dtype(), DType::BF16);
+        assert!(max_diff(&y, &want) < 0.05);
+
+        let gamma = Mat::of(&init.tensors()["rms.gamma"]);
+        assert!(max_diff(&rms.forward(&x).unwrap(), &qk_norm(&Mat::of(&x), &gamma)) < 1e-5);
+        let zero = Tensor::zeros((1, 8), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(
+            Mat::of(&rms.forward(&zero).unwrap()).v,
+            vec![0.0; 8],
+            "F.normalize maps 0 to 0"
+        );
+        assert_eq!(
+            rms.forward(&x.to_dtype(DType::F16).unwrap())
+                .unwrap()
+                .dtype(),
+            DType::F16
+        );
+    }
+
+    #[test]
+    fn timestep_features_follow_glide() {
+        let t = Tensor::new(&[0f32, 1.5, 999.0], &Device::Cpu).unwrap();
+        for dim in [8usize, 9] {
+            let f = Mat::of(&timestep_features(&t, dim).unwrap());
+            assert_eq!((f.rows, f.cols), (3, dim));
+            let half = dim / 2;
+            for (r, tv) in [0.0, 1.5, 999.0].iter().enumerate() {
+                for i in 0..half {
+                    let arg = tv * (-(10000f64.ln()) * i as f64 / half as f64).exp();
+                    assert!(
+                        (f.v[r * dim + i] - arg.cos()).abs() < 2e-3,
+                        "cos t={tv} i={i}"
+                    );
+                    assert!(
+                        (f.v[r * dim + half + i] - arg.sin()).abs() < 2e-3,
+                        "sin t={tv} i={i}"
+                    );
+                }
+                if dim % 2 == 1 {
+                    assert_eq!(f.v[r * dim + dim - 1], 0.0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn position_embedding_is_sin_cos_per_axis_zero_padded() {
+        // 20 channels over 3 axes: 3 frequencies, 18 used, 2 zeros.
+        let pe = AbsolutePositionEmbedder::new(20, 3).unwrap();
+        let e = Mat::of(&pe.embed(&[0, 1, 2, 5, 3, 7], &Device::Cpu).unwrap());
+        assert_eq!((e.rows, e.cols), (2, 20));
+        for (r, point) in [[0.0, 1.0, 2.0], [5.0, 3.0, 7.0]].iter().enumerate() {
+            for (axis, x) in point.iter().enumerate() {
+                for j in 0..3 {
+                    let arg = x * 10000f64.powf(-(j as f64) / 3.0);
+                    assert!((e.v[r * 20 + axis * 6 + j] - arg.sin()).abs() < 1e-5);
+                    assert!((e.v[r * 20 + axis * 6 + 3 + j] - arg.cos()).abs() < 1e-5);
+                }
+            }
+            assert_eq!(&e.v[r * 20 + 18..r * 20 + 20], &[0.0, 0.0]);
+        }
+        assert!(pe.embed(&[1, 2], &Device::Cpu).is_err());
+        assert!(AbsolutePositionEmbedder::new(5, 3).is_err());
+    }
+
+    #[test]
+    fn timestep_embedder_loads_its_official_names() {
+        let init = SeededInit::new(1);
+        let te = TimestepEmbedder::load(16, init.var_builder().pp("t_embedder")).unwrap();
+        let y = te
+            .forward(&Tensor::new(&[500f32, 20.0], &Device::Cpu).unwrap())
+            .unwrap();
+        assert_eq!(y.dims(), &[2, 16]);
+        let w = init.tensors();
+        assert_eq!(w["t_embedder.mlp.0.weight"].dims(), &[16, 256]);
+        assert_eq!(w["t_embedder.mlp.2.weight"].dims(), &[16, 16]);
+        let f = Mat::of(
+            &timestep_features(&Tensor::new(&[500f32], &Device::Cpu).unwrap(), 256).unwrap(),
+        );
+        let h = lin(&w, "t_embedder.mlp.0", &f)
+            .map_rows(|r| r.iter().map(|v| v / (1.0 + (-v).exp())).collect());
+        assert!(
+            max_diff(
+                &y.get(0).unwrap().unsqueeze(0).unwrap(),
+                &lin(&w, "t_embedder.mlp.2", &h)
+            ) < 1e-4
+        );
+    }
+}
