@@ -18,12 +18,12 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use splatforge_diffusion::flux::{flux_transformer_from_file, FluxTransformerConfig};
-use splatforge_diffusion::flux_transformer::FluxTransformer;
-use splatforge_diffusion::ldm::diffusers_unet_names;
+use splatforge_diffusion::flux::transformer::FluxTransformer;
+use splatforge_diffusion::mvdream::ldm::diffusers_unet_names;
 use splatforge_diffusion::mvdream::MultiViewUNet;
 use splatforge_diffusion::sd::SdUNetConfig;
 use splatforge_diffusion::vae::{TilingOptions, Vae, VaeConfig};
-use splatforge_diffusion::weights::{MappedBackend, NameMap, Source, TensorFile};
+use splatforge_nn::weights::{MappedBackend, NameMap, Source, TensorFile};
 
 type R<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 type OpFn<'a> = Box<dyn Fn() -> R<Tensor> + 'a>;
@@ -140,7 +140,7 @@ fn bench(dev: &Device, warm: usize, iters: usize, mut f: impl FnMut() -> R<Tenso
 
 /// Writes a CPU dry-run folder from the tiny models (random "references").
 fn make_dry(dir: &Path) -> R<()> {
-    use splatforge_diffusion::rng::randn;
+    use splatforge_nn::rng::randn;
     let tmp = dir.join("tiny");
     let m = splatforge_diffusion::make_tiny(&tmp, &Default::default())?;
     let cp = |from: &Path, to: &Path| -> R<()> {
@@ -212,10 +212,10 @@ fn main() -> R<()> {
     let out_path = args.get(2).map(PathBuf::from);
     let only: Option<String> = std::env::var("PARITY_ONLY").ok();
     let want = |k: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == k));
-    let dev = splatforge_diffusion::best_device(0);
+    let dev = splatforge_nn::best_device(0);
     eprintln!("device: {dev:?}");
     // The loaders do this; the benchmarks below build models directly.
-    splatforge_diffusion::ops::configure_device(&dev)?;
+    splatforge_nn::configure_device(&dev)?;
     let io: HashMap<String, Tensor> =
         candle_core::safetensors::load(dir.join("io.safetensors"), &dev)?;
     let g = |k: &str| -> R<Tensor> {
@@ -434,7 +434,7 @@ fn main() -> R<()> {
     if want("ops") && !dev.is_cpu() {
         fused_ops(&dev, &mut rep)?;
     }
-    for plan in splatforge_diffusion::ops::conv_plan_summary() {
+    for plan in splatforge_nn::ops::conv_plan_summary() {
         rep.text("cudnn_plan", &plan);
     }
 
@@ -444,13 +444,13 @@ fn main() -> R<()> {
     Ok(())
 }
 
-/// The fused kernels of `splatforge_diffusion::ops` against the composite
+/// The fused kernels of `splatforge_nn::ops` against the composite
 /// path run on the CPU in f32 from the same (rounded) inputs, then single
 /// operations timed at the sizes that dominate the benchmarks (bf16): candle's
 /// own op next to ours.
 fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
     use candle_core::Module;
-    use splatforge_diffusion::ops::{attention, attention_reference, attention_with_variant, GroupNorm};
+    use splatforge_nn::ops::{attention, attention_reference, attention_with_variant, GroupNorm};
     let cpu = Device::Cpu;
     let r = |s: &[usize], dt: DType| -> R<Tensor> { Ok(Tensor::randn(0f32, 1., s, dev)?.to_dtype(dt)?) };
     let f32_cpu = |t: &Tensor| -> R<Tensor> { Ok(t.to_device(&cpu)?.to_dtype(DType::F32)?) };
@@ -501,12 +501,12 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
 
     for (shape, dt) in [(&[2usize, 3, 5, 7][..], DType::BF16), (&[4, 128, 64, 64][..], DType::F32), (&[1, 4, 9, 8][..], DType::F16)] {
         let x = r(shape, dt)?;
-        let ours = splatforge_diffusion::ops::upsample_nearest2x(&x)?;
+        let ours = splatforge_nn::ops::upsample_nearest2x(&x)?;
         let want = f32_cpu(&x)?.upsample_nearest2d(2 * shape[2], 2 * shape[3])?;
         rep.parity(&format!("op upsample_nearest2x {shape:?}"), &format!("{dt:?}"), rel(&ours, &want)?, 0.0);
     }
     {
-        use splatforge_diffusion::ops::{linear, LinearEpilogue};
+        use splatforge_nn::ops::{linear, LinearEpilogue};
         // (batch, tokens, in, out, dtype): FLUX-like widths, a ragged one, f32.
         for (b, n, k, o, dt) in [(1usize, 300usize, 256usize, 384usize, DType::BF16), (2, 77, 96, 40, DType::F16), (2, 33, 64, 48, DType::F32)] {
             let x = r(&[b, n, k], dt)?;
@@ -540,8 +540,8 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
         // With the projection's bias in the half-precision cases, without in f32.
         let bias = if dt == DType::F32 { None } else { Some(r(&[h * d], dt)?) };
         let cpu_bias = bias.as_ref().map(f32_cpu).transpose()?;
-        let ours = splatforge_diffusion::ops::rms_norm_rope(&x, bias.as_ref(), &scale, &cos, &sin, 1e-6)?;
-        let want = splatforge_diffusion::ops::rms_norm_rope(&f32_cpu(&x)?, cpu_bias.as_ref(), &f32_cpu(&scale)?, &f32_cpu(&cos)?, &f32_cpu(&sin)?, 1e-6)?;
+        let ours = splatforge_nn::ops::rms_norm_rope(&x, bias.as_ref(), &scale, &cos, &sin, 1e-6)?;
+        let want = splatforge_nn::ops::rms_norm_rope(&f32_cpu(&x)?, cpu_bias.as_ref(), &f32_cpu(&scale)?, &f32_cpu(&cos)?, &f32_cpu(&sin)?, 1e-6)?;
         let bound = if dt == DType::F32 { 1e-5 } else { 1e-2 };
         let label = if bias.is_some() { " +bias" } else { "" };
         rep.parity(&format!("op rms_norm_rope{label} [{b},{n},{h},{d}]"), &format!("{dt:?}"), rel(&ours, &want)?, bound);
@@ -573,7 +573,7 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
         let wt = r(&[k, shape[1], 3, 3], dt)?;
         let bias = r(&[k], dt)?;
         let cfg = candle_nn::Conv2dConfig { padding: pad, stride, ..Default::default() };
-        let ours_conv = splatforge_diffusion::ops::Conv2d::new(candle_nn::Conv2d::new(wt.clone(), Some(bias.clone()), cfg));
+        let ours_conv = splatforge_nn::ops::Conv2d::new(candle_nn::Conv2d::new(wt.clone(), Some(bias.clone()), cfg));
         let cpu_conv = candle_nn::Conv2d::new(f32_cpu(&wt)?, Some(f32_cpu(&bias)?), cfg);
         let y_ours = ours_conv.forward(&x)?;
         let y_cpu = candle_core::Module::forward(&cpu_conv, &f32_cpu(&x)?)?;
@@ -599,10 +599,10 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
     let fl = [r(&[1, 4352, 24 * 128], bf)?, r(&[1, 4352, 24 * 128], bf)?, r(&[1, 4352, 24 * 128], bf)?];
     let mv = [r(&[2, 4096, 320], bf)?, r(&[2, 4096, 320], bf)?, r(&[2, 4096, 320], bf)?];
     let (a, b) = (r(&[4352, 3072], bf)?, r(&[3072, 12288], bf)?);
-    let conv = |w: &Tensor| -> R<splatforge_diffusion::ops::Conv2d> {
+    let conv = |w: &Tensor| -> R<splatforge_nn::ops::Conv2d> {
         let cfg = candle_nn::Conv2dConfig { padding: 1, ..Default::default() };
         let bias = r(&[w.dim(0)?], bf)?;
-        Ok(splatforge_diffusion::ops::Conv2d::new(candle_nn::Conv2d::new(w.clone(), Some(bias), cfg)))
+        Ok(splatforge_nn::ops::Conv2d::new(candle_nn::Conv2d::new(w.clone(), Some(bias), cfg)))
     };
     let (cv, cv5, cv3) = (conv(&w)?, conv(&w5)?, conv(&w3)?);
     let (xl, wl, bl) = (r(&[8, 1024, 320], bf)?, r(&[1280, 320], bf)?, r(&[1280], bf)?);
@@ -617,7 +617,7 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
         ("op_group_norm_4x128x256+silu (fused)", Box::new(|| Ok(gn.forward_silu(&x)?))),
         ("op_silu_4x128x256", Box::new(|| Ok(x.silu()?))),
         ("op_upsample2x_4x128x128", Box::new(|| Ok(xu.upsample_nearest2d(256, 256)?))),
-        ("op_upsample2x_4x128x128 (ops)", Box::new(|| Ok(splatforge_diffusion::ops::upsample_nearest2x(&xu)?))),
+        ("op_upsample2x_4x128x128 (ops)", Box::new(|| Ok(splatforge_nn::ops::upsample_nearest2x(&xu)?))),
         ("op_attention_vae_1x16384x512 (composite)", Box::new(|| Ok(attention(&va[0], &va[1], &va[2], 1)?))),
         ("op_attention_24x4352x128 (materialised)", Box::new(|| Ok(attention_reference(&fl[0], &fl[1], &fl[2], 24)?))),
         ("op_attention_24x4352x128 (fused)", Box::new(|| Ok(attention(&fl[0], &fl[1], &fl[2], 24)?))),
@@ -628,7 +628,7 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
         ("op_conv3x3_4x512x64 (ops::Conv2d)", Box::new(|| Ok(cv5.forward(&x5)?))),
         ("op_conv3x3_8x320x32 (ops::Conv2d)", Box::new(|| Ok(cv3.forward(&x3)?))),
         ("op_linear_8x1024x320x1280 (candle-nn, batched)", Box::new(|| Ok(lin.forward(&xl)?))),
-        ("op_linear_8x1024x320x1280 (ops::linear)", Box::new(|| Ok(splatforge_diffusion::ops::linear(&xl, &lin, Default::default())?))),
+        ("op_linear_8x1024x320x1280 (ops::linear)", Box::new(|| Ok(splatforge_nn::ops::linear(&xl, &lin, Default::default())?))),
         ("op_linear_8x1024x320x1280 (flattened)", Box::new(|| Ok(xl.reshape((8192, 320))?.matmul(&wl.t()?)?.broadcast_add(&bl)?))),
     ];
     for (name, f) in ops {

@@ -219,3 +219,16 @@ pub fn parameter_count(c: &ClipTextConfig) -> usize {
         + (c.intermediate_size * d + d);
     c.vocab_size * d + c.max_position_embeddings * d + c.num_hidden_layers * layer + 2 * d
 }
+
+/// The hidden states `[1, max_length, C]` (the encoder's dtype) of one prompt,
+/// tokenized and padded to the tokenizer's length on `device`.
+pub(crate) fn encode_clip_prompt(
+    tokenizer: &crate::tokenizer::ClipTokenizer,
+    text_encoder: &ClipTextModel,
+    text: &str,
+    device: &Device,
+) -> crate::Result<Tensor> {
+    let ids = tokenizer.encode(text)?;
+    let ids = Tensor::from_vec(ids, (1, tokenizer.max_length()), device)?;
+    Ok(text_encoder.forward(&ids)?)
+}

@@ -19,8 +19,8 @@
 use candle_core::{DType, Tensor};
 
 use crate::error::{DiffusionError, Result};
-use crate::pipeline::{MvDreamPipeline, MvDreamRequest};
-use crate::rng::{self, SplitMix64};
+use crate::mvdream::{MvDreamPipeline, MvDreamRequest};
+use splatforge_nn::rng::{self, SplitMix64};
 
 /// How the SDS timestep is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

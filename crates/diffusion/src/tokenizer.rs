@@ -22,6 +22,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSeq;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::roberta::RobertaProcessing;
+use splatforge_nn::NnError;
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 use crate::error::{DiffusionError, Result};
@@ -120,13 +121,14 @@ impl ClipTokenizer {
         } else {
             let (v, m) = (dir.join("vocab.json"), dir.join("merges.txt"));
             if !v.is_file() || !m.is_file() {
-                return Err(DiffusionError::MissingFile {
+                return Err(NnError::MissingFile {
                     file: json,
                     hint: format!(
                         "a tokenizer folder needs tokenizer.json, or vocab.json + merges.txt (found neither in {})",
                         dir.display()
                     ),
-                });
+                }
+.into());
             }
             Self::from_vocab_merges(&v, &m, max_length)?
         };

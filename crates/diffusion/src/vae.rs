@@ -8,7 +8,7 @@
 //! has the same tensor names (diffusers' `AutoencoderKL`: `encoder.down_blocks.{i}.resnets.{j}.conv1`,
 //! `decoder.mid_block.attentions.0.to_q`, `quant_conv`, ...; the older
 //! attention names `query`/`key`/`value`/`proj_attn` are read too), so it
-//! loads diffusers folders and, through [`crate::ldm::vae_key`], the
+//! loads diffusers folders and, through [`crate::mvdream::ldm::vae_key`], the
 //! `first_stage_model.*` part of LDM checkpoints.
 //!
 //! Architecture (diffusers `Encoder` / `Decoder` with `DownEncoderBlock2D` /
@@ -39,7 +39,7 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
 
-use crate::ops::{conv2d, group_norm, Conv2d, GroupNorm};
+use splatforge_nn::ops::{conv2d, group_norm, Conv2d, GroupNorm};
 use serde::{Deserialize, Serialize};
 
 /// `vae/config.json` (diffusers `AutoencoderKL`), the fields we use.
@@ -251,7 +251,7 @@ impl AttnBlock {
         let q = self.q.forward(&t)?;
         let k = self.k.forward(&t)?;
         let v = self.v.forward(&t)?;
-        let o = self.out.forward(&crate::ops::attention(&q, &k, &v, 1)?)?;
+        let o = self.out.forward(&splatforge_nn::ops::attention(&q, &k, &v, 1)?)?;
         let o = o.transpose(1, 2)?.reshape((b, c, h, w))?;
         x + o
     }
@@ -413,7 +413,7 @@ impl Decoder {
                 h = r.forward(&h)?;
             }
             if let Some(u) = &b.up {
-                h = u.forward(&crate::ops::upsample_nearest2x(&h)?)?;
+                h = u.forward(&splatforge_nn::ops::upsample_nearest2x(&h)?)?;
             }
         }
         self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
@@ -815,6 +815,32 @@ impl Vae {
     }
 }
 
+/// `[N, 3, H, W]` images in [0, 1] (any float dtype, any device) → 8-bit RGB images.
+pub fn tensor_to_rgb_images(images: &Tensor) -> crate::Result<Vec<image::RgbImage>> {
+    let (n, c, h, w) = images.dims4()?;
+    if c != 3 {
+        return Err(crate::DiffusionError::InvalidArgument(format!(
+            "{c} channels, expected 3"
+        )));
+    }
+    let data = images
+        .to_dtype(DType::F32)?
+        .permute((0, 2, 3, 1))?
+        .contiguous()?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let per = h * w * 3;
+    Ok((0..n)
+        .map(|i| {
+            let px: Vec<u8> = data[i * per..(i + 1) * per]
+                .iter()
+                .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+                .collect();
+            image::RgbImage::from_raw(w as u32, h as u32, px).expect("buffer size")
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -837,7 +863,7 @@ mod tests {
 
     #[test]
     fn blending_is_exact_for_local_operations() {
-        let x = crate::rng::randn(3, &[2, 3, 21, 30], DType::F32, &Device::Cpu).unwrap();
+        let x = splatforge_nn::rng::randn(3, &[2, 3, 21, 30], DType::F32, &Device::Cpu).unwrap();
         let cache = RampCache::default();
         let diff = crate::test_util::max_abs;
         // "Decoder": nearest ×4 then a pointwise map; tiles of 8 sharing 3.
@@ -850,7 +876,7 @@ mod tests {
         assert_eq!(tiled.dims(), &[2, 3, 84, 120]);
         assert!(diff(&full, &tiled) < 1e-5 * 20.0, "{}", diff(&full, &tiled));
         // "Encoder": 3×3 average pooling; tiles of 12 sharing 6.
-        let y = crate::rng::randn(4, &[1, 2, 27, 36], DType::F32, &Device::Cpu).unwrap();
+        let y = splatforge_nn::rng::randn(4, &[1, 2, 27, 36], DType::F32, &Device::Cpu).unwrap();
         let pool = |t: &Tensor| t.avg_pool2d(3);
         let tiled = tiled_apply(&y, 12, 6, (1, 3), DType::F32, &cache, pool).unwrap();
         assert!(diff(&pool(&y).unwrap(), &tiled) < 1e-6);

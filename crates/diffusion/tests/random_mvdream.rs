@@ -4,8 +4,8 @@
 //! GB of memory) is ignored: run it with
 //! `cargo test --release -p splatforge-diffusion --test random_mvdream -- --ignored`.
 
-use splatforge_diffusion::tiny::tiny_vocab;
-use splatforge_diffusion::weights::TensorFile;
+use splatforge_diffusion::random_models::tiny_vocab;
+use splatforge_nn::weights::TensorFile;
 use splatforge_diffusion::*;
 
 mod common;

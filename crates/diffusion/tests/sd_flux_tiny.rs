@@ -2,13 +2,14 @@
 //! random-weight models, through the real loading code (diffusers layout,
 //! sharded safetensors, the Hugging Face cache layout).
 
+use std::ops::ControlFlow;
 use std::path::Path;
 
-use splatforge_diffusion::ddim::{PredictionType, TimestepSpacing};
+use splatforge_diffusion::schedulers::ddim::{PredictionType, TimestepSpacing};
 use splatforge_diffusion::flux::{flux_transformer_from_file, FLUX_SCHNELL_REPO};
-use splatforge_diffusion::rng::randn;
+use splatforge_nn::rng::randn;
 use splatforge_diffusion::sd::{SdSamplerKind, SD_TURBO_REPO};
-use splatforge_diffusion::weights::TensorFile;
+use splatforge_nn::weights::TensorFile;
 use splatforge_diffusion::*;
 
 mod common;
@@ -69,7 +70,7 @@ fn sd_turbo_and_sd21_text_to_image() {
     assert_eq!(out.latents.dims(), &[1, 4, 4, 4]);
     assert_eq!(out.to_rgb_images().unwrap()[0].dimensions(), (32, 32));
     // One Euler step by hand: x = σ·n, x̂₀ = x − σ·ε̂(x/√(σ²+1), 999).
-    let sigma = splatforge_diffusion::euler::EulerScheduler::new(&pipe.scheduler.config, 1)
+    let sigma = splatforge_diffusion::schedulers::euler::EulerScheduler::new(&pipe.scheduler.config, 1)
         .unwrap()
         .sigmas()[0];
     let x = (randn(3, &[1, 4, 4, 4], DType::F32, &Device::Cpu).unwrap() * sigma).unwrap();
@@ -187,7 +188,10 @@ fn flux_schnell_text_to_image() {
     };
     let mut steps = vec![];
     let lat = pipe
-        .generate_latents(&req, |i, n| steps.push((i, n)))
+        .generate_latents(&req, |i, n| {
+            steps.push((i, n));
+            ControlFlow::Continue(())
+        })
         .unwrap();
     assert_eq!(steps, vec![(1, 2), (2, 2)]);
     assert_eq!(lat.dims(), &[1, 16, 4, 4]);
@@ -201,7 +205,7 @@ fn flux_schnell_text_to_image() {
         steps: 1,
         ..req.clone()
     };
-    let lat1 = pipe.generate_latents(&one, |_, _| {}).unwrap();
+    let lat1 = pipe.generate_latents(&one, |_, _| ControlFlow::Continue(())).unwrap();
     let noise = randn(5, &[1, 16, 4, 4], DType::F32, &Device::Cpu).unwrap();
     let txt = pipe.encode_t5("a cute owl", 16).unwrap();
     let pooled = pipe.encode_clip("a cute owl").unwrap();
@@ -253,7 +257,7 @@ fn flux_schnell_text_to_image() {
     )
     .unwrap();
     assert_eq!(
-        max_abs(&hub_pipe.generate_latents(&req, |_, _| {}).unwrap(), &lat),
+        max_abs(&hub_pipe.generate_latents(&req, |_, _| ControlFlow::Continue(())).unwrap(), &lat),
         0.0
     );
     // A missing shard is named.
@@ -271,7 +275,7 @@ fn flux_schnell_text_to_image() {
     assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
     // Sides must be multiples of 16.
     assert!(pipe
-        .generate_latents(&FluxRequest { width: 40, ..req }, |_, _| {})
+        .generate_latents(&FluxRequest { width: 40, ..req }, |_, _| ControlFlow::Continue(()))
         .is_err());
 }
 
@@ -279,9 +283,9 @@ fn flux_schnell_text_to_image() {
 fn mvdream_unet_with_one_view_and_no_camera_is_the_sd_unet() {
     use splatforge_diffusion::mvdream::MultiViewUNet;
     use splatforge_diffusion::sd::{PerBlock, SdUNetConfig};
-    use splatforge_diffusion::weights::{MappedBackend, SeededInit};
+    use splatforge_nn::weights::{MappedBackend, SeededInit};
     // Tiny MVDream without camera, and the diffusers UNet of the same shape.
-    let mut mv_cfg = tiny::tiny_config().unet;
+    let mut mv_cfg = random_models::tiny_config().unet;
     mv_cfg.camera_dim = None;
     let sd_cfg = SdUNetConfig {
         block_out_channels: vec![32, 64],
@@ -306,7 +310,7 @@ fn mvdream_unet_with_one_view_and_no_camera_is_the_sd_unet() {
     let tensors: std::collections::HashMap<String, Tensor> = init.tensors().into_iter().collect();
     candle_core::safetensors::save(&tensors, &path).unwrap();
     let file = std::sync::Arc::new(TensorFile::open(&path).unwrap());
-    let map = splatforge_diffusion::ldm::diffusers_unet_names(&mv_cfg);
+    let map = splatforge_diffusion::mvdream::ldm::diffusers_unet_names(&mv_cfg);
     let mv = MultiViewUNet::new(
         MappedBackend::new(file, map, "unet").into_var_builder(DType::F32, &Device::Cpu),
         &mv_cfg,

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use splatforge_diffusion::weights::TensorFile;
+use splatforge_nn::weights::TensorFile;
 use splatforge_diffusion::*;
 
 mod common;
@@ -87,7 +87,7 @@ fn tiny_model_from_torch_checkpoints() {
     };
     let tok = m.ldm_checkpoint.with_file_name("tokenizer.json");
     let load = |p: PathBuf| {
-        loading::load_mvdream(
+        mvdream::load_mvdream(
             &ModelSource::Ldm {
                 checkpoint: p,
                 config: Some(m.ldm_config.clone()),

@@ -4,13 +4,13 @@ use std::path::Path;
 
 use candle_core::Var;
 use candle_nn::VarBuilder;
-use splatforge_diffusion::rng::randn;
+use splatforge_nn::rng::randn;
 use splatforge_diffusion::sds::{sds_timesteps, SdsTimestep};
-use splatforge_diffusion::weights::SeededInit;
+use splatforge_nn::weights::SeededInit;
 use splatforge_diffusion::*;
 
 fn tiny_vae(dtype: DType) -> Vae {
-    let cfg = tiny::tiny_config().vae;
+    let cfg = random_models::tiny_config().vae;
     let init = SeededInit::new(21);
     let vb = VarBuilder::from_backend(Box::new(init), dtype, Device::Cpu);
     Vae::new(vb, &cfg).unwrap()
@@ -141,7 +141,7 @@ fn encode_decode_shapes_and_scaling() {
 
 #[test]
 fn flux_vae_config_shift_and_scale() {
-    let mut cfg = tiny::tiny_config().vae;
+    let mut cfg = random_models::tiny_config().vae;
     cfg.latent_channels = 16;
     cfg.use_quant_conv = false;
     cfg.use_post_quant_conv = false;

@@ -57,4 +57,3 @@ extern "C" int sff_adam(const SffAdamArgs* a, void* stream) {
   return (int)cudaGetLastError();
 }
 
-extern "C" const char* sff_error_string(int err) { return cudaGetErrorString((cudaError_t)err); }

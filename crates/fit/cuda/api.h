@@ -147,8 +147,6 @@ typedef struct {
 
 int sff_densify_scatter(const SffScatterArgs* a, void* stream);
 
-const char* sff_error_string(int err);
-
 #ifdef __cplusplus
 }
 #endif

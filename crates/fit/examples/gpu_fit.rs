@@ -43,22 +43,22 @@
 //! statistics (relative error ≤ 1e-5), and the parameters after `--steps`
 //! steps (reported).
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
 use candle_core::Tensor;
 use serde_json::json;
-use splatforge_fit::backend::{BatchView, GuidedParams, StepParams, StepStats};
+use splatforge_fit::backend::{BatchView, GuidedParams, StepStats};
 use splatforge_fit::cuda::{view_loss_on_gpu, CudaBackend};
-use splatforge_fit::densify::{densify_and_prune, reset_opacity, DensifyParams, DensifyReport};
+use splatforge_fit::densify::{densify_and_prune, reset_opacity, DensifyParams};
 use splatforge_fit::loss::{view_loss, LossWeights};
 use splatforge_fit::schedule::{ExponLr, LearningRates};
 use splatforge_fit::trainer::backend_settings;
 use splatforge_fit::{
     background, evaluate, fit, fit_on, fit_with, initial_gaussians, load_transforms, render_mode,
-    CpuBackend, FitBackend, FitConfig, FitDevice, Guide, Init, LoadOptions, StageTimings, View,
-    Views,
+    CpuBackend, FitBackend, FitConfig, Init, LoadOptions, Progress, View, Views,
 };
 use splatforge_render::{pack_sh, render, Camera, GaussianParams, RenderOptions};
 use splatforge_splat::normalize::{fit_to_box, VALIDATOR_BOX};
@@ -157,60 +157,31 @@ fn compare_gaussians(gpu: &Gaussians, cpu: &Gaussians) -> serde_json::Value {
     serde_json::Value::Object(out)
 }
 
-/// Wraps a backend and records what the trainer asks of it (the schedule).
-struct Recorder<'a, B: FitBackend> {
-    inner: &'a mut B,
+/// What the trainer asked of the backend (the schedule), from its progress
+/// reports.
+#[derive(Default)]
+struct Schedule {
     steps: Vec<serde_json::Value>,
-    densify_at: Vec<usize>,
-    reset_at: Vec<usize>,
+    densify_at: Vec<u32>,
+    reset_at: Vec<u32>,
 }
 
-impl<B: FitBackend> FitBackend for Recorder<'_, B> {
-    fn num_gaussians(&self) -> usize {
-        self.inner.num_gaussians()
-    }
-    fn step(
-        &mut self,
-        views: &[BatchView<'_>],
-        p: &StepParams,
-    ) -> splatforge_fit::Result<StepStats> {
+impl Schedule {
+    fn record(&mut self, p: &Progress) -> ControlFlow<()> {
         self.steps.push(json!({
-            "views": views.iter().map(|v| v.id).collect::<Vec<_>>(),
-            "bg": p.background,
-            "lr_xyz": p.lrs.xyz,
-            "sh_degree": p.sh_degree,
-            "accumulate": p.accumulate_stats,
+            "views": p.view_ids,
+            "bg": p.params.background,
+            "lr_xyz": p.params.lrs.xyz,
+            "sh_degree": p.params.sh_degree,
+            "accumulate": p.params.accumulate_stats,
         }));
-        self.inner.step(views, p)
-    }
-    fn densify_and_prune(&mut self, params: &DensifyParams) -> DensifyReport {
-        self.densify_at.push(self.steps.len());
-        self.inner.densify_and_prune(params)
-    }
-    fn reset_opacity(&mut self) {
-        self.reset_at.push(self.steps.len());
-        self.inner.reset_opacity()
-    }
-    fn gaussians(&self) -> Gaussians {
-        self.inner.gaussians()
-    }
-    fn timings(&self) -> StageTimings {
-        self.inner.timings()
-    }
-    fn latest_stats(&mut self) -> Option<StepStats> {
-        self.inner.latest_stats()
-    }
-    fn guided_step(
-        &mut self,
-        guide_cameras: &[Camera],
-        views: &[BatchView<'_>],
-        params: &GuidedParams,
-        guide: &mut Guide<'_>,
-    ) -> splatforge_fit::Result<Option<StepStats>> {
-        self.inner.guided_step(guide_cameras, views, params, guide)
-    }
-    fn reset_optimizer(&mut self) {
-        self.inner.reset_optimizer()
+        if p.densified.is_some() {
+            self.densify_at.push(p.iteration);
+        }
+        if p.opacity_reset {
+            self.reset_at.push(p.iteration);
+        }
+        ControlFlow::Continue(())
     }
 }
 
@@ -319,13 +290,14 @@ fn parity(args: &[String]) -> Res<bool> {
         let mut cpu_losses = Vec::new();
         let t0 = Instant::now();
         let rc = fit_with(&mut cpu, &data.train, &cfg, &mut |p| {
-            cpu_losses.push(p.loss)
+            cpu_losses.push(p.loss);
+            ControlFlow::Continue(())
         })?;
         let cpu_s = t0.elapsed().as_secs_f64();
         let mut gpu = CudaBackend::on_device(g0.clone(), settings, &device)?;
         gpu.set_stats_interval(1);
         let t0 = Instant::now();
-        let rg = fit_with(&mut gpu, &data.train, &cfg, &mut |_| {})?;
+        let rg = fit_with(&mut gpu, &data.train, &cfg, &mut |_| ControlFlow::Continue(()))?;
         let gpu_s = t0.elapsed().as_secs_f64();
         let gpu_losses: Vec<f64> = gpu.history().iter().map(|s| s.loss).collect();
         let loss_rel: Vec<f64> = cpu_losses
@@ -413,7 +385,7 @@ fn parity(args: &[String]) -> Res<bool> {
             ..config.clone()
         };
         let mut gpu = CudaBackend::on_device(g0.clone(), settings, &device)?;
-        fit_with(&mut gpu, &data.train, &cfg, &mut |_| {})?;
+        fit_with(&mut gpu, &data.train, &cfg, &mut |_| ControlFlow::Continue(()))?;
         let (mut g, mut adam, mut st) = gpu.download_state()?;
         let mut rng = gpu.split_rng().clone();
         let rc = densify_and_prune(&mut g, &mut adam, &mut st, &dp, &mut rng);
@@ -520,7 +492,7 @@ fn export(
     g0: &Gaussians,
     config: &FitConfig,
     extent: f32,
-    rec: &Recorder<'_, CudaBackend>,
+    rec: &Schedule,
 ) -> Res<()> {
     std::fs::create_dir_all(dir)?;
     let v0 = &train.views[0];
@@ -620,13 +592,8 @@ fn bench(args: &[String]) -> Res<bool> {
         let g0s = initial_gaussians(&Init::Random, &cfg);
         let tw = Instant::now();
         let mut b = CudaBackend::on_device(g0s.clone(), backend_settings(&cfg), &device)?;
-        let mut rec = Recorder {
-            inner: &mut b,
-            steps: Vec::new(),
-            densify_at: Vec::new(),
-            reset_at: Vec::new(),
-        };
-        let r = fit_with(&mut rec, &train, &cfg, &mut |_| {})?;
+        let mut rec = Schedule::default();
+        let r = fit_with(&mut b, &train, &cfg, &mut |p| rec.record(p))?;
         let wall = tw.elapsed().as_secs_f64();
         if si == 0 {
             warm_s = wall;
@@ -664,7 +631,7 @@ fn bench(args: &[String]) -> Res<bool> {
     for run in 0..runs {
         let t = Instant::now();
         let mut b = CudaBackend::on_device(g0.clone(), settings, &device)?;
-        let r = fit_with(&mut b, &train, &config, &mut |_| {})?;
+        let r = fit_with(&mut b, &train, &config, &mut |_| ControlFlow::Continue(()))?;
         let wall = t.elapsed().as_secs_f64();
         let held = evaluate(&r.gaussians, &test, bg, mode)?;
         let tr = evaluate(&r.gaussians, &train, bg, mode)?;
@@ -763,19 +730,14 @@ fn sample(args: &[String]) -> Res<bool> {
         iters: 60,
         ..config.clone()
     };
-    fit_on(FitDevice::Cuda(0), &data.train, &warm, Init::Random, |_| {})?;
+    let gpu = Device::new_cuda(0)?;
+    fit_on(&gpu, &data.train, &warm, Init::Random, |_| ControlFlow::Continue(()))?;
     let mut walls = Vec::new();
     let mut psnrs = Vec::new();
     let mut counts = Vec::new();
     for run in 0..runs {
         let t = Instant::now();
-        let r = fit_on(
-            FitDevice::Cuda(0),
-            &data.train,
-            &config,
-            Init::Random,
-            |_| {},
-        )?;
+        let r = fit_on(&gpu, &data.train, &config, Init::Random, |_| ControlFlow::Continue(()))?;
         let wall = t.elapsed().as_secs_f64();
         let held = evaluate(&r.gaussians, &data.test, bg, mode)?;
         eprintln!(
@@ -862,7 +824,7 @@ fn guided(args: &[String]) -> Res<bool> {
         iters: fit_steps.max(1),
         ..Default::default()
     };
-    let g0 = fit(&data.train, &config, Init::Random, |_| {})?.gaussians;
+    let g0 = fit(&data.train, &config, Init::Random, |_| ControlFlow::Continue(()))?.gaussians;
     let settings = backend_settings(&config);
     let lrs = LearningRates::at(&config, &ExponLr::position(&config), config.iters);
     let views: Vec<&View> = data.train.views.iter().take(4).collect();

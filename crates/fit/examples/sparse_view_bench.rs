@@ -11,6 +11,7 @@
 //! cargo run --release -p splatforge-fit --example sparse_view_bench -- [PLY] [--iters N] [--config fit.yaml] [--out fit.ply]
 //! ```
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -71,6 +72,7 @@ fn main() {
                 p.elapsed.as_secs_f64()
             );
         }
+        ControlFlow::Continue(())
     })
     .unwrap();
     let fit_s = t1.elapsed().as_secs_f64();

@@ -50,7 +50,7 @@ pub struct BatchView<'a> {
 }
 
 /// What one step needs besides the views.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepParams {
     pub background: [f32; 3],
     pub lrs: LearningRates,

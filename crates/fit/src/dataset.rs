@@ -102,12 +102,6 @@ impl View {
         })
     }
 
-    /// A view from 8-bit RGBA (straight alpha), `[y][x][rgba]`.
-    pub fn from_rgba8(name: impl Into<String>, camera: Camera, rgba: &[u8]) -> Result<View> {
-        let f: Vec<f32> = rgba.iter().map(|&v| v as f32 / 255.0).collect();
-        View::from_rgba(name, camera, &f)
-    }
-
     pub fn width(&self) -> u32 {
         self.camera.width
     }

@@ -32,6 +32,7 @@
 //! step 4, so its screen-size test never fires; here it uses the radii seen
 //! since the last densification, which is what it was meant to do.)
 
+use splatforge_render::project::quat_to_rotmat;
 use splatforge_render::DensifyStats;
 use splatforge_splat::{sigmoid, Gaussians};
 
@@ -165,18 +166,6 @@ pub(crate) fn retain_gaussians(g: &mut Gaussians, keep: &[bool]) {
     }
 }
 
-/// Rotation matrix of a wxyz quaternion (normalised here).
-pub fn quat_to_matrix(q: [f32; 4]) -> [[f32; 3]; 3] {
-    let n = (q.iter().map(|v| (*v as f64).powi(2)).sum::<f64>()).sqrt().max(1e-30);
-    let [r, x, y, z] = q.map(|v| v as f64 / n);
-    [
-        [1.0 - 2.0 * (y * y + z * z), 2.0 * (x * y - r * z), 2.0 * (x * z + r * y)],
-        [2.0 * (x * y + r * z), 1.0 - 2.0 * (x * x + z * z), 2.0 * (y * z - r * x)],
-        [2.0 * (x * z - r * y), 2.0 * (y * z + r * x), 1.0 - 2.0 * (x * x + y * y)],
-    ]
-    .map(|row| row.map(|v| v as f32))
-}
-
 /// 3DGS's `densify_and_prune` (see the module docs). `g`, `adam` and
 /// `state` must have the same number of rows; they still agree afterwards,
 /// and `state` is zeroed.
@@ -210,7 +199,9 @@ pub fn densify_and_prune(
     for _ in 0..N {
         for &i in &split_idx {
             let s = g.log_scales[i].map(f32::exp);
-            let r = quat_to_matrix(g.rotations[i]);
+            let q = g.rotations[i];
+            let n = (q.iter().map(|v| (*v as f64).powi(2)).sum::<f64>()).sqrt().max(1e-30);
+            let r = quat_to_rotmat(q.map(|v| v as f64 / n)).map(|row| row.map(|v| v as f32));
             let e = [0; 3].map(|_| rng.normal() as f32);
             let local = [s[0] * e[0], s[1] * e[1], s[2] * e[2]];
             let m = g.means[i];
@@ -427,20 +418,5 @@ mod tests {
         assert!((sigmoid(g.opacity_logits[3]) - 0.001).abs() < 1e-6);
         assert!(adam.group(Group::Opacity).m.iter().all(|&x| x == 0.0));
         assert!(adam.group(Group::Xyz).m.iter().any(|&x| x != 0.0));
-    }
-
-    #[test]
-    fn quaternion_matrix_is_a_rotation() {
-        let r = quat_to_matrix([0.3, -0.5, 0.2, 0.7]);
-        for i in 0..3 {
-            for j in 0..3 {
-                let d: f32 = (0..3).map(|k| r[i][k] * r[j][k]).sum();
-                assert!((d - if i == j { 1.0 } else { 0.0 }).abs() < 1e-5);
-            }
-        }
-        // 90° about z: x → y.
-        let h = std::f32::consts::FRAC_1_SQRT_2;
-        let rz = quat_to_matrix([h, 0.0, 0.0, h]);
-        assert!((rz[1][0] - 1.0).abs() < 1e-6 && rz[0][0].abs() < 1e-6);
     }
 }

@@ -1,100 +1,84 @@
-//! Where a fit runs: [`FitDevice`] (`cpu`, `cuda`, `cuda:N`) and [`fit_on`],
-//! which picks [`crate::CpuBackend`] or, in builds with the `cuda` feature,
-//! `crate::cuda::CudaBackend`.
+//! Where a fit runs: the names of devices (`cpu`, `cuda`, `cuda:N`; the
+//! `--device` flags of every command), and the fitting backend for a
+//! device ([`backend_for`]: [`crate::CpuBackend`], or in builds with the
+//! `cuda` feature `crate::cuda::CudaBackend`).
 
-use std::fmt;
-use std::str::FromStr;
+use std::ops::ControlFlow;
 use std::time::Instant;
 
+use candle_core::Device;
+use splatforge_splat::Gaussians;
+
+use crate::backend::{BackendSettings, CpuBackend, FitBackend};
 use crate::config::FitConfig;
 use crate::dataset::Views;
 use crate::error::{FitError, Result};
-use crate::init::Init;
-use crate::trainer::{fit, FitResult, Progress};
+use crate::init::{initial_gaussians, Init};
+use crate::trainer::{backend_settings, fit_with, FitResult, Progress};
 
-/// The device a fit runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FitDevice {
-    #[default]
-    Cpu,
-    /// A CUDA GPU by ordinal (needs the `cuda` feature).
-    Cuda(usize),
+/// The device `spec` names: `cpu`, `cuda` (GPU 0) or `cuda:N`, in any case.
+/// A GPU that cannot be opened (no GPU, or a build without the `cuda`
+/// feature) is an error that says so.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let s = spec.trim().to_ascii_lowercase();
+    if s == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let unknown = || FitError::Device(format!("unknown device `{spec}`: expected cpu, cuda or cuda:N"));
+    let ordinal = match s.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => rest.strip_prefix(':').and_then(|n| n.parse::<usize>().ok()).ok_or_else(unknown)?,
+        None => return Err(unknown()),
+    };
+    Device::new_cuda(ordinal).map_err(|e| {
+        FitError::Device(format!(
+            "`{spec}`: {e} (CUDA needs a build with `--features cuda` and an NVIDIA driver)"
+        ))
+    })
 }
 
-impl FitDevice {
-    /// Whether this build has the CUDA backend.
-    pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
-}
-
-impl FromStr for FitDevice {
-    type Err = FitError;
-
-    /// `cpu`, `cuda` (GPU 0) or `cuda:N`.
-    fn from_str(s: &str) -> Result<Self> {
-        let s = s.trim();
-        if s.eq_ignore_ascii_case("cpu") {
-            return Ok(FitDevice::Cpu);
-        }
-        if s.eq_ignore_ascii_case("cuda") {
-            return Ok(FitDevice::Cuda(0));
-        }
-        if let Some(n) = s.strip_prefix("cuda:") {
-            if let Ok(n) = n.parse() {
-                return Ok(FitDevice::Cuda(n));
-            }
-        }
-        Err(FitError::Device(format!(
-            "unknown device '{s}': expected cpu, cuda or cuda:N"
-        )))
+/// The name [`parse_device`] reads back: `cpu` or `cuda:N`.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
     }
 }
 
-impl fmt::Display for FitDevice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FitDevice::Cpu => write!(f, "cpu"),
-            FitDevice::Cuda(n) => write!(f, "cuda:{n}"),
-        }
+/// The fitting backend for `device`, starting from `g`: the CPU reference,
+/// or the CUDA backend on that GPU (which then shares the device, its
+/// stream and memory pool with whatever else runs there).
+pub fn backend_for(device: &Device, g: Gaussians, settings: BackendSettings) -> Result<Box<dyn FitBackend>> {
+    match device {
+        Device::Cpu => Ok(Box::new(CpuBackend::new(g, settings)?)),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => Ok(Box::new(crate::cuda::CudaBackend::on_device(g, settings, device)?)),
+        other => Err(FitError::Device(format!(
+            "no fitting backend for {} in this build (CUDA needs `--features cuda`)",
+            device_name(other)
+        ))),
     }
 }
 
-/// [`fit`] on `device`. `progress` is called after every step; on a GPU its
-/// loss and PSNR are refreshed every `CudaBackend::DEFAULT_STATS_INTERVAL`
-/// steps (and at densifications), not at every step.
+/// [`crate::fit`] on `device`. `progress` is called after every step (its
+/// `ControlFlow::Break` stops the fit with [`FitError::Cancelled`]); on a
+/// GPU its loss and PSNR are refreshed every
+/// `CudaBackend::DEFAULT_STATS_INTERVAL` steps (and at densifications), not
+/// at every step.
 pub fn fit_on(
-    device: FitDevice,
+    device: &Device,
     views: &Views,
     config: &FitConfig,
     init: Init,
-    mut progress: impl FnMut(&Progress),
+    mut progress: impl FnMut(&Progress) -> ControlFlow<()>,
 ) -> Result<FitResult> {
-    match device {
-        FitDevice::Cpu => fit(views, config, init, progress),
-        FitDevice::Cuda(ordinal) => {
-            #[cfg(feature = "cuda")]
-            {
-                let start = Instant::now();
-                config.validate()?;
-                let g = crate::init::initial_gaussians(&init, config);
-                let mut backend = crate::cuda::CudaBackend::new(
-                    g,
-                    crate::trainer::backend_settings(config),
-                    ordinal,
-                )?;
-                let mut result =
-                    crate::trainer::fit_with(&mut backend, views, config, &mut progress)?;
-                result.timings.total = start.elapsed();
-                Ok(result)
-            }
-            #[cfg(not(feature = "cuda"))]
-            {
-                let _ = (ordinal, Instant::now(), &mut progress);
-                Err(FitError::Device(
-                    "this build has no CUDA backend (build with the `cuda` feature)".into(),
-                ))
-            }
-        }
-    }
+    let start = Instant::now();
+    config.validate()?;
+    let mut backend = backend_for(device, initial_gaussians(&init, config), backend_settings(config))?;
+    let mut result = fit_with(backend.as_mut(), views, config, &mut progress)?;
+    result.timings.total = start.elapsed();
+    Ok(result)
 }
 
 #[cfg(test)]
@@ -103,25 +87,19 @@ mod tests {
 
     #[test]
     fn parses_devices() {
-        assert_eq!("cpu".parse::<FitDevice>().unwrap(), FitDevice::Cpu);
-        assert_eq!("cuda".parse::<FitDevice>().unwrap(), FitDevice::Cuda(0));
-        assert_eq!("cuda:3".parse::<FitDevice>().unwrap(), FitDevice::Cuda(3));
-        assert!("gpu".parse::<FitDevice>().is_err());
-        assert!("cuda:x".parse::<FitDevice>().is_err());
-        assert_eq!(FitDevice::Cuda(1).to_string(), "cuda:1");
+        assert!(matches!(parse_device("cpu").unwrap(), Device::Cpu));
+        assert_eq!(device_name(&parse_device("CPU").unwrap()), "cpu");
+        assert_eq!(device_name(&Device::Cpu), "cpu");
+        for bad in ["gpu", "cuda:x", "cuda0", "cuda:"] {
+            let e = parse_device(bad).unwrap_err().to_string();
+            assert!(e.contains("expected cpu, cuda or cuda:N"), "{bad}: {e}");
+        }
     }
 
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn cuda_without_the_feature_is_an_error() {
-        let e = fit_on(
-            FitDevice::Cuda(0),
-            &Views::new(Vec::new()),
-            &FitConfig::default(),
-            Init::Random,
-            |_| {},
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("cuda"), "{e}");
+        assert!(parse_device("cuda:0").unwrap_err().to_string().contains("--features cuda"));
+        assert!(parse_device("cuda").unwrap_err().to_string().contains("--features cuda"));
     }
 }

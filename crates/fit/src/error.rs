@@ -29,6 +29,9 @@ pub enum FitError {
     Device(String),
     #[error(transparent)]
     Splat(#[from] SplatError),
+    /// The progress callback stopped the fit (`ControlFlow::Break`).
+    #[error("cancelled")]
+    Cancelled,
     /// The guide of a [`crate::FitBackend::guided_step`] failed (its error,
     /// boxed: the caller can downcast it back to its own type).
     #[error("guidance: {0}")]

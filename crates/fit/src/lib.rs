@@ -19,6 +19,7 @@
 //!     if p.iteration % 100 == 0 {
 //!         eprintln!("{} loss {:.4} psnr {:.2}", p.iteration, p.loss, p.psnr);
 //!     }
+//!     std::ops::ControlFlow::Continue(())
 //! })?;
 //! let metrics = splatforge_fit::evaluate(&result.gaussians, &data.test, [1.0; 3], Default::default())?;
 //! println!("held-out PSNR {:.2} dB", metrics.psnr);
@@ -27,8 +28,8 @@
 //!
 //! The per-step maths sits behind [`FitBackend`] ([`backend`]); the CPU
 //! reference is [`CpuBackend`]; with the `cuda` feature, `cuda::CudaBackend`
-//! implements the same trait on the GPU ([`fit_on`] picks one by
-//! [`FitDevice`]).
+//! implements the same trait on the GPU ([`backend_for`] picks one for a
+//! device).
 
 pub mod adam;
 pub mod backend;
@@ -50,7 +51,7 @@ pub mod cuda;
 pub use backend::{CpuBackend, FitBackend, Guide, GuideError, GuidedParams, StageTimings};
 pub use config::FitConfig;
 pub use dataset::{load_transforms, Dataset, LoadOptions, View, Views};
-pub use device::{fit_on, FitDevice};
+pub use device::{backend_for, device_name, fit_on, parse_device};
 pub use error::{FitError, Result};
 pub use eval::{evaluate, Metrics};
 pub use init::{initial_gaussians, Init};

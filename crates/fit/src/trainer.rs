@@ -13,24 +13,27 @@
 //!    gradients count towards densification; at multiples of
 //!    `densification_interval` densify and prune; at multiples of
 //!    `opacity_reset_interval` reset opacities;
-//! 5. the progress callback.
+//! 5. the progress callback, with the step's schedule ([`Progress::params`],
+//!    [`Progress::view_ids`]); its `ControlFlow::Break` stops the fit after
+//!    this step with [`FitError::Cancelled`].
 //!
 //! Everything random draws from generators seeded by `config.seed`, so a fit
 //! is deterministic given the seed (and the build and machine).
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use splatforge_render::RenderMode;
 use splatforge_splat::Gaussians;
 
 use crate::adam::AdamConfig;
-use crate::backend::{BackendSettings, BatchView, CpuBackend, FitBackend, StageTimings, StepParams};
+use crate::backend::{BackendSettings, BatchView, FitBackend, StageTimings, StepParams};
 use crate::config::FitConfig;
 use crate::dataset::{View, Views};
 use crate::densify::{DensifyParams, DensifyReport};
 use crate::error::{FitError, Result};
-use crate::init::{initial_gaussians, Init};
+use crate::init::Init;
 use crate::loss::LossWeights;
 use crate::rng::Rng;
 use crate::schedule::{active_sh_degree, render_size, ExponLr, LearningRates};
@@ -50,6 +53,13 @@ pub struct Progress {
     pub render_size: (u32, u32),
     /// Densification done after this step, if any.
     pub densified: Option<DensifyReport>,
+    /// Whether the opacities were reset after this step.
+    pub opacity_reset: bool,
+    /// The step's schedule: background, learning rates, SH degree, whether
+    /// it counted towards densification.
+    pub params: StepParams,
+    /// The [`BatchView::id`]s of the step's views, in order.
+    pub view_ids: Vec<usize>,
     pub elapsed: Duration,
 }
 
@@ -110,24 +120,24 @@ pub fn backend_settings(config: &FitConfig) -> BackendSettings {
     }
 }
 
-/// Fits Gaussians to `views` on the CPU. `progress` is called after every
-/// step.
-pub fn fit(views: &Views, config: &FitConfig, init: Init, mut progress: impl FnMut(&Progress)) -> Result<FitResult> {
-    let start = Instant::now();
-    config.validate()?;
-    let g = initial_gaussians(&init, config);
-    let mut backend = CpuBackend::new(g, backend_settings(config))?;
-    let mut result = fit_with(&mut backend, views, config, &mut progress)?;
-    result.timings.total = start.elapsed();
-    Ok(result)
+/// Fits Gaussians to `views` on the CPU ([`crate::fit_on`] the CPU).
+/// `progress` is called after every step; `ControlFlow::Break` stops the
+/// fit with [`FitError::Cancelled`].
+pub fn fit(
+    views: &Views,
+    config: &FitConfig,
+    init: Init,
+    progress: impl FnMut(&Progress) -> ControlFlow<()>,
+) -> Result<FitResult> {
+    crate::device::fit_on(&candle_core::Device::Cpu, views, config, init, progress)
 }
 
 /// The loop over any backend (see the module docs).
-pub fn fit_with<B: FitBackend>(
+pub fn fit_with<B: FitBackend + ?Sized>(
     backend: &mut B,
     views: &Views,
     config: &FitConfig,
-    progress: &mut dyn FnMut(&Progress),
+    progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
 ) -> Result<FitResult> {
     let start = Instant::now();
     config.validate()?;
@@ -207,16 +217,15 @@ pub fn fit_with<B: FitBackend>(
             .collect();
         let size_used = (level[picked[0]].camera.width, level[picked[0]].camera.height);
         let in_window = i >= config.density_start_iter && i <= config.density_end_iter;
-        last = backend.step(
-            &batch_views,
-            &StepParams {
-                background: bg,
-                lrs,
-                sh_degree,
-                accumulate_stats: in_window,
-            },
-        )?;
+        let params = StepParams {
+            background: bg,
+            lrs,
+            sh_degree,
+            accumulate_stats: in_window,
+        };
+        last = backend.step(&batch_views, &params)?;
         let mut densified = None;
+        let mut opacity_reset = false;
         if in_window {
             if i % config.densification_interval == 0 {
                 let r = backend.densify_and_prune(&densify);
@@ -225,9 +234,10 @@ pub fn fit_with<B: FitBackend>(
             }
             if config.opacity_reset_interval > 0 && i % config.opacity_reset_interval == 0 {
                 backend.reset_opacity();
+                opacity_reset = true;
             }
         }
-        progress(&Progress {
+        let report = Progress {
             iteration: i,
             iters: config.iters,
             loss: last.loss,
@@ -235,8 +245,14 @@ pub fn fit_with<B: FitBackend>(
             num_gaussians: backend.num_gaussians(),
             render_size: size_used,
             densified,
+            opacity_reset,
+            params,
+            view_ids: batch_views.iter().map(|v| v.id).collect(),
             elapsed: start.elapsed(),
-        });
+        };
+        if progress(&report).is_break() {
+            return Err(FitError::Cancelled);
+        }
     }
     if let Some(s) = backend.latest_stats() {
         last = s;

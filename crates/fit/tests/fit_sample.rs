@@ -3,9 +3,10 @@
 //! Kept small (32×32 views, few points and steps) so that it runs in well
 //! under a minute in a debug build.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use splatforge_fit::{evaluate, fit, initial_gaussians, load_transforms, FitConfig, Init, LoadOptions, Views};
+use splatforge_fit::{evaluate, fit, initial_gaussians, load_transforms, FitConfig, FitError, Init, LoadOptions, Views};
 
 fn sample_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/shapes/transforms_train.json")
@@ -23,6 +24,16 @@ fn small_config() -> FitConfig {
         position_lr_max_steps: 150,
         densification_interval: 50,
         ..Default::default()
+    }
+}
+
+/// 12 steps from `num_pts` points, densifying every 5.
+fn twelve_steps(num_pts: usize) -> FitConfig {
+    FitConfig {
+        iters: 12,
+        num_pts,
+        densification_interval: 5,
+        ..small_config()
     }
 }
 
@@ -58,6 +69,7 @@ fn fitting_the_sample_improves_held_out_psnr() {
         steps += 1;
         assert!(p.loss.is_finite());
         densified += p.densified.is_some() as usize;
+        ControlFlow::Continue(())
     })
     .unwrap();
     assert_eq!(steps, config.iters);
@@ -83,16 +95,42 @@ fn fits_are_deterministic_given_the_seed() {
     let d = load_transforms(&sample_path(), &LoadOptions::default()).unwrap();
     let train = small(&d.train, 24);
     let config = FitConfig {
-        iters: 12,
-        num_pts: 300,
-        densification_interval: 5,
         densify_grad_threshold: 0.00005,
-        ..small_config()
+        ..twelve_steps(300)
     };
-    let a = fit(&train, &config, Init::Random, |_| {}).unwrap();
-    let b = fit(&train, &config, Init::Random, |_| {}).unwrap();
+    let a = fit(&train, &config, Init::Random, |_| ControlFlow::Continue(())).unwrap();
+    let b = fit(&train, &config, Init::Random, |_| ControlFlow::Continue(())).unwrap();
     assert_eq!(a.gaussians, b.gaussians);
     assert!(a.densifications.iter().any(|(_, r)| r.cloned + r.split > 0), "{:?}", a.densifications);
-    let c = fit(&train, &FitConfig { seed: 1, ..config }, Init::Random, |_| {}).unwrap();
+    let c = fit(&train, &FitConfig { seed: 1, ..config }, Init::Random, |_| ControlFlow::Continue(())).unwrap();
     assert_ne!(a.gaussians, c.gaussians);
+}
+
+#[test]
+fn progress_reports_the_schedule_and_break_stops_the_fit() {
+    let d = load_transforms(&sample_path(), &LoadOptions::default()).unwrap();
+    let train = small(&d.train, 16);
+    let config = FitConfig {
+        batch_size: 2,
+        opacity_reset_interval: 10,
+        ..twelve_steps(100)
+    };
+    let mut seen = Vec::new();
+    let e = fit(&train, &config, Init::Random, |p| {
+        seen.push((p.iteration, p.view_ids.clone(), p.densified.is_some(), p.opacity_reset, p.params.sh_degree));
+        if p.iteration == 10 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .unwrap_err();
+    assert!(matches!(e, FitError::Cancelled), "{e}");
+    assert_eq!(seen.len(), 10, "stopped right after the step that asked");
+    for (i, ids, densified, reset, _) in &seen {
+        assert_eq!(ids.len(), 2, "step {i}: one id per view of the batch");
+        assert!(ids.iter().all(|&id| id < train.len()), "full-size views: ids are view indices");
+        assert_eq!(*densified, i % 5 == 0, "step {i}");
+        assert_eq!(*reset, i % 10 == 0, "step {i}");
+    }
 }

@@ -33,7 +33,7 @@ fn main() {
     let params = GaussianParams::from_gaussians(&reference, &sh);
     let opts = RenderOptions { background: [1.0; 3], ..Default::default() };
 
-    let train_cams = splatforge_diffusion::camera::render_cameras(4, 15.0, 0.0, 360.0, 3.5, 49.1, 256);
+    let train_cams = splatforge_pipeline::cameras::render_cameras(4, 15.0, 0.0, 360.0, 3.5, 49.1, 256);
     let images = render(&params, &train_cams, &opts).unwrap();
     let alpha_cfg = AlphaConfig::default();
     let train = Views::new(
@@ -94,7 +94,7 @@ fn main() {
             let g0 = splatforge_fit::initial_gaussians(&init, cfg);
             let p0 = evaluate(&g0, &test, [1.0; 3], RenderMode::Classic).unwrap().psnr;
             let t0 = Instant::now();
-            let r = fit(&train, cfg, init, |_| {}).unwrap();
+            let r = fit(&train, cfg, init, |_| std::ops::ControlFlow::Continue(())).unwrap();
             let secs = t0.elapsed().as_secs_f64();
             let p = evaluate(&r.gaussians, &test, [1.0; 3], RenderMode::Classic).unwrap().psnr;
             println!("{init_name:<9} {lr_name:<24} {p0:>10.2} {p:>12.2} {:>10} {secs:>8.1}", r.gaussians.len());

@@ -64,7 +64,7 @@
 //! `densify_grad_threshold`, …; see `splatforge_fit::config`). Its `seed`
 //! is ignored: the request's seed is used.
 //!
-//! `sds:` (score-distillation refinement with MVDream, see [`crate::sds`])
+//! `sds:` (score-distillation refinement with MVDream, see [`crate::refine`])
 //! | key | default | meaning |
 //! |---|---|---|
 //! | `sds_iters` | 0 | refinement steps (0: no SDS stage) |
@@ -91,6 +91,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::{Mapping, Value};
 use splatforge_fit::FitConfig;
+pub use splatforge_nn::Precision;
 
 /// The profile used when none is named.
 pub const DEFAULT_PROFILE: &str = "balanced";
@@ -113,25 +114,6 @@ pub fn builtin_profile(name: &str) -> Option<&'static str> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
-
-/// Floating-point precision of a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    Fp16,
-    Bf16,
-    Fp32,
-}
-
-impl Precision {
-    pub fn dtype(self) -> candle_core::DType {
-        match self {
-            Precision::Fp16 => candle_core::DType::F16,
-            Precision::Bf16 => candle_core::DType::BF16,
-            Precision::Fp32 => candle_core::DType::F32,
-        }
-    }
-}
 
 /// `diffusion:` (see the module docs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,11 +150,11 @@ impl Default for DiffusionConfig {
             resolution: 256,
             elevation: 15.0,
             azimuth_start: 0.0,
-            camera_radius: 3.5,
-            fovy: 49.1,
+            camera_radius: crate::cameras::DEFAULT_RADIUS,
+            fovy: crate::cameras::DEFAULT_FOVY_DEG,
             prompt_suffix: ", 3d asset".into(),
             negative_prompt: DEFAULT_NEGATIVE_PROMPT.into(),
-            precision: Precision::Fp16,
+            precision: Precision::F16,
             vae_precision: None,
             vae_slicing: false,
             vae_tiling: false,

@@ -7,7 +7,7 @@
 //! | `alpha` | [`alpha`] | foreground alpha by white-background separation, colours un-composited from white |
 //! | `init` | [`carve`] | initial Gaussians on the visual hull of the masks (or DreamGaussian's random ball) |
 //! | `fit` | [`splatforge_fit`] | fit to the views (L1 + SSIM + alpha, random backgrounds, densification) |
-//! | `sds` | [`sds`] | optional score-distillation refinement with MVDream guidance (DreamGaussian semantics) |
+//! | `sds` | [`refine`] | optional score-distillation refinement with MVDream guidance (DreamGaussian semantics) |
 //! | `normalize` | [`pipeline::ensure_min_count`], `fit_to_box` | top up to the validators' minimum count, recentre and scale to the 1.5 box |
 //!
 //! Configuration: YAML profiles (`profiles/*.yaml`, built in), a config
@@ -56,14 +56,17 @@
 //! Y-up (the newest 404 design asks for Y-up).
 
 pub mod alpha;
+pub mod cameras;
 pub mod carve;
 pub mod config;
 pub mod decode;
 pub mod error;
 pub mod pipeline;
-pub mod sds;
+pub mod refine;
 
 pub use config::{ConfigError, ConfigSources, PipelineConfig, Precision, DEFAULT_PROFILE, PROFILES};
 pub use error::{is_out_of_memory, PipelineError, Stage};
-pub use pipeline::{device_memory, device_name, parse_device, resolve_models, DeviceMemory, Generated, InitUsed, Observer, Pipeline, Request};
+pub use pipeline::{resolve_models, Generated, InitUsed, Observer, Pipeline, Request};
+pub use splatforge_fit::{device_name, parse_device};
+pub use splatforge_nn::device::{device_memory, DeviceMemory};
 pub use splatforge_diffusion::HubConfig;

@@ -175,7 +175,7 @@ fn warm_up_runs() {
 fn vae_slicing_decodes_like_the_whole_batch() {
     use candle_core::{DType, Device};
     let pipe = fixture().pipe.mvdream();
-    let latents = splatforge_diffusion::rng::randn(4, &[2, 4, 4, 4], DType::F32, &Device::Cpu).unwrap();
+    let latents = splatforge_nn::rng::randn(4, &[2, 4, 4, 4], DType::F32, &Device::Cpu).unwrap();
     let plain = pipe.decode_latents(&latents).unwrap();
     let mut c = config::DiffusionConfig { vae_slicing: true, ..Default::default() };
     let diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| {

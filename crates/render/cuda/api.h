@@ -154,10 +154,6 @@ int sf_intersect(const SfIsectArgs* a, void* stream);
 int sf_rasterize_fwd(const SfRasterFwdArgs* a, void* stream);
 int sf_rasterize_bwd(const SfRasterBwdArgs* a, void* stream);
 int sf_project_bwd(const SfProjectBwdArgs* a, void* stream);
-// Keeps freed stream-ordered allocations in the device's default memory
-// pool instead of returning them to the driver at every synchronisation.
-int sf_keep_pool_memory(int device);
-const char* sf_error_string(int err);
 
 #ifdef __cplusplus
 }

@@ -197,12 +197,3 @@ extern "C" int sf_intersect(const SfIsectArgs* a, void* stream) {
   return intersect<uint64_t>(a, s, 32);
 }
 
-extern "C" int sf_keep_pool_memory(int device) {
-  cudaMemPool_t pool;
-  cudaError_t e = cudaDeviceGetDefaultMemPool(&pool, device);
-  if (e != cudaSuccess) return (int)e;
-  uint64_t threshold = UINT64_MAX;
-  return (int)cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold);
-}
-
-extern "C" const char* sf_error_string(int err) { return cudaGetErrorString((cudaError_t)err); }

@@ -778,6 +778,16 @@ mod tests {
         let r = quat_to_rotmat([h, 0.0, 0.0, h]);
         let v = [r[0][0], r[1][0], r[2][0]];
         assert!((v[0]).abs() < 1e-12 && (v[1] - 1.0).abs() < 1e-12);
+        // Any unit quaternion gives an orthonormal matrix.
+        let q = [0.3f32, -0.5, 0.2, 0.7];
+        let n = q.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let r = quat_to_rotmat(q.map(|v| v / n));
+        for i in 0..3 {
+            for j in 0..3 {
+                let d: f32 = (0..3).map(|k| r[i][k] * r[j][k]).sum();
+                assert!((d - if i == j { 1.0 } else { 0.0 }).abs() < 1e-5);
+            }
+        }
     }
 
     #[test]

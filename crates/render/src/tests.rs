@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::test_util::seeded_rng;
-use splatforge_splat::SH_C0;
+use splatforge_splat::{Gaussians, SH_C0};
 
 /// 20 Gaussians of SH degree 3 in a unit box around the origin, sized to
 /// cover a few pixels of a 32×32 view from 2.5 units away.

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use splatforge_cuda::DeviceMemory;
 use splatforge_splat::Gaussians;
 
 /// What a client asked for.
@@ -70,14 +71,6 @@ pub trait Generator: Send + Sync + 'static {
     fn device_memory(&self) -> Option<DeviceMemory> {
         None
     }
-}
-
-/// Memory of one device, in bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeviceMemory {
-    /// In use on the whole device (by every process), as `nvidia-smi` counts it.
-    pub used_bytes: u64,
-    pub total_bytes: u64,
 }
 
 /// Boxed and shared generators are generators too (factories return

@@ -94,15 +94,16 @@ pub fn run(args: Args) -> Result<Outcome> {
     );
     let load_time = start.elapsed();
     #[cfg(feature = "cuda")]
-    let device: splatforge_fit::FitDevice = args.device.parse()?;
+    let device = splatforge_fit::parse_device(&args.device)?;
     #[cfg(not(feature = "cuda"))]
-    let device = splatforge_fit::FitDevice::Cpu;
-    let result = splatforge_fit::fit_on(device, &data.train, &config, init, |p| {
+    let device = splatforge_diffusion::Device::Cpu;
+    let result = splatforge_fit::fit_on(&device, &data.train, &config, init, |p| {
         bar.set_position(p.iteration as u64);
         bar.set_message(format!(
             "loss {:.4} | PSNR {:.2} dB | {} splats | {}px",
             p.loss, p.psnr, p.num_gaussians, p.render_size.0
         ));
+        std::ops::ControlFlow::Continue(())
     })?;
     bar.finish_and_clear();
 

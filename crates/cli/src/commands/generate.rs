@@ -118,7 +118,7 @@ impl Observer for Bars {
 pub fn device(spec: Option<&str>, ordinal: usize) -> Result<splatforge_diffusion::Device> {
     Ok(match spec {
         Some(s) => parse_device(s)?,
-        None => splatforge_diffusion::best_device(ordinal),
+        None => splatforge_nn::best_device(ordinal),
     })
 }
 
@@ -200,8 +200,8 @@ impl Session<'_> {
             "gaussians": out.gaussians.len(),
             "fit_psnr": out.fit_psnr,
             "latents_finite": out.latents_finite,
-            "device_memory_used_bytes": memory.map(|m| m.used),
-            "device_memory_total_bytes": memory.map(|m| m.total),
+            "device_memory_used_bytes": memory.map(|m| m.used_bytes),
+            "device_memory_total_bytes": memory.map(|m| m.total_bytes),
             "output": output.map(|p| p.display().to_string()),
         })
     }

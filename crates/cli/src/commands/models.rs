@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use splatforge_diffusion::{
-    self as diffusion, DType, LoadOptions, ModelSize, ModelSource, MvDreamRequest, TinyOptions,
+    self as diffusion, LoadOptions, ModelSize, ModelSource, MvDreamRequest, TinyOptions,
 };
+use splatforge_nn::Precision;
 
 use crate::Outcome;
 
@@ -56,10 +57,10 @@ struct SdArgs {
     #[arg(long, default_value_t = 512)]
     height: usize,
     /// Precision of the UNet and text encoder on a GPU (default f32); the CPU runs f32.
-    #[arg(long, value_enum)]
+    #[arg(long)]
     dtype: Option<Precision>,
     /// Precision of the VAE on a GPU (default: --dtype); the CPU runs f32.
-    #[arg(long, value_enum)]
+    #[arg(long)]
     vae_dtype: Option<Precision>,
 }
 
@@ -85,10 +86,10 @@ struct FluxArgs {
     #[arg(long, default_value_t = 256)]
     max_sequence_length: usize,
     /// Precision of the transformer and text encoders on a GPU (default bf16); the CPU runs f32.
-    #[arg(long, value_enum)]
+    #[arg(long)]
     dtype: Option<Precision>,
     /// Precision of the VAE on a GPU (default: --dtype); the CPU runs f32.
-    #[arg(long, value_enum)]
+    #[arg(long)]
     vae_dtype: Option<Precision>,
 }
 
@@ -100,7 +101,7 @@ struct MakeTinyArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Stored precision of the weights.
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    #[arg(long, default_value_t = Precision::F32)]
     dtype: Precision,
 }
 
@@ -112,7 +113,7 @@ struct MakeRandomArgs {
     #[arg(long, value_enum, default_value_t = Size::Full)]
     size: Size,
     /// Stored precision of the weights (full size: 2.6 GB in bf16/f16, 5.2 GB in f32).
-    #[arg(long, value_enum, default_value_t = Precision::Bf16)]
+    #[arg(long, default_value_t = Precision::Bf16)]
     dtype: Precision,
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
@@ -123,23 +124,6 @@ struct MakeRandomArgs {
 enum Size {
     Tiny,
     Full,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Precision {
-    F32,
-    F16,
-    Bf16,
-}
-
-impl Precision {
-    fn dtype(self) -> DType {
-        match self {
-            Precision::F32 => DType::F32,
-            Precision::F16 => DType::F16,
-            Precision::Bf16 => DType::BF16,
-        }
-    }
 }
 
 #[derive(clap::Args)]
@@ -172,7 +156,7 @@ struct MvdreamArgs {
     #[arg(long, default_value_t = 15.0)]
     elevation: f64,
     /// Precision of the UNet and text encoder on a GPU (default f32); the CPU runs f32.
-    #[arg(long, value_enum)]
+    #[arg(long)]
     dtype: Option<Precision>,
 }
 
@@ -264,7 +248,7 @@ fn save_png(images: Vec<image::RgbImage>, out: &std::path::Path) -> Result<()> {
 /// does, since candle's CPU backend has no bf16 or f16 matmul. A lower
 /// precision asked for on the CPU is noted, not refused.
 fn load_options(dtype: Option<Precision>, default: Precision, vae_dtype: Option<Precision>) -> LoadOptions {
-    let device = diffusion::best_device(0);
+    let device = splatforge_nn::best_device(0);
     if device.is_cpu() {
         if let Some(p) = dtype.into_iter().chain(vae_dtype).find(|p| !matches!(p, Precision::F32)) {
             eprintln!("note: running in f32 on the CPU ({:?} is for a GPU)", p.dtype());
@@ -358,8 +342,16 @@ fn mvdream(a: MvdreamArgs) -> Result<Outcome> {
         let p = a.output.join(format!("view_{i}.png"));
         super::write_png(&p, img)?;
     }
-    let cams: Vec<serde_json::Value> = out
-        .cameras
+    let cameras = splatforge_pipeline::cameras::render_cameras(
+        req.num_frames,
+        req.elevation_deg,
+        req.azimuth_start_deg,
+        req.azimuth_span_deg,
+        splatforge_pipeline::cameras::DEFAULT_RADIUS,
+        splatforge_pipeline::cameras::DEFAULT_FOVY_DEG,
+        req.image_size as u32,
+    );
+    let cams: Vec<serde_json::Value> = cameras
         .iter()
         .zip(&out.camera_embeddings)
         .map(|(c, e)| {

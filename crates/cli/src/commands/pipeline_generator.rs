@@ -47,7 +47,7 @@ impl Generator for PipelineGenerator {
     }
 
     fn device_memory(&self) -> Option<DeviceMemory> {
-        self.pipe.device_memory().map(|m| DeviceMemory { used_bytes: m.used, total_bytes: m.total })
+        self.pipe.device_memory()
     }
 }
 

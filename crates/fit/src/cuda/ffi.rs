@@ -1,7 +1,7 @@
 //! `#[repr(C)]` mirrors of `cuda/api.h` and the launchers' declarations.
 #![allow(dead_code)]
 
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_int, c_void};
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -121,5 +121,4 @@ extern "C" {
     pub fn sff_reset_opacity(a: *const SffResetOpacityArgs, stream: *mut c_void) -> c_int;
     pub fn sff_densify_classify(a: *const SffClassifyArgs, stream: *mut c_void) -> c_int;
     pub fn sff_densify_scatter(a: *const SffScatterArgs, stream: *mut c_void) -> c_int;
-    pub fn sff_error_string(err: c_int) -> *const c_char;
 }

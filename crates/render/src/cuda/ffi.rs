@@ -1,7 +1,7 @@
 //! `#[repr(C)]` mirrors of `cuda/api.h` and the launchers' declarations.
 #![allow(dead_code)]
 
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_int, c_void};
 
 pub const SF_VARIANT_PPT2: c_int = 1;
 pub const SF_VARIANT_FAST_EXP: c_int = 2;
@@ -27,6 +27,25 @@ pub struct SfCamera {
     pub lim_y_pos: f32,
     pub pad: f32,
 }
+
+impl SfCamera {
+    /// Number of f32 in the struct, which holds f32 only.
+    pub const FLOATS: usize = 28;
+
+    /// The fields in declaration (= memory) order, as the kernels read them.
+    pub fn to_floats(&self) -> [f32; Self::FLOATS] {
+        let scalars = [self.fx, self.fy, self.cx, self.cy, self.width, self.height, self.near_plane, self.far_plane];
+        let limits = [self.lim_x_neg, self.lim_x_pos, self.lim_y_neg, self.lim_y_pos, self.pad];
+        let mut out = [0.0; Self::FLOATS];
+        let fields = self.rot.iter().chain(&self.trans).chain(&scalars).chain(&self.position).chain(&limits);
+        for (o, v) in out.iter_mut().zip(fields) {
+            *o = *v;
+        }
+        out
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<SfCamera>() == SfCamera::FLOATS * 4);
 
 #[repr(C)]
 pub struct SfProjectArgs {
@@ -174,6 +193,4 @@ extern "C" {
     pub fn sf_rasterize_fwd(a: *const SfRasterFwdArgs, stream: *mut c_void) -> c_int;
     pub fn sf_rasterize_bwd(a: *const SfRasterBwdArgs, stream: *mut c_void) -> c_int;
     pub fn sf_project_bwd(a: *const SfProjectBwdArgs, stream: *mut c_void) -> c_int;
-    pub fn sf_keep_pool_memory(device: c_int) -> c_int;
-    pub fn sf_error_string(err: c_int) -> *const c_char;
 }

@@ -4,13 +4,13 @@
 //! schedulers (DDIM for SD 2.1, Euler for SD-Turbo) and, for the UNet, our
 //! MVDream UNet with one view and no camera ([`crate::mvdream`]), which is
 //! SD 2.1's UNet in LDM form: diffusers' tensor names are mapped with
-//! [`crate::ldm::diffusers_unet_names`].
+//! [`crate::mvdream::ldm::diffusers_unet_names`].
 //!
 //! Why not candle-transformers' `UNet2DConditionModel` (used until the
 //! measurements in BENCHMARKS.md): in bf16 it is 2.9e-2 from diffusers' f32
 //! output (bound 2e-2; its timestep frequencies are rounded to bf16 and its
 //! GEGLU uses the tanh GELU), ours 1.1e-2; and ours runs the fused attention,
-//! GroupNorm and cuDNN convolutions of [`crate::ops`]. [`SdUNetConfig::to_candle`]
+//! GroupNorm and cuDNN convolutions of [`splatforge_nn::ops`]. [`SdUNetConfig::to_candle`]
 //! still validates the block layout, which both UNets share.
 //!
 //! Loading: a diffusers-layout folder or hub repository
@@ -21,26 +21,29 @@
 //! (`EulerDiscreteScheduler` → Euler; anything else → DDIM with the same
 //! β schedule and prediction type).
 
+use std::ops::ControlFlow;
+
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::stable_diffusion::unet_2d::{
     BlockConfig, UNet2DConditionModelConfig,
 };
 use serde::{Deserialize, Serialize};
 
+use splatforge_nn::hub::FileSource;
+use splatforge_nn::loading::{build_named, component_weights, read_source_config, read_source_json};
+use splatforge_nn::rng;
+use splatforge_nn::weights::MappedBackend;
+
 use crate::clip_text::{ClipTextConfig, ClipTextModel};
-use crate::ddim::{DdimConfig, DdimScheduler};
-use crate::error::{DiffusionError, Result, StepControl};
-use crate::euler::EulerScheduler;
-use crate::hub::FileSource;
-use crate::ldm::diffusers_unet_names;
+use crate::error::{DiffusionError, Result};
 use crate::loading::{
-    build_named, component_weights, diffusers_clip_text, diffusers_clip_tokenizer,
-    diffusers_source, diffusers_vae, diffusers_vae_config, read_source_config, read_source_json,
-    LoadOptions, ModelSource,
+    diffusers_clip_text, diffusers_clip_tokenizer, diffusers_source, diffusers_vae,
+    diffusers_vae_config, LoadOptions, ModelSource,
 };
+use crate::mvdream::ldm::diffusers_unet_names;
 use crate::mvdream::{MultiViewUNet, MultiViewUNetConfig, PerLevel};
-use crate::weights::MappedBackend;
-use crate::rng;
+use crate::schedulers::ddim::{DdimConfig, DdimScheduler};
+use crate::schedulers::euler::EulerScheduler;
 use crate::tokenizer::ClipTokenizer;
 use crate::vae::Vae;
 
@@ -418,7 +421,7 @@ pub struct SdOutput {
 
 impl SdOutput {
     pub fn to_rgb_images(&self) -> Result<Vec<image::RgbImage>> {
-        crate::pipeline::tensor_to_rgb_images(&self.images)
+        crate::vae::tensor_to_rgb_images(&self.images)
     }
 }
 
@@ -441,7 +444,7 @@ pub struct SdPipeline {
 impl SdPipeline {
     /// Text embeddings `[1, max_length, C]` (model dtype).
     pub fn encode_prompt(&self, text: &str) -> Result<Tensor> {
-        crate::pipeline::encode_clip_prompt(&self.tokenizer, &self.text_encoder, text, &self.device)
+        crate::clip_text::encode_clip_prompt(&self.tokenizer, &self.text_encoder, text, &self.device)
     }
 
     /// UNet output (ε or v) for a batch at one timestep, f32.
@@ -483,10 +486,10 @@ impl SdPipeline {
     }
 
     /// The denoising loop: final latents `[1, 4, h, w]` f32 on the device.
-    pub fn generate_latents<C: StepControl>(
+    pub fn generate_latents(
         &self,
         req: &SdRequest,
-        mut progress: impl FnMut(usize, usize) -> C,
+        mut progress: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Tensor> {
         let (h, w) = (self.latent_side(req.height)?, self.latent_side(req.width)?);
         let sampler = Sampler::new(&self.scheduler, req.steps)?;
@@ -517,7 +520,7 @@ impl SdPipeline {
                 out
             };
             x = sampler.step(&out, i, t, &x)?;
-            if progress(i + 1, ts.len()).should_stop() {
+            if progress(i + 1, ts.len()).is_break() {
                 return Err(DiffusionError::Cancelled);
             }
         }
@@ -526,7 +529,7 @@ impl SdPipeline {
 
     /// Text → image.
     pub fn generate(&self, req: &SdRequest) -> Result<SdOutput> {
-        let latents = self.generate_latents(req, |_, _| {})?;
+        let latents = self.generate_latents(req, |_, _| ControlFlow::Continue(()))?;
         Ok(SdOutput {
             images: self.decode_latents(&latents)?,
             latents: latents.to_device(&Device::Cpu)?,
@@ -545,7 +548,7 @@ pub fn load_sd(source: &ModelSource, opts: &LoadOptions) -> Result<SdPipeline> {
 
 /// [`load_sd`] from any file source.
 pub fn load_sd_from(src: &dyn FileSource, opts: &LoadOptions) -> Result<SdPipeline> {
-    crate::ops::configure_device(&opts.device)?;
+    splatforge_nn::configure_device(&opts.device)?;
     let (unet_config, mv_cfg) =
         read_source_config(src, "unet/config.json", SdUNetConfig::to_multiview)?;
     let vae_cfg = diffusers_vae_config(src)?;

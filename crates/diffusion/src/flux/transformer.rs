@@ -13,9 +13,9 @@
 //! (pair `j` of its axis, axes of `axes_dim` dimensions in order); cos and sin
 //! are computed once per forward in f32 from the ids, stored in the
 //! activations' dtype (the kernels take one dtype) and applied together with
-//! the QK-RMSNorm by [`crate::ops::rms_norm_rope`]. Attention runs through
-//! [`crate::ops::attention`], and every linear layer through
-//! [`crate::ops::linear`] with its bias, GELU and gated residual fused.
+//! the QK-RMSNorm by [`splatforge_nn::ops::rms_norm_rope`]. Attention runs through
+//! [`splatforge_nn::ops::attention`], and every linear layer through
+//! [`splatforge_nn::ops::linear`] with its bias, GELU and gated residual fused.
 //!
 //! Why ours: candle's `Flux` materialises the attention scores (softmax over
 //! `[24, 4352, 4352]` at 1024²), its attention function and block fields are
@@ -29,7 +29,7 @@ use candle_nn::{Linear, VarBuilder};
 use candle_transformers::models::flux::model::Config;
 use candle_transformers::models::flux::WithForward;
 
-use crate::ops::{linear, rms_norm_rope, LinearEpilogue};
+use splatforge_nn::ops::{linear, rms_norm_rope, LinearEpilogue};
 
 /// ε of every LayerNorm and of the QK RMSNorms.
 const NORM_EPS: f32 = 1e-6;
@@ -356,7 +356,7 @@ impl DoubleStreamBlock {
         let q = Tensor::cat(&[txt_q, img_q], 1)?;
         let k = Tensor::cat(&[txt_k, img_k], 1)?;
         let v = Tensor::cat(&[txt_v, img_v], 1)?;
-        let attn = crate::ops::attention(&q, &k, &v, self.heads)?;
+        let attn = splatforge_nn::ops::attention(&q, &k, &v, self.heads)?;
         let txt_len = txt.dim(1)?;
         let txt_attn = attn.narrow(1, 0, txt_len)?;
         let img_attn = attn.narrow(1, txt_len, img.dim(1)?)?;
@@ -418,7 +418,7 @@ impl SingleStreamBlock {
         let mods = Modulation::from_linear(&self.modulation, silu_vec, 1)?;
         let x_mod = mods[0].norm(x)?;
         let (q, k, v) = self.qkv.project(&x_mod, rotation)?;
-        let attn = crate::ops::attention(&q, &k, &v, self.qkv.heads)?;
+        let attn = splatforge_nn::ops::attention(&q, &k, &v, self.qkv.heads)?;
         let mlp = linear(&x_mod, &self.mlp_in, LinearEpilogue { gelu: true, ..Default::default() })?;
         let mlp_out = linear(&mlp, &self.out_mlp, LinearEpilogue::default())?;
         mods[0].gated_linear(x, &self.out_attn, &attn, Some(&mlp_out))
@@ -582,14 +582,14 @@ impl WithForward for FluxTransformer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::hash_name;
+    use splatforge_nn::rng::hash_name;
     use candle_core::Device;
     use candle_nn::VarMap;
     use candle_transformers::models::flux::model::Flux;
 
     /// Normal values of mean `mean` and std `std`, from `seed` (f32, CPU).
     fn normal(seed: u64, mean: f64, std: f64, dims: &[usize]) -> Tensor {
-        crate::rng::randn(seed, dims, DType::F32, &Device::Cpu)
+        splatforge_nn::rng::randn(seed, dims, DType::F32, &Device::Cpu)
             .and_then(|t| t.affine(std, mean))
             .unwrap()
     }

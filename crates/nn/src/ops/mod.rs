@@ -359,18 +359,6 @@ pub fn conv_plan_summary() -> Vec<String> {
     Vec::new()
 }
 
-/// One-time settings of a CUDA device for the models (a cuBLAS workspace,
-/// freed memory kept in the device's pool); nothing on the CPU. Called by the
-/// model loaders.
-pub fn configure_device(device: &Device) -> Result<()> {
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(d) = device {
-        cuda::configure_device(d)?;
-    }
-    let _ = device;
-    Ok(())
-}
-
 /// Whether `t` lives on a CUDA device and takes part in no autograd graph,
 /// the condition for a fused kernel.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]

@@ -22,7 +22,7 @@
 //! OpenCLIP keeps all 24 blocks of ViT-H; MVDream uses the penultimate layer,
 //! so we load blocks `0..num_hidden_layers` (23) and ignore the last one.
 
-use crate::weights::{NameMap, Source};
+use splatforge_nn::weights::{NameMap, Source};
 
 /// Prefix of the UNet in an LDM checkpoint.
 pub const UNET_PREFIX: &str = "model.diffusion_model.";

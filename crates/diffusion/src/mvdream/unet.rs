@@ -7,7 +7,7 @@
 //!
 //! * `emb = time_embed(timestep_embedding(t, model_channels)) + camera_embed(camera)`,
 //!   both MLPs `Linear → SiLU → Linear` to `4·model_channels`; the camera is
-//!   the flattened 4×4 camera-to-world matrix (16 numbers, see [`crate::camera`]).
+//!   the flattened 4×4 camera-to-world matrix (16 numbers, see [`crate::mvdream::camera`]).
 //! * `SpatialTransformer3D` / `BasicTransformerBlock3D`: tokens of the
 //!   `num_frames` consecutive batch items are concatenated for the
 //!   self-attention (`"(b f) l c -> b (f l) c"`), while the cross-attention to
@@ -24,7 +24,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{layer_norm, linear, linear_no_bias, Conv2dConfig, LayerNorm, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::ops::{attention, conv2d, group_norm, Conv2d, GroupNorm};
+use splatforge_nn::ops::{attention, conv2d, group_norm, Conv2d, GroupNorm};
 
 /// Number of groups of every GroupNorm of the LDM UNet (`GroupNorm32`).
 pub const NORM_GROUPS: usize = 32;
@@ -473,7 +473,7 @@ impl Block {
                 Layer::Conv(c) | Layer::Down(c) => c.forward(&h)?,
                 Layer::Res(r) => r.forward(&h, emb)?,
                 Layer::Attn(a) => a.forward(&h, context, num_frames)?,
-                Layer::Up(c) => c.forward(&crate::ops::upsample_nearest2x(&h)?)?,
+                Layer::Up(c) => c.forward(&splatforge_nn::ops::upsample_nearest2x(&h)?)?,
             };
         }
         Ok(h)
@@ -698,13 +698,13 @@ impl MultiViewUNet {
 mod tests {
     use super::*;
     use crate::test_util::max_abs;
-    use crate::rng::randn;
-    use crate::weights::SeededInit;
+    use splatforge_nn::rng::randn;
+    use splatforge_nn::weights::SeededInit;
     use candle_core::Device;
 
 
     fn tiny() -> MultiViewUNetConfig {
-        crate::tiny::tiny_config().unet
+        crate::random_models::tiny_config().unet
     }
 
     #[test]

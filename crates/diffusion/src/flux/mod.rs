@@ -1,5 +1,5 @@
 //! FLUX.1-schnell (and -dev) text → image on our transformer
-//! ([`crate::flux_transformer::FluxTransformer`]) and candle-transformers'
+//! ([`transformer::FluxTransformer`]) and candle-transformers'
 //! `flux::sampling` (packing, schedule, Euler flow-matching loop), with
 //! candle's T5 encoder (`models::t5::T5EncoderModel`), our CLIP text encoder
 //! for the pooled CLIP-L embedding, and our VAE ([`crate::vae`] with FLUX's
@@ -24,6 +24,7 @@
 //! `text_encoder_2/` (T5 v1.1 XXL encoder, sharded), `tokenizer_2/tokenizer.json`,
 //! `vae/`, `scheduler/scheduler_config.json` (`FlowMatchEulerDiscreteScheduler`).
 
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
@@ -32,19 +33,25 @@ use candle_transformers::models::flux::sampling;
 use candle_transformers::models::t5;
 use serde::{Deserialize, Serialize};
 
-use crate::clip_text::{ClipTextConfig, ClipTextModel};
-use crate::error::{DiffusionError, Result, StepControl};
-use crate::flux_transformer::FluxTransformer;
-use crate::hub::FileSource;
-use crate::loading::{
-    build_named, component_weights, diffusers_clip_text, diffusers_clip_tokenizer,
-    diffusers_component, diffusers_source, diffusers_vae, diffusers_vae_config,
-    identity_var_builder, read_source_config, read_source_json, LoadOptions, ModelSource,
+use splatforge_nn::hub::FileSource;
+use splatforge_nn::loading::{
+    build_named, component_weights, identity_var_builder, load_component, read_source_config,
+    read_source_json,
 };
-use crate::rng;
+use splatforge_nn::rng;
+use splatforge_nn::weights::{MappedBackend, NameMap, Source, TensorFile};
+
+use crate::clip_text::{ClipTextConfig, ClipTextModel};
+use crate::error::{DiffusionError, Result};
+use crate::loading::{
+    diffusers_clip_text, diffusers_clip_tokenizer, diffusers_source, diffusers_vae,
+    diffusers_vae_config, LoadOptions, ModelSource,
+};
 use crate::tokenizer::{ClipTokenizer, T5Tokenizer};
 use crate::vae::Vae;
-use crate::weights::{MappedBackend, NameMap, Source, TensorFile};
+use transformer::FluxTransformer;
+
+pub mod transformer;
 
 /// FLUX.1-schnell on the hub.
 pub const FLUX_SCHNELL_REPO: &str = "black-forest-labs/FLUX.1-schnell";
@@ -255,7 +262,7 @@ pub fn flux_transformer_from_file(
             "not a FLUX transformer: neither `x_embedder.weight` (diffusers) nor `img_in.weight` (original) is in it",
         ));
     };
-    build_named("FLUX transformer", &path, FluxTransformer::new(config, vb))
+    Ok(build_named("FLUX transformer", &path, FluxTransformer::new(config, vb))?)
 }
 
 fn f_one() -> f64 {
@@ -374,7 +381,7 @@ pub struct FluxOutput {
 
 impl FluxOutput {
     pub fn to_rgb_images(&self) -> Result<Vec<image::RgbImage>> {
-        crate::pipeline::tensor_to_rgb_images(&self.images)
+        crate::vae::tensor_to_rgb_images(&self.images)
     }
 }
 
@@ -465,10 +472,10 @@ impl FluxPipeline {
     }
 
     /// Text → final unpacked latents `[1, 16, H/8, W/8]` (f32, device).
-    pub fn generate_latents<C: StepControl>(
+    pub fn generate_latents(
         &self,
         req: &FluxRequest,
-        mut progress: impl FnMut(usize, usize) -> C,
+        mut progress: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Tensor> {
         if req.width == 0 || req.height == 0 || req.width % 16 != 0 || req.height % 16 != 0 {
             return Err(DiffusionError::InvalidArgument(format!(
@@ -508,7 +515,7 @@ impl FluxPipeline {
                 guidance,
             )?;
             img = (img.to_dtype(DType::F32)? + (v * (win[1] - win[0]))?)?.to_dtype(dt)?;
-            if progress(i + 1, n).should_stop() {
+            if progress(i + 1, n).is_break() {
                 return Err(DiffusionError::Cancelled);
             }
         }
@@ -521,7 +528,7 @@ impl FluxPipeline {
 
     /// Text → image.
     pub fn generate(&self, req: &FluxRequest) -> Result<FluxOutput> {
-        let latents = self.generate_latents(req, |_, _| {})?;
+        let latents = self.generate_latents(req, |_, _| ControlFlow::Continue(()))?;
         Ok(FluxOutput {
             images: self.decode_latents(&latents)?,
             latents: latents.to_device(&Device::Cpu)?,
@@ -540,7 +547,7 @@ pub fn load_flux(source: &ModelSource, opts: &LoadOptions) -> Result<FluxPipelin
 
 /// [`load_flux`] from any file source.
 pub fn load_flux_from(src: &dyn FileSource, opts: &LoadOptions) -> Result<FluxPipeline> {
-    crate::ops::configure_device(&opts.device)?;
+    splatforge_nn::configure_device(&opts.device)?;
     let (tcfg, fcfg) = read_source_config(
         src,
         "transformer/config.json",
@@ -596,7 +603,7 @@ pub fn load_flux_from(src: &dyn FileSource, opts: &LoadOptions) -> Result<FluxPi
     let transformer = flux_transformer_from_file(tfile, &fcfg, dtype, &opts.device)?;
 
     let clip = diffusers_clip_text(src, &clip_cfg, "CLIP text encoder", dtype, &opts.device)?;
-    let t5 = diffusers_component(
+    let t5 = load_component(
         src,
         "text_encoder_2",
         &["model", "pytorch_model"],

@@ -1,21 +1,21 @@
 //! MVDream text → 4 views: tokenizer, text encoder, multi-view UNet with
 //! DDIM and classifier-free guidance, VAE decoder.
 
-use candle_core::{DType, Device, Tensor};
-use splatforge_render::Camera;
+use std::ops::ControlFlow;
 
-use crate::camera;
+use candle_core::{DType, Device, Tensor};
+use splatforge_nn::rng;
+
+use super::camera;
+use super::unet::MultiViewUNet;
 use crate::clip_text::ClipTextModel;
-use crate::ddim::{DdimConfig, DdimScheduler};
-use crate::error::{DiffusionError, Result, StepControl};
-use crate::mvdream::MultiViewUNet;
-use crate::rng;
+use crate::error::{DiffusionError, Result};
+use crate::schedulers::ddim::{DdimConfig, DdimScheduler};
 use crate::tokenizer::ClipTokenizer;
 use crate::vae::Vae;
 
 /// What to generate. `Default` is MVDream's `t2i.py` setting (50 DDIM
-/// steps, guidance 10, 4 views at 256², elevation 15°, azimuths 0/90/180/270)
-/// with the fit stage's camera radius and field of view.
+/// steps, guidance 10, 4 views at 256², elevation 15°, azimuths 0/90/180/270).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MvDreamRequest {
     pub prompt: String,
@@ -35,10 +35,6 @@ pub struct MvDreamRequest {
     pub elevation_deg: f64,
     pub azimuth_start_deg: f64,
     pub azimuth_span_deg: f64,
-    /// Distance of the returned render cameras from the origin.
-    pub camera_radius: f32,
-    /// Vertical field of view of the returned render cameras, degrees.
-    pub fovy_deg: f32,
 }
 
 impl Default for MvDreamRequest {
@@ -55,8 +51,6 @@ impl Default for MvDreamRequest {
             elevation_deg: camera::DEFAULT_ELEVATION_DEG as f64,
             azimuth_start_deg: 0.0,
             azimuth_span_deg: 360.0,
-            camera_radius: camera::DEFAULT_RADIUS,
-            fovy_deg: camera::DEFAULT_FOVY_DEG,
         }
     }
 }
@@ -68,8 +62,6 @@ pub struct MvDreamOutput {
     pub images: Tensor,
     /// Final latents `[num_frames, 4, size/8, size/8]`, f32, on the CPU.
     pub latents: Tensor,
-    /// Render cameras of the views (OpenCV axes, Y-up world; see [`crate::camera`]).
-    pub cameras: Vec<Camera>,
     /// The UNet's camera input for each view (MVDream `get_camera`).
     pub camera_embeddings: Vec<[f32; 16]>,
 }
@@ -77,50 +69,11 @@ pub struct MvDreamOutput {
 impl MvDreamOutput {
     /// The views as 8-bit RGB images.
     pub fn to_rgb_images(&self) -> Result<Vec<image::RgbImage>> {
-        tensor_to_rgb_images(&self.images)
+        crate::vae::tensor_to_rgb_images(&self.images)
     }
 }
 
-/// `[N, 3, H, W]` images in [0, 1] (any float dtype, any device) → 8-bit RGB images.
-pub fn tensor_to_rgb_images(images: &Tensor) -> Result<Vec<image::RgbImage>> {
-    let (n, c, h, w) = images.dims4()?;
-    if c != 3 {
-        return Err(DiffusionError::InvalidArgument(format!(
-            "{c} channels, expected 3"
-        )));
-    }
-    let data = images
-        .to_dtype(DType::F32)?
-        .permute((0, 2, 3, 1))?
-        .contiguous()?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let per = h * w * 3;
-    Ok((0..n)
-        .map(|i| {
-            let px: Vec<u8> = data[i * per..(i + 1) * per]
-                .iter()
-                .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
-                .collect();
-            image::RgbImage::from_raw(w as u32, h as u32, px).expect("buffer size")
-        })
-        .collect())
-}
-
-/// The hidden states `[1, max_length, C]` (the encoder's dtype) of one prompt,
-/// tokenized and padded to the tokenizer's length on `device`.
-pub(crate) fn encode_clip_prompt(
-    tokenizer: &ClipTokenizer,
-    text_encoder: &ClipTextModel,
-    text: &str,
-    device: &Device,
-) -> Result<Tensor> {
-    let ids = tokenizer.encode(text)?;
-    let ids = Tensor::from_vec(ids, (1, tokenizer.max_length()), device)?;
-    Ok(text_encoder.forward(&ids)?)
-}
-
-/// A loaded MVDream model. Build it with [`crate::loading::load_mvdream`].
+/// A loaded MVDream model. Build it with [`crate::mvdream::load_mvdream`].
 #[derive(Debug)]
 pub struct MvDreamPipeline {
     pub tokenizer: ClipTokenizer,
@@ -140,7 +93,7 @@ pub struct MvDreamPipeline {
 impl MvDreamPipeline {
     /// Text embeddings `[1, max_length, context_dim]` of one prompt (model dtype).
     pub fn encode_prompt(&self, text: &str) -> Result<Tensor> {
-        encode_clip_prompt(&self.tokenizer, &self.text_encoder, text, &self.device)
+        crate::clip_text::encode_clip_prompt(&self.tokenizer, &self.text_encoder, text, &self.device)
     }
 
     /// UNet noise prediction for a batch (the SDS entry point).
@@ -202,28 +155,19 @@ impl MvDreamPipeline {
         Ok(image_size / f)
     }
 
-    /// Text → `num_frames` views and their cameras.
+    /// Text → `num_frames` views.
     pub fn generate(&self, req: &MvDreamRequest) -> Result<MvDreamOutput> {
-        self.generate_with_progress(req, |_, _| {})
+        self.generate_with_progress(req, |_, _| ControlFlow::Continue(()))
     }
 
     /// [`Self::generate`], calling `progress(step, total)` after each denoising step.
-    pub fn generate_with_progress<C: StepControl>(
+    pub fn generate_with_progress(
         &self,
         req: &MvDreamRequest,
-        progress: impl FnMut(usize, usize) -> C,
+        progress: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<MvDreamOutput> {
         let latents = self.generate_latents(req, progress)?;
         let images = self.decode_latents(&latents)?;
-        let cameras = camera::render_cameras(
-            req.num_frames,
-            req.elevation_deg,
-            req.azimuth_start_deg,
-            req.azimuth_span_deg,
-            req.camera_radius,
-            req.fovy_deg,
-            req.image_size as u32,
-        );
         let camera_embeddings = camera::camera_embeddings(
             req.num_frames,
             req.elevation_deg,
@@ -233,17 +177,16 @@ impl MvDreamPipeline {
         Ok(MvDreamOutput {
             images,
             latents: latents.to_device(&Device::Cpu)?,
-            cameras,
             camera_embeddings,
         })
     }
 
     /// The denoising loop alone: final latents `[num_frames, 4, h, w]`
     /// (f32, on the model's device), not decoded.
-    pub fn generate_latents<C: StepControl>(
+    pub fn generate_latents(
         &self,
         req: &MvDreamRequest,
-        mut progress: impl FnMut(usize, usize) -> C,
+        mut progress: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Tensor> {
         if req.num_frames == 0 {
             return Err(DiffusionError::InvalidArgument(
@@ -305,7 +248,7 @@ impl MvDreamPipeline {
                 eps
             };
             latents = sched.step(&eps, t, &latents)?;
-            if progress(i + 1, total).should_stop() {
+            if progress(i + 1, total).is_break() {
                 return Err(DiffusionError::Cancelled);
             }
         }

@@ -1,7 +1,7 @@
 //! Euler sampling (diffusers `EulerDiscreteScheduler`, deterministic:
 //! `s_churn = 0`, no Karras sigmas), the scheduler of SD-Turbo
 //! (`timestep_spacing: "trailing"`), using the same β schedule fields as
-//! [`crate::ddim::DdimConfig`].
+//! [`crate::schedulers::ddim::DdimConfig`].
 //!
 //! `σ_t = √((1 − ᾱ_t)/ᾱ_t)`; timesteps "trailing" `round(T − i·T/n) − 1`,
 //! "leading" `i·(T/n) + offset` (descending); the model sees
@@ -12,7 +12,7 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::ddim::{DdimConfig, PredictionType, TimestepSpacing};
+use crate::schedulers::ddim::{DdimConfig, PredictionType, TimestepSpacing};
 
 /// An Euler schedule for a given number of steps.
 #[derive(Debug, Clone)]

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{safetensors::MmapedSafetensors, DType, Device, Shape, Tensor};
 use candle_nn::{var_builder::SimpleBackend, Init, VarBuilder};
 
-use crate::error::{DiffusionError, Result};
+use crate::error::{NnError, Result};
 use crate::rng::{fill_normals, hash_name};
 
 /// The one-line Python command that converts a PyTorch checkpoint to safetensors.
@@ -65,7 +65,7 @@ impl TensorFile {
     /// present). Anything else is an error.
     pub fn open(path: &Path) -> Result<Self> {
         if !path.is_file() {
-            return Err(DiffusionError::MissingFile {
+            return Err(NnError::MissingFile {
                 file: path.to_path_buf(),
                 hint: "no such file".into(),
             });
@@ -80,13 +80,13 @@ impl TensorFile {
                 // SAFETY: memory-mapping a file we only read; the usual caveat
                 // (the file must not be truncated while mapped) applies.
                 let st = unsafe { MmapedSafetensors::new(path) }
-                    .map_err(|e| DiffusionError::bad_file(path, format!("not a readable safetensors file: {e}")))?;
+                    .map_err(|e| NnError::bad_file(path, format!("not a readable safetensors file: {e}")))?;
                 let mut names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
                 names.sort();
                 Ok(Self { path: path.to_path_buf(), inner: Inner::Safetensors(st), names })
             }
             "pt" | "ckpt" | "bin" | "pth" => Self::open_pickle(path),
-            _ => Err(DiffusionError::bad_file(
+            _ => Err(NnError::bad_file(
                 path,
                 "unknown weight file type: expected .safetensors, or a PyTorch checkpoint (.pt, .ckpt, .bin, .pth)",
             )),
@@ -97,7 +97,7 @@ impl TensorFile {
     /// `{"weight_map": {tensor: shard file}}`), the shards being `shards`
     /// (paths of the files the index names, in any order; usually next to it).
     pub fn open_sharded(index: &Path, shards: &[PathBuf]) -> Result<Self> {
-        let text = std::fs::read_to_string(index).map_err(|e| DiffusionError::io(index, e))?;
+        let text = std::fs::read_to_string(index).map_err(|e| NnError::io(index, e))?;
         let map = parse_weight_map(index, &text)?;
         let mut files = Vec::with_capacity(shards.len());
         let mut by_name = std::collections::HashMap::new();
@@ -110,7 +110,7 @@ impl TensorFile {
         }
         for (tensor, file) in &map {
             if !by_name.contains_key(tensor) {
-                return Err(DiffusionError::bad_file(
+                return Err(NnError::bad_file(
                     index,
                     format!("tensor `{tensor}` is listed in shard {file} but not found in it"),
                 ));
@@ -127,7 +127,7 @@ impl TensorFile {
 
     fn open_pickle(path: &Path) -> Result<Self> {
         let fail = |e: String| {
-            DiffusionError::bad_file(
+            NnError::bad_file(
                 path,
                 format!(
                     "cannot read this PyTorch checkpoint ({e}). Convert it to safetensors and load that instead:\n  {}",
@@ -202,7 +202,7 @@ impl TensorFile {
 /// The shard file names of a `*.safetensors.index.json` (`weight_map`
 /// values), sorted and deduplicated.
 pub fn shard_files(index: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index).map_err(|e| DiffusionError::io(index, e))?;
+    let text = std::fs::read_to_string(index).map_err(|e| NnError::io(index, e))?;
     let map = parse_weight_map(index, &text)?;
     let mut files: Vec<String> = map.into_values().collect();
     files.sort();
@@ -216,14 +216,14 @@ fn parse_weight_map(index: &Path, text: &str) -> Result<BTreeMap<String, String>
         weight_map: BTreeMap<String, String>,
     }
     let idx: Index = serde_json::from_str(text).map_err(|e| {
-        DiffusionError::bad_file(index, format!("not a safetensors index (weight_map): {e}"))
+        NnError::bad_file(index, format!("not a safetensors index (weight_map): {e}"))
     })?;
     if idx
         .weight_map
         .values()
         .any(|f| f.contains("..") || f.starts_with('/'))
     {
-        return Err(DiffusionError::bad_file(
+        return Err(NnError::bad_file(
             index,
             "shard names must be plain file names",
         ));
@@ -646,7 +646,7 @@ pub fn save_random(
     path: &Path,
 ) -> Result<()> {
     if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-        return Err(DiffusionError::Config(format!(
+        return Err(NnError::InvalidArgument(format!(
             "random weights are stored as f32, f16 or bf16, not {dtype:?}"
         )));
     }
@@ -654,7 +654,7 @@ pub fn save_random(
         .iter()
         .map(|(name, recipe)| (name.as_str(), LazyView { recipe, dtype }));
     safetensors::serialize_to_file(views, None, path)
-        .map_err(|e| DiffusionError::bad_file(path, format!("cannot write: {e}")))
+        .map_err(|e| NnError::bad_file(path, format!("cannot write: {e}")))
 }
 
 #[cfg(test)]

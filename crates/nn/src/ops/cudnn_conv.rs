@@ -34,7 +34,9 @@ use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, DeviceId};
 use candle_core::{CudaDevice, CudaStorage, CustomOp2, CustomOp3, DType, Error as E, Layout, Result, Shape, Tensor, WithDType};
 use candle_nn::Conv2dConfig;
 
-use super::cuda::{aligned, check, sf_channel_bias, sf_dtype, storage_address, SfChannelBiasArgs};
+use splatforge_cuda::{layout_address, slice_address_mut, Plain};
+
+use super::cuda::{aligned, alloc, check, sf_channel_bias, sf_dtype, storage_address, SfChannelBiasArgs};
 use super::fusable;
 
 use sys::cudnnBackendAttributeName_t as A;
@@ -334,8 +336,8 @@ fn plan<V: CudnnDataType + WithDType>(
         let stream = dev.cuda_stream();
         let mut best: Option<Plan> = None;
         for mut c in candidates {
-            let mut ws = (c.workspace > 0).then(|| unsafe { dev.alloc::<u8>(c.workspace) }).transpose()?;
-            let ws_ptr = ws.as_mut().map_or(0, |w| w.device_ptr_mut(&stream).0);
+            let mut ws = (c.workspace > 0).then(|| alloc::<u8>(dev, c.workspace)).transpose()?;
+            let ws_ptr = ws.as_mut().map_or(0, |w| slice_address_mut(w, &stream));
             // The first run pays lazy initialisation; time the next three.
             if execute(h, &c.plan, ptrs, ws_ptr).is_err() {
                 continue;
@@ -425,7 +427,7 @@ fn run<V>(
     dev: &CudaDevice,
 ) -> Result<(CudaStorage, Shape)>
 where
-    V: CudnnDataType + DeviceRepr + CudaDType + WithDType,
+    V: CudnnDataType + Plain + CudaDType + WithDType,
 {
     let [n, c, h, wd] = x_dims;
     let (k, c_w, r, s) = lw.shape().dims4()?;
@@ -442,18 +444,17 @@ where
     }
     let hd = handle(dev)?;
     let stream = dev.cuda_stream();
-    let mut out = unsafe { dev.alloc::<V>(out_dims.iter().product())? };
-    let elem = std::mem::size_of::<V>() as u64;
+    let mut out = alloc::<V>(dev, out_dims.iter().product())?;
     let ptrs: Pointers = [
-        a.device_ptr(&stream).0 + la.start_offset() as u64 * elem,
-        w.device_ptr(&stream).0 + lw.start_offset() as u64 * elem,
-        out.device_ptr_mut(&stream).0,
+        layout_address(a, la, &stream),
+        layout_address(w, lw, &stream),
+        slice_address_mut(&mut out, &stream),
     ];
     let key: Key = (pass, x_dims, [k, c, r, s], p.padding, p.stride, p.dilation, V::DTYPE, dev.id());
     let pl = plan::<V>(&hd, dev, key, p, y_dims, &ptrs)?;
     // No allocation when the plan needs no workspace (cuDNN takes null then).
-    let mut workspace = (pl.workspace > 0).then(|| unsafe { dev.alloc::<u8>(pl.workspace) }).transpose()?;
-    let ws_ptr = workspace.as_mut().map_or(0, |w| w.device_ptr_mut(&stream).0);
+    let mut workspace = (pl.workspace > 0).then(|| alloc::<u8>(dev, pl.workspace)).transpose()?;
+    let ws_ptr = workspace.as_mut().map_or(0, |w| slice_address_mut(w, &stream));
     execute(&hd, &pl.plan, &ptrs, ws_ptr)?;
     if let Some(bias) = bias {
         let args = SfChannelBiasArgs {

@@ -40,8 +40,10 @@
 //! tensors; the CPU backend is the reference and gives the same result as
 //! rendering, backpropagating and stepping Adam by hand.
 
+use std::ops::ControlFlow;
+
 use candle_core::{DType, Tensor, Var};
-use splatforge_diffusion::camera;
+use splatforge_diffusion::mvdream::camera;
 use splatforge_diffusion::{
     sds_gradient, DiffusionError, MvDreamPipeline, MvDreamRequest, SdsConditioning, SdsOptions, SdsTimestep, SdsWeighting,
 };
@@ -150,12 +152,12 @@ fn sds_image_gradient(
 
 /// Runs `sds.sds_iters` refinement steps on the Gaussians of `backend` (the
 /// one that ran the fit; see the module docs), with fresh Adam moments.
-/// `cancelled` is polled every step.
+/// `progress` is called after every step; its `ControlFlow::Break` stops
+/// the refinement there with [`SdsError::Cancelled`].
 pub fn refine(
     backend: &mut dyn FitBackend,
     inp: &SdsInputs<'_>,
-    cancelled: &dyn Fn() -> bool,
-    progress: &mut dyn FnMut(&SdsStep),
+    progress: &mut dyn FnMut(&SdsStep) -> ControlFlow<()>,
 ) -> Result<(), SdsError> {
     let cfg = inp.sds;
     let iters = cfg.sds_iters;
@@ -205,16 +207,13 @@ pub fn refine(
     let mut composites: Vec<([f32; 3], Vec<Vec<f32>>)> = Vec::new();
 
     for step in 1..=iters {
-        if cancelled() {
-            return Err(SdsError::Cancelled);
-        }
         let elevation = cfg.elevation_range[0] + (cfg.elevation_range[1] - cfg.elevation_range[0]) * rng.unit();
         let azimuth = -180.0 + 360.0 * rng.unit();
         let bg = if cfg.random_background && rng.unit() < 0.5 { [0.0; 3] } else { [1.0; 3] };
         let t = sds_timestep(cfg, step, iters, num_train, rng.unit());
         let noise_seed = rng.next_u64();
 
-        let cameras: Vec<Camera> = camera::render_cameras(
+        let cameras: Vec<Camera> = crate::cameras::render_cameras(
             nf,
             elevation,
             azimuth,
@@ -270,7 +269,9 @@ pub fn refine(
             Some(s) if use_views => s.psnr,
             _ => f64::NAN,
         };
-        progress(&SdsStep { step, iters, timestep: t, sds_loss, views_psnr });
+        if progress(&SdsStep { step, iters, timestep: t, sds_loss, views_psnr }).is_break() {
+            return Err(SdsError::Cancelled);
+        }
     }
     Ok(())
 }

@@ -1,11 +1,13 @@
-//! candle custom ops around the kernels of `crates/diffusion/cuda/` (built by
-//! `build.rs` into `libsplatforge_diffusion_cuda.a`), run on candle's stream.
+//! candle custom ops around the kernels of `crates/nn/cuda/` (built by
+//! `build.rs` into `libsplatforge_nn_cuda.a`), run on candle's stream.
 
 use std::ffi::{c_int, c_void};
 
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr};
+use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::cuda_backend::{CudaDType, CudaStorageSlice};
 use candle_core::{CudaDevice, CudaStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+
+use splatforge_cuda::{layout_address, Plain};
 
 use super::fusable;
 
@@ -133,12 +135,14 @@ pub(super) fn sf_dtype(dt: DType) -> Result<c_int> {
     }
 }
 
+/// `Ok` for a kernel launcher's `cudaSuccess`, else the CUDA runtime's message.
 pub(super) fn check(what: &str, code: c_int) -> Result<()> {
-    if code == 0 {
-        Ok(())
-    } else {
-        candle_core::bail!("{what}: CUDA error {code}")
-    }
+    splatforge_cuda::check(what, code).map_err(candle_core::Error::wrap)
+}
+
+/// `len` elements of uninitialised device memory on `dev`'s stream.
+pub(super) fn alloc<T: Plain>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
+    splatforge_cuda::alloc(&dev.cuda_stream(), len).map_err(candle_core::Error::wrap)
 }
 
 fn small(what: &str, n: usize) -> Result<c_int> {
@@ -146,10 +150,8 @@ fn small(what: &str, n: usize) -> Result<c_int> {
 }
 
 /// Device address of the first element of `l` in `s`.
-fn address<T: DeviceRepr>(s: &CudaSlice<T>, l: &Layout, dev: &CudaDevice) -> u64 {
-    let stream = dev.cuda_stream();
-    let (p, _sync) = s.device_ptr(&stream);
-    p + (l.start_offset() * std::mem::size_of::<T>()) as u64
+fn address<T>(s: &CudaSlice<T>, l: &Layout, dev: &CudaDevice) -> u64 {
+    layout_address(s, l, &dev.cuda_stream())
 }
 
 /// Device address of the first element of `l` in `s` (f32, f16 or bf16).
@@ -210,7 +212,7 @@ struct FusedAttention {
 }
 
 impl FusedAttention {
-    fn launch<T: CudaDType + DeviceRepr>(
+    fn launch<T: CudaDType + Plain>(
         &self,
         (q, lq): (&CudaSlice<T>, &Layout),
         (k, lk): (&CudaSlice<T>, &Layout),
@@ -220,7 +222,7 @@ impl FusedAttention {
     ) -> Result<CudaStorage> {
         let (b, nq, inner) = lq.shape().dims3()?;
         let nk = lk.shape().dims3()?.1;
-        let out = unsafe { dev.alloc::<T>(b * nq * inner)? };
+        let out = alloc::<T>(dev, b * nq * inner)?;
         let stream = dev.cuda_stream();
         let args = SfAttentionArgs {
             q: address(q, lq, dev),
@@ -346,7 +348,7 @@ struct FusedGroupNorm {
 struct FusedGroupNormBackward(FusedGroupNorm);
 
 impl FusedGroupNormBackward {
-    fn launch<T: CudaDType + DeviceRepr>(
+    fn launch<T: CudaDType + Plain>(
         &self,
         (x, lx): (&CudaSlice<T>, &Layout),
         (dy, ly): (&CudaSlice<T>, &Layout),
@@ -360,8 +362,8 @@ impl FusedGroupNormBackward {
         }
         let c = geo.channels as usize;
         let scratch_len = 2 * geo.scratch_floats;
-        let scratch = unsafe { dev.alloc::<f32>(scratch_len)? };
-        let dx = unsafe { dev.alloc::<T>(lx.shape().elem_count())? };
+        let scratch = alloc::<f32>(dev, scratch_len)?;
+        let dx = alloc::<T>(dev, lx.shape().elem_count())?;
         let stream = dev.cuda_stream();
         let gamma = address(gb, lgb, dev);
         let args = SfGroupNormBwdArgs {
@@ -416,7 +418,7 @@ impl CustomOp3 for FusedGroupNormBackward {
 }
 
 impl FusedGroupNorm {
-    fn launch<T: CudaDType + DeviceRepr>(
+    fn launch<T: CudaDType + Plain>(
         &self,
         (x, lx): (&CudaSlice<T>, &Layout),
         (g, lg): (&CudaSlice<T>, &Layout),
@@ -426,8 +428,8 @@ impl FusedGroupNorm {
     ) -> Result<CudaStorage> {
         let geo = GroupNormGeometry::of(lx, self.groups)?;
         let scratch_len = geo.scratch_floats;
-        let scratch = unsafe { dev.alloc::<f32>(scratch_len)? };
-        let y = unsafe { dev.alloc::<T>(lx.shape().elem_count())? };
+        let scratch = alloc::<f32>(dev, scratch_len)?;
+        let y = alloc::<T>(dev, lx.shape().elem_count())?;
         let stream = dev.cuda_stream();
         let args = SfGroupNormArgs {
             x: address(x, lx, dev),
@@ -496,42 +498,6 @@ impl CustomOp3 for FusedGroupNorm {
     }
 }
 
-/// Bytes of the cuBLAS workspace [`configure_device`] gives each device.
-const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
-
-/// Once per device: gives candle's cuBLAS handle a 32 MiB workspace (kept for
-/// the life of the process; without one, cuBLAS picks among fewer GEMM
-/// kernels on Hopper, and torch gives it the same amount), and keeps freed
-/// memory in the device's pool (cuDNN's workspaces and every candle tensor
-/// are stream-ordered allocations; the rasterizer does the same).
-pub(super) fn configure_device(dev: &CudaDevice) -> Result<()> {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-    static WORKSPACES: Mutex<Option<HashMap<candle_core::cuda_backend::DeviceId, CudaSlice<u8>>>> = Mutex::new(None);
-    let mut guard = WORKSPACES.lock().unwrap_or_else(|e| e.into_inner());
-    let map = guard.get_or_insert_with(HashMap::new);
-    if map.contains_key(&dev.id()) {
-        return Ok(());
-    }
-    splatforge_render::cuda::keep_pool_memory(dev).map_err(candle_core::Error::wrap)?;
-    let ws = dev.alloc_zeros::<u8>(CUBLAS_WORKSPACE_BYTES)?;
-    let blas = dev.cublas_handle();
-    let stream = dev.cuda_stream();
-    let ptr = ws.device_ptr(&stream).0;
-    let status = unsafe {
-        candle_core::cuda_backend::cudarc::cublas::sys::cublasSetWorkspace_v2(
-            *blas.handle(),
-            ptr as *mut c_void,
-            CUBLAS_WORKSPACE_BYTES,
-        )
-    };
-    if status != candle_core::cuda_backend::cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-        candle_core::bail!("cublasSetWorkspace: {status:?}");
-    }
-    map.insert(dev.id(), ws);
-    Ok(())
-}
-
 /// Nearest-neighbour 2× upsampling of `[N, C, H, W]` when the kernel applies
 /// (CUDA, f32/f16/bf16, no autograd); `None` sends the caller to candle's.
 pub(super) fn upsample_nearest2x(x: &Tensor) -> Result<Option<Tensor>> {
@@ -568,14 +534,14 @@ impl CustomOp1 for Upsample2x {
 }
 
 impl Upsample2x {
-    fn launch<T: CudaDType + DeviceRepr + candle_core::WithDType>(
+    fn launch<T: CudaDType + Plain + candle_core::WithDType>(
         x: &CudaSlice<T>,
         lx: &Layout,
         out_shape: &Shape,
         dev: &CudaDevice,
     ) -> Result<CudaStorage> {
         let (n, c, h, w) = lx.shape().dims4()?;
-        let out = unsafe { dev.alloc::<T>(out_shape.elem_count())? };
+        let out = alloc::<T>(dev, out_shape.elem_count())?;
         let args = SfUpsampleArgs {
             x: address(x, lx, dev),
             y: address(&out, &Layout::contiguous(out_shape), dev),
@@ -643,7 +609,7 @@ impl CustomOp1 for EpilogueTerms {
 }
 
 impl EpilogueTerms {
-    fn launch<T: CudaDType + DeviceRepr + candle_core::WithDType>(
+    fn launch<T: CudaDType + Plain + candle_core::WithDType>(
         &self,
         y: &CudaSlice<T>,
         ly: &Layout,
@@ -655,7 +621,7 @@ impl EpilogueTerms {
         if terms.iter().flatten().any(|t| t.dtype() != T::DTYPE) {
             candle_core::bail!("the linear epilogue's terms must have the product's dtype");
         }
-        let out = unsafe { dev.alloc::<T>(rows * cols)? };
+        let out = alloc::<T>(dev, rows * cols)?;
         let args = SfLinearEpilogueArgs {
             y: address(y, ly, dev),
             out: address(&out, &Layout::contiguous((rows, cols)), dev),
@@ -710,7 +676,7 @@ impl CustomOp1 for RmsNormRope {
 }
 
 impl RmsNormRope {
-    fn launch<T: CudaDType + DeviceRepr + candle_core::WithDType>(
+    fn launch<T: CudaDType + Plain + candle_core::WithDType>(
         &self,
         x: &CudaSlice<T>,
         lx: &Layout,
@@ -725,7 +691,7 @@ impl RmsNormRope {
         {
             candle_core::bail!("RMSNorm + RoPE: bias [{}], scale [{d}] and cos, sin [{tokens}, {}] in the input's dtype expected", heads * d, d / 2);
         }
-        let out = unsafe { dev.alloc::<T>(lx.shape().elem_count())? };
+        let out = alloc::<T>(dev, lx.shape().elem_count())?;
         let args = SfRmsNormRopeArgs {
             x: address(x, lx, dev),
             bias: tensor_address(self.bias.as_ref())?,

@@ -11,17 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{DiffusionError, Result};
-
-/// MVDream in diffusers layout (fp16 safetensors).
-pub const MVDREAM_DIFFUSERS_REPO: &str = "ashawkey/mvdream-sd2.1-diffusers";
-/// MVDream's original release.
-pub const MVDREAM_REPO: &str = "MVDream/MVDream";
-/// MVDream's LDM checkpoint in [`MVDREAM_REPO`].
-pub const MVDREAM_CHECKPOINT: &str = "sd-v2.1-base-4view.pt";
-/// Where an OpenAI-vocabulary CLIP `tokenizer.json` can be had (the same BPE
-/// vocabulary OpenCLIP uses), for LDM checkpoints that ship no tokenizer.
-pub const CLIP_TOKENIZER_REPO: &str = "openai/clip-vit-large-patch14";
+use crate::error::{NnError, Result};
 
 /// Where the hub cache is and whether we may go online.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,17 +78,6 @@ impl HubConfig {
         p.is_file().then_some(p)
     }
 
-    /// The snapshot folder of `repo` at `revision`, if present.
-    pub fn cached_snapshot(&self, repo: &str, revision: &str) -> Option<PathBuf> {
-        let dir = self.repo_dir(repo);
-        let commit = match std::fs::read_to_string(dir.join("refs").join(revision)) {
-            Ok(c) => c.trim().to_string(),
-            Err(_) => revision.to_string(),
-        };
-        let p = dir.join("snapshots").join(commit);
-        p.is_dir().then_some(p)
-    }
-
     /// How to fetch a file by hand (for error messages).
     pub fn how_to_get(&self, repo: &str, revision: &str, file: &str) -> String {
         let rev = if revision == "main" {
@@ -123,7 +102,7 @@ impl HubConfig {
             .join(revision)
             .join(file);
         if self.offline {
-            return Err(DiffusionError::MissingFile {
+            return Err(NnError::MissingFile {
                 file: expected,
                 hint: format!(
                     "`{file}` of the Hugging Face repository {repo} is not in the cache and HF_HUB_OFFLINE is set; {}",
@@ -131,7 +110,7 @@ impl HubConfig {
                 ),
             });
         }
-        self.download(repo, revision, file).map_err(|e| DiffusionError::MissingFile {
+        self.download(repo, revision, file).map_err(|e| NnError::MissingFile {
             file: expected,
             hint: format!("`{file}` of the Hugging Face repository {repo} could not be downloaded ({e}); {}", self.how_to_get(repo, revision, file)),
         })
@@ -160,6 +139,36 @@ impl HubConfig {
     }
 }
 
+/// A model on the hub named on a command line: `hf:ORG/NAME[@REVISION][:FILE]`
+/// (revision `main` when not given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubSpec {
+    pub repo: String,
+    pub revision: String,
+    /// One file of the repository (a single checkpoint), or the whole repository.
+    pub file: Option<String>,
+}
+
+impl HubSpec {
+    /// The spec of `s`, `None` when `s` does not start with `hf:`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let rest = s.strip_prefix("hf:")?;
+        let (repo_rev, file) = match rest.split_once(':') {
+            Some((a, f)) => (a, Some(f.to_string())),
+            None => (rest, None),
+        };
+        let (repo, revision) = match repo_rev.split_once('@') {
+            Some((r, v)) => (r.to_string(), v.to_string()),
+            None => (repo_rev.to_string(), "main".to_string()),
+        };
+        Some(Self {
+            repo,
+            revision,
+            file,
+        })
+    }
+}
+
 /// Finds files of a model: in a local folder, or in a hub repository.
 pub trait FileSource {
     /// The first of `candidates` (paths relative to the model root) that
@@ -179,21 +188,10 @@ pub struct LocalDir {
     pub hint: String,
 }
 
-impl LocalDir {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self {
-            root: root.into(),
-            hint: format!(
-                "expected a diffusers-layout MVDream folder such as a snapshot of the Hugging Face repository {MVDREAM_DIFFUSERS_REPO} (`huggingface-cli download {MVDREAM_DIFFUSERS_REPO}`)"
-            ),
-        }
-    }
-}
-
 impl FileSource for LocalDir {
     fn find(&self, candidates: &[&str]) -> Result<PathBuf> {
         self.find_optional(candidates)
-            .ok_or_else(|| DiffusionError::MissingFile {
+            .ok_or_else(|| NnError::MissingFile {
                 file: self.root.join(candidates[0]),
                 hint: if candidates.len() > 1 {
                     format!(
@@ -273,7 +271,7 @@ impl FileSource for HubRepo {
 }
 
 /// `path`'s parent, or `.`.
-pub(crate) fn parent_or_dot(path: &Path) -> PathBuf {
+pub fn parent_or_dot(path: &Path) -> PathBuf {
     path.parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map(Path::to_path_buf)
@@ -283,6 +281,27 @@ pub(crate) fn parent_or_dot(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hub_specs() {
+        assert_eq!(HubSpec::parse("models/x"), None);
+        assert_eq!(
+            HubSpec::parse("hf:a/b"),
+            Some(HubSpec {
+                repo: "a/b".into(),
+                revision: "main".into(),
+                file: None
+            })
+        );
+        assert_eq!(
+            HubSpec::parse("hf:a/b@v1:sub/c.pt"),
+            Some(HubSpec {
+                repo: "a/b".into(),
+                revision: "v1".into(),
+                file: Some("sub/c.pt".into())
+            })
+        );
+    }
 
     #[test]
     fn env_rules() {

@@ -1,9 +1,9 @@
-//! Builds the fused attention, GroupNorm and elementwise kernels (crates/diffusion/cuda/*.cu)
+//! Builds the fused attention, GroupNorm and elementwise kernels (crates/nn/cuda/*.cu)
 //! when the `cuda` feature is on; see `splatforge-cuda-build`.
 
 fn main() {
     splatforge_cuda_build::build_kernels(
-        "splatforge_diffusion_cuda",
+        "splatforge_nn_cuda",
         &["attention.cu", "elementwise.cu", "group_norm.cu"],
         &["api.h"],
     );

@@ -1,0 +1,19 @@
+//! Helpers shared by the unit tests of this crate.
+
+use candle_core::Tensor;
+
+/// max |a − b| over all elements, as f32.
+pub(crate) fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
