@@ -81,7 +81,7 @@ impl Conv3d {
             .pad_with_zeros(4, pad, pad)?;
         let taps = c * k * k * k;
         let kernel = self.weight.reshape((o, taps))?;
-        let slab_depth = (IM2COL_SLAB_ELEMENTS / (taps * h * w).max(1)).clamp(1, d);
+        let slab_depth = (IM2COL_SLAB_ELEMENTS / (taps * h * w).max(1)).clamp(1, d.max(1));
         let mut items = Vec::with_capacity(b);
         for item in 0..b {
             let volume = padded.get(item)?;

@@ -137,7 +137,7 @@ impl SparseStructureFlowConfig {
 /// (the official `patchify`).
 pub fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
     let (b, c, d, h, w) = x.dims5()?;
-    if d % p != 0 || h % p != 0 || w % p != 0 {
+    if p == 0 || d % p != 0 || h % p != 0 || w % p != 0 {
         return Err(TrellisError::InvalidArgument(format!(
             "{:?} is not divisible into patches of {p}",
             x.dims()
@@ -153,7 +153,7 @@ pub fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
 /// The inverse of [`patchify`] (the official `unpatchify`).
 pub fn unpatchify(x: &Tensor, p: usize) -> Result<Tensor> {
     let (b, cp, d, h, w) = x.dims5()?;
-    if cp % (p * p * p) != 0 {
+    if p == 0 || cp % (p * p * p) != 0 {
         return Err(TrellisError::InvalidArgument(format!(
             "{cp} channels are not a multiple of {}",
             p * p * p
@@ -345,6 +345,7 @@ mod tests {
             .unwrap()
             .reshape((2, 3, 4, 4, 4))
             .unwrap();
+        assert!(patchify(&x, 0).is_err() && patchify(&x, 3).is_err());
         let y = patchify(&x, 2).unwrap();
         assert_eq!(y.dims(), &[2, 24, 2, 2, 2]);
         let yv = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
