@@ -66,8 +66,10 @@ pub struct SparseStructureFlowConfig {
 }
 
 impl SparseStructureFlowConfig {
-    /// `ckpts/ss_flow_img_dit_L_16l8_fp16.json` of TRELLIS-image-large (the same arguments
-    /// as the official `configs/generation/ss_flow_img_dit_L_16l8_fp16.json`).
+    /// `ckpts/ss_flow_img_dit_L_16l8_fp16.json` of TRELLIS-image-large, as published at
+    /// <https://huggingface.co/JeffreyXiang/TRELLIS-image-large/blob/main/ckpts/ss_flow_img_dit_L_16l8_fp16.json>
+    /// (the same arguments as the official `configs/generation/ss_flow_img_dit_L_16l8_fp16.json`),
+    /// unset arguments at the constructor's defaults.
     pub fn image_large() -> Self {
         Self {
             resolution: 16,
@@ -452,6 +454,18 @@ mod tests {
             .unsqueeze(0)
             .unwrap();
         assert_eq!(Mat::of(&row).v, Mat::of(&pe).v);
+    }
+
+    #[test]
+    fn the_preset_is_the_published_checkpoint_json() {
+        let published = r#"{"name": "SparseStructureFlowModel", "args": {"resolution": 16, "in_channels": 8,
+            "out_channels": 8, "model_channels": 1024, "cond_channels": 1024, "num_blocks": 24, "num_heads": 16,
+            "mlp_ratio": 4, "patch_size": 1, "pe_mode": "ape", "qk_rms_norm": true, "use_fp16": true}}"#;
+        let ckpt: crate::config::Checkpoint<SparseStructureFlowConfig> =
+            serde_json::from_str(published).unwrap();
+        assert_eq!(ckpt.name, CLASS);
+        assert_eq!(ckpt.args, SparseStructureFlowConfig::image_large());
+        assert_eq!(ckpt.args.heads().unwrap(), 16);
     }
 
     #[test]
