@@ -29,7 +29,15 @@ torchvision, easydict and tqdm are needed (no spconv, flash-attn, xformers, remb
 
 Usage: python parity_stage1.py OUT --trellis PATH/TRELLIS --dinov2 PATH/dinov2 [--device cuda]
 [--fp16]  (--fp16: the official models in their published `use_fp16` mode, for comparing our
-f16/bf16 run; default f32 everywhere.)
+f16/bf16 run; default f32 everywhere.) Exit status 0 when every part is within tolerance.
+
+On the GPU machine (no network there: the two official checkouts travel in shared/):
+    git -C <mirror of microsoft/TRELLIS> archive HEAD | tar -x -C shared/trellis-ref
+    git -C <mirror of facebookresearch/dinov2> archive HEAD | tar -x -C shared/dinov2-ref
+    cargo run --release -p splatforge-trellis --features cudnn --example stage1_parity -- /tmp/s1-f32 --size full --dtype f32
+    python3 crates/trellis/scripts/parity_stage1.py /tmp/s1-f32 --trellis shared/trellis-ref --dinov2 shared/dinov2-ref
+    cargo run --release -p splatforge-trellis --features cudnn --example stage1_parity -- /tmp/s1-bf16 --size full --dtype bf16
+    python3 crates/trellis/scripts/parity_stage1.py /tmp/s1-bf16 --trellis shared/trellis-ref --dinov2 shared/dinov2-ref --fp16
 """
 
 import argparse

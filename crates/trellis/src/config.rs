@@ -11,7 +11,9 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use splatforge_diffusion::hub::HubConfig;
 use splatforge_diffusion::weights::{save_random, MappedBackend, RandomTensor, Source, TensorFile};
+use splatforge_diffusion::DiffusionError;
 
 use crate::sampler::{FlowEulerSampler, SamplerParams};
 use crate::{Result, TrellisError};
@@ -201,6 +203,77 @@ impl PipelineConfig {
             .get(role)
             .ok_or_else(|| TrellisError::Config(format!("pipeline.json names no `{role}`")))?;
         Ok(dir.join(stem))
+    }
+}
+
+/// The published TRELLIS image-to-3D model on the Hugging Face hub.
+pub const TRELLIS_IMAGE_LARGE_REPO: &str = "microsoft/TRELLIS-image-large";
+
+/// Where a TRELLIS model is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrellisSource {
+    /// A folder with `pipeline.json` and the `ckpts/` it names.
+    Local(PathBuf),
+    /// A Hugging Face repository (`hf:ORG/NAME[@REVISION]`), read through the cache.
+    Hub { repo: String, revision: String },
+}
+
+impl TrellisSource {
+    /// `hf:ORG/NAME[@REVISION]` → hub repository; anything else → local folder.
+    pub fn parse(spec: &str) -> Self {
+        match spec.strip_prefix("hf:") {
+            Some(rest) => {
+                let (repo, revision) = rest.split_once('@').unwrap_or((rest, "main"));
+                Self::Hub {
+                    repo: repo.to_string(),
+                    revision: revision.to_string(),
+                }
+            }
+            None => Self::Local(PathBuf::from(spec)),
+        }
+    }
+
+    /// The folder holding `pipeline.json` and the checkpoints of `roles` (their `.json` and
+    /// `.safetensors`), taken from the hub cache (downloaded unless offline) for a hub source.
+    pub fn resolve(&self, hub: &HubConfig, roles: &[&str]) -> Result<PathBuf> {
+        match self {
+            Self::Local(dir) => {
+                if !dir.join("pipeline.json").is_file() {
+                    return Err(bad_file(
+                        dir,
+                        "no pipeline.json in this folder (expected a TRELLIS model folder)",
+                    ));
+                }
+                Ok(dir.clone())
+            }
+            Self::Hub { repo, revision } => {
+                let get = |file: &str| hub.get(repo, revision, file).map_err(hub_error);
+                let pipeline_path = get("pipeline.json")?;
+                let pipeline = PipelineConfig::read(&pipeline_path)?;
+                for role in roles {
+                    let stem = pipeline.args.models.get(*role).ok_or_else(|| {
+                        TrellisError::Config(format!("pipeline.json of {repo} names no `{role}`"))
+                    })?;
+                    get(&format!("{stem}.json"))?;
+                    get(&format!("{stem}.safetensors"))?;
+                }
+                let dir = pipeline_path
+                    .parent()
+                    .ok_or_else(|| bad_file(&pipeline_path, "has no folder"))?;
+                Ok(dir.to_path_buf())
+            }
+        }
+    }
+}
+
+/// A hub error as ours: a missing file keeps its path and the hint how to get it.
+pub(crate) fn hub_error(e: DiffusionError) -> TrellisError {
+    match e {
+        DiffusionError::MissingFile { file, hint } => TrellisError::BadFile {
+            path: file,
+            message: hint,
+        },
+        other => TrellisError::Config(other.to_string()),
     }
 }
 
@@ -414,6 +487,75 @@ mod tests {
         c.args.slat_normalization.std[0] = 0.0;
         assert!(c.validate().is_err());
         assert!(PipelineConfig::read(&dir.path().join("missing.json")).is_err());
+    }
+
+    #[test]
+    fn hub_sources_resolve_from_the_cache() {
+        assert_eq!(
+            TrellisSource::parse("hf:microsoft/TRELLIS-image-large"),
+            TrellisSource::Hub {
+                repo: TRELLIS_IMAGE_LARGE_REPO.into(),
+                revision: "main".into()
+            }
+        );
+        assert_eq!(
+            TrellisSource::parse("hf:a/b@v2"),
+            TrellisSource::Hub {
+                repo: "a/b".into(),
+                revision: "v2".into()
+            }
+        );
+        assert_eq!(
+            TrellisSource::parse("models/trellis"),
+            TrellisSource::Local("models/trellis".into())
+        );
+
+        let cache = tempfile::tempdir().unwrap();
+        let hub = HubConfig {
+            cache_dir: cache.path().to_path_buf(),
+            offline: true,
+        };
+        let repo_dir = hub.repo_dir(TRELLIS_IMAGE_LARGE_REPO);
+        std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+        std::fs::write(repo_dir.join("refs/main"), "abc123").unwrap();
+        let snapshot = repo_dir.join("snapshots/abc123");
+        std::fs::create_dir_all(&snapshot).unwrap();
+        let preset = PipelineConfig::image_large();
+        std::fs::write(
+            snapshot.join("pipeline.json"),
+            serde_json::to_string(&preset).unwrap(),
+        )
+        .unwrap();
+        let source = TrellisSource::parse("hf:microsoft/TRELLIS-image-large");
+        let role = ["sparse_structure_decoder"];
+        // Offline without the checkpoint: the error names the file and how to get it.
+        let err = source.resolve(&hub, &role).unwrap_err().to_string();
+        assert!(
+            err.contains("ss_dec_conv3d_16l8_fp16.json")
+                && err.contains("huggingface-cli download"),
+            "{err}"
+        );
+        let stem = preset
+            .checkpoint_stem(&snapshot, "sparse_structure_decoder")
+            .unwrap();
+        write_checkpoint(
+            &stem,
+            "SparseStructureDecoder",
+            &1,
+            &BTreeMap::new(),
+            DType::F32,
+        )
+        .unwrap();
+        assert_eq!(source.resolve(&hub, &role).unwrap(), snapshot);
+        assert!(TrellisSource::Local(cache.path().to_path_buf())
+            .resolve(&hub, &role)
+            .is_err());
+        assert_eq!(
+            TrellisSource::Local(snapshot.clone())
+                .resolve(&hub, &role)
+                .unwrap(),
+            snapshot
+        );
     }
 
     #[test]

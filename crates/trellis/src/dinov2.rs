@@ -23,7 +23,7 @@
 //! `mask_token` and the final `norm` (`embeddings.mask_token`, `layernorm`) are not read:
 //! TRELLIS uses neither.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Module, Tensor, D};
@@ -33,8 +33,9 @@ use splatforge_diffusion::ops::{self, Conv2d, LinearEpilogue};
 use splatforge_diffusion::weights::{NameMap, Source, TensorFile};
 
 use crate::blocks::{dense_attention, linear, LayerNorm32};
-use crate::config::{bad_file, weights_with_names};
+use crate::config::{bad_file, hub_error, weights_with_names};
 use crate::{Result, TrellisError};
+use splatforge_diffusion::hub::HubConfig;
 
 /// The shape of a DINOv2 ViT with registers.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -207,6 +208,63 @@ fn hugging_face_name(name: &str) -> Option<Source> {
         _ => return None,
     };
     key(format!("{layer}.{mapped}"))
+}
+
+/// The Hugging Face repository of DINOv2 ViT-L/14 with registers.
+pub const DINOV2_HF_REPO: &str = "facebook/dinov2-with-registers-large";
+/// The torch-hub checkpoint TRELLIS loads (`dinov2_vitl14_reg`).
+pub const DINOV2_HUB_CHECKPOINT: &str = "dinov2_vitl14_reg4_pretrain.pth";
+
+/// Where torch hub keeps [`DINOV2_HUB_CHECKPOINT`]: `$TORCH_HOME/hub/checkpoints/`, with
+/// `TORCH_HOME` defaulting to `$XDG_CACHE_HOME/torch`, then `~/.cache/torch`.
+pub fn torch_hub_checkpoint(
+    torch_home: Option<&str>,
+    xdg_cache: Option<&str>,
+    home: Option<&str>,
+) -> PathBuf {
+    let torch_home = match (torch_home, xdg_cache, home) {
+        (Some(t), _, _) => PathBuf::from(t),
+        (None, Some(x), _) => Path::new(x).join("torch"),
+        (None, None, Some(h)) => Path::new(h).join(".cache").join("torch"),
+        (None, None, None) => PathBuf::from(".cache").join("torch"),
+    };
+    torch_home
+        .join("hub")
+        .join("checkpoints")
+        .join(DINOV2_HUB_CHECKPOINT)
+}
+
+/// The DINOv2 weights for `spec`: a file path; `hf:ORG/NAME[@REVISION]` (its `config.json`
+/// and `model.safetensors` from the hub cache, downloaded unless offline); or, without a
+/// spec, torch hub's cached [`DINOV2_HUB_CHECKPOINT`] where TRELLIS keeps it, else
+/// [`DINOV2_HF_REPO`] through the hub cache.
+pub fn resolve_weights(spec: Option<&str>, hub: &HubConfig) -> Result<PathBuf> {
+    let from_hub = |repo: &str, revision: &str| -> Result<PathBuf> {
+        hub.get(repo, revision, "config.json").map_err(hub_error)?;
+        hub.get(repo, revision, "model.safetensors")
+            .map_err(hub_error)
+    };
+    match spec {
+        Some(s) => match s.strip_prefix("hf:") {
+            Some(rest) => {
+                let (repo, revision) = rest.split_once('@').unwrap_or((rest, "main"));
+                from_hub(repo, revision)
+            }
+            None => Ok(PathBuf::from(s)),
+        },
+        None => {
+            let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+            let cached = torch_hub_checkpoint(
+                var("TORCH_HOME").as_deref(),
+                var("XDG_CACHE_HOME").as_deref(),
+                var("HOME").as_deref(),
+            );
+            if cached.is_file() {
+                return Ok(cached);
+            }
+            from_hub(DINOV2_HF_REPO, "main")
+        }
+    }
 }
 
 /// One `NestedTensorBlock`: pre-norm attention and MLP, each scaled by its LayerScale.
@@ -530,6 +588,44 @@ mod tests {
             model.forward_prenorm(&wrong),
             Err(TrellisError::InvalidArgument(_))
         ));
+    }
+
+    #[test]
+    fn weights_are_found_where_torch_hub_and_the_hf_cache_keep_them() {
+        assert_eq!(
+            torch_hub_checkpoint(Some("/t"), Some("/x"), Some("/h")),
+            PathBuf::from("/t/hub/checkpoints/dinov2_vitl14_reg4_pretrain.pth")
+        );
+        assert_eq!(
+            torch_hub_checkpoint(None, Some("/x"), Some("/h")),
+            PathBuf::from("/x/torch/hub/checkpoints/dinov2_vitl14_reg4_pretrain.pth")
+        );
+        assert_eq!(
+            torch_hub_checkpoint(None, None, Some("/h")),
+            PathBuf::from("/h/.cache/torch/hub/checkpoints/dinov2_vitl14_reg4_pretrain.pth")
+        );
+        let cache = tempfile::tempdir().unwrap();
+        let hub = HubConfig {
+            cache_dir: cache.path().to_path_buf(),
+            offline: true,
+        };
+        assert_eq!(
+            resolve_weights(Some("/w/d.pth"), &hub).unwrap(),
+            PathBuf::from("/w/d.pth")
+        );
+        let err = resolve_weights(Some("hf:facebook/dinov2-with-registers-large"), &hub)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("config.json"), "{err}");
+        let snapshot = hub.repo_dir(DINOV2_HF_REPO).join("snapshots").join("main");
+        std::fs::create_dir_all(&snapshot).unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::write(snapshot.join(f), "{}").unwrap();
+        }
+        assert_eq!(
+            resolve_weights(Some("hf:facebook/dinov2-with-registers-large"), &hub).unwrap(),
+            snapshot.join("model.safetensors")
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`blocks`] | the shared transformer parts: attention with QK RMSNorm, MLP, adaLN-modulated blocks, timestep and position embedders |
-//! | [`config`] | `pipeline.json` (with the TRELLIS-image-large preset) and the `ckpts/<name>.json` + `.safetensors` checkpoints |
+//! | [`config`] | `pipeline.json` (with the TRELLIS-image-large preset), the `ckpts/<name>.json` + `.safetensors` checkpoints, local or Hugging Face sources |
 //! | [`dinov2`] | DINOv2 ViT-L/14 with registers (torch-hub and Hugging Face weights), TRELLIS' image tokens |
 //! | [`preprocess`] | image decoding with limits, TRELLIS' crop / 518² Lanczos / premultiply (Pillow-exact), DINOv2 input |
 //! | [`sampler`] | flow-Euler sampling with classifier-free guidance inside an interval, rescaled time |
@@ -19,6 +19,19 @@
 //! | [`gaussians`] | the Gaussian decoder's output → [`splatforge_splat::Gaussians`], as TRELLIS' `save_ply` writes them |
 //! | [`gs_decoder`] | `SLatGaussianDecoder`: the Swin sparse transformer from the structured latent to Gaussian channels |
 //! | [`error`] | errors of this crate |
+//!
+//! Stage 1 (image → occupied voxels) from the published model:
+//! ```no_run
+//! use splatforge_trellis::{config::TrellisSource, dinov2, preprocess, stage1::Stage1};
+//! let hub = splatforge_diffusion::HubConfig::from_env();
+//! let roles = ["sparse_structure_flow_model", "sparse_structure_decoder"];
+//! let dir = TrellisSource::parse("hf:microsoft/TRELLIS-image-large").resolve(&hub, &roles)?;
+//! let dinov2 = dinov2::resolve_weights(None, &hub)?;
+//! let stage1 = Stage1::load(&dir, &dinov2, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+//! let image = preprocess::decode_image(&std::fs::read("ghost_rgba.png")?)?;
+//! let voxels = stage1.run(&image, 42, |_, _| std::ops::ControlFlow::Continue(()))?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod blocks;
 pub mod config;

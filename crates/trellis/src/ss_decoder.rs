@@ -81,7 +81,7 @@ impl Conv3d {
             .pad_with_zeros(4, pad, pad)?;
         let taps = c * k * k * k;
         let kernel = self.weight.reshape((o, taps))?;
-        let slab_depth = (IM2COL_SLAB_ELEMENTS / (taps * h * w).max(1)).clamp(1, d);
+        let slab_depth = (IM2COL_SLAB_ELEMENTS / (taps * h * w).max(1)).clamp(1, d.max(1));
         let mut items = Vec::with_capacity(b);
         for item in 0..b {
             let volume = padded.get(item)?;
@@ -238,8 +238,10 @@ pub struct SparseStructureDecoderConfig {
 }
 
 impl SparseStructureDecoderConfig {
-    /// `ckpts/ss_dec_conv3d_16l8_fp16.json` of TRELLIS-image-large (the decoder of the
-    /// official `configs/vae/ss_vae_conv3d_16l8_fp16.json`).
+    /// `ckpts/ss_dec_conv3d_16l8_fp16.json` of TRELLIS-image-large, as published at
+    /// <https://huggingface.co/JeffreyXiang/TRELLIS-image-large/blob/main/ckpts/ss_dec_conv3d_16l8_fp16.json>
+    /// (the decoder of the official `configs/vae/ss_vae_conv3d_16l8_fp16.json`), `norm_type` at
+    /// its default.
     pub fn image_large() -> Self {
         Self {
             out_channels: 1,
@@ -595,6 +597,16 @@ mod tests {
             let want = (v[c] - mean) / (var + 1e-5).sqrt() * w[c] as f64 + b[c] as f64;
             assert!((y[c * 8 + voxel] as f64 - want).abs() < 1e-4);
         }
+    }
+
+    #[test]
+    fn the_preset_is_the_published_checkpoint_json() {
+        let published = r#"{"name": "SparseStructureDecoder", "args": {"out_channels": 1, "latent_channels": 8,
+            "num_res_blocks": 2, "num_res_blocks_middle": 2, "channels": [512, 128, 32], "use_fp16": true}}"#;
+        let ckpt: crate::config::Checkpoint<SparseStructureDecoderConfig> =
+            serde_json::from_str(published).unwrap();
+        assert_eq!(ckpt.name, CLASS);
+        assert_eq!(ckpt.args, SparseStructureDecoderConfig::image_large());
     }
 
     #[test]

@@ -66,8 +66,10 @@ pub struct SparseStructureFlowConfig {
 }
 
 impl SparseStructureFlowConfig {
-    /// `ckpts/ss_flow_img_dit_L_16l8_fp16.json` of TRELLIS-image-large (the same arguments
-    /// as the official `configs/generation/ss_flow_img_dit_L_16l8_fp16.json`).
+    /// `ckpts/ss_flow_img_dit_L_16l8_fp16.json` of TRELLIS-image-large, as published at
+    /// <https://huggingface.co/JeffreyXiang/TRELLIS-image-large/blob/main/ckpts/ss_flow_img_dit_L_16l8_fp16.json>
+    /// (the same arguments as the official `configs/generation/ss_flow_img_dit_L_16l8_fp16.json`),
+    /// unset arguments at the constructor's defaults.
     pub fn image_large() -> Self {
         Self {
             resolution: 16,
@@ -137,7 +139,7 @@ impl SparseStructureFlowConfig {
 /// (the official `patchify`).
 pub fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
     let (b, c, d, h, w) = x.dims5()?;
-    if d % p != 0 || h % p != 0 || w % p != 0 {
+    if p == 0 || d % p != 0 || h % p != 0 || w % p != 0 {
         return Err(TrellisError::InvalidArgument(format!(
             "{:?} is not divisible into patches of {p}",
             x.dims()
@@ -153,7 +155,7 @@ pub fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
 /// The inverse of [`patchify`] (the official `unpatchify`).
 pub fn unpatchify(x: &Tensor, p: usize) -> Result<Tensor> {
     let (b, cp, d, h, w) = x.dims5()?;
-    if cp % (p * p * p) != 0 {
+    if p == 0 || cp % (p * p * p) != 0 {
         return Err(TrellisError::InvalidArgument(format!(
             "{cp} channels are not a multiple of {}",
             p * p * p
@@ -345,6 +347,7 @@ mod tests {
             .unwrap()
             .reshape((2, 3, 4, 4, 4))
             .unwrap();
+        assert!(patchify(&x, 0).is_err() && patchify(&x, 3).is_err());
         let y = patchify(&x, 2).unwrap();
         assert_eq!(y.dims(), &[2, 24, 2, 2, 2]);
         let yv = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -451,6 +454,18 @@ mod tests {
             .unsqueeze(0)
             .unwrap();
         assert_eq!(Mat::of(&row).v, Mat::of(&pe).v);
+    }
+
+    #[test]
+    fn the_preset_is_the_published_checkpoint_json() {
+        let published = r#"{"name": "SparseStructureFlowModel", "args": {"resolution": 16, "in_channels": 8,
+            "out_channels": 8, "model_channels": 1024, "cond_channels": 1024, "num_blocks": 24, "num_heads": 16,
+            "mlp_ratio": 4, "patch_size": 1, "pe_mode": "ape", "qk_rms_norm": true, "use_fp16": true}}"#;
+        let ckpt: crate::config::Checkpoint<SparseStructureFlowConfig> =
+            serde_json::from_str(published).unwrap();
+        assert_eq!(ckpt.name, CLASS);
+        assert_eq!(ckpt.args, SparseStructureFlowConfig::image_large());
+        assert_eq!(ckpt.args.heads().unwrap(), 16);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::config::{
     bad_file, checkpoint_weights, with_suffix, write_atomically, write_checkpoint, Checkpoint,
     PipelineConfig,
 };
-use crate::dinov2::{Dinov2, Dinov2Config};
+use crate::dinov2::{Dinov2, Dinov2Config, DINOV2_HUB_CHECKPOINT};
 use crate::preprocess::{dinov2_pixels, has_alpha, plain_background_alpha, preprocess};
 use crate::sampler::SamplerParams;
 use crate::ss_decoder::{
@@ -30,9 +30,6 @@ use crate::ss_decoder::{
 };
 use crate::ss_flow::{self, SparseStructureFlowConfig, SparseStructureFlowModel};
 use crate::{Result, TrellisError};
-
-/// The torch-hub checkpoint name of `dinov2_vitl14_reg` (what TRELLIS downloads).
-pub const DINOV2_HUB_FILE: &str = "dinov2_vitl14_reg4_pretrain.pth";
 
 /// Colour difference (0–255) above which a pixel of an opaque picture counts as foreground
 /// in [`plain_background_alpha`].
@@ -264,7 +261,7 @@ pub fn write_random_stage1(
 
     let recorder = RandomRecorder::new(seed.wrapping_add(2));
     Dinov2::load(&dinov2, recorder.var_builder())?;
-    let stem = dir.join(Path::new(DINOV2_HUB_FILE).with_extension(""));
+    let stem = dir.join(Path::new(DINOV2_HUB_CHECKPOINT).with_extension(""));
     let weights = with_suffix(&stem, "safetensors");
     splatforge_diffusion::weights::save_random(&recorder.recipes(), DType::F32, &weights)
         .map_err(|e| bad_file(&weights, e))?;
