@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use splatforge_diffusion::weights::RandomRecorder;
+use splatforge_nn::weights::RandomRecorder;
 use splatforge_splat::io::write_atomic;
 use splatforge_splat::ply::{write_ply, PlyWriteOptions};
 use splatforge_splat::rng::SplitMix64;

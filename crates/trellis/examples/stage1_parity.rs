@@ -51,7 +51,7 @@ fn parse() -> R<Args> {
                     ModelSize::Tiny
                 }
             }
-            "--dtype" => args.dtype = splatforge_diffusion::parse_dtype(&value)?,
+            "--dtype" => args.dtype = value.parse::<splatforge_nn::Precision>()?.dtype(),
             "--image" => args.image = Some(PathBuf::from(value)),
             "--seed" => args.seed = value.parse()?,
             "--steps" => args.steps = Some(value.parse()?),
@@ -84,7 +84,7 @@ fn timed<T>(what: &str, device: &Device, f: impl FnOnce() -> R<T>) -> R<T> {
 
 fn main() -> R<()> {
     let args = parse()?;
-    let device = splatforge_diffusion::best_device(0);
+    let device = splatforge_nn::best_device(0);
     let model_dir = args.out.join("model");
     let dinov2_path = write_random_stage1(&model_dir, args.size, DType::F32, args.seed)?;
     let stage1 = Stage1::load(&model_dir, &dinov2_path, args.dtype, &device)?;
@@ -112,7 +112,7 @@ fn main() -> R<()> {
 
     let flow_cfg = stage1.flow().config().clone();
     let r = flow_cfg.resolution;
-    let x = splatforge_diffusion::rng::randn(
+    let x = splatforge_nn::rng::randn(
         args.seed + 1,
         &[2, flow_cfg.in_channels, r, r, r],
         DType::F32,
@@ -137,7 +137,7 @@ fn main() -> R<()> {
         steps: args.steps.unwrap_or(defaults.steps),
         ..defaults
     };
-    let noise = splatforge_diffusion::rng::randn(
+    let noise = splatforge_nn::rng::randn(
         args.seed,
         &[1, flow_cfg.in_channels, r, r, r],
         DType::F32,

@@ -14,7 +14,7 @@
 
 use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
-use splatforge_diffusion::ops::{self, LinearEpilogue};
+use splatforge_nn::ops::{self, LinearEpilogue};
 
 use crate::{Result, TrellisError};
 
@@ -706,7 +706,7 @@ impl AbsolutePositionEmbedder {
 pub(crate) mod tests {
     use super::*;
     use candle_core::Device;
-    use splatforge_diffusion::weights::SeededInit;
+    use splatforge_nn::weights::SeededInit;
     use std::collections::BTreeMap;
 
     /// A row-major f64 matrix, the written-out reference's data.

@@ -11,9 +11,9 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use splatforge_diffusion::hub::HubConfig;
-use splatforge_diffusion::weights::{save_random, MappedBackend, RandomTensor, Source, TensorFile};
-use splatforge_diffusion::DiffusionError;
+use splatforge_nn::hub::HubConfig;
+use splatforge_nn::weights::{save_random, MappedBackend, RandomTensor, Source, TensorFile};
+use splatforge_nn::NnError;
 
 use crate::sampler::{FlowEulerSampler, SamplerParams};
 use crate::{Result, TrellisError};
@@ -267,9 +267,9 @@ impl TrellisSource {
 }
 
 /// A hub error as ours: a missing file keeps its path and the hint how to get it.
-pub(crate) fn hub_error(e: DiffusionError) -> TrellisError {
+pub(crate) fn hub_error(e: NnError) -> TrellisError {
     match e {
-        DiffusionError::MissingFile { file, hint } => TrellisError::BadFile {
+        NnError::MissingFile { file, hint } => TrellisError::BadFile {
             path: file,
             message: hint,
         },
@@ -329,7 +329,7 @@ pub fn checkpoint_weights(
 /// module tensor names to the file's.
 pub fn weights_with_names(
     path: &Path,
-    map: splatforge_diffusion::weights::NameMap,
+    map: splatforge_nn::weights::NameMap,
     dtype: DType,
     device: &Device,
 ) -> Result<VarBuilder<'static>> {

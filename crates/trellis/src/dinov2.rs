@@ -29,13 +29,13 @@ use std::sync::Arc;
 use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
-use splatforge_diffusion::ops::{self, Conv2d, LinearEpilogue};
-use splatforge_diffusion::weights::{NameMap, Source, TensorFile};
+use splatforge_nn::ops::{self, Conv2d, LinearEpilogue};
+use splatforge_nn::weights::{NameMap, Source, TensorFile};
 
 use crate::blocks::{dense_attention, linear, LayerNorm32};
 use crate::config::{bad_file, hub_error, weights_with_names};
 use crate::{Result, TrellisError};
-use splatforge_diffusion::hub::HubConfig;
+use splatforge_nn::hub::HubConfig;
 
 /// The shape of a DINOv2 ViT with registers.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -454,7 +454,7 @@ mod tests {
     use super::*;
     use crate::blocks::tests::{layer_norm, lin, max_diff, Mat};
     use candle_core::Device;
-    use splatforge_diffusion::weights::{save_random, RandomRecorder, SeededInit};
+    use splatforge_nn::weights::{save_random, RandomRecorder, SeededInit};
     use std::collections::BTreeMap;
 
     /// `x·Φ(x)`, Φ from candle's f64 erf (the exact GELU of `nn.GELU()`).

@@ -306,7 +306,7 @@ mod tests {
     use crate::blocks::tests::{layer_norm, lin, max_diff, Mat};
     use crate::config::{with_suffix, write_checkpoint};
     use candle_core::Device;
-    use splatforge_diffusion::weights::{RandomRecorder, SeededInit, TensorFile};
+    use splatforge_nn::weights::{RandomRecorder, SeededInit, TensorFile};
     use splatforge_splat::rng::SplitMix64;
     use std::collections::BTreeMap;
 

@@ -23,7 +23,7 @@
 //! Stage 1 (image → occupied voxels) from the published model:
 //! ```no_run
 //! use splatforge_trellis::{config::TrellisSource, dinov2, preprocess, stage1::Stage1};
-//! let hub = splatforge_diffusion::HubConfig::from_env();
+//! let hub = splatforge_nn::hub::HubConfig::from_env();
 //! let roles = ["sparse_structure_flow_model", "sparse_structure_decoder"];
 //! let dir = TrellisSource::parse("hf:microsoft/TRELLIS-image-large").resolve(&hub, &roles)?;
 //! let dinov2 = dinov2::resolve_weights(None, &hub)?;

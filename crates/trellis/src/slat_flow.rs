@@ -714,7 +714,7 @@ mod tests {
     use crate::blocks::tests::{layer_norm, lin, max_diff, Mat};
     use crate::config::{checkpoint_weights, write_checkpoint, Checkpoint};
     use crate::sampler::{FlowEulerSampler, SamplerParams};
-    use splatforge_diffusion::weights::{RandomRecorder, SeededInit};
+    use splatforge_nn::weights::{RandomRecorder, SeededInit};
     use std::collections::BTreeMap;
 
     fn randn(dims: &[usize], seed: u64) -> Tensor {

@@ -9,7 +9,7 @@
 use candle_core::{DType, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
-use splatforge_diffusion::ops::{self, GroupNorm};
+use splatforge_nn::ops::{self, GroupNorm};
 
 use crate::blocks::LayerNorm32;
 use crate::{Result, TrellisError};
@@ -375,7 +375,7 @@ pub fn occupied_coords(logits: &Tensor) -> Result<Vec<[u32; 4]>> {
 mod tests {
     use super::*;
     use candle_core::Device;
-    use splatforge_diffusion::weights::SeededInit;
+    use splatforge_nn::weights::SeededInit;
 
     fn randn(dims: &[usize], seed: u64) -> Tensor {
         SeededInit::new(seed)

@@ -325,7 +325,7 @@ mod tests {
     use super::*;
     use crate::blocks::tests::{layer_norm, lin, max_diff, Mat};
     use candle_core::Device;
-    use splatforge_diffusion::weights::SeededInit;
+    use splatforge_nn::weights::SeededInit;
 
     fn randn(dims: &[usize], seed: u64) -> Tensor {
         let init = SeededInit::new(seed);

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use image::RgbaImage;
 use serde::{Deserialize, Serialize};
-use splatforge_diffusion::weights::RandomRecorder;
+use splatforge_nn::weights::RandomRecorder;
 
 use crate::config::{
     bad_file, checkpoint_weights, with_suffix, write_atomically, write_checkpoint, Checkpoint,
@@ -58,7 +58,7 @@ impl Stage1 {
     /// Loads `pipeline.json`, the flow model and the decoder from the TRELLIS folder `dir`
     /// and DINOv2 from `dinov2`; transformer and convolution blocks in `dtype`.
     pub fn load(dir: &Path, dinov2: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        splatforge_diffusion::ops::configure_device(device)?;
+        splatforge_nn::configure_device(device)?;
         let pipeline = PipelineConfig::read(&dir.join("pipeline.json"))?;
         let flow_stem = pipeline.checkpoint_stem(dir, "sparse_structure_flow_model")?;
         let flow_config =
@@ -135,7 +135,7 @@ impl Stage1 {
     ) -> Result<Vec<[u32; 4]>> {
         let c = self.flow.config();
         let r = c.resolution;
-        let noise = splatforge_diffusion::rng::randn(
+        let noise = splatforge_nn::rng::randn(
             seed,
             &[1, c.in_channels, r, r, r],
             DType::F32,
@@ -263,7 +263,7 @@ pub fn write_random_stage1(
     Dinov2::load(&dinov2, recorder.var_builder())?;
     let stem = dir.join(Path::new(DINOV2_HUB_CHECKPOINT).with_extension(""));
     let weights = with_suffix(&stem, "safetensors");
-    splatforge_diffusion::weights::save_random(&recorder.recipes(), DType::F32, &weights)
+    splatforge_nn::weights::save_random(&recorder.recipes(), DType::F32, &weights)
         .map_err(|e| bad_file(&weights, e))?;
     let shape =
         serde_json::to_string_pretty(&dinov2).map_err(|e| TrellisError::Config(e.to_string()))?;

@@ -7,13 +7,13 @@
 //! and of a dense `[B, L, H·D]` context flattened to `[B·L, H·D]`). When every item has
 //! the same query length and the same key length (the sampler's conditional and
 //! unconditional passes over one voxel set), the packed rows are one dense `[B, N, H·D]`
-//! batch and go through [`splatforge_diffusion::ops::attention`] in one call; otherwise
+//! batch and go through [`splatforge_nn::ops::attention`] in one call; otherwise
 //! each item is one call.
 //!
 //! [`SparseTensor`]: super::SparseTensor
 
 use candle_core::Tensor;
-use splatforge_diffusion::ops::attention;
+use splatforge_nn::ops::attention;
 
 use crate::{Result, TrellisError};
 
@@ -90,7 +90,7 @@ pub fn varlen_attention(
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
-    use splatforge_diffusion::ops::attention_reference;
+    use splatforge_nn::ops::attention_reference;
 
     /// Per item, dense attention written out: softmax(q kᵀ / √D) v for each head.
     fn per_item_reference(

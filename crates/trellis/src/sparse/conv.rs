@@ -17,7 +17,7 @@
 //! the gathered matrix stays bounded. Which side is gathered depends on the narrower one:
 //! - `out ≥ in`: the 27 neighbour rows of every voxel are gathered (a missing neighbour
 //!   reads an appended zero row) into `[rows, 27·in]` and multiplied by the kernel viewed
-//!   as `[out, 27·in]` in one GEMM through [`splatforge_diffusion::ops::linear`];
+//!   as `[out, 27·in]` in one GEMM through [`splatforge_nn::ops::linear`];
 //! - `out < in` (the output blocks' 2048 → 128 and 256 → 128): every voxel is first
 //!   multiplied by all 27 taps at once (`[rows, 27·out]`, one GEMM), then each voxel sums,
 //!   in f32, tap `k` of its neighbour `k` — the same products, but the gathered values are
@@ -28,7 +28,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use splatforge_diffusion::ops::{linear, LinearEpilogue};
+use splatforge_nn::ops::{linear, LinearEpilogue};
 
 use super::SparseTensor;
 use crate::{Result, TrellisError};
@@ -349,7 +349,7 @@ pub(crate) fn random_voxels(batch: u32, side: u32, fill: f32, seed: u64) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use splatforge_diffusion::weights::SeededInit;
+    use splatforge_nn::weights::SeededInit;
 
     /// A dense 3D convolution (padding 1, zero-filled grid) written out over the whole
     /// grid, read at the occupied voxels: the reference for the sparse one.

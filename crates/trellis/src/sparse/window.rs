@@ -11,11 +11,11 @@
 //! runs flash-attn's variable-length kernel over the windows. Here the rows are gathered once
 //! per tensor in order of window length (then serialisation order), so the windows of each
 //! length are one contiguous `[windows, len, H·D]` batch of
-//! [`splatforge_diffusion::ops::attention`] (at most `window_size³` distinct lengths, one call
+//! [`splatforge_nn::ops::attention`] (at most `window_size³` distinct lengths, one call
 //! each), and one more gather puts the results back in row order.
 
 use candle_core::{Device, Tensor};
-use splatforge_diffusion::ops;
+use splatforge_nn::ops;
 
 use crate::{Result, TrellisError};
 
