@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use splatforge_pipeline::{resolve_models, ConfigSources, HubConfig, Pipeline};
 use splatforge_server::{GenerationError, Generator, ServerConfig};
 
+use super::fleet::FleetArgs;
 use super::generate::ConfigArgs;
 use super::pipeline_generator::{generation_error, PipelineGenerator};
 use crate::Outcome;
@@ -44,6 +45,12 @@ pub struct Args {
     /// Generation profile and overrides (as for `generate`).
     #[command(flatten)]
     config: ConfigArgs,
+    /// The fleet (with --redis: a front end that enqueues to workers).
+    #[command(flatten)]
+    fleet: FleetArgs,
+    /// With --redis: requests that wait on the fleet at once (--queue-size more may queue here).
+    #[arg(long, default_value_t = 64)]
+    fleet_in_flight: usize,
 }
 
 /// Builds the generator of one device. Called once per device at startup,
@@ -95,7 +102,10 @@ pub fn run(args: Args) -> Result<Outcome> {
     let config = config(&args)?;
     // Check the generation config before binding, so that a typo fails fast.
     let sources = args.config.sources();
-    sources.resolve()?;
+    let (profile, _) = sources.resolve()?;
+    if let Some(fleet) = args.fleet.config()? {
+        return super::fleet::serve_front_end(config, fleet, &profile, args.fleet_in_flight);
+    }
     let Args { models, .. } = args;
     let factory = move |device: u32| build_generator(device, models.as_deref(), &sources);
     splatforge_server::run(config, factory)?;
