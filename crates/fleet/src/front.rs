@@ -122,13 +122,9 @@ impl FrontEnd {
             cancel.check()?;
         }
         loop {
-            match self.queue.status(id).await {
-                Ok(Some(s)) if s.state == JobState::Done => match self.queue.result(id).await {
-                    Ok(Some(r)) => return decode(r, &s),
-                    Ok(None) => {}
-                    Err(e) => retry(&e),
-                },
-                Ok(Some(s)) if s.state.is_terminal() => {
+            match self.queue.status_and_result(id).await {
+                Ok(Some((s, Some(r)))) => return decode(r, &s),
+                Ok(Some((s, None))) if s.state.is_terminal() && s.state != JobState::Done => {
                     return Err(GenerationError::Failed(format!(
                         "job {id} is {}: {}",
                         s.state.as_str(),

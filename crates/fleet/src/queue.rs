@@ -219,7 +219,41 @@ pub enum Ownership {
     Cancelled,
 }
 
-/// `state`, `result`, `result_path`, `format`, `timings`, `gaussians` of a job hash.
+const STATUS_FIELDS: [&str; 10] = [
+    "state",
+    "profile",
+    "attempts",
+    "worker",
+    "error",
+    "last_error",
+    "gaussians",
+    "created_us",
+    "started_us",
+    "finished_us",
+];
+
+/// A job hash's [`STATUS_FIELDS`] as a status; `None` when it has none.
+fn parse_status(id: &str, v: &[Option<String>]) -> Result<Option<JobStatus>, FleetError> {
+    let Some(state) = v.first().and_then(|s| s.as_deref()) else { return Ok(None) };
+    let num = |i: usize| v.get(i).and_then(|s| s.as_deref()).and_then(|s| s.parse::<u64>().ok());
+    let text = |i: usize| v.get(i).cloned().flatten();
+    Ok(Some(JobStatus {
+        id: id.to_string(),
+        state: JobState::parse(state)?,
+        profile: text(1).unwrap_or_default(),
+        attempts: num(2).unwrap_or(0) as u32,
+        worker: text(3),
+        error: text(4).or_else(|| text(5)),
+        gaussians: num(6),
+        created_us: num(7),
+        started_us: num(8),
+        finished_us: num(9),
+    }))
+}
+
+const RESULT_FIELDS: [&str; 6] = ["state", "result", "result_path", "format", "timings", "gaussians"];
+
+/// A job hash's [`RESULT_FIELDS`].
 type ResultFields = (Option<String>, Option<Vec<u8>>, Option<String>, Option<String>, Option<String>, Option<u64>);
 
 /// A stored result.
@@ -379,36 +413,25 @@ impl Queue {
 
     /// The job's status, `None` when unknown (never submitted, or expired).
     pub async fn status(&self, id: &str) -> Result<Option<JobStatus>, FleetError> {
-        const FIELDS: [&str; 10] = [
-            "state",
-            "profile",
-            "attempts",
-            "worker",
-            "error",
-            "last_error",
-            "gaussians",
-            "created_us",
-            "started_us",
-            "finished_us",
-        ];
         let v: Vec<Option<String>> =
-            redis::cmd("HMGET").arg(self.job_key(id)).arg(&FIELDS[..]).query_async(&mut self.con()).await?;
-        let Some(state) = v[0].as_deref() else {
-            return Ok(None);
-        };
-        let num = |i: usize| v[i].as_deref().and_then(|s| s.parse::<u64>().ok());
-        Ok(Some(JobStatus {
-            id: id.to_string(),
-            state: JobState::parse(state)?,
-            profile: v[1].clone().unwrap_or_default(),
-            attempts: num(2).unwrap_or(0) as u32,
-            worker: v[3].clone(),
-            error: v[4].clone().or_else(|| v[5].clone()),
-            gaussians: num(6),
-            created_us: num(7),
-            started_us: num(8),
-            finished_us: num(9),
-        }))
+            redis::cmd("HMGET").arg(self.job_key(id)).arg(&STATUS_FIELDS[..]).query_async(&mut self.con()).await?;
+        parse_status(id, &v)
+    }
+
+    /// The status and, when it is done, the result, in one round trip.
+    pub async fn status_and_result(&self, id: &str) -> Result<Option<(JobStatus, Option<JobResult>)>, FleetError> {
+        let (v, fields): (Vec<Option<String>>, ResultFields) = redis::pipe()
+            .cmd("HMGET")
+            .arg(self.job_key(id))
+            .arg(&STATUS_FIELDS[..])
+            .cmd("HMGET")
+            .arg(self.job_key(id))
+            .arg(&RESULT_FIELDS[..])
+            .query_async(&mut self.con())
+            .await?;
+        let Some(status) = parse_status(id, &v)? else { return Ok(None) };
+        let result = if status.state == JobState::Done { self.parse_result(id, fields).await? } else { None };
+        Ok(Some((status, result)))
     }
 
     /// The states of many jobs at once (`None` for unknown ones), in order.
@@ -424,11 +447,13 @@ impl Queue {
     /// The result of a finished job (`None` unless it is done), reading
     /// the results directory when Redis holds a path.
     pub async fn result(&self, id: &str) -> Result<Option<JobResult>, FleetError> {
-        let (state, bytes, path, format, timings, gaussians): ResultFields = redis::cmd("HMGET")
-            .arg(self.job_key(id))
-            .arg(&["state", "result", "result_path", "format", "timings", "gaussians"][..])
-            .query_async(&mut self.con())
-            .await?;
+        let fields: ResultFields =
+            redis::cmd("HMGET").arg(self.job_key(id)).arg(&RESULT_FIELDS[..]).query_async(&mut self.con()).await?;
+        self.parse_result(id, fields).await
+    }
+
+    async fn parse_result(&self, id: &str, fields: ResultFields) -> Result<Option<JobResult>, FleetError> {
+        let (state, bytes, path, format, timings, gaussians) = fields;
         if state.as_deref() != Some("done") {
             return Ok(None);
         }

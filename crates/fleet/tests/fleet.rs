@@ -302,7 +302,6 @@ async fn the_front_end_serves_http_batches_health_and_metrics() {
             );
             break;
         }
-        assert_eq!(c.get(format!("{base}/batches/{id}/results")).send().await.unwrap().status(), 409);
         assert!(t0.elapsed() < Duration::from_secs(30), "batch not finished: {p}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -328,6 +327,14 @@ async fn the_front_end_serves_http_batches_health_and_metrics() {
     // The large PLY went to the results directory, Redis holds the path.
     assert!(results_dir.path().join(format!("{id}.1.ply")).is_file());
     assert_eq!(c.get(format!("{base}/batches/nope")).send().await.unwrap().status(), 404);
+    // A batch of a profile no worker serves stays queued: no results yet.
+    let waiting = serde_json::json!([{ "prompt": "a chair", "profile": "quality" }]);
+    let r = c.post(format!("{base}/batches")).json(&waiting).send().await.unwrap();
+    let waiting_id = r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let p: serde_json::Value = c.get(format!("{base}/batches/{waiting_id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!((p["queued"].as_u64(), p["finished"].as_bool()), (Some(1), Some(false)), "{p}");
+    let r = c.get(format!("{base}/batches/{waiting_id}/results")).send().await.unwrap();
+    assert_eq!(r.status(), 409);
     let bad = c
         .post(format!("{base}/batches"))
         .json(&serde_json::json!([{ "image_url": "http://x/y.png" }]))
