@@ -57,6 +57,7 @@ if (not h[1]) or h[1] == 'done' or h[1] == 'dead' or h[1] == 'cancelled' then
 end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if attempts > tonumber(ARGV[3]) then
+  redis.call('HINCRBY', KEYS[1], 'attempts', -1)
   return {'exhausted', tostring(attempts - 1), h[3] or ''}
 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1], 'started_us', ARGV[2])

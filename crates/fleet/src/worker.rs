@@ -50,17 +50,21 @@ pub struct WorkerConfig {
     pub shutdown_timeout: Duration,
 }
 
-/// `{host}-{pid}`.
-pub fn default_worker_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+/// This machine's name, reduced to `[A-Za-z0-9._-]` (`host` when unknown).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .map(|h| {
             h.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')).collect::<String>()
         })
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".into());
-    format!("{host}-{}", std::process::id())
+        .unwrap_or_else(|| "host".into())
+}
+
+/// `{host}-{pid}`.
+pub fn default_worker_name() -> String {
+    format!("{}-{}", host_name(), std::process::id())
 }
 
 /// What the slots of one worker share.
@@ -123,10 +127,11 @@ pub async fn run_worker(
     let slots = config.devices.len() * config.workers_per_device;
     let info = {
         let shared = shared.clone();
+        let host = host_name();
         let devices = config.devices.clone();
         move || WorkerInfo {
             name: shared.name.clone(),
-            host: shared.name.rsplit_once('-').map(|(h, _)| h.to_string()).unwrap_or_default(),
+            host: host.clone(),
             pid: std::process::id(),
             profile: shared.profile.clone(),
             devices: devices.clone(),

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use server_common::{client, sample, Behaviour, TestGeneratorSpec};
 use splatforge_fleet::batch::FailedItem;
 use splatforge_fleet::front::{FleetExtension, FleetGenerator, FrontEnd};
+use splatforge_fleet::queue::Start;
 use splatforge_fleet::test_redis::TestRedis;
 use splatforge_fleet::worker::{run_worker, WorkerConfig};
 use splatforge_fleet::{FleetConfig, JobRequest, JobState, OutputFormat, Queue};
@@ -331,7 +332,8 @@ async fn the_front_end_serves_http_batches_health_and_metrics() {
     let waiting = serde_json::json!([{ "prompt": "a chair", "profile": "quality" }]);
     let r = c.post(format!("{base}/batches")).json(&waiting).send().await.unwrap();
     let waiting_id = r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-    let p: serde_json::Value = c.get(format!("{base}/batches/{waiting_id}")).send().await.unwrap().json().await.unwrap();
+    let p: serde_json::Value =
+        c.get(format!("{base}/batches/{waiting_id}")).send().await.unwrap().json().await.unwrap();
     assert_eq!((p["queued"].as_u64(), p["finished"].as_bool()), (Some(1), Some(false)), "{p}");
     let r = c.get(format!("{base}/batches/{waiting_id}/results")).send().await.unwrap();
     assert_eq!(r.status(), 409);
@@ -387,4 +389,31 @@ async fn the_front_end_serves_http_batches_health_and_metrics() {
     worker.stop().await;
     let _ = stop_tx.send(());
     tokio::time::timeout(Duration::from_secs(20), server).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_whose_workers_keep_dying_is_dead_lettered() {
+    let Some(redis) = TestRedis::start_or_skip("a_job_whose_workers_keep_dying_is_dead_lettered") else { return };
+    let config = FleetConfig { max_attempts: 2, ..fleet(&redis) };
+    let q = Queue::connect(config.clone()).await.unwrap();
+    q.ensure_group(PROFILE).await.unwrap();
+    q.submit("doomed", PROFILE, &request("doomed")).await.unwrap();
+    // Two workers take it, start it and vanish without a word.
+    let d = q.read_new(PROFILE, "ghost-1", Duration::from_secs(1)).await.unwrap().expect("an entry");
+    assert!(matches!(q.start(PROFILE, &d, "ghost-1").await.unwrap(), Start::Run { attempt: 1, .. }));
+    assert_eq!(q.reclaim(PROFILE, "ghost-2").await.unwrap(), None, "claimed before the timeout");
+    tokio::time::sleep(config.claim_after).await;
+    let d = q.reclaim(PROFILE, "ghost-2").await.unwrap().expect("claimable after the timeout");
+    assert!(d.reclaimed);
+    assert!(matches!(q.start(PROFILE, &d, "ghost-2").await.unwrap(), Start::Run { attempt: 2, .. }));
+    // A live worker claims it next and gives up on it.
+    tokio::time::sleep(config.claim_after).await;
+    let spec = TestGeneratorSpec::default();
+    let worker = Worker::start(config.clone(), "w", 1, &spec);
+    assert_eq!(wait_terminal(&q, &["doomed".into()], Duration::from_secs(30)).await, [JobState::Dead]);
+    let dead = q.dead_letters(10).await.unwrap();
+    assert_eq!((dead[0].0.as_str(), dead[0].2), ("doomed", 2), "{dead:?}");
+    assert!(dead[0].1.contains("stopped heartbeating"), "{dead:?}");
+    assert_eq!(spec.stats.calls.load(Ordering::SeqCst), 0, "a dead job was run");
+    worker.stop().await;
 }
