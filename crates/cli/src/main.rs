@@ -33,6 +33,10 @@ enum Command {
     Generate(commands::generate::Args),
     /// Serve generation over HTTP, compatible with the 404-GEN miner (POST /generate/).
     Serve(commands::serve::Args),
+    /// Take jobs from a fleet's Redis stream and generate them on this host's GPUs.
+    Worker(commands::fleet::WorkerArgs),
+    /// Submit a JSONL file of prompts to a fleet as a batch; write the results to a directory.
+    Submit(commands::fleet::SubmitArgs),
 }
 
 /// What a command reports back to `main` when it did not fail outright.
@@ -54,6 +58,8 @@ fn main() -> ExitCode {
         Command::Fit(args) => commands::fit::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Serve(args) => commands::serve::run(args),
+        Command::Worker(args) => commands::fleet::run_worker_command(args),
+        Command::Submit(args) => commands::fleet::run_submit(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

@@ -26,6 +26,7 @@
 //! Endpoints, request fields and metrics are listed in the crate README
 //! section of the project README.
 
+pub mod extension;
 pub mod generator;
 pub mod metrics;
 pub mod output;
@@ -49,6 +50,7 @@ use axum::Router;
 use tokio::sync::{oneshot, watch};
 use tower_http::limit::RequestBodyLimitLayer;
 
+pub use extension::{ExtensionHealth, ServiceExtension};
 pub use generator::{
     CancelToken, DeviceMemory, Generation, GenerationError, GenerationRequest, Generator, GeneratorFactory,
 };
@@ -207,9 +209,26 @@ pub async fn serve(
     bind(config)?.serve(factory, shutdown).await
 }
 
+/// [`run`] with an extension (extra routes, readiness and metrics).
+pub fn run_with_extension(
+    config: ServerConfig,
+    factory: impl GeneratorFactory,
+    extension: Arc<dyn ServiceExtension>,
+) -> Result<(), ServerError> {
+    run_inner(config, factory, Some(extension))
+}
+
 /// Serves on a multi-threaded runtime of its own until SIGINT or SIGTERM
 /// (the entry point for a binary).
 pub fn run(config: ServerConfig, factory: impl GeneratorFactory) -> Result<(), ServerError> {
+    run_inner(config, factory, None)
+}
+
+fn run_inner(
+    config: ServerConfig,
+    factory: impl GeneratorFactory,
+    extension: Option<Arc<dyn ServiceExtension>>,
+) -> Result<(), ServerError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("splatforge-http")
@@ -218,7 +237,7 @@ pub fn run(config: ServerConfig, factory: impl GeneratorFactory) -> Result<(), S
     let result = runtime.block_on(async move {
         let bound = bind(config)?;
         eprintln!("splatforge-server {}: listening on http://{}", VERSION, bound.local_addr());
-        bound.serve(factory, shutdown_signal()).await
+        bound.serve_inner(factory, extension, shutdown_signal()).await
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
@@ -260,11 +279,31 @@ impl BoundServer {
         factory: impl GeneratorFactory,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
+        self.serve_inner(factory, None, shutdown).await
+    }
+
+    /// [`BoundServer::serve`] with an extension (extra routes, readiness
+    /// and metrics).
+    pub async fn serve_with_extension(
+        self,
+        factory: impl GeneratorFactory,
+        extension: Arc<dyn ServiceExtension>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        self.serve_inner(factory, Some(extension), shutdown).await
+    }
+
+    async fn serve_inner(
+        self,
+        factory: impl GeneratorFactory,
+        extension: Option<Arc<dyn ServiceExtension>>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
         let config = self.config;
         let metrics = Arc::new(Metrics::new());
         let factory: Arc<dyn GeneratorFactory> = Arc::new(factory);
         let pool = Pool::start(&config.devices, config.workers_per_device, config.queue_size, factory, metrics.clone());
-        let app = Arc::new(App { config: config.clone(), pool: pool.clone(), metrics: metrics.clone() });
+        let app = Arc::new(App { config: config.clone(), pool: pool.clone(), metrics: metrics.clone(), extension });
         let listener = tokio::net::TcpListener::from_std(self.listener)
             .map_err(|source| ServerError::Io { context: "registering the listener".into(), source })?;
 
@@ -323,10 +362,12 @@ struct App {
     config: ServerConfig,
     pool: Arc<Pool>,
     metrics: Arc<Metrics>,
+    extension: Option<Arc<dyn ServiceExtension>>,
 }
 
 fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let extra = app.extension.as_ref().map(|e| e.routes());
+    let router = Router::new()
         .route("/generate/", post(generate).fallback(method_not_allowed))
         .route("/generate", post(generate).fallback(method_not_allowed))
         .route("/generate_video/", post(generate_video).fallback(method_not_allowed))
@@ -338,7 +379,11 @@ fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics_text).fallback(method_not_allowed))
         .route("/version", get(version).fallback(method_not_allowed))
         .fallback(not_found)
-        .with_state(app)
+        .with_state(app);
+    match extra {
+        Some(routes) => router.merge(routes),
+        None => router,
+    }
 }
 
 /// tower-http answers a Content-Length over the body limit itself, in plain
@@ -677,17 +722,25 @@ fn health_json(app: &App) -> (bool, serde_json::Value) {
         })
         .collect();
     let failed = app.pool.devices.iter().any(|d| matches!(d.state(), DeviceState::Failed(_)));
-    let ready = app.pool.is_ready() && !app.pool.is_draining();
+    let extension = app.extension.as_ref().map(|e| (e.name(), e.health()));
+    let generators_ready = app.pool.is_ready() && !app.pool.is_draining();
+    let ready = generators_ready && extension.as_ref().is_none_or(|(_, h)| h.ready);
     let status = if failed {
         "failed"
     } else if app.pool.is_draining() {
         "draining"
     } else if ready {
         "ready"
+    } else if generators_ready {
+        extension.as_ref().map_or("loading", |(_, h)| h.status)
     } else {
         "loading"
     };
-    (ready, serde_json::json!({ "status": status, "generator": app.pool.generator_name(), "devices": devices }))
+    let mut body = serde_json::json!({ "status": status, "generator": app.pool.generator_name(), "devices": devices });
+    if let Some((name, h)) = extension {
+        body[name] = h.detail;
+    }
+    (ready, body)
 }
 
 async fn health(State(app): State<Arc<App>>) -> Response {
@@ -746,7 +799,11 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     // Count this scrape before rendering so that it sees itself.
     let mut t = tracker;
     t.count("ok");
-    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], m.render()).into_response()
+    let mut text = m.render();
+    if let Some(e) = &app.extension {
+        text.push_str(&e.metrics());
+    }
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
 async fn version(State(app): State<Arc<App>>) -> Response {

@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod fit;
+pub mod fleet;
 pub mod generate;
 pub mod inspect;
 pub mod models;

@@ -10,6 +10,7 @@ use splatforge_diffusion::{
 };
 use splatforge_nn::Precision;
 
+
 use crate::Outcome;
 
 #[derive(clap::Args)]
@@ -253,7 +254,7 @@ fn load_options(dtype: Option<Precision>, default: Precision, vae_dtype: Option<
         if let Some(p) = dtype.into_iter().chain(vae_dtype).find(|p| !matches!(p, Precision::F32)) {
             eprintln!("note: running in f32 on the CPU ({:?} is for a GPU)", p.dtype());
         }
-        return LoadOptions { device, dtype: DType::F32, vae_dtype: Some(DType::F32), ..Default::default() };
+        return LoadOptions { device, dtype: diffusion::DType::F32, vae_dtype: Some(diffusion::DType::F32), ..Default::default() };
     }
     LoadOptions { device, dtype: dtype.unwrap_or(default).dtype(), vae_dtype: vae_dtype.map(Precision::dtype), ..Default::default() }
 }

@@ -8,6 +8,7 @@ use splatforge_diffusion::ModelSource;
 use splatforge_pipeline::{resolve_models, ConfigSources, HubConfig, Pipeline};
 use splatforge_server::{GenerationError, Generator, ServerConfig, DEFAULT_HOST};
 
+use super::fleet::FleetArgs;
 use super::generate::ConfigArgs;
 use super::pipeline_generator::{generation_error, PipelineGenerator};
 use crate::Outcome;
@@ -58,6 +59,12 @@ pub struct Args {
     /// Generation profile and overrides (as for `generate`).
     #[command(flatten)]
     config: ConfigArgs,
+    /// The fleet (with --redis: a front end that enqueues to workers).
+    #[command(flatten)]
+    fleet: FleetArgs,
+    /// With --redis: requests that wait on the fleet at once (--queue-size more may queue here).
+    #[arg(long, default_value_t = 64)]
+    fleet_in_flight: usize,
 }
 
 /// Builds the generator of one device. Called once per device at startup,
@@ -112,7 +119,10 @@ pub fn run(args: Args) -> Result<Outcome> {
     // Check the generation config and find the models before binding, so
     // that a typo fails before the port opens.
     let sources = args.config.sources();
-    sources.resolve()?;
+    let (profile, _) = sources.resolve()?;
+    if let Some(fleet) = args.fleet.config()? {
+        return super::fleet::serve_front_end(config, fleet, &profile, args.fleet_in_flight);
+    }
     let models = resolve_models(args.models.as_deref().map(|p| p.to_string_lossy()).as_deref())?;
     let factory = move |device: u32| build_generator(device, &models, &sources);
     splatforge_server::run(config, factory)?;
