@@ -3,5 +3,9 @@
 //! see `splatforge-cuda-build`.
 
 fn main() {
-    splatforge_cuda_build::build_kernels("splatforge_fit_cuda", &["adam.cu", "loss.cu", "densify.cu"], &["api.h"]);
+    splatforge_cuda_build::build_kernels(
+        "splatforge_fit_cuda",
+        &["adam.cu", "loss.cu", "densify.cu"],
+        &["api.h"],
+    );
 }

@@ -4,7 +4,13 @@
 fn main() {
     splatforge_cuda_build::build_kernels(
         "splatforge_cuda",
-        &["projection_fwd.cu", "projection_bwd.cu", "intersect.cu", "rasterize_fwd.cu", "rasterize_bwd.cu"],
+        &[
+            "projection_fwd.cu",
+            "projection_bwd.cu",
+            "intersect.cu",
+            "rasterize_fwd.cu",
+            "rasterize_bwd.cu",
+        ],
         &["api.h", "common.cuh", "projection.cuh", "sh.cuh"],
     );
 }

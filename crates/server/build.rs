@@ -15,23 +15,26 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn main() {
     println!("cargo:rerun-if-env-changed=SPLATFORGE_GIT_HASH");
-    let hash = std::env::var("SPLATFORGE_GIT_HASH").ok().filter(|s| !s.is_empty()).or_else(|| {
-        // Rebuild when HEAD moves: watch HEAD, the branch it names, and packed-refs.
-        if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-            let dir = PathBuf::from(dir);
-            for f in ["HEAD", "packed-refs"] {
-                if dir.join(f).exists() {
-                    println!("cargo:rerun-if-changed={}", dir.join(f).display());
+    let hash = std::env::var("SPLATFORGE_GIT_HASH")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            // Rebuild when HEAD moves: watch HEAD, the branch it names, and packed-refs.
+            if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+                let dir = PathBuf::from(dir);
+                for f in ["HEAD", "packed-refs"] {
+                    if dir.join(f).exists() {
+                        println!("cargo:rerun-if-changed={}", dir.join(f).display());
+                    }
+                }
+                if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
+                    if dir.join(&r).exists() {
+                        println!("cargo:rerun-if-changed={}", dir.join(r).display());
+                    }
                 }
             }
-            if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-                if dir.join(&r).exists() {
-                    println!("cargo:rerun-if-changed={}", dir.join(r).display());
-                }
-            }
-        }
-        git(&["rev-parse", "--short=12", "HEAD"])
-    });
+            git(&["rev-parse", "--short=12", "HEAD"])
+        });
     if let Some(h) = hash {
         println!("cargo:rustc-env=SPLATFORGE_GIT_HASH={h}");
     }

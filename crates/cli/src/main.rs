@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "splatforge", version, about = "Fast text-to-3D Gaussian splats, and tools for splat files")]
+#[command(
+    name = "splatforge",
+    version,
+    about = "Fast text-to-3D Gaussian splats, and tools for splat files"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -97,9 +101,16 @@ fn one_line(error: &anyhow::Error) -> String {
 fn first_paragraph(message: &str) -> String {
     let is_backtrace = |l: &str| {
         l.to_ascii_lowercase().starts_with("stack backtrace")
-            || l.split_once(": ").is_some_and(|(frame, _)| !frame.is_empty() && frame.bytes().all(|b| b.is_ascii_digit()))
+            || l.split_once(": ").is_some_and(|(frame, _)| {
+                !frame.is_empty() && frame.bytes().all(|b| b.is_ascii_digit())
+            })
     };
-    message.lines().map(str::trim).take_while(|l| !l.is_empty() && !is_backtrace(l)).collect::<Vec<_>>().join(" ")
+    message
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty() && !is_backtrace(l))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -127,7 +138,10 @@ mod tests {
     fn backtraces_and_line_breaks_stay_out_of_the_error_line() {
         let candle = "unsupported dtype BF16 for op matmul\n   0: candle_core::error::Error::bt\n             at src/error.rs:1\n   1: main";
         let e = anyhow::anyhow!("{candle}").context("generating");
-        assert_eq!(one_line(&e), "generating: unsupported dtype BF16 for op matmul");
+        assert_eq!(
+            one_line(&e),
+            "generating: unsupported dtype BF16 for op matmul"
+        );
         let e = anyhow::anyhow!("first line\n  second line\n\nStack backtrace:\n 0: x");
         assert_eq!(one_line(&e), "first line second line");
     }

@@ -6,11 +6,16 @@ use std::process::{Command, Output};
 use splatforge_splat::{read_splat_file, Gaussians};
 
 fn splatforge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_splatforge")).args(args).output().expect("binary runs")
+    Command::new(env!("CARGO_BIN_EXE_splatforge"))
+        .args(args)
+        .output()
+        .expect("binary runs")
 }
 
 fn fixture(name: &str) -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures")
+        .join(name);
     if path.exists() {
         Some(path)
     } else {
@@ -41,20 +46,33 @@ fn assert_clean_error(o: &Output, expect: &str) {
 }
 
 fn max_position_error(a: &Gaussians, b: &Gaussians) -> f32 {
-    a.means.iter().zip(&b.means).flat_map(|(p, q)| (0..3).map(move |k| (p[k] - q[k]).abs())).fold(0.0, f32::max)
+    a.means
+        .iter()
+        .zip(&b.means)
+        .flat_map(|(p, q)| (0..3).map(move |k| (p[k] - q[k]).abs()))
+        .fold(0.0, f32::max)
 }
 
 #[test]
 fn hamburger_through_spz_and_back() {
-    let Some(ply) = fixture("hamburger.ply") else { return };
+    let Some(ply) = fixture("hamburger.ply") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let (spz, back) = (dir.path().join("h.spz"), dir.path().join("h.ply"));
     assert!(splatforge(&["convert", s(&ply), s(&spz)]).status.success());
     assert!(splatforge(&["convert", s(&spz), s(&back)]).status.success());
     let out = splatforge(&["inspect", s(&back)]);
     assert!(out.status.success());
-    assert!(stdout(&out).contains("splats      52709"), "{}", stdout(&out));
-    let (a, b) = (read_splat_file(&ply).unwrap(), read_splat_file(&back).unwrap());
+    assert!(
+        stdout(&out).contains("splats      52709"),
+        "{}",
+        stdout(&out)
+    );
+    let (a, b) = (
+        read_splat_file(&ply).unwrap(),
+        read_splat_file(&back).unwrap(),
+    );
     assert!(max_position_error(&a, &b) <= 1.0 / 4096.0);
 
     let json = splatforge(&["inspect", "--json", s(&back)]);
@@ -65,7 +83,9 @@ fn hamburger_through_spz_and_back() {
 
 #[test]
 fn validate_passes_the_fixture_and_fails_a_truncated_copy() {
-    let Some(ply) = fixture("hamburger.ply") else { return };
+    let Some(ply) = fixture("hamburger.ply") else {
+        return;
+    };
     let out = splatforge(&["validate", s(&ply)]);
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(stdout(&out).contains("valid"));
@@ -84,7 +104,9 @@ fn validate_passes_the_fixture_and_fails_a_truncated_copy() {
 
 #[test]
 fn robocop_404_spz_to_ply_to_niantic_spz_to_ply() {
-    let Some(spz) = fixture("robocop-with-hammer.spz") else { return };
+    let Some(spz) = fixture("robocop-with-hammer.spz") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
     for (from, to, extra) in [
@@ -104,34 +126,66 @@ fn robocop_404_spz_to_ply_to_niantic_spz_to_ply() {
         assert_eq!(g.len(), 267_776, "{f}");
         assert!(max_position_error(&original, &g) <= 1.0 / 4096.0, "{f}");
     }
-    assert_eq!(&std::fs::read(p("d.spz")).unwrap()[..4], &[0x28, 0xb5, 0x2f, 0xfd], "zstd magic");
+    assert_eq!(
+        &std::fs::read(p("d.spz")).unwrap()[..4],
+        &[0x28, 0xb5, 0x2f, 0xfd],
+        "zstd magic"
+    );
 }
 
 #[test]
 fn base64_output_decodes_to_the_same_splat() {
     use base64::Engine;
-    let Some(ply) = fixture("hamburger.ply") else { return };
+    let Some(ply) = fixture("hamburger.ply") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let b64 = dir.path().join("h.spz");
-    assert!(splatforge(&["convert", "--spz-flavor", "404", "--base64", s(&ply), s(&b64)]).status.success());
+    assert!(splatforge(&[
+        "convert",
+        "--spz-flavor",
+        "404",
+        "--base64",
+        s(&ply),
+        s(&b64)
+    ])
+    .status
+    .success());
     let text = std::fs::read_to_string(&b64).unwrap();
-    let raw = base64::engine::general_purpose::STANDARD.decode(text.trim()).unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .unwrap();
     let g = splatforge_splat::read_splat_bytes(&raw).unwrap();
     assert_eq!(g.len(), 52_709);
 }
 
 #[test]
 fn normalize_fits_the_box_and_converts_axes() {
-    let Some(ply) = fixture("hamburger.ply") else { return };
+    let Some(ply) = fixture("hamburger.ply") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("n.ply");
-    let o = splatforge(&["normalize", "--box", "--box-size", "2", "--up", "z-to-y", "--no-normals", s(&ply), s(&out)]);
+    let o = splatforge(&[
+        "normalize",
+        "--box",
+        "--box-size",
+        "2",
+        "--up",
+        "z-to-y",
+        "--no-normals",
+        s(&ply),
+        s(&out),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let (lo, hi) = read_splat_file(&out).unwrap().bounds().unwrap();
     let extent = (0..3).map(|a| hi[a] - lo[a]).fold(0.0f32, f32::max);
     assert!((extent - 2.0).abs() < 1e-4, "{extent}");
     for a in 0..3 {
-        assert!((lo[a] + hi[a]).abs() < 1e-4, "--box centres the bounding box");
+        assert!(
+            (lo[a] + hi[a]).abs() < 1e-4,
+            "--box centres the bounding box"
+        );
     }
 
     // By default the validators' transform: the mean of all coordinates
@@ -141,41 +195,85 @@ fn normalize_fits_the_box_and_converts_axes() {
     let g = read_splat_file(&out).unwrap();
     let (lo, hi) = g.bounds().unwrap();
     let extent = (0..3).map(|a| hi[a] - lo[a]).fold(0.0f32, f32::max);
-    let mean = g.means.as_flattened().iter().map(|&v| f64::from(v)).sum::<f64>() / (3 * g.len()) as f64;
-    assert!((extent - 1.5).abs() < 1e-4 && mean.abs() < 1e-5, "extent {extent}, mean {mean}");
+    let mean = g
+        .means
+        .as_flattened()
+        .iter()
+        .map(|&v| f64::from(v))
+        .sum::<f64>()
+        / (3 * g.len()) as f64;
+    assert!(
+        (extent - 1.5).abs() < 1e-4 && mean.abs() < 1e-5,
+        "extent {extent}, mean {mean}"
+    );
 }
 
 /// Issue 17's must-show for item 1; fails on the old code ("unknown magic
 /// bytes").
 #[test]
 fn inspect_reads_base64_of_ply_404_spz_and_niantic_spz() {
-    let Some(ply) = fixture("hamburger.ply") else { return };
+    let Some(ply) = fixture("hamburger.ply") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
-    for (name, flavor) in [("b64.ply", "niantic"), ("b64-404.spz", "404"), ("b64-niantic.spz", "niantic"), ("b64-v3.spz", "niantic-v3")] {
+    for (name, flavor) in [
+        ("b64.ply", "niantic"),
+        ("b64-404.spz", "404"),
+        ("b64-niantic.spz", "niantic"),
+        ("b64-v3.spz", "niantic-v3"),
+    ] {
         let out = dir.path().join(name);
-        let o = splatforge(&["convert", "--base64", "--spz-flavor", flavor, s(&ply), s(&out)]);
+        let o = splatforge(&[
+            "convert",
+            "--base64",
+            "--spz-flavor",
+            flavor,
+            s(&ply),
+            s(&out),
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
-        assert!(std::fs::read(&out).unwrap().iter().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(b)), "{name}");
+        assert!(
+            std::fs::read(&out)
+                .unwrap()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(b)),
+            "{name}"
+        );
         let o = splatforge(&["inspect", s(&out)]);
         assert!(o.status.success(), "{name}: {}", stderr(&o));
-        assert!(stdout(&o).contains("splats      52709"), "{name}: {}", stdout(&o));
+        assert!(
+            stdout(&o).contains("splats      52709"),
+            "{name}: {}",
+            stdout(&o)
+        );
     }
     let not_base64 = dir.path().join("text.ply");
     std::fs::write(&not_base64, "this is no splat\n").unwrap();
-    assert_clean_error(&splatforge(&["inspect", s(&not_base64)]), "not PLY, not SPZ (gzip, zstd or NGSP), not base64 of either");
+    assert_clean_error(
+        &splatforge(&["inspect", s(&not_base64)]),
+        "not PLY, not SPZ (gzip, zstd or NGSP), not base64 of either",
+    );
 }
 
 /// Peak signal-to-noise ratio of two equally sized 8-bit images, in dB.
 fn psnr(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
     assert_eq!(a.dimensions(), b.dimensions());
-    let se: f64 = a.as_raw().iter().zip(b.as_raw()).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum();
+    let se: f64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum();
     let mse = se / a.as_raw().len() as f64;
     10.0 * (255.0f64.powi(2) / mse).log10()
 }
 
 /// Whether `python3` with numpy runs here.
 fn numpy_available() -> bool {
-    Command::new("python3").args(["-c", "import numpy"]).output().is_ok_and(|o| o.status.success())
+    Command::new("python3")
+        .args(["-c", "import numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Issue 17's must-show for item 2: our render of the validators' first
@@ -187,7 +285,9 @@ fn numpy_available() -> bool {
 /// build's three renders short.
 #[test]
 fn validator_transform_render_matches_numpy() {
-    let Some(ply) = fixture("hamburger.ply") else { return };
+    let Some(ply) = fixture("hamburger.ply") else {
+        return;
+    };
     if !numpy_available() {
         eprintln!("skipping: python3 with numpy not found (pip install numpy)");
         return;
@@ -195,7 +295,10 @@ fn validator_transform_render_matches_numpy() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/validator_transform.py");
-    let o = Command::new("python3").args([s(&script), s(&ply), s(&p("numpy.ply"))]).output().unwrap();
+    let o = Command::new("python3")
+        .args([s(&script), s(&ply), s(&p("numpy.ply"))])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let render = |input: &Path, extra: &[&str], output: &Path| {
         let mut args = vec!["render", s(input), "-o", s(output)];
@@ -218,11 +321,19 @@ fn validator_transform_render_matches_numpy() {
 fn render_refuses_an_extension_that_is_not_its_format() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.ply");
-    std::fs::write(&input, b"ply\nformat ascii 1.0\nelement vertex 0\nend_header\n").unwrap();
+    std::fs::write(
+        &input,
+        b"ply\nformat ascii 1.0\nelement vertex 0\nend_header\n",
+    )
+    .unwrap();
     for (extra, output, expect) in [
         (&[][..], "x.jpg", "a still is a PNG; name the output .png"),
         (&["--validator-views"][..], "x.gif", "a still is a PNG"),
-        (&["--turntable", "3"][..], "t.png", "a turntable is an animated GIF; name the output .gif"),
+        (
+            &["--turntable", "3"][..],
+            "t.png",
+            "a turntable is an animated GIF; name the output .gif",
+        ),
         (&[][..], "noext", "name the output .png"),
     ] {
         let out = dir.path().join(output);
@@ -239,7 +350,12 @@ fn render_refuses_an_extension_that_is_not_its_format() {
 fn an_os_error_is_printed_once() {
     let o = splatforge(&["inspect", "/no/such/file.ply"]);
     assert_clean_error(&o, "No such file");
-    assert_eq!(stderr(&o).matches("os error 2").count(), 1, "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o).matches("os error 2").count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -258,20 +374,40 @@ fn bad_inputs_give_one_error_line_and_leave_no_output() {
         let o = splatforge(&["convert", s(&input), s(&out)]);
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{name}: {err}");
-        assert!(!err.contains("panicked") && err.lines().count() == 1, "{name}: {err}");
-        assert!(err.to_lowercase().contains(&expect.to_lowercase()), "{name}: {err}");
+        assert!(
+            !err.contains("panicked") && err.lines().count() == 1,
+            "{name}: {err}"
+        );
+        assert!(
+            err.to_lowercase().contains(&expect.to_lowercase()),
+            "{name}: {err}"
+        );
         assert!(!out.exists(), "{name} left an output file");
     }
-    assert_clean_error(&splatforge(&["inspect", "/no/such/file.ply"]), "No such file");
+    assert_clean_error(
+        &splatforge(&["inspect", "/no/such/file.ply"]),
+        "No such file",
+    );
     let unknown_ext = dir.path().join("out.obj");
-    let Some(ply) = fixture("hamburger.ply") else { return };
-    assert_clean_error(&splatforge(&["convert", s(&ply), s(&unknown_ext)]), "extension");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4, "only the inputs remain");
+    let Some(ply) = fixture("hamburger.ply") else {
+        return;
+    };
+    assert_clean_error(
+        &splatforge(&["convert", s(&ply), s(&unknown_ext)]),
+        "extension",
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        4,
+        "only the inputs remain"
+    );
 }
 
 #[test]
 fn render_writes_the_validator_contact_sheet_one_view_and_a_turntable() {
-    let Some(ply) = fixture("hamburger.ply") else { return };
+    let Some(ply) = fixture("hamburger.ply") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let sheet = dir.path().join("sheet.png");
     let o = splatforge(&["render", s(&ply), "--validator-views", "-o", s(&sheet)]);
@@ -281,21 +417,58 @@ fn render_writes_the_validator_contact_sheet_one_view_and_a_turntable() {
     // Every view shows the object at its centre and white background at its corner.
     for v in 0..16u32 {
         let (x0, y0) = ((v % 4) * 518, (v / 4) * 518);
-        assert_ne!(img.get_pixel(x0 + 259, y0 + 259).0, [255, 255, 255], "view {v} centre");
-        assert_eq!(img.get_pixel(x0 + 3, y0 + 3).0, [255, 255, 255], "view {v} corner");
+        assert_ne!(
+            img.get_pixel(x0 + 259, y0 + 259).0,
+            [255, 255, 255],
+            "view {v} centre"
+        );
+        assert_eq!(
+            img.get_pixel(x0 + 3, y0 + 3).0,
+            [255, 255, 255],
+            "view {v} corner"
+        );
     }
 
     let one = dir.path().join("one.png");
-    let o = splatforge(&["render", s(&ply), "--size", "64", "--elevation", "-30", "--background", "0,0,0", "-o", s(&one)]);
+    let o = splatforge(&[
+        "render",
+        s(&ply),
+        "--size",
+        "64",
+        "--elevation",
+        "-30",
+        "--background",
+        "0,0,0",
+        "-o",
+        s(&one),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let img = image::open(&one).unwrap().to_rgb8();
-    assert_eq!((img.dimensions(), img.get_pixel(0, 0).0), ((64, 64), [0, 0, 0]));
+    assert_eq!(
+        (img.dimensions(), img.get_pixel(0, 0).0),
+        ((64, 64), [0, 0, 0])
+    );
 
     let gif = dir.path().join("turn.gif");
-    let o = splatforge(&["render", s(&ply), "--turntable", "4", "--size", "48", "-o", s(&gif)]);
+    let o = splatforge(&[
+        "render",
+        s(&ply),
+        "--turntable",
+        "4",
+        "--size",
+        "48",
+        "-o",
+        s(&gif),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(&std::fs::read(&gif).unwrap()[..6], b"GIF89a");
 
-    assert_clean_error(&splatforge(&["render", s(&ply), "--size", "100000", "-o", s(&one)]), "");
-    assert_clean_error(&splatforge(&["render", s(&ply), "--turntable", "0", "-o", s(&gif)]), "turntable");
+    assert_clean_error(
+        &splatforge(&["render", s(&ply), "--size", "100000", "-o", s(&one)]),
+        "",
+    );
+    assert_clean_error(
+        &splatforge(&["render", s(&ply), "--turntable", "0", "-o", s(&gif)]),
+        "turntable",
+    );
 }

@@ -47,7 +47,9 @@ impl Process {
     }
 
     fn wait_for(&self, what: &str) -> String {
-        self.seen.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| panic!("no '{what}' line"))
+        self.seen
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("no '{what}' line"))
     }
 }
 
@@ -64,18 +66,37 @@ fn http(addr: SocketAddr, raw: &[u8]) -> (u16, Vec<u8>) {
     s.write_all(raw).unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).unwrap();
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP head");
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP head");
     let head = String::from_utf8_lossy(&buf[..split]).to_string();
-    assert!(!head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
-    (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status"), buf[split + 4..].to_vec())
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    (
+        head.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("a status"),
+        buf[split + 4..].to_vec(),
+    )
 }
 
 fn get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
-    http(addr, format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+    http(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
 }
 
 fn post_prompt(addr: SocketAddr, prompt: &str) -> (u16, Vec<u8>) {
-    let body = format!("--b\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\n{prompt}\r\n--b--\r\n");
+    let body = format!(
+        "--b\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\n{prompt}\r\n--b--\r\n"
+    );
     let head = format!(
         "POST /generate/ HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: {}\r\n\r\n",
         body.len()
@@ -85,8 +106,22 @@ fn post_prompt(addr: SocketAddr, prompt: &str) -> (u16, Vec<u8>) {
 
 fn worker(redis: &TestRedis, models: &Path, name: &str) -> Process {
     let models = models.to_str().unwrap();
-    let args = ["worker", "--redis", &redis.url(), "--redis-prefix", "t", "--claim-after", "2", "--models", models];
-    let p = Process::start(name, &[&args[..], &["--profile", "development", "--name", name]].concat(), "ready");
+    let args = [
+        "worker",
+        "--redis",
+        &redis.url(),
+        "--redis-prefix",
+        "t",
+        "--claim-after",
+        "2",
+        "--models",
+        models,
+    ];
+    let p = Process::start(
+        name,
+        &[&args[..], &["--profile", "development", "--name", name]].concat(),
+        "ready",
+    );
     p.wait_for("ready");
     p
 }
@@ -97,36 +132,78 @@ fn job_fields(con: &mut redis::Connection) -> Vec<HashMap<String, String>> {
     let fields = ["state", "worker", "attempts"];
     keys.iter()
         .map(|k| {
-            let values: Vec<Option<String>> = redis::cmd("HMGET").arg(k).arg(&fields[..]).query(con).unwrap();
-            fields.iter().zip(values).map(|(f, v)| (f.to_string(), v.unwrap_or_default())).collect()
+            let values: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(k)
+                .arg(&fields[..])
+                .query(con)
+                .unwrap();
+            fields
+                .iter()
+                .zip(values)
+                .map(|(f, v)| (f.to_string(), v.unwrap_or_default()))
+                .collect()
         })
         .collect()
 }
 
 fn counter(con: &mut redis::Connection, name: &str) -> u64 {
-    let v: Option<u64> = redis::cmd("HGET").arg("t:stats").arg(name).query(con).unwrap();
+    let v: Option<u64> = redis::cmd("HGET")
+        .arg("t:stats")
+        .arg(name)
+        .query(con)
+        .unwrap();
     v.unwrap_or(0)
 }
 
 #[test]
 fn a_killed_worker_loses_no_job_and_batches_resume() {
-    let Some(redis) = TestRedis::start_or_skip("a_killed_worker_loses_no_job_and_batches_resume") else { return };
+    let Some(redis) = TestRedis::start_or_skip("a_killed_worker_loses_no_job_and_batches_resume")
+    else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
-    let out = Command::new(BIN).args(["models", "make-tiny"]).arg(&models).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut con = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let out = Command::new(BIN)
+        .args(["models", "make-tiny"])
+        .arg(&models)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
 
     let front = Process::start(
         "front",
-        &["serve", "--redis", &redis.url(), "--redis-prefix", "t", "--host", "127.0.0.1", "--port", "0"]
-            .into_iter()
-            .chain(["--profile", "development", "--timeout", "120"])
-            .collect::<Vec<_>>(),
+        &[
+            "serve",
+            "--redis",
+            &redis.url(),
+            "--redis-prefix",
+            "t",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ]
+        .into_iter()
+        .chain(["--profile", "development", "--timeout", "120"])
+        .collect::<Vec<_>>(),
         "listening on http://",
     );
-    let addr: SocketAddr =
-        front.wait_for("address").split("listening on http://").nth(1).unwrap().trim().parse().unwrap();
+    let addr: SocketAddr = front
+        .wait_for("address")
+        .split("listening on http://")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     // No worker yet: /health says so.
     let t0 = Instant::now();
     loop {
@@ -140,10 +217,16 @@ fn a_killed_worker_loses_no_job_and_batches_resume() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let mut workers = HashMap::from([("wa", worker(&redis, &models, "wa")), ("wb", worker(&redis, &models, "wb"))]);
+    let mut workers = HashMap::from([
+        ("wa", worker(&redis, &models, "wa")),
+        ("wb", worker(&redis, &models, "wb")),
+    ]);
     let t0 = Instant::now();
     while get(addr, "/health").0 != 200 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "not healthy with two workers");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "not healthy with two workers"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -151,14 +234,23 @@ fn a_killed_worker_loses_no_job_and_batches_resume() {
     let request = std::thread::spawn(move || post_prompt(addr, "a red chair"));
     let t0 = Instant::now();
     let victim = loop {
-        if let Some(w) = job_fields(&mut con).iter().find(|j| j["state"] == "running").map(|j| j["worker"].clone()) {
+        if let Some(w) = job_fields(&mut con)
+            .iter()
+            .find(|j| j["state"] == "running")
+            .map(|j| j["worker"].clone())
+        {
             break w;
         }
         assert!(t0.elapsed() < Duration::from_secs(60), "the job never ran");
         std::thread::sleep(Duration::from_millis(10));
     };
     let mut killed = workers.remove(victim.as_str()).expect("a known worker");
-    assert!(Command::new("kill").arg("-9").arg(killed.child.id().to_string()).status().unwrap().success());
+    assert!(Command::new("kill")
+        .arg("-9")
+        .arg(killed.child.id().to_string())
+        .status()
+        .unwrap()
+        .success());
     let _ = killed.child.wait();
     let (status, body) = request.join().unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
@@ -178,26 +270,59 @@ fn a_killed_worker_loses_no_job_and_batches_resume() {
     let results = dir.path().join("out");
     let submit = || {
         Command::new(BIN)
-            .args(["submit", items.to_str().unwrap(), "-o", results.to_str().unwrap(), "--profile", "development"])
-            .args(["--redis", &redis.url(), "--redis-prefix", "t", "--timeout", "300"])
+            .args([
+                "submit",
+                items.to_str().unwrap(),
+                "-o",
+                results.to_str().unwrap(),
+                "--profile",
+                "development",
+            ])
+            .args([
+                "--redis",
+                &redis.url(),
+                "--redis-prefix",
+                "t",
+                "--timeout",
+                "300",
+            ])
             .output()
             .unwrap()
     };
     let first = submit();
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     assert!(String::from_utf8_lossy(&first.stderr).contains("(submitted)"));
     let submitted = counter(&mut con, "submitted");
     assert_eq!(submitted, 3);
-    let mut files: Vec<String> =
-        std::fs::read_dir(&results).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut files: Vec<String> = std::fs::read_dir(&results)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     files.sort();
     assert_eq!(files, ["00001.spz", "_failed.json", "chair.ply"]);
-    assert_eq!(std::fs::read_to_string(results.join("_failed.json")).unwrap().trim(), "[]");
+    assert_eq!(
+        std::fs::read_to_string(results.join("_failed.json"))
+            .unwrap()
+            .trim(),
+        "[]"
+    );
     splatforge_splat::read_splat_file(&results.join("00001.spz")).unwrap();
     let second = submit();
-    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     assert!(String::from_utf8_lossy(&second.stderr).contains("(resumed)"));
-    assert_eq!(counter(&mut con, "submitted"), submitted, "a duplicate submission made new jobs");
+    assert_eq!(
+        counter(&mut con, "submitted"),
+        submitted,
+        "a duplicate submission made new jobs"
+    );
     assert_eq!(counter(&mut con, "completed"), 3);
     assert_eq!(counter(&mut con, "duplicate_runs"), 0);
 }

@@ -26,11 +26,21 @@ fn request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Response> {
     s.write_all(raw)?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP head");
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP head");
     let head = String::from_utf8_lossy(&buf[..split]).into_owned();
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status code");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
     let mut body = buf[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body);
     }
     Ok(Response { status, head, body })
@@ -50,7 +60,10 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 }
 
 fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
-    request(addr, format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+    request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
 }
 
 fn post_prompt(addr: SocketAddr, prompt: &str) -> std::io::Result<Response> {
@@ -80,7 +93,18 @@ impl Drop for Server {
 
 fn start(models: &std::path::Path) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_splatforge"))
-        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--profile", "development", "--queue-size", "3", "--models"])
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--profile",
+            "development",
+            "--queue-size",
+            "3",
+            "--models",
+        ])
         .arg(models)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -96,16 +120,29 @@ fn start(models: &std::path::Path) -> Server {
             eprintln!("[serve] {line}");
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(60)).expect("the server prints its address");
-    Server { child, addr: addr.parse().unwrap() }
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server prints its address");
+    Server {
+        child,
+        addr: addr.parse().unwrap(),
+    }
 }
 
 #[test]
 fn tiny_models_behind_the_real_service() {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
-    let out = Command::new(env!("CARGO_BIN_EXE_splatforge")).args(["models", "make-tiny"]).arg(&models).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_splatforge"))
+        .args(["models", "make-tiny"])
+        .arg(&models)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let mut server = start(&models);
     let addr = server.addr;
@@ -118,7 +155,10 @@ fn tiny_models_behind_the_real_service() {
             break;
         }
         assert_eq!(r.status, 503, "{}", r.head);
-        assert!(t0.elapsed() < Duration::from_secs(60), "never became healthy");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "never became healthy"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let version = get(addr, "/version").unwrap();
@@ -130,11 +170,29 @@ fn tiny_models_behind_the_real_service() {
 
     // A PLY for "a red chair", with the stage timings.
     let r = post_prompt(addr, "a red chair").unwrap();
-    assert_eq!(r.status, 200, "{}\n{}", r.head, String::from_utf8_lossy(&r.body));
-    assert!(r.head.to_ascii_lowercase().contains("application/octet-stream"), "{}", r.head);
+    assert_eq!(
+        r.status,
+        200,
+        "{}\n{}",
+        r.head,
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(
+        r.head
+            .to_ascii_lowercase()
+            .contains("application/octet-stream"),
+        "{}",
+        r.head
+    );
     assert!(r.body.starts_with(b"ply\n"));
     let g = read_splat_bytes(&r.body).unwrap();
-    let report = validate(&g, &ValidationConfig { min_gaussians: 0, ..Default::default() });
+    let report = validate(
+        &g,
+        &ValidationConfig {
+            min_gaussians: 0,
+            ..Default::default()
+        },
+    );
     assert!(report.passed, "{:#?}", report.checks);
     for stage in ["diffusion", "fit", "sds", "normalize"] {
         assert!(r.head.contains(stage), "no {stage} timing in\n{}", r.head);
@@ -143,8 +201,17 @@ fn tiny_models_behind_the_real_service() {
     // Bad prompts: 4xx with a JSON error.
     for prompt in [String::new(), "a".repeat(1100)] {
         let r = post_prompt(addr, &prompt).unwrap();
-        assert!((400..500).contains(&r.status), "{} chars: {}", prompt.len(), r.status);
-        assert!(String::from_utf8_lossy(&r.body).contains("error"), "{}", String::from_utf8_lossy(&r.body));
+        assert!(
+            (400..500).contains(&r.status),
+            "{} chars: {}",
+            prompt.len(),
+            r.status
+        );
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("error"),
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
     }
 
     // 16 at once against 1 worker and a queue of 3: each a PLY or a 503.
@@ -161,7 +228,11 @@ fn tiny_models_behind_the_real_service() {
                 ok += 1;
             }
             503 => {
-                assert!(r.head.to_ascii_lowercase().contains("retry-after"), "{}", r.head);
+                assert!(
+                    r.head.to_ascii_lowercase().contains("retry-after"),
+                    "{}",
+                    r.head
+                );
                 busy += 1;
             }
             s => panic!("status {s}: {}", String::from_utf8_lossy(&r.body)),
@@ -172,14 +243,22 @@ fn tiny_models_behind_the_real_service() {
     assert_eq!(get(addr, "/health").unwrap().status, 200);
 
     // SIGTERM: a clean shutdown.
-    if Command::new("kill").arg("-TERM").arg(server.child.id().to_string()).status().is_ok_and(|s| s.success()) {
+    if Command::new("kill")
+        .arg("-TERM")
+        .arg(server.child.id().to_string())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
         let t0 = Instant::now();
         loop {
             if let Some(status) = server.child.try_wait().unwrap() {
                 assert!(status.success(), "{status}");
                 break;
             }
-            assert!(t0.elapsed() < Duration::from_secs(30), "no exit after SIGTERM");
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "no exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -22,18 +22,38 @@ pub fn build_kernels(library: &str, sources: &[&str], headers: &[&str]) {
     for f in sources.iter().chain(headers) {
         println!("cargo::rerun-if-changed=cuda/{f}");
     }
-    for v in ["NVCC", "CUDA_HOME", "CUDA_PATH", "CUDA_ROOT", "CUDA_COMPUTE_CAP"] {
+    for v in [
+        "NVCC",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "CUDA_ROOT",
+        "CUDA_COMPUTE_CAP",
+    ] {
         println!("cargo::rerun-if-env-changed={v}");
     }
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let cuda_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")).join("cuda");
+    let cuda_dir =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("cuda");
     let nvcc = env::var("NVCC").unwrap_or_else(|_| "nvcc".into());
-    let cap: String = env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into()).chars().filter(|c| c.is_ascii_digit()).collect();
-    let cuda_home = ["CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"].iter().find_map(env::var_os).map(PathBuf::from);
+    let cap: String = env::var("CUDA_COMPUTE_CAP")
+        .unwrap_or_else(|_| "90".into())
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .collect();
+    let cuda_home = ["CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"]
+        .iter()
+        .find_map(env::var_os)
+        .map(PathBuf::from);
 
     let mut includes = vec![cuda_dir.clone()];
     if let Some(h) = &cuda_home {
-        includes.extend(["include/cccl", "include"].map(|sub| h.join(sub)).into_iter().filter(|p| p.is_dir()));
+        includes.extend(
+            ["include/cccl", "include"]
+                .map(|sub| h.join(sub))
+                .into_iter()
+                .filter(|p| p.is_dir()),
+        );
     }
 
     // Compile the translation units concurrently: the ones using CUB are slow.
@@ -54,7 +74,9 @@ pub fn build_kernels(library: &str, sources: &[&str], headers: &[&str]) {
         for inc in &includes {
             cmd.arg(format!("-I{}", inc.display()));
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {nvcc}: {e} (source .cuda/env.sh first)"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {nvcc}: {e} (source .cuda/env.sh first)"));
         children.push((src, child));
         objects.push(obj);
     }
@@ -75,7 +97,11 @@ pub fn build_kernels(library: &str, sources: &[&str], headers: &[&str]) {
     println!("cargo::rustc-link-search=native={}", out.display());
     println!("cargo::rustc-link-lib=static={library}");
     if let Some(h) = &cuda_home {
-        for p in ["lib64", "lib"].map(|sub| h.join(sub)).into_iter().filter(|p| p.is_dir()) {
+        for p in ["lib64", "lib"]
+            .map(|sub| h.join(sub))
+            .into_iter()
+            .filter(|p| p.is_dir())
+        {
             println!("cargo::rustc-link-search=native={}", p.display());
         }
     }

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
+};
 use candle_core::cuda_backend::CudaDType;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, Layout, Storage, Tensor};
@@ -29,22 +31,38 @@ plain!(u8, u32, i32, u64, i64, f32, f64, half::f16, half::bf16);
 
 /// Device address of the first element of a contiguous CUDA tensor of
 /// element type `T` (its layout's start offset included).
-pub fn tensor_address<T: CudaDType>(t: &Tensor, stream: &Arc<CudaStream>) -> Result<u64, CudaError> {
+pub fn tensor_address<T: CudaDType>(
+    t: &Tensor,
+    stream: &Arc<CudaStream>,
+) -> Result<u64, CudaError> {
     let (storage, layout) = t.storage_and_layout();
     if !layout.is_contiguous() {
-        return Err(CudaError::Tensor(format!("a non-contiguous tensor {:?}", t.shape())));
+        return Err(CudaError::Tensor(format!(
+            "a non-contiguous tensor {:?}",
+            t.shape()
+        )));
     }
     let cuda = match &*storage {
         Storage::Cuda(cuda) => cuda,
-        _ => return Err(CudaError::Tensor(format!("a tensor on {:?}, expected CUDA", t.device().location()))),
+        _ => {
+            return Err(CudaError::Tensor(format!(
+                "a tensor on {:?}, expected CUDA",
+                t.device().location()
+            )))
+        }
     };
-    let slice = cuda.as_cuda_slice::<T>().map_err(|e| CudaError::Tensor(e.to_string()))?;
+    let slice = cuda
+        .as_cuda_slice::<T>()
+        .map_err(|e| CudaError::Tensor(e.to_string()))?;
     Ok(slice_address(slice, stream) + byte_offset::<T>(layout))
 }
 
 /// Device address of the first element of `layout` in a custom op's CUDA
 /// storage of element type `T`, on the storage's own stream.
-pub fn storage_address<T: CudaDType>(storage: &CudaStorage, layout: &Layout) -> candle_core::Result<u64> {
+pub fn storage_address<T: CudaDType>(
+    storage: &CudaStorage,
+    layout: &Layout,
+) -> candle_core::Result<u64> {
     let slice = storage.as_cuda_slice::<T>()?;
     Ok(layout_address(slice, layout, &storage.device.cuda_stream()))
 }

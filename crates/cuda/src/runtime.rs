@@ -88,14 +88,19 @@ pub fn keep_pool_memory(dev: &CudaDevice) -> Result<(), CudaError> {
 /// Gives candle's cuBLAS handle of `dev` the buffer `workspace`, which the
 /// caller must keep alive (and not use otherwise) for as long as the handle
 /// runs products: cuBLAS keeps the address.
-pub fn set_cublas_workspace(dev: &CudaDevice, workspace: &mut CudaSlice<u8>) -> Result<(), CudaError> {
+pub fn set_cublas_workspace(
+    dev: &CudaDevice,
+    workspace: &mut CudaSlice<u8>,
+) -> Result<(), CudaError> {
     let stream = dev.cuda_stream();
     let bytes = workspace.len();
     let address = crate::memory::slice_address_mut(workspace, &stream);
     // SAFETY: the handle is candle's live cuBLAS handle of this device; the
     // address and size describe a device buffer the caller keeps for the
     // handle's lifetime (see above).
-    let status = unsafe { cublasSetWorkspace_v2(*dev.cublas_handle().handle(), address as *mut c_void, bytes) };
+    let status = unsafe {
+        cublasSetWorkspace_v2(*dev.cublas_handle().handle(), address as *mut c_void, bytes)
+    };
     if status == cublasStatus_t::CUBLAS_STATUS_SUCCESS {
         Ok(())
     } else {

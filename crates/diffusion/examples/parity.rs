@@ -17,8 +17,8 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
-use splatforge_diffusion::flux::{flux_transformer_from_file, FluxTransformerConfig};
 use splatforge_diffusion::flux::transformer::FluxTransformer;
+use splatforge_diffusion::flux::{flux_transformer_from_file, FluxTransformerConfig};
 use splatforge_diffusion::mvdream::ldm::diffusers_unet_names;
 use splatforge_diffusion::mvdream::MultiViewUNet;
 use splatforge_diffusion::sd::SdUNetConfig;
@@ -101,15 +101,31 @@ impl Report {
     }
     /// `y` against the f32 reference, and against diffusers' own bf16 output
     /// when one is given (the bf16 runs).
-    fn parity_with_refs(&mut self, what: &str, dtype: &str, y: &Tensor, f32_ref: &Tensor, bf16_ref: Option<Tensor>, bound: f64) -> R<()> {
+    fn parity_with_refs(
+        &mut self,
+        what: &str,
+        dtype: &str,
+        y: &Tensor,
+        f32_ref: &Tensor,
+        bf16_ref: Option<Tensor>,
+        bound: f64,
+    ) -> R<()> {
         self.parity(what, dtype, rel(y, f32_ref)?, bound);
         if let Some(rb) = bf16_ref {
-            self.parity(&format!("{what} vs diffusers bf16"), dtype, rel(y, &rb)?, bound);
+            self.parity(
+                &format!("{what} vs diffusers bf16"),
+                dtype,
+                rel(y, &rb)?,
+                bound,
+            );
         }
         Ok(())
     }
     fn text(&mut self, what: &str, v: &str) {
-        let line = format!("{{\"kind\":\"text\",\"name\":\"{what}\",\"value\":{}}}", serde_json::to_string(v).unwrap_or_default());
+        let line = format!(
+            "{{\"kind\":\"text\",\"name\":\"{what}\",\"value\":{}}}",
+            serde_json::to_string(v).unwrap_or_default()
+        );
         println!("{line}");
         self.lines.push(line);
     }
@@ -251,15 +267,35 @@ fn main() -> R<()> {
                 ucfg.to_candle()?,
             )?;
             let y = unet.forward(&x.to_dtype(dt)?, t, &ctx.to_dtype(dt)?)?;
-            let bf16_ref = || if dt == bf { g("unet_ref_bf16").ok() } else { None };
-            rep.parity_with_refs("sd21_unet (candle-transformers)", name, &y, &reference, bf16_ref(), bound)?;
+            let bf16_ref = || {
+                if dt == bf {
+                    g("unet_ref_bf16").ok()
+                } else {
+                    None
+                }
+            };
+            rep.parity_with_refs(
+                "sd21_unet (candle-transformers)",
+                name,
+                &y,
+                &reference,
+                bf16_ref(),
+                bound,
+            )?;
             let mv = MultiViewUNet::new(
                 MappedBackend::new(uf.clone(), map.clone(), "unet").into_var_builder(dt, &dev),
                 &mv_cfg,
             )?;
             let tt = Tensor::full(t as f32, b, &dev)?;
             let y = mv.forward(&x.to_dtype(dt)?, &tt, &ctx.to_dtype(dt)?, None, 1)?;
-            rep.parity_with_refs("mvdream_unet (1 view, no camera)", name, &y, &reference, bf16_ref(), bound)?;
+            rep.parity_with_refs(
+                "mvdream_unet (1 view, no camera)",
+                name,
+                &y,
+                &reference,
+                bf16_ref(),
+                bound,
+            )?;
             if dt == bf {
                 // Speed: batch 8 (4 views × CFG) at 32×32 latents.
                 let x8 =
@@ -300,9 +336,23 @@ fn main() -> R<()> {
                 Vae::new(identity(vf.clone(), dt, &dev), &vcfg)?.with_tiling(TilingOptions::off());
             let bf16_ref = |key: &str| if dt == bf { g(key).ok() } else { None };
             let y = vae.decode_raw(&z)?;
-            rep.parity_with_refs("vae_decode", name, &y, &g("vae_dec_ref_f32")?, bf16_ref("vae_dec_ref_bf16"), bound)?;
+            rep.parity_with_refs(
+                "vae_decode",
+                name,
+                &y,
+                &g("vae_dec_ref_f32")?,
+                bf16_ref("vae_dec_ref_bf16"),
+                bound,
+            )?;
             let m = vae.encode_raw(&img)?;
-            rep.parity_with_refs("vae_encode_mean", name, &m, &g("vae_enc_ref_f32")?, bf16_ref("vae_enc_ref_bf16"), bound)?;
+            rep.parity_with_refs(
+                "vae_encode_mean",
+                name,
+                &m,
+                &g("vae_enc_ref_f32")?,
+                bf16_ref("vae_enc_ref_bf16"),
+                bound,
+            )?;
             // The SDS path's encoder: forward and backward to the images,
             // 4 × 256² (f32 here; bf16 and f16 below).
             let sds_encode = |vae: &Vae, dt: DType| -> R<f64> {
@@ -313,9 +363,14 @@ fn main() -> R<()> {
                     Ok(grads.get(x.as_tensor()).ok_or("no gradient")?.clone())
                 })
             };
-            rep.time(&format!("sds_encode_fwd_bwd_4x256 {name}"), sds_encode(&vae, dt)?, "");
+            rep.time(
+                &format!("sds_encode_fwd_bwd_4x256 {name}"),
+                sds_encode(&vae, dt)?,
+                "",
+            );
             if dt == bf {
-                let vae16 = Vae::new(identity(vf.clone(), DType::F16, &dev), &vcfg)?.with_tiling(TilingOptions::off());
+                let vae16 = Vae::new(identity(vf.clone(), DType::F16, &dev), &vcfg)?
+                    .with_tiling(TilingOptions::off());
                 match sds_encode(&vae16, DType::F16) {
                     Ok(ms) => rep.time("sds_encode_fwd_bwd_4x256 f16", ms, ""),
                     Err(e) => eprintln!("sds_encode_fwd_bwd_4x256 f16 failed: {e}"),
@@ -396,7 +451,11 @@ fn main() -> R<()> {
                 "flux_transformer ({} double + {} single blocks, full width)",
                 fcfg.num_layers, fcfg.num_single_layers
             );
-            let bf16_ref = if dt == bf { g("flux_small_ref_bf16").ok() } else { None };
+            let bf16_ref = if dt == bf {
+                g("flux_small_ref_bf16").ok()
+            } else {
+                None
+            };
             rep.parity_with_refs(&label, name, &y, &reference, bf16_ref, bound)?;
         }
     }
@@ -452,12 +511,22 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
     use candle_core::Module;
     use splatforge_nn::ops::{attention, attention_reference, attention_with_variant, GroupNorm};
     let cpu = Device::Cpu;
-    let r = |s: &[usize], dt: DType| -> R<Tensor> { Ok(Tensor::randn(0f32, 1., s, dev)?.to_dtype(dt)?) };
+    let r = |s: &[usize], dt: DType| -> R<Tensor> {
+        Ok(Tensor::randn(0f32, 1., s, dev)?.to_dtype(dt)?)
+    };
     let f32_cpu = |t: &Tensor| -> R<Tensor> { Ok(t.to_device(&cpu)?.to_dtype(DType::F32)?) };
 
     // (batch, queries, keys, heads, head dim, dtype)
     let attn_cases = [
-        (2, 4096, 4096, 5, 64, DType::BF16, "mvdream self 32²×4 views"),
+        (
+            2,
+            4096,
+            4096,
+            5,
+            64,
+            DType::BF16,
+            "mvdream self 32²×4 views",
+        ),
         (8, 1024, 77, 5, 64, DType::BF16, "cross to text"),
         (1, 1000, 130, 3, 64, DType::BF16, "ragged tails"),
         (1, 1100, 1100, 4, 128, DType::BF16, "d128 ragged"),
@@ -470,13 +539,23 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
         let v = r(&[b, nk, h * d], dt)?;
         let ours = attention(&q, &k, &v, h)?;
         let want = attention_reference(&f32_cpu(&q)?, &f32_cpu(&k)?, &f32_cpu(&v)?, h)?;
-        rep.parity(&format!("op attention {label} [{b},{nq},{nk},{h}x{d}]"), &format!("{dt:?}"), rel(&ours, &want)?, 1e-2);
+        rep.parity(
+            &format!("op attention {label} [{b},{nq},{nk},{h}x{d}]"),
+            &format!("{dt:?}"),
+            rel(&ours, &want)?,
+            1e-2,
+        );
         // Every block shape of the kernel (cuda/api.h `variant`) computes the
         // same values; the ragged case exercises their tails.
         if label.contains("ragged") {
             for variant in ATTENTION_VARIANTS {
                 let ours = attention_with_variant(&q, &k, &v, h, variant)?;
-                rep.parity(&format!("op attention {label} variant {variant}"), &format!("{dt:?}"), rel(&ours, &want)?, 1e-2);
+                rep.parity(
+                    &format!("op attention {label} variant {variant}"),
+                    &format!("{dt:?}"),
+                    rel(&ours, &want)?,
+                    1e-2,
+                );
             }
         }
     }
@@ -492,23 +571,52 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
         let x = (r(shape, dt)? * 3.0)?.affine(1.0, 5.0)?; // a large mean, as after residual adds
         let (w, b) = (r(&[c], dt)?, r(&[c], dt)?);
         let gn = GroupNorm::new(w.clone(), b.clone(), groups, 1e-6)?;
-        let ours = if silu { gn.forward_silu(&x)? } else { gn.forward(&x)? };
+        let ours = if silu {
+            gn.forward_silu(&x)?
+        } else {
+            gn.forward(&x)?
+        };
         let cpu_gn = GroupNorm::new(f32_cpu(&w)?, f32_cpu(&b)?, groups, 1e-6)?;
-        let want = if silu { cpu_gn.forward_silu(&f32_cpu(&x)?)? } else { cpu_gn.forward(&f32_cpu(&x)?)? };
+        let want = if silu {
+            cpu_gn.forward_silu(&f32_cpu(&x)?)?
+        } else {
+            cpu_gn.forward(&f32_cpu(&x)?)?
+        };
         let bound = if dt == DType::F32 { 1e-5 } else { 1e-2 };
-        rep.parity(&format!("op group_norm{} {shape:?}/{groups}", if silu { "+silu" } else { "" }), &format!("{dt:?}"), rel(&ours, &want)?, bound);
+        rep.parity(
+            &format!(
+                "op group_norm{} {shape:?}/{groups}",
+                if silu { "+silu" } else { "" }
+            ),
+            &format!("{dt:?}"),
+            rel(&ours, &want)?,
+            bound,
+        );
     }
 
-    for (shape, dt) in [(&[2usize, 3, 5, 7][..], DType::BF16), (&[4, 128, 64, 64][..], DType::F32), (&[1, 4, 9, 8][..], DType::F16)] {
+    for (shape, dt) in [
+        (&[2usize, 3, 5, 7][..], DType::BF16),
+        (&[4, 128, 64, 64][..], DType::F32),
+        (&[1, 4, 9, 8][..], DType::F16),
+    ] {
         let x = r(shape, dt)?;
         let ours = splatforge_nn::ops::upsample_nearest2x(&x)?;
         let want = f32_cpu(&x)?.upsample_nearest2d(2 * shape[2], 2 * shape[3])?;
-        rep.parity(&format!("op upsample_nearest2x {shape:?}"), &format!("{dt:?}"), rel(&ours, &want)?, 0.0);
+        rep.parity(
+            &format!("op upsample_nearest2x {shape:?}"),
+            &format!("{dt:?}"),
+            rel(&ours, &want)?,
+            0.0,
+        );
     }
     {
         use splatforge_nn::ops::{linear, LinearEpilogue};
         // (batch, tokens, in, out, dtype): FLUX-like widths, a ragged one, f32.
-        for (b, n, k, o, dt) in [(1usize, 300usize, 256usize, 384usize, DType::BF16), (2, 77, 96, 40, DType::F16), (2, 33, 64, 48, DType::F32)] {
+        for (b, n, k, o, dt) in [
+            (1usize, 300usize, 256usize, 384usize, DType::BF16),
+            (2, 77, 96, 40, DType::F16),
+            (2, 33, 64, 48, DType::F32),
+        ] {
             let x = r(&[b, n, k], dt)?;
             let (w, bias) = (r(&[o, k], dt)?, r(&[o], dt)?);
             let (extra, gate, res) = (r(&[b, n, o], dt)?, r(&[b, 1, o], dt)?, r(&[b, n, o], dt)?);
@@ -517,71 +625,173 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
             let (ce, cg, cr) = (f32_cpu(&extra)?, f32_cpu(&gate)?, f32_cpu(&res)?);
             let cases: [(&str, LinearEpilogue, LinearEpilogue); 3] = [
                 ("bias", LinearEpilogue::default(), LinearEpilogue::default()),
-                ("bias+gelu", LinearEpilogue { gelu: true, ..Default::default() }, LinearEpilogue { gelu: true, ..Default::default() }),
+                (
+                    "bias+gelu",
+                    LinearEpilogue {
+                        gelu: true,
+                        ..Default::default()
+                    },
+                    LinearEpilogue {
+                        gelu: true,
+                        ..Default::default()
+                    },
+                ),
                 (
                     "extra+gate+residual",
-                    LinearEpilogue { extra: Some(&extra), gate: Some(&gate), residual: Some(&res), ..Default::default() },
-                    LinearEpilogue { extra: Some(&ce), gate: Some(&cg), residual: Some(&cr), ..Default::default() },
+                    LinearEpilogue {
+                        extra: Some(&extra),
+                        gate: Some(&gate),
+                        residual: Some(&res),
+                        ..Default::default()
+                    },
+                    LinearEpilogue {
+                        extra: Some(&ce),
+                        gate: Some(&cg),
+                        residual: Some(&cr),
+                        ..Default::default()
+                    },
                 ),
             ];
             for (label, gpu, cpu) in cases {
                 let ours = linear(&x, &layer, gpu)?;
                 let want = linear(&f32_cpu(&x)?, &cpu_layer, cpu)?;
                 let bound = if dt == DType::F32 { 1e-5 } else { 1e-2 };
-                rep.parity(&format!("op linear+{label} [{b},{n},{k}]→{o}"), &format!("{dt:?}"), rel(&ours, &want)?, bound);
+                rep.parity(
+                    &format!("op linear+{label} [{b},{n},{k}]→{o}"),
+                    &format!("{dt:?}"),
+                    rel(&ours, &want)?,
+                    bound,
+                );
             }
         }
     }
-    for (b, n, h, d, dt) in [(1usize, 300usize, 24usize, 128usize, DType::BF16), (2, 37, 3, 64, DType::F32), (1, 5, 2, 256, DType::F16)] {
+    for (b, n, h, d, dt) in [
+        (1usize, 300usize, 24usize, 128usize, DType::BF16),
+        (2, 37, 3, 64, DType::F32),
+        (1, 5, 2, 256, DType::F16),
+    ] {
         let x = r(&[b, n, h, d], dt)?;
         let scale = r(&[d], dt)?;
         let angles = Tensor::rand(0f32, 100., (b, n, d / 2), dev)?;
         let (cos, sin) = (angles.cos()?.to_dtype(dt)?, angles.sin()?.to_dtype(dt)?);
         // With the projection's bias in the half-precision cases, without in f32.
-        let bias = if dt == DType::F32 { None } else { Some(r(&[h * d], dt)?) };
+        let bias = if dt == DType::F32 {
+            None
+        } else {
+            Some(r(&[h * d], dt)?)
+        };
         let cpu_bias = bias.as_ref().map(f32_cpu).transpose()?;
         let ours = splatforge_nn::ops::rms_norm_rope(&x, bias.as_ref(), &scale, &cos, &sin, 1e-6)?;
-        let want = splatforge_nn::ops::rms_norm_rope(&f32_cpu(&x)?, cpu_bias.as_ref(), &f32_cpu(&scale)?, &f32_cpu(&cos)?, &f32_cpu(&sin)?, 1e-6)?;
+        let want = splatforge_nn::ops::rms_norm_rope(
+            &f32_cpu(&x)?,
+            cpu_bias.as_ref(),
+            &f32_cpu(&scale)?,
+            &f32_cpu(&cos)?,
+            &f32_cpu(&sin)?,
+            1e-6,
+        )?;
         let bound = if dt == DType::F32 { 1e-5 } else { 1e-2 };
         let label = if bias.is_some() { " +bias" } else { "" };
-        rep.parity(&format!("op rms_norm_rope{label} [{b},{n},{h},{d}]"), &format!("{dt:?}"), rel(&ours, &want)?, bound);
+        rep.parity(
+            &format!("op rms_norm_rope{label} [{b},{n},{h},{d}]"),
+            &format!("{dt:?}"),
+            rel(&ours, &want)?,
+            bound,
+        );
     }
     // Backward passes (the SDS path differentiates the VAE encoder): the
     // gradient of Σ y·m (m random) with respect to x, GPU kernel vs the CPU
     // composite path in f32.
-    let grad_of = |x: &Tensor, m: &Tensor, f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>| -> R<Tensor> {
-        let v = candle_core::Var::from_tensor(x)?;
-        let y = f(v.as_tensor())?;
-        let g = (y.to_dtype(DType::F32)? * m.to_dtype(DType::F32)?.to_device(y.device())?)?.sum_all()?.backward()?;
-        Ok(g.get(v.as_tensor()).ok_or("no gradient")?.clone())
-    };
-    for (shape, groups, dt, silu) in [(&[4usize, 128, 64, 64][..], 32usize, DType::BF16, true), (&[2, 64, 7, 5][..], 32, DType::F32, false), (&[2, 96, 9, 9][..], 32, DType::F32, true)] {
+    let grad_of =
+        |x: &Tensor, m: &Tensor, f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>| -> R<Tensor> {
+            let v = candle_core::Var::from_tensor(x)?;
+            let y = f(v.as_tensor())?;
+            let g = (y.to_dtype(DType::F32)? * m.to_dtype(DType::F32)?.to_device(y.device())?)?
+                .sum_all()?
+                .backward()?;
+            Ok(g.get(v.as_tensor()).ok_or("no gradient")?.clone())
+        };
+    for (shape, groups, dt, silu) in [
+        (&[4usize, 128, 64, 64][..], 32usize, DType::BF16, true),
+        (&[2, 64, 7, 5][..], 32, DType::F32, false),
+        (&[2, 96, 9, 9][..], 32, DType::F32, true),
+    ] {
         let c = shape[1];
         let x = r(shape, dt)?;
         let m = r(shape, DType::F32)?;
         let (w, b) = (r(&[c], dt)?, r(&[c], dt)?);
         let gn = GroupNorm::new(w.clone(), b.clone(), groups, 1e-6)?;
         let cpu_gn = GroupNorm::new(f32_cpu(&w)?, f32_cpu(&b)?, groups, 1e-6)?;
-        let ours = grad_of(&x, &m, &|t| if silu { gn.forward_silu(t) } else { gn.forward(t) })?;
-        let want = grad_of(&f32_cpu(&x)?, &f32_cpu(&m)?, &|t| if silu { cpu_gn.forward_silu(t) } else { cpu_gn.forward(t) })?;
+        let ours = grad_of(&x, &m, &|t| {
+            if silu {
+                gn.forward_silu(t)
+            } else {
+                gn.forward(t)
+            }
+        })?;
+        let want = grad_of(&f32_cpu(&x)?, &f32_cpu(&m)?, &|t| {
+            if silu {
+                cpu_gn.forward_silu(t)
+            } else {
+                cpu_gn.forward(t)
+            }
+        })?;
         let bound = if dt == DType::F32 { 1e-4 } else { 2e-2 };
-        rep.parity(&format!("op group_norm{} backward {shape:?}/{groups}", if silu { "+silu" } else { "" }), &format!("{dt:?}"), rel(&ours, &want)?, bound);
+        rep.parity(
+            &format!(
+                "op group_norm{} backward {shape:?}/{groups}",
+                if silu { "+silu" } else { "" }
+            ),
+            &format!("{dt:?}"),
+            rel(&ours, &want)?,
+            bound,
+        );
     }
     #[cfg(feature = "cudnn")]
-    for (shape, k, pad, stride, dt) in [(&[2usize, 64, 32, 32][..], 64usize, 1usize, 1usize, DType::BF16), (&[2, 32, 17, 17][..], 48, 0, 2, DType::F32), (&[4, 3, 64, 64][..], 128, 1, 1, DType::F32)] {
+    for (shape, k, pad, stride, dt) in [
+        (
+            &[2usize, 64, 32, 32][..],
+            64usize,
+            1usize,
+            1usize,
+            DType::BF16,
+        ),
+        (&[2, 32, 17, 17][..], 48, 0, 2, DType::F32),
+        (&[4, 3, 64, 64][..], 128, 1, 1, DType::F32),
+    ] {
         let x = r(shape, dt)?;
         let wt = r(&[k, shape[1], 3, 3], dt)?;
         let bias = r(&[k], dt)?;
-        let cfg = candle_nn::Conv2dConfig { padding: pad, stride, ..Default::default() };
-        let ours_conv = splatforge_nn::ops::Conv2d::new(candle_nn::Conv2d::new(wt.clone(), Some(bias.clone()), cfg));
+        let cfg = candle_nn::Conv2dConfig {
+            padding: pad,
+            stride,
+            ..Default::default()
+        };
+        let ours_conv = splatforge_nn::ops::Conv2d::new(candle_nn::Conv2d::new(
+            wt.clone(),
+            Some(bias.clone()),
+            cfg,
+        ));
         let cpu_conv = candle_nn::Conv2d::new(f32_cpu(&wt)?, Some(f32_cpu(&bias)?), cfg);
         let y_ours = ours_conv.forward(&x)?;
         let y_cpu = candle_core::Module::forward(&cpu_conv, &f32_cpu(&x)?)?;
-        rep.parity(&format!("op conv2d (cuDNN) {shape:?}→{k} pad {pad} stride {stride}"), &format!("{dt:?}"), rel(&y_ours, &y_cpu)?, if dt == DType::F32 { 1e-5 } else { 1e-2 });
+        rep.parity(
+            &format!("op conv2d (cuDNN) {shape:?}→{k} pad {pad} stride {stride}"),
+            &format!("{dt:?}"),
+            rel(&y_ours, &y_cpu)?,
+            if dt == DType::F32 { 1e-5 } else { 1e-2 },
+        );
         let m = r(y_ours.dims(), DType::F32)?;
         let ours = grad_of(&x, &m, &|t| ours_conv.forward(t))?;
-        let want = grad_of(&f32_cpu(&x)?, &f32_cpu(&m)?, &|t| candle_core::Module::forward(&cpu_conv, t))?;
-        rep.parity(&format!("op conv2d (cuDNN) backward {shape:?}→{k} pad {pad} stride {stride}"), &format!("{dt:?}"), rel(&ours, &want)?, if dt == DType::F32 { 1e-5 } else { 2e-2 });
+        let want = grad_of(&f32_cpu(&x)?, &f32_cpu(&m)?, &|t| {
+            candle_core::Module::forward(&cpu_conv, t)
+        })?;
+        rep.parity(
+            &format!("op conv2d (cuDNN) backward {shape:?}→{k} pad {pad} stride {stride}"),
+            &format!("{dt:?}"),
+            rel(&ours, &want)?,
+            if dt == DType::F32 { 1e-5 } else { 2e-2 },
+        );
     }
 
     let bf = DType::BF16;
@@ -595,41 +805,129 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
     let gn_nn = candle_nn::GroupNorm::new(g.clone(), be.clone(), 128, 32, 1e-6)?;
     let gn = GroupNorm::new(g, be, 32, 1e-6)?;
     let xu = r(&[4, 128, 128, 128], bf)?;
-    let va = [r(&[1, 16384, 512], bf)?, r(&[1, 16384, 512], bf)?, r(&[1, 16384, 512], bf)?];
-    let fl = [r(&[1, 4352, 24 * 128], bf)?, r(&[1, 4352, 24 * 128], bf)?, r(&[1, 4352, 24 * 128], bf)?];
-    let mv = [r(&[2, 4096, 320], bf)?, r(&[2, 4096, 320], bf)?, r(&[2, 4096, 320], bf)?];
+    let va = [
+        r(&[1, 16384, 512], bf)?,
+        r(&[1, 16384, 512], bf)?,
+        r(&[1, 16384, 512], bf)?,
+    ];
+    let fl = [
+        r(&[1, 4352, 24 * 128], bf)?,
+        r(&[1, 4352, 24 * 128], bf)?,
+        r(&[1, 4352, 24 * 128], bf)?,
+    ];
+    let mv = [
+        r(&[2, 4096, 320], bf)?,
+        r(&[2, 4096, 320], bf)?,
+        r(&[2, 4096, 320], bf)?,
+    ];
     let (a, b) = (r(&[4352, 3072], bf)?, r(&[3072, 12288], bf)?);
     let conv = |w: &Tensor| -> R<splatforge_nn::ops::Conv2d> {
-        let cfg = candle_nn::Conv2dConfig { padding: 1, ..Default::default() };
+        let cfg = candle_nn::Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
         let bias = r(&[w.dim(0)?], bf)?;
-        Ok(splatforge_nn::ops::Conv2d::new(candle_nn::Conv2d::new(w.clone(), Some(bias), cfg)))
+        Ok(splatforge_nn::ops::Conv2d::new(candle_nn::Conv2d::new(
+            w.clone(),
+            Some(bias),
+            cfg,
+        )))
     };
     let (cv, cv5, cv3) = (conv(&w)?, conv(&w5)?, conv(&w3)?);
-    let (xl, wl, bl) = (r(&[8, 1024, 320], bf)?, r(&[1280, 320], bf)?, r(&[1280], bf)?);
+    let (xl, wl, bl) = (
+        r(&[8, 1024, 320], bf)?,
+        r(&[1280, 320], bf)?,
+        r(&[1280], bf)?,
+    );
     let lin = candle_nn::Linear::new(wl.clone(), Some(bl.clone()));
     let ops: Vec<(&str, OpFn)> = vec![
-        ("op_conv3x3_4x128x256", Box::new(|| Ok(x.conv2d(&w, 1, 1, 1, 1)?))),
-        ("op_conv3x3_4x512x64", Box::new(|| Ok(x5.conv2d(&w5, 1, 1, 1, 1)?))),
-        ("op_conv3x3_8x320x32", Box::new(|| Ok(x3.conv2d(&w3, 1, 1, 1, 1)?))),
-        ("op_group_norm_4x128x256 (candle-nn)", Box::new(|| Ok(gn_nn.forward(&x)?))),
-        ("op_group_norm_4x128x256+silu (candle-nn)", Box::new(|| Ok(gn_nn.forward(&x)?.silu()?))),
-        ("op_group_norm_4x128x256 (fused)", Box::new(|| Ok(gn.forward(&x)?))),
-        ("op_group_norm_4x128x256+silu (fused)", Box::new(|| Ok(gn.forward_silu(&x)?))),
+        (
+            "op_conv3x3_4x128x256",
+            Box::new(|| Ok(x.conv2d(&w, 1, 1, 1, 1)?)),
+        ),
+        (
+            "op_conv3x3_4x512x64",
+            Box::new(|| Ok(x5.conv2d(&w5, 1, 1, 1, 1)?)),
+        ),
+        (
+            "op_conv3x3_8x320x32",
+            Box::new(|| Ok(x3.conv2d(&w3, 1, 1, 1, 1)?)),
+        ),
+        (
+            "op_group_norm_4x128x256 (candle-nn)",
+            Box::new(|| Ok(gn_nn.forward(&x)?)),
+        ),
+        (
+            "op_group_norm_4x128x256+silu (candle-nn)",
+            Box::new(|| Ok(gn_nn.forward(&x)?.silu()?)),
+        ),
+        (
+            "op_group_norm_4x128x256 (fused)",
+            Box::new(|| Ok(gn.forward(&x)?)),
+        ),
+        (
+            "op_group_norm_4x128x256+silu (fused)",
+            Box::new(|| Ok(gn.forward_silu(&x)?)),
+        ),
         ("op_silu_4x128x256", Box::new(|| Ok(x.silu()?))),
-        ("op_upsample2x_4x128x128", Box::new(|| Ok(xu.upsample_nearest2d(256, 256)?))),
-        ("op_upsample2x_4x128x128 (ops)", Box::new(|| Ok(splatforge_nn::ops::upsample_nearest2x(&xu)?))),
-        ("op_attention_vae_1x16384x512 (composite)", Box::new(|| Ok(attention(&va[0], &va[1], &va[2], 1)?))),
-        ("op_attention_24x4352x128 (materialised)", Box::new(|| Ok(attention_reference(&fl[0], &fl[1], &fl[2], 24)?))),
-        ("op_attention_24x4352x128 (fused)", Box::new(|| Ok(attention(&fl[0], &fl[1], &fl[2], 24)?))),
-        ("op_attention_mvdream_2x4096x5x64 (materialised)", Box::new(|| Ok(attention_reference(&mv[0], &mv[1], &mv[2], 5)?))),
-        ("op_attention_mvdream_2x4096x5x64 (fused)", Box::new(|| Ok(attention(&mv[0], &mv[1], &mv[2], 5)?))),
+        (
+            "op_upsample2x_4x128x128",
+            Box::new(|| Ok(xu.upsample_nearest2d(256, 256)?)),
+        ),
+        (
+            "op_upsample2x_4x128x128 (ops)",
+            Box::new(|| Ok(splatforge_nn::ops::upsample_nearest2x(&xu)?)),
+        ),
+        (
+            "op_attention_vae_1x16384x512 (composite)",
+            Box::new(|| Ok(attention(&va[0], &va[1], &va[2], 1)?)),
+        ),
+        (
+            "op_attention_24x4352x128 (materialised)",
+            Box::new(|| Ok(attention_reference(&fl[0], &fl[1], &fl[2], 24)?)),
+        ),
+        (
+            "op_attention_24x4352x128 (fused)",
+            Box::new(|| Ok(attention(&fl[0], &fl[1], &fl[2], 24)?)),
+        ),
+        (
+            "op_attention_mvdream_2x4096x5x64 (materialised)",
+            Box::new(|| Ok(attention_reference(&mv[0], &mv[1], &mv[2], 5)?)),
+        ),
+        (
+            "op_attention_mvdream_2x4096x5x64 (fused)",
+            Box::new(|| Ok(attention(&mv[0], &mv[1], &mv[2], 5)?)),
+        ),
         ("op_matmul_4352x3072x12288", Box::new(|| Ok(a.matmul(&b)?))),
-        ("op_conv3x3_4x128x256 (ops::Conv2d)", Box::new(|| Ok(cv.forward(&x)?))),
-        ("op_conv3x3_4x512x64 (ops::Conv2d)", Box::new(|| Ok(cv5.forward(&x5)?))),
-        ("op_conv3x3_8x320x32 (ops::Conv2d)", Box::new(|| Ok(cv3.forward(&x3)?))),
-        ("op_linear_8x1024x320x1280 (candle-nn, batched)", Box::new(|| Ok(lin.forward(&xl)?))),
-        ("op_linear_8x1024x320x1280 (ops::linear)", Box::new(|| Ok(splatforge_nn::ops::linear(&xl, &lin, Default::default())?))),
-        ("op_linear_8x1024x320x1280 (flattened)", Box::new(|| Ok(xl.reshape((8192, 320))?.matmul(&wl.t()?)?.broadcast_add(&bl)?))),
+        (
+            "op_conv3x3_4x128x256 (ops::Conv2d)",
+            Box::new(|| Ok(cv.forward(&x)?)),
+        ),
+        (
+            "op_conv3x3_4x512x64 (ops::Conv2d)",
+            Box::new(|| Ok(cv5.forward(&x5)?)),
+        ),
+        (
+            "op_conv3x3_8x320x32 (ops::Conv2d)",
+            Box::new(|| Ok(cv3.forward(&x3)?)),
+        ),
+        (
+            "op_linear_8x1024x320x1280 (candle-nn, batched)",
+            Box::new(|| Ok(lin.forward(&xl)?)),
+        ),
+        (
+            "op_linear_8x1024x320x1280 (ops::linear)",
+            Box::new(|| Ok(splatforge_nn::ops::linear(&xl, &lin, Default::default())?)),
+        ),
+        (
+            "op_linear_8x1024x320x1280 (flattened)",
+            Box::new(|| {
+                Ok(xl
+                    .reshape((8192, 320))?
+                    .matmul(&wl.t()?)?
+                    .broadcast_add(&bl)?)
+            }),
+        ),
     ];
     for (name, f) in ops {
         let ms = bench(dev, 3, 10, &f)?;
@@ -637,10 +935,22 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
     }
     // The block shapes against each other (the default is tuned from these).
     for variant in ATTENTION_VARIANTS {
-        let flux = bench(dev, 3, 10, || Ok(attention_with_variant(&fl[0], &fl[1], &fl[2], 24, variant)?))?;
-        rep.time(&format!("op_attention_24x4352x128 (fused, variant {variant})"), flux, ",\"dtype\":\"bf16\"");
-        let mvd = bench(dev, 3, 10, || Ok(attention_with_variant(&mv[0], &mv[1], &mv[2], 5, variant)?))?;
-        rep.time(&format!("op_attention_mvdream_2x4096x5x64 (fused, variant {variant})"), mvd, ",\"dtype\":\"bf16\"");
+        let flux = bench(dev, 3, 10, || {
+            Ok(attention_with_variant(&fl[0], &fl[1], &fl[2], 24, variant)?)
+        })?;
+        rep.time(
+            &format!("op_attention_24x4352x128 (fused, variant {variant})"),
+            flux,
+            ",\"dtype\":\"bf16\"",
+        );
+        let mvd = bench(dev, 3, 10, || {
+            Ok(attention_with_variant(&mv[0], &mv[1], &mv[2], 5, variant)?)
+        })?;
+        rep.time(
+            &format!("op_attention_mvdream_2x4096x5x64 (fused, variant {variant})"),
+            mvd,
+            ",\"dtype\":\"bf16\"",
+        );
     }
     Ok(())
 }

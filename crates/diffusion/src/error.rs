@@ -34,7 +34,10 @@ impl DiffusionError {
         NnError::io(path, source).into()
     }
 
-    pub(crate) fn bad_file(path: impl Into<std::path::PathBuf>, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_file(
+        path: impl Into<std::path::PathBuf>,
+        message: impl Into<String>,
+    ) -> Self {
         NnError::bad_file(path, message).into()
     }
 }

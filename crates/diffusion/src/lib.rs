@@ -47,7 +47,9 @@ pub use error::{DiffusionError, Result};
 pub use flux::{load_flux, FluxOutput, FluxPipeline, FluxRequest};
 pub use loading::{LoadOptions, ModelSource};
 pub use mvdream::{load_mvdream, LdmConfig, MvDreamOutput, MvDreamPipeline, MvDreamRequest};
-pub use random_models::{make_random_mvdream, make_tiny, ModelSize, RandomMvDream, TinyModels, TinyOptions};
+pub use random_models::{
+    make_random_mvdream, make_tiny, ModelSize, RandomMvDream, TinyModels, TinyOptions,
+};
 pub use sd::{load_sd, SdOutput, SdPipeline, SdRequest};
 pub use sds::{sds_gradient, SdsConditioning, SdsOptions, SdsOutput, SdsTimestep, SdsWeighting};
 pub use splatforge_nn::hub::HubConfig;

@@ -39,8 +39,8 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
 
-use splatforge_nn::ops::{conv2d, group_norm, Conv2d, GroupNorm};
 use serde::{Deserialize, Serialize};
+use splatforge_nn::ops::{conv2d, group_norm, Conv2d, GroupNorm};
 
 /// `vae/config.json` (diffusers `AutoencoderKL`), the fields we use.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -251,7 +251,9 @@ impl AttnBlock {
         let q = self.q.forward(&t)?;
         let k = self.k.forward(&t)?;
         let v = self.v.forward(&t)?;
-        let o = self.out.forward(&splatforge_nn::ops::attention(&q, &k, &v, 1)?)?;
+        let o = self
+            .out
+            .forward(&splatforge_nn::ops::attention(&q, &k, &v, 1)?)?;
         let o = o.transpose(1, 2)?.reshape((b, c, h, w))?;
         x + o
     }

@@ -43,7 +43,8 @@ fn request(seed: u64) -> MvDreamRequest {
 }
 
 fn latents(p: &MvDreamPipeline, req: &MvDreamRequest) -> Tensor {
-    p.generate_latents(req, |_, _| ControlFlow::Continue(())).unwrap()
+    p.generate_latents(req, |_, _| ControlFlow::Continue(()))
+        .unwrap()
 }
 
 #[test]

@@ -5,8 +5,8 @@
 //! `cargo test --release -p splatforge-diffusion --test random_mvdream -- --ignored`.
 
 use splatforge_diffusion::random_models::tiny_vocab;
-use splatforge_nn::weights::TensorFile;
 use splatforge_diffusion::*;
+use splatforge_nn::weights::TensorFile;
 
 mod common;
 use common::{all_finite, offline};

@@ -5,12 +5,12 @@
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use splatforge_diffusion::schedulers::ddim::{PredictionType, TimestepSpacing};
 use splatforge_diffusion::flux::{flux_transformer_from_file, FLUX_SCHNELL_REPO};
-use splatforge_nn::rng::randn;
+use splatforge_diffusion::schedulers::ddim::{PredictionType, TimestepSpacing};
 use splatforge_diffusion::sd::{SdSamplerKind, SD_TURBO_REPO};
-use splatforge_nn::weights::TensorFile;
 use splatforge_diffusion::*;
+use splatforge_nn::rng::randn;
+use splatforge_nn::weights::TensorFile;
 
 mod common;
 use common::{check_image, copy_dir, max_abs, offline};
@@ -70,9 +70,10 @@ fn sd_turbo_and_sd21_text_to_image() {
     assert_eq!(out.latents.dims(), &[1, 4, 4, 4]);
     assert_eq!(out.to_rgb_images().unwrap()[0].dimensions(), (32, 32));
     // One Euler step by hand: x = σ·n, x̂₀ = x − σ·ε̂(x/√(σ²+1), 999).
-    let sigma = splatforge_diffusion::schedulers::euler::EulerScheduler::new(&pipe.scheduler.config, 1)
-        .unwrap()
-        .sigmas()[0];
+    let sigma =
+        splatforge_diffusion::schedulers::euler::EulerScheduler::new(&pipe.scheduler.config, 1)
+            .unwrap()
+            .sigmas()[0];
     let x = (randn(3, &[1, 4, 4, 4], DType::F32, &Device::Cpu).unwrap() * sigma).unwrap();
     let ctx = pipe.encode_prompt("a red car").unwrap();
     let eps = pipe
@@ -205,7 +206,9 @@ fn flux_schnell_text_to_image() {
         steps: 1,
         ..req.clone()
     };
-    let lat1 = pipe.generate_latents(&one, |_, _| ControlFlow::Continue(())).unwrap();
+    let lat1 = pipe
+        .generate_latents(&one, |_, _| ControlFlow::Continue(()))
+        .unwrap();
     let noise = randn(5, &[1, 16, 4, 4], DType::F32, &Device::Cpu).unwrap();
     let txt = pipe.encode_t5("a cute owl", 16).unwrap();
     let pooled = pipe.encode_clip("a cute owl").unwrap();
@@ -257,7 +260,12 @@ fn flux_schnell_text_to_image() {
     )
     .unwrap();
     assert_eq!(
-        max_abs(&hub_pipe.generate_latents(&req, |_, _| ControlFlow::Continue(())).unwrap(), &lat),
+        max_abs(
+            &hub_pipe
+                .generate_latents(&req, |_, _| ControlFlow::Continue(()))
+                .unwrap(),
+            &lat
+        ),
         0.0
     );
     // A missing shard is named.
@@ -275,7 +283,9 @@ fn flux_schnell_text_to_image() {
     assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
     // Sides must be multiples of 16.
     assert!(pipe
-        .generate_latents(&FluxRequest { width: 40, ..req }, |_, _| ControlFlow::Continue(()))
+        .generate_latents(&FluxRequest { width: 40, ..req }, |_, _| {
+            ControlFlow::Continue(())
+        })
         .is_err());
 }
 

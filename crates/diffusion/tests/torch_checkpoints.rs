@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use splatforge_nn::weights::TensorFile;
 use splatforge_diffusion::*;
+use splatforge_nn::weights::TensorFile;
 
 mod common;
 use common::f32s;

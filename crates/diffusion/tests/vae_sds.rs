@@ -4,10 +4,10 @@ use std::path::Path;
 
 use candle_core::Var;
 use candle_nn::VarBuilder;
-use splatforge_nn::rng::randn;
 use splatforge_diffusion::sds::{sds_timesteps, SdsTimestep};
-use splatforge_nn::weights::SeededInit;
 use splatforge_diffusion::*;
+use splatforge_nn::rng::randn;
+use splatforge_nn::weights::SeededInit;
 
 fn tiny_vae(dtype: DType) -> Vae {
     let cfg = random_models::tiny_config().vae;

@@ -297,7 +297,9 @@ fn parity(args: &[String]) -> Res<bool> {
         let mut gpu = CudaBackend::on_device(g0.clone(), settings, &device)?;
         gpu.set_stats_interval(1);
         let t0 = Instant::now();
-        let rg = fit_with(&mut gpu, &data.train, &cfg, &mut |_| ControlFlow::Continue(()))?;
+        let rg = fit_with(&mut gpu, &data.train, &cfg, &mut |_| {
+            ControlFlow::Continue(())
+        })?;
         let gpu_s = t0.elapsed().as_secs_f64();
         let gpu_losses: Vec<f64> = gpu.history().iter().map(|s| s.loss).collect();
         let loss_rel: Vec<f64> = cpu_losses
@@ -385,7 +387,9 @@ fn parity(args: &[String]) -> Res<bool> {
             ..config.clone()
         };
         let mut gpu = CudaBackend::on_device(g0.clone(), settings, &device)?;
-        fit_with(&mut gpu, &data.train, &cfg, &mut |_| ControlFlow::Continue(()))?;
+        fit_with(&mut gpu, &data.train, &cfg, &mut |_| {
+            ControlFlow::Continue(())
+        })?;
         let (mut g, mut adam, mut st) = gpu.download_state()?;
         let mut rng = gpu.split_rng().clone();
         let rc = densify_and_prune(&mut g, &mut adam, &mut st, &dp, &mut rng);
@@ -731,13 +735,17 @@ fn sample(args: &[String]) -> Res<bool> {
         ..config.clone()
     };
     let gpu = Device::new_cuda(0)?;
-    fit_on(&gpu, &data.train, &warm, Init::Random, |_| ControlFlow::Continue(()))?;
+    fit_on(&gpu, &data.train, &warm, Init::Random, |_| {
+        ControlFlow::Continue(())
+    })?;
     let mut walls = Vec::new();
     let mut psnrs = Vec::new();
     let mut counts = Vec::new();
     for run in 0..runs {
         let t = Instant::now();
-        let r = fit_on(&gpu, &data.train, &config, Init::Random, |_| ControlFlow::Continue(()))?;
+        let r = fit_on(&gpu, &data.train, &config, Init::Random, |_| {
+            ControlFlow::Continue(())
+        })?;
         let wall = t.elapsed().as_secs_f64();
         let held = evaluate(&r.gaussians, &data.test, bg, mode)?;
         eprintln!(
@@ -824,7 +832,10 @@ fn guided(args: &[String]) -> Res<bool> {
         iters: fit_steps.max(1),
         ..Default::default()
     };
-    let g0 = fit(&data.train, &config, Init::Random, |_| ControlFlow::Continue(()))?.gaussians;
+    let g0 = fit(&data.train, &config, Init::Random, |_| {
+        ControlFlow::Continue(())
+    })?
+    .gaussians;
     let settings = backend_settings(&config);
     let lrs = LearningRates::at(&config, &ExponLr::position(&config), config.iters);
     let views: Vec<&View> = data.train.views.iter().take(4).collect();

@@ -36,7 +36,11 @@ fn norm(a: V) -> V {
     mul(a, 1.0 / len(a))
 }
 fn cross(a: V, b: V) -> V {
-    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+    [
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    ]
 }
 
 const SIZE: u32 = 128;
@@ -56,7 +60,14 @@ fn scene(p: V) -> (f64, V) {
     let c = [-0.24, 0.02, 0.12];
     let q = sub(p, c);
     let stripe = ((q[1] / 0.28) * 3.0 * std::f64::consts::PI).sin() > 0.0;
-    take(len(q) - 0.28, if stripe { [0.85, 0.12, 0.1] } else { [0.95, 0.9, 0.85] });
+    take(
+        len(q) - 0.28,
+        if stripe {
+            [0.85, 0.12, 0.1]
+        } else {
+            [0.95, 0.9, 0.85]
+        },
+    );
     // Green rounded box, turned 30° about y.
     let (s, co) = (30f64.to_radians().sin(), 30f64.to_radians().cos());
     let q = sub(p, [0.26, -0.12, -0.1]);
@@ -81,7 +92,12 @@ fn scene(p: V) -> (f64, V) {
 
 fn normal(p: V) -> V {
     let e = 1e-4;
-    let k = [[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0], [-1.0, 1.0, -1.0], [1.0, 1.0, 1.0]];
+    let k = [
+        [1.0, -1.0, -1.0],
+        [-1.0, -1.0, 1.0],
+        [-1.0, 1.0, -1.0],
+        [1.0, 1.0, 1.0],
+    ];
     let mut n = [0.0; 3];
     for d in k {
         n = add(n, mul(d, scene(add(p, mul(d, e))).0));
@@ -128,11 +144,20 @@ struct Pose {
 /// (degrees, 0 = +z, 90 = +x), looking at the origin, world +y up.
 fn pose(elevation: f64, azimuth: f64) -> Pose {
     let (e, a) = (elevation.to_radians(), azimuth.to_radians());
-    let position = [DIST * e.cos() * a.sin(), DIST * e.sin(), DIST * e.cos() * a.cos()];
+    let position = [
+        DIST * e.cos() * a.sin(),
+        DIST * e.sin(),
+        DIST * e.cos() * a.cos(),
+    ];
     let back = norm(position);
     let right = norm(cross([0.0, 1.0, 0.0], back));
     let up = cross(back, right);
-    Pose { position, right, up, back }
+    Pose {
+        position,
+        right,
+        up,
+        back,
+    }
 }
 
 fn render(p: &Pose, f: f64) -> image::RgbaImage {
@@ -189,7 +214,11 @@ fn write_split(dir: &Path, split: &str, cams: &[(f64, f64)], header: serde_json:
 }
 
 fn main() {
-    let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "data/shapes".into()));
+    let dir = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "data/shapes".into()),
+    );
     let f = 0.5 * SIZE as f64 / (0.5 * ANGLE_X).tan();
     let mut train = Vec::new();
     for (ring, e) in [35.0, 10.0, -15.0].iter().enumerate() {
@@ -197,8 +226,16 @@ fn main() {
             train.push((*e, k as f64 * 45.0 + ring as f64 * 15.0));
         }
     }
-    let test: Vec<(f64, f64)> = (0..8).map(|k| (if k % 2 == 0 { 22.0 } else { -2.0 }, 22.5 + 45.0 * k as f64)).collect();
-    write_split(&dir, "train", &train, serde_json::json!({ "camera_angle_x": ANGLE_X }), f);
+    let test: Vec<(f64, f64)> = (0..8)
+        .map(|k| (if k % 2 == 0 { 22.0 } else { -2.0 }, 22.5 + 45.0 * k as f64))
+        .collect();
+    write_split(
+        &dir,
+        "train",
+        &train,
+        serde_json::json!({ "camera_angle_x": ANGLE_X }),
+        f,
+    );
     let c = SIZE as f64 / 2.0;
     write_split(
         &dir,
@@ -207,5 +244,10 @@ fn main() {
         serde_json::json!({ "fl_x": f, "fl_y": f, "cx": c, "cy": c, "w": SIZE, "h": SIZE }),
         f,
     );
-    eprintln!("wrote {} train and {} test views to {}", train.len(), test.len(), dir.display());
+    eprintln!(
+        "wrote {} train and {} test views to {}",
+        train.len(),
+        test.len(),
+        dir.display()
+    );
 }

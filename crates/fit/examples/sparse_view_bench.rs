@@ -24,7 +24,8 @@ use sparse_view::sparse_views;
 fn main() {
     let mut args = std::env::args().skip(1);
     // `../shared` beside the repository.
-    let mut ply = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/hamburger.ply");
+    let mut ply =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/hamburger.ply");
     let mut config = FitConfig {
         iters: 500,
         num_pts: 5000,
@@ -36,10 +37,11 @@ fn main() {
         match a.as_str() {
             "--iters" => iters = Some(args.next().expect("--iters N").parse().expect("a number")),
             "--config" => {
-                config = FitConfig::load(args.next().expect("--config FILE").as_ref()).unwrap_or_else(|e| {
-                    eprintln!("error: {e}");
-                    std::process::exit(2)
-                })
+                config = FitConfig::load(args.next().expect("--config FILE").as_ref())
+                    .unwrap_or_else(|e| {
+                        eprintln!("error: {e}");
+                        std::process::exit(2)
+                    })
             }
             "--out" => out = Some(args.next().expect("--out FILE").into()),
             _ => ply = a.into(),
@@ -82,7 +84,9 @@ fn main() {
         splatforge_splat::write_splat_file(
             p,
             &result.gaussians,
-            &splatforge_splat::EncodeOptions::new(splatforge_splat::SplatFormat::from_path(p).unwrap()),
+            &splatforge_splat::EncodeOptions::new(
+                splatforge_splat::SplatFormat::from_path(p).unwrap(),
+            ),
         )
         .unwrap();
     }

@@ -192,7 +192,15 @@ impl Moments {
     /// Increments the step count and updates `params` (same layout).
     pub fn step(&mut self, params: &mut [f32], grads: &[f32], lr: f32, config: &AdamConfig) {
         self.step += 1;
-        adam_update(params, grads, &mut self.m, &mut self.v, lr, self.step, config);
+        adam_update(
+            params,
+            grads,
+            &mut self.m,
+            &mut self.v,
+            lr,
+            self.step,
+            config,
+        );
     }
 }
 
@@ -354,7 +362,10 @@ mod tests {
             p0 - 0.1 * mhat / (vhat.sqrt() + 1e-8)
         };
         assert!((p[0] as f64 - expect(0.9, 0.5, 0.2)).abs() < 1e-6, "{p:?}");
-        assert!((p[1] as f64 - expect(-1.9, -0.1, 0.3)).abs() < 1e-6, "{p:?}");
+        assert!(
+            (p[1] as f64 - expect(-1.9, -0.1, 0.3)).abs() < 1e-6,
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -231,7 +231,9 @@ fn check_targets(views: &[BatchView<'_>]) -> Result<()> {
 }
 
 /// The image gradients of [`view_losses`]' results, for the rasterizer's backward pass.
-fn loss_image_grads(losses: &[(ViewLoss, ViewLossGrad)]) -> impl Iterator<Item = ImageGradients<'_, f32>> {
+fn loss_image_grads(
+    losses: &[(ViewLoss, ViewLossGrad)],
+) -> impl Iterator<Item = ImageGradients<'_, f32>> {
     losses.iter().map(|(_, g)| ImageGradients {
         rgb: Some(&g.rgb),
         alpha: g.alpha.as_deref(),

@@ -167,7 +167,10 @@ impl FitConfig {
             return bad("batch_size", "must be at least 1".into());
         }
         if self.sh_degree > 3 {
-            return bad("sh_degree", format!("{} is not supported (0 to 3)", self.sh_degree));
+            return bad(
+                "sh_degree",
+                format!("{} is not supported (0 to 3)", self.sh_degree),
+            );
         }
         let non_negative = [
             ("init_radius", self.init_radius),
@@ -190,7 +193,10 @@ impl FitConfig {
             }
         }
         if !(0.0..=1.0).contains(&self.lambda_ssim) {
-            return bad("lambda_ssim", format!("must be in [0, 1], got {}", self.lambda_ssim));
+            return bad(
+                "lambda_ssim",
+                format!("must be in [0, 1], got {}", self.lambda_ssim),
+            );
         }
         if self.position_lr_max_steps == 0 {
             return bad("position_lr_max_steps", "must be at least 1".into());
@@ -202,9 +208,15 @@ impl FitConfig {
             );
         }
         if self.min_opacity >= 1.0 {
-            return bad("min_opacity", format!("must be < 1, got {}", self.min_opacity));
+            return bad(
+                "min_opacity",
+                format!("must be < 1, got {}", self.min_opacity),
+            );
         }
-        for (key, v) in [("max_screen_size", self.max_screen_size), ("extent", self.extent)] {
+        for (key, v) in [
+            ("max_screen_size", self.max_screen_size),
+            ("extent", self.extent),
+        ] {
             if let Some(v) = v {
                 if !(v.is_finite() && v > 0.0) {
                     return bad(key, format!("must be finite and > 0 (or null), got {v}"));
@@ -214,8 +226,15 @@ impl FitConfig {
         if self.densification_interval == 0 {
             return bad("densification_interval", "must be at least 1".into());
         }
-        if self.render_sizes.iter().any(|&s| s == 0 || s > splatforge_render::MAX_IMAGE_SIDE) {
-            return bad("render_sizes", format!("sizes must be 1 to {}", splatforge_render::MAX_IMAGE_SIDE));
+        if self
+            .render_sizes
+            .iter()
+            .any(|&s| s == 0 || s > splatforge_render::MAX_IMAGE_SIDE)
+        {
+            return bad(
+                "render_sizes",
+                format!("sizes must be 1 to {}", splatforge_render::MAX_IMAGE_SIDE),
+            );
         }
         let stages = self.render_sizes.len();
         if stages > 0 && self.render_size_milestones.len() + 1 != stages {
@@ -230,7 +249,10 @@ impl FitConfig {
             );
         }
         if stages == 0 && !self.render_size_milestones.is_empty() {
-            return bad("render_size_milestones", "given without render_sizes".into());
+            return bad(
+                "render_size_milestones",
+                "given without render_sizes".into(),
+            );
         }
         let mut last = 0.0f32;
         for &m in &self.render_size_milestones {
@@ -313,7 +335,9 @@ extent: 0.5
             let e = FitConfig::from_yaml_str(yaml).unwrap_err().to_string();
             assert!(e.contains(key), "{yaml}: {e}");
         }
-        let e = FitConfig::from_yaml_str("iters: many").unwrap_err().to_string();
+        let e = FitConfig::from_yaml_str("iters: many")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("iters"), "{e}");
     }
 

@@ -120,7 +120,11 @@ impl View {
                 .zip(alpha)
                 .flat_map(|(c, &a)| {
                     let t = 1.0 - a;
-                    [c[0] + t * background[0], c[1] + t * background[1], c[2] + t * background[2]]
+                    [
+                        c[0] + t * background[0],
+                        c[1] + t * background[1],
+                        c[2] + t * background[2],
+                    ]
                 })
                 .collect(),
         }
@@ -149,7 +153,14 @@ impl View {
         View {
             name: self.name.clone(),
             camera,
-            rgb: resample_area(&self.rgb, w as usize, h as usize, 3, tw as usize, th as usize),
+            rgb: resample_area(
+                &self.rgb,
+                w as usize,
+                h as usize,
+                3,
+                tw as usize,
+                th as usize,
+            ),
             alpha: self
                 .alpha
                 .as_ref()
@@ -233,10 +244,16 @@ impl Views {
         }
         let centres: Vec<[f32; 3]> = self.views.iter().map(|v| v.camera.position()).collect();
         let n = centres.len() as f64;
-        let mean: [f64; 3] = std::array::from_fn(|a| centres.iter().map(|c| c[a] as f64).sum::<f64>() / n);
+        let mean: [f64; 3] =
+            std::array::from_fn(|a| centres.iter().map(|c| c[a] as f64).sum::<f64>() / n);
         let max = centres
             .iter()
-            .map(|c| (0..3).map(|a| (c[a] as f64 - mean[a]).powi(2)).sum::<f64>().sqrt())
+            .map(|c| {
+                (0..3)
+                    .map(|a| (c[a] as f64 - mean[a]).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            })
             .fold(0.0, f64::max);
         ((max * 1.1) as f32).max(1e-3)
     }
@@ -314,9 +331,22 @@ impl Intrinsics {
         };
         let cx = self.cx.unwrap_or(0.5 * w);
         let cy = self.cy.unwrap_or(0.5 * h);
-        let out = ((fx * kx) as f32, (fy * ky) as f32, (cx * kx) as f32, (cy * ky) as f32);
-        if !(out.0.is_finite() && out.1.is_finite() && out.0 > 0.0 && out.1 > 0.0 && out.2.is_finite() && out.3.is_finite()) {
-            return Err(FitError::Dataset(format!("bad intrinsics fx={fx} fy={fy} cx={cx} cy={cy}")));
+        let out = (
+            (fx * kx) as f32,
+            (fy * ky) as f32,
+            (cx * kx) as f32,
+            (cy * ky) as f32,
+        );
+        if !(out.0.is_finite()
+            && out.1.is_finite()
+            && out.0 > 0.0
+            && out.1 > 0.0
+            && out.2.is_finite()
+            && out.3.is_finite())
+        {
+            return Err(FitError::Dataset(format!(
+                "bad intrinsics fx={fx} fy={fy} cx={cx} cy={cy}"
+            )));
         }
         Ok(out)
     }
@@ -381,7 +411,8 @@ fn resolve_image_path(base: &Path, file_path: &str) -> PathBuf {
 /// Parses a transforms file's text. `base` is the directory that frame
 /// paths are relative to; `ctx` names the file in errors.
 pub fn parse_transforms(text: &str, base: &Path, ctx: &str) -> Result<Vec<FrameSpec>> {
-    let root: Value = serde_json::from_str(text).map_err(|e| FitError::Dataset(format!("{ctx}: {e}")))?;
+    let root: Value =
+        serde_json::from_str(text).map_err(|e| FitError::Dataset(format!("{ctx}: {e}")))?;
     let top = intrinsics_of(&root, ctx)?;
     let frames = root
         .get("frames")
@@ -411,7 +442,11 @@ pub fn parse_transforms(text: &str, base: &Path, ctx: &str) -> Result<Vec<FrameS
             .get("transform_matrix")
             .and_then(Value::as_array)
             .ok_or_else(|| FitError::Dataset(format!("{fctx}: no `transform_matrix`")))?;
-        let bad_matrix = || FitError::Dataset(format!("{fctx}: `transform_matrix` must be 4x4 (or 3x4) numbers"));
+        let bad_matrix = || {
+            FitError::Dataset(format!(
+                "{fctx}: `transform_matrix` must be 4x4 (or 3x4) numbers"
+            ))
+        };
         if m.len() != 4 && m.len() != 3 {
             return Err(bad_matrix());
         }
@@ -427,13 +462,18 @@ pub fn parse_transforms(text: &str, base: &Path, ctx: &str) -> Result<Vec<FrameS
             }
         }
         if !c2w.iter().flatten().all(|v| v.is_finite()) {
-            return Err(FitError::Dataset(format!("{fctx}: non-finite `transform_matrix`")));
+            return Err(FitError::Dataset(format!(
+                "{fctx}: non-finite `transform_matrix`"
+            )));
         }
         let rel = file_path.trim_start_matches("./");
         let held_out = if has_lists {
             if held_list.iter().any(|s| s == rel) {
                 Some(true)
-            } else if train_list.as_ref().is_none_or(|t| t.iter().any(|s| s == rel)) {
+            } else if train_list
+                .as_ref()
+                .is_none_or(|t| t.iter().any(|s| s == rel))
+            {
                 Some(false)
             } else {
                 Some(true)
@@ -463,14 +503,18 @@ pub fn parse_transforms(text: &str, base: &Path, ctx: &str) -> Result<Vec<FrameS
 /// Reads an image file into a view for `spec`.
 pub fn load_frame(spec: &FrameSpec) -> Result<View> {
     let path = &spec.image_path;
-    let img = image::open(path).map_err(|e| FitError::Dataset(format!("{}: {e}", path.display())))?;
+    let img =
+        image::open(path).map_err(|e| FitError::Dataset(format!("{}: {e}", path.display())))?;
     let (w, h) = (img.width(), img.height());
     let (fx, fy, cx, cy) = spec
         .intrinsics
         .resolve(w, h)
         .map_err(|e| FitError::Dataset(format!("{}: {e}", path.display())))?;
     let camera = Camera::from_camera_to_world_opengl(spec.c2w_opengl, fx, fy, cx, cy, w, h);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if img.color().has_alpha() {
         let rgba = img.to_rgba32f();
         View::from_rgba(name, camera, rgba.as_raw())
@@ -507,20 +551,35 @@ pub fn load_transforms(path: &Path, options: &LoadOptions) -> Result<Dataset> {
     if frames.is_empty() {
         return Err(FitError::Dataset(format!("{}: no frames", path.display())));
     }
-    let (train_specs, test_specs): (Vec<FrameSpec>, Vec<FrameSpec>) = if frames.iter().any(|f| f.held_out.is_some()) {
-        frames.into_iter().partition(|f| f.held_out != Some(true))
-    } else if path.file_name().is_some_and(|n| n == "transforms_train.json")
-        && path.with_file_name("transforms_test.json").exists()
-    {
-        (frames, read_frames(&path.with_file_name("transforms_test.json"))?)
-    } else if let Some(n) = options.test_every.filter(|&n| n > 1) {
-        let (test, train): (Vec<_>, Vec<_>) = frames.into_iter().enumerate().partition(|(i, _)| i % n == 0);
-        (train.into_iter().map(|x| x.1).collect(), test.into_iter().map(|x| x.1).collect())
-    } else {
-        (frames, Vec::new())
-    };
+    let (train_specs, test_specs): (Vec<FrameSpec>, Vec<FrameSpec>) =
+        if frames.iter().any(|f| f.held_out.is_some()) {
+            frames.into_iter().partition(|f| f.held_out != Some(true))
+        } else if path
+            .file_name()
+            .is_some_and(|n| n == "transforms_train.json")
+            && path.with_file_name("transforms_test.json").exists()
+        {
+            (
+                frames,
+                read_frames(&path.with_file_name("transforms_test.json"))?,
+            )
+        } else if let Some(n) = options.test_every.filter(|&n| n > 1) {
+            let (test, train): (Vec<_>, Vec<_>) = frames
+                .into_iter()
+                .enumerate()
+                .partition(|(i, _)| i % n == 0);
+            (
+                train.into_iter().map(|x| x.1).collect(),
+                test.into_iter().map(|x| x.1).collect(),
+            )
+        } else {
+            (frames, Vec::new())
+        };
     if train_specs.is_empty() {
-        return Err(FitError::Dataset(format!("{}: no training frames", path.display())));
+        return Err(FitError::Dataset(format!(
+            "{}: no training frames",
+            path.display()
+        )));
     }
     Ok(Dataset {
         train: Views::new(load_all(&train_specs)?),
@@ -537,7 +596,14 @@ mod tests {
 
     fn write_png(path: &Path, w: u32, h: u32, alpha: bool) {
         if alpha {
-            let img = image::RgbaImage::from_fn(w, h, |x, y| image::Rgba([x as u8 * 10, y as u8 * 10, 200, if x < w / 2 { 255 } else { 0 }]));
+            let img = image::RgbaImage::from_fn(w, h, |x, y| {
+                image::Rgba([
+                    x as u8 * 10,
+                    y as u8 * 10,
+                    200,
+                    if x < w / 2 { 255 } else { 0 },
+                ])
+            });
             img.save(path).unwrap();
         } else {
             let img = image::RgbImage::from_fn(w, h, |x, _| image::Rgb([x as u8, 0, 255]));
@@ -595,7 +661,9 @@ mod tests {
                 "frames": [{{"file_path": "imgs/a.png", "transform_matrix": {C2W}}},
                            {{"file_path": "imgs/b.png", "transform_matrix": {C2W}, "fl_x": 40}}]}}"#
         );
-        let test = format!(r#"{{"fl_x": 30, "w": 20, "h": 16, "frames": [{{"file_path": "imgs/c.png", "transform_matrix": {C2W}}}]}}"#);
+        let test = format!(
+            r#"{{"fl_x": 30, "w": 20, "h": 16, "frames": [{{"file_path": "imgs/c.png", "transform_matrix": {C2W}}}]}}"#
+        );
         std::fs::write(dir.path().join("transforms_train.json"), train).unwrap();
         std::fs::write(dir.path().join("transforms_test.json"), test).unwrap();
         // Directory → transforms_train.json → sibling test split.
@@ -608,7 +676,8 @@ mod tests {
         assert_eq!((t.fx, t.fy, t.cx, t.cy), (15.0, 15.0, 5.0, 4.0));
         assert!(d.train.views[0].alpha.is_none());
         // `transforms.json` that does not exist falls back to transforms_train.json.
-        let d2 = load_transforms(&dir.path().join("transforms.json"), &LoadOptions::default()).unwrap();
+        let d2 =
+            load_transforms(&dir.path().join("transforms.json"), &LoadOptions::default()).unwrap();
         assert_eq!(d2.train.len(), 2);
     }
 
@@ -631,39 +700,65 @@ mod tests {
         assert_eq!(specs[2].held_out, Some(true));
         assert_eq!(specs[3].held_out, Some(true), "not listed for training");
         let split = r#"{"fl_x": 10, "frames": [{"file_path": "x.png", "split": "test", "transform_matrix": [[1,0,0,0],[0,1,0,0],[0,0,1,0]]}]}"#;
-        assert_eq!(parse_transforms(split, base, "t").unwrap()[0].held_out, Some(true));
+        assert_eq!(
+            parse_transforms(split, base, "t").unwrap()[0].held_out,
+            Some(true)
+        );
         // test_every on a file without a split.
         for i in 0..10 {
             write_png(&base.join(format!("f{i}.png")), 4, 4, true);
         }
         std::fs::write(base.join("transforms.json"), &plain).unwrap();
-        let d = load_transforms(&base.join("transforms.json"), &LoadOptions { test_every: Some(4) }).unwrap();
+        let d = load_transforms(
+            &base.join("transforms.json"),
+            &LoadOptions {
+                test_every: Some(4),
+            },
+        )
+        .unwrap();
         assert_eq!((d.train.len(), d.test.len()), (7, 3));
     }
 
     #[test]
     fn errors_name_the_problem() {
         let base = Path::new(".");
-        let e = parse_transforms(r#"{"frames": [{"file_path": "a.png"}]}"#, base, "t.json").unwrap_err().to_string();
-        assert!(e.contains("transform_matrix") && e.contains("t.json"), "{e}");
-        let e = parse_transforms(r#"{"k1": 0.1, "frames": []}"#, base, "t").unwrap_err().to_string();
+        let e = parse_transforms(r#"{"frames": [{"file_path": "a.png"}]}"#, base, "t.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("transform_matrix") && e.contains("t.json"),
+            "{e}"
+        );
+        let e = parse_transforms(r#"{"k1": 0.1, "frames": []}"#, base, "t")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("distortion"), "{e}");
-        let e = Intrinsics::default().resolve(10, 10).unwrap_err().to_string();
+        let e = Intrinsics::default()
+            .resolve(10, 10)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("focal"), "{e}");
-        let e = parse_transforms("not json", base, "t.json").unwrap_err().to_string();
+        let e = parse_transforms("not json", base, "t.json")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("t.json"), "{e}");
     }
 
     #[test]
     fn downscale_averages_and_scales_intrinsics() {
         let cam = Camera::orbit(0.0, 0.0, 2.5, 49.1, 8, 8);
-        let rgba: Vec<f32> = (0..64).flat_map(|i| [(i % 2) as f32, 0.5, 1.0, 1.0]).collect();
+        let rgba: Vec<f32> = (0..64)
+            .flat_map(|i| [(i % 2) as f32, 0.5, 1.0, 1.0])
+            .collect();
         let v = View::from_rgba("x", cam, &rgba).unwrap();
         let s = v.downscaled(4);
         assert_eq!((s.width(), s.height()), (4, 4));
         assert!((s.camera.fx - cam.fx / 2.0).abs() < 1e-5);
         assert_eq!(s.camera.cx, 2.0);
-        assert!(s.rgb.chunks(3).all(|p| (p[0] - 0.5).abs() < 1e-6 && (p[1] - 0.5).abs() < 1e-6));
+        assert!(s
+            .rgb
+            .chunks(3)
+            .all(|p| (p[0] - 0.5).abs() < 1e-6 && (p[1] - 0.5).abs() < 1e-6));
         assert_eq!(v.downscaled(16), v);
         // Non-integer factor keeps the mean.
         let img: Vec<f32> = (0..35).map(|i| i as f32).collect();

@@ -200,12 +200,15 @@ pub fn densify_and_prune(
         for &i in &split_idx {
             let s = g.log_scales[i].map(f32::exp);
             let q = g.rotations[i];
-            let n = (q.iter().map(|v| (*v as f64).powi(2)).sum::<f64>()).sqrt().max(1e-30);
+            let n = (q.iter().map(|v| (*v as f64).powi(2)).sum::<f64>())
+                .sqrt()
+                .max(1e-30);
             let r = quat_to_rotmat(q.map(|v| v as f64 / n)).map(|row| row.map(|v| v as f32));
             let e = [0; 3].map(|_| rng.normal() as f32);
             let local = [s[0] * e[0], s[1] * e[1], s[2] * e[2]];
             let m = g.means[i];
-            let offset: [f32; 3] = std::array::from_fn(|a| (0..3).map(|b| r[a][b] * local[b]).sum());
+            let offset: [f32; 3] =
+                std::array::from_fn(|a| (0..3).map(|b| r[a][b] * local[b]).sum());
             let new_mean = [m[0] + offset[0], m[1] + offset[1], m[2] + offset[2]];
             let new_scale = g.log_scales[i].map(|v| v - shrink);
             append_copies(g, &[i]);
@@ -367,10 +370,14 @@ mod tests {
             assert_eq!(g.sh_dc[child], [1.0; 3]);
             assert_eq!(g.sh_rest_of(child), before.sh_rest_of(1));
             for a in 0..3 {
-                assert!((g.log_scales[child][a] - (before.log_scales[1][a] - 1.6f32.ln())).abs() < 1e-6);
+                assert!(
+                    (g.log_scales[child][a] - (before.log_scales[1][a] - 1.6f32.ln())).abs() < 1e-6
+                );
             }
             // Sampled within a few standard deviations of the parent.
-            let d = (0..3).map(|a| (g.means[child][a] - before.means[1][a]).abs()).fold(0.0, f32::max);
+            let d = (0..3)
+                .map(|a| (g.means[child][a] - before.means[1][a]).abs())
+                .fold(0.0, f32::max);
             assert!(d < 5.0 * 0.2, "{d}");
         }
         assert_ne!(g.means[4], g.means[5]);
@@ -381,8 +388,16 @@ mod tests {
             let w = m.width;
             assert_eq!(m.step, 42);
             for (row, orig) in [(0usize, 0usize), (1, 2), (2, 5)] {
-                assert!(m.m[row * w..(row + 1) * w].iter().all(|&x| x == (orig + 1) as f32), "{}", grp.name());
-                assert!(m.v[row * w..(row + 1) * w].iter().all(|&x| x == 10.0 * (orig + 1) as f32));
+                assert!(
+                    m.m[row * w..(row + 1) * w]
+                        .iter()
+                        .all(|&x| x == (orig + 1) as f32),
+                    "{}",
+                    grp.name()
+                );
+                assert!(m.v[row * w..(row + 1) * w]
+                    .iter()
+                    .all(|&x| x == 10.0 * (orig + 1) as f32));
             }
             for row in 3..6 {
                 assert!(m.m[row * w..(row + 1) * w].iter().all(|&x| x == 0.0));
@@ -404,7 +419,10 @@ mod tests {
         assert_eq!((r.cloned, r.split), (0, 0));
         // Pruned: 1 (30 px, 0.2), 3 (opacity), 4 (all three).
         assert_eq!(r.pruned, 3);
-        assert_eq!(g.means.iter().map(|m| m[0] as usize).collect::<Vec<_>>(), vec![0, 2, 5]);
+        assert_eq!(
+            g.means.iter().map(|m| m[0] as usize).collect::<Vec<_>>(),
+            vec![0, 2, 5]
+        );
         assert_eq!(adam.rows(), 3);
     }
 

@@ -24,10 +24,17 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     if s == "cpu" {
         return Ok(Device::Cpu);
     }
-    let unknown = || FitError::Device(format!("unknown device `{spec}`: expected cpu, cuda or cuda:N"));
+    let unknown = || {
+        FitError::Device(format!(
+            "unknown device `{spec}`: expected cpu, cuda or cuda:N"
+        ))
+    };
     let ordinal = match s.strip_prefix("cuda") {
         Some("") => 0,
-        Some(rest) => rest.strip_prefix(':').and_then(|n| n.parse::<usize>().ok()).ok_or_else(unknown)?,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(unknown)?,
         None => return Err(unknown()),
     };
     Device::new_cuda(ordinal).map_err(|e| {
@@ -49,11 +56,17 @@ pub fn device_name(device: &Device) -> String {
 /// The fitting backend for `device`, starting from `g`: the CPU reference,
 /// or the CUDA backend on that GPU (which then shares the device, its
 /// stream and memory pool with whatever else runs there).
-pub fn backend_for(device: &Device, g: Gaussians, settings: BackendSettings) -> Result<Box<dyn FitBackend>> {
+pub fn backend_for(
+    device: &Device,
+    g: Gaussians,
+    settings: BackendSettings,
+) -> Result<Box<dyn FitBackend>> {
     match device {
         Device::Cpu => Ok(Box::new(CpuBackend::new(g, settings)?)),
         #[cfg(feature = "cuda")]
-        Device::Cuda(_) => Ok(Box::new(crate::cuda::CudaBackend::on_device(g, settings, device)?)),
+        Device::Cuda(_) => Ok(Box::new(crate::cuda::CudaBackend::on_device(
+            g, settings, device,
+        )?)),
         other => Err(FitError::Device(format!(
             "no fitting backend for {} in this build (CUDA needs `--features cuda`)",
             device_name(other)
@@ -75,7 +88,11 @@ pub fn fit_on(
 ) -> Result<FitResult> {
     let start = Instant::now();
     config.validate()?;
-    let mut backend = backend_for(device, initial_gaussians(&init, config), backend_settings(config))?;
+    let mut backend = backend_for(
+        device,
+        initial_gaussians(&init, config),
+        backend_settings(config),
+    )?;
     let mut result = fit_with(backend.as_mut(), views, config, &mut progress)?;
     result.timings.total = start.elapsed();
     Ok(result)
@@ -99,7 +116,13 @@ mod tests {
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn cuda_without_the_feature_is_an_error() {
-        assert!(parse_device("cuda:0").unwrap_err().to_string().contains("--features cuda"));
-        assert!(parse_device("cuda").unwrap_err().to_string().contains("--features cuda"));
+        assert!(parse_device("cuda:0")
+            .unwrap_err()
+            .to_string()
+            .contains("--features cuda"));
+        assert!(parse_device("cuda")
+            .unwrap_err()
+            .to_string()
+            .contains("--features cuda"));
     }
 }

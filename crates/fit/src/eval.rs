@@ -28,7 +28,12 @@ pub struct Metrics {
 /// Renders `g` from every view (at the view's size, over `background`,
 /// clamped to `[0, 1]`) and scores it against the view composited over the
 /// same background.
-pub fn evaluate(g: &Gaussians, views: &Views, background: [f32; 3], mode: RenderMode) -> Result<Metrics> {
+pub fn evaluate(
+    g: &Gaussians,
+    views: &Views,
+    background: [f32; 3],
+    mode: RenderMode,
+) -> Result<Metrics> {
     let sh = pack_sh(g);
     let params = GaussianParams::from_gaussians(g, &sh);
     let opts = RenderOptions {
@@ -44,7 +49,12 @@ pub fn evaluate(g: &Gaussians, views: &Views, background: [f32; 3], mode: Render
         for (img, v) in images.iter().zip(chunk) {
             let x: Vec<f32> = img.rgb.iter().map(|c| c.clamp(0.0, 1.0)).collect();
             let y = v.composite(background);
-            let mse = x.iter().zip(&y).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / x.len() as f64;
+            let mse = x
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>()
+                / x.len() as f64;
             let s = ssim(&x, &y, img.width as usize, img.height as usize, 3, None) as f64;
             out.views.push(ViewMetrics {
                 name: v.name.clone(),

@@ -30,7 +30,12 @@ pub fn initial_gaussians(init: &Init, config: &FitConfig) -> Gaussians {
     match init {
         Init::Random => {
             let mut rng = Rng::fork(config.seed, 1);
-            random_ball(config.num_pts, config.init_radius, config.sh_degree, &mut rng)
+            random_ball(
+                config.num_pts,
+                config.init_radius,
+                config.sh_degree,
+                &mut rng,
+            )
         }
         Init::Gaussians(g) => with_sh_degree(g, config.sh_degree),
     }
@@ -96,7 +101,10 @@ pub fn mean_sq_dist_to_nearest(points: &[[f32; 3]], k: usize) -> Vec<f32> {
         return vec![0.0; n];
     }
     let k = k.min(n - 1);
-    let finite: Vec<bool> = points.iter().map(|p| p.iter().all(|v| v.is_finite())).collect();
+    let finite: Vec<bool> = points
+        .iter()
+        .map(|p| p.iter().all(|v| v.is_finite()))
+        .collect();
     let mut lo = [f64::INFINITY; 3];
     let mut hi = [f64::NEG_INFINITY; 3];
     for (p, _) in points.iter().zip(&finite).filter(|(_, &f)| f) {
@@ -114,7 +122,9 @@ pub fn mean_sq_dist_to_nearest(points: &[[f32; 3]], k: usize) -> Vec<f32> {
     // 2^21 cells in total (and at least 1 per axis).
     let volume: f64 = ext.iter().map(|e| e.max(max_ext * 1e-3)).product();
     let mut h = (volume * 2.0 / n as f64).cbrt().max(max_ext / 128.0);
-    let dims = |h: f64| -> [usize; 3] { std::array::from_fn(|a| ((ext[a] / h).floor() as usize + 1).max(1)) };
+    let dims = |h: f64| -> [usize; 3] {
+        std::array::from_fn(|a| ((ext[a] / h).floor() as usize + 1).max(1))
+    };
     let mut d = dims(h);
     while d[0] * d[1] * d[2] > (1 << 21) {
         h *= 1.25;
@@ -225,11 +235,17 @@ mod tests {
         let mut rng = Rng::new(3);
         // Uniform ball, a flat sheet (degenerate axis) and a clustered set.
         let ball = random_ball(1500, 0.5, 0, &mut rng).means;
-        let sheet: Vec<[f32; 3]> = (0..800).map(|_| [rng.unit() as f32, 0.25, rng.unit() as f32 * 3.0]).collect();
+        let sheet: Vec<[f32; 3]> = (0..800)
+            .map(|_| [rng.unit() as f32, 0.25, rng.unit() as f32 * 3.0])
+            .collect();
         let mut clusters: Vec<[f32; 3]> = (0..600)
             .map(|i| {
                 let c = (i % 3) as f32 * 10.0;
-                [c + rng.normal() as f32 * 0.01, rng.normal() as f32 * 0.01, 0.0]
+                [
+                    c + rng.normal() as f32 * 0.01,
+                    rng.normal() as f32 * 0.01,
+                    0.0,
+                ]
             })
             .collect();
         clusters.push(clusters[5]); // a duplicate point
@@ -255,19 +271,39 @@ mod tests {
         let g = initial_gaussians(&Init::Random, &config);
         g.check_consistent().unwrap();
         assert_eq!(g.len(), 5000);
-        assert!(g.means.iter().all(|m| (m[0] * m[0] + m[1] * m[1] + m[2] * m[2]).sqrt() <= 0.5 + 1e-6));
+        assert!(g
+            .means
+            .iter()
+            .all(|m| (m[0] * m[0] + m[1] * m[1] + m[2] * m[2]).sqrt() <= 0.5 + 1e-6));
         // Uniform in the ball: a fraction 1/8 within half the radius.
-        let inner = g.means.iter().filter(|m| (m[0] * m[0] + m[1] * m[1] + m[2] * m[2]).sqrt() < 0.25).count();
+        let inner = g
+            .means
+            .iter()
+            .filter(|m| (m[0] * m[0] + m[1] * m[1] + m[2] * m[2]).sqrt() < 0.25)
+            .count();
         assert!((inner as f32 / 5000.0 - 0.125).abs() < 0.02, "{inner}");
-        assert!(g.opacity_logits.iter().all(|&o| (splatforge_splat::sigmoid(o) - 0.1).abs() < 1e-6));
-        assert!(g.sh_dc.iter().flatten().all(|&c| (0.0..1.0 / 255.0).contains(&c)));
+        assert!(g
+            .opacity_logits
+            .iter()
+            .all(|&o| (splatforge_splat::sigmoid(o) - 0.1).abs() < 1e-6));
+        assert!(g
+            .sh_dc
+            .iter()
+            .flatten()
+            .all(|&c| (0.0..1.0 / 255.0).contains(&c)));
         assert!(g.sh_rest.iter().all(|&c| c == 0.0));
         // Mean spacing of 5000 points in a 0.5 ball is ~0.03.
         let s = g.log_scales.iter().map(|s| s[0].exp()).sum::<f32>() / 5000.0;
         assert!(s > 0.01 && s < 0.06, "{s}");
         // Deterministic in the seed.
         assert_eq!(initial_gaussians(&Init::Random, &config), g);
-        let other = initial_gaussians(&Init::Random, &FitConfig { seed: 1, ..config.clone() });
+        let other = initial_gaussians(
+            &Init::Random,
+            &FitConfig {
+                seed: 1,
+                ..config.clone()
+            },
+        );
         assert_ne!(other.means, g.means);
     }
 
@@ -279,7 +315,10 @@ mod tests {
         g2.check_consistent().unwrap();
         assert_eq!(g2.sh_rest.len(), 10 * 24);
         let mut g2b = g2.clone();
-        g2b.sh_rest.iter_mut().enumerate().for_each(|(i, v)| *v = i as f32);
+        g2b.sh_rest
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = i as f32);
         let g1 = with_sh_degree(&g2b, 1);
         g1.check_consistent().unwrap();
         assert_eq!(&g1.sh_rest[9..18], &g2b.sh_rest[24..33]);

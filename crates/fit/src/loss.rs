@@ -73,7 +73,14 @@ pub fn blur<F: Real>(src: &[F], w: usize, h: usize, kernel: &[F], tmp: &mut [F],
 /// Mean SSIM of `x` against `y` (interleaved, `channels` per pixel), and
 /// when `grad` is given, writes `∂ mean SSIM / ∂x` into it. Channels run in
 /// parallel.
-pub fn ssim<F: Real>(x: &[F], y: &[F], w: usize, h: usize, channels: usize, grad: Option<&mut [F]>) -> F {
+pub fn ssim<F: Real>(
+    x: &[F],
+    y: &[F],
+    w: usize,
+    h: usize,
+    channels: usize,
+    grad: Option<&mut [F]>,
+) -> F {
     let n = w * h;
     assert_eq!(x.len(), n * channels);
     assert_eq!(y.len(), n * channels);
@@ -95,7 +102,15 @@ pub fn ssim<F: Real>(x: &[F], y: &[F], w: usize, h: usize, channels: usize, grad
 }
 
 /// Σ of the SSIM map of channel `c`, and (if asked) `∂ΣS/∂x` of that plane.
-fn ssim_channel<F: Real>(x: &[F], y: &[F], w: usize, h: usize, channels: usize, c: usize, want_grad: bool) -> (f64, Vec<F>) {
+fn ssim_channel<F: Real>(
+    x: &[F],
+    y: &[F],
+    w: usize,
+    h: usize,
+    channels: usize,
+    c: usize,
+    want_grad: bool,
+) -> (f64, Vec<F>) {
     let n = w * h;
     let kernel = gaussian_kernel::<F>(SSIM_WINDOW, SSIM_SIGMA);
     let (c1, c2) = (F::from_f64(C1), F::from_f64(C2));
@@ -143,7 +158,9 @@ fn ssim_channel<F: Real>(x: &[F], y: &[F], w: usize, h: usize, channels: usize, 
     let ba = blurred(&ga, &mut tmp);
     let bb = blurred(&gb, &mut tmp);
     let bc = blurred(&gc, &mut tmp);
-    let g = (0..n).map(|i| ba[i] + two * xp[i] * bb[i] + yp[i] * bc[i]).collect();
+    let g = (0..n)
+        .map(|i| ba[i] + two * xp[i] * bb[i] + yp[i] * bc[i])
+        .collect();
     (sum, g)
 }
 
@@ -283,7 +300,8 @@ mod tests {
             .map(|i| {
                 let x = (i / c) % w;
                 let y = (i / c) / w;
-                0.5 + 0.3 * ((x as f64 * 0.4 + (i % c) as f64).sin() * (y as f64 * 0.3).cos()) + 0.1 * (rng.unit() - 0.5)
+                0.5 + 0.3 * ((x as f64 * 0.4 + (i % c) as f64).sin() * (y as f64 * 0.3).cos())
+                    + 0.1 * (rng.unit() - 0.5)
             })
             .collect()
     }
@@ -318,7 +336,15 @@ mod tests {
         ssim(&x, &y, w, h, c, Some(&mut g));
         let eps = 1e-6;
         // Corners, edges (zero padding) and interior pixels, every channel.
-        let pixels = [(0, 0), (w - 1, h - 1), (0, 6), (8, 0), (8, 6), (3, 9), (15, 2)];
+        let pixels = [
+            (0, 0),
+            (w - 1, h - 1),
+            (0, 6),
+            (8, 0),
+            (8, 6),
+            (3, 9),
+            (15, 2),
+        ];
         let mut max_rel = 0.0f64;
         for &(px, py) in &pixels {
             for ch in 0..c {
@@ -327,10 +353,15 @@ mod tests {
                 xp[i] += eps;
                 let mut xm = x.clone();
                 xm[i] -= eps;
-                let fd = (ssim(&xp, &y, w, h, c, None) - ssim(&xm, &y, w, h, c, None)) / (2.0 * eps);
+                let fd =
+                    (ssim(&xp, &y, w, h, c, None) - ssim(&xm, &y, w, h, c, None)) / (2.0 * eps);
                 let err = (fd - g[i]).abs() / fd.abs().max(1e-6);
                 max_rel = max_rel.max(err);
-                assert!(err < 1e-5, "pixel ({px},{py}) ch {ch}: analytic {} vs fd {fd}", g[i]);
+                assert!(
+                    err < 1e-5,
+                    "pixel ({px},{py}) ch {ch}: analytic {} vs fd {fd}",
+                    g[i]
+                );
             }
         }
         assert!(max_rel < 1e-5);
@@ -340,8 +371,14 @@ mod tests {
     fn view_loss_gradient_matches_finite_differences() {
         let (w, h) = (14, 11);
         let mut rng = Rng::new(5);
-        let x: Vec<f32> = random_image(&mut rng, w, h, 3).iter().map(|&v| v as f32).collect();
-        let y: Vec<f32> = random_image(&mut rng, w, h, 3).iter().map(|&v| v as f32).collect();
+        let x: Vec<f32> = random_image(&mut rng, w, h, 3)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let y: Vec<f32> = random_image(&mut rng, w, h, 3)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
         let a: Vec<f32> = (0..w * h).map(|_| rng.unit() as f32).collect();
         let ga: Vec<f32> = (0..w * h).map(|_| rng.unit() as f32).collect();
         let weights = LossWeights {
@@ -350,7 +387,8 @@ mod tests {
         };
         let (l, g) = view_loss(&x, &a, &y, Some(&ga), w, h, &weights, 0.5);
         assert!(l.loss > 0.0 && l.ssim < 1.0);
-        let loss_of = |x: &[f32], a: &[f32]| view_loss(x, a, &y, Some(&ga), w, h, &weights, 0.5).0.loss * 0.5;
+        let loss_of =
+            |x: &[f32], a: &[f32]| view_loss(x, a, &y, Some(&ga), w, h, &weights, 0.5).0.loss * 0.5;
         let eps = 1e-3f32;
         for i in [0usize, 7, 100, 3 * w * h - 1] {
             let mut xp = x.clone();
@@ -359,7 +397,11 @@ mod tests {
             xm[i] -= eps;
             let fd = (loss_of(&xp, &a) - loss_of(&xm, &a)) / (2.0 * eps as f64);
             // f32 loss: the difference quotient is good to ~1e-5 absolute.
-            assert!((fd - g.rgb[i] as f64).abs() < 2e-5 + 1e-3 * fd.abs(), "rgb {i}: {} vs {fd}", g.rgb[i]);
+            assert!(
+                (fd - g.rgb[i] as f64).abs() < 2e-5 + 1e-3 * fd.abs(),
+                "rgb {i}: {} vs {fd}",
+                g.rgb[i]
+            );
         }
         let galpha = g.alpha.unwrap();
         for i in [0usize, 50] {
@@ -368,7 +410,11 @@ mod tests {
             let mut am = a.clone();
             am[i] -= eps;
             let fd = (loss_of(&x, &ap) - loss_of(&x, &am)) / (2.0 * eps as f64);
-            assert!((fd - galpha[i] as f64).abs() < 1e-3 * fd.abs().max(1e-4), "alpha {i}: {} vs {fd}", galpha[i]);
+            assert!(
+                (fd - galpha[i] as f64).abs() < 1e-3 * fd.abs().max(1e-4),
+                "alpha {i}: {} vs {fd}",
+                galpha[i]
+            );
         }
         // Outside [0, 1] the clamp blocks the gradient.
         let mut xo = x.clone();

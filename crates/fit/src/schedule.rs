@@ -108,9 +108,18 @@ mod tests {
     use super::*;
 
     /// The 3DGS formula written out independently.
-    fn reference(lr_init: f64, lr_final: f64, delay_steps: f64, delay_mult: f64, max_steps: f64, step: f64) -> f64 {
+    fn reference(
+        lr_init: f64,
+        lr_final: f64,
+        delay_steps: f64,
+        delay_mult: f64,
+        max_steps: f64,
+        step: f64,
+    ) -> f64 {
         let delay = if delay_steps > 0.0 {
-            delay_mult + (1.0 - delay_mult) * (0.5 * std::f64::consts::PI * (step / delay_steps).clamp(0.0, 1.0)).sin()
+            delay_mult
+                + (1.0 - delay_mult)
+                    * (0.5 * std::f64::consts::PI * (step / delay_steps).clamp(0.0, 1.0)).sin()
         } else {
             1.0
         };

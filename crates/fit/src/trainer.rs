@@ -148,7 +148,10 @@ pub fn fit_with<B: FitBackend + ?Sized>(
         v.camera.validate(i)?;
         let n = v.camera.num_pixels();
         if v.rgb.len() != 3 * n || v.alpha.as_ref().is_some_and(|a| a.len() != n) {
-            return Err(FitError::Input(format!("view {i} ({}): image size does not match its camera", v.name)));
+            return Err(FitError::Input(format!(
+                "view {i} ({}): image size does not match its camera",
+                v.name
+            )));
         }
     }
     let extent = config.extent.unwrap_or_else(|| views.camera_extent());
@@ -180,12 +183,10 @@ pub fn fit_with<B: FitBackend + ?Sized>(
         let lrs = LearningRates::at(config, &position_lr, i);
         let sh_degree = active_sh_degree(i, config.sh_degree, config.sh_degree_interval);
         let size = render_size(config, i);
-        let level = levels
-            .entry(size)
-            .or_insert_with(|| match size {
-                None => views.views.clone(),
-                Some(s) => views.views.iter().map(|v| v.downscaled(s)).collect(),
-            });
+        let level = levels.entry(size).or_insert_with(|| match size {
+            None => views.views.clone(),
+            Some(s) => views.views.iter().map(|v| v.downscaled(s)).collect(),
+        });
         let bg = if config.random_background {
             if bg_rng.unit() < 0.5 {
                 [1.0; 3]
@@ -215,7 +216,10 @@ pub fn fit_with<B: FitBackend + ?Sized>(
                 target_alpha: level[k].alpha.as_deref(),
             })
             .collect();
-        let size_used = (level[picked[0]].camera.width, level[picked[0]].camera.height);
+        let size_used = (
+            level[picked[0]].camera.width,
+            level[picked[0]].camera.height,
+        );
         let in_window = i >= config.density_start_iter && i <= config.density_end_iter;
         let params = StepParams {
             background: bg,

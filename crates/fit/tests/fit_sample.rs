@@ -6,7 +6,10 @@
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use splatforge_fit::{evaluate, fit, initial_gaussians, load_transforms, FitConfig, FitError, Init, LoadOptions, Views};
+use splatforge_fit::{
+    evaluate, fit, initial_gaussians, load_transforms, FitConfig, FitError, Init, LoadOptions,
+    Views,
+};
 
 fn sample_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/shapes/transforms_train.json")
@@ -85,7 +88,12 @@ fn fitting_the_sample_improves_held_out_psnr() {
         after.ssim,
         r.gaussians.len()
     );
-    assert!(after.psnr > before.psnr + 6.0, "{} → {}", before.psnr, after.psnr);
+    assert!(
+        after.psnr > before.psnr + 6.0,
+        "{} → {}",
+        before.psnr,
+        after.psnr
+    );
     assert!(after.psnr > 21.0, "{}", after.psnr);
     assert!(after.ssim > before.ssim);
 }
@@ -101,8 +109,18 @@ fn fits_are_deterministic_given_the_seed() {
     let a = fit(&train, &config, Init::Random, |_| ControlFlow::Continue(())).unwrap();
     let b = fit(&train, &config, Init::Random, |_| ControlFlow::Continue(())).unwrap();
     assert_eq!(a.gaussians, b.gaussians);
-    assert!(a.densifications.iter().any(|(_, r)| r.cloned + r.split > 0), "{:?}", a.densifications);
-    let c = fit(&train, &FitConfig { seed: 1, ..config }, Init::Random, |_| ControlFlow::Continue(())).unwrap();
+    assert!(
+        a.densifications.iter().any(|(_, r)| r.cloned + r.split > 0),
+        "{:?}",
+        a.densifications
+    );
+    let c = fit(
+        &train,
+        &FitConfig { seed: 1, ..config },
+        Init::Random,
+        |_| ControlFlow::Continue(()),
+    )
+    .unwrap();
     assert_ne!(a.gaussians, c.gaussians);
 }
 
@@ -117,7 +135,13 @@ fn progress_reports_the_schedule_and_break_stops_the_fit() {
     };
     let mut seen = Vec::new();
     let e = fit(&train, &config, Init::Random, |p| {
-        seen.push((p.iteration, p.view_ids.clone(), p.densified.is_some(), p.opacity_reset, p.params.sh_degree));
+        seen.push((
+            p.iteration,
+            p.view_ids.clone(),
+            p.densified.is_some(),
+            p.opacity_reset,
+            p.params.sh_degree,
+        ));
         if p.iteration == 10 {
             ControlFlow::Break(())
         } else {
@@ -129,7 +153,10 @@ fn progress_reports_the_schedule_and_break_stops_the_fit() {
     assert_eq!(seen.len(), 10, "stopped right after the step that asked");
     for (i, ids, densified, reset, _) in &seen {
         assert_eq!(ids.len(), 2, "step {i}: one id per view of the batch");
-        assert!(ids.iter().all(|&id| id < train.len()), "full-size views: ids are view indices");
+        assert!(
+            ids.iter().all(|&id| id < train.len()),
+            "full-size views: ids are view indices"
+        );
         assert_eq!(*densified, i % 5 == 0, "step {i}");
         assert_eq!(*reset, i % 10 == 0, "step {i}");
     }

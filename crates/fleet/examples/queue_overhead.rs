@@ -31,20 +31,32 @@ const WARM_UP_JOBS: usize = 20;
 struct Shell(usize);
 
 impl Generator for Shell {
-    fn generate(&self, _: &GenerationRequest, _: &CancelToken) -> Result<Generation, GenerationError> {
+    fn generate(
+        &self,
+        _: &GenerationRequest,
+        _: &CancelToken,
+    ) -> Result<Generation, GenerationError> {
         let t = Instant::now();
         let mut g = Gaussians::with_capacity(self.0, 0);
         for i in 0..self.0 {
             let a = i as f32 * 2.399_963;
             let y = 1.0 - 2.0 * (i as f32 + 0.5) / self.0 as f32;
             let r = (1.0 - y * y).sqrt();
-            g.means.push([0.5 * r * a.cos(), 0.5 * y, 0.5 * r * a.sin()]);
+            g.means
+                .push([0.5 * r * a.cos(), 0.5 * y, 0.5 * r * a.sin()]);
             g.log_scales.push([-3.5; 3]);
             g.rotations.push([1.0, 0.1, 0.0, 0.0]);
             g.opacity_logits.push(1.0);
-            g.sh_dc.push([(0.8 - 0.5) / SH_C0, (0.3 - 0.5) / SH_C0, (0.2 - 0.5) / SH_C0]);
+            g.sh_dc.push([
+                (0.8 - 0.5) / SH_C0,
+                (0.3 - 0.5) / SH_C0,
+                (0.2 - 0.5) / SH_C0,
+            ]);
         }
-        Ok(Generation { gaussians: g, stage_timings: vec![("generate".into(), t.elapsed())] })
+        Ok(Generation {
+            gaussians: g,
+            stage_timings: vec![("generate".into(), t.elapsed())],
+        })
     }
     fn warm_up(&self) -> Result<(), GenerationError> {
         Ok(())
@@ -61,18 +73,41 @@ fn ms(d: Duration) -> f64 {
 fn summary(name: &str, mut v: Vec<Duration>) {
     v.sort();
     let at = |q: f64| ms(v[((v.len() - 1) as f64 * q).round() as usize]);
-    println!("{name:<22} median {:>7.3} ms   p99 {:>7.3} ms   max {:>7.3} ms", at(0.5), at(0.99), at(1.0));
+    println!(
+        "{name:<22} median {:>7.3} ms   p99 {:>7.3} ms   max {:>7.3} ms",
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
 }
 
 fn main() {
     let everysec = std::env::args().any(|a| a == "--everysec");
-    let Some(redis) = TestRedis::start_or_skip("queue_overhead") else { return };
+    let Some(redis) = TestRedis::start_or_skip("queue_overhead") else {
+        return;
+    };
     if everysec {
-        let mut con = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
-        let _: () = redis::cmd("CONFIG").arg("SET").arg("appendfsync").arg("everysec").query(&mut con).unwrap();
+        let mut con = redis::Client::open(redis.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("appendfsync")
+            .arg("everysec")
+            .query(&mut con)
+            .unwrap();
     }
-    let config = FleetConfig { redis_url: redis.url(), prefix: "bench".into(), ..FleetConfig::default() };
-    let worker_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let config = FleetConfig {
+        redis_url: redis.url(),
+        prefix: "bench".into(),
+        ..FleetConfig::default()
+    };
+    let worker_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let worker = worker_rt.spawn(run_worker(
         WorkerConfig {
@@ -94,17 +129,32 @@ fn main() {
     for i in 0..WARM_UP_JOBS + JOBS {
         let t = Instant::now();
         let g = generator
-            .generate(&GenerationRequest { prompt: format!("job {i}"), seed: None }, &CancelToken::new())
+            .generate(
+                &GenerationRequest {
+                    prompt: format!("job {i}"),
+                    seed: None,
+                },
+                &CancelToken::new(),
+            )
             .expect("a job");
         let wall = t.elapsed();
-        let stage = |name: &str| g.stage_timings.iter().find(|(s, _)| s == name).map(|(_, d)| *d).unwrap_or_default();
+        let stage = |name: &str| {
+            g.stage_timings
+                .iter()
+                .find(|(s, _)| s == name)
+                .map(|(_, d)| *d)
+                .unwrap_or_default()
+        };
         if i >= WARM_UP_JOBS {
             to_start.push(stage("queue_wait"));
             to_response.push(stage("result_fetch"));
             round_trip.push(wall.saturating_sub(stage("generate") + stage("worker_encode")));
         }
     }
-    println!("{JOBS} jobs, one at a time, appendfsync {}", if everysec { "everysec" } else { "always" });
+    println!(
+        "{JOBS} jobs, one at a time, appendfsync {}",
+        if everysec { "everysec" } else { "always" }
+    );
     summary("enqueue -> start", to_start);
     summary("finish -> response", to_response);
     summary("round trip - generate", round_trip);

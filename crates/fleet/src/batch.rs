@@ -50,7 +50,10 @@ pub struct BatchItem {
 #[serde(untagged)]
 pub enum BatchBody {
     Items(Vec<BatchItem>),
-    Named { id: Option<String>, items: Vec<BatchItem> },
+    Named {
+        id: Option<String>,
+        items: Vec<BatchItem>,
+    },
 }
 
 /// One item as stored with the batch.
@@ -117,15 +120,29 @@ pub fn plan(
     for (i, item) in items.iter().enumerate() {
         let at = |m: String| request_error(format!("item {i}: {m}"));
         if item.image_url.is_some() || item.image.is_some() {
-            return Err(at("image prompts are not supported: the generators are text-to-3D; send 'prompt'".into()));
+            return Err(at(
+                "image prompts are not supported: the generators are text-to-3D; send 'prompt'"
+                    .into(),
+            ));
         }
-        let prompt = item.prompt.as_deref().map(str::trim).unwrap_or_default().to_string();
-        let request = JobRequest { prompt: prompt.clone(), seed: item.seed, format: item.format.unwrap_or_default() };
+        let prompt = item
+            .prompt
+            .as_deref()
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string();
+        let request = JobRequest {
+            prompt: prompt.clone(),
+            seed: item.seed,
+            format: item.format.unwrap_or_default(),
+        };
         request.validate().map_err(|e| at(e.to_string()))?;
         let stem = item.stem.clone().unwrap_or_else(|| format!("{i:05}"));
         check_id(&stem).map_err(|e| at(e.to_string()))?;
         if stem.starts_with('_') {
-            return Err(at(format!("stem '{stem}' starts with '_', which is kept for _failed.json")));
+            return Err(at(format!(
+                "stem '{stem}' starts with '_', which is kept for _failed.json"
+            )));
         }
         if !stems.insert(stem.clone()) {
             return Err(at(format!("stem '{stem}' appears twice")));
@@ -135,9 +152,21 @@ pub fn plan(
         if !ids.insert(job.clone()) {
             return Err(at(format!("job id '{job}' appears twice")));
         }
-        let profile = item.profile.clone().unwrap_or_else(|| default_profile.to_string());
+        let profile = item
+            .profile
+            .clone()
+            .unwrap_or_else(|| default_profile.to_string());
         check_id(&profile).map_err(|e| at(e.to_string()))?;
-        out.push((BatchEntry { stem, job, format: request.format, prompt }, profile, request));
+        out.push((
+            BatchEntry {
+                stem,
+                job,
+                format: request.format,
+                prompt,
+            },
+            profile,
+            request,
+        ));
     }
     Ok(out)
 }
@@ -173,7 +202,10 @@ pub async fn submit_batch(
     // A repeated submission: make sure every stored job was submitted (the
     // first one may have stopped half-way).
     let stored = entries_of(queue, batch_id).await?;
-    for (entry, profile, request) in planned.iter().filter(|(e, _, _)| stored.iter().any(|s| s.job == e.job)) {
+    for (entry, profile, request) in planned
+        .iter()
+        .filter(|(e, _, _)| stored.iter().any(|s| s.job == e.job))
+    {
         queue.submit(&entry.job, profile, request).await?;
     }
     Ok(false)
@@ -182,8 +214,11 @@ pub async fn submit_batch(
 /// The stored items of a batch.
 pub async fn entries_of(queue: &Queue, batch_id: &str) -> Result<Vec<BatchEntry>, FleetError> {
     check_id(batch_id)?;
-    let items: Option<String> =
-        redis::cmd("HGET").arg(batch_key(queue, batch_id)).arg("items").query_async(&mut queue.con()).await?;
+    let items: Option<String> = redis::cmd("HGET")
+        .arg(batch_key(queue, batch_id))
+        .arg("items")
+        .query_async(&mut queue.con())
+        .await?;
     let items = items.ok_or_else(|| FleetError::NotFound(format!("batch {batch_id}")))?;
     serde_json::from_str(&items).map_err(|e| FleetError::Data(format!("batch {batch_id}: {e}")))
 }
@@ -245,7 +280,9 @@ pub async fn results(queue: &Queue, batch_id: &str) -> Result<BatchResults, Flee
             Some(r) => files.push((format!("{}.{}", entry.stem, r.format.extension()), r.bytes)),
             None => {
                 let error = match queue.status(&entry.job).await? {
-                    Some(s) => s.error.unwrap_or_else(|| format!("the job is {}", s.state.as_str())),
+                    Some(s) => s
+                        .error
+                        .unwrap_or_else(|| format!("the job is {}", s.state.as_str())),
                     None => "the job expired or was never stored".into(),
                 };
                 failed.push(fail(error));
@@ -268,11 +305,20 @@ impl BatchResults {
             source: std::io::Error::other(e),
         };
         let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-        let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
         let failed = self.failed_json();
-        for (name, bytes) in self.files.iter().map(|(n, b)| (n.as_str(), b)).chain([("_failed.json", &failed)]) {
+        for (name, bytes) in self
+            .files
+            .iter()
+            .map(|(n, b)| (n.as_str(), b))
+            .chain([("_failed.json", &failed)])
+        {
             w.start_file(name, options).map_err(io)?;
-            w.write_all(bytes).map_err(|source| FleetError::Io { context: "writing the ZIP".into(), source })?;
+            w.write_all(bytes).map_err(|source| FleetError::Io {
+                context: "writing the ZIP".into(),
+                source,
+            })?;
         }
         Ok(w.finish().map_err(io)?.into_inner())
     }
@@ -280,10 +326,17 @@ impl BatchResults {
     /// Writes the files and `_failed.json` into `dir` (each to a temporary
     /// file, then renamed).
     pub fn write_dir(&self, dir: &Path) -> Result<(), FleetError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|source| FleetError::Io { context: format!("creating {}", dir.display()), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| FleetError::Io {
+            context: format!("creating {}", dir.display()),
+            source,
+        })?;
         let failed = self.failed_json();
-        for (name, bytes) in self.files.iter().map(|(n, b)| (n.as_str(), b)).chain([("_failed.json", &failed)]) {
+        for (name, bytes) in self
+            .files
+            .iter()
+            .map(|(n, b)| (n.as_str(), b))
+            .chain([("_failed.json", &failed)])
+        {
             let path = dir.join(name);
             splatforge_splat::write_atomic(&path, bytes).map_err(|e| FleetError::Io {
                 context: format!("writing {}", path.display()),
@@ -299,14 +352,24 @@ mod tests {
     use super::*;
 
     fn item(prompt: &str) -> BatchItem {
-        BatchItem { prompt: Some(prompt.into()), ..Default::default() }
+        BatchItem {
+            prompt: Some(prompt.into()),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn plans_check_items() {
         let p = plan(
             "b1",
-            &[item("a chair"), BatchItem { stem: Some("car".into()), seed: Some(3), ..item("a car") }],
+            &[
+                item("a chair"),
+                BatchItem {
+                    stem: Some("car".into()),
+                    seed: Some(3),
+                    ..item("a car")
+                },
+            ],
             "speed",
         )
         .unwrap();
@@ -319,19 +382,37 @@ mod tests {
                 prompt: "a chair".into()
             }
         );
-        assert_eq!((p[1].0.stem.as_str(), p[1].1.as_str(), p[1].2.seed), ("car", "speed", Some(3)));
+        assert_eq!(
+            (p[1].0.stem.as_str(), p[1].1.as_str(), p[1].2.seed),
+            ("car", "speed", Some(3))
+        );
         let err = |items: &[BatchItem]| plan("b1", items, "speed").unwrap_err().to_string();
         assert!(err(&[]).contains("no items"));
-        assert!(err(&[BatchItem { image_url: Some("http://x/y.png".into()), ..Default::default() }])
-            .contains("image prompts"));
+        assert!(err(&[BatchItem {
+            image_url: Some("http://x/y.png".into()),
+            ..Default::default()
+        }])
+        .contains("image prompts"));
         assert!(err(&[item("")]).contains("item 0"));
-        let dup = BatchItem { stem: Some("x".into()), ..item("a") };
+        let dup = BatchItem {
+            stem: Some("x".into()),
+            ..item("a")
+        };
         assert!(err(&[dup.clone(), dup]).contains("twice"));
-        assert!(err(&[BatchItem { stem: Some("../x".into()), ..item("a") }]).contains("[A-Za-z0-9._:-]"));
-        assert!(err(&[BatchItem { stem: Some("_failed".into()), ..item("a") }]).contains("_failed.json"));
+        assert!(err(&[BatchItem {
+            stem: Some("../x".into()),
+            ..item("a")
+        }])
+        .contains("[A-Za-z0-9._:-]"));
+        assert!(err(&[BatchItem {
+            stem: Some("_failed".into()),
+            ..item("a")
+        }])
+        .contains("_failed.json"));
         let body: BatchBody = serde_json::from_str(r#"[{"prompt":"a","format":"spz"}]"#).unwrap();
         assert!(matches!(body, BatchBody::Items(ref v) if v[0].format == Some(OutputFormat::Spz)));
-        let body: BatchBody = serde_json::from_str(r#"{"id":"x","items":[{"prompt":"a"}]}"#).unwrap();
+        let body: BatchBody =
+            serde_json::from_str(r#"{"id":"x","items":[{"prompt":"a"}]}"#).unwrap();
         assert!(matches!(body, BatchBody::Named { id: Some(ref id), .. } if id == "x"));
         assert!(serde_json::from_str::<BatchItem>(r#"{"prompt":"a","colour":1}"#).is_err());
     }
@@ -340,15 +421,24 @@ mod tests {
     fn zips_hold_the_files_and_the_failures() {
         let r = BatchResults {
             files: vec![("a.ply".into(), b"ply\n...".to_vec())],
-            failed: vec![FailedItem { stem: "b".into(), id: "x.1".into(), prompt: "p".into(), error: "boom".into() }],
+            failed: vec![FailedItem {
+                stem: "b".into(),
+                id: "x.1".into(),
+                prompt: "p".into(),
+                error: "boom".into(),
+            }],
         };
         let zip = r.zip().unwrap();
         let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();
-        let mut names: Vec<String> = archive.file_names().map(|n| n.unwrap().into_owned()).collect();
+        let mut names: Vec<String> = archive
+            .file_names()
+            .map(|n| n.unwrap().into_owned())
+            .collect();
         names.sort();
         assert_eq!(names, ["_failed.json", "a.ply"]);
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut archive.by_name("_failed.json").unwrap(), &mut text).unwrap();
+        std::io::Read::read_to_string(&mut archive.by_name("_failed.json").unwrap(), &mut text)
+            .unwrap();
         let failed: Vec<FailedItem> = serde_json::from_str(&text).unwrap();
         assert_eq!(failed, r.failed);
     }

@@ -18,7 +18,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use futures_util::StreamExt;
 use splatforge_server::{
-    CancelToken, ExtensionHealth, Generation, GenerationError, GenerationRequest, Generator, ServiceExtension,
+    CancelToken, ExtensionHealth, Generation, GenerationError, GenerationRequest, Generator,
+    ServiceExtension,
 };
 use tokio::sync::Notify;
 
@@ -57,7 +58,10 @@ impl FrontEnd {
             .enable_all()
             .thread_name("splatforge-fleet")
             .build()
-            .map_err(|source| FleetError::Io { context: "starting the fleet runtime".into(), source })?;
+            .map_err(|source| FleetError::Io {
+                context: "starting the fleet runtime".into(),
+                source,
+            })?;
         let queue = runtime.block_on(Queue::connect(config))?;
         let front = Arc::new(FrontEnd {
             queue,
@@ -66,13 +70,19 @@ impl FrontEnd {
             waiters: Mutex::default(),
             snapshot: Mutex::default(),
         });
-        front.runtime().spawn(listen_for_notices(Arc::downgrade(&front)));
-        front.runtime().spawn(poll_snapshots(Arc::downgrade(&front)));
+        front
+            .runtime()
+            .spawn(listen_for_notices(Arc::downgrade(&front)));
+        front
+            .runtime()
+            .spawn(poll_snapshots(Arc::downgrade(&front)));
         Ok(front)
     }
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
-        self.runtime.as_ref().expect("the runtime lives as long as the front end")
+        self.runtime
+            .as_ref()
+            .expect("the runtime lives as long as the front end")
     }
 
     pub fn queue(&self) -> &Queue {
@@ -93,9 +103,15 @@ impl FrontEnd {
         cancel: &CancelToken,
     ) -> Result<Generation, GenerationError> {
         let notify = Arc::new(Notify::new());
-        self.waiters.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), notify.clone());
+        self.waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), notify.clone());
         let result = self.wait(id, request, cancel, &notify).await;
-        self.waiters.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         if matches!(result, Err(GenerationError::Cancelled)) {
             // Best effort: workers skip a cancelled job; if Redis is down
             // now, the job runs for nothing.
@@ -115,7 +131,9 @@ impl FrontEnd {
         loop {
             match self.queue.submit(id, &self.profile, request).await {
                 Ok(_) => break,
-                Err(e @ FleetError::Request(_)) => return Err(GenerationError::Failed(e.to_string())),
+                Err(e @ FleetError::Request(_)) => {
+                    return Err(GenerationError::Failed(e.to_string()))
+                }
                 Err(e) => retry(&e),
             }
             tokio::time::sleep(CANCEL_CHECK).await;
@@ -132,7 +150,11 @@ impl FrontEnd {
                     )))
                 }
                 Ok(Some(_)) => {}
-                Ok(None) => return Err(GenerationError::Failed(format!("job {id} vanished from redis"))),
+                Ok(None) => {
+                    return Err(GenerationError::Failed(format!(
+                        "job {id} vanished from redis"
+                    )))
+                }
                 Err(e) => retry(&e),
             }
             let until = Instant::now() + POLL;
@@ -170,21 +192,44 @@ impl Drop for FrontEnd {
 /// The result as [`Generation`]: Gaussians decoded from the PLY, the
 /// worker's stage timings (its `encode` renamed `worker_encode`) between
 /// `queue_wait` (submitted → started) and `result_fetch` (finished → here).
-fn decode(result: crate::queue::JobResult, status: &crate::JobStatus) -> Result<Generation, GenerationError> {
+fn decode(
+    result: crate::queue::JobResult,
+    status: &crate::JobStatus,
+) -> Result<Generation, GenerationError> {
     let gaussians = splatforge_splat::read_splat_bytes(&result.bytes)
         .map_err(|e| GenerationError::Failed(format!("the worker's result is unreadable: {e}")))?;
-    let span = |a: Option<u64>, b: Option<u64>| Duration::from_micros(b.unwrap_or(0).saturating_sub(a.unwrap_or(0)));
-    let mut stage_timings = vec![("queue_wait".to_string(), span(status.created_us, status.started_us))];
-    stage_timings.extend(
-        result.timings.into_iter().map(|(s, d)| (if s == "encode" { "worker_encode".to_string() } else { s }, d)),
-    );
-    stage_timings.push(("result_fetch".into(), span(status.finished_us, Some(now_us()))));
-    Ok(Generation { gaussians, stage_timings })
+    let span = |a: Option<u64>, b: Option<u64>| {
+        Duration::from_micros(b.unwrap_or(0).saturating_sub(a.unwrap_or(0)))
+    };
+    let mut stage_timings = vec![(
+        "queue_wait".to_string(),
+        span(status.created_us, status.started_us),
+    )];
+    stage_timings.extend(result.timings.into_iter().map(|(s, d)| {
+        (
+            if s == "encode" {
+                "worker_encode".to_string()
+            } else {
+                s
+            },
+            d,
+        )
+    }));
+    stage_timings.push((
+        "result_fetch".into(),
+        span(status.finished_us, Some(now_us())),
+    ));
+    Ok(Generation {
+        gaussians,
+        stage_timings,
+    })
 }
 
 async fn listen_for_notices(front: std::sync::Weak<FrontEnd>) {
     loop {
-        let Some((client, channel)) = front.upgrade().map(|f| (f.queue.client().clone(), f.queue.done_channel()))
+        let Some((client, channel)) = front
+            .upgrade()
+            .map(|f| (f.queue.client().clone(), f.queue.done_channel()))
         else {
             return;
         };
@@ -220,7 +265,9 @@ async fn poll_snapshots(front: std::sync::Weak<FrontEnd>) {
         };
         let s = queue.snapshot().await.map_err(|e| e.to_string());
         match front.upgrade() {
-            Some(f) => *f.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), s)),
+            Some(f) => {
+                *f.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), s))
+            }
             None => return,
         }
         tokio::time::sleep(POLL).await;
@@ -242,9 +289,19 @@ impl FleetGenerator {
 }
 
 impl Generator for FleetGenerator {
-    fn generate(&self, request: &GenerationRequest, cancel: &CancelToken) -> Result<Generation, GenerationError> {
-        let job = JobRequest { prompt: request.prompt.clone(), seed: request.seed, format: OutputFormat::Ply };
-        self.front.runtime().block_on(self.front.run_job(&new_job_id(), &job, cancel))
+    fn generate(
+        &self,
+        request: &GenerationRequest,
+        cancel: &CancelToken,
+    ) -> Result<Generation, GenerationError> {
+        let job = JobRequest {
+            prompt: request.prompt.clone(),
+            seed: request.seed,
+            format: OutputFormat::Ply,
+        };
+        self.front
+            .runtime()
+            .block_on(self.front.run_job(&new_job_id(), &job, cancel))
     }
 
     /// Checks that Redis answers (workers may come later: `/health` says).
@@ -252,7 +309,11 @@ impl Generator for FleetGenerator {
         let queue = self.front.queue.clone();
         self.front
             .runtime()
-            .block_on(async move { redis::cmd("PING").query_async::<String>(&mut queue.con()).await })
+            .block_on(async move {
+                redis::cmd("PING")
+                    .query_async::<String>(&mut queue.con())
+                    .await
+            })
             .map(|_| ())
             .map_err(|e| GenerationError::Failed(format!("redis: {e}")))
     }
@@ -263,34 +324,60 @@ impl Generator for FleetGenerator {
 }
 
 fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": message.into(), "kind": kind }))).into_response()
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": message.into(), "kind": kind })),
+    )
+        .into_response()
 }
 
 fn fleet_error(e: FleetError) -> Response {
     match e {
         FleetError::Request(m) => error(StatusCode::BAD_REQUEST, "bad_request", m),
         FleetError::NotFound(m) => error(StatusCode::NOT_FOUND, "not_found", m),
-        FleetError::Redis(e) => error(StatusCode::SERVICE_UNAVAILABLE, "redis_unavailable", e.to_string()),
-        other => error(StatusCode::INTERNAL_SERVER_ERROR, "failed", other.to_string()),
+        FleetError::Redis(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "redis_unavailable",
+            e.to_string(),
+        ),
+        other => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failed",
+            other.to_string(),
+        ),
     }
 }
 
 async fn create_batch(State(front): State<Arc<FrontEnd>>, body: Body) -> Response {
     let bytes = match axum::body::to_bytes(body, MAX_BATCH_BODY_BYTES).await {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("reading the body: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("reading the body: {e}"),
+            )
+        }
     };
     let (id, items) = match serde_json::from_slice::<BatchBody>(&bytes) {
         Ok(BatchBody::Items(items)) => (None, items),
         Ok(BatchBody::Named { id, items }) => (id, items),
         Err(e) => {
-            return error(StatusCode::BAD_REQUEST, "bad_request", format!("the body must be a JSON list of items: {e}"))
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the body must be a JSON list of items: {e}"),
+            )
         }
     };
     let id = id.unwrap_or_else(new_job_id);
     match batch::submit_batch(&front.queue, &id, &items, &front.profile).await {
         Ok(created) => (
-            if created { StatusCode::CREATED } else { StatusCode::OK },
+            if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            },
             axum::Json(serde_json::json!({ "id": id, "items": items.len(), "created": created })),
         )
             .into_response(),
@@ -315,7 +402,10 @@ async fn batch_results(State(front): State<Arc<FrontEnd>>, Path(id): Path<String
         Ok(Ok(zip)) => (
             [
                 (header::CONTENT_TYPE, "application/zip".to_string()),
-                (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}.zip\"")),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{id}.zip\""),
+                ),
             ],
             zip,
         )
@@ -358,7 +448,11 @@ impl ServiceExtension for FleetExtension {
                 detail: serde_json::json!({ "redis": e, "profile": self.0.profile }),
             },
             Ok(s) => {
-                let serving = s.workers.iter().filter(|w| w.profile == self.0.profile).count();
+                let serving = s
+                    .workers
+                    .iter()
+                    .filter(|w| w.profile == self.0.profile)
+                    .count();
                 ExtensionHealth {
                     ready: serving > 0,
                     status: "no_workers",
@@ -388,7 +482,10 @@ impl ServiceExtension for FleetExtension {
         );
         let Ok(s) = snapshot else { return out };
         let per_profile = |f: fn(&crate::queue::ProfileDepth) -> u64| -> Vec<(String, u64)> {
-            s.profiles.iter().map(|p| (format!("{{profile=\"{}\"}}", p.profile), f(p))).collect()
+            s.profiles
+                .iter()
+                .map(|p| (format!("{{profile=\"{}\"}}", p.profile), f(p)))
+                .collect()
         };
         family(
             &mut out,
@@ -404,7 +501,11 @@ impl ServiceExtension for FleetExtension {
             "Jobs delivered to a worker and not yet acknowledged.",
             &per_profile(|p| p.in_flight),
         );
-        let counters: Vec<(String, u64)> = s.counters.iter().map(|(k, v)| (format!("{{event=\"{k}\"}}"), *v)).collect();
+        let counters: Vec<(String, u64)> = s
+            .counters
+            .iter()
+            .map(|(k, v)| (format!("{{event=\"{k}\"}}"), *v))
+            .collect();
         family(
             &mut out,
             "splatforge_fleet_jobs_total",
@@ -429,9 +530,20 @@ impl ServiceExtension for FleetExtension {
         let running: Vec<(String, u64)> = s
             .workers
             .iter()
-            .map(|w| (format!("{{worker=\"{}\",profile=\"{}\"}}", w.name, w.profile), w.running as u64))
+            .map(|w| {
+                (
+                    format!("{{worker=\"{}\",profile=\"{}\"}}", w.name, w.profile),
+                    w.running as u64,
+                )
+            })
             .collect();
-        family(&mut out, "splatforge_fleet_worker_running", "gauge", "Jobs running on each live worker.", &running);
+        family(
+            &mut out,
+            "splatforge_fleet_worker_running",
+            "gauge",
+            "Jobs running on each live worker.",
+            &running,
+        );
         out
     }
 }

@@ -37,7 +37,9 @@ impl OutputFormat {
         match s {
             "ply" => Ok(OutputFormat::Ply),
             "spz" => Ok(OutputFormat::Spz),
-            other => Err(FleetError::Request(format!("format must be 'ply' or 'spz', got '{other}'"))),
+            other => Err(FleetError::Request(format!(
+                "format must be 'ply' or 'spz', got '{other}'"
+            ))),
         }
     }
 }
@@ -132,7 +134,10 @@ pub struct JobStatus {
 
 /// Microseconds since the Unix epoch.
 pub fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// A fresh id, unique across processes and machines for practical purposes:
@@ -160,7 +165,9 @@ pub fn check_id(id: &str) -> Result<(), FleetError> {
     let ok = !id.is_empty()
         && id.len() <= MAX_JOB_ID_BYTES
         && !id.starts_with('.')
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
     if ok {
         Ok(())
     } else {
@@ -182,15 +189,29 @@ mod tests {
 
     #[test]
     fn requests_round_trip_and_validate() {
-        let r = JobRequest { prompt: "a red chair".into(), seed: Some(7), format: OutputFormat::Spz };
+        let r = JobRequest {
+            prompt: "a red chair".into(),
+            seed: Some(7),
+            format: OutputFormat::Spz,
+        };
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(json, r#"{"prompt":"a red chair","seed":7,"format":"spz"}"#);
         assert_eq!(serde_json::from_str::<JobRequest>(&json).unwrap(), r);
         let plain: JobRequest = serde_json::from_str(r#"{"prompt":"x","seed":null}"#).unwrap();
         assert_eq!(plain.format, OutputFormat::Ply);
         assert!(r.validate().is_ok());
-        assert!(JobRequest { prompt: "  ".into(), ..r.clone() }.validate().is_err());
-        assert!(JobRequest { prompt: "a".repeat(MAX_PROMPT_CHARS + 1), ..r }.validate().is_err());
+        assert!(JobRequest {
+            prompt: "  ".into(),
+            ..r.clone()
+        }
+        .validate()
+        .is_err());
+        assert!(JobRequest {
+            prompt: "a".repeat(MAX_PROMPT_CHARS + 1),
+            ..r
+        }
+        .validate()
+        .is_err());
         assert!(OutputFormat::parse("obj").is_err());
     }
 
@@ -201,7 +222,13 @@ mod tests {
         assert_ne!(a, b);
         check_id(&a).unwrap();
         assert_eq!(content_id(b"abc"), "a9993e364706816aba3e");
-        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(MAX_JOB_ID_BYTES + 1)] {
+        for bad in [
+            "",
+            ".hidden",
+            "a/b",
+            "a b",
+            &"x".repeat(MAX_JOB_ID_BYTES + 1),
+        ] {
             assert!(check_id(bad).is_err(), "{bad}");
         }
         for s in ["queued", "running", "done", "dead", "cancelled"] {

@@ -87,7 +87,9 @@ impl FleetConfig {
             return bad("the key prefix must be non-empty and without spaces");
         }
         if self.claim_after < Duration::from_millis(400) {
-            return bad("the claim timeout must be at least 0.4 s (heartbeats come every quarter of it)");
+            return bad(
+                "the claim timeout must be at least 0.4 s (heartbeats come every quarter of it)",
+            );
         }
         if self.max_attempts == 0 {
             return bad("max attempts must be at least 1");
@@ -96,7 +98,9 @@ impl FleetConfig {
             return bad("the result TTL must be at least 1 s");
         }
         if self.worker_liveness < Duration::from_secs(2) {
-            return bad("the worker liveness window must be at least 2 s (workers heartbeat every second)");
+            return bad(
+                "the worker liveness window must be at least 2 s (workers heartbeat every second)",
+            );
         }
         Ok(())
     }
@@ -115,7 +119,10 @@ pub enum FleetError {
     #[error("invalid request: {0}")]
     Request(String),
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     /// A device's generator could not be built or warmed up.
     #[error("startup failed: {0}")]
     Startup(String),
@@ -131,12 +138,30 @@ mod tests {
     fn config_checks() {
         assert!(FleetConfig::default().validate().is_ok());
         let bad = [
-            FleetConfig { prefix: String::new(), ..Default::default() },
-            FleetConfig { prefix: "a b".into(), ..Default::default() },
-            FleetConfig { claim_after: Duration::from_millis(100), ..Default::default() },
-            FleetConfig { max_attempts: 0, ..Default::default() },
-            FleetConfig { result_ttl: Duration::ZERO, ..Default::default() },
-            FleetConfig { worker_liveness: Duration::from_secs(1), ..Default::default() },
+            FleetConfig {
+                prefix: String::new(),
+                ..Default::default()
+            },
+            FleetConfig {
+                prefix: "a b".into(),
+                ..Default::default()
+            },
+            FleetConfig {
+                claim_after: Duration::from_millis(100),
+                ..Default::default()
+            },
+            FleetConfig {
+                max_attempts: 0,
+                ..Default::default()
+            },
+            FleetConfig {
+                result_ttl: Duration::ZERO,
+                ..Default::default()
+            },
+            FleetConfig {
+                worker_liveness: Duration::from_secs(1),
+                ..Default::default()
+            },
         ];
         for c in bad {
             assert!(matches!(c.validate(), Err(FleetError::Config(_))), "{c:?}");

@@ -235,8 +235,14 @@ const STATUS_FIELDS: [&str; 10] = [
 
 /// A job hash's [`STATUS_FIELDS`] as a status; `None` when it has none.
 fn parse_status(id: &str, v: &[Option<String>]) -> Result<Option<JobStatus>, FleetError> {
-    let Some(state) = v.first().and_then(|s| s.as_deref()) else { return Ok(None) };
-    let num = |i: usize| v.get(i).and_then(|s| s.as_deref()).and_then(|s| s.parse::<u64>().ok());
+    let Some(state) = v.first().and_then(|s| s.as_deref()) else {
+        return Ok(None);
+    };
+    let num = |i: usize| {
+        v.get(i)
+            .and_then(|s| s.as_deref())
+            .and_then(|s| s.parse::<u64>().ok())
+    };
     let text = |i: usize| v.get(i).cloned().flatten();
     Ok(Some(JobStatus {
         id: id.to_string(),
@@ -252,10 +258,24 @@ fn parse_status(id: &str, v: &[Option<String>]) -> Result<Option<JobStatus>, Fle
     }))
 }
 
-const RESULT_FIELDS: [&str; 6] = ["state", "result", "result_path", "format", "timings", "gaussians"];
+const RESULT_FIELDS: [&str; 6] = [
+    "state",
+    "result",
+    "result_path",
+    "format",
+    "timings",
+    "gaussians",
+];
 
 /// A job hash's [`RESULT_FIELDS`].
-type ResultFields = (Option<String>, Option<Vec<u8>>, Option<String>, Option<String>, Option<String>, Option<u64>);
+type ResultFields = (
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<u64>,
+);
 
 /// A stored result.
 #[derive(Debug, Clone, PartialEq)]
@@ -326,7 +346,10 @@ fn string(v: &Value) -> Option<String> {
 }
 
 fn timings_json(t: &[(String, Duration)]) -> String {
-    let pairs: Vec<(&str, f64)> = t.iter().map(|(s, d)| (s.as_str(), d.as_secs_f64())).collect();
+    let pairs: Vec<(&str, f64)> = t
+        .iter()
+        .map(|(s, d)| (s.as_str(), d.as_secs_f64()))
+        .collect();
     serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into())
 }
 
@@ -347,14 +370,22 @@ impl Queue {
             heartbeat: Script::new(HEARTBEAT),
             alive: Script::new(ALIVE),
         };
-        Ok(Queue { config: Arc::new(config), client, con, scripts: Arc::new(scripts) })
+        Ok(Queue {
+            config: Arc::new(config),
+            client,
+            con,
+            scripts: Arc::new(scripts),
+        })
     }
 
     /// The same fleet on a connection of its own (for blocking reads, which
     /// hold their connection until they return).
     pub async fn dedicated(&self) -> Result<Queue, FleetError> {
         let con = ConnectionManager::new(self.client.clone()).await?;
-        Ok(Queue { con, ..self.clone() })
+        Ok(Queue {
+            con,
+            ..self.clone()
+        })
     }
 
     pub fn config(&self) -> &FleetConfig {
@@ -391,7 +422,12 @@ impl Queue {
 
     /// Submits a job unless `id` exists. Returns whether it was created and
     /// the job's state (the existing one for a duplicate).
-    pub async fn submit(&self, id: &str, profile: &str, request: &JobRequest) -> Result<(bool, JobState), FleetError> {
+    pub async fn submit(
+        &self,
+        id: &str,
+        profile: &str,
+        request: &JobRequest,
+    ) -> Result<(bool, JobState), FleetError> {
         check_id(id)?;
         check_id(profile)?;
         request.validate()?;
@@ -414,13 +450,19 @@ impl Queue {
 
     /// The job's status, `None` when unknown (never submitted, or expired).
     pub async fn status(&self, id: &str) -> Result<Option<JobStatus>, FleetError> {
-        let v: Vec<Option<String>> =
-            redis::cmd("HMGET").arg(self.job_key(id)).arg(&STATUS_FIELDS[..]).query_async(&mut self.con()).await?;
+        let v: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.job_key(id))
+            .arg(&STATUS_FIELDS[..])
+            .query_async(&mut self.con())
+            .await?;
         parse_status(id, &v)
     }
 
     /// The status and, when it is done, the result, in one round trip.
-    pub async fn status_and_result(&self, id: &str) -> Result<Option<(JobStatus, Option<JobResult>)>, FleetError> {
+    pub async fn status_and_result(
+        &self,
+        id: &str,
+    ) -> Result<Option<(JobStatus, Option<JobResult>)>, FleetError> {
         let (v, fields): (Vec<Option<String>>, ResultFields) = redis::pipe()
             .cmd("HMGET")
             .arg(self.job_key(id))
@@ -430,8 +472,14 @@ impl Queue {
             .arg(&RESULT_FIELDS[..])
             .query_async(&mut self.con())
             .await?;
-        let Some(status) = parse_status(id, &v)? else { return Ok(None) };
-        let result = if status.state == JobState::Done { self.parse_result(id, fields).await? } else { None };
+        let Some(status) = parse_status(id, &v)? else {
+            return Ok(None);
+        };
+        let result = if status.state == JobState::Done {
+            self.parse_result(id, fields).await?
+        } else {
+            None
+        };
         Ok(Some((status, result)))
     }
 
@@ -442,23 +490,34 @@ impl Queue {
             pipe.hget(self.job_key(id), "state");
         }
         let states: Vec<Option<String>> = pipe.query_async(&mut self.con()).await?;
-        states.into_iter().map(|s| s.map(|s| JobState::parse(&s)).transpose()).collect()
+        states
+            .into_iter()
+            .map(|s| s.map(|s| JobState::parse(&s)).transpose())
+            .collect()
     }
 
     /// The result of a finished job (`None` unless it is done), reading
     /// the results directory when Redis holds a path.
     pub async fn result(&self, id: &str) -> Result<Option<JobResult>, FleetError> {
-        let fields: ResultFields =
-            redis::cmd("HMGET").arg(self.job_key(id)).arg(&RESULT_FIELDS[..]).query_async(&mut self.con()).await?;
+        let fields: ResultFields = redis::cmd("HMGET")
+            .arg(self.job_key(id))
+            .arg(&RESULT_FIELDS[..])
+            .query_async(&mut self.con())
+            .await?;
         self.parse_result(id, fields).await
     }
 
-    async fn parse_result(&self, id: &str, fields: ResultFields) -> Result<Option<JobResult>, FleetError> {
+    async fn parse_result(
+        &self,
+        id: &str,
+        fields: ResultFields,
+    ) -> Result<Option<JobResult>, FleetError> {
         let (state, bytes, path, format, timings, gaussians) = fields;
         if state.as_deref() != Some("done") {
             return Ok(None);
         }
-        let format = OutputFormat::parse(format.as_deref().unwrap_or("")).map_err(|e| data(e.to_string()))?;
+        let format = OutputFormat::parse(format.as_deref().unwrap_or(""))
+            .map_err(|e| data(e.to_string()))?;
         let bytes = match path.filter(|p| !p.is_empty()) {
             Some(p) => {
                 let p = PathBuf::from(p);
@@ -471,9 +530,16 @@ impl Queue {
         };
         let pairs: Vec<(String, f64)> = serde_json::from_str(timings.as_deref().unwrap_or("[]"))
             .map_err(|e| data(format!("timings of {id}: {e}")))?;
-        let timings =
-            pairs.into_iter().map(|(s, secs)| (s, Duration::try_from_secs_f64(secs).unwrap_or_default())).collect();
-        Ok(Some(JobResult { format, bytes, timings, gaussians: gaussians.unwrap_or(0) }))
+        let timings = pairs
+            .into_iter()
+            .map(|(s, secs)| (s, Duration::try_from_secs_f64(secs).unwrap_or_default()))
+            .collect();
+        Ok(Some(JobResult {
+            format,
+            bytes,
+            timings,
+            gaussians: gaussians.unwrap_or(0),
+        }))
     }
 
     /// Withdraws a queued or running job (a running one is cancelled at its
@@ -509,7 +575,11 @@ impl Queue {
 
     /// Takes one entry that has waited for a heartbeat longer than
     /// [`FleetConfig::claim_after`] (its worker died), if any.
-    pub async fn reclaim(&self, profile: &str, consumer: &str) -> Result<Option<Delivery>, FleetError> {
+    pub async fn reclaim(
+        &self,
+        profile: &str,
+        consumer: &str,
+    ) -> Result<Option<Delivery>, FleetError> {
         let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
             .arg(self.stream_key(profile))
             .arg(GROUP)
@@ -523,11 +593,20 @@ impl Queue {
         let Some(entry) = reply.claimed.into_iter().next() else {
             return Ok(None);
         };
-        let job =
-            entry.get::<String>("job").ok_or_else(|| data(format!("stream entry {} has no job field", entry.id)))?;
-        let _: i64 =
-            redis::cmd("HINCRBY").arg(self.key("stats")).arg("reclaimed").arg(1).query_async(&mut self.con()).await?;
-        Ok(Some(Delivery { entry: entry.id, job, reclaimed: true }))
+        let job = entry
+            .get::<String>("job")
+            .ok_or_else(|| data(format!("stream entry {} has no job field", entry.id)))?;
+        let _: i64 = redis::cmd("HINCRBY")
+            .arg(self.key("stats"))
+            .arg("reclaimed")
+            .arg(1)
+            .query_async(&mut self.con())
+            .await?;
+        Ok(Some(Delivery {
+            entry: entry.id,
+            job,
+            reclaimed: true,
+        }))
     }
 
     /// Waits up to `block` for a new entry (`XREADGROUP … >`). Use on a
@@ -551,16 +630,29 @@ impl Queue {
             .arg(">")
             .query_async(&mut self.con())
             .await?;
-        let Some(entry) = reply.and_then(|r| r.keys.into_iter().next()).and_then(|k| k.ids.into_iter().next()) else {
+        let Some(entry) = reply
+            .and_then(|r| r.keys.into_iter().next())
+            .and_then(|k| k.ids.into_iter().next())
+        else {
             return Ok(None);
         };
-        let job =
-            entry.get::<String>("job").ok_or_else(|| data(format!("stream entry {} has no job field", entry.id)))?;
-        Ok(Some(Delivery { entry: entry.id, job, reclaimed: false }))
+        let job = entry
+            .get::<String>("job")
+            .ok_or_else(|| data(format!("stream entry {} has no job field", entry.id)))?;
+        Ok(Some(Delivery {
+            entry: entry.id,
+            job,
+            reclaimed: false,
+        }))
     }
 
     /// Marks a delivered job running (or says why not).
-    pub async fn start(&self, profile: &str, delivery: &Delivery, worker: &str) -> Result<Start, FleetError> {
+    pub async fn start(
+        &self,
+        profile: &str,
+        delivery: &Delivery,
+        worker: &str,
+    ) -> Result<Start, FleetError> {
         let v: Vec<String> = self
             .scripts
             .start
@@ -578,9 +670,10 @@ impl Queue {
                 let attempt = v[2].parse().map_err(|_| data("attempt count"))?;
                 match serde_json::from_str::<JobRequest>(&v[1]) {
                     Ok(request) => Ok(Start::Run { request, attempt }),
-                    Err(e) => {
-                        Ok(Start::Exhausted { attempts: attempt, last_error: format!("unreadable request: {e}") })
-                    }
+                    Err(e) => Ok(Start::Exhausted {
+                        attempts: attempt,
+                        last_error: format!("unreadable request: {e}"),
+                    }),
                 }
             }
             Some("exhausted") if v.len() == 3 => Ok(Start::Exhausted {
@@ -634,13 +727,15 @@ impl Queue {
                 let path = dir.join(format!("{}.{}", delivery.job, result.format.extension()));
                 let bytes = result.bytes.clone();
                 let target = path.clone();
-                tokio::task::spawn_blocking(move || splatforge_splat::write_atomic(&target, &bytes))
-                    .await
-                    .map_err(|e| data(format!("writing a result: {e}")))?
-                    .map_err(|e| FleetError::Io {
-                        context: format!("writing {}", path.display()),
-                        source: std::io::Error::other(e.to_string()),
-                    })?;
+                tokio::task::spawn_blocking(move || {
+                    splatforge_splat::write_atomic(&target, &bytes)
+                })
+                .await
+                .map_err(|e| data(format!("writing a result: {e}")))?
+                .map_err(|e| FleetError::Io {
+                    context: format!("writing {}", path.display()),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
                 (&[][..], path.to_string_lossy().into_owned())
             }
             _ => (&result.bytes[..], String::new()),
@@ -718,7 +813,10 @@ impl Queue {
     }
 
     /// The latest dead letters, newest first: (job id, error, attempts).
-    pub async fn dead_letters(&self, count: usize) -> Result<Vec<(String, String, u32)>, FleetError> {
+    pub async fn dead_letters(
+        &self,
+        count: usize,
+    ) -> Result<Vec<(String, String, u32)>, FleetError> {
         let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
             .arg(self.dead_key())
             .arg("+")
@@ -733,7 +831,10 @@ impl Queue {
             .map(|e| {
                 let job = e.get::<String>("job").unwrap_or_default();
                 let error = e.get::<String>("error").unwrap_or_default();
-                let attempts = e.get::<String>("attempts").and_then(|a| a.parse().ok()).unwrap_or(0);
+                let attempts = e
+                    .get::<String>("attempts")
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(0);
                 (job, error, attempts)
             })
             .collect())
@@ -789,7 +890,10 @@ impl Queue {
     /// Depths, counters, dead letters and live workers.
     pub async fn snapshot(&self) -> Result<Snapshot, FleetError> {
         let mut con = self.con();
-        let mut profiles: Vec<String> = redis::cmd("SMEMBERS").arg(self.key("profiles")).query_async(&mut con).await?;
+        let mut profiles: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.key("profiles"))
+            .query_async(&mut con)
+            .await?;
         profiles.sort();
         let mut depths = Vec::with_capacity(profiles.len());
         for profile in profiles {
@@ -802,15 +906,35 @@ impl Queue {
                 .arg(&stream)
                 .query_async(&mut con)
                 .await
-                .or_else(|e| if e.code() == Some("ERR") { Ok((0, Value::Nil)) } else { Err(e) })?;
+                .or_else(|e| {
+                    if e.code() == Some("ERR") {
+                        Ok((0, Value::Nil))
+                    } else {
+                        Err(e)
+                    }
+                })?;
             let in_flight = group_pending(&pending).unwrap_or(0);
-            depths.push(ProfileDepth { profile, waiting: len.saturating_sub(in_flight), in_flight });
+            depths.push(ProfileDepth {
+                profile,
+                waiting: len.saturating_sub(in_flight),
+                in_flight,
+            });
         }
-        let counters: BTreeMap<String, u64> =
-            redis::cmd("HGETALL").arg(self.key("stats")).query_async(&mut con).await?;
-        let dead_letters: u64 = redis::cmd("XLEN").arg(self.dead_key()).query_async(&mut con).await?;
+        let counters: BTreeMap<String, u64> = redis::cmd("HGETALL")
+            .arg(self.key("stats"))
+            .query_async(&mut con)
+            .await?;
+        let dead_letters: u64 = redis::cmd("XLEN")
+            .arg(self.dead_key())
+            .query_async(&mut con)
+            .await?;
         let workers = self.alive_workers().await?;
-        Ok(Snapshot { profiles: depths, counters, dead_letters, workers })
+        Ok(Snapshot {
+            profiles: depths,
+            counters,
+            dead_letters,
+            workers,
+        })
     }
 }
 
@@ -820,15 +944,28 @@ fn group_pending(v: &Value) -> Option<u64> {
     let Value::Array(groups) = v else { return None };
     groups.iter().find_map(|g| {
         let fields: Vec<(String, &Value)> = match g {
-            Value::Array(kv) => kv.chunks(2).filter_map(|p| Some((string(&p[0])?, p.get(1)?))).collect(),
-            Value::Map(kv) => kv.iter().filter_map(|(k, v)| Some((string(k)?, v))).collect(),
+            Value::Array(kv) => kv
+                .chunks(2)
+                .filter_map(|p| Some((string(&p[0])?, p.get(1)?)))
+                .collect(),
+            Value::Map(kv) => kv
+                .iter()
+                .filter_map(|(k, v)| Some((string(k)?, v)))
+                .collect(),
             _ => return None,
         };
-        let name = fields.iter().find(|(k, _)| k == "name").and_then(|(_, v)| string(v))?;
+        let name = fields
+            .iter()
+            .find(|(k, _)| k == "name")
+            .and_then(|(_, v)| string(v))?;
         if name != GROUP {
             return None;
         }
-        fields.iter().find(|(k, _)| k == "pending").and_then(|(_, v)| string(v)).and_then(|s| s.parse().ok())
+        fields
+            .iter()
+            .find(|(k, _)| k == "pending")
+            .and_then(|(_, v)| string(v))
+            .and_then(|s| s.parse().ok())
     })
 }
 
@@ -840,7 +977,12 @@ mod tests {
     fn pending_from_xinfo_groups() {
         let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
         let v = Value::Array(vec![
-            Value::Array(vec![bulk("name"), bulk("other"), bulk("pending"), Value::Int(9)]),
+            Value::Array(vec![
+                bulk("name"),
+                bulk("other"),
+                bulk("pending"),
+                Value::Int(9),
+            ]),
             Value::Array(vec![
                 bulk("name"),
                 bulk(GROUP),
@@ -852,6 +994,9 @@ mod tests {
         ]);
         assert_eq!(group_pending(&v), Some(3));
         assert_eq!(group_pending(&Value::Nil), None);
-        assert_eq!(timings_json(&[("fit".into(), Duration::from_millis(1500))]), r#"[["fit",1.5]]"#);
+        assert_eq!(
+            timings_json(&[("fit".into(), Duration::from_millis(1500))]),
+            r#"[["fit",1.5]]"#
+        );
     }
 }

@@ -17,8 +17,11 @@ pub fn redis_server_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("REDIS_SERVER") {
         return Some(PathBuf::from(p));
     }
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("redis-server")).find(|p| p.is_file()))
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("redis-server"))
+            .find(|p| p.is_file())
+    })
 }
 
 pub struct TestRedis {
@@ -45,15 +48,32 @@ impl TestRedis {
 
     fn start(binary: PathBuf) -> TestRedis {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
-        let mut r = TestRedis { binary, dir, port, child: None };
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut r = TestRedis {
+            binary,
+            dir,
+            port,
+            child: None,
+        };
         r.spawn();
         r
     }
 
     fn spawn(&mut self) {
         let child = Command::new(&self.binary)
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "yes"])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+            ])
             .args(["--appendfsync", "always", "--daemonize", "no", "--dir"])
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -63,7 +83,11 @@ impl TestRedis {
         self.child = Some(child);
         let t0 = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(10), "redis-server did not listen on {}", self.port);
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "redis-server did not listen on {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use splatforge_server::output::encode;
 use splatforge_server::{
-    CancelToken, Encoding, GenerationError, GenerationRequest, Generator, GeneratorFactory, OutputSpec, SplatFormat,
+    CancelToken, Encoding, GenerationError, GenerationRequest, Generator, GeneratorFactory,
+    OutputSpec, SplatFormat,
 };
 use tokio::sync::watch;
 
@@ -56,7 +57,10 @@ fn host_name() -> String {
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .map(|h| {
-            h.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')).collect::<String>()
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                .collect::<String>()
         })
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".into())
@@ -92,7 +96,9 @@ pub async fn run_worker(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), FleetError> {
     if config.devices.is_empty() || config.workers_per_device == 0 {
-        return Err(FleetError::Config("a worker needs at least one device and one slot per device".into()));
+        return Err(FleetError::Config(
+            "a worker needs at least one device and one slot per device".into(),
+        ));
     }
     crate::job::check_id(&config.profile)?;
     let name = config.name.clone().unwrap_or_else(default_worker_name);
@@ -104,14 +110,15 @@ pub async fn run_worker(
     let mut generators = Vec::new();
     for &device in &config.devices {
         let f = factory.clone();
-        let built = tokio::task::spawn_blocking(move || -> Result<Arc<dyn Generator>, GenerationError> {
-            let g: Arc<dyn Generator> = Arc::from(f.build(device)?);
-            g.warm_up()?;
-            Ok(g)
-        })
-        .await
-        .map_err(|e| FleetError::Startup(format!("device {device}: the loader panicked: {e}")))?
-        .map_err(|e| FleetError::Startup(format!("device {device}: {e}")))?;
+        let built =
+            tokio::task::spawn_blocking(move || -> Result<Arc<dyn Generator>, GenerationError> {
+                let g: Arc<dyn Generator> = Arc::from(f.build(device)?);
+                g.warm_up()?;
+                Ok(g)
+            })
+            .await
+            .map_err(|e| FleetError::Startup(format!("device {device}: the loader panicked: {e}")))?
+            .map_err(|e| FleetError::Startup(format!("device {device}: {e}")))?;
         generators.push((device, built));
     }
 
@@ -163,12 +170,22 @@ pub async fn run_worker(
             }
         })
     };
-    log(&name, format!("ready: profile {}, {} slot(s) on device(s) {:?}", config.profile, slots, config.devices));
+    log(
+        &name,
+        format!(
+            "ready: profile {}, {} slot(s) on device(s) {:?}",
+            config.profile, slots, config.devices
+        ),
+    );
 
     let mut tasks = Vec::new();
     for (_, generator) in &generators {
         for _ in 0..config.workers_per_device {
-            tasks.push(tokio::spawn(slot(shared.clone(), generator.clone(), stop_rx.clone())));
+            tasks.push(tokio::spawn(slot(
+                shared.clone(),
+                generator.clone(),
+                stop_rx.clone(),
+            )));
         }
     }
     shutdown.await;
@@ -176,8 +193,14 @@ pub async fn run_worker(
     let _ = stop_tx.send(true);
     let all = futures_util::future::join_all(tasks);
     tokio::pin!(all);
-    if tokio::time::timeout(config.shutdown_timeout, &mut all).await.is_err() {
-        log(&name, "shutdown deadline reached: cancelling running jobs, putting them back");
+    if tokio::time::timeout(config.shutdown_timeout, &mut all)
+        .await
+        .is_err()
+    {
+        log(
+            &name,
+            "shutdown deadline reached: cancelling running jobs, putting them back",
+        );
         shared.root.cancel();
         all.await;
     }
@@ -240,7 +263,10 @@ where
                 tokio::time::sleep(REDIS_RETRY).await;
             }
             Err(e) => {
-                log(&shared.name, format!("{what}: {e}; giving up (the job will be claimed again)"));
+                log(
+                    &shared.name,
+                    format!("{what}: {e}; giving up (the job will be claimed again)"),
+                );
                 return None;
             }
         }
@@ -253,7 +279,12 @@ enum Outcome {
     Cancelled,
 }
 
-async fn run_job(shared: &Arc<Shared>, q: &Queue, generator: &Arc<dyn Generator>, delivery: Delivery) {
+async fn run_job(
+    shared: &Arc<Shared>,
+    q: &Queue,
+    generator: &Arc<dyn Generator>,
+    delivery: Delivery,
+) {
     let profile = &shared.profile;
     let name = &shared.name;
     let start = match q.start(profile, &delivery, name).await {
@@ -266,7 +297,10 @@ async fn run_job(shared: &Arc<Shared>, q: &Queue, generator: &Arc<dyn Generator>
     };
     let (request, attempt) = match start {
         Start::Skip => return,
-        Start::Exhausted { attempts, last_error } => {
+        Start::Exhausted {
+            attempts,
+            last_error,
+        } => {
             let why = if last_error.is_empty() {
                 "its workers stopped heartbeating (died or lost Redis)".to_string()
             } else {
@@ -274,31 +308,52 @@ async fn run_job(shared: &Arc<Shared>, q: &Queue, generator: &Arc<dyn Generator>
             };
             let error = format!("gave up after {attempts} attempt(s); the last: {why}");
             log(name, format!("job {} is dead: {error}", delivery.job));
-            persist(shared, "dead-lettering", || q.fail(profile, &delivery, name, &error, false)).await;
+            persist(shared, "dead-lettering", || {
+                q.fail(profile, &delivery, name, &error, false)
+            })
+            .await;
             return;
         }
         Start::Run { request, attempt } => (request, attempt),
     };
     if delivery.reclaimed {
-        log(name, format!("claimed job {} (attempt {attempt}) from a worker that stopped", delivery.job));
+        log(
+            name,
+            format!(
+                "claimed job {} (attempt {attempt}) from a worker that stopped",
+                delivery.job
+            ),
+        );
     }
     shared.running.fetch_add(1, Ordering::Relaxed);
     let token = shared.root.child();
     let ownership = Arc::new(std::sync::Mutex::new(Ownership::Owned));
     let keeper = {
-        let (shared, token, delivery, ownership) = (shared.clone(), token.clone(), delivery.clone(), ownership.clone());
+        let (shared, token, delivery, ownership) = (
+            shared.clone(),
+            token.clone(),
+            delivery.clone(),
+            ownership.clone(),
+        );
         let every = shared.queue.config().claim_after / 4;
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                match shared.queue.keep_alive(&shared.profile, &delivery, &shared.name).await {
+                match shared
+                    .queue
+                    .keep_alive(&shared.profile, &delivery, &shared.name)
+                    .await
+                {
                     Ok(Ownership::Owned) => {}
                     Ok(other) => {
                         *ownership.lock().unwrap_or_else(|e| e.into_inner()) = other;
                         token.cancel();
                         return;
                     }
-                    Err(e) => log(&shared.name, format!("heartbeat of job {}: {e}", delivery.job)),
+                    Err(e) => log(
+                        &shared.name,
+                        format!("heartbeat of job {}: {e}", delivery.job),
+                    ),
                 }
             }
         })
@@ -315,20 +370,32 @@ async fn run_job(shared: &Arc<Shared>, q: &Queue, generator: &Arc<dyn Generator>
     match outcome {
         Outcome::Finished(result) => {
             shared.completed.fetch_add(1, Ordering::Relaxed);
-            persist(shared, "storing a result", || q.finish(profile, &delivery, name, &result)).await;
+            persist(shared, "storing a result", || {
+                q.finish(profile, &delivery, name, &result)
+            })
+            .await;
         }
         Outcome::Cancelled => match ownership {
             // Another worker runs it now: its entry is not ours to touch.
             Ownership::Lost => {}
             // Withdrawn (acknowledged, not re-queued) or shutting down (re-queued).
             Ownership::Cancelled | Ownership::Owned => {
-                persist(shared, "putting a job back", || q.requeue(profile, &delivery)).await;
+                persist(shared, "putting a job back", || {
+                    q.requeue(profile, &delivery)
+                })
+                .await;
             }
         },
         Outcome::Failed(error) => {
             shared.failed.fetch_add(1, Ordering::Relaxed);
-            log(name, format!("job {} attempt {attempt} failed: {error}", delivery.job));
-            persist(shared, "recording a failure", || q.fail(profile, &delivery, name, &error, true)).await;
+            log(
+                name,
+                format!("job {} attempt {attempt} failed: {error}", delivery.job),
+            );
+            persist(shared, "recording a failure", || {
+                q.fail(profile, &delivery, name, &error, true)
+            })
+            .await;
         }
     }
 }
@@ -337,16 +404,34 @@ async fn run_job(shared: &Arc<Shared>, q: &Queue, generator: &Arc<dyn Generator>
 /// failed attempt.
 fn generate(generator: &dyn Generator, request: &JobRequest, token: &CancelToken) -> Outcome {
     let run = || -> Result<Finished, GenerationError> {
-        let g = generator.generate(&GenerationRequest { prompt: request.prompt.clone(), seed: request.seed }, token)?;
+        let g = generator.generate(
+            &GenerationRequest {
+                prompt: request.prompt.clone(),
+                seed: request.seed,
+            },
+            token,
+        )?;
         token.check()?;
         let format = match request.format {
             OutputFormat::Ply => SplatFormat::Ply,
             OutputFormat::Spz => SplatFormat::Spz,
         };
-        let encoded = encode(&g.gaussians, &OutputSpec::Splat { format, encoding: Encoding::Binary }, token)?;
+        let encoded = encode(
+            &g.gaussians,
+            &OutputSpec::Splat {
+                format,
+                encoding: Encoding::Binary,
+            },
+            token,
+        )?;
         let mut timings = g.stage_timings;
         timings.extend(encoded.timings);
-        Ok(Finished { format: request.format, bytes: encoded.body, timings, gaussians: g.gaussians.len() as u64 })
+        Ok(Finished {
+            format: request.format,
+            bytes: encoded.body,
+            timings,
+            gaussians: g.gaussians.len() as u64,
+        })
     };
     match std::panic::catch_unwind(AssertUnwindSafe(run)) {
         Ok(Ok(f)) => Outcome::Finished(f),

@@ -57,7 +57,10 @@ impl Worker {
             .await
             .expect("the worker runs");
         });
-        Worker { stop: Some(tx), handle: Some(handle) }
+        Worker {
+            stop: Some(tx),
+            handle: Some(handle),
+        }
     }
 
     async fn stop(mut self) {
@@ -65,7 +68,10 @@ impl Worker {
             let _ = tx.send(());
         }
         if let Some(h) = self.handle.take() {
-            tokio::time::timeout(Duration::from_secs(20), h).await.expect("the worker stops").expect("worker task");
+            tokio::time::timeout(Duration::from_secs(20), h)
+                .await
+                .expect("the worker stops")
+                .expect("worker task");
         }
     }
 }
@@ -79,7 +85,11 @@ impl Drop for Worker {
 }
 
 fn request(prompt: &str) -> JobRequest {
-    JobRequest { prompt: prompt.into(), seed: Some(1), format: OutputFormat::Ply }
+    JobRequest {
+        prompt: prompt.into(),
+        seed: Some(1),
+        format: OutputFormat::Ply,
+    }
 }
 
 async fn wait_terminal(q: &Queue, ids: &[String], limit: Duration) -> Vec<JobState> {
@@ -93,31 +103,49 @@ async fn wait_terminal(q: &Queue, ids: &[String], limit: Duration) -> Vec<JobSta
         if states.iter().all(|s| s.is_terminal()) {
             return states;
         }
-        assert!(t0.elapsed() < limit, "jobs not finished after {limit:?}: {states:?}");
+        assert!(
+            t0.elapsed() < limit,
+            "jobs not finished after {limit:?}: {states:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jobs_are_deduplicated_spread_and_stored_once() {
-    let Some(redis) = TestRedis::start_or_skip("jobs_are_deduplicated_spread_and_stored_once") else {
+    let Some(redis) = TestRedis::start_or_skip("jobs_are_deduplicated_spread_and_stored_once")
+    else {
         return;
     };
     let config = fleet(&redis);
     let q = Queue::connect(config.clone()).await.unwrap();
 
     // A duplicate submission returns the existing job.
-    assert_eq!(q.submit("j0", PROFILE, &request("a red chair")).await.unwrap(), (true, JobState::Queued));
-    assert_eq!(q.submit("j0", PROFILE, &request("something else")).await.unwrap(), (false, JobState::Queued));
+    assert_eq!(
+        q.submit("j0", PROFILE, &request("a red chair"))
+            .await
+            .unwrap(),
+        (true, JobState::Queued)
+    );
+    assert_eq!(
+        q.submit("j0", PROFILE, &request("something else"))
+            .await
+            .unwrap(),
+        (false, JobState::Queued)
+    );
     assert!(q.submit("bad id", PROFILE, &request("x")).await.is_err());
     assert!(q.submit("j1", PROFILE, &request("")).await.is_err());
 
     let spec = TestGeneratorSpec::default().delay(Duration::from_millis(20));
-    let workers: Vec<Worker> = (0..3).map(|i| Worker::start(config.clone(), &format!("w{i}"), 1, &spec)).collect();
+    let workers: Vec<Worker> = (0..3)
+        .map(|i| Worker::start(config.clone(), &format!("w{i}"), 1, &spec))
+        .collect();
     let mut ids = vec!["j0".to_string()];
     for i in 1..50 {
         let id = format!("j{i}");
-        q.submit(&id, PROFILE, &request(&format!("prompt {i}"))).await.unwrap();
+        q.submit(&id, PROFILE, &request(&format!("prompt {i}")))
+            .await
+            .unwrap();
         ids.push(id);
     }
     let states = wait_terminal(&q, &ids, Duration::from_secs(60)).await;
@@ -128,7 +156,11 @@ async fn jobs_are_deduplicated_spread_and_stored_once() {
     assert_eq!(prompts.len(), 50, "the duplicate kept the first request");
     assert!(prompts.contains("a red chair") && !prompts.contains("something else"));
     let r = q.result("j7").await.unwrap().expect("a result");
-    assert!(r.bytes.starts_with(b"ply\n") && r.gaussians == 800, "{} bytes", r.bytes.len());
+    assert!(
+        r.bytes.starts_with(b"ply\n") && r.gaussians == 800,
+        "{} bytes",
+        r.bytes.len()
+    );
     assert!(r.timings.iter().any(|(s, _)| s == "encode"));
     let snap = q.snapshot().await.unwrap();
     assert_eq!(snap.counters.get("completed"), Some(&50));
@@ -143,36 +175,68 @@ async fn jobs_are_deduplicated_spread_and_stored_once() {
     for w in workers {
         w.stop().await;
     }
-    assert!(q.alive_workers().await.unwrap().is_empty(), "stopped workers leave the fleet");
+    assert!(
+        q.alive_workers().await.unwrap().is_empty(),
+        "stopped workers leave the fleet"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_poison_job_goes_to_the_dead_letters_and_the_rest_run() {
-    let Some(redis) = TestRedis::start_or_skip("a_poison_job_goes_to_the_dead_letters_and_the_rest_run") else {
+    let Some(redis) =
+        TestRedis::start_or_skip("a_poison_job_goes_to_the_dead_letters_and_the_rest_run")
+    else {
         return;
     };
     let config = fleet(&redis);
     let q = Queue::connect(config.clone()).await.unwrap();
-    q.submit("poison", PROFILE, &request("poison")).await.unwrap();
+    q.submit("poison", PROFILE, &request("poison"))
+        .await
+        .unwrap();
     // One slot: the poison job's three attempts come first (each failure
     // puts it back at the end of the stream, behind nothing).
-    let spec = TestGeneratorSpec::default().then(Behaviour::Fail).then(Behaviour::Panic).then(Behaviour::OutOfMemory);
+    let spec = TestGeneratorSpec::default()
+        .then(Behaviour::Fail)
+        .then(Behaviour::Panic)
+        .then(Behaviour::OutOfMemory);
     let worker = Worker::start(config.clone(), "w", 1, &spec);
     let states = wait_terminal(&q, &["poison".into()], Duration::from_secs(30)).await;
     assert_eq!(states, [JobState::Dead]);
     let status = q.status("poison").await.unwrap().unwrap();
     assert_eq!(status.attempts, 3);
-    assert!(status.error.as_deref().unwrap_or_default().contains("out of memory"), "{status:?}");
+    assert!(
+        status
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("out of memory"),
+        "{status:?}"
+    );
     let dead = q.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!((dead[0].0.as_str(), dead[0].2), ("poison", 3));
     assert!(dead[0].1.contains("out of memory"), "{dead:?}");
     // A resubmission of the dead id returns the dead job, and others run.
-    assert_eq!(q.submit("poison", PROFILE, &request("poison")).await.unwrap(), (false, JobState::Dead));
+    assert_eq!(
+        q.submit("poison", PROFILE, &request("poison"))
+            .await
+            .unwrap(),
+        (false, JobState::Dead)
+    );
     q.submit("fine", PROFILE, &request("fine")).await.unwrap();
-    assert_eq!(wait_terminal(&q, &["fine".into()], Duration::from_secs(30)).await, [JobState::Done]);
+    assert_eq!(
+        wait_terminal(&q, &["fine".into()], Duration::from_secs(30)).await,
+        [JobState::Done]
+    );
     let snap = q.snapshot().await.unwrap();
-    assert_eq!((snap.counters.get("retries"), snap.counters.get("dead"), snap.dead_letters), (Some(&2), Some(&1), 1));
+    assert_eq!(
+        (
+            snap.counters.get("retries"),
+            snap.counters.get("dead"),
+            snap.dead_letters
+        ),
+        (Some(&2), Some(&1), 1)
+    );
     worker.stop().await;
 }
 
@@ -191,7 +255,10 @@ async fn a_redis_restart_mid_batch_loses_no_job() {
     let worker = Worker::start(config.clone(), "w", 2, &spec);
     let t0 = Instant::now();
     while spec.stats.completed.load(Ordering::SeqCst) < 5 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "no progress before the restart");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no progress before the restart"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // SIGKILL: only the append-only file survives.
@@ -206,12 +273,18 @@ async fn a_redis_restart_mid_batch_loses_no_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_front_end_serves_http_batches_health_and_metrics() {
-    let Some(redis) = TestRedis::start_or_skip("the_front_end_serves_http_batches_health_and_metrics") else {
+    let Some(redis) =
+        TestRedis::start_or_skip("the_front_end_serves_http_batches_health_and_metrics")
+    else {
         return;
     };
     let results_dir = tempfile::tempdir().unwrap();
     // Results over 10 kB go to the directory (an 800-splat PLY is ~200 kB).
-    let config = FleetConfig { inline_limit: 10_000, results_dir: Some(results_dir.path().into()), ..fleet(&redis) };
+    let config = FleetConfig {
+        inline_limit: 10_000,
+        results_dir: Some(results_dir.path().into()),
+        ..fleet(&redis)
+    };
     let front = tokio::task::spawn_blocking({
         let config = config.clone();
         move || FrontEnd::start(config, PROFILE).unwrap()
@@ -232,7 +305,11 @@ async fn the_front_end_serves_http_batches_health_and_metrics() {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let generator_front = front.clone();
     let server = tokio::spawn(bound.serve_with_extension(
-        move |_device: u32| Ok::<_, splatforge_server::GenerationError>(FleetGenerator::new(generator_front.clone())),
+        move |_device: u32| {
+            Ok::<_, splatforge_server::GenerationError>(FleetGenerator::new(
+                generator_front.clone(),
+            ))
+        },
         std::sync::Arc::new(FleetExtension(front.clone())),
         async move {
             let _ = stop_rx.await;
@@ -251,36 +328,81 @@ async fn the_front_end_serves_http_batches_health_and_metrics() {
                 break body;
             }
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "the front end never polled redis");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the front end never polled redis"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(health["status"], "no_workers", "{health}");
     assert_eq!(health["fleet"]["workers_alive"], 0, "{health}");
     let t0 = Instant::now();
-    let r = c.post(format!("{base}/generate/")).multipart(form("nobody home")).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/generate/"))
+        .multipart(form("nobody home"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 504);
-    assert!(t0.elapsed() >= Duration::from_secs(2), "answered before the timeout");
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "answered before the timeout"
+    );
     // The timed-out job is withdrawn (just after the answer), so that no
     // worker runs it.
-    let mut redis_con = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut redis_con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
     let t0 = Instant::now();
     loop {
-        let keys: Vec<String> = redis::cmd("KEYS").arg("t:job:*").query_async(&mut redis_con).await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("t:job:*")
+            .query_async(&mut redis_con)
+            .await
+            .unwrap();
         assert_eq!(keys.len(), 1, "{keys:?}");
-        let state: String = redis::cmd("HGET").arg(&keys[0]).arg("state").query_async(&mut redis_con).await.unwrap();
+        let state: String = redis::cmd("HGET")
+            .arg(&keys[0])
+            .arg("state")
+            .query_async(&mut redis_con)
+            .await
+            .unwrap();
         if state == "cancelled" {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(2), "the timed-out job is still {state}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "the timed-out job is still {state}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
     // With a worker: PLYs, with the queue's timings.
     let spec = TestGeneratorSpec::default().then(Behaviour::Fail);
-    let worker = Worker::start(FleetConfig { max_attempts: 1, ..config.clone() }, "w", 1, &spec);
+    let worker = Worker::start(
+        FleetConfig {
+            max_attempts: 1,
+            ..config.clone()
+        },
+        "w",
+        1,
+        &spec,
+    );
     let t0 = Instant::now();
-    while c.get(format!("{base}/health")).send().await.unwrap().status() != 200 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "never healthy with a worker");
+    while c
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "never healthy with a worker"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The scripted failure hits the batch's first item; HTTP works after.
@@ -289,29 +411,58 @@ async fn the_front_end_serves_http_batches_health_and_metrics() {
         { "prompt": "a red chair", "stem": "chair", "seed": 3 },
         { "prompt": "a blue car", "stem": "car", "format": "spz" },
     ]});
-    let r = c.post(format!("{base}/batches")).json(&items).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/batches"))
+        .json(&items)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
-    let id = r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let t0 = Instant::now();
     loop {
-        let p: serde_json::Value = c.get(format!("{base}/batches/{id}")).send().await.unwrap().json().await.unwrap();
+        let p: serde_json::Value = c
+            .get(format!("{base}/batches/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if p["finished"] == true {
             assert_eq!(
-                (p["done"].as_u64(), p["failed"].as_u64(), p["total"].as_u64()),
+                (
+                    p["done"].as_u64(),
+                    p["failed"].as_u64(),
+                    p["total"].as_u64()
+                ),
                 (Some(2), Some(1), Some(3)),
                 "{p}"
             );
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "batch not finished: {p}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "batch not finished: {p}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let r = c.get(format!("{base}/batches/{id}/results")).send().await.unwrap();
+    let r = c
+        .get(format!("{base}/batches/{id}/results"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/zip");
     let zip = r.bytes().await.unwrap();
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip.to_vec())).unwrap();
-    let mut names: Vec<String> = archive.file_names().map(|n| n.unwrap().into_owned()).collect();
+    let mut names: Vec<String> = archive
+        .file_names()
+        .map(|n| n.unwrap().into_owned())
+        .collect();
     names.sort();
     assert_eq!(names, ["_failed.json", "car.spz", "chair.ply"]);
     let mut read = |name: &str| {
@@ -323,19 +474,51 @@ async fn the_front_end_serves_http_batches_health_and_metrics() {
     splatforge_splat::read_splat_bytes(&read("car.spz")).unwrap();
     let failed: Vec<FailedItem> = serde_json::from_slice(&read("_failed.json")).unwrap();
     assert_eq!(failed.len(), 1);
-    assert_eq!((failed[0].stem.as_str(), failed[0].prompt.as_str()), ("broken", "will fail"));
+    assert_eq!(
+        (failed[0].stem.as_str(), failed[0].prompt.as_str()),
+        ("broken", "will fail")
+    );
     assert!(failed[0].error.contains("scripted failure"), "{failed:?}");
     // The large PLY went to the results directory, Redis holds the path.
     assert!(results_dir.path().join(format!("{id}.1.ply")).is_file());
-    assert_eq!(c.get(format!("{base}/batches/nope")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        c.get(format!("{base}/batches/nope"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     // A batch of a profile no worker serves stays queued: no results yet.
     let waiting = serde_json::json!([{ "prompt": "a chair", "profile": "quality" }]);
-    let r = c.post(format!("{base}/batches")).json(&waiting).send().await.unwrap();
-    let waiting_id = r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-    let p: serde_json::Value =
-        c.get(format!("{base}/batches/{waiting_id}")).send().await.unwrap().json().await.unwrap();
-    assert_eq!((p["queued"].as_u64(), p["finished"].as_bool()), (Some(1), Some(false)), "{p}");
-    let r = c.get(format!("{base}/batches/{waiting_id}/results")).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/batches"))
+        .json(&waiting)
+        .send()
+        .await
+        .unwrap();
+    let waiting_id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let p: serde_json::Value = c
+        .get(format!("{base}/batches/{waiting_id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (p["queued"].as_u64(), p["finished"].as_bool()),
+        (Some(1), Some(false)),
+        "{p}"
+    );
+    let r = c
+        .get(format!("{base}/batches/{waiting_id}/results"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
     let bad = c
         .post(format!("{base}/batches"))
@@ -351,7 +534,13 @@ async fn the_front_end_serves_http_batches_health_and_metrics() {
     let handles: Vec<_> = (0..32)
         .map(|i| {
             let (c, url) = (c.clone(), format!("{base}/generate/"));
-            tokio::spawn(async move { c.post(url).multipart(form(&format!("thing {i}"))).send().await.unwrap() })
+            tokio::spawn(async move {
+                c.post(url)
+                    .multipart(form(&format!("thing {i}")))
+                    .send()
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
     let mut statuses = Vec::new();
@@ -360,18 +549,34 @@ async fn the_front_end_serves_http_batches_health_and_metrics() {
         let status = r.status().as_u16();
         if status == 200 {
             let timings = r.headers()["x-stage-timings"].to_str().unwrap().to_string();
-            assert!(timings.contains("queue_wait") && timings.contains("think"), "{timings}");
+            assert!(
+                timings.contains("queue_wait") && timings.contains("think"),
+                "{timings}"
+            );
             assert!(r.bytes().await.unwrap().starts_with(b"ply\n"));
         }
         statuses.push(status);
     }
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 503 || *s == 504), "{statuses:?}");
-    assert!(statuses.iter().filter(|s| **s == 200).count() >= 16, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503 || *s == 504),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().filter(|s| **s == 200).count() >= 16,
+        "{statuses:?}"
+    );
 
     // The front end polls Redis every second: wait for a poll after the above.
     let t0 = Instant::now();
     let metrics = loop {
-        let m = c.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        let m = c
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         if sample(&m, "splatforge_fleet_jobs_total{event=\"completed\"}") >= 18.0
             || t0.elapsed() > Duration::from_secs(5)
         {
@@ -379,41 +584,99 @@ async fn the_front_end_serves_http_batches_health_and_metrics() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(sample(&metrics, "splatforge_fleet_redis_up"), 1.0, "{metrics}");
-    assert_eq!(sample(&metrics, "splatforge_fleet_workers_alive"), 1.0, "{metrics}");
-    assert_eq!(sample(&metrics, "splatforge_fleet_dead_letters"), 1.0, "{metrics}");
-    assert!(sample(&metrics, "splatforge_fleet_jobs_total{event=\"completed\"}") >= 18.0, "{metrics}");
-    assert!(metrics.contains("splatforge_fleet_queue_depth{profile=\"development\"}"), "{metrics}");
-    assert!(metrics.contains("splatforge_fleet_worker_running{worker=\"w\",profile=\"development\"}"), "{metrics}");
+    assert_eq!(
+        sample(&metrics, "splatforge_fleet_redis_up"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "splatforge_fleet_workers_alive"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "splatforge_fleet_dead_letters"),
+        1.0,
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "splatforge_fleet_jobs_total{event=\"completed\"}") >= 18.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("splatforge_fleet_queue_depth{profile=\"development\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("splatforge_fleet_worker_running{worker=\"w\",profile=\"development\"}"),
+        "{metrics}"
+    );
 
     worker.stop().await;
     let _ = stop_tx.send(());
-    tokio::time::timeout(Duration::from_secs(20), server).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_whose_workers_keep_dying_is_dead_lettered() {
-    let Some(redis) = TestRedis::start_or_skip("a_job_whose_workers_keep_dying_is_dead_lettered") else { return };
-    let config = FleetConfig { max_attempts: 2, ..fleet(&redis) };
+    let Some(redis) = TestRedis::start_or_skip("a_job_whose_workers_keep_dying_is_dead_lettered")
+    else {
+        return;
+    };
+    let config = FleetConfig {
+        max_attempts: 2,
+        ..fleet(&redis)
+    };
     let q = Queue::connect(config.clone()).await.unwrap();
     q.ensure_group(PROFILE).await.unwrap();
-    q.submit("doomed", PROFILE, &request("doomed")).await.unwrap();
+    q.submit("doomed", PROFILE, &request("doomed"))
+        .await
+        .unwrap();
     // Two workers take it, start it and vanish without a word.
-    let d = q.read_new(PROFILE, "ghost-1", Duration::from_secs(1)).await.unwrap().expect("an entry");
-    assert!(matches!(q.start(PROFILE, &d, "ghost-1").await.unwrap(), Start::Run { attempt: 1, .. }));
-    assert_eq!(q.reclaim(PROFILE, "ghost-2").await.unwrap(), None, "claimed before the timeout");
+    let d = q
+        .read_new(PROFILE, "ghost-1", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .expect("an entry");
+    assert!(matches!(
+        q.start(PROFILE, &d, "ghost-1").await.unwrap(),
+        Start::Run { attempt: 1, .. }
+    ));
+    assert_eq!(
+        q.reclaim(PROFILE, "ghost-2").await.unwrap(),
+        None,
+        "claimed before the timeout"
+    );
     tokio::time::sleep(config.claim_after).await;
-    let d = q.reclaim(PROFILE, "ghost-2").await.unwrap().expect("claimable after the timeout");
+    let d = q
+        .reclaim(PROFILE, "ghost-2")
+        .await
+        .unwrap()
+        .expect("claimable after the timeout");
     assert!(d.reclaimed);
-    assert!(matches!(q.start(PROFILE, &d, "ghost-2").await.unwrap(), Start::Run { attempt: 2, .. }));
+    assert!(matches!(
+        q.start(PROFILE, &d, "ghost-2").await.unwrap(),
+        Start::Run { attempt: 2, .. }
+    ));
     // A live worker claims it next and gives up on it.
     tokio::time::sleep(config.claim_after).await;
     let spec = TestGeneratorSpec::default();
     let worker = Worker::start(config.clone(), "w", 1, &spec);
-    assert_eq!(wait_terminal(&q, &["doomed".into()], Duration::from_secs(30)).await, [JobState::Dead]);
+    assert_eq!(
+        wait_terminal(&q, &["doomed".into()], Duration::from_secs(30)).await,
+        [JobState::Dead]
+    );
     let dead = q.dead_letters(10).await.unwrap();
     assert_eq!((dead[0].0.as_str(), dead[0].2), ("doomed", 2), "{dead:?}");
     assert!(dead[0].1.contains("stopped heartbeating"), "{dead:?}");
-    assert_eq!(spec.stats.calls.load(Ordering::SeqCst), 0, "a dead job was run");
+    assert_eq!(
+        spec.stats.calls.load(Ordering::SeqCst),
+        0,
+        "a dead job was run"
+    );
     worker.stop().await;
 }

@@ -51,7 +51,14 @@ const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
 fn configure_cuda(dev: &candle_core::CudaDevice) -> Result<()> {
     use std::collections::HashMap;
     use std::sync::Mutex;
-    static WORKSPACES: Mutex<Option<HashMap<candle_core::cuda_backend::DeviceId, candle_core::cuda_backend::cudarc::driver::CudaSlice<u8>>>> = Mutex::new(None);
+    static WORKSPACES: Mutex<
+        Option<
+            HashMap<
+                candle_core::cuda_backend::DeviceId,
+                candle_core::cuda_backend::cudarc::driver::CudaSlice<u8>,
+            >,
+        >,
+    > = Mutex::new(None);
     let mut guard = WORKSPACES.lock().unwrap_or_else(|e| e.into_inner());
     let map = guard.get_or_insert_with(HashMap::new);
     if map.contains_key(&dev.id()) {

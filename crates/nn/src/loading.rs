@@ -16,11 +16,15 @@ use crate::weights::{shard_files, MappedBackend, NameMap, Source, TensorFile};
 /// Reads and parses the JSON file at `path`.
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| NnError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| NnError::bad_file(path, format!("invalid JSON config: {e}")))
+    serde_json::from_str(&text)
+        .map_err(|e| NnError::bad_file(path, format!("invalid JSON config: {e}")))
 }
 
 /// Reads the JSON config `file` of a model source.
-pub fn read_source_json<T: for<'de> Deserialize<'de>>(src: &dyn FileSource, file: &str) -> Result<T> {
+pub fn read_source_json<T: for<'de> Deserialize<'de>>(
+    src: &dyn FileSource,
+    file: &str,
+) -> Result<T> {
     read_json(&src.find(&[file])?)
 }
 
@@ -49,7 +53,12 @@ pub fn identity_map() -> NameMap {
 
 /// A `VarBuilder` over a weight file with the stored names; `what` names
 /// the model in errors.
-pub fn identity_var_builder(file: Arc<TensorFile>, what: &str, dtype: DType, device: &Device) -> VarBuilder<'static> {
+pub fn identity_var_builder(
+    file: Arc<TensorFile>,
+    what: &str,
+    dtype: DType,
+    device: &Device,
+) -> VarBuilder<'static> {
     MappedBackend::new(file, identity_map(), what).into_var_builder(dtype, device)
 }
 
@@ -65,7 +74,11 @@ pub fn build_named<T>(what: &str, path: &Path, r: candle_core::Result<T>) -> Res
 /// `{sub}/{stem}[.fp16].safetensors.index.json` (its shards fetched too), or
 /// `{sub}/{stem}[.fp16].bin`, for each of `stems` in order. The error names
 /// the first candidate.
-pub fn component_weights(src: &dyn FileSource, sub: &str, stems: &[&str]) -> Result<Arc<TensorFile>> {
+pub fn component_weights(
+    src: &dyn FileSource,
+    sub: &str,
+    stems: &[&str],
+) -> Result<Arc<TensorFile>> {
     let mut singles = vec![];
     let mut indexes = vec![];
     let mut bins = vec![];
@@ -107,5 +120,9 @@ pub fn load_component<T>(
     model: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
 ) -> Result<T> {
     let file = component_weights(src, sub, stems)?;
-    build_named(what, file.path(), model(identity_var_builder(file.clone(), sub, dtype, device)))
+    build_named(
+        what,
+        file.path(),
+        model(identity_var_builder(file.clone(), sub, dtype, device)),
+    )
 }

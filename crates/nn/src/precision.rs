@@ -72,7 +72,10 @@ mod tests {
         }
         assert_eq!("F16".parse::<Precision>(), Ok(Precision::F16));
         assert_eq!("bfloat16".parse::<Precision>(), Ok(Precision::Bf16));
-        assert_eq!(serde_json::from_str::<Precision>("\"f32\"").unwrap(), Precision::F32);
+        assert_eq!(
+            serde_json::from_str::<Precision>("\"f32\"").unwrap(),
+            Precision::F32
+        );
         assert_eq!(Precision::Bf16.dtype(), DType::BF16);
         let e = "fp8".parse::<Precision>().unwrap_err().to_string();
         assert!(e.contains("fp8") && e.contains("bf16"), "{e}");

@@ -60,33 +60,34 @@ fn morph(mask: &[bool], w: usize, h: usize, r: usize, dilate: bool) -> Vec<bool>
         return mask.to_vec();
     }
     // Count of set pixels in the window along rows, then columns.
-    let pass = |src: &[bool], len: usize, lines: usize, at: &dyn Fn(usize, usize) -> usize| -> Vec<bool> {
-        let mut out = vec![false; src.len()];
-        for line in 0..lines {
-            let mut count = 0usize;
-            // Window [i − r, i + r] ∩ [0, len).
-            for k in 0..r.min(len) {
-                count += src[at(line, k)] as usize;
-            }
-            for i in 0..len {
-                if i + r < len {
-                    count += src[at(line, i + r)] as usize;
+    let pass =
+        |src: &[bool], len: usize, lines: usize, at: &dyn Fn(usize, usize) -> usize| -> Vec<bool> {
+            let mut out = vec![false; src.len()];
+            for line in 0..lines {
+                let mut count = 0usize;
+                // Window [i − r, i + r] ∩ [0, len).
+                for k in 0..r.min(len) {
+                    count += src[at(line, k)] as usize;
                 }
-                if i > r {
-                    count -= src[at(line, i - r - 1)] as usize;
+                for i in 0..len {
+                    if i + r < len {
+                        count += src[at(line, i + r)] as usize;
+                    }
+                    if i > r {
+                        count -= src[at(line, i - r - 1)] as usize;
+                    }
+                    let window = (i + r).min(len - 1) + 1 - i.saturating_sub(r);
+                    out[at(line, i)] = if dilate {
+                        count > 0
+                    } else {
+                        // Outside the image is background: a window that leaves
+                        // the image erodes.
+                        count == window && i >= r && i + r < len
+                    };
                 }
-                let window = (i + r).min(len - 1) + 1 - i.saturating_sub(r);
-                out[at(line, i)] = if dilate {
-                    count > 0
-                } else {
-                    // Outside the image is background: a window that leaves
-                    // the image erodes.
-                    count == window && i >= r && i + r < len
-                };
             }
-        }
-        out
-    };
+            out
+        };
     let rows = pass(mask, w, h, &|y, x| y * w + x);
     pass(&rows, h, w, &|x, y| y * w + x)
 }
@@ -147,14 +148,20 @@ pub fn enclosed_background(mask: &[bool], w: usize, h: usize) -> Vec<bool> {
             }
         }
     }
-    label.iter().map(|&l| l != u32::MAX && !touches[l as usize]).collect()
+    label
+        .iter()
+        .map(|&l| l != u32::MAX && !touches[l as usize])
+        .collect()
 }
 
 /// Foreground alpha of an image on a white background (see the module
 /// docs). `rgb` is `[y][x][rgb]` in [0, 1]; the result is `[y][x]`.
 pub fn foreground_alpha(rgb: &[f32], w: usize, h: usize, p: &AlphaConfig) -> Vec<f32> {
     assert_eq!(rgb.len(), 3 * w * h, "image size");
-    let soft: Vec<f32> = distance_from_white(rgb).into_iter().map(|d| smoothstep(p.low, p.high, d)).collect();
+    let soft: Vec<f32> = distance_from_white(rgb)
+        .into_iter()
+        .map(|d| smoothstep(p.low, p.high, d))
+        .collect();
     let raw: Vec<bool> = soft.iter().map(|&a| a >= 0.5).collect();
     let opened = dilate(&erode(&raw, w, h, p.open_radius), w, h, p.open_radius);
     // Opening never adds pixels the raw mask did not have.
@@ -168,7 +175,11 @@ pub fn foreground_alpha(rgb: &[f32], w: usize, h: usize, p: &AlphaConfig) -> Vec
             }
         }
     }
-    let filled = if p.fill_holes { enclosed_background(&mask, w, h) } else { vec![false; mask.len()] };
+    let filled = if p.fill_holes {
+        enclosed_background(&mask, w, h)
+    } else {
+        vec![false; mask.len()]
+    };
     let fg: Vec<bool> = mask.iter().zip(&filled).map(|(&m, &f)| m || f).collect();
     let rim = dilate(&fg, w, h, 1);
     (0..w * h)
@@ -192,7 +203,11 @@ pub fn straight_rgba(rgb: &[f32], alpha: &[f32]) -> Vec<f32> {
     let mut out = Vec::with_capacity(alpha.len() * 4);
     for (c, &a) in rgb.chunks_exact(3).zip(alpha) {
         for &v in c {
-            out.push(if a < 1e-3 { v } else { ((v - (1.0 - a)) / a).clamp(0.0, 1.0) });
+            out.push(if a < 1e-3 {
+                v
+            } else {
+                ((v - (1.0 - a)) / a).clamp(0.0, 1.0)
+            });
         }
         out.push(a);
     }
@@ -218,7 +233,10 @@ mod tests {
     fn disc(img: &mut [f32], r: f32, c: [f32; 3]) {
         for y in 0..H {
             for x in 0..W {
-                let (dx, dy) = (x as f32 + 0.5 - W as f32 / 2.0, y as f32 + 0.5 - H as f32 / 2.0);
+                let (dx, dy) = (
+                    x as f32 + 0.5 - W as f32 / 2.0,
+                    y as f32 + 0.5 - H as f32 / 2.0,
+                );
                 if dx * dx + dy * dy <= r * r {
                     paint(img, x, y, c);
                 }
@@ -263,7 +281,10 @@ mod tests {
             assert!(v >= last);
             last = v;
         }
-        assert_eq!(distance_from_white(&[1.0, 0.5, 0.9, 1.0, 1.0, 1.0]), vec![0.5, 0.0]);
+        assert_eq!(
+            distance_from_white(&[1.0, 0.5, 0.9, 1.0, 1.0, 1.0]),
+            vec![0.5, 0.0]
+        );
         // Faint background shading stays transparent.
         let mut img = white();
         for v in img.iter_mut() {
@@ -279,7 +300,10 @@ mod tests {
         // An anti-aliased rim: a half-grey ring just outside the disc.
         for y in 0..H {
             for x in 0..W {
-                let (dx, dy) = (x as f32 + 0.5 - W as f32 / 2.0, y as f32 + 0.5 - H as f32 / 2.0);
+                let (dx, dy) = (
+                    x as f32 + 0.5 - W as f32 / 2.0,
+                    y as f32 + 0.5 - H as f32 / 2.0,
+                );
                 let d = (dx * dx + dy * dy).sqrt();
                 if d > 10.0 && d <= 11.0 {
                     paint(&mut img, x, y, [0.92, 0.92, 0.92]);
@@ -313,14 +337,22 @@ mod tests {
                 paint(&mut img, x, y, [0.0, 0.0, 0.0]);
             }
         }
-        let p = AlphaConfig { open_radius: 1, min_component: 0.01, ..params() };
+        let p = AlphaConfig {
+            open_radius: 1,
+            min_component: 0.01,
+            ..params()
+        };
         let a = foreground_alpha(&img, W, H, &p);
         for &(x, y) in &[(2usize, 3usize), (45, 2), (5, 37), (40, 30), (21, 2)] {
             assert_eq!(a[y * W + x], 0.0, "({x}, {y})");
         }
         assert_eq!(a[(H / 2) * W + W / 2], 1.0);
         // Without cleanup the speck stays.
-        let none = AlphaConfig { open_radius: 0, min_component: 0.0, ..params() };
+        let none = AlphaConfig {
+            open_radius: 0,
+            min_component: 0.0,
+            ..params()
+        };
         assert!(foreground_alpha(&img, W, H, &none)[3 * W + 2] > 0.5);
     }
 
@@ -330,9 +362,25 @@ mod tests {
         disc(&mut img, 14.0, [0.1, 0.6, 0.1]);
         disc(&mut img, 5.0, [1.0, 1.0, 1.0]); // a white centre: highlight or hole
         let centre = (H / 2) * W + W / 2;
-        let filled = foreground_alpha(&img, W, H, &AlphaConfig { fill_holes: true, ..params() });
+        let filled = foreground_alpha(
+            &img,
+            W,
+            H,
+            &AlphaConfig {
+                fill_holes: true,
+                ..params()
+            },
+        );
         assert_eq!(filled[centre], 1.0);
-        let open = foreground_alpha(&img, W, H, &AlphaConfig { fill_holes: false, ..params() });
+        let open = foreground_alpha(
+            &img,
+            W,
+            H,
+            &AlphaConfig {
+                fill_holes: false,
+                ..params()
+            },
+        );
         assert_eq!(open[centre], 0.0);
         assert_eq!(filled[0], 0.0);
     }
@@ -342,7 +390,9 @@ mod tests {
         let mut state = 12345u64;
         let mask: Vec<bool> = (0..W * H)
             .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 (state >> 60) < 6
             })
             .collect();

@@ -73,8 +73,14 @@ mod tests {
                 256,
                 256,
             );
-            let (ours, theirs) = (cam.world_to_camera.as_flattened(), orbit.world_to_camera.as_flattened());
-            assert!(ours.iter().zip(theirs).all(|(x, y)| (x - y).abs() <= 2e-6), "{ours:?} vs {theirs:?}");
+            let (ours, theirs) = (
+                cam.world_to_camera.as_flattened(),
+                orbit.world_to_camera.as_flattened(),
+            );
+            assert!(
+                ours.iter().zip(theirs).all(|(x, y)| (x - y).abs() <= 2e-6),
+                "{ours:?} vs {theirs:?}"
+            );
             assert_eq!(
                 (cam.fx, cam.fy, cam.cx, cam.cy),
                 (orbit.fx, orbit.fy, orbit.cx, orbit.cy)

@@ -62,7 +62,13 @@ fn pixel_of(v: &View, p: [f32; 3]) -> Option<(usize, usize, f32)> {
 /// Carves the visual hull and samples `num_pts` initial Gaussians on its
 /// surface (see the module docs). `None` when fewer than 8 cells survive
 /// (e.g. empty masks), so the caller can fall back to the random ball.
-pub fn carve_init(views: &[View], cfg: &InitConfig, num_pts: usize, sh_degree: u8, seed: u64) -> Option<(Gaussians, CarveStats)> {
+pub fn carve_init(
+    views: &[View],
+    cfg: &InitConfig,
+    num_pts: usize,
+    sh_degree: u8,
+    seed: u64,
+) -> Option<(Gaussians, CarveStats)> {
     if views.is_empty() || num_pts == 0 {
         return None;
     }
@@ -76,10 +82,11 @@ pub fn carve_init(views: &[View], cfg: &InitConfig, num_pts: usize, sh_degree: u
         for y in 0..n {
             for x in 0..n {
                 let p = [centre(x), centre(y), centre(z)];
-                occupied[idx(x, y, z)] = views.iter().zip(&masks).all(|(v, m)| match pixel_of(v, p) {
-                    Some((px, py, _)) => m[py * v.width() as usize + px],
-                    None => false,
-                });
+                occupied[idx(x, y, z)] =
+                    views.iter().zip(&masks).all(|(v, m)| match pixel_of(v, p) {
+                        Some((px, py, _)) => m[py * v.width() as usize + px],
+                        None => false,
+                    });
             }
         }
     }
@@ -118,7 +125,9 @@ pub fn carve_init(views: &[View], cfg: &InitConfig, num_pts: usize, sh_degree: u
             let (w, h) = (v.width() as usize, v.height() as usize);
             let mut zb = vec![f32::INFINITY; w * h];
             for &p in &surface {
-                let Some((px, py, z)) = pixel_of(v, p) else { continue };
+                let Some((px, py, z)) = pixel_of(v, p) else {
+                    continue;
+                };
                 let r = (0.5 * v.camera.fx.max(v.camera.fy) * cell / z.max(1e-6)).ceil() as isize;
                 for yy in (py as isize - r).max(0)..=(py as isize + r).min(h as isize - 1) {
                     for xx in (px as isize - r).max(0)..=(px as isize + r).min(w as isize - 1) {
@@ -143,11 +152,19 @@ pub fn carve_init(views: &[View], cfg: &InitConfig, num_pts: usize, sh_degree: u
         let (mut seen, mut seen_n) = ([0f32; 3], 0u32);
         let (mut any, mut any_n) = ([0f32; 3], 0u32);
         for (v, zb) in views.iter().zip(&zbufs) {
-            let Some((px, py, z)) = pixel_of(v, p) else { continue };
+            let Some((px, py, z)) = pixel_of(v, p) else {
+                continue;
+            };
             let k = py * v.width() as usize + px;
             let a = v.alpha.as_ref().map_or(1.0, |a| a[k]);
             // Straight colour from the premultiplied view.
-            let col = [0, 1, 2].map(|ch| if a > 1e-3 { (v.rgb[k * 3 + ch] / a).clamp(0.0, 1.0) } else { 0.5 });
+            let col = [0, 1, 2].map(|ch| {
+                if a > 1e-3 {
+                    (v.rgb[k * 3 + ch] / a).clamp(0.0, 1.0)
+                } else {
+                    0.5
+                }
+            });
             for ch in 0..3 {
                 any[ch] += col[ch];
             }
@@ -180,7 +197,13 @@ pub fn carve_init(views: &[View], cfg: &InitConfig, num_pts: usize, sh_degree: u
         .collect();
     g.rotations = vec![[1.0, 0.0, 0.0, 0.0]; num_pts];
     g.opacity_logits = vec![logit(cfg.opacity); num_pts];
-    Some((g, CarveStats { occupied_cells, surface_cells: surface.len() }))
+    Some((
+        g,
+        CarveStats {
+            occupied_cells,
+            surface_cells: surface.len(),
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -204,7 +227,11 @@ mod tests {
                         let (dx, dy) = (x as f32 + 0.5 - c[0], y as f32 + 0.5 - c[1]);
                         let k = ((y * size + x) * 4) as usize;
                         let inside = dx * dx + dy * dy <= rad * rad;
-                        rgba[k..k + 4].copy_from_slice(&if inside { [1.0, 0.0, 0.0, 1.0] } else { [1.0, 1.0, 1.0, 0.0] });
+                        rgba[k..k + 4].copy_from_slice(&if inside {
+                            [1.0, 0.0, 0.0, 1.0]
+                        } else {
+                            [1.0, 1.0, 1.0, 0.0]
+                        });
                     }
                 }
                 View::from_rgba(format!("v{i}"), cam, &rgba).unwrap()
@@ -215,27 +242,53 @@ mod tests {
     #[test]
     fn carving_a_sphere_puts_points_near_its_surface_in_its_colour() {
         let views = sphere_views(0.5, 64);
-        let cfg = InitConfig { grid: 32, mask_dilation: 0, sample: CarveSample::Surface, ..Default::default() };
+        let cfg = InitConfig {
+            grid: 32,
+            mask_dilation: 0,
+            sample: CarveSample::Surface,
+            ..Default::default()
+        };
         let (g, stats) = carve_init(&views, &cfg, 2000, 0, 1).unwrap();
         g.check_consistent().unwrap();
         assert_eq!(g.len(), 2000);
         assert!(stats.surface_cells > 100 && stats.surface_cells < stats.occupied_cells);
         // Four views carve a hull somewhat larger than the sphere, never smaller.
-        let radii: Vec<f32> = g.means.iter().map(|m| (m[0] * m[0] + m[1] * m[1] + m[2] * m[2]).sqrt()).collect();
+        let radii: Vec<f32> = g
+            .means
+            .iter()
+            .map(|m| (m[0] * m[0] + m[1] * m[1] + m[2] * m[2]).sqrt())
+            .collect();
         let mean = radii.iter().sum::<f32>() / radii.len() as f32;
         assert!(mean > 0.45 && mean < 0.7, "mean radius {mean}");
         // Red: f_dc = (rgb − 0.5)/C0.
         let red = g.sh_dc.iter().filter(|c| c[0] > 1.5 && c[1] < -1.5).count();
         assert!(red > 1900, "{red}");
-        assert!(g.opacity_logits.iter().all(|&o| (splatforge_splat::sigmoid(o) - 0.1).abs() < 1e-6));
+        assert!(g
+            .opacity_logits
+            .iter()
+            .all(|&o| (splatforge_splat::sigmoid(o) - 0.1).abs() < 1e-6));
         // Seeded.
         assert_eq!(carve_init(&views, &cfg, 2000, 0, 1).unwrap().0, g);
-        assert_ne!(carve_init(&views, &cfg, 2000, 0, 2).unwrap().0.means, g.means);
+        assert_ne!(
+            carve_init(&views, &cfg, 2000, 0, 2).unwrap().0.means,
+            g.means
+        );
         // Volume sampling fills the hull: points come closer to the centre.
-        let vol = InitConfig { sample: CarveSample::Volume, ..cfg };
+        let vol = InitConfig {
+            sample: CarveSample::Volume,
+            ..cfg
+        };
         let (gv, _) = carve_init(&views, &vol, 2000, 0, 1).unwrap();
-        let mean_v = gv.means.iter().map(|m| (m[0] * m[0] + m[1] * m[1] + m[2] * m[2]).sqrt()).sum::<f32>() / 2000.0;
-        assert!(mean_v < mean - 0.05 && mean_v > 0.2, "volume {mean_v} vs surface {mean}");
+        let mean_v = gv
+            .means
+            .iter()
+            .map(|m| (m[0] * m[0] + m[1] * m[1] + m[2] * m[2]).sqrt())
+            .sum::<f32>()
+            / 2000.0;
+        assert!(
+            mean_v < mean - 0.05 && mean_v > 0.2,
+            "volume {mean_v} vs surface {mean}"
+        );
         // SH padding.
         let (g1, _) = carve_init(&views, &cfg, 10, 1, 1).unwrap();
         assert_eq!(g1.sh_rest.len(), 10 * 9);

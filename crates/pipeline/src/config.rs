@@ -102,7 +102,10 @@ pub const PROFILES: &[(&str, &str)] = &[
     ("balanced", include_str!("../../../profiles/balanced.yaml")),
     ("quality", include_str!("../../../profiles/quality.yaml")),
     ("memory", include_str!("../../../profiles/memory.yaml")),
-    ("development", include_str!("../../../profiles/development.yaml")),
+    (
+        "development",
+        include_str!("../../../profiles/development.yaml"),
+    ),
 ];
 
 /// The YAML text of a built-in profile.
@@ -337,10 +340,16 @@ impl ConfigSources {
     /// Resolves the sources (see the module docs). Returns the profile's
     /// name with the configuration.
     pub fn resolve(&self) -> Result<(String, PipelineConfig), ConfigError> {
-        let name = self.profile.clone().unwrap_or_else(|| DEFAULT_PROFILE.to_string());
+        let name = self
+            .profile
+            .clone()
+            .unwrap_or_else(|| DEFAULT_PROFILE.to_string());
         let text = builtin_profile(&name).ok_or_else(|| {
             let names: Vec<&str> = PROFILES.iter().map(|(n, _)| *n).collect();
-            ConfigError(format!("unknown profile `{name}` (profiles: {}; use --config FILE for your own)", names.join(", ")))
+            ConfigError(format!(
+                "unknown profile `{name}` (profiles: {}; use --config FILE for your own)",
+                names.join(", ")
+            ))
         })?;
         let mut value = parse_yaml(text, &format!("profile {name}"))?;
         if let Some(path) = &self.config_file {
@@ -348,7 +357,8 @@ impl ConfigSources {
                 .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
             let over = parse_yaml(&text, &path.display().to_string())?;
             // Check the file on its own first, so that its errors name it.
-            from_value(over.clone()).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))?;
+            from_value(over.clone())
+                .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))?;
             merge(&mut value, over);
         }
         for s in &self.sets {
@@ -365,12 +375,18 @@ pub const ALIASES: &[(&str, &str, &str)] = &[("diffusion", "ref_size", "resoluti
 
 /// Renames aliases to their keys in one source (both in one source is an error).
 fn canonicalize(value: &mut Value, what: &str) -> Result<(), ConfigError> {
-    let Value::Mapping(top) = value else { return Ok(()) };
+    let Value::Mapping(top) = value else {
+        return Ok(());
+    };
     for (section, alias, key) in ALIASES {
-        let Some(Value::Mapping(m)) = top.get_mut(*section) else { continue };
+        let Some(Value::Mapping(m)) = top.get_mut(*section) else {
+            continue;
+        };
         if let Some(v) = m.remove(*alias) {
             if m.contains_key(*key) {
-                return Err(ConfigError(format!("{what}: {section}.{alias} and {section}.{key} are the same key; give one")));
+                return Err(ConfigError(format!(
+                    "{what}: {section}.{alias} and {section}.{key} are the same key; give one"
+                )));
             }
             m.insert(Value::String(key.to_string()), v);
         }
@@ -382,14 +398,17 @@ fn parse_yaml(text: &str, what: &str) -> Result<Value, ConfigError> {
     if text.trim().is_empty() {
         return Ok(Value::Mapping(Mapping::new()));
     }
-    let mut v: Value = serde_yaml_ng::from_str(text).map_err(|e| ConfigError(format!("{what}: {e}")))?;
+    let mut v: Value =
+        serde_yaml_ng::from_str(text).map_err(|e| ConfigError(format!("{what}: {e}")))?;
     match v {
         Value::Mapping(_) => {
             canonicalize(&mut v, what)?;
             Ok(v)
         }
         Value::Null => Ok(Value::Mapping(Mapping::new())),
-        _ => Err(ConfigError(format!("{what}: the configuration must be a mapping of keys"))),
+        _ => Err(ConfigError(format!(
+            "{what}: the configuration must be a mapping of keys"
+        ))),
     }
 }
 
@@ -412,9 +431,11 @@ fn merge(base: &mut Value, over: Value) {
 
 /// Applies one `a.b.c=VALUE` override to a YAML tree.
 pub fn apply_set(value: &mut Value, set: &str) -> Result<(), ConfigError> {
-    let (key, raw) = set
-        .split_once('=')
-        .ok_or_else(|| ConfigError(format!("--set {set}: expected KEY=VALUE (e.g. fit.iters=300)")))?;
+    let (key, raw) = set.split_once('=').ok_or_else(|| {
+        ConfigError(format!(
+            "--set {set}: expected KEY=VALUE (e.g. fit.iters=300)"
+        ))
+    })?;
     let key = key.trim();
     let mut parts: Vec<&str> = key.split('.').collect();
     if let [section, name] = parts[..] {
@@ -423,12 +444,15 @@ pub fn apply_set(value: &mut Value, set: &str) -> Result<(), ConfigError> {
         }
     }
     if key.is_empty() || parts.iter().any(|p| p.is_empty()) {
-        return Err(ConfigError(format!("--set {set}: `{key}` is not a key path (e.g. sds.sds_iters)")));
+        return Err(ConfigError(format!(
+            "--set {set}: `{key}` is not a key path (e.g. sds.sds_iters)"
+        )));
     }
     let parsed: Value = if raw.trim().is_empty() {
         Value::String(String::new())
     } else {
-        serde_yaml_ng::from_str(raw).map_err(|e| ConfigError(format!("--set {key}: cannot parse `{raw}`: {e}")))?
+        serde_yaml_ng::from_str(raw)
+            .map_err(|e| ConfigError(format!("--set {key}: cannot parse `{raw}`: {e}")))?
     };
     let mut node = value;
     for (i, part) in parts.iter().enumerate() {
@@ -466,7 +490,8 @@ const SECTIONS: &[&str] = &["diffusion", "alpha", "init", "fit", "sds", "output"
 /// Deserialises a YAML tree, naming the section of a bad key.
 fn from_value(value: Value) -> Result<PipelineConfig, ConfigError> {
     check_sections(&value)?;
-    let config: PipelineConfig = serde_yaml_ng::from_value(value).map_err(|e| ConfigError(e.to_string()))?;
+    let config: PipelineConfig =
+        serde_yaml_ng::from_value(value).map_err(|e| ConfigError(e.to_string()))?;
     config.validate()?;
     Ok(config)
 }
@@ -476,7 +501,9 @@ fn from_value(value: Value) -> Result<PipelineConfig, ConfigError> {
 fn check_sections(value: &Value) -> Result<(), ConfigError> {
     if let Value::Mapping(m) = value {
         for (k, v) in m {
-            let Some(section) = k.as_str().filter(|s| SECTIONS.contains(s)) else { continue };
+            let Some(section) = k.as_str().filter(|s| SECTIONS.contains(s)) else {
+                continue;
+            };
             let r = match section {
                 "diffusion" => section_check::<DiffusionConfig>(v),
                 "alpha" => section_check::<AlphaConfig>(v),
@@ -495,7 +522,9 @@ fn section_check<T: for<'de> Deserialize<'de>>(v: &Value) -> Result<(), String> 
     if v.is_null() {
         return Ok(());
     }
-    serde_yaml_ng::from_value::<T>(v.clone()).map(|_| ()).map_err(|e| e.to_string())
+    serde_yaml_ng::from_value::<T>(v.clone())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 impl PipelineConfig {
@@ -506,15 +535,20 @@ impl PipelineConfig {
 
     /// A built-in profile.
     pub fn profile(name: &str) -> Result<PipelineConfig, ConfigError> {
-        ConfigSources { profile: Some(name.to_string()), ..Default::default() }
-            .resolve()
-            .map(|(_, c)| c)
+        ConfigSources {
+            profile: Some(name.to_string()),
+            ..Default::default()
+        }
+        .resolve()
+        .map(|(_, c)| c)
     }
 
     /// Reads a YAML file (no profile under it).
     pub fn load(path: &Path) -> Result<PipelineConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-        PipelineConfig::from_yaml_str(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        PipelineConfig::from_yaml_str(&text)
+            .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
     }
 
     /// Every key with its value, as YAML.
@@ -527,47 +561,94 @@ impl PipelineConfig {
         let bad = |key: &str, why: String| Err(ConfigError(format!("{key}: {why}")));
         let d = &self.diffusion;
         if d.num_inference_steps == 0 || d.num_inference_steps > 1000 {
-            return bad("diffusion.num_inference_steps", format!("must be 1 to 1000, got {}", d.num_inference_steps));
+            return bad(
+                "diffusion.num_inference_steps",
+                format!("must be 1 to 1000, got {}", d.num_inference_steps),
+            );
         }
         if !d.guidance_scale.is_finite() || d.guidance_scale < 0.0 {
-            return bad("diffusion.guidance_scale", format!("must be finite and ≥ 0, got {}", d.guidance_scale));
+            return bad(
+                "diffusion.guidance_scale",
+                format!("must be finite and ≥ 0, got {}", d.guidance_scale),
+            );
         }
         if d.n_views == 0 || d.n_views > 16 {
-            return bad("diffusion.n_views", format!("must be 1 to 16, got {}", d.n_views));
+            return bad(
+                "diffusion.n_views",
+                format!("must be 1 to 16, got {}", d.n_views),
+            );
         }
         if d.resolution == 0 || d.resolution % 8 != 0 || d.resolution > 2048 {
-            return bad("diffusion.resolution", format!("must be a multiple of 8 from 8 to 2048, got {}", d.resolution));
+            return bad(
+                "diffusion.resolution",
+                format!(
+                    "must be a multiple of 8 from 8 to 2048, got {}",
+                    d.resolution
+                ),
+            );
         }
         if !(d.camera_radius.is_finite() && d.camera_radius > 0.0) {
-            return bad("diffusion.camera_radius", format!("must be positive, got {}", d.camera_radius));
+            return bad(
+                "diffusion.camera_radius",
+                format!("must be positive, got {}", d.camera_radius),
+            );
         }
         if !(d.fovy.is_finite() && d.fovy > 1.0 && d.fovy < 170.0) {
-            return bad("diffusion.fovy", format!("must be between 1 and 170 degrees, got {}", d.fovy));
+            return bad(
+                "diffusion.fovy",
+                format!("must be between 1 and 170 degrees, got {}", d.fovy),
+            );
         }
         if !d.elevation.is_finite() || d.elevation.abs() > 89.0 {
-            return bad("diffusion.elevation", format!("must be within ±89 degrees, got {}", d.elevation));
+            return bad(
+                "diffusion.elevation",
+                format!("must be within ±89 degrees, got {}", d.elevation),
+            );
         }
         if !d.azimuth_start.is_finite() {
             return bad("diffusion.azimuth_start", "must be finite".into());
         }
         if d.vae_tile_size < 16 || d.vae_tile_size % 8 != 0 {
-            return bad("diffusion.vae_tile_size", format!("must be a multiple of 8, at least 16, got {}", d.vae_tile_size));
+            return bad(
+                "diffusion.vae_tile_size",
+                format!(
+                    "must be a multiple of 8, at least 16, got {}",
+                    d.vae_tile_size
+                ),
+            );
         }
         if d.vae_tile_overlap % 8 != 0 || d.vae_tile_overlap >= d.vae_tile_size {
             return bad(
                 "diffusion.vae_tile_overlap",
-                format!("must be a multiple of 8 below vae_tile_size, got {}", d.vae_tile_overlap),
+                format!(
+                    "must be a multiple of 8 below vae_tile_size, got {}",
+                    d.vae_tile_overlap
+                ),
             );
         }
         let a = &self.alpha;
-        if !(a.low.is_finite() && a.high.is_finite() && 0.0 <= a.low && a.low < a.high && a.high <= 1.0) {
-            return bad("alpha.low", format!("need 0 ≤ low < high ≤ 1, got low {} high {}", a.low, a.high));
+        if !(a.low.is_finite()
+            && a.high.is_finite()
+            && 0.0 <= a.low
+            && a.low < a.high
+            && a.high <= 1.0)
+        {
+            return bad(
+                "alpha.low",
+                format!("need 0 ≤ low < high ≤ 1, got low {} high {}", a.low, a.high),
+            );
         }
         if a.open_radius > 16 {
-            return bad("alpha.open_radius", format!("must be at most 16, got {}", a.open_radius));
+            return bad(
+                "alpha.open_radius",
+                format!("must be at most 16, got {}", a.open_radius),
+            );
         }
         if !(a.min_component.is_finite() && (0.0..1.0).contains(&a.min_component)) {
-            return bad("alpha.min_component", format!("must be in [0, 1), got {}", a.min_component));
+            return bad(
+                "alpha.min_component",
+                format!("must be in [0, 1), got {}", a.min_component),
+            );
         }
         let i = &self.init;
         if i.grid < 2 || i.grid > 512 {
@@ -577,42 +658,81 @@ impl PipelineConfig {
             return bad("init.bound", format!("must be positive, got {}", i.bound));
         }
         if !(i.mask_threshold > 0.0 && i.mask_threshold < 1.0) {
-            return bad("init.mask_threshold", format!("must be in (0, 1), got {}", i.mask_threshold));
+            return bad(
+                "init.mask_threshold",
+                format!("must be in (0, 1), got {}", i.mask_threshold),
+            );
         }
         if !(i.opacity > 0.0 && i.opacity < 1.0) {
-            return bad("init.opacity", format!("must be in (0, 1), got {}", i.opacity));
+            return bad(
+                "init.opacity",
+                format!("must be in (0, 1), got {}", i.opacity),
+            );
         }
         if i.mask_dilation > 32 {
-            return bad("init.mask_dilation", format!("must be at most 32, got {}", i.mask_dilation));
+            return bad(
+                "init.mask_dilation",
+                format!("must be at most 32, got {}", i.mask_dilation),
+            );
         }
-        self.fit.validate().map_err(|e| ConfigError(format!("fit.{e}")))?;
+        self.fit
+            .validate()
+            .map_err(|e| ConfigError(format!("fit.{e}")))?;
         if self.fit.num_pts == 0 {
             return bad("fit.num_pts", "must be at least 1".into());
         }
         let s = &self.sds;
         if s.sds_iters > 0 && (s.resolution == 0 || s.resolution % 8 != 0 || s.resolution > 2048) {
-            return bad("sds.resolution", format!("must be a multiple of 8 from 8 to 2048, got {}", s.resolution));
+            return bad(
+                "sds.resolution",
+                format!(
+                    "must be a multiple of 8 from 8 to 2048, got {}",
+                    s.resolution
+                ),
+            );
         }
         if !(0.0 <= s.min_step && s.min_step <= s.max_step && s.max_step < 1.0) {
-            return bad("sds.min_step", format!("need 0 ≤ min_step ≤ max_step < 1, got {} and {}", s.min_step, s.max_step));
+            return bad(
+                "sds.min_step",
+                format!(
+                    "need 0 ≤ min_step ≤ max_step < 1, got {} and {}",
+                    s.min_step, s.max_step
+                ),
+            );
         }
         if !(s.annealing_eta.is_finite() && s.annealing_eta > 0.0) {
-            return bad("sds.annealing_eta", format!("must be positive, got {}", s.annealing_eta));
+            return bad(
+                "sds.annealing_eta",
+                format!("must be positive, got {}", s.annealing_eta),
+            );
         }
         if !s.guidance_scale.is_finite() || s.guidance_scale < 0.0 {
-            return bad("sds.guidance_scale", format!("must be finite and ≥ 0, got {}", s.guidance_scale));
+            return bad(
+                "sds.guidance_scale",
+                format!("must be finite and ≥ 0, got {}", s.guidance_scale),
+            );
         }
-        for (key, v) in [("sds.lambda_sds", s.lambda_sds), ("sds.lambda_views", s.lambda_views), ("sds.lr_scale", s.lr_scale)] {
+        for (key, v) in [
+            ("sds.lambda_sds", s.lambda_sds),
+            ("sds.lambda_views", s.lambda_views),
+            ("sds.lr_scale", s.lr_scale),
+        ] {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(key, format!("must be finite and ≥ 0, got {v}"));
             }
         }
         let [lo, hi] = s.elevation_range;
         if !(lo.is_finite() && hi.is_finite() && lo <= hi && lo >= -89.0 && hi <= 89.0) {
-            return bad("sds.elevation_range", format!("need -89 ≤ low ≤ high ≤ 89, got [{lo}, {hi}]"));
+            return bad(
+                "sds.elevation_range",
+                format!("need -89 ≤ low ≤ high ≤ 89, got [{lo}, {hi}]"),
+            );
         }
         if !(self.output.box_size.is_finite() && self.output.box_size > 0.0) {
-            return bad("output.box_size", format!("must be positive, got {}", self.output.box_size));
+            return bad(
+                "output.box_size",
+                format!("must be positive, got {}", self.output.box_size),
+            );
         }
         Ok(())
     }
@@ -635,7 +755,11 @@ mod tests {
         for (name, _) in PROFILES {
             let c = PipelineConfig::profile(name).unwrap_or_else(|e| panic!("{name}: {e}"));
             // Round trip through YAML.
-            assert_eq!(PipelineConfig::from_yaml_str(&c.to_yaml()).unwrap(), c, "{name}");
+            assert_eq!(
+                PipelineConfig::from_yaml_str(&c.to_yaml()).unwrap(),
+                c,
+                "{name}"
+            );
         }
         let speed = PipelineConfig::profile("speed").unwrap();
         let quality = PipelineConfig::profile("quality").unwrap();
@@ -661,19 +785,33 @@ mod tests {
     fn unknown_keys_are_errors_naming_them() {
         for (yaml, key) in [
             ("sds:\n  sds_iter: 3\n", "sds_iter"),
-            ("diffusion:\n  num_inference_step: 3\n", "num_inference_step"),
-            ("fit:\n  densify_grad_treshold: 0.1\n", "densify_grad_treshold"),
+            (
+                "diffusion:\n  num_inference_step: 3\n",
+                "num_inference_step",
+            ),
+            (
+                "fit:\n  densify_grad_treshold: 0.1\n",
+                "densify_grad_treshold",
+            ),
             ("bogus: 1\n", "bogus"),
             ("model:\n  rescale_factor: 0.5\n", "model"),
         ] {
             let e = PipelineConfig::from_yaml_str(yaml).unwrap_err().0;
             assert!(e.contains(key), "{yaml}: {e}");
         }
-        let e = PipelineConfig::from_yaml_str("sds:\n  sds_iter: 3\n").unwrap_err().0;
+        let e = PipelineConfig::from_yaml_str("sds:\n  sds_iter: 3\n")
+            .unwrap_err()
+            .0;
         assert!(e.starts_with("sds: "), "{e}");
-        let e = sources(Some("speed"), &["sds.sds_iter=3"]).resolve().unwrap_err().0;
+        let e = sources(Some("speed"), &["sds.sds_iter=3"])
+            .resolve()
+            .unwrap_err()
+            .0;
         assert!(e.contains("sds") && e.contains("sds_iter"), "{e}");
-        let e = sources(Some("speed"), &["nosuch.key=3"]).resolve().unwrap_err().0;
+        let e = sources(Some("speed"), &["nosuch.key=3"])
+            .resolve()
+            .unwrap_err()
+            .0;
         assert!(e.contains("nosuch"), "{e}");
     }
 
@@ -726,7 +864,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("mine.yaml");
         std::fs::write(&p, "fit:\n  iters: 77\nsds:\n  sds_iters: 5\n").unwrap();
-        let s = ConfigSources { profile: Some("quality".into()), config_file: Some(p.clone()), sets: vec!["fit.iters=78".into()] };
+        let s = ConfigSources {
+            profile: Some("quality".into()),
+            config_file: Some(p.clone()),
+            sets: vec!["fit.iters=78".into()],
+        };
         let (name, c) = s.resolve().unwrap();
         assert_eq!(name, "quality");
         assert_eq!((c.fit.iters, c.sds.sds_iters), (78, 5));
@@ -735,18 +877,39 @@ mod tests {
         assert_eq!(c.diffusion, q.diffusion);
 
         std::fs::write(&p, "diffusion:\n  ref_size: 64\n").unwrap();
-        let c = ConfigSources { config_file: Some(p.clone()), ..Default::default() }.resolve().unwrap().1;
+        let c = ConfigSources {
+            config_file: Some(p.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap()
+        .1;
         assert_eq!(c.diffusion.resolution, 64);
         std::fs::write(&p, "diffusion:\n  ref_size: 64\n  resolution: 64\n").unwrap();
-        let e = ConfigSources { config_file: Some(p.clone()), ..Default::default() }.resolve().unwrap_err().0;
+        let e = ConfigSources {
+            config_file: Some(p.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .0;
         assert!(e.contains("same key"), "{e}");
         std::fs::write(&p, "sds:\n  lambda_sdss: 1\n").unwrap();
-        let e = ConfigSources { config_file: Some(p.clone()), ..Default::default() }.resolve().unwrap_err().0;
+        let e = ConfigSources {
+            config_file: Some(p.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .0;
         assert!(e.contains("mine.yaml") && e.contains("lambda_sdss"), "{e}");
-        let e = ConfigSources { config_file: Some(dir.path().join("none.yaml")), ..Default::default() }
-            .resolve()
-            .unwrap_err()
-            .0;
+        let e = ConfigSources {
+            config_file: Some(dir.path().join("none.yaml")),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .0;
         assert!(e.contains("none.yaml"), "{e}");
     }
 
@@ -760,7 +923,10 @@ mod tests {
             ("sds:\n  sds_iters: 3\n  resolution: 12\n", "sds.resolution"),
             ("init:\n  grid: 1\n", "init.grid"),
             ("fit:\n  iters: 0\n", "fit.iters"),
-            ("diffusion:\n  vae_tile_overlap: 256\n", "diffusion.vae_tile_overlap"),
+            (
+                "diffusion:\n  vae_tile_overlap: 256\n",
+                "diffusion.vae_tile_overlap",
+            ),
         ] {
             let e = PipelineConfig::from_yaml_str(yaml).unwrap_err().0;
             assert!(e.contains(key), "{yaml}: {e}");

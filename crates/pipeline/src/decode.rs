@@ -11,7 +11,11 @@ use crate::config::DiffusionConfig;
 
 /// Decodes scaled latents `[B, C, h, w]` to images `[B, 3, H, W]` in [0, 1],
 /// f32 on the CPU, one view at a time with `vae_slicing`.
-pub fn decode(pipe: &MvDreamPipeline, latents: &Tensor, cfg: &DiffusionConfig) -> Result<Tensor, DiffusionError> {
+pub fn decode(
+    pipe: &MvDreamPipeline,
+    latents: &Tensor,
+    cfg: &DiffusionConfig,
+) -> Result<Tensor, DiffusionError> {
     let b = latents.dim(0)?;
     if !cfg.vae_slicing || b < 2 {
         return pipe.decode_latents(latents);

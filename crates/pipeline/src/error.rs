@@ -22,7 +22,14 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 6] = [Stage::Diffusion, Stage::Alpha, Stage::Init, Stage::Fit, Stage::Sds, Stage::Normalize];
+    pub const ALL: [Stage; 6] = [
+        Stage::Diffusion,
+        Stage::Alpha,
+        Stage::Init,
+        Stage::Fit,
+        Stage::Sds,
+        Stage::Normalize,
+    ];
 
     /// A short identifier (`[a-z]`), as in timings and metrics.
     pub fn name(self) -> &'static str {
@@ -90,7 +97,10 @@ impl PipelineError {
     pub fn load(error: impl fmt::Display) -> PipelineError {
         let message = error.to_string();
         if is_out_of_memory(&message) {
-            PipelineError::OutOfMemory { stage: Stage::Diffusion, message: format!("loading the models: {message}") }
+            PipelineError::OutOfMemory {
+                stage: Stage::Diffusion,
+                message: format!("loading the models: {message}"),
+            }
         } else {
             PipelineError::Load(format!("loading the models: {message}"))
         }
@@ -107,7 +117,9 @@ mod tests {
 
     #[test]
     fn cuda_oom_is_classified() {
-        let cudarc = candle_core::Error::Msg("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into());
+        let cudarc = candle_core::Error::Msg(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        );
         let e = PipelineError::stage(Stage::Fit, cudarc);
         assert!(e.is_out_of_memory(), "{e}");
         assert!(e.to_string().contains("fit"), "{e}");
@@ -115,8 +127,14 @@ mod tests {
         assert!(blas.is_out_of_memory());
         let other = PipelineError::stage(Stage::Sds, "shape mismatch in matmul");
         assert!(!other.is_out_of_memory());
-        assert_eq!(other.to_string(), "sds stage failed: shape mismatch in matmul");
+        assert_eq!(
+            other.to_string(),
+            "sds stage failed: shape mismatch in matmul"
+        );
         assert!(PipelineError::load("CUDA_ERROR_OUT_OF_MEMORY").is_out_of_memory());
-        assert_eq!(Stage::ALL.map(|s| s.name()), ["diffusion", "alpha", "init", "fit", "sds", "normalize"]);
+        assert_eq!(
+            Stage::ALL.map(|s| s.name()),
+            ["diffusion", "alpha", "init", "fit", "sds", "normalize"]
+        );
     }
 }

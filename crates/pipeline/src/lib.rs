@@ -64,9 +64,11 @@ pub mod error;
 pub mod pipeline;
 pub mod refine;
 
-pub use config::{ConfigError, ConfigSources, PipelineConfig, Precision, DEFAULT_PROFILE, PROFILES};
+pub use config::{
+    ConfigError, ConfigSources, PipelineConfig, Precision, DEFAULT_PROFILE, PROFILES,
+};
 pub use error::{is_out_of_memory, PipelineError, Stage};
 pub use pipeline::{resolve_models, Generated, InitUsed, Observer, Pipeline, Request};
+pub use splatforge_diffusion::HubConfig;
 pub use splatforge_fit::{device_name, parse_device};
 pub use splatforge_nn::device::{device_memory, DeviceMemory};
-pub use splatforge_diffusion::HubConfig;

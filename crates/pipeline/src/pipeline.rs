@@ -5,9 +5,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
-use splatforge_diffusion::{load_mvdream, HubConfig, LoadOptions, ModelSource, MvDreamPipeline, MvDreamRequest, TilingOptions};
+use splatforge_diffusion::{
+    load_mvdream, HubConfig, LoadOptions, ModelSource, MvDreamPipeline, MvDreamRequest,
+    TilingOptions,
+};
 use splatforge_fit::trainer::backend_settings;
-use splatforge_fit::{backend_for, fit_with, initial_gaussians, FitBackend, FitConfig, FitError, Init, View, Views};
+use splatforge_fit::{
+    backend_for, fit_with, initial_gaussians, FitBackend, FitConfig, FitError, Init, View, Views,
+};
 use splatforge_nn::device::{device_memory, DeviceMemory};
 use splatforge_render::project::quat_to_rotmat;
 use splatforge_splat::normalize::fit_to_box;
@@ -79,7 +84,9 @@ impl Generated {
 /// make-tiny` writes), an LDM checkpoint file, or `hf:ORG/NAME[@REV][:FILE]`.
 /// `None`: MVDream's diffusers export through the Hugging Face cache.
 pub fn resolve_models(spec: Option<&str>) -> Result<ModelSource, PipelineError> {
-    let Some(spec) = spec else { return Ok(ModelSource::mvdream_hub()) };
+    let Some(spec) = spec else {
+        return Ok(ModelSource::mvdream_hub());
+    };
     if spec.starts_with("hf:") {
         return Ok(ModelSource::parse(spec));
     }
@@ -88,7 +95,9 @@ pub fn resolve_models(spec: Option<&str>) -> Result<ModelSource, PipelineError> 
         return Ok(ModelSource::parse(spec));
     }
     if !p.is_dir() {
-        return Err(PipelineError::Load(format!("{spec}: no such model folder or file")));
+        return Err(PipelineError::Load(format!(
+            "{spec}: no such model folder or file"
+        )));
     }
     if p.join("model_index.json").is_file() {
         return Ok(ModelSource::Diffusers(p.to_path_buf()));
@@ -102,11 +111,18 @@ pub fn resolve_models(spec: Option<&str>) -> Result<ModelSource, PipelineError> 
         let mut files: Vec<PathBuf> = std::fs::read_dir(&ldm_dir)
             .map_err(|e| PipelineError::Load(format!("{}: {e}", ldm_dir.display())))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|f| f.extension().is_some_and(|x| x == "safetensors" || x == "ckpt" || x == "pt"))
+            .filter(|f| {
+                f.extension()
+                    .is_some_and(|x| x == "safetensors" || x == "ckpt" || x == "pt")
+            })
             .collect();
         files.sort();
         if let Some(f) = files.into_iter().next() {
-            return Ok(ModelSource::Ldm { checkpoint: f, config: None, tokenizer: None });
+            return Ok(ModelSource::Ldm {
+                checkpoint: f,
+                config: None,
+                tokenizer: None,
+            });
         }
     }
     Err(PipelineError::Load(format!(
@@ -126,7 +142,11 @@ struct StageClock<'o> {
 
 impl<'o> StageClock<'o> {
     fn new(obs: &'o mut dyn Observer) -> Self {
-        StageClock { obs, timings: Vec::new(), current: None }
+        StageClock {
+            obs,
+            timings: Vec::new(),
+            current: None,
+        }
     }
 
     /// `stage` begins with `steps` steps (0: one indivisible step).
@@ -172,9 +192,15 @@ fn go_on(cancelled: &(dyn Fn() -> bool + Sync)) -> ControlFlow<()> {
 
 /// The fit stage (already started on `clock`), then the SDS stage (when
 /// configured) on the same backend.
-fn fit_and_refine(mut backend: Box<dyn FitBackend>, s: &FitStages<'_>, clock: &mut StageClock<'_>) -> Result<Fitted, PipelineError> {
+fn fit_and_refine(
+    mut backend: Box<dyn FitBackend>,
+    s: &FitStages<'_>,
+    clock: &mut StageClock<'_>,
+) -> Result<Fitted, PipelineError> {
     let fit = fit_with(backend.as_mut(), s.views, s.fit, &mut |p| {
-        clock.obs.step(Stage::Fit, p.iteration as u64, p.iters as u64, Some(p.loss));
+        clock
+            .obs
+            .step(Stage::Fit, p.iteration as u64, p.iters as u64, Some(p.loss));
         go_on(s.cancelled)
     })
     .map_err(|e| match e {
@@ -183,7 +209,11 @@ fn fit_and_refine(mut backend: Box<dyn FitBackend>, s: &FitStages<'_>, clock: &m
     })?;
     clock.finish();
     let Some(sds) = &s.sds else {
-        return Ok(Fitted { gaussians: fit.gaussians, fit_loss: fit.final_loss, fit_psnr: fit.final_train_psnr });
+        return Ok(Fitted {
+            gaussians: fit.gaussians,
+            fit_loss: fit.final_loss,
+            fit_psnr: fit.final_train_psnr,
+        });
     };
 
     if (s.cancelled)() {
@@ -191,7 +221,12 @@ fn fit_and_refine(mut backend: Box<dyn FitBackend>, s: &FitStages<'_>, clock: &m
     }
     clock.start(Stage::Sds, sds.sds.sds_iters as u64);
     let refined = refine(backend.as_mut(), sds, &mut |st: &SdsStep| {
-        clock.obs.step(Stage::Sds, st.step as u64, st.iters as u64, Some(st.sds_loss));
+        clock.obs.step(
+            Stage::Sds,
+            st.step as u64,
+            st.iters as u64,
+            Some(st.sds_loss),
+        );
         go_on(s.cancelled)
     });
     match refined {
@@ -201,7 +236,11 @@ fn fit_and_refine(mut backend: Box<dyn FitBackend>, s: &FitStages<'_>, clock: &m
     }
     let gaussians = backend.gaussians();
     clock.finish();
-    Ok(Fitted { gaussians, fit_loss: fit.final_loss, fit_psnr: fit.final_train_psnr })
+    Ok(Fitted {
+        gaussians,
+        fit_loss: fit.final_loss,
+        fit_psnr: fit.final_train_psnr,
+    })
 }
 
 /// Splits the largest Gaussians in two along their longest axis until there
@@ -211,12 +250,19 @@ pub fn ensure_min_count(g: &mut Gaussians, min: usize) {
     while !g.is_empty() && g.len() < min {
         let need = (min - g.len()).min(g.len());
         let mut order: Vec<usize> = (0..g.len()).collect();
-        let big = |i: usize| g.log_scales[i].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let big = |i: usize| {
+            g.log_scales[i]
+                .iter()
+                .cloned()
+                .fold(f32::NEG_INFINITY, f32::max)
+        };
         order.sort_by(|&a, &b| big(b).total_cmp(&big(a)).then(a.cmp(&b)));
         let rest = g.rest_coeffs() * 3;
         for &i in &order[..need] {
             let ls = g.log_scales[i];
-            let axis = (0..3).max_by(|&a, &b| ls[a].total_cmp(&ls[b]).then(b.cmp(&a))).unwrap();
+            let axis = (0..3)
+                .max_by(|&a, &b| ls[a].total_cmp(&ls[b]).then(b.cmp(&a)))
+                .unwrap();
             let sigma = ls[axis].exp();
             let q = g.rotations[i];
             let n = (q.iter().map(|v| v * v).sum::<f32>()).sqrt().max(1e-12);
@@ -240,11 +286,18 @@ pub fn ensure_min_count(g: &mut Gaussians, min: usize) {
 }
 
 /// Views `[n, 3, H, W]` in [0, 1] → the fit's targets with foreground alpha.
-pub fn views_from_images(images: &Tensor, cameras: &[splatforge_render::Camera], cfg: &PipelineConfig) -> Result<Views, PipelineError> {
+pub fn views_from_images(
+    images: &Tensor,
+    cameras: &[splatforge_render::Camera],
+    cfg: &PipelineConfig,
+) -> Result<Views, PipelineError> {
     let err = |e: candle_core::Error| PipelineError::stage(Stage::Alpha, e);
     let (n, c, h, w) = images.dims4().map_err(err)?;
     if c != 3 || n != cameras.len() {
-        return Err(PipelineError::stage(Stage::Alpha, format!("{n} images of {c} channels for {} cameras", cameras.len())));
+        return Err(PipelineError::stage(
+            Stage::Alpha,
+            format!("{n} images of {c} channels for {} cameras", cameras.len()),
+        ));
     }
     let data = images
         .to_dtype(DType::F32)
@@ -260,7 +313,8 @@ pub fn views_from_images(images: &Tensor, cameras: &[splatforge_render::Camera],
             let rgb = &data[i * per..(i + 1) * per];
             let alpha = foreground_alpha(rgb, w, h, &cfg.alpha);
             let rgba = straight_rgba(rgb, &alpha);
-            View::from_rgba(format!("view_{i}"), cameras[i], &rgba).map_err(|e| PipelineError::stage(Stage::Alpha, e))
+            View::from_rgba(format!("view_{i}"), cameras[i], &rgba)
+                .map_err(|e| PipelineError::stage(Stage::Alpha, e))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Views::new(views))
@@ -288,17 +342,45 @@ impl Pipeline {
     /// Loads MVDream on `device`. `profile` is a name for messages. On the
     /// CPU every model runs in fp32 whatever `precision` says. VAE tiling is
     /// set here from `config` (and stays for [`Self::generate_with`]).
-    pub fn load(models: &ModelSource, device: &Device, hub: HubConfig, profile: &str, config: PipelineConfig) -> Result<Pipeline, PipelineError> {
+    pub fn load(
+        models: &ModelSource,
+        device: &Device,
+        hub: HubConfig,
+        profile: &str,
+        config: PipelineConfig,
+    ) -> Result<Pipeline, PipelineError> {
         config.validate()?;
         let cpu = matches!(device, Device::Cpu);
-        let dtype = if cpu { DType::F32 } else { config.diffusion.precision.dtype() };
-        let vae_dtype = if cpu { DType::F32 } else { config.diffusion.vae_precision.map_or(dtype, |p| p.dtype()) };
-        let opts = LoadOptions { device: device.clone(), dtype, vae_dtype: Some(vae_dtype), hub: hub.clone() };
+        let dtype = if cpu {
+            DType::F32
+        } else {
+            config.diffusion.precision.dtype()
+        };
+        let vae_dtype = if cpu {
+            DType::F32
+        } else {
+            config.diffusion.vae_precision.map_or(dtype, |p| p.dtype())
+        };
+        let opts = LoadOptions {
+            device: device.clone(),
+            dtype,
+            vae_dtype: Some(vae_dtype),
+            hub: hub.clone(),
+        };
         let load_err = |e: splatforge_diffusion::DiffusionError| PipelineError::load(e);
         let mut mvdream = load_mvdream(models, &opts).map_err(load_err)?;
         let d = &config.diffusion;
-        mvdream.vae.set_tiling(TilingOptions { enabled: d.vae_tiling, tile_px: d.vae_tile_size, overlap_px: d.vae_tile_overlap });
-        Ok(Pipeline { mvdream, config, profile: profile.to_string(), device: device.clone() })
+        mvdream.vae.set_tiling(TilingOptions {
+            enabled: d.vae_tiling,
+            tile_px: d.vae_tile_size,
+            overlap_px: d.vae_tile_overlap,
+        });
+        Ok(Pipeline {
+            mvdream,
+            config,
+            profile: profile.to_string(),
+            device: device.clone(),
+        })
     }
 
     pub fn config(&self) -> &PipelineConfig {
@@ -330,7 +412,12 @@ impl Pipeline {
 
     /// Runs the pipeline with the loaded configuration (see
     /// [`Self::generate_with`]).
-    pub fn generate(&self, req: &Request, cancelled: &(dyn Fn() -> bool + Sync), obs: &mut dyn Observer) -> Result<Generated, PipelineError> {
+    pub fn generate(
+        &self,
+        req: &Request,
+        cancelled: &(dyn Fn() -> bool + Sync),
+        obs: &mut dyn Observer,
+    ) -> Result<Generated, PipelineError> {
         self.generate_with(&self.config, req, cancelled, obs)
     }
 
@@ -345,7 +432,15 @@ impl Pipeline {
         c.sds.sds_iters = c.sds.sds_iters.min(1);
         c.output.min_gaussians = 0;
         let t0 = Instant::now();
-        self.generate_with(&c, &Request { prompt: "a cat".into(), seed: Some(0) }, &|| false, &mut ())?;
+        self.generate_with(
+            &c,
+            &Request {
+                prompt: "a cat".into(),
+                seed: Some(0),
+            },
+            &|| false,
+            &mut (),
+        )?;
         Ok(t0.elapsed())
     }
 
@@ -364,7 +459,13 @@ impl Pipeline {
         if req.prompt.trim().is_empty() {
             return Err(PipelineError::Input("the prompt is empty".into()));
         }
-        let check = || if cancelled() { Err(PipelineError::Cancelled) } else { Ok(()) };
+        let check = || {
+            if cancelled() {
+                Err(PipelineError::Cancelled)
+            } else {
+                Ok(())
+            }
+        };
         let seed = req.seed.unwrap_or(config.seed);
         let d = &config.diffusion;
         let mut clock = StageClock::new(obs);
@@ -389,7 +490,9 @@ impl Pipeline {
         let latents = self
             .mvdream
             .generate_latents(&mreq, |i, n| {
-                clock.obs.step(Stage::Diffusion, i as u64, n as u64 + 1, None);
+                clock
+                    .obs
+                    .step(Stage::Diffusion, i as u64, n as u64 + 1, None);
                 // Checked at every denoising step, so a timed-out or
                 // disconnected request frees the GPU within one UNet call.
                 go_on(cancelled)
@@ -406,10 +509,19 @@ impl Pipeline {
             .map_err(|e| PipelineError::stage(Stage::Diffusion, e))?
             .iter()
             .all(|v| v.is_finite());
-        let images = decode(&self.mvdream, &latents, d).map_err(|e| PipelineError::stage(Stage::Diffusion, e))?;
+        let images = decode(&self.mvdream, &latents, d)
+            .map_err(|e| PipelineError::stage(Stage::Diffusion, e))?;
         drop(latents);
         clock.obs.step(Stage::Diffusion, steps + 1, steps + 1, None);
-        let cameras = crate::cameras::render_cameras(d.n_views, d.elevation, d.azimuth_start, 360.0, d.camera_radius, d.fovy, d.resolution as u32);
+        let cameras = crate::cameras::render_cameras(
+            d.n_views,
+            d.elevation,
+            d.azimuth_start,
+            360.0,
+            d.camera_radius,
+            d.fovy,
+            d.resolution as u32,
+        );
         clock.finish();
 
         // 2. Foreground alpha.
@@ -425,9 +537,18 @@ impl Pipeline {
         fit_cfg.seed = seed;
         let (init_g, init) = match config.init.method {
             InitMethod::Random => (initial_gaussians(&Init::Random, &fit_cfg), InitUsed::Random),
-            InitMethod::Carve => match carve_init(&views.views, &config.init, fit_cfg.num_pts, fit_cfg.sh_degree, seed) {
+            InitMethod::Carve => match carve_init(
+                &views.views,
+                &config.init,
+                fit_cfg.num_pts,
+                fit_cfg.sh_degree,
+                seed,
+            ) {
                 Some((g, stats)) => (g, InitUsed::Carved(stats)),
-                None => (initial_gaussians(&Init::Random, &fit_cfg), InitUsed::RandomFallback),
+                None => (
+                    initial_gaussians(&Init::Random, &fit_cfg),
+                    InitUsed::RandomFallback,
+                ),
             },
         };
         clock.finish();
@@ -452,7 +573,8 @@ impl Pipeline {
             }),
             cancelled,
         };
-        let backend = backend_for(&self.device, init_g, settings).map_err(|e| PipelineError::stage(Stage::Fit, e))?;
+        let backend = backend_for(&self.device, init_g, settings)
+            .map_err(|e| PipelineError::stage(Stage::Fit, e))?;
         let fitted = fit_and_refine(backend, &stages, &mut clock)?;
         let mut g = fitted.gaussians;
 
@@ -461,7 +583,8 @@ impl Pipeline {
         clock.start(Stage::Normalize, 0);
         ensure_min_count(&mut g, config.output.min_gaussians);
         if config.output.normalize {
-            fit_to_box(&mut g, config.output.box_size).map_err(|e| PipelineError::stage(Stage::Normalize, e))?;
+            fit_to_box(&mut g, config.output.box_size)
+                .map_err(|e| PipelineError::stage(Stage::Normalize, e))?;
         }
         clock.finish();
 
@@ -484,7 +607,8 @@ mod tests {
 
     #[test]
     fn top_up_splits_the_largest_gaussians() {
-        let mut g = splatforge_fit::init::random_ball(10, 0.5, 1, &mut splatforge_fit::rng::Rng::new(3));
+        let mut g =
+            splatforge_fit::init::random_ball(10, 0.5, 1, &mut splatforge_fit::rng::Rng::new(3));
         g.log_scales[4] = [1.0, -3.0, -3.0];
         g.rotations[4] = [0.9, 0.1, -0.3, 0.2];
         let before = g.clone();
@@ -497,7 +621,10 @@ mod tests {
             assert!((mid - orig).abs() < 1e-6);
         }
         assert!((g.log_scales[4][0] - (1.0 - std::f32::consts::LN_2)).abs() < 1e-6);
-        let sep: f32 = (0..3).map(|a| (g.means[4][a] - g.means[10][a]).powi(2)).sum::<f32>().sqrt();
+        let sep: f32 = (0..3)
+            .map(|a| (g.means[4][a] - g.means[10][a]).powi(2))
+            .sum::<f32>()
+            .sqrt();
         assert!((sep - 1.0f32.exp()).abs() < 1e-5, "{sep}");
         ensure_min_count(&mut g, 25);
         g.check_consistent().unwrap();
@@ -513,13 +640,27 @@ mod tests {
 
     #[test]
     fn devices_and_model_folders_resolve() {
-        assert_eq!(device_memory(&Device::Cpu), None, "the CPU reports no device memory");
-        assert!(matches!(resolve_models(None).unwrap(), ModelSource::HubDiffusers { .. }));
-        assert!(matches!(resolve_models(Some("hf:a/b")).unwrap(), ModelSource::HubDiffusers { .. }));
+        assert_eq!(
+            device_memory(&Device::Cpu),
+            None,
+            "the CPU reports no device memory"
+        );
+        assert!(matches!(
+            resolve_models(None).unwrap(),
+            ModelSource::HubDiffusers { .. }
+        ));
+        assert!(matches!(
+            resolve_models(Some("hf:a/b")).unwrap(),
+            ModelSource::HubDiffusers { .. }
+        ));
         let dir = tempfile::tempdir().unwrap();
-        let e = resolve_models(Some(dir.path().to_str().unwrap())).unwrap_err().to_string();
+        let e = resolve_models(Some(dir.path().to_str().unwrap()))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("make-tiny"), "{e}");
-        let e = resolve_models(Some("/no/such/models")).unwrap_err().to_string();
+        let e = resolve_models(Some("/no/such/models"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/no/such/models"), "{e}");
         std::fs::create_dir(dir.path().join("mvdream-diffusers")).unwrap();
         std::fs::write(dir.path().join("mvdream-diffusers/model_index.json"), "{}").unwrap();

@@ -45,7 +45,8 @@ use std::ops::ControlFlow;
 use candle_core::{DType, Tensor, Var};
 use splatforge_diffusion::mvdream::camera;
 use splatforge_diffusion::{
-    sds_gradient, DiffusionError, MvDreamPipeline, MvDreamRequest, SdsConditioning, SdsOptions, SdsTimestep, SdsWeighting,
+    sds_gradient, DiffusionError, MvDreamPipeline, MvDreamRequest, SdsConditioning, SdsOptions,
+    SdsTimestep, SdsWeighting,
 };
 use splatforge_fit::backend::BatchView;
 use splatforge_fit::schedule::{ExponLr, LearningRates};
@@ -57,10 +58,18 @@ use crate::config::{DiffusionConfig, SdsConfig};
 
 /// The SDS timestep of 1-based `step` of `iters` (see the module docs);
 /// `u` is a uniform draw in [0, 1) for the non-annealed case.
-pub fn sds_timestep(cfg: &SdsConfig, step: u32, iters: u32, num_train_timesteps: usize, u: f64) -> usize {
+pub fn sds_timestep(
+    cfg: &SdsConfig,
+    step: u32,
+    iters: u32,
+    num_train_timesteps: usize,
+    u: f64,
+) -> usize {
     let t_max = num_train_timesteps as f64;
     let lo = (cfg.min_step * t_max).round() as usize;
-    let hi = ((cfg.max_step * t_max).round() as usize).max(lo).min(num_train_timesteps - 1);
+    let hi = ((cfg.max_step * t_max).round() as usize)
+        .max(lo)
+        .min(num_train_timesteps - 1);
     if cfg.timestep_annealing {
         let r = (step as f64 / iters.max(1) as f64).min(1.0);
         let t = (t_max * (1.0 - r).powf(cfg.annealing_eta)).round() as usize;
@@ -142,7 +151,14 @@ fn sds_image_gradient(
 ) -> Result<(Tensor, Tensor), SdsError> {
     let x = Var::from_tensor(&renders.to_device(&pipe.device)?)?;
     let latents = pipe.encode_images(x.as_tensor())?;
-    let out = sds_gradient(pipe, &latents, cond, SdsTimestep::Fixed(t), noise_seed, opts)?;
+    let out = sds_gradient(
+        pipe,
+        &latents,
+        cond,
+        SdsTimestep::Fixed(t),
+        noise_seed,
+        opts,
+    )?;
     let grads = (&out.loss * lambda_sds as f64)?.backward()?;
     let dx = grads
         .get(x.as_tensor())
@@ -190,7 +206,11 @@ pub fn refine(
 
     let views = &inp.views.views;
     let use_views = cfg.lambda_views > 0.0 && !views.is_empty();
-    let view_grad_scale = if use_views { cfg.lambda_views / views.len() as f32 } else { 0.0 };
+    let view_grad_scale = if use_views {
+        cfg.lambda_views / views.len() as f32
+    } else {
+        0.0
+    };
     let base = LearningRates::at(inp.fit, &ExponLr::position(inp.fit), inp.fit.iters);
     let k = cfg.lr_scale;
     let lrs = LearningRates {
@@ -203,13 +223,18 @@ pub fn refine(
     };
     backend.reset_optimizer();
     let mut rng = SplitMix64::new(inp.seed ^ 0x5344_5320_7265_666e); // "SDS refn"
-    // The views over each background, made on first use.
+                                                                     // The views over each background, made on first use.
     let mut composites: Vec<([f32; 3], Vec<Vec<f32>>)> = Vec::new();
 
     for step in 1..=iters {
-        let elevation = cfg.elevation_range[0] + (cfg.elevation_range[1] - cfg.elevation_range[0]) * rng.unit();
+        let elevation =
+            cfg.elevation_range[0] + (cfg.elevation_range[1] - cfg.elevation_range[0]) * rng.unit();
         let azimuth = -180.0 + 360.0 * rng.unit();
-        let bg = if cfg.random_background && rng.unit() < 0.5 { [0.0; 3] } else { [1.0; 3] };
+        let bg = if cfg.random_background && rng.unit() < 0.5 {
+            [0.0; 3]
+        } else {
+            [1.0; 3]
+        };
         let t = sds_timestep(cfg, step, iters, num_train, rng.unit());
         let noise_seed = rng.next_u64();
 
@@ -242,7 +267,12 @@ pub fn refine(
                 .iter()
                 .zip(&composites[at].1)
                 .enumerate()
-                .map(|(id, (v, target))| BatchView { id, camera: &v.camera, target_rgb: target, target_alpha: v.alpha.as_deref() })
+                .map(|(id, (v, target))| BatchView {
+                    id,
+                    camera: &v.camera,
+                    target_rgb: target,
+                    target_alpha: v.alpha.as_deref(),
+                })
                 .collect()
         } else {
             Vec::new()
@@ -257,19 +287,37 @@ pub fn refine(
         };
         let mut loss = None;
         let stats = backend.guided_step(&cameras, &batch, &params, &mut |renders: &Tensor| {
-            let (grad, l) = sds_image_gradient(pipe, &cond, renders, t, noise_seed, &sds_opts, cfg.lambda_sds)?;
+            let (grad, l) = sds_image_gradient(
+                pipe,
+                &cond,
+                renders,
+                t,
+                noise_seed,
+                &sds_opts,
+                cfg.lambda_sds,
+            )?;
             loss = Some(l);
             Ok(grad)
         })?;
         let sds_loss = loss
-            .ok_or_else(|| SdsError::Other("the fitting backend did not call the SDS guidance".into()))?
+            .ok_or_else(|| {
+                SdsError::Other("the fitting backend did not call the SDS guidance".into())
+            })?
             .to_dtype(DType::F64)?
             .to_scalar::<f64>()?;
         let views_psnr = match stats {
             Some(s) if use_views => s.psnr,
             _ => f64::NAN,
         };
-        if progress(&SdsStep { step, iters, timestep: t, sds_loss, views_psnr }).is_break() {
+        if progress(&SdsStep {
+            step,
+            iters,
+            timestep: t,
+            sds_loss,
+            views_psnr,
+        })
+        .is_break()
+        {
             return Err(SdsError::Cancelled);
         }
     }
@@ -289,12 +337,21 @@ mod tests {
         assert_eq!(sds_timestep(&cfg, 990, 1000, 1000, 0.0), 20);
         assert_eq!(sds_timestep(&cfg, 1000, 1000, 1000, 0.0), 20);
         // η > 1 reaches small t sooner.
-        let steep = SdsConfig { annealing_eta: 2.0, ..SdsConfig::default() };
+        let steep = SdsConfig {
+            annealing_eta: 2.0,
+            ..SdsConfig::default()
+        };
         assert_eq!(sds_timestep(&steep, 500, 1000, 1000, 0.0), 250);
-        let capped = SdsConfig { max_step: 0.5, ..SdsConfig::default() };
+        let capped = SdsConfig {
+            max_step: 0.5,
+            ..SdsConfig::default()
+        };
         assert_eq!(sds_timestep(&capped, 1, 100, 1000, 0.0), 500);
         // Without annealing: uniform over the range.
-        let flat = SdsConfig { timestep_annealing: false, ..SdsConfig::default() };
+        let flat = SdsConfig {
+            timestep_annealing: false,
+            ..SdsConfig::default()
+        };
         assert_eq!(sds_timestep(&flat, 1, 10, 1000, 0.0), 20);
         assert_eq!(sds_timestep(&flat, 1, 10, 1000, 0.999_999), 980);
     }

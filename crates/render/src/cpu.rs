@@ -7,13 +7,17 @@ use rayon::prelude::*;
 use crate::camera::Camera;
 use crate::error::RenderError;
 use crate::project::{
-    project_gaussian, project_gaussian_backward, CameraParams, ParamGrad, ProjectSettings, Projected,
+    project_gaussian, project_gaussian_backward, CameraParams, ParamGrad, ProjectSettings,
+    Projected,
 };
-use crate::rasterize::{rasterize_backward_image, rasterize_forward_image, PixelGrads, RasterState};
+use crate::rasterize::{
+    rasterize_backward_image, rasterize_forward_image, PixelGrads, RasterState,
+};
 use crate::real::Real;
 use crate::tiles::{bin_gaussians, TileBins, TileGrid};
 use crate::types::{
-    check_cameras, DensifyStats, GaussianParams, Gradients, ImageGradients, RenderOptions, RenderedImage,
+    check_cameras, DensifyStats, GaussianParams, Gradients, ImageGradients, RenderOptions,
+    RenderedImage,
 };
 
 #[derive(Debug, Clone)]

@@ -18,8 +18,14 @@ use splatforge_server::ServerConfig;
 fn main() {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:10006".into());
-    let delay_ms: u64 = args.next().map(|a| a.parse().expect("delay in ms")).unwrap_or(0);
-    let queue_size: usize = args.next().map(|a| a.parse().expect("queue size")).unwrap_or(8);
+    let delay_ms: u64 = args
+        .next()
+        .map(|a| a.parse().expect("delay in ms"))
+        .unwrap_or(0);
+    let queue_size: usize = args
+        .next()
+        .map(|a| a.parse().expect("queue size"))
+        .unwrap_or(8);
     let (host, port) = addr.rsplit_once(':').expect("HOST:PORT");
     let config = ServerConfig {
         host: host.into(),

@@ -44,7 +44,9 @@ pub(crate) async fn serve_connections(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -68,8 +70,10 @@ pub(crate) async fn serve_connections(
         };
         // Small JSON answers should not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        let connection =
-            graceful.watch(builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone())));
+        let connection = graceful.watch(builder.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(router.clone()),
+        ));
         let metrics = metrics.clone();
         tokio::spawn(async move {
             metrics.connections_open.inc();
@@ -91,7 +95,10 @@ pub(crate) async fn serve_connections(
 /// after a second rather than spinning.
 async fn pause_after_accept_error(e: std::io::Error) {
     use std::io::ErrorKind::*;
-    if matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset) {
+    if matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
         return;
     }
     eprintln!("splatforge-server: accept failed: {e}; retrying in 1 s");

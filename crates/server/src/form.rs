@@ -47,11 +47,18 @@ impl Form {
     /// The field's only value, `None` when absent; an error when given twice.
     /// (The callers read a `null` as absent.)
     fn value(&self, name: &str) -> Result<Option<&Value>, ApiError> {
-        let mut values = self.fields.iter().filter(|(k, _)| k == name).map(|(_, v)| v);
+        let mut values = self
+            .fields
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v);
         let first = values.next();
         let more = values.count();
         if more > 0 {
-            return Err(ApiError::bad_request(format!("field '{name}' is given {} times; give it once", more + 1)));
+            return Err(ApiError::bad_request(format!(
+                "field '{name}' is given {} times; give it once",
+                more + 1
+            )));
         }
         Ok(first)
     }
@@ -79,7 +86,8 @@ impl Form {
 }
 
 fn utf8(name: &str, bytes: &[u8]) -> Result<String, ApiError> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| ApiError::bad_request(format!("field '{name}' is not valid UTF-8")))
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| ApiError::bad_request(format!("field '{name}' is not valid UTF-8")))
 }
 
 fn not_a(name: &str, expected: &str, got: &str) -> ApiError {
@@ -87,7 +95,11 @@ fn not_a(name: &str, expected: &str, got: &str) -> ApiError {
 }
 
 pub(crate) fn too_large(limit: usize) -> ApiError {
-    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the request body is over {limit} bytes"))
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the request body is over {limit} bytes"),
+    )
 }
 
 /// The first error of type `E` in `e`'s chain of sources.
@@ -108,10 +120,14 @@ fn body_error(limit: usize, e: &axum::Error) -> ApiError {
     if find_source::<LengthLimitError>(e).is_some() {
         return too_large(limit);
     }
-    let gone = find_source::<hyper::Error>(e).is_some_and(|h| h.is_incomplete_message() || h.is_canceled())
+    let gone = find_source::<hyper::Error>(e)
+        .is_some_and(|h| h.is_incomplete_message() || h.is_canceled())
         || find_source::<std::io::Error>(e).is_some_and(|io| {
             use std::io::ErrorKind::*;
-            matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof)
+            matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            )
         });
     if gone {
         ApiError::new(
@@ -134,10 +150,21 @@ pub(crate) async fn read_form(
 ) -> Result<Form, ApiError> {
     let content_type = match headers.get(header::CONTENT_TYPE) {
         None => return Err(unsupported("no Content-Type")),
-        Some(v) => v.to_str().map_err(|_| unsupported("a Content-Type that is not ASCII"))?.to_string(),
+        Some(v) => v
+            .to_str()
+            .map_err(|_| unsupported("a Content-Type that is not ASCII"))?
+            .to_string(),
     };
-    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if !matches!(mime.as_str(), "application/x-www-form-urlencoded" | "multipart/form-data" | "application/json") {
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if !matches!(
+        mime.as_str(),
+        "application/x-www-form-urlencoded" | "multipart/form-data" | "application/json"
+    ) {
         return Err(unsupported(&format!("Content-Type '{mime}'")));
     }
     let bytes = match tokio::time::timeout(timeout, body.collect()).await {
@@ -145,7 +172,10 @@ pub(crate) async fn read_form(
             return Err(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
-                format!("the request body did not arrive within {} s", timeout.as_secs_f64()),
+                format!(
+                    "the request body did not arrive within {} s",
+                    timeout.as_secs_f64()
+                ),
             ))
         }
         Ok(Err(e)) => return Err(body_error(limit, &e)),
@@ -209,12 +239,18 @@ fn parse_urlencoded(body: &[u8]) -> Vec<(String, Value)> {
                 Some(i) => (&pair[..i], &pair[i + 1..]),
                 None => (pair, &[][..]),
             };
-            (String::from_utf8_lossy(&percent_decode(k)).into_owned(), Value::Text(percent_decode(v)))
+            (
+                String::from_utf8_lossy(&percent_decode(k)).into_owned(),
+                Value::Text(percent_decode(v)),
+            )
         })
         .collect()
 }
 
-async fn parse_multipart(content_type: &str, bytes: axum::body::Bytes) -> Result<Vec<(String, Value)>, ApiError> {
+async fn parse_multipart(
+    content_type: &str,
+    bytes: axum::body::Bytes,
+) -> Result<Vec<(String, Value)>, ApiError> {
     let boundary = multer::parse_boundary(content_type)
         .map_err(|e| ApiError::bad_request(format!("bad multipart Content-Type: {e}")))?;
     let mut multipart = multer::Multipart::new(Body::from(bytes).into_data_stream(), boundary);
@@ -223,8 +259,10 @@ async fn parse_multipart(content_type: &str, bytes: axum::body::Bytes) -> Result
         match multipart.next_field().await {
             Ok(Some(field)) => {
                 let name = field.name().unwrap_or("").to_string();
-                let value =
-                    field.bytes().await.map_err(|e| ApiError::bad_request(format!("bad multipart body: {e}")))?;
+                let value = field
+                    .bytes()
+                    .await
+                    .map_err(|e| ApiError::bad_request(format!("bad multipart body: {e}")))?;
                 fields.push((name, Value::Text(value.to_vec())));
             }
             Ok(None) => return Ok(fields),
@@ -286,13 +324,21 @@ mod tests {
     use super::*;
 
     fn text_of(f: &Form, name: &str) -> Option<Value> {
-        f.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        f.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
     }
 
     #[test]
     fn urlencoded_decodes_plus_percent_and_keeps_raw_bytes() {
-        let f = Form { fields: parse_urlencoded(b"prompt=a+red%20chair&seed=7&bad=%ff%fe&x=100%&y=%4") };
-        assert_eq!(text_of(&f, "prompt"), Some(Value::Text(b"a red chair".to_vec())));
+        let f = Form {
+            fields: parse_urlencoded(b"prompt=a+red%20chair&seed=7&bad=%ff%fe&x=100%&y=%4"),
+        };
+        assert_eq!(
+            text_of(&f, "prompt"),
+            Some(Value::Text(b"a red chair".to_vec()))
+        );
         assert_eq!(f.number("seed").unwrap().as_deref(), Some("7"));
         assert_eq!(text_of(&f, "bad"), Some(Value::Text(vec![0xff, 0xfe])));
         assert!(f.text("bad").is_err());
@@ -304,20 +350,37 @@ mod tests {
     #[test]
     fn json_fields_are_typed_and_duplicates_are_refused_in_every_encoding() {
         let f = Form {
-            fields: parse_json(br#"{"prompt": 5, "seed": 7, "frames": "3", "video_res": true, "x": null}"#).unwrap(),
+            fields: parse_json(
+                br#"{"prompt": 5, "seed": 7, "frames": "3", "video_res": true, "x": null}"#,
+            )
+            .unwrap(),
         };
-        assert!(f.text("prompt").unwrap_err().message.contains("must be a string, got a number"));
+        assert!(f
+            .text("prompt")
+            .unwrap_err()
+            .message
+            .contains("must be a string, got a number"));
         assert_eq!(f.number("seed").unwrap().as_deref(), Some("7"));
         assert_eq!(f.number("frames").unwrap().as_deref(), Some("3"));
-        assert!(f.number("video_res").unwrap_err().message.contains("must be an integer, got a boolean"));
+        assert!(f
+            .number("video_res")
+            .unwrap_err()
+            .message
+            .contains("must be an integer, got a boolean"));
         assert_eq!(f.text("x").unwrap(), None, "null is an absent field");
-        for fields in
-            [parse_json(br#"{"prompt": "a", "prompt": "b"}"#).unwrap(), parse_urlencoded(b"prompt=a&prompt=b")]
-        {
+        for fields in [
+            parse_json(br#"{"prompt": "a", "prompt": "b"}"#).unwrap(),
+            parse_urlencoded(b"prompt=a&prompt=b"),
+        ] {
             let e = Form { fields }.text("prompt").unwrap_err();
             assert!(e.message.contains("given 2 times"), "{}", e.message);
         }
-        let unread_duplicates = Form { fields: parse_urlencoded(b"prompt=a&extra=1&extra=2") };
-        assert_eq!(unread_duplicates.text("prompt").unwrap().as_deref(), Some("a"));
+        let unread_duplicates = Form {
+            fields: parse_urlencoded(b"prompt=a&extra=1&extra=2"),
+        };
+        assert_eq!(
+            unread_duplicates.text("prompt").unwrap().as_deref(),
+            Some("a")
+        );
     }
 }

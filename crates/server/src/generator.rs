@@ -55,7 +55,11 @@ pub trait Generator: Send + Sync + 'static {
     /// [`CancelToken::check`] between stages and iterations and return
     /// [`GenerationError::Cancelled`] promptly once it fires. A panic is
     /// caught by the worker and answered with a 500; the worker continues.
-    fn generate(&self, request: &GenerationRequest, cancel: &CancelToken) -> Result<Generation, GenerationError>;
+    fn generate(
+        &self,
+        request: &GenerationRequest,
+        cancel: &CancelToken,
+    ) -> Result<Generation, GenerationError>;
 
     /// Runs once after construction, before the server reports ready (e.g. a
     /// tiny generation to compile kernels and allocate pools).
@@ -134,7 +138,12 @@ impl CancelToken {
 
     /// A token cancelled by its own [`cancel`](Self::cancel) or its parent's.
     pub fn child(&self) -> Self {
-        CancelToken { inner: Arc::new(Inner { cancelled: AtomicBool::new(false), parent: Some(self.clone()) }) }
+        CancelToken {
+            inner: Arc::new(Inner {
+                cancelled: AtomicBool::new(false),
+                parent: Some(self.clone()),
+            }),
+        }
     }
 
     /// Fires the token (idempotent). Does not affect the parent.
@@ -168,7 +177,9 @@ impl CancelToken {
 
 impl fmt::Debug for CancelToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CancelToken").field("cancelled", &self.is_cancelled()).finish()
+        f.debug_struct("CancelToken")
+            .field("cancelled", &self.is_cancelled())
+            .finish()
     }
 }
 

@@ -50,11 +50,12 @@ use axum::Router;
 use tokio::sync::{oneshot, watch};
 use tower_http::limit::RequestBodyLimitLayer;
 
+use connections::{serve_connections, ConnectionLimits};
 pub use extension::{ExtensionHealth, ServiceExtension};
 pub use generator::{
-    CancelToken, DeviceMemory, Generation, GenerationError, GenerationRequest, Generator, GeneratorFactory,
+    CancelToken, DeviceMemory, Generation, GenerationError, GenerationRequest, Generator,
+    GeneratorFactory,
 };
-use connections::{serve_connections, ConnectionLimits};
 use metrics::{BuildLabels, DeviceLabels, EndpointLabels, Metrics};
 pub use output::{Encoding, OutputSpec, SplatFormat, VideoFormat};
 use pool::{DeviceState, Job, JobFailure, JobOutput, Pool, PoolStatus, Rejection, Ticket};
@@ -174,7 +175,10 @@ pub enum ServerError {
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     /// A device's generator could not be built or warmed up.
     #[error("startup failed: {0}")]
     Startup(String),
@@ -192,12 +196,22 @@ pub struct BoundServer {
 pub fn bind(config: ServerConfig) -> Result<BoundServer, ServerError> {
     config.validate()?;
     let what = format!("binding {}:{}", config.host, config.port);
-    let io = |source| ServerError::Io { context: what.clone(), source };
-    let addrs: Vec<SocketAddr> = (config.host.as_str(), config.port).to_socket_addrs().map_err(io)?.collect();
+    let io = |source| ServerError::Io {
+        context: what.clone(),
+        source,
+    };
+    let addrs: Vec<SocketAddr> = (config.host.as_str(), config.port)
+        .to_socket_addrs()
+        .map_err(io)?
+        .collect();
     let listener = std::net::TcpListener::bind(&addrs[..]).map_err(io)?;
     listener.set_nonblocking(true).map_err(io)?;
     let addr = listener.local_addr().map_err(io)?;
-    Ok(BoundServer { listener, addr, config })
+    Ok(BoundServer {
+        listener,
+        addr,
+        config,
+    })
 }
 
 /// Binds and serves until `shutdown` resolves (see [`BoundServer::serve`]).
@@ -233,11 +247,20 @@ fn run_inner(
         .enable_all()
         .thread_name("splatforge-http")
         .build()
-        .map_err(|source| ServerError::Io { context: "starting the async runtime".into(), source })?;
+        .map_err(|source| ServerError::Io {
+            context: "starting the async runtime".into(),
+            source,
+        })?;
     let result = runtime.block_on(async move {
         let bound = bind(config)?;
-        eprintln!("splatforge-server {}: listening on http://{}", VERSION, bound.local_addr());
-        bound.serve_inner(factory, extension, shutdown_signal()).await
+        eprintln!(
+            "splatforge-server {}: listening on http://{}",
+            VERSION,
+            bound.local_addr()
+        );
+        bound
+            .serve_inner(factory, extension, shutdown_signal())
+            .await
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
@@ -302,10 +325,24 @@ impl BoundServer {
         let config = self.config;
         let metrics = Arc::new(Metrics::new());
         let factory: Arc<dyn GeneratorFactory> = Arc::new(factory);
-        let pool = Pool::start(&config.devices, config.workers_per_device, config.queue_size, factory, metrics.clone());
-        let app = Arc::new(App { config: config.clone(), pool: pool.clone(), metrics: metrics.clone(), extension });
-        let listener = tokio::net::TcpListener::from_std(self.listener)
-            .map_err(|source| ServerError::Io { context: "registering the listener".into(), source })?;
+        let pool = Pool::start(
+            &config.devices,
+            config.workers_per_device,
+            config.queue_size,
+            factory,
+            metrics.clone(),
+        );
+        let app = Arc::new(App {
+            config: config.clone(),
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+            extension,
+        });
+        let listener =
+            tokio::net::TcpListener::from_std(self.listener).map_err(|source| ServerError::Io {
+                context: "registering the listener".into(),
+                source,
+            })?;
 
         let (drain_tx, mut drain_rx) = watch::channel(false);
         let mut status = pool.subscribe();
@@ -318,8 +355,10 @@ impl BoundServer {
             draining_pool.start_draining();
             let _ = drain_tx.send(true);
         };
-        let limits =
-            ConnectionLimits { header_read_timeout: config.header_read_timeout, max_connections: config.max_connections };
+        let limits = ConnectionLimits {
+            header_read_timeout: config.header_read_timeout,
+            max_connections: config.max_connections,
+        };
         let server = serve_connections(listener, router(app), limits, metrics, graceful);
         tokio::pin!(server);
         let shutdown_timeout = config.shutdown_timeout;
@@ -344,7 +383,10 @@ impl BoundServer {
             joining.join();
             let _ = tx.send(());
         });
-        if tokio::time::timeout(Duration::from_secs(10), rx).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .is_err()
+        {
             pool.root.cancel();
             eprintln!("splatforge-server: some worker threads did not stop in time; leaving them");
         }
@@ -370,11 +412,20 @@ fn router(app: Arc<App>) -> Router {
     let router = Router::new()
         .route("/generate/", post(generate).fallback(method_not_allowed))
         .route("/generate", post(generate).fallback(method_not_allowed))
-        .route("/generate_video/", post(generate_video).fallback(method_not_allowed))
-        .route("/generate_video", post(generate_video).fallback(method_not_allowed))
+        .route(
+            "/generate_video/",
+            post(generate_video).fallback(method_not_allowed),
+        )
+        .route(
+            "/generate_video",
+            post(generate_video).fallback(method_not_allowed),
+        )
         // Only the routes above read bodies; the later layer is the outer one.
         .route_layer(RequestBodyLimitLayer::new(app.config.max_body_bytes))
-        .route_layer(middleware::from_fn_with_state(app.clone(), json_body_limit_answer))
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            json_body_limit_answer,
+        ))
         .route("/health", get(health).fallback(method_not_allowed))
         .route("/metrics", get(metrics_text).fallback(method_not_allowed))
         .route("/version", get(version).fallback(method_not_allowed))
@@ -389,10 +440,21 @@ fn router(app: Arc<App>) -> Router {
 /// tower-http answers a Content-Length over the body limit itself, in plain
 /// text, before the handler runs: give that answer the JSON error and the
 /// request count that every other answer gets.
-async fn json_body_limit_answer(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    let endpoint = if request.uri().path().starts_with("/generate_video") { "/generate_video/" } else { "/generate/" };
+async fn json_body_limit_answer(
+    State(app): State<Arc<App>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let endpoint = if request.uri().path().starts_with("/generate_video") {
+        "/generate_video/"
+    } else {
+        "/generate/"
+    };
     let response = next.run(request).await;
-    let is_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
         return Tracker::new(&app, endpoint).fail(form::too_large(app.config.max_body_bytes));
     }
@@ -411,7 +473,12 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, kind, message: message.into(), retry_after: None }
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
@@ -429,7 +496,8 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({ "error": self.message, "kind": self.kind });
         let mut r = (self.status, axum::Json(body)).into_response();
         if let Some(s) = self.retry_after {
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         r
     }
@@ -455,13 +523,24 @@ struct Tracker {
 
 impl Tracker {
     fn new(app: &Arc<App>, endpoint: &'static str) -> Self {
-        app.metrics.in_flight.get_or_create(&EndpointLabels { endpoint }).inc();
-        Tracker { app: app.clone(), endpoint, started: Instant::now(), job: None, done: false }
+        app.metrics
+            .in_flight
+            .get_or_create(&EndpointLabels { endpoint })
+            .inc();
+        Tracker {
+            app: app.clone(),
+            endpoint,
+            started: Instant::now(),
+            job: None,
+            done: false,
+        }
     }
 
     fn count(&mut self, outcome: &'static str) {
         self.done = true;
-        self.app.metrics.count_request(self.endpoint, outcome, self.started.elapsed());
+        self.app
+            .metrics
+            .count_request(self.endpoint, outcome, self.started.elapsed());
     }
 
     /// Nobody waits for the job any more: stop it, and free its queue slot
@@ -490,7 +569,13 @@ impl Drop for Tracker {
             self.abandon_job();
             self.count("disconnected");
         }
-        self.app.metrics.in_flight.get_or_create(&EndpointLabels { endpoint: self.endpoint }).dec();
+        self.app
+            .metrics
+            .in_flight
+            .get_or_create(&EndpointLabels {
+                endpoint: self.endpoint,
+            })
+            .dec();
     }
 }
 
@@ -507,7 +592,9 @@ fn parse_request(
     video: bool,
     config: &ServerConfig,
 ) -> Result<(GenerationRequest, OutputSpec), ApiError> {
-    let prompt = form.text("prompt")?.ok_or_else(|| ApiError::bad_request("missing form field 'prompt'"))?;
+    let prompt = form
+        .text("prompt")?
+        .ok_or_else(|| ApiError::bad_request("missing form field 'prompt'"))?;
     let prompt = prompt.trim();
     if prompt.is_empty() {
         return Err(ApiError::bad_request("the prompt is empty"));
@@ -521,15 +608,25 @@ fn parse_request(
     }
     // Optional fields: surrounding white space is dropped, and an empty
     // value is the same as leaving the field out (as HTML forms send them).
-    let present = |value: Option<String>| value.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let present = |value: Option<String>| {
+        value
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
     let field = |name: &str| -> Result<Option<String>, ApiError> { Ok(present(form.text(name)?)) };
     let seed = present(form.number("seed")?)
-        .map(|s| s.parse::<u64>().map_err(|_| ApiError::bad_request(format!("seed must be an integer in 0..2^64, got '{s}'"))))
+        .map(|s| {
+            s.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!("seed must be an integer in 0..2^64, got '{s}'"))
+            })
+        })
         .transpose()?;
     let number = |name: &str, default: u32| -> Result<u32, ApiError> {
         match present(form.number(name)?) {
             None => Ok(default),
-            Some(s) => s.parse::<u32>().map_err(|_| ApiError::bad_request(format!("{name} must be a positive integer, got '{s}'"))),
+            Some(s) => s.parse::<u32>().map_err(|_| {
+                ApiError::bad_request(format!("{name} must be a positive integer, got '{s}'"))
+            }),
         }
     };
     let output = if video {
@@ -542,44 +639,89 @@ fn parse_request(
         }
         let frames = number("frames", DEFAULT_VIDEO_FRAMES)?;
         if !(1..=MAX_VIDEO_FRAMES).contains(&frames) {
-            return Err(ApiError::bad_request(format!("frames must be 1 to {MAX_VIDEO_FRAMES}, got {frames}")));
+            return Err(ApiError::bad_request(format!(
+                "frames must be 1 to {MAX_VIDEO_FRAMES}, got {frames}"
+            )));
         }
-        let format = match field("video_format")?.map(|s| s.to_ascii_lowercase()).as_deref() {
+        let format = match field("video_format")?
+            .map(|s| s.to_ascii_lowercase())
+            .as_deref()
+        {
             None => VideoFormat::DEFAULT,
             Some("mp4") => VideoFormat::Mp4,
             Some("gif") => VideoFormat::Gif,
             Some(other) => {
-                return Err(ApiError::bad_request(format!("video_format must be 'mp4' or 'gif', got '{other}'")))
+                return Err(ApiError::bad_request(format!(
+                    "video_format must be 'mp4' or 'gif', got '{other}'"
+                )))
             }
         };
         if !format.available() {
-            return Err(ApiError::bad_request("this server was built without the MP4 encoder; ask for video_format=gif"));
+            return Err(ApiError::bad_request(
+                "this server was built without the MP4 encoder; ask for video_format=gif",
+            ));
         }
         // H.264 4:2:0 needs even sides: an odd MP4 resolution is rounded down.
-        let resolution = if format == VideoFormat::Mp4 { resolution & !1 } else { resolution };
-        OutputSpec::Video { resolution, frames, format }
+        let resolution = if format == VideoFormat::Mp4 {
+            resolution & !1
+        } else {
+            resolution
+        };
+        OutputSpec::Video {
+            resolution,
+            frames,
+            format,
+        }
     } else {
         let format = match field("format")?.map(|s| s.to_ascii_lowercase()).as_deref() {
             None | Some("ply") => SplatFormat::Ply,
             Some("spz") => SplatFormat::Spz,
-            Some(other) => return Err(ApiError::bad_request(format!("format must be 'ply' or 'spz', got '{other}'"))),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "format must be 'ply' or 'spz', got '{other}'"
+                )))
+            }
         };
-        let encoding = match field("encoding")?.map(|s| s.to_ascii_lowercase()).as_deref() {
+        let encoding = match field("encoding")?
+            .map(|s| s.to_ascii_lowercase())
+            .as_deref()
+        {
             None | Some("binary") => Encoding::Binary,
             Some("base64") => Encoding::Base64,
             Some(other) => {
-                return Err(ApiError::bad_request(format!("encoding must be 'binary' or 'base64', got '{other}'")))
+                return Err(ApiError::bad_request(format!(
+                    "encoding must be 'binary' or 'base64', got '{other}'"
+                )))
             }
         };
         OutputSpec::Splat { format, encoding }
     };
-    Ok((GenerationRequest { prompt: prompt.to_string(), seed }, output))
+    Ok((
+        GenerationRequest {
+            prompt: prompt.to_string(),
+            seed,
+        },
+        output,
+    ))
 }
 
-async fn handle_generation(app: Arc<App>, endpoint: &'static str, headers: HeaderMap, body: Body, video: bool) -> Response {
+async fn handle_generation(
+    app: Arc<App>,
+    endpoint: &'static str,
+    headers: HeaderMap,
+    body: Body,
+    video: bool,
+) -> Response {
     let mut tracker = Tracker::new(&app, endpoint);
     let config = &app.config;
-    let parsed = match form::read_form(&headers, body, config.max_body_bytes, config.body_read_timeout).await {
+    let parsed = match form::read_form(
+        &headers,
+        body,
+        config.max_body_bytes,
+        config.body_read_timeout,
+    )
+    .await
+    {
         Ok(form) => parse_request(&form, video, &app.config),
         Err(e) => Err(e),
     };
@@ -589,7 +731,14 @@ async fn handle_generation(app: Arc<App>, endpoint: &'static str, headers: Heade
     };
     let token = app.pool.root.child();
     let (reply, receiver) = oneshot::channel();
-    let job = Job { id: 0, request, output, cancel: token.clone(), enqueued: Instant::now(), reply };
+    let job = Job {
+        id: 0,
+        request,
+        output,
+        cancel: token.clone(),
+        enqueued: Instant::now(),
+        reply,
+    };
     let rejection = match app.pool.submit(job) {
         Ok(ticket) => {
             tracker.job = Some(SubmittedJob { token, ticket });
@@ -605,13 +754,19 @@ async fn handle_generation(app: Arc<App>, endpoint: &'static str, headers: Heade
                 "the models are still loading; see GET /health",
             )
             .retry_after(5),
-            Rejection::ShuttingDown => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down").retry_after(5)
-            }
+            Rejection::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down",
+            )
+            .retry_after(5),
             Rejection::QueueFull { retry_after_secs } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "queue_full",
-                format!("every device queue is full ({} waiting each); retry later", app.config.queue_size),
+                format!(
+                    "every device queue is full ({} waiting each); retry later",
+                    app.config.queue_size
+                ),
             )
             .retry_after(retry_after_secs),
         };
@@ -624,11 +779,18 @@ async fn handle_generation(app: Arc<App>, endpoint: &'static str, headers: Heade
             return tracker.fail(ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",
-                format!("generation did not finish within {} s", timeout.as_secs_f64()),
+                format!(
+                    "generation did not finish within {} s",
+                    timeout.as_secs_f64()
+                ),
             ));
         }
         Ok(Err(_)) => {
-            return tracker.fail(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "failed", "the worker dropped the job"))
+            return tracker.fail(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "failed",
+                "the worker dropped the job",
+            ))
         }
         Ok(Ok(r)) => r,
     };
@@ -638,7 +800,11 @@ async fn handle_generation(app: Arc<App>, endpoint: &'static str, headers: Heade
             let e = match f {
                 JobFailure::Cancelled => ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    if app.pool.is_draining() { "shutting_down" } else { "cancelled" },
+                    if app.pool.is_draining() {
+                        "shutting_down"
+                    } else {
+                        "cancelled"
+                    },
                     "the job was cancelled (server shutting down)",
                 )
                 .retry_after(5),
@@ -647,12 +813,16 @@ async fn handle_generation(app: Arc<App>, endpoint: &'static str, headers: Heade
                     "out_of_memory",
                     format!("the device ran out of memory: {m}"),
                 ),
-                JobFailure::Failed(m) => {
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "failed", format!("generation failed: {m}"))
-                }
-                JobFailure::Panicked(m) => {
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "panicked", format!("generation panicked: {m}"))
-                }
+                JobFailure::Failed(m) => ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "failed",
+                    format!("generation failed: {m}"),
+                ),
+                JobFailure::Panicked(m) => ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "panicked",
+                    format!("generation panicked: {m}"),
+                ),
             };
             return tracker.fail(e);
         }
@@ -663,7 +833,16 @@ async fn handle_generation(app: Arc<App>, endpoint: &'static str, headers: Heade
 
 /// Stage names as HTTP tokens and label values: `[A-Za-z0-9_-]`, others `_`.
 pub(crate) fn sanitize_stage(s: &str) -> String {
-    let s: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
+    let s: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     if s.is_empty() {
         "stage".into()
     } else {
@@ -672,11 +851,22 @@ pub(crate) fn sanitize_stage(s: &str) -> String {
 }
 
 fn success_response(out: JobOutput, spec: OutputSpec, total: Duration) -> Response {
-    let mut timings: Vec<(String, Duration)> = out.timings.iter().map(|(s, d)| (sanitize_stage(s), *d)).collect();
+    let mut timings: Vec<(String, Duration)> = out
+        .timings
+        .iter()
+        .map(|(s, d)| (sanitize_stage(s), *d))
+        .collect();
     timings.push(("total".into(), total));
-    let x_stage = timings.iter().map(|(s, d)| format!("{s}={:.6}", d.as_secs_f64())).collect::<Vec<_>>().join(",");
-    let server_timing =
-        timings.iter().map(|(s, d)| format!("{s};dur={:.3}", d.as_secs_f64() * 1e3)).collect::<Vec<_>>().join(", ");
+    let x_stage = timings
+        .iter()
+        .map(|(s, d)| format!("{s}={:.6}", d.as_secs_f64()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let server_timing = timings
+        .iter()
+        .map(|(s, d)| format!("{s};dur={:.3}", d.as_secs_f64() * 1e3))
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut r = (StatusCode::OK, out.encoded.body).into_response();
     let h = r.headers_mut();
     let mut set = |name: &'static str, value: String| {
@@ -691,13 +881,41 @@ fn success_response(out: JobOutput, spec: OutputSpec, total: Duration) -> Respon
     set("x-device", out.device.to_string());
     match spec {
         OutputSpec::Splat { format, encoding } => {
-            set("x-splat-format", if format == SplatFormat::Ply { "ply" } else { "spz" }.into());
-            set("x-encoding", if encoding == Encoding::Binary { "binary" } else { "base64" }.into());
+            set(
+                "x-splat-format",
+                if format == SplatFormat::Ply {
+                    "ply"
+                } else {
+                    "spz"
+                }
+                .into(),
+            );
+            set(
+                "x-encoding",
+                if encoding == Encoding::Binary {
+                    "binary"
+                } else {
+                    "base64"
+                }
+                .into(),
+            );
         }
-        OutputSpec::Video { resolution, frames, format } => {
+        OutputSpec::Video {
+            resolution,
+            frames,
+            format,
+        } => {
             set("x-video-res", resolution.to_string());
             set("x-video-frames", frames.to_string());
-            set("x-video-format", if format == VideoFormat::Mp4 { "mp4" } else { "gif" }.into());
+            set(
+                "x-video-format",
+                if format == VideoFormat::Mp4 {
+                    "mp4"
+                } else {
+                    "gif"
+                }
+                .into(),
+            );
         }
     }
     r
@@ -721,7 +939,11 @@ fn health_json(app: &App) -> (bool, serde_json::Value) {
             })
         })
         .collect();
-    let failed = app.pool.devices.iter().any(|d| matches!(d.state(), DeviceState::Failed(_)));
+    let failed = app
+        .pool
+        .devices
+        .iter()
+        .any(|d| matches!(d.state(), DeviceState::Failed(_)));
     let extension = app.extension.as_ref().map(|e| (e.name(), e.health()));
     let generators_ready = app.pool.is_ready() && !app.pool.is_draining();
     let ready = generators_ready && extension.as_ref().is_none_or(|(_, h)| h.ready);
@@ -752,7 +974,8 @@ async fn health(State(app): State<Arc<App>>) -> Response {
         let mut t = tracker;
         t.count("not_ready");
         let mut r = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(5u64));
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(5u64));
         r
     }
 }
@@ -762,7 +985,10 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     // Asking generators for memory may touch a driver: not on the runtime.
     let pool = app.pool.clone();
     let memory: Vec<(u32, Option<DeviceMemory>)> = tokio::task::spawn_blocking(move || {
-        pool.devices.iter().map(|d| (d.id, d.generator().and_then(|g| g.device_memory()))).collect()
+        pool.devices
+            .iter()
+            .map(|d| (d.id, d.generator().and_then(|g| g.device_memory())))
+            .collect()
     })
     .await
     .unwrap_or_default();
@@ -770,16 +996,26 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
     for d in &app.pool.devices {
         let dev = DeviceLabels { device: d.id };
-        m.queue_depth.get_or_create(&dev).set(gauge(d.depth() as u64));
-        m.queue_capacity.get_or_create(&dev).set(gauge(d.capacity as u64));
-        m.jobs_running.get_or_create(&dev).set(gauge(d.running() as u64));
+        m.queue_depth
+            .get_or_create(&dev)
+            .set(gauge(d.depth() as u64));
+        m.queue_capacity
+            .get_or_create(&dev)
+            .set(gauge(d.capacity as u64));
+        m.jobs_running
+            .get_or_create(&dev)
+            .set(gauge(d.running() as u64));
     }
     for (device, memory) in memory {
         let dev = DeviceLabels { device };
         match memory {
             Some(memory) => {
-                m.device_memory.get_or_create(&dev).set(gauge(memory.used_bytes));
-                m.device_memory_total.get_or_create(&dev).set(gauge(memory.total_bytes));
+                m.device_memory
+                    .get_or_create(&dev)
+                    .set(gauge(memory.used_bytes));
+                m.device_memory_total
+                    .get_or_create(&dev)
+                    .set(gauge(memory.total_bytes));
             }
             None => {
                 m.device_memory.remove(&dev);
@@ -808,15 +1044,13 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
 
 async fn version(State(app): State<Arc<App>>) -> Response {
     let tracker = Tracker::new(&app, "/version");
-    tracker.ok(
-        axum::Json(serde_json::json!({
-            "name": "splatforge-server",
-            "version": VERSION,
-            "git": GIT_HASH,
-            "generator": app.pool.generator_name(),
-        }))
-        .into_response(),
-    )
+    tracker.ok(axum::Json(serde_json::json!({
+        "name": "splatforge-server",
+        "version": VERSION,
+        "git": GIT_HASH,
+        "generator": app.pool.generator_name(),
+    }))
+    .into_response())
 }
 
 async fn not_found(State(app): State<Arc<App>>) -> Response {
@@ -830,12 +1064,17 @@ async fn not_found(State(app): State<Arc<App>>) -> Response {
 
 async fn method_not_allowed(State(app): State<Arc<App>>, uri: axum::http::Uri) -> Response {
     let tracker = Tracker::new(&app, "other");
-    let allow = if uri.path().starts_with("/generate") { "POST" } else { "GET, HEAD" };
+    let allow = if uri.path().starts_with("/generate") {
+        "POST"
+    } else {
+        "GET, HEAD"
+    };
     let mut r = tracker.fail(ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!("{} takes {allow}", uri.path()),
     ));
-    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     r
 }

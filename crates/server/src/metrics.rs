@@ -38,8 +38,10 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
-pub const LATENCY_BUCKETS: [f64; 17] =
-    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+pub const LATENCY_BUCKETS: [f64; 17] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+    600.0,
+];
 
 /// The `Content-Type` of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -152,14 +154,26 @@ impl Metrics {
             "Requests being handled now, by endpoint",
             m.in_flight.clone(),
         );
-        r.register("splatforge_http_connections_open", "Client connections open now", m.connections_open.clone());
+        r.register(
+            "splatforge_http_connections_open",
+            "Client connections open now",
+            m.connections_open.clone(),
+        );
         r.register(
             "splatforge_http_header_timeouts",
             "Connections closed because a request's headers did not arrive within the header timeout",
             m.header_timeouts.clone(),
         );
-        r.register("splatforge_jobs", "Jobs that left a device queue, by device and outcome", m.jobs.clone());
-        r.register("splatforge_queue_wait_seconds", "Time a job waited in its device queue", m.queue_wait.clone());
+        r.register(
+            "splatforge_jobs",
+            "Jobs that left a device queue, by device and outcome",
+            m.jobs.clone(),
+        );
+        r.register(
+            "splatforge_queue_wait_seconds",
+            "Time a job waited in its device queue",
+            m.queue_wait.clone(),
+        );
         r.register(
             "splatforge_generation_duration_seconds",
             "Wall time of Generator::generate, by device",
@@ -170,9 +184,21 @@ impl Metrics {
             "Wall time of each stage (the generator's stages, queue, encode, render), by stage",
             m.stage.clone(),
         );
-        r.register("splatforge_queue_depth", "Jobs waiting in a device queue", m.queue_depth.clone());
-        r.register("splatforge_queue_capacity", "Capacity of a device queue (--queue-size)", m.queue_capacity.clone());
-        r.register("splatforge_jobs_running", "Jobs a device's workers are running now", m.jobs_running.clone());
+        r.register(
+            "splatforge_queue_depth",
+            "Jobs waiting in a device queue",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "splatforge_queue_capacity",
+            "Capacity of a device queue (--queue-size)",
+            m.queue_capacity.clone(),
+        );
+        r.register(
+            "splatforge_jobs_running",
+            "Jobs a device's workers are running now",
+            m.jobs_running.clone(),
+        );
         r.register(
             "splatforge_device_memory_bytes",
             "Memory in use on a GPU (all processes, as nvidia-smi counts it), from the CUDA driver; absent on the CPU",
@@ -183,7 +209,11 @@ impl Metrics {
             "Total memory of a GPU, from the CUDA driver; absent on the CPU",
             m.device_memory_total.clone(),
         );
-        r.register("splatforge_ready", "1 once every device's generator is loaded and warmed up", m.ready.clone());
+        r.register(
+            "splatforge_ready",
+            "1 once every device's generator is loaded and warmed up",
+            m.ready.clone(),
+        );
         r.register(
             "splatforge_build_info",
             "Always 1; labels carry the version, git hash and generator",
@@ -194,13 +224,19 @@ impl Metrics {
 
     /// Counts one answered (or abandoned) request and its duration.
     pub fn count_request(&self, endpoint: &'static str, outcome: &'static str, duration: Duration) {
-        self.requests.get_or_create(&RequestLabels { endpoint, outcome }).inc();
-        self.request_duration.get_or_create(&EndpointLabels { endpoint }).observe(duration.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels { endpoint, outcome })
+            .inc();
+        self.request_duration
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(duration.as_secs_f64());
     }
 
     /// Counts one job leaving a device queue.
     pub fn count_job(&self, device: u32, outcome: &'static str) {
-        self.jobs.get_or_create(&JobLabels { device, outcome }).inc();
+        self.jobs
+            .get_or_create(&JobLabels { device, outcome })
+            .inc();
     }
 
     /// Everything, in the Prometheus text format (version 0.0.4).
@@ -221,26 +257,51 @@ mod tests {
         let m = Metrics::new();
         m.count_request("/generate/", "ok", Duration::from_millis(30));
         m.count_request("/generate/", "ok", Duration::from_millis(30));
-        m.stage.get_or_create(&StageLabels { stage: "fit \"x\"".into() }).observe(0.03);
-        m.queue_depth.get_or_create(&DeviceLabels { device: 0 }).set(3);
+        m.stage
+            .get_or_create(&StageLabels {
+                stage: "fit \"x\"".into(),
+            })
+            .observe(0.03);
+        m.queue_depth
+            .get_or_create(&DeviceLabels { device: 0 })
+            .set(3);
         let text = m.render();
-        assert!(text.contains("# TYPE splatforge_http_requests_total counter\n"), "{text}");
-        assert!(text.contains("splatforge_http_requests_total{endpoint=\"/generate/\",outcome=\"ok\"} 2\n"), "{text}");
-        assert!(text.contains("splatforge_http_request_duration_seconds_count{endpoint=\"/generate/\"} 2\n"), "{text}");
+        assert!(
+            text.contains("# TYPE splatforge_http_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "splatforge_http_requests_total{endpoint=\"/generate/\",outcome=\"ok\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "splatforge_http_request_duration_seconds_count{endpoint=\"/generate/\"} 2\n"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("splatforge_stage_duration_seconds_bucket{stage=\"fit \\\"x\\\"\",le=\"0.025\"} 0\n"),
             "{text}"
         );
         assert!(
-            text.contains("splatforge_stage_duration_seconds_bucket{stage=\"fit \\\"x\\\"\",le=\"0.05\"} 1\n"),
+            text.contains(
+                "splatforge_stage_duration_seconds_bucket{stage=\"fit \\\"x\\\"\",le=\"0.05\"} 1\n"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("splatforge_stage_duration_seconds_bucket{stage=\"fit \\\"x\\\"\",le=\"+Inf\"} 1\n"),
+            text.contains(
+                "splatforge_stage_duration_seconds_bucket{stage=\"fit \\\"x\\\"\",le=\"+Inf\"} 1\n"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("# TYPE splatforge_queue_depth gauge\nsplatforge_queue_depth{device=\"0\"} 3\n"),
+            text.contains(
+                "# TYPE splatforge_queue_depth gauge\nsplatforge_queue_depth{device=\"0\"} 3\n"
+            ),
             "{text}"
         );
         assert!(text.contains("\nsplatforge_ready 0\n"), "{text}");

@@ -40,7 +40,11 @@ pub enum VideoFormat {
 
 impl VideoFormat {
     /// MP4 when the encoder is built in, else GIF.
-    pub const DEFAULT: VideoFormat = if cfg!(feature = "mp4") { VideoFormat::Mp4 } else { VideoFormat::Gif };
+    pub const DEFAULT: VideoFormat = if cfg!(feature = "mp4") {
+        VideoFormat::Mp4
+    } else {
+        VideoFormat::Gif
+    };
 
     pub fn available(self) -> bool {
         self == VideoFormat::Gif || cfg!(feature = "mp4")
@@ -50,10 +54,17 @@ impl VideoFormat {
 /// What a job produces from its Gaussians.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputSpec {
-    Splat { format: SplatFormat, encoding: Encoding },
+    Splat {
+        format: SplatFormat,
+        encoding: Encoding,
+    },
     /// A turntable of `frames` square frames of `resolution` pixels (even
     /// for MP4) at 25 frames per second.
-    Video { resolution: u32, frames: u32, format: VideoFormat },
+    Video {
+        resolution: u32,
+        frames: u32,
+        format: VideoFormat,
+    },
 }
 
 /// Turntable frame rate.
@@ -71,7 +82,11 @@ fn failed(e: impl std::fmt::Display) -> GenerationError {
     GenerationError::Failed(e.to_string())
 }
 
-pub fn encode(g: &Gaussians, spec: &OutputSpec, cancel: &CancelToken) -> Result<Encoded, GenerationError> {
+pub fn encode(
+    g: &Gaussians,
+    spec: &OutputSpec,
+    cancel: &CancelToken,
+) -> Result<Encoded, GenerationError> {
     match *spec {
         OutputSpec::Splat { format, encoding } => {
             let t = Instant::now();
@@ -82,13 +97,24 @@ pub fn encode(g: &Gaussians, spec: &OutputSpec, cancel: &CancelToken) -> Result<
             .map_err(failed)?;
             let (body, content_type) = match encoding {
                 Encoding::Binary => (bytes, "application/octet-stream"),
-                Encoding::Base64 => {
-                    (base64::engine::general_purpose::STANDARD.encode(bytes).into_bytes(), "text/plain; charset=utf-8")
-                }
+                Encoding::Base64 => (
+                    base64::engine::general_purpose::STANDARD
+                        .encode(bytes)
+                        .into_bytes(),
+                    "text/plain; charset=utf-8",
+                ),
             };
-            Ok(Encoded { body, content_type, timings: vec![("encode".into(), t.elapsed())] })
+            Ok(Encoded {
+                body,
+                content_type,
+                timings: vec![("encode".into(), t.elapsed())],
+            })
         }
-        OutputSpec::Video { resolution, frames, format } => {
+        OutputSpec::Video {
+            resolution,
+            frames,
+            format,
+        } => {
             let t = Instant::now();
             let images = turntable(g, resolution, frames, cancel)?;
             let rendered = t.elapsed();
@@ -98,9 +124,15 @@ pub fn encode(g: &Gaussians, spec: &OutputSpec, cancel: &CancelToken) -> Result<
                 #[cfg(feature = "mp4")]
                 VideoFormat::Mp4 => (mp4_h264::encode(&images, VIDEO_FPS, cancel)?, "video/mp4"),
                 #[cfg(not(feature = "mp4"))]
-                VideoFormat::Mp4 => return Err(failed("this build has no MP4 encoder (feature `mp4`)")),
+                VideoFormat::Mp4 => {
+                    return Err(failed("this build has no MP4 encoder (feature `mp4`)"))
+                }
             };
-            Ok(Encoded { body, content_type, timings: vec![("render".into(), rendered), ("encode".into(), t.elapsed())] })
+            Ok(Encoded {
+                body,
+                content_type,
+                timings: vec![("render".into(), rendered), ("encode".into(), t.elapsed())],
+            })
         }
     }
 }
@@ -119,23 +151,35 @@ pub fn turntable_cameras(resolution: u32, frames: u32) -> Vec<Camera> {
         .collect()
 }
 
-fn turntable(g: &Gaussians, resolution: u32, frames: u32, cancel: &CancelToken) -> Result<Vec<RgbaImage>, GenerationError> {
+fn turntable(
+    g: &Gaussians,
+    resolution: u32,
+    frames: u32,
+    cancel: &CancelToken,
+) -> Result<Vec<RgbaImage>, GenerationError> {
     let mut g = g.clone();
     if !g.is_empty() {
         fit_to_box(&mut g, VALIDATOR_BOX).map_err(failed)?;
     }
     let buffers = GaussianBuffers::from(&g);
-    let options = RenderOptions { background: [1.0; 3], ..Default::default() };
+    let options = RenderOptions {
+        background: [1.0; 3],
+        ..Default::default()
+    };
     let mut out = Vec::with_capacity(frames as usize);
     for camera in turntable_cameras(resolution, frames) {
         cancel.check()?;
-        let img = render(&buffers.params(), std::slice::from_ref(&camera), &options).map_err(failed)?.remove(0);
+        let img = render(&buffers.params(), std::slice::from_ref(&camera), &options)
+            .map_err(failed)?
+            .remove(0);
         let rgb = img.rgb8();
         let mut rgba = Vec::with_capacity(rgb.len() / 3 * 4);
         for p in rgb.chunks_exact(3) {
             rgba.extend_from_slice(&[p[0], p[1], p[2], 255]);
         }
-        out.push(RgbaImage::from_raw(img.width, img.height, rgba).expect("width × height × 4 bytes"));
+        out.push(
+            RgbaImage::from_raw(img.width, img.height, rgba).expect("width × height × 4 bytes"),
+        );
     }
     Ok(out)
 }
@@ -149,7 +193,9 @@ fn encode_gif(frames: Vec<RgbaImage>, cancel: &CancelToken) -> Result<Vec<u8>, G
         let delay = Delay::from_numer_denom_ms(1000, VIDEO_FPS);
         for f in frames {
             cancel.check()?;
-            encoder.encode_frame(Frame::from_parts(f, 0, 0, delay)).map_err(failed)?;
+            encoder
+                .encode_frame(Frame::from_parts(f, 0, 0, delay))
+                .map_err(failed)?;
         }
     }
     Ok(out)
@@ -164,8 +210,12 @@ mod mp4_h264 {
 
     use axum::body::Bytes;
     use image::RgbaImage;
-    use mp4::{AvcConfig, FourCC, MediaConfig, Mp4Config, Mp4Sample, Mp4Writer, TrackConfig, TrackType};
-    use openh264::encoder::{Encoder, EncoderConfig, FrameRate, FrameType, QpRange, RateControlMode};
+    use mp4::{
+        AvcConfig, FourCC, MediaConfig, Mp4Config, Mp4Sample, Mp4Writer, TrackConfig, TrackType,
+    };
+    use openh264::encoder::{
+        Encoder, EncoderConfig, FrameRate, FrameType, QpRange, RateControlMode,
+    };
     use openh264::formats::{RgbSliceU8, YUVBuffer};
     use openh264::OpenH264API;
 
@@ -186,8 +236,15 @@ mod mp4_h264 {
         }
     }
 
-    pub fn encode(frames: &[RgbaImage], fps: u32, cancel: &CancelToken) -> Result<Vec<u8>, GenerationError> {
-        let (w, h) = frames.first().map(|f| f.dimensions()).ok_or_else(|| failed("no frames"))?;
+    pub fn encode(
+        frames: &[RgbaImage],
+        fps: u32,
+        cancel: &CancelToken,
+    ) -> Result<Vec<u8>, GenerationError> {
+        let (w, h) = frames
+            .first()
+            .map(|f| f.dimensions())
+            .ok_or_else(|| failed("no frames"))?;
         if w % 2 != 0 || h % 2 != 0 {
             return Err(failed(format!("H.264 needs even dimensions, got {w}×{h}")));
         }
@@ -197,7 +254,8 @@ mod mp4_h264 {
             .qp(QpRange::new(16, 24))
             .max_frame_rate(FrameRate::from_hz(fps as f32))
             .skip_frames(false);
-        let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config).map_err(failed)?;
+        let mut encoder =
+            Encoder::with_api_config(OpenH264API::from_source(), config).map_err(failed)?;
         let (mut sps, mut pps) = (None::<Vec<u8>>, None::<Vec<u8>>);
         // (AVCC sample bytes, is sync, frames it covers)
         let mut samples: Vec<(Vec<u8>, bool, u32)> = Vec::with_capacity(frames.len());
@@ -246,10 +304,14 @@ mod mp4_h264 {
         let mp4_config = Mp4Config {
             major_brand: brand("isom"),
             minor_version: 512,
-            compatible_brands: ["isom", "iso2", "avc1", "mp41"].iter().map(|s| brand(s)).collect(),
+            compatible_brands: ["isom", "iso2", "avc1", "mp41"]
+                .iter()
+                .map(|s| brand(s))
+                .collect(),
             timescale: 1000,
         };
-        let mut writer = Mp4Writer::write_start(Cursor::new(Vec::new()), &mp4_config).map_err(failed)?;
+        let mut writer =
+            Mp4Writer::write_start(Cursor::new(Vec::new()), &mp4_config).map_err(failed)?;
         writer
             .add_track(&TrackConfig {
                 track_type: TrackType::Video,
@@ -267,7 +329,13 @@ mod mp4_h264 {
         let mut start = 0u64;
         for (bytes, is_sync, n) in samples {
             let duration = tick * n;
-            let sample = Mp4Sample { start_time: start, duration, rendering_offset: 0, is_sync, bytes: Bytes::from(bytes) };
+            let sample = Mp4Sample {
+                start_time: start,
+                duration,
+                rendering_offset: 0,
+                is_sync,
+                bytes: Bytes::from(bytes),
+            };
             writer.write_sample(1, &sample).map_err(failed)?;
             start += duration as u64;
         }

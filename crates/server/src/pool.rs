@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
-use crate::generator::{CancelToken, GenerationError, GenerationRequest, Generator, GeneratorFactory};
+use crate::generator::{
+    CancelToken, GenerationError, GenerationRequest, Generator, GeneratorFactory,
+};
 use crate::metrics::{DeviceLabels, Metrics, StageLabels};
 use crate::output::{self, Encoded, OutputSpec};
 
@@ -93,7 +95,10 @@ impl Device {
             id,
             workers,
             capacity,
-            queue: Mutex::new(QueueState { jobs: VecDeque::new(), closed: false }),
+            queue: Mutex::new(QueueState {
+                jobs: VecDeque::new(),
+                closed: false,
+            }),
             available: Condvar::new(),
             running: AtomicUsize::new(0),
             state: Mutex::new(DeviceState::Loading),
@@ -167,8 +172,13 @@ impl Device {
     fn record_job_time(&self, d: Duration) {
         let new = d.as_secs_f64();
         let old = f64::from_bits(self.avg_job_secs.load(Ordering::Relaxed));
-        let avg = if old == 0.0 { new } else { 0.7 * old + 0.3 * new };
-        self.avg_job_secs.store(avg.max(1e-6).to_bits(), Ordering::Relaxed);
+        let avg = if old == 0.0 {
+            new
+        } else {
+            0.7 * old + 0.3 * new
+        };
+        self.avg_job_secs
+            .store(avg.max(1e-6).to_bits(), Ordering::Relaxed);
     }
 
     /// Seconds until a slot is likely to free up, for `Retry-After`.
@@ -226,7 +236,10 @@ impl Pool {
     ) -> Arc<Pool> {
         let (status, _) = watch::channel(PoolStatus::Loading);
         let pool = Arc::new(Pool {
-            devices: devices.iter().map(|&id| Arc::new(Device::new(id, workers_per_device.max(1), queue_size))).collect(),
+            devices: devices
+                .iter()
+                .map(|&id| Arc::new(Device::new(id, workers_per_device.max(1), queue_size)))
+                .collect(),
             root: CancelToken::new(),
             metrics,
             draining: AtomicBool::new(false),
@@ -246,7 +259,10 @@ impl Pool {
     }
 
     fn push_thread(&self, h: JoinHandle<()>) {
-        self.threads.lock().unwrap_or_else(|e| e.into_inner()).push(h);
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(h);
     }
 
     pub fn subscribe(&self) -> watch::Receiver<PoolStatus> {
@@ -282,7 +298,9 @@ impl Pool {
 
     /// The generator name of the first loaded device.
     pub fn generator_name(&self) -> Option<String> {
-        self.devices.iter().find_map(|d| d.generator().map(|g| g.name().to_string()))
+        self.devices
+            .iter()
+            .find_map(|d| d.generator().map(|g| g.name().to_string()))
     }
 
     /// Queues a job on the least loaded ready device with room.
@@ -302,11 +320,20 @@ impl Pool {
         job.id = id;
         for d in &order {
             match d.try_push(job) {
-                Ok(()) => return Ok(Ticket { device: Arc::clone(d), id }),
+                Ok(()) => {
+                    return Ok(Ticket {
+                        device: Arc::clone(d),
+                        id,
+                    })
+                }
                 Err(j) => job = j,
             }
         }
-        let retry_after_secs = order.iter().map(|d| d.retry_after_secs()).min().unwrap_or(5);
+        let retry_after_secs = order
+            .iter()
+            .map(|d| d.retry_after_secs())
+            .min()
+            .unwrap_or(5);
         Err((job, Rejection::QueueFull { retry_after_secs }))
     }
 
@@ -328,7 +355,8 @@ impl Pool {
     /// Joins every thread (call after [`Pool::close`]); blocking.
     pub fn join(&self) {
         loop {
-            let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+            let handles: Vec<JoinHandle<()>> =
+                std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
             if handles.is_empty() {
                 return;
             }
@@ -351,12 +379,24 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 fn load_device(pool: Arc<Pool>, device: Arc<Device>, factory: Arc<dyn GeneratorFactory>) {
     let id = device.id;
-    let loaded = catch_unwind(AssertUnwindSafe(|| -> Result<Arc<dyn Generator>, String> {
-        let g: Arc<dyn Generator> = Arc::from(factory.build(id).map_err(|e| format!("device {id}: loading: {e}"))?);
-        g.warm_up().map_err(|e| format!("device {id}: warm-up: {e}"))?;
-        Ok(g)
-    }))
-    .unwrap_or_else(|p| Err(format!("device {id}: panic while loading: {}", panic_message(&*p))));
+    let loaded = catch_unwind(AssertUnwindSafe(
+        || -> Result<Arc<dyn Generator>, String> {
+            let g: Arc<dyn Generator> = Arc::from(
+                factory
+                    .build(id)
+                    .map_err(|e| format!("device {id}: loading: {e}"))?,
+            );
+            g.warm_up()
+                .map_err(|e| format!("device {id}: warm-up: {e}"))?;
+            Ok(g)
+        },
+    ))
+    .unwrap_or_else(|p| {
+        Err(format!(
+            "device {id}: panic while loading: {}",
+            panic_message(&*p)
+        ))
+    });
     match loaded {
         Ok(g) => {
             let _ = device.generator.set(g);
@@ -375,7 +415,9 @@ fn load_device(pool: Arc<Pool>, device: Arc<Device>, factory: Arc<dyn GeneratorF
             // Nobody will serve this queue: fail whatever got in.
             device.close();
             while let Some(job) = device.pop() {
-                let _ = job.reply.send(Err(JobFailure::Failed("the device failed to load".into())));
+                let _ = job
+                    .reply
+                    .send(Err(JobFailure::Failed("the device failed to load".into())));
             }
         }
     }
@@ -383,7 +425,10 @@ fn load_device(pool: Arc<Pool>, device: Arc<Device>, factory: Arc<dyn GeneratorF
 }
 
 fn worker_loop(pool: Arc<Pool>, device: Arc<Device>) {
-    let generator = device.generator().expect("workers start after loading").clone();
+    let generator = device
+        .generator()
+        .expect("workers start after loading")
+        .clone();
     let dev = DeviceLabels { device: device.id };
     while let Some(job) = device.pop() {
         let metrics = &pool.metrics;
@@ -394,31 +439,46 @@ fn worker_loop(pool: Arc<Pool>, device: Arc<Device>) {
             continue;
         }
         device.running.fetch_add(1, Ordering::AcqRel);
-        metrics.queue_wait.get_or_create(&dev).observe(waited.as_secs_f64());
+        metrics
+            .queue_wait
+            .get_or_create(&dev)
+            .observe(waited.as_secs_f64());
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| {
             let t = Instant::now();
             let generation = generator.generate(&job.request, &job.cancel);
             let generate_time = t.elapsed();
-            metrics.generation.get_or_create(&dev).observe(generate_time.as_secs_f64());
+            metrics
+                .generation
+                .get_or_create(&dev)
+                .observe(generate_time.as_secs_f64());
             let generation = generation?;
             job.cancel.check()?;
             let mut timings = vec![("queue".to_string(), waited)];
             timings.extend(generation.stage_timings.iter().cloned());
             let encoded = output::encode(&generation.gaussians, &job.output, &job.cancel)?;
             timings.extend(encoded.timings.iter().cloned());
-            Ok::<_, GenerationError>(JobOutput { gaussians: generation.gaussians.len(), encoded, timings, device: device.id })
+            Ok::<_, GenerationError>(JobOutput {
+                gaussians: generation.gaussians.len(),
+                encoded,
+                timings,
+                device: device.id,
+            })
         }));
         let (outcome, reply) = match result {
             Ok(Ok(out)) => {
                 for (stage, d) in &out.timings {
-                    let stage = StageLabels { stage: crate::sanitize_stage(stage) };
+                    let stage = StageLabels {
+                        stage: crate::sanitize_stage(stage),
+                    };
                     metrics.stage.get_or_create(&stage).observe(d.as_secs_f64());
                 }
                 ("ok", Ok(out))
             }
             Ok(Err(GenerationError::Cancelled)) => ("cancelled", Err(JobFailure::Cancelled)),
-            Ok(Err(GenerationError::OutOfMemory(m))) => ("out_of_memory", Err(JobFailure::OutOfMemory(m))),
+            Ok(Err(GenerationError::OutOfMemory(m))) => {
+                ("out_of_memory", Err(JobFailure::OutOfMemory(m)))
+            }
             Ok(Err(GenerationError::Failed(m))) => ("failed", Err(JobFailure::Failed(m))),
             Err(p) => ("panicked", Err(JobFailure::Panicked(panic_message(&*p)))),
         };

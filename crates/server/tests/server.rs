@@ -15,12 +15,19 @@ use splatforge_splat::validate::{validate, ValidationConfig};
 use splatforge_splat::Gaussians;
 
 fn relaxed() -> ValidationConfig {
-    ValidationConfig { min_gaussians: 1, ..Default::default() }
+    ValidationConfig {
+        min_gaussians: 1,
+        ..Default::default()
+    }
 }
 
 fn assert_valid(g: &Gaussians) {
     let report = validate(g, &relaxed());
-    assert!(report.passed, "validator checks failed: {:?}", report.checks);
+    assert!(
+        report.passed,
+        "validator checks failed: {:?}",
+        report.checks
+    );
 }
 
 async fn json(r: reqwest::Response) -> serde_json::Value {
@@ -44,15 +51,26 @@ async fn generate_returns_a_valid_binary_ply_with_stage_timings() {
     assert!(h["server-timing"].to_str().unwrap().contains("layout;dur="));
     let body = r.bytes().await.unwrap();
     assert!(body.starts_with(b"ply\nformat binary_little_endian 1.0\n"));
-    assert!(std::str::from_utf8(&body[..400]).is_err() || body.windows(18).any(|w| w == b"property float nx\n"));
+    assert!(
+        std::str::from_utf8(&body[..400]).is_err()
+            || body.windows(18).any(|w| w == b"property float nx\n")
+    );
     let g = read_ply(&body).unwrap();
     assert_eq!(g.len(), 800);
     assert_valid(&g);
 
     // Seeded and deterministic; another prompt gives another splat.
-    let again = post_generate(&c, &s, &[("prompt", "a red chair"), ("seed", "7")]).await.bytes().await.unwrap();
+    let again = post_generate(&c, &s, &[("prompt", "a red chair"), ("seed", "7")])
+        .await
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(body, again);
-    let other = post_generate(&c, &s, &[("prompt", "a blue lamp"), ("seed", "7")]).await.bytes().await.unwrap();
+    let other = post_generate(&c, &s, &[("prompt", "a blue lamp"), ("seed", "7")])
+        .await
+        .bytes()
+        .await
+        .unwrap();
     assert_ne!(body, other);
     assert_eq!(s.stats().prompts.lock().unwrap()[0], "a red chair");
     s.stop().await.unwrap();
@@ -62,7 +80,14 @@ async fn generate_returns_a_valid_binary_ply_with_stage_timings() {
 async fn spz_and_base64_variants_and_urlencoded_and_json_bodies() {
     let s = TestServer::ready(test_config(), TestGeneratorSpec::default()).await;
     let c = client();
-    let reference = read_ply(&post_generate(&c, &s, &[("prompt", "a cat")]).await.bytes().await.unwrap()).unwrap();
+    let reference = read_ply(
+        &post_generate(&c, &s, &[("prompt", "a cat")])
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
 
     // 404's zstd SPZ, urlencoded as the old miner's aiohttp sends it.
     let r = c
@@ -79,17 +104,45 @@ async fn spz_and_base64_variants_and_urlencoded_and_json_bodies() {
     let g = read_spz(&bytes).unwrap();
     assert_eq!(g.len(), reference.len());
     assert_valid(&g);
-    let max_err = g.means.iter().zip(&reference.means).flat_map(|(a, b)| (0..3).map(move |k| (a[k] - b[k]).abs())).fold(0f32, f32::max);
-    assert!(max_err < 1e-2, "SPZ positions within quantisation: {max_err}");
+    let max_err = g
+        .means
+        .iter()
+        .zip(&reference.means)
+        .flat_map(|(a, b)| (0..3).map(move |k| (a[k] - b[k]).abs()))
+        .fold(0f32, f32::max);
+    assert!(
+        max_err < 1e-2,
+        "SPZ positions within quantisation: {max_err}"
+    );
 
     // base64 PLY (the pre-2025 transport) and base64 SPZ (the validators').
     let b64 = base64::engine::general_purpose::STANDARD;
     let r = post_generate(&c, &s, &[("prompt", "a cat"), ("encoding", "base64")]).await;
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
-    assert_eq!(read_ply(&b64.decode(r.bytes().await.unwrap()).unwrap()).unwrap(), reference);
-    let r = post_generate(&c, &s, &[("prompt", "a cat"), ("format", "SPZ"), ("encoding", "base64")]).await;
-    assert_eq!(read_spz(&b64.decode(r.bytes().await.unwrap()).unwrap()).unwrap().len(), reference.len());
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    assert_eq!(
+        read_ply(&b64.decode(r.bytes().await.unwrap()).unwrap()).unwrap(),
+        reference
+    );
+    let r = post_generate(
+        &c,
+        &s,
+        &[
+            ("prompt", "a cat"),
+            ("format", "SPZ"),
+            ("encoding", "base64"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        read_spz(&b64.decode(r.bytes().await.unwrap()).unwrap())
+            .unwrap()
+            .len(),
+        reference.len()
+    );
 
     // A JSON object works too; unknown fields are ignored.
     let r = c
@@ -99,14 +152,25 @@ async fn spz_and_base64_variants_and_urlencoded_and_json_bodies() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(read_ply(&r.bytes().await.unwrap()).unwrap(), reference, "seed 0 = no seed for the test generator");
+    assert_eq!(
+        read_ply(&r.bytes().await.unwrap()).unwrap(),
+        reference,
+        "seed 0 = no seed for the test generator"
+    );
     s.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_503_until_warmed_up_then_200_and_version_names_the_generator() {
     let spec = TestGeneratorSpec::default().warm_up(Duration::from_millis(700));
-    let s = TestServer::start(ServerConfig { devices: vec![0, 1], ..test_config() }, spec).await;
+    let s = TestServer::start(
+        ServerConfig {
+            devices: vec![0, 1],
+            ..test_config()
+        },
+        spec,
+    )
+    .await;
     let c = client();
     let r = c.get(s.url("/health")).send().await.unwrap();
     assert_eq!(r.status(), 503);
@@ -122,7 +186,11 @@ async fn health_is_503_until_warmed_up_then_200_and_version_names_the_generator(
     assert_eq!(v["generator"], serde_json::Value::Null);
 
     s.wait_ready().await;
-    assert_eq!(s.stats().warm_ups.load(Ordering::SeqCst), 2, "one generator per device, each warmed up");
+    assert_eq!(
+        s.stats().warm_ups.load(Ordering::SeqCst),
+        2,
+        "one generator per device, each warmed up"
+    );
     let body = json(c.get(s.url("/health")).send().await.unwrap()).await;
     assert_eq!(body["status"], "ready");
     assert_eq!(body["generator"], "test-generator");
@@ -133,55 +201,141 @@ async fn health_is_503_until_warmed_up_then_200_and_version_names_the_generator(
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(v["generator"], "test-generator");
     assert!(v.get("git").is_some());
-    assert_eq!(post_generate(&c, &s, &[("prompt", "now")]).await.status(), 200);
+    assert_eq!(
+        post_generate(&c, &s, &[("prompt", "now")]).await.status(),
+        200
+    );
     s.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_4xx_with_a_json_error() {
-    let s = TestServer::ready(ServerConfig { max_body_bytes: 64 * 1024, ..test_config() }, TestGeneratorSpec::default()).await;
+    let s = TestServer::ready(
+        ServerConfig {
+            max_body_bytes: 64 * 1024,
+            ..test_config()
+        },
+        TestGeneratorSpec::default(),
+    )
+    .await;
     let c = client();
     async fn expect(r: reqwest::Response, status: u16, needle: &str) {
         assert_eq!(r.status(), status);
-        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"));
         let body: serde_json::Value = r.json().await.unwrap();
         let msg = body["error"].as_str().expect("an error message");
         assert!(msg.contains(needle), "{msg:?} should contain {needle:?}");
     }
     let form = |body: Vec<u8>| {
-        c.post(s.url("/generate/")).header("content-type", "application/x-www-form-urlencoded").body(body).send()
+        c.post(s.url("/generate/"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
     };
-    expect(post_generate(&c, &s, &[("seed", "1")]).await, 400, "missing form field 'prompt'").await;
+    expect(
+        post_generate(&c, &s, &[("seed", "1")]).await,
+        400,
+        "missing form field 'prompt'",
+    )
+    .await;
     expect(post_generate(&c, &s, &[("prompt", "")]).await, 400, "empty").await;
-    expect(post_generate(&c, &s, &[("prompt", " \t\n ")]).await, 400, "empty").await;
+    expect(
+        post_generate(&c, &s, &[("prompt", " \t\n ")]).await,
+        400,
+        "empty",
+    )
+    .await;
     expect(form(b"".to_vec()).await.unwrap(), 400, "missing").await;
 
     // Characters, not bytes: 1024 two-byte characters pass, 1025 do not.
     let ok = "é".repeat(1024);
-    assert_eq!(post_generate(&c, &s, &[("prompt", &ok)]).await.status(), 200);
-    expect(post_generate(&c, &s, &[("prompt", &"é".repeat(1025))]).await, 400, "1025 characters").await;
-    expect(post_generate(&c, &s, &[("prompt", &"a".repeat(1100))]).await, 400, "at most 1024").await;
+    assert_eq!(
+        post_generate(&c, &s, &[("prompt", &ok)]).await.status(),
+        200
+    );
+    expect(
+        post_generate(&c, &s, &[("prompt", &"é".repeat(1025))]).await,
+        400,
+        "1025 characters",
+    )
+    .await;
+    expect(
+        post_generate(&c, &s, &[("prompt", &"a".repeat(1100))]).await,
+        400,
+        "at most 1024",
+    )
+    .await;
 
     // Invalid UTF-8, percent-encoded and raw in a multipart part.
-    expect(form(b"prompt=caf%E9".to_vec()).await.unwrap(), 400, "not valid UTF-8").await;
+    expect(
+        form(b"prompt=caf%E9".to_vec()).await.unwrap(),
+        400,
+        "not valid UTF-8",
+    )
+    .await;
     let part = reqwest::multipart::Part::bytes(vec![b'a', 0xff, 0xfe, b'b']);
-    let r = c.post(s.url("/generate/")).multipart(reqwest::multipart::Form::new().part("prompt", part)).send().await.unwrap();
+    let r = c
+        .post(s.url("/generate/"))
+        .multipart(reqwest::multipart::Form::new().part("prompt", part))
+        .send()
+        .await
+        .unwrap();
     expect(r, 400, "not valid UTF-8").await;
 
     // Too large: by Content-Length, and streamed without one.
-    expect(form(vec![b'a'; 64 * 1024 + 1]).await.unwrap(), 413, "over 65536 bytes").await;
+    expect(
+        form(vec![b'a'; 64 * 1024 + 1]).await.unwrap(),
+        413,
+        "over 65536 bytes",
+    )
+    .await;
     let (status, text) = raw_chunked_post(&s, "/generate/", 65, 1024).await;
     assert_eq!(status, 413, "{text}");
     assert!(text.contains("\"error\""), "{text}");
 
-    expect(post_generate(&c, &s, &[("prompt", "x"), ("seed", "-3")]).await, 400, "seed").await;
-    expect(post_generate(&c, &s, &[("prompt", "x"), ("format", "obj")]).await, 400, "format").await;
-    expect(post_generate(&c, &s, &[("prompt", "x"), ("encoding", "hex")]).await, 400, "encoding").await;
-    let r = c.post(s.url("/generate/")).header("content-type", "text/plain").body("prompt=x").send().await.unwrap();
+    expect(
+        post_generate(&c, &s, &[("prompt", "x"), ("seed", "-3")]).await,
+        400,
+        "seed",
+    )
+    .await;
+    expect(
+        post_generate(&c, &s, &[("prompt", "x"), ("format", "obj")]).await,
+        400,
+        "format",
+    )
+    .await;
+    expect(
+        post_generate(&c, &s, &[("prompt", "x"), ("encoding", "hex")]).await,
+        400,
+        "encoding",
+    )
+    .await;
+    let r = c
+        .post(s.url("/generate/"))
+        .header("content-type", "text/plain")
+        .body("prompt=x")
+        .send()
+        .await
+        .unwrap();
     expect(r, 415, "Content-Type").await;
-    let r = c.post(s.url("/generate/")).header("content-type", "application/json").body("[1]").send().await.unwrap();
+    let r = c
+        .post(s.url("/generate/"))
+        .header("content-type", "application/json")
+        .body("[1]")
+        .send()
+        .await
+        .unwrap();
     expect(r, 400, "object").await;
-    expect(c.get(s.url("/nope")).send().await.unwrap(), 404, "no such endpoint").await;
+    expect(
+        c.get(s.url("/nope")).send().await.unwrap(),
+        404,
+        "no such endpoint",
+    )
+    .await;
     let r = c.get(s.url("/generate/")).send().await.unwrap();
     assert_eq!(r.headers()["allow"], "POST");
     expect(r, 405, "takes POST").await;
@@ -189,13 +343,28 @@ async fn bad_input_gets_4xx_with_a_json_error() {
     // None of it reached the generator except the one good prompt, and the
     // server still serves.
     assert_eq!(s.stats().calls.load(Ordering::SeqCst), 1);
-    assert_eq!(post_generate(&c, &s, &[("prompt", "fine")]).await.status(), 200);
+    assert_eq!(
+        post_generate(&c, &s, &[("prompt", "fine")]).await.status(),
+        200
+    );
     let m = s.metrics().await;
-    assert_eq!(sample(&m, r#"splatforge_http_requests_total{endpoint="/generate/",outcome="bad_request"}"#), 12.0, "{m}");
-    assert_eq!(sample(&m, r#"splatforge_http_requests_total{endpoint="/generate/",outcome="payload_too_large"}"#), 2.0);
+    assert_eq!(
+        sample(
+            &m,
+            r#"splatforge_http_requests_total{endpoint="/generate/",outcome="bad_request"}"#
+        ),
+        12.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"splatforge_http_requests_total{endpoint="/generate/",outcome="payload_too_large"}"#
+        ),
+        2.0
+    );
     s.stop().await.unwrap();
 }
-
 
 /// POSTs `chunks` chunks of `size` bytes with chunked transfer encoding (no
 /// Content-Length) over a raw socket; returns the status and the raw answer.
@@ -220,7 +389,11 @@ async fn raw_chunked_post(s: &TestServer, path: &str, chunks: usize, size: usize
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut answer)).await;
     let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (status, text)
 }
 
@@ -232,10 +405,22 @@ async fn burst(s: &TestServer, n: usize, prompt: &str) -> Vec<(u16, Vec<u8>, Opt
         let (c, url, prompt) = (c.clone(), s.url("/generate/"), format!("{prompt} {i}"));
         tasks.push(tokio::spawn(async move {
             let form = reqwest::multipart::Form::new().text("prompt", prompt);
-            let r = c.post(url).multipart(form).send().await.expect("every request is answered");
+            let r = c
+                .post(url)
+                .multipart(form)
+                .send()
+                .await
+                .expect("every request is answered");
             let status = r.status().as_u16();
-            let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
-            (status, r.bytes().await.expect("a complete body").to_vec(), retry)
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            (
+                status,
+                r.bytes().await.expect("a complete body").to_vec(),
+                retry,
+            )
         }));
     }
     let mut out = Vec::new();
@@ -248,7 +433,14 @@ async fn burst(s: &TestServer, n: usize, prompt: &str) -> Vec<(u16, Vec<u8>, Opt
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_concurrent_requests_against_a_queue_of_four_each_get_a_ply_or_a_503() {
     let spec = TestGeneratorSpec::default().delay(Duration::from_millis(60));
-    let s = TestServer::ready(ServerConfig { queue_size: 4, ..test_config() }, spec).await;
+    let s = TestServer::ready(
+        ServerConfig {
+            queue_size: 4,
+            ..test_config()
+        },
+        spec,
+    )
+    .await;
     let answers = burst(&s, 32, "a chair").await;
     let (mut ok, mut busy) = (0, 0);
     for (status, body, retry) in &answers {
@@ -269,59 +461,118 @@ async fn thirty_two_concurrent_requests_against_a_queue_of_four_each_get_a_ply_o
     }
     assert_eq!(ok + busy, 32, "none lost");
     assert!(ok >= 4, "the four queued succeed at least: {ok}");
-    assert!(busy >= 1, "a queue of 4 cannot hold a burst of 32: {busy} rejected");
+    assert!(
+        busy >= 1,
+        "a queue of 4 cannot hold a burst of 32: {busy} rejected"
+    );
     assert_eq!(s.stats().max_active.load(Ordering::SeqCst), 1, "one worker");
 
     // Healthy after, and the metrics agree with what the clients saw.
     let c = client();
     assert_eq!(c.get(s.url("/health")).send().await.unwrap().status(), 200);
-    assert_eq!(post_generate(&c, &s, &[("prompt", "after")]).await.status(), 200);
+    assert_eq!(
+        post_generate(&c, &s, &[("prompt", "after")]).await.status(),
+        200
+    );
     let m = s.metrics().await;
-    let req = |outcome: &str| sample(&m, &format!(r#"splatforge_http_requests_total{{endpoint="/generate/",outcome="{outcome}"}}"#));
+    let req = |outcome: &str| {
+        sample(
+            &m,
+            &format!(
+                r#"splatforge_http_requests_total{{endpoint="/generate/",outcome="{outcome}"}}"#
+            ),
+        )
+    };
     assert_eq!(req("ok"), (ok + 1) as f64, "{m}");
     assert_eq!(req("queue_full"), busy as f64);
-    assert_eq!(sample(&m, r#"splatforge_jobs_total{device="0",outcome="ok"}"#), (ok + 1) as f64);
+    assert_eq!(
+        sample(&m, r#"splatforge_jobs_total{device="0",outcome="ok"}"#),
+        (ok + 1) as f64
+    );
     assert_eq!(sample(&m, r#"splatforge_queue_depth{device="0"}"#), 0.0);
-    assert_eq!(sample(&m, r#"splatforge_http_requests_in_flight{endpoint="/generate/"}"#), 0.0);
+    assert_eq!(
+        sample(
+            &m,
+            r#"splatforge_http_requests_in_flight{endpoint="/generate/"}"#
+        ),
+        0.0
+    );
     s.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_concurrent_requests_spread_over_two_devices() {
     let spec = TestGeneratorSpec::default().delay(Duration::from_millis(40));
-    let config = ServerConfig { devices: vec![0, 1], workers_per_device: 2, queue_size: 2, ..test_config() };
+    let config = ServerConfig {
+        devices: vec![0, 1],
+        workers_per_device: 2,
+        queue_size: 2,
+        ..test_config()
+    };
     let s = TestServer::ready(config, spec).await;
     let answers = burst(&s, 16, "a lamp").await;
     let ok = answers.iter().filter(|a| a.0 == 200).count();
     assert_eq!(ok + answers.iter().filter(|a| a.0 == 503).count(), 16);
     assert!(ok >= 4, "the queues hold 2 × 2 at least: {ok}");
-    assert!(s.stats().max_active.load(Ordering::SeqCst) >= 2, "workers run in parallel");
+    assert!(
+        s.stats().max_active.load(Ordering::SeqCst) >= 2,
+        "workers run in parallel"
+    );
     assert!(s.stats().max_active.load(Ordering::SeqCst) <= 4);
     let m = s.metrics().await;
     let d0 = sample(&m, r#"splatforge_jobs_total{device="0",outcome="ok"}"#);
     let d1 = sample(&m, r#"splatforge_jobs_total{device="1",outcome="ok"}"#);
     assert_eq!(d0 + d1, ok as f64);
     assert!(d0 > 0.0 && d1 > 0.0, "both devices served: {d0} / {d1}");
-    assert_eq!(sample(&m, r#"splatforge_device_memory_bytes{device="1"}"#), 1_000_001.0);
+    assert_eq!(
+        sample(&m, r#"splatforge_device_memory_bytes{device="1"}"#),
+        1_000_001.0
+    );
     s.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_over_its_timeout_gets_504_and_its_job_is_cancelled() {
     let spec = TestGeneratorSpec::default().then(Behaviour::Sleep(Duration::from_secs(20)));
-    let s = TestServer::ready(ServerConfig { timeout: Duration::from_millis(400), ..test_config() }, spec).await;
+    let s = TestServer::ready(
+        ServerConfig {
+            timeout: Duration::from_millis(400),
+            ..test_config()
+        },
+        spec,
+    )
+    .await;
     let c = client();
     let t = Instant::now();
     let r = post_generate(&c, &s, &[("prompt", "slow")]).await;
     assert_eq!(r.status(), 504);
     assert!(t.elapsed() < Duration::from_secs(3));
     assert_eq!(json(r).await["kind"], "timeout");
-    wait_for(|| s.stats().cancelled() == 1, "the generator sees its token fire").await;
+    wait_for(
+        || s.stats().cancelled() == 1,
+        "the generator sees its token fire",
+    )
+    .await;
     // The worker is free again at once.
-    assert_eq!(post_generate(&c, &s, &[("prompt", "fast")]).await.status(), 200);
+    assert_eq!(
+        post_generate(&c, &s, &[("prompt", "fast")]).await.status(),
+        200
+    );
     let m = s.metrics().await;
-    assert_eq!(sample(&m, r#"splatforge_jobs_total{device="0",outcome="cancelled"}"#), 1.0);
-    assert_eq!(sample(&m, r#"splatforge_http_requests_total{endpoint="/generate/",outcome="timeout"}"#), 1.0);
+    assert_eq!(
+        sample(
+            &m,
+            r#"splatforge_jobs_total{device="0",outcome="cancelled"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"splatforge_http_requests_total{endpoint="/generate/",outcome="timeout"}"#
+        ),
+        1.0
+    );
     s.stop().await.unwrap();
 }
 
@@ -342,7 +593,11 @@ async fn failures_out_of_memory_and_panics_are_500s_and_the_worker_keeps_serving
         .then(Behaviour::Ok);
     let s = TestServer::ready(test_config(), spec).await;
     let c = client();
-    for (kind, needle) in [("failed", "scripted failure"), ("out_of_memory", "OUT_OF_MEMORY"), ("panicked", "scripted panic")] {
+    for (kind, needle) in [
+        ("failed", "scripted failure"),
+        ("out_of_memory", "OUT_OF_MEMORY"),
+        ("panicked", "scripted panic"),
+    ] {
         let r = post_generate(&c, &s, &[("prompt", kind)]).await;
         assert_eq!(r.status(), 500, "{kind}");
         let body = json(r).await;
@@ -355,9 +610,21 @@ async fn failures_out_of_memory_and_panics_are_500s_and_the_worker_keeps_serving
     assert_eq!(c.get(s.url("/health")).send().await.unwrap().status(), 200);
     let m = s.metrics().await;
     for outcome in ["failed", "out_of_memory", "panicked", "ok"] {
-        assert_eq!(sample(&m, &format!(r#"splatforge_jobs_total{{device="0",outcome="{outcome}"}}"#)), 1.0, "{outcome}");
         assert_eq!(
-            sample(&m, &format!(r#"splatforge_http_requests_total{{endpoint="/generate/",outcome="{outcome}"}}"#)),
+            sample(
+                &m,
+                &format!(r#"splatforge_jobs_total{{device="0",outcome="{outcome}"}}"#)
+            ),
+            1.0,
+            "{outcome}"
+        );
+        assert_eq!(
+            sample(
+                &m,
+                &format!(
+                    r#"splatforge_http_requests_total{{endpoint="/generate/",outcome="{outcome}"}}"#
+                )
+            ),
             1.0
         );
     }
@@ -368,7 +635,13 @@ async fn failures_out_of_memory_and_panics_are_500s_and_the_worker_keeps_serving
 async fn a_client_that_disconnects_cancels_its_running_and_queued_jobs() {
     let spec = TestGeneratorSpec::default().then(Behaviour::Sleep(Duration::from_secs(20)));
     let s = TestServer::ready(test_config(), spec).await;
-    let impatient = |ms| reqwest::Client::builder().no_proxy().timeout(Duration::from_millis(ms)).build().unwrap();
+    let impatient = |ms| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_millis(ms))
+            .build()
+            .unwrap()
+    };
     // A runs (and would take 20 s); B waits behind it. Both clients give up.
     let (ca, cb) = (impatient(700), impatient(300));
     let a = tokio::spawn({
@@ -376,22 +649,62 @@ async fn a_client_that_disconnects_cancels_its_running_and_queued_jobs() {
         async move { ca.post(url).form(&[("prompt", "A")]).send().await }
     });
     wait_for(|| s.stats().calls.load(Ordering::SeqCst) == 1, "A running").await;
-    let b = cb.post(s.url("/generate/")).form(&[("prompt", "B")]).send().await;
+    let b = cb
+        .post(s.url("/generate/"))
+        .form(&[("prompt", "B")])
+        .send()
+        .await;
     assert!(b.unwrap_err().is_timeout());
     assert!(a.await.unwrap().unwrap_err().is_timeout());
-    wait_for(|| s.stats().cancelled() == 1, "A's generator sees its token fire").await;
+    wait_for(
+        || s.stats().cancelled() == 1,
+        "A's generator sees its token fire",
+    )
+    .await;
     let c = client();
     // B was skipped without running: the next request runs at once.
     let t = Instant::now();
-    assert_eq!(post_generate(&c, &s, &[("prompt", "C")]).await.status(), 200);
+    assert_eq!(
+        post_generate(&c, &s, &[("prompt", "C")]).await.status(),
+        200
+    );
     assert!(t.elapsed() < Duration::from_secs(2));
     assert_eq!(*s.stats().prompts.lock().unwrap(), ["A", "C"]);
     let m = s.metrics().await;
-    assert_eq!(sample(&m, r#"splatforge_http_requests_total{endpoint="/generate/",outcome="disconnected"}"#), 2.0, "{m}");
-    assert_eq!(sample(&m, r#"splatforge_jobs_total{device="0",outcome="cancelled"}"#), 1.0);
-    assert_eq!(sample(&m, r#"splatforge_jobs_total{device="0",outcome="withdrawn"}"#), 1.0, "B left its queue at once");
-    assert_eq!(sample(&m, r#"splatforge_jobs_total{device="0",outcome="skipped"}"#), 0.0);
-    assert_eq!(sample(&m, r#"splatforge_http_requests_in_flight{endpoint="/generate/"}"#), 0.0);
+    assert_eq!(
+        sample(
+            &m,
+            r#"splatforge_http_requests_total{endpoint="/generate/",outcome="disconnected"}"#
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"splatforge_jobs_total{device="0",outcome="cancelled"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"splatforge_jobs_total{device="0",outcome="withdrawn"}"#
+        ),
+        1.0,
+        "B left its queue at once"
+    );
+    assert_eq!(
+        sample(&m, r#"splatforge_jobs_total{device="0",outcome="skipped"}"#),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"splatforge_http_requests_in_flight{endpoint="/generate/"}"#
+        ),
+        0.0
+    );
     s.stop().await.unwrap();
 }
 
@@ -401,7 +714,14 @@ async fn a_client_that_disconnects_cancels_its_running_and_queued_jobs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_leave_the_queue_free_their_slots_at_once() {
     let spec = TestGeneratorSpec::default().then(Behaviour::Sleep(Duration::from_secs(2)));
-    let s = TestServer::ready(ServerConfig { queue_size: 4, ..test_config() }, spec).await;
+    let s = TestServer::ready(
+        ServerConfig {
+            queue_size: 4,
+            ..test_config()
+        },
+        spec,
+    )
+    .await;
     let c = client();
     let depth = || async {
         let h = json(c.get(s.url("/health")).send().await.unwrap()).await;
@@ -412,9 +732,20 @@ async fn clients_that_leave_the_queue_free_their_slots_at_once() {
         tokio::spawn(async move { client.post(url).form(&[("prompt", prompt)]).send().await })
     };
     let long = post(client(), "long");
-    wait_for(|| s.stats().calls.load(Ordering::SeqCst) == 1, "the long job running").await;
-    let impatient = reqwest::Client::builder().no_proxy().timeout(Duration::from_millis(400)).build().unwrap();
-    let leaving: Vec<_> = ["gone 1", "gone 2", "gone 3"].into_iter().map(|p| post(impatient.clone(), p)).collect();
+    wait_for(
+        || s.stats().calls.load(Ordering::SeqCst) == 1,
+        "the long job running",
+    )
+    .await;
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    let leaving: Vec<_> = ["gone 1", "gone 2", "gone 3"]
+        .into_iter()
+        .map(|p| post(impatient.clone(), p))
+        .collect();
     let end = Instant::now() + Duration::from_secs(5);
     while depth().await != 3 {
         assert!(Instant::now() < end, "the three never queued");
@@ -426,7 +757,10 @@ async fn clients_that_leave_the_queue_free_their_slots_at_once() {
     }
     let left = Instant::now();
     while depth().await != 1 {
-        assert!(left.elapsed() < Duration::from_millis(500), "the leavers' slots were not freed");
+        assert!(
+            left.elapsed() < Duration::from_millis(500),
+            "the leavers' slots were not freed"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // The long job still runs; a live request is queued, not refused.
@@ -435,12 +769,38 @@ async fn clients_that_leave_the_queue_free_their_slots_at_once() {
     assert_eq!(r.status(), 200);
     assert_eq!(live.await.unwrap().unwrap().status(), 200);
     assert_eq!(long.await.unwrap().unwrap().status(), 200);
-    assert_eq!(*s.stats().prompts.lock().unwrap(), ["long", "live 1", "live 2"], "no dead job ran");
+    assert_eq!(
+        *s.stats().prompts.lock().unwrap(),
+        ["long", "live 1", "live 2"],
+        "no dead job ran"
+    );
     let m = s.metrics().await;
-    assert_eq!(sample(&m, r#"splatforge_jobs_total{device="0",outcome="withdrawn"}"#), 3.0, "{m}");
-    assert_eq!(sample(&m, r#"splatforge_jobs_total{device="0",outcome="skipped"}"#), 0.0);
-    assert_eq!(sample(&m, r#"splatforge_http_requests_total{endpoint="/generate/",outcome="disconnected"}"#), 3.0);
-    assert_eq!(sample(&m, r#"splatforge_http_requests_total{endpoint="/generate/",outcome="queue_full"}"#), 0.0);
+    assert_eq!(
+        sample(
+            &m,
+            r#"splatforge_jobs_total{device="0",outcome="withdrawn"}"#
+        ),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, r#"splatforge_jobs_total{device="0",outcome="skipped"}"#),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"splatforge_http_requests_total{endpoint="/generate/",outcome="disconnected"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"splatforge_http_requests_total{endpoint="/generate/",outcome="queue_full"}"#
+        ),
+        0.0
+    );
     s.stop().await.unwrap();
 }
 
@@ -459,11 +819,15 @@ async fn a_client_that_gives_up_mid_upload_is_counted_as_upload_aborted() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     drop(sock);
     let outcome = |m: &str, o: &str| {
-        sample(m, &format!(r#"splatforge_http_requests_total{{endpoint="/generate/",outcome="{o}"}}"#))
+        sample(
+            m,
+            &format!(r#"splatforge_http_requests_total{{endpoint="/generate/",outcome="{o}"}}"#),
+        )
     };
     let end = Instant::now() + Duration::from_secs(5);
     let mut m = s.metrics().await;
-    while outcome(&m, "upload_aborted") + outcome(&m, "bad_request") == 0.0 && Instant::now() < end {
+    while outcome(&m, "upload_aborted") + outcome(&m, "bad_request") == 0.0 && Instant::now() < end
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
         m = s.metrics().await;
     }
@@ -488,11 +852,29 @@ async fn lenient_input_is_refused_alike_on_every_route_and_encoding() {
     for route in ["/generate/", "/generate_video/"] {
         let url = s.url(route);
         // No Content-Type: refused, not guessed to be a form.
-        expect(c.post(&url).body("prompt=a+cat").send().await.unwrap(), 415, "no Content-Type").await;
+        expect(
+            c.post(&url).body("prompt=a+cat").send().await.unwrap(),
+            415,
+            "no Content-Type",
+        )
+        .await;
         // Text fields are JSON strings; numeric fields integers or digit strings.
-        expect(c.post(&url).json(&serde_json::json!({"prompt": 5})).send().await.unwrap(), 400, "must be a string")
-            .await;
-        let r = c.post(&url).json(&serde_json::json!({"prompt": "a cat", "seed": [1]})).send().await.unwrap();
+        expect(
+            c.post(&url)
+                .json(&serde_json::json!({"prompt": 5}))
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "must be a string",
+        )
+        .await;
+        let r = c
+            .post(&url)
+            .json(&serde_json::json!({"prompt": "a cat", "seed": [1]}))
+            .send()
+            .await
+            .unwrap();
         expect(r, 400, "'seed' must be an integer, got an array").await;
         // A field given twice, in each encoding.
         let r = c
@@ -503,8 +885,15 @@ async fn lenient_input_is_refused_alike_on_every_route_and_encoding() {
             .await
             .unwrap();
         expect(r, 400, "'prompt' is given 2 times").await;
-        let form = reqwest::multipart::Form::new().text("prompt", "a cat").text("prompt", "a dog");
-        expect(c.post(&url).multipart(form).send().await.unwrap(), 400, "'prompt' is given 2 times").await;
+        let form = reqwest::multipart::Form::new()
+            .text("prompt", "a cat")
+            .text("prompt", "a dog");
+        expect(
+            c.post(&url).multipart(form).send().await.unwrap(),
+            400,
+            "'prompt' is given 2 times",
+        )
+        .await;
         let r = c
             .post(&url)
             .header("content-type", "application/json")
@@ -515,7 +904,12 @@ async fn lenient_input_is_refused_alike_on_every_route_and_encoding() {
         expect(r, 400, "'seed' is given 2 times").await;
     }
     // Above the largest video resolution: refused, not clamped.
-    let r = c.post(s.url("/generate_video/")).form(&[("prompt", "a mug"), ("video_res", "5000")]).send().await.unwrap();
+    let r = c
+        .post(s.url("/generate_video/"))
+        .form(&[("prompt", "a mug"), ("video_res", "5000")])
+        .send()
+        .await
+        .unwrap();
     expect(r, 400, "video_res must be 16 to 1088").await;
     assert_eq!(s.stats().calls.load(Ordering::SeqCst), 0);
     s.stop().await.unwrap();
@@ -524,7 +918,14 @@ async fn lenient_input_is_refused_alike_on_every_route_and_encoding() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_under_load_finishes_running_and_queued_jobs() {
     let spec = TestGeneratorSpec::default().delay(Duration::from_millis(150));
-    let mut s = TestServer::ready(ServerConfig { queue_size: 8, ..test_config() }, spec).await;
+    let mut s = TestServer::ready(
+        ServerConfig {
+            queue_size: 8,
+            ..test_config()
+        },
+        spec,
+    )
+    .await;
     let load = {
         let base = s.base.clone();
         let spec = s.spec.clone();
@@ -536,7 +937,10 @@ async fn graceful_shutdown_under_load_finishes_running_and_queued_jobs() {
     let end = Instant::now() + Duration::from_secs(5);
     loop {
         let h = json(c.get(s.url("/health")).send().await.unwrap()).await;
-        let (q, r) = (h["devices"][0]["queue_depth"].as_u64().unwrap(), h["devices"][0]["running"].as_u64().unwrap());
+        let (q, r) = (
+            h["devices"][0]["queue_depth"].as_u64().unwrap(),
+            h["devices"][0]["running"].as_u64().unwrap(),
+        );
         if q + r == 6 {
             break;
         }
@@ -547,12 +951,19 @@ async fn graceful_shutdown_under_load_finishes_running_and_queued_jobs() {
     let t = Instant::now();
     s.trigger_shutdown();
     let answers = load.await.unwrap();
-    assert!(answers.iter().all(|a| a.0 == 200), "{:?}", answers.iter().map(|a| a.0).collect::<Vec<_>>());
+    assert!(
+        answers.iter().all(|a| a.0 == 200),
+        "{:?}",
+        answers.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
     for a in &answers {
         assert_valid(&read_ply(&a.1).unwrap());
     }
     s.join().await.unwrap();
-    assert!(t.elapsed() >= Duration::from_millis(500), "it waited for the queue");
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "it waited for the queue"
+    );
     assert_eq!(s.stats().completed.load(Ordering::SeqCst), 6);
     // Nothing listens any more.
     assert!(client().get(s.url("/health")).send().await.is_err());
@@ -561,11 +972,21 @@ async fn graceful_shutdown_under_load_finishes_running_and_queued_jobs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_shutdown_deadline_remaining_jobs_are_cancelled_and_answered() {
     let spec = TestGeneratorSpec::default().then(Behaviour::Sleep(Duration::from_secs(30)));
-    let config = ServerConfig { shutdown_timeout: Duration::from_millis(300), ..test_config() };
+    let config = ServerConfig {
+        shutdown_timeout: Duration::from_millis(300),
+        ..test_config()
+    };
     let mut s = TestServer::ready(config, spec).await;
     let pending = {
         let url = s.url("/generate/");
-        tokio::spawn(async move { client().post(url).form(&[("prompt", "forever")]).send().await.unwrap() })
+        tokio::spawn(async move {
+            client()
+                .post(url)
+                .form(&[("prompt", "forever")])
+                .send()
+                .await
+                .unwrap()
+        })
     };
     wait_for(|| s.stats().calls.load(Ordering::SeqCst) == 1, "running").await;
     let t = Instant::now();
@@ -580,8 +1001,17 @@ async fn at_the_shutdown_deadline_remaining_jobs_are_cancelled_and_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_fails_to_load_stops_the_server_with_an_error() {
-    let spec = TestGeneratorSpec::default().warm_up(Duration::from_millis(200)).fail_to_load(1);
-    let mut s = TestServer::start(ServerConfig { devices: vec![0, 1], ..test_config() }, spec).await;
+    let spec = TestGeneratorSpec::default()
+        .warm_up(Duration::from_millis(200))
+        .fail_to_load(1);
+    let mut s = TestServer::start(
+        ServerConfig {
+            devices: vec![0, 1],
+            ..test_config()
+        },
+        spec,
+    )
+    .await;
     let err = s.join().await.unwrap_err();
     assert!(err.to_string().contains("device 1 has no models"), "{err}");
 }
@@ -596,32 +1026,77 @@ async fn metrics_expose_the_expected_series_with_the_right_counts() {
     assert_eq!(post_generate(&c, &s, &[("prompt", "")]).await.status(), 400);
     c.get(s.url("/version")).send().await.unwrap();
     let r = c.get(s.url("/metrics")).send().await.unwrap();
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
     let m = r.text().await.unwrap();
     let expect = [
-        (r#"splatforge_http_requests_total{endpoint="/generate/",outcome="ok"}"#, 2.0),
-        (r#"splatforge_http_requests_total{endpoint="/generate/",outcome="bad_request"}"#, 1.0),
-        (r#"splatforge_http_requests_total{endpoint="/version",outcome="ok"}"#, 1.0),
-        (r#"splatforge_http_requests_total{endpoint="/metrics",outcome="ok"}"#, 1.0),
-        (r#"splatforge_http_request_duration_seconds_count{endpoint="/generate/"}"#, 3.0),
+        (
+            r#"splatforge_http_requests_total{endpoint="/generate/",outcome="ok"}"#,
+            2.0,
+        ),
+        (
+            r#"splatforge_http_requests_total{endpoint="/generate/",outcome="bad_request"}"#,
+            1.0,
+        ),
+        (
+            r#"splatforge_http_requests_total{endpoint="/version",outcome="ok"}"#,
+            1.0,
+        ),
+        (
+            r#"splatforge_http_requests_total{endpoint="/metrics",outcome="ok"}"#,
+            1.0,
+        ),
+        (
+            r#"splatforge_http_request_duration_seconds_count{endpoint="/generate/"}"#,
+            3.0,
+        ),
         (r#"splatforge_jobs_total{device="0",outcome="ok"}"#, 2.0),
-        (r#"splatforge_generation_duration_seconds_count{device="0"}"#, 2.0),
+        (
+            r#"splatforge_generation_duration_seconds_count{device="0"}"#,
+            2.0,
+        ),
         (r#"splatforge_queue_wait_seconds_count{device="0"}"#, 2.0),
-        (r#"splatforge_stage_duration_seconds_count{stage="layout"}"#, 2.0),
-        (r#"splatforge_stage_duration_seconds_count{stage="think"}"#, 2.0),
-        (r#"splatforge_stage_duration_seconds_count{stage="queue"}"#, 2.0),
-        (r#"splatforge_stage_duration_seconds_count{stage="encode"}"#, 2.0),
-        (r#"splatforge_stage_duration_seconds_bucket{stage="layout",le="+Inf"}"#, 2.0),
+        (
+            r#"splatforge_stage_duration_seconds_count{stage="layout"}"#,
+            2.0,
+        ),
+        (
+            r#"splatforge_stage_duration_seconds_count{stage="think"}"#,
+            2.0,
+        ),
+        (
+            r#"splatforge_stage_duration_seconds_count{stage="queue"}"#,
+            2.0,
+        ),
+        (
+            r#"splatforge_stage_duration_seconds_count{stage="encode"}"#,
+            2.0,
+        ),
+        (
+            r#"splatforge_stage_duration_seconds_bucket{stage="layout",le="+Inf"}"#,
+            2.0,
+        ),
         (r#"splatforge_queue_depth{device="0"}"#, 0.0),
         (r#"splatforge_queue_capacity{device="0"}"#, 4.0),
         (r#"splatforge_jobs_running{device="0"}"#, 0.0),
         (r#"splatforge_device_memory_bytes{device="0"}"#, 1_000_000.0),
-        (r#"splatforge_device_memory_total_bytes{device="0"}"#, 8_000_000.0),
+        (
+            r#"splatforge_device_memory_total_bytes{device="0"}"#,
+            8_000_000.0,
+        ),
         ("splatforge_ready", 1.0),
-        (r#"splatforge_http_requests_in_flight{endpoint="/generate/"}"#, 0.0),
+        (
+            r#"splatforge_http_requests_in_flight{endpoint="/generate/"}"#,
+            0.0,
+        ),
     ];
     for (series, value) in expect {
-        assert!(m.lines().any(|l| l.starts_with(series)), "missing {series}\n{m}");
+        assert!(
+            m.lines().any(|l| l.starts_with(series)),
+            "missing {series}\n{m}"
+        );
         assert_eq!(sample(&m, series), value, "{series}");
     }
     for family in ["counter", "histogram", "gauge"] {
@@ -635,7 +1110,14 @@ async fn metrics_expose_the_expected_series_with_the_right_counts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generate_video_returns_a_turntable_gif() {
     use image::AnimationDecoder as _;
-    let s = TestServer::ready(ServerConfig { max_video_res: 64, ..test_config() }, TestGeneratorSpec::default()).await;
+    let s = TestServer::ready(
+        ServerConfig {
+            max_video_res: 64,
+            ..test_config()
+        },
+        TestGeneratorSpec::default(),
+    )
+    .await;
     let c = client();
     let r = c
         .post(s.url("/generate_video/"))
@@ -651,9 +1133,16 @@ async fn generate_video_returns_a_turntable_gif() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "image/gif");
-    assert!(r.headers()["x-stage-timings"].to_str().unwrap().contains("render="));
+    assert!(r.headers()["x-stage-timings"]
+        .to_str()
+        .unwrap()
+        .contains("render="));
     let gif = r.bytes().await.unwrap();
-    let frames = image::codecs::gif::GifDecoder::new(std::io::Cursor::new(&gif[..])).unwrap().into_frames().collect_frames().unwrap();
+    let frames = image::codecs::gif::GifDecoder::new(std::io::Cursor::new(&gif[..]))
+        .unwrap()
+        .into_frames()
+        .collect_frames()
+        .unwrap();
     assert_eq!(frames.len(), 6);
     assert_eq!(frames[0].buffer().dimensions(), (48, 48));
     // The splat is drawn: the centre is not the white background, the corner is.
@@ -661,14 +1150,38 @@ async fn generate_video_returns_a_turntable_gif() {
     assert_ne!(f.get_pixel(24, 24).0[..3], [255, 255, 255]);
     assert_eq!(f.get_pixel(0, 0).0[..3], [255, 255, 255]);
     // Without video_res: 404's default, or the server's cap when lower.
-    let r = c.post(s.url("/generate_video/")).form(&[("prompt", "a mug"), ("frames", "2"), ("video_format", "gif")]).send().await.unwrap();
+    let r = c
+        .post(s.url("/generate_video/"))
+        .form(&[
+            ("prompt", "a mug"),
+            ("frames", "2"),
+            ("video_format", "gif"),
+        ])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-video-res"], "64");
-    let r = c.post(s.url("/generate_video/")).form(&[("prompt", "a mug"), ("video_res", "8")]).send().await.unwrap();
+    let r = c
+        .post(s.url("/generate_video/"))
+        .form(&[("prompt", "a mug"), ("video_res", "8")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = c.post(s.url("/generate_video/")).form(&[("prompt", "a mug"), ("frames", "0")]).send().await.unwrap();
+    let r = c
+        .post(s.url("/generate_video/"))
+        .form(&[("prompt", "a mug"), ("frames", "0")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = c.post(s.url("/generate_video/")).form(&[("prompt", "a mug"), ("video_format", "avi")]).send().await.unwrap();
+    let r = c
+        .post(s.url("/generate_video/"))
+        .form(&[("prompt", "a mug"), ("video_format", "avi")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     s.stop().await.unwrap();
 }
@@ -676,12 +1189,27 @@ async fn generate_video_returns_a_turntable_gif() {
 #[cfg(feature = "mp4")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generate_video_returns_an_h264_mp4_by_default() {
-    let s = TestServer::ready(ServerConfig { max_video_res: 64, ..test_config() }, TestGeneratorSpec::default()).await;
+    let s = TestServer::ready(
+        ServerConfig {
+            max_video_res: 64,
+            ..test_config()
+        },
+        TestGeneratorSpec::default(),
+    )
+    .await;
     let c = client();
     // 404's request: prompt and video_res, here over this server's cap.
-    let r = c.post(s.url("/generate_video/")).form(&[("prompt", "a mug"), ("video_res", "1088")]).send().await.unwrap();
+    let r = c
+        .post(s.url("/generate_video/"))
+        .form(&[("prompt", "a mug"), ("video_res", "1088")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    assert!(json(r).await["error"].as_str().unwrap().contains("16 to 64"));
+    assert!(json(r).await["error"]
+        .as_str()
+        .unwrap()
+        .contains("16 to 64"));
     let r = c
         .post(s.url("/generate_video/"))
         .form(&[("prompt", "a mug"), ("video_res", "64"), ("frames", "10")])
@@ -694,15 +1222,25 @@ async fn generate_video_returns_an_h264_mp4_by_default() {
     let mp4_bytes = r.bytes().await.unwrap();
     assert_eq!(&mp4_bytes[4..8], b"ftyp");
     let size = mp4_bytes.len() as u64;
-    let reader = mp4::Mp4Reader::read_header(std::io::Cursor::new(mp4_bytes.to_vec()), size).unwrap();
+    let reader =
+        mp4::Mp4Reader::read_header(std::io::Cursor::new(mp4_bytes.to_vec()), size).unwrap();
     assert_eq!(reader.tracks().len(), 1);
     let track = reader.tracks().values().next().unwrap();
     assert_eq!(track.media_type().unwrap(), mp4::MediaType::H264);
     assert_eq!((track.width(), track.height()), (64, 64));
     assert_eq!(track.sample_count(), 10);
-    assert_eq!(track.duration(), Duration::from_millis(400), "10 frames at 25 fps");
+    assert_eq!(
+        track.duration(),
+        Duration::from_millis(400),
+        "10 frames at 25 fps"
+    );
     // Odd resolutions are made even for H.264.
-    let r = c.post(s.url("/generate_video/")).form(&[("prompt", "a mug"), ("video_res", "33"), ("frames", "2")]).send().await.unwrap();
+    let r = c
+        .post(s.url("/generate_video/"))
+        .form(&[("prompt", "a mug"), ("video_res", "33"), ("frames", "2")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-video-res"], "32");
     s.stop().await.unwrap();
 }

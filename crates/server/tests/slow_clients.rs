@@ -89,7 +89,11 @@ async fn slow_connection(
         },
         _ = tokio::time::sleep(give_up) => return None,
     }
-    Some(Ending { slowness, lifetime: started.elapsed(), answer: String::from_utf8_lossy(&answer).into_owned() })
+    Some(Ending {
+        slowness,
+        lifetime: started.elapsed(),
+        answer: String::from_utf8_lossy(&answer).into_owned(),
+    })
 }
 
 /// Gives the calling thread the lowest CPU priority (nice 19; on Linux the
@@ -144,7 +148,8 @@ async fn two_hundred_slow_clients_are_closed_in_time_while_health_answers_within
                 let mut clients = Vec::new();
                 for i in 0..SLOW_CLIENTS {
                     let slowness = [Slowness::Silent, Slowness::Headers, Slowness::Body][i % 3];
-                    let (endings, connected, stop) = (endings.clone(), connected.clone(), stop.clone());
+                    let (endings, connected, stop) =
+                        (endings.clone(), connected.clone(), stop.clone());
                     clients.push(tokio::spawn(async move {
                         // Staggered starts, as independent clients would come (all at
                         // once, their timeouts would also fire at once, in bursts).
@@ -162,7 +167,8 @@ async fn two_hundred_slow_clients_are_closed_in_time_while_health_answers_within
                     }));
                 }
                 for c in clients {
-                    c.await.expect("every slow connection was closed by the server");
+                    c.await
+                        .expect("every slow connection was closed by the server");
                 }
             })
         })
@@ -180,11 +186,19 @@ async fn two_hundred_slow_clients_are_closed_in_time_while_health_answers_within
     }
     let end = Instant::now() + RUN;
     // A fresh connection per probe: each one is accepted and parsed anew.
-    let prober = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap();
+    let prober = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let mut latencies = Vec::new();
     while Instant::now() < end {
         let t = Instant::now();
-        let r = prober.get(s.url("/health")).send().await.expect("/health answers");
+        let r = prober
+            .get(s.url("/health"))
+            .send()
+            .await
+            .expect("/health answers");
         assert_eq!(r.status(), 200);
         latencies.push(t.elapsed());
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -197,16 +211,29 @@ async fn two_hundred_slow_clients_are_closed_in_time_while_health_answers_within
 
     let slowest = latencies.iter().max().unwrap();
     assert!(latencies.len() >= 50, "{} probes", latencies.len());
-    assert!(*slowest < HEALTH_LIMIT, "slowest /health of {}: {slowest:?}", latencies.len());
+    assert!(
+        *slowest < HEALTH_LIMIT,
+        "slowest /health of {}: {slowest:?}",
+        latencies.len()
+    );
     let endings = std::mem::take(&mut *endings.lock().unwrap());
     let count = |k: Slowness| endings.iter().filter(|e| e.slowness == k).count();
     for kind in [Slowness::Silent, Slowness::Headers, Slowness::Body] {
-        assert!(count(kind) >= SLOW_CLIENTS / 3 * 4, "{kind:?}: {} connections in 10 s", count(kind));
+        assert!(
+            count(kind) >= SLOW_CLIENTS / 3 * 4,
+            "{kind:?}: {} connections in 10 s",
+            count(kind)
+        );
     }
     for e in endings.iter() {
-        let timeout = if e.slowness == Slowness::Body { body_timeout } else { header_timeout };
+        let timeout = if e.slowness == Slowness::Body {
+            body_timeout
+        } else {
+            header_timeout
+        };
         assert!(
-            e.lifetime >= timeout.saturating_sub(Duration::from_millis(50)) && e.lifetime <= timeout + SLACK,
+            e.lifetime >= timeout.saturating_sub(Duration::from_millis(50))
+                && e.lifetime <= timeout + SLACK,
             "{:?} connection closed after {:?} (timeout {timeout:?})",
             e.slowness,
             e.lifetime
@@ -218,10 +245,21 @@ async fn two_hundred_slow_clients_are_closed_in_time_while_health_answers_within
     }
     let m = s.metrics().await;
     let header_closes = count(Slowness::Silent) + count(Slowness::Headers);
-    assert_eq!(sample(&m, "splatforge_http_header_timeouts_total"), header_closes as f64, "{m}");
-    let body_timeouts = sample(&m, r#"splatforge_http_requests_total{endpoint="/generate/",outcome="body_timeout"}"#);
+    assert_eq!(
+        sample(&m, "splatforge_http_header_timeouts_total"),
+        header_closes as f64,
+        "{m}"
+    );
+    let body_timeouts = sample(
+        &m,
+        r#"splatforge_http_requests_total{endpoint="/generate/",outcome="body_timeout"}"#,
+    );
     assert_eq!(body_timeouts, count(Slowness::Body) as f64);
-    assert_eq!(sample(&m, "splatforge_http_connections_open"), 1.0, "only the scrape's own connection");
+    assert_eq!(
+        sample(&m, "splatforge_http_connections_open"),
+        1.0,
+        "only the scrape's own connection"
+    );
     eprintln!(
         "{} slow connections closed ({} by the header timeout, {} with 408); /health: {} probes, slowest {slowest:?}",
         endings.len(),
@@ -235,7 +273,11 @@ async fn two_hundred_slow_clients_are_closed_in_time_while_health_answers_within
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_wait_until_one_closes() {
     let header_timeout = Duration::from_millis(800);
-    let config = ServerConfig { max_connections: 3, header_read_timeout: header_timeout, ..test_config() };
+    let config = ServerConfig {
+        max_connections: 3,
+        header_read_timeout: header_timeout,
+        ..test_config()
+    };
     let s = TestServer::ready(config, TestGeneratorSpec::default()).await;
     // The readiness probe's client is gone: let the server close its
     // connection, so that three silent connections fill the cap.
@@ -243,10 +285,18 @@ async fn connections_over_the_cap_wait_until_one_closes() {
     let t = Instant::now();
     let mut silent = Vec::new();
     for _ in 0..3 {
-        silent.push(TcpStream::connect(addr(&s)).await.expect("a loopback connection"));
+        silent.push(
+            TcpStream::connect(addr(&s))
+                .await
+                .expect("a loopback connection"),
+        );
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let prober = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap();
+    let prober = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let r = prober.get(s.url("/health")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let waited = t.elapsed();
@@ -254,14 +304,20 @@ async fn connections_over_the_cap_wait_until_one_closes() {
         waited >= header_timeout - Duration::from_millis(50),
         "the fourth connection was served after {waited:?}, before a silent one was closed"
     );
-    assert!(waited < header_timeout + Duration::from_secs(1), "{waited:?}");
+    assert!(
+        waited < header_timeout + Duration::from_secs(1),
+        "{waited:?}"
+    );
     drop(silent);
     s.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_slower_than_the_body_timeout_gets_408_and_the_connection_closes() {
-    let config = ServerConfig { body_read_timeout: Duration::from_millis(500), ..test_config() };
+    let config = ServerConfig {
+        body_read_timeout: Duration::from_millis(500),
+        ..test_config()
+    };
     let s = TestServer::ready(config, TestGeneratorSpec::default()).await;
     // 14 of the 1000 bytes announced, then nothing.
     let head = "POST /generate/ HTTP/1.1\r\nHost: loopback\r\nContent-Type: application/x-www-form-urlencoded\r\n\
@@ -277,10 +333,20 @@ async fn a_body_slower_than_the_body_timeout_gets_408_and_the_connection_closes(
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains(r#""kind":"body_timeout""#), "{answer}");
-    assert!(t.elapsed() >= Duration::from_millis(450) && t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(450) && t.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
     assert_eq!(s.stats().calls.load(Ordering::SeqCst), 0);
     let m = s.metrics().await;
-    assert_eq!(sample(&m, r#"splatforge_http_requests_total{endpoint="/generate/",outcome="body_timeout"}"#), 1.0);
+    assert_eq!(
+        sample(
+            &m,
+            r#"splatforge_http_requests_total{endpoint="/generate/",outcome="body_timeout"}"#
+        ),
+        1.0
+    );
     s.stop().await.unwrap();
 }
 
@@ -290,15 +356,29 @@ async fn a_body_slower_than_the_body_timeout_gets_408_and_the_connection_closes(
 async fn requests_longer_than_the_header_timeout_are_answered() {
     let header_timeout = Duration::from_millis(300);
     let spec = TestGeneratorSpec::default().then(Behaviour::Sleep(header_timeout * 4));
-    let s = TestServer::ready(ServerConfig { header_read_timeout: header_timeout, ..test_config() }, spec).await;
+    let s = TestServer::ready(
+        ServerConfig {
+            header_read_timeout: header_timeout,
+            ..test_config()
+        },
+        spec,
+    )
+    .await;
     let c = client();
     let t = Instant::now();
     let r = post_generate(&c, &s, &[("prompt", "slow to make")]).await;
     assert_eq!(r.status(), 200);
     assert!(t.elapsed() >= header_timeout * 4);
     // The same kept-alive connection serves the next request.
-    assert_eq!(post_generate(&c, &s, &[("prompt", "again")]).await.status(), 200);
+    assert_eq!(
+        post_generate(&c, &s, &[("prompt", "again")]).await.status(),
+        200
+    );
     let m = s.metrics().await;
-    assert_eq!(sample(&m, "splatforge_http_header_timeouts_total"), 0.0, "{m}");
+    assert_eq!(
+        sample(&m, "splatforge_http_header_timeouts_total"),
+        0.0,
+        "{m}"
+    );
     s.stop().await.unwrap();
 }

@@ -118,7 +118,8 @@ impl Gaussians {
             out.rotations.push(self.rotations[i]);
             out.opacity_logits.push(self.opacity_logits[i]);
             out.sh_dc.push(self.sh_dc[i]);
-            out.sh_rest.extend_from_slice(&self.sh_rest[i * k..(i + 1) * k]);
+            out.sh_rest
+                .extend_from_slice(&self.sh_rest[i * k..(i + 1) * k]);
         }
         *self = out;
     }

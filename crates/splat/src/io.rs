@@ -16,7 +16,10 @@ pub enum SplatFormat {
 impl SplatFormat {
     /// The format named by `path`'s extension (`.ply` or `.spz`, any case).
     pub fn from_path(path: &Path) -> Result<SplatFormat, SplatError> {
-        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
         match ext.as_deref() {
             Some("ply") => Ok(SplatFormat::Ply),
             Some("spz") => Ok(SplatFormat::Spz),
@@ -38,7 +41,11 @@ pub struct EncodeOptions {
 
 impl EncodeOptions {
     pub fn new(format: SplatFormat) -> Self {
-        EncodeOptions { format, ply: PlyWriteOptions::default(), spz_flavor: SpzFlavor::NianticV2 }
+        EncodeOptions {
+            format,
+            ply: PlyWriteOptions::default(),
+            spz_flavor: SpzFlavor::NianticV2,
+        }
     }
 }
 
@@ -54,7 +61,10 @@ pub fn read_splat_bytes(bytes: &[u8]) -> Result<Gaussians, SplatError> {
         let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
         SplatError::malformed(
             "unknown format",
-            format!("first bytes [{}]: not PLY, not SPZ (gzip, zstd or NGSP), not base64 of either", head.join(" ")),
+            format!(
+                "first bytes [{}]: not PLY, not SPZ (gzip, zstd or NGSP), not base64 of either",
+                head.join(" ")
+            ),
         )
     };
     let decoded = decode_base64_text(bytes).ok_or_else(unknown)?;
@@ -85,7 +95,11 @@ fn decode_base64_text(text: &[u8]) -> Option<Vec<u8>> {
         &base64::alphabet::STANDARD,
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
     );
-    let compact: Vec<u8> = text.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    let compact: Vec<u8> = text
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
     if compact.is_empty() {
         return None;
     }
@@ -110,7 +124,11 @@ pub fn encode_splat(g: &Gaussians, options: &EncodeOptions) -> Result<Vec<u8>, S
 }
 
 /// Encodes `g` and writes it to `path` atomically.
-pub fn write_splat_file(path: &Path, g: &Gaussians, options: &EncodeOptions) -> Result<(), SplatError> {
+pub fn write_splat_file(
+    path: &Path,
+    g: &Gaussians,
+    options: &EncodeOptions,
+) -> Result<(), SplatError> {
     write_atomic(path, &encode_splat(g, options)?)
 }
 
@@ -140,7 +158,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SplatError> {
 fn temp_path_beside(path: &Path) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
     path.with_file_name(format!(".{name}.{}.{unique}.tmp", std::process::id()))
 }
@@ -151,22 +172,32 @@ fn temp_path_beside(path: &Path) -> PathBuf {
 /// folder that cannot be listed or a file that cannot be removed is left
 /// as it is, and the write goes on.
 fn remove_stale_temp_files(path: &Path) {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return };
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     let prefix = format!(".{name}.");
     for entry in entries.flatten() {
         let file_name = entry.file_name();
-        let Some(pid_and_counter) =
-            file_name.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|f| f.strip_suffix(".tmp"))
+        let Some(pid_and_counter) = file_name
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|f| f.strip_suffix(".tmp"))
         else {
             continue;
         };
-        let Some((pid, counter)) = pid_and_counter.split_once('.') else { continue };
-        let (Ok(pid), Ok(_)) = (pid.parse::<u32>(), counter.parse::<u64>()) else { continue };
+        let Some((pid, counter)) = pid_and_counter.split_once('.') else {
+            continue;
+        };
+        let (Ok(pid), Ok(_)) = (pid.parse::<u32>(), counter.parse::<u64>()) else {
+            continue;
+        };
         if pid != std::process::id() && !process_is_running(pid) {
             let _ = std::fs::remove_file(entry.path());
         }
@@ -213,7 +244,10 @@ mod tests {
         let path = dir.path().join("out.ply");
         // Above Linux's largest pid (2^22): no process has it.
         let dead = dir.path().join(".out.ply.4194305.0.tmp");
-        let live = dir.path().join(format!(".out.ply.{}.0.tmp", std::os::unix::process::parent_id()));
+        let live = dir.path().join(format!(
+            ".out.ply.{}.0.tmp",
+            std::os::unix::process::parent_id()
+        ));
         let other_path = dir.path().join(".other.ply.4194305.0.tmp");
         let not_ours = dir.path().join(".out.ply.backup.tmp");
         for p in [&dead, &live, &other_path, &not_ours] {
@@ -227,7 +261,9 @@ mod tests {
 
     fn base64(bytes: &[u8]) -> Vec<u8> {
         use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(bytes).into_bytes()
+        base64::engine::general_purpose::STANDARD
+            .encode(bytes)
+            .into_bytes()
     }
 
     /// Fails on the code before issue 17 (item 1): base64 was refused as
@@ -237,13 +273,24 @@ mod tests {
         let g = sample(20, 2);
         let ply_bytes = crate::ply::write_ply(&g, PlyWriteOptions::default()).unwrap();
         assert_eq!(read_splat_bytes(&base64(&ply_bytes)).unwrap(), g);
-        for flavor in [SpzFlavor::NianticV2, SpzFlavor::NianticV3, SpzFlavor::Zstd404] {
+        for flavor in [
+            SpzFlavor::NianticV2,
+            SpzFlavor::NianticV3,
+            SpzFlavor::Zstd404,
+        ] {
             let spz_bytes = spz::write_spz(&g, flavor).unwrap();
             let direct = read_splat_bytes(&spz_bytes).unwrap();
-            assert_eq!(read_splat_bytes(&base64(&spz_bytes)).unwrap(), direct, "{flavor:?}");
+            assert_eq!(
+                read_splat_bytes(&base64(&spz_bytes)).unwrap(),
+                direct,
+                "{flavor:?}"
+            );
         }
         // Line-wrapped, unpadded text with a final newline, as tools write it.
-        let mut wrapped: Vec<u8> = base64(&ply_bytes).chunks(76).flat_map(|l| [l, b"\n"].concat()).collect();
+        let mut wrapped: Vec<u8> = base64(&ply_bytes)
+            .chunks(76)
+            .flat_map(|l| [l, b"\n"].concat())
+            .collect();
         while wrapped.ends_with(b"=\n") {
             wrapped.remove(wrapped.len() - 2);
         }
@@ -253,19 +300,33 @@ mod tests {
     #[test]
     fn undecodable_input_names_what_was_tried() {
         let expected = "not PLY, not SPZ (gzip, zstd or NGSP), not base64 of either";
-        for bytes in [&b""[..], b"\x00\x01garbage", b"aGVsbG8gd29ybGQ=", b"  \n", &base64(&base64(b"ply\n"))] {
+        for bytes in [
+            &b""[..],
+            b"\x00\x01garbage",
+            b"aGVsbG8gd29ybGQ=",
+            b"  \n",
+            &base64(&base64(b"ply\n")),
+        ] {
             let msg = read_splat_bytes(bytes).unwrap_err().to_string();
             assert!(msg.contains(expected), "{msg}");
         }
         let truncated = crate::ply::write_ply(&sample(20, 2), PlyWriteOptions::default()).unwrap();
-        let msg = read_splat_bytes(&base64(&truncated[..truncated.len() / 2])).unwrap_err().to_string();
+        let msg = read_splat_bytes(&base64(&truncated[..truncated.len() / 2]))
+            .unwrap_err()
+            .to_string();
         assert!(msg.starts_with("base64 payload: PLY: truncated"), "{msg}");
     }
 
     #[test]
     fn format_from_extension() {
-        assert_eq!(SplatFormat::from_path(Path::new("a/B.PLY")).unwrap(), SplatFormat::Ply);
-        assert_eq!(SplatFormat::from_path(Path::new("x.spz")).unwrap(), SplatFormat::Spz);
+        assert_eq!(
+            SplatFormat::from_path(Path::new("a/B.PLY")).unwrap(),
+            SplatFormat::Ply
+        );
+        assert_eq!(
+            SplatFormat::from_path(Path::new("x.spz")).unwrap(),
+            SplatFormat::Spz
+        );
         assert!(SplatFormat::from_path(Path::new("x.obj")).is_err());
     }
 }

@@ -20,4 +20,7 @@ pub mod validate;
 
 pub use error::SplatError;
 pub use gaussians::{logit, sh_coeffs_per_channel, sigmoid, Gaussians, SH_C0};
-pub use io::{encode_splat, read_splat_bytes, read_splat_file, write_atomic, write_splat_file, EncodeOptions, SplatFormat};
+pub use io::{
+    encode_splat, read_splat_bytes, read_splat_file, write_atomic, write_splat_file, EncodeOptions,
+    SplatFormat,
+};

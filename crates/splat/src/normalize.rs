@@ -27,14 +27,26 @@ pub const VALIDATOR_BOX: f32 = 1.5;
 /// Applying it twice changes nothing more: the mean is then 0 and `k` 1.
 pub fn validator_transform(g: &mut Gaussians, ref_box: f32) -> Result<(), SplatError> {
     if !(ref_box.is_finite() && ref_box > 0.0) {
-        return Err(SplatError::invalid(format!("box size must be positive, got {ref_box}")));
+        return Err(SplatError::invalid(format!(
+            "box size must be positive, got {ref_box}"
+        )));
     }
-    let Some((lo, hi)) = g.bounds() else { return Ok(()) };
+    let Some((lo, hi)) = g.bounds() else {
+        return Ok(());
+    };
     if lo.iter().chain(&hi).any(|v| !v.is_finite()) {
-        return Err(SplatError::invalid("positions contain NaN or Inf; cannot normalise"));
+        return Err(SplatError::invalid(
+            "positions contain NaN or Inf; cannot normalise",
+        ));
     }
-    let extent = (0..3).map(|a| f64::from(hi[a]) - f64::from(lo[a])).fold(0.0f64, f64::max);
-    let k = if extent > 0.0 { f64::from(ref_box) / extent } else { 1.0 };
+    let extent = (0..3)
+        .map(|a| f64::from(hi[a]) - f64::from(lo[a]))
+        .fold(0.0f64, f64::max);
+    let k = if extent > 0.0 {
+        f64::from(ref_box) / extent
+    } else {
+        1.0
+    };
     let coordinate_sum: f64 = g.means.iter().flatten().map(|&v| f64::from(v)).sum();
     let mean = (coordinate_sum / (3 * g.means.len()) as f64) as f32;
     let k32 = k as f32;
@@ -58,11 +70,17 @@ pub fn validator_transform(g: &mut Gaussians, ref_box: f32) -> Result<(), SplatE
 /// mean-based recentring leaves a splat off-centre by up to half its box.
 pub fn fit_to_box(g: &mut Gaussians, size: f32) -> Result<(), SplatError> {
     if !(size.is_finite() && size > 0.0) {
-        return Err(SplatError::invalid(format!("box size must be positive, got {size}")));
+        return Err(SplatError::invalid(format!(
+            "box size must be positive, got {size}"
+        )));
     }
-    let Some((lo, hi)) = g.bounds() else { return Ok(()) };
+    let Some((lo, hi)) = g.bounds() else {
+        return Ok(());
+    };
     if lo.iter().chain(&hi).any(|v| !v.is_finite()) {
-        return Err(SplatError::invalid("positions contain NaN or Inf; cannot normalise"));
+        return Err(SplatError::invalid(
+            "positions contain NaN or Inf; cannot normalise",
+        ));
     }
     let centre: [f32; 3] = std::array::from_fn(|a| 0.5 * (lo[a] + hi[a]));
     let extent = (0..3).map(|a| hi[a] - lo[a]).fold(0.0f32, f32::max);
@@ -92,8 +110,14 @@ pub enum UpAxis {
 pub fn convert_up_axis(g: &mut Gaussians, from: UpAxis, to: UpAxis) {
     let half = std::f32::consts::FRAC_1_SQRT_2;
     let (r, q) = match (from, to) {
-        (UpAxis::Z, UpAxis::Y) => ([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]], [half, -half, 0.0, 0.0]),
-        (UpAxis::Y, UpAxis::Z) => ([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]], [half, half, 0.0, 0.0]),
+        (UpAxis::Z, UpAxis::Y) => (
+            [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]],
+            [half, -half, 0.0, 0.0],
+        ),
+        (UpAxis::Y, UpAxis::Z) => (
+            [[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]],
+            [half, half, 0.0, 0.0],
+        ),
         _ => return,
     };
     for m in &mut g.means {
@@ -105,7 +129,9 @@ pub fn convert_up_axis(g: &mut Gaussians, from: UpAxis, to: UpAxis) {
     if g.sh_degree > 0 {
         let sh = ShRotation::new(r, g.sh_degree);
         let k = g.rest_coeffs() * 3;
-        g.sh_rest.chunks_exact_mut(k).for_each(|rest| sh.apply(rest));
+        g.sh_rest
+            .chunks_exact_mut(k)
+            .for_each(|rest| sh.apply(rest));
     }
 }
 
@@ -158,8 +184,11 @@ mod tests {
         // points.mean() = (0+0+0 + 2+1+0 + 1+3+3) / 9 = 10/9; extents
         // (2, 3, 3) → max 3 → scaling = 1.5 / 3 = 0.5.
         let (m, k) = (10.0f32 / 9.0, 0.5f32);
-        let expected_means =
-            [[-m * k, -m * k, -m * k], [(2.0 - m) * k, (1.0 - m) * k, -m * k], [(1.0 - m) * k, (3.0 - m) * k, (3.0 - m) * k]];
+        let expected_means = [
+            [-m * k, -m * k, -m * k],
+            [(2.0 - m) * k, (1.0 - m) * k, -m * k],
+            [(1.0 - m) * k, (3.0 - m) * k, (3.0 - m) * k],
+        ];
         for (got, want) in g.means.iter().zip(&expected_means) {
             for a in 0..3 {
                 assert!((got[a] - want[a]).abs() < 1e-6, "{got:?} vs {want:?}");
@@ -188,7 +217,11 @@ mod tests {
         let mut one = sample(1, 0);
         one.means[0] = [1.0, 2.0, 6.0];
         validator_transform(&mut one, 1.5).unwrap();
-        assert_eq!(one.means[0], [-2.0, -1.0, 3.0], "coincident means: only the scalar mean 3 is subtracted");
+        assert_eq!(
+            one.means[0],
+            [-2.0, -1.0, 3.0],
+            "coincident means: only the scalar mean 3 is subtracted"
+        );
     }
 
     #[test]

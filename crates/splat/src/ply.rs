@@ -133,7 +133,10 @@ struct Header {
 
 fn parse_header(bytes: &[u8]) -> Result<Header, SplatError> {
     if !is_ply(bytes) {
-        return Err(SplatError::malformed(FORMAT, "missing the 'ply' magic line"));
+        return Err(SplatError::malformed(
+            FORMAT,
+            "missing the 'ply' magic line",
+        ));
     }
     let limit = bytes.len().min(MAX_HEADER_BYTES);
     let mut pos = 0;
@@ -174,12 +177,19 @@ fn parse_header(bytes: &[u8]) -> Result<Header, SplatError> {
             }
             Some("element") => {
                 let (Some(name), Some(count)) = (words.next(), words.next()) else {
-                    return Err(SplatError::malformed(FORMAT, format!("bad element line '{line}'")));
+                    return Err(SplatError::malformed(
+                        FORMAT,
+                        format!("bad element line '{line}'"),
+                    ));
                 };
                 let count = count.parse::<u64>().map_err(|_| {
                     SplatError::malformed(FORMAT, format!("bad element count in '{line}'"))
                 })?;
-                elements.push(Element { name: name.to_string(), count, properties: Vec::new() });
+                elements.push(Element {
+                    name: name.to_string(),
+                    count,
+                    properties: Vec::new(),
+                });
             }
             Some("property") => {
                 let Some(element) = elements.last_mut() else {
@@ -195,20 +205,33 @@ fn parse_header(bytes: &[u8]) -> Result<Header, SplatError> {
                         },
                         name,
                     ),
-                    [ty, name] => (PropertyType::Scalar(Scalar::parse(ty).ok_or_else(bad)?), name),
+                    [ty, name] => (
+                        PropertyType::Scalar(Scalar::parse(ty).ok_or_else(bad)?),
+                        name,
+                    ),
                     _ => return Err(bad()),
                 };
-                element.properties.push(Property { name: name.to_string(), ty });
+                element.properties.push(Property {
+                    name: name.to_string(),
+                    ty,
+                });
             }
             Some("end_header") => break,
             Some("comment") | Some("obj_info") | None => {}
             Some(other) => {
-                return Err(SplatError::malformed(FORMAT, format!("unknown header keyword '{other}'")))
+                return Err(SplatError::malformed(
+                    FORMAT,
+                    format!("unknown header keyword '{other}'"),
+                ))
             }
         }
     }
     let encoding = encoding.ok_or_else(|| SplatError::malformed(FORMAT, "no 'format' line"))?;
-    Ok(Header { encoding, elements, body_start: pos })
+    Ok(Header {
+        encoding,
+        elements,
+        body_start: pos,
+    })
 }
 
 /// Where one vertex property goes in [`Gaussians`].
@@ -225,7 +248,10 @@ enum Slot {
 }
 
 fn slot_of(name: &str) -> Slot {
-    let indexed = |prefix: &str| name.strip_prefix(prefix).and_then(|s| s.parse::<usize>().ok());
+    let indexed = |prefix: &str| {
+        name.strip_prefix(prefix)
+            .and_then(|s| s.parse::<usize>().ok())
+    };
     match name {
         "x" => Slot::Mean(0),
         "y" => Slot::Mean(1),
@@ -303,10 +329,17 @@ fn resolve_vertex_layout(element: &Element) -> Result<VertexLayout, SplatError> 
     required.extend((0..4).map(|i| (Slot::Rotation(i), format!("rot_{i}"))));
     for (slot, name) in required {
         if !seen.contains(&slot) {
-            return Err(SplatError::malformed(FORMAT, format!("missing vertex property '{name}'")));
+            return Err(SplatError::malformed(
+                FORMAT,
+                format!("missing vertex property '{name}'"),
+            ));
         }
     }
-    Ok(VertexLayout { slots, sh_degree, rest_per_channel: rest_count / 3 })
+    Ok(VertexLayout {
+        slots,
+        sh_degree,
+        rest_per_channel: rest_count / 3,
+    })
 }
 
 /// Accumulates decoded vertices into [`Gaussians`].
@@ -392,7 +425,10 @@ fn read_binary(
             PropertyType::Scalar(s) => Ok(s),
             PropertyType::List { .. } => Err(SplatError::malformed(
                 FORMAT,
-                format!("list property '{}' in the vertex element is not supported", p.name),
+                format!(
+                    "list property '{}' in the vertex element is not supported",
+                    p.name
+                ),
             )),
         })
         .collect::<Result<_, _>>()?;
@@ -430,8 +466,14 @@ fn read_binary(
 }
 
 /// Returns the offset just past element `e`, which starts at `pos`.
-fn skip_binary_element(body: &[u8], mut pos: usize, e: &Element, enc: Encoding) -> Result<usize, SplatError> {
-    let truncated = || SplatError::truncated(FORMAT, format!("element '{}' runs past the end", e.name));
+fn skip_binary_element(
+    body: &[u8],
+    mut pos: usize,
+    e: &Element,
+    enc: Encoding,
+) -> Result<usize, SplatError> {
+    let truncated =
+        || SplatError::truncated(FORMAT, format!("element '{}' runs past the end", e.name));
     let fixed: Option<usize> = e
         .properties
         .iter()
@@ -441,8 +483,14 @@ fn skip_binary_element(body: &[u8], mut pos: usize, e: &Element, enc: Encoding) 
         })
         .sum();
     if let Some(row) = fixed {
-        let len = usize::try_from(e.count).ok().and_then(|n| n.checked_mul(row)).ok_or_else(truncated)?;
-        let end = pos.checked_add(len).filter(|&end| end <= body.len()).ok_or_else(truncated)?;
+        let len = usize::try_from(e.count)
+            .ok()
+            .and_then(|n| n.checked_mul(row))
+            .ok_or_else(truncated)?;
+        let end = pos
+            .checked_add(len)
+            .filter(|&end| end <= body.len())
+            .ok_or_else(truncated)?;
         return Ok(end);
     }
     for _ in 0..e.count {
@@ -455,7 +503,10 @@ fn skip_binary_element(body: &[u8], mut pos: usize, e: &Element, enc: Encoding) 
                     }
                     let n = count.read(&body[pos..], enc);
                     if !(0.0..=body.len() as f64).contains(&n) {
-                        return Err(SplatError::malformed(FORMAT, format!("bad list length {n}")));
+                        return Err(SplatError::malformed(
+                            FORMAT,
+                            format!("bad list length {n}"),
+                        ));
                     }
                     pos += count.size() + n as usize * item.size();
                 }
@@ -476,7 +527,10 @@ fn read_ascii(
 ) -> Result<Gaussians, SplatError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| SplatError::malformed(FORMAT, "ASCII body is not UTF-8 text"))?;
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     for e in &elements[..vertex_index] {
         for _ in 0..e.count {
             lines.next().ok_or_else(|| {
@@ -492,7 +546,10 @@ fn read_ascii(
         let (line_no, line) = lines.next().ok_or_else(|| {
             SplatError::truncated(
                 FORMAT,
-                format!("the header announces {} vertices, the body ends after {v}", vertex.count),
+                format!(
+                    "the header announces {} vertices, the body ends after {v}",
+                    vertex.count
+                ),
             )
         })?;
         sink.start();
@@ -501,14 +558,20 @@ fn read_ascii(
             if let PropertyType::List { .. } = p.ty {
                 return Err(SplatError::malformed(
                     FORMAT,
-                    format!("list property '{}' in the vertex element is not supported", p.name),
+                    format!(
+                        "list property '{}' in the vertex element is not supported",
+                        p.name
+                    ),
                 ));
             }
             let word = words.next().ok_or_else(|| {
                 SplatError::malformed(FORMAT, format!("line {}: too few values", line_no + 1))
             })?;
             let value: f32 = word.parse().map_err(|_| {
-                SplatError::malformed(FORMAT, format!("line {}: '{word}' is not a number", line_no + 1))
+                SplatError::malformed(
+                    FORMAT,
+                    format!("line {}: '{word}' is not a number", line_no + 1),
+                )
             })?;
             sink.set(slot, value);
         }
@@ -535,7 +598,10 @@ fn property_names(sh_degree: u8, normals: bool) -> Vec<String> {
 pub fn write_ply(g: &Gaussians, options: PlyWriteOptions) -> Result<Vec<u8>, SplatError> {
     g.check_consistent()?;
     let names = property_names(g.sh_degree, options.normals);
-    let mut out = format!("ply\nformat binary_little_endian 1.0\nelement vertex {}\n", g.len());
+    let mut out = format!(
+        "ply\nformat binary_little_endian 1.0\nelement vertex {}\n",
+        g.len()
+    );
     for name in &names {
         out.push_str("property float ");
         out.push_str(name);
@@ -571,7 +637,10 @@ mod tests {
     use crate::gaussians::sample;
 
     fn fixture(name: &str) -> Option<Vec<u8>> {
-        let path = format!("{}/../../../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../../../shared/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         match std::fs::read(&path) {
             Ok(b) => Some(b),
             Err(_) => {
@@ -589,7 +658,10 @@ mod tests {
                 let bytes = write_ply(&g, PlyWriteOptions { normals }).unwrap();
                 let back = read_ply(&bytes).unwrap();
                 assert_eq!(back, g, "degree {degree} normals {normals}");
-                assert_eq!(write_ply(&back, PlyWriteOptions { normals }).unwrap(), bytes);
+                assert_eq!(
+                    write_ply(&back, PlyWriteOptions { normals }).unwrap(),
+                    bytes
+                );
             }
         }
     }
@@ -598,12 +670,23 @@ mod tests {
     fn header_layout_matches_3dgs() {
         let g = sample(2, 1);
         let bytes = write_ply(&g, PlyWriteOptions { normals: false }).unwrap();
-        let text = String::from_utf8_lossy(&bytes[..bytes.windows(11).position(|w| w == b"end_header\n").unwrap()]);
-        let props: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("property float ")).collect();
+        let text = String::from_utf8_lossy(
+            &bytes[..bytes
+                .windows(11)
+                .position(|w| w == b"end_header\n")
+                .unwrap()],
+        );
+        let props: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("property float "))
+            .collect();
         assert_eq!(props[..6], ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2"]);
         assert_eq!(props[6], "f_rest_0");
         assert_eq!(props[14], "f_rest_8");
-        assert_eq!(props[15..], ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]);
+        assert_eq!(
+            props[15..],
+            ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+        );
     }
 
     #[test]
@@ -660,7 +743,11 @@ mod tests {
         match enc {
             Encoding::Ascii => out.extend_from_slice(b"0.8 2 5 6\n"),
             _ => {
-                out.extend_from_slice(&if be { 0.8f32.to_be_bytes() } else { 0.8f32.to_le_bytes() });
+                out.extend_from_slice(&if be {
+                    0.8f32.to_be_bytes()
+                } else {
+                    0.8f32.to_le_bytes()
+                });
                 out.push(2);
                 for v in [5i32, 6] {
                     out.extend_from_slice(&if be { v.to_be_bytes() } else { v.to_le_bytes() });
@@ -675,9 +762,15 @@ mod tests {
                     (Encoding::Ascii, "uchar") => line.push(format!("{}", v as u8)),
                     (Encoding::Ascii, "double") => line.push(format!("{}", v)),
                     (Encoding::Ascii, _) => line.push(format!("{}", v as f32)),
-                    (_, "double") => out.extend_from_slice(&if be { v.to_be_bytes() } else { v.to_le_bytes() }),
+                    (_, "double") => {
+                        out.extend_from_slice(&if be { v.to_be_bytes() } else { v.to_le_bytes() })
+                    }
                     (_, "uchar") => out.push(v as u8),
-                    (_, _) => out.extend_from_slice(&if be { (v as f32).to_be_bytes() } else { (v as f32).to_le_bytes() }),
+                    (_, _) => out.extend_from_slice(&if be {
+                        (v as f32).to_be_bytes()
+                    } else {
+                        (v as f32).to_le_bytes()
+                    }),
                 }
             }
             if enc == Encoding::Ascii {
@@ -685,7 +778,11 @@ mod tests {
                 out.extend_from_slice(b"\r\n");
             }
         }
-        out.extend_from_slice(if enc == Encoding::Ascii { b"3 0 1 2\n" } else { &[3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2] });
+        out.extend_from_slice(if enc == Encoding::Ascii {
+            b"3 0 1 2\n"
+        } else {
+            &[3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2]
+        });
         out
     }
 
@@ -705,10 +802,20 @@ mod tests {
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let e = read_ply(text.replacen("property float f_rest_8\n", "", 1).as_bytes()).unwrap_err();
         assert!(e.to_string().contains("8 f_rest properties"), "{e}");
-        let e = read_ply(text.replacen("property float opacity", "property uchar opacity", 1).as_bytes()).unwrap_err();
-        assert!(e.to_string().contains("'opacity' must be float or double"), "{e}");
+        let e = read_ply(
+            text.replacen("property float opacity", "property uchar opacity", 1)
+                .as_bytes(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("'opacity' must be float or double"),
+            "{e}"
+        );
         let e = read_ply(text.replacen("property float rot_3\n", "", 1).as_bytes()).unwrap_err();
-        assert!(e.to_string().contains("missing vertex property 'rot_3'"), "{e}");
+        assert!(
+            e.to_string().contains("missing vertex property 'rot_3'"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -724,7 +831,8 @@ mod tests {
             let e = read_ply(huge.as_bytes()).unwrap_err();
             assert!(matches!(e, SplatError::Truncated { .. }), "{e}");
         }
-        let ascii = "ply\nformat ascii 1.0\nelement vertex 99999999999\nproperty float x\nend_header\n1\n";
+        let ascii =
+            "ply\nformat ascii 1.0\nelement vertex 99999999999\nproperty float x\nend_header\n1\n";
         assert!(read_ply(ascii.as_bytes()).is_err());
     }
 
@@ -745,12 +853,17 @@ mod tests {
 
     #[test]
     fn hamburger_fixture_reads_and_round_trips() {
-        let Some(bytes) = fixture("hamburger.ply") else { return };
+        let Some(bytes) = fixture("hamburger.ply") else {
+            return;
+        };
         let g = read_ply(&bytes).unwrap();
         assert_eq!(g.len(), 52_709);
         assert_eq!(g.sh_degree, 0);
         let out = write_ply(&g, PlyWriteOptions { normals: false }).unwrap();
         assert_eq!(read_ply(&out).unwrap(), g);
-        assert_eq!(out.len() - out.windows(11).position(|w| w == b"end_header\n").unwrap() - 11, 52_709 * 14 * 4);
+        assert_eq!(
+            out.len() - out.windows(11).position(|w| w == b"end_header\n").unwrap() - 11,
+            52_709 * 14 * 4
+        );
     }
 }

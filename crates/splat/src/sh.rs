@@ -41,7 +41,9 @@ pub const MAX_SH_DEGREE: u8 = 3;
 
 /// A floating-point type the basis is evaluated in (`f32` or `f64`); the
 /// constants above are rounded to it once, before any arithmetic.
-pub trait ShScalar: Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Neg<Output = Self> {
+pub trait ShScalar:
+    Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Neg<Output = Self>
+{
     /// `v` rounded to the nearest value of this type.
     fn from_f64(v: f64) -> Self;
 }
@@ -65,7 +67,12 @@ impl ShScalar for f64 {
 /// the three components of `d` (treating the polynomials as functions on R³;
 /// the caller chains through the normalisation). Entries beyond the degree
 /// are left untouched.
-pub fn sh_basis<F: ShScalar>(degree: u8, d: [F; 3], basis: &mut [F; 16], grad: Option<&mut [[F; 3]; 16]>) {
+pub fn sh_basis<F: ShScalar>(
+    degree: u8,
+    d: [F; 3],
+    basis: &mut [F; 16],
+    grad: Option<&mut [[F; 3]; 16]>,
+) {
     let c = F::from_f64;
     let [x, y, z] = d;
     let z0 = c(0.0);
@@ -115,9 +122,21 @@ pub fn sh_basis<F: ShScalar>(degree: u8, d: [F; 3], basis: &mut [F; 16], grad: O
         if want_grad {
             g_local[9] = [k[0] * six * x * y, k[0] * three * (xx - yy), z0];
             g_local[10] = [k[1] * y * z, k[1] * x * z, k[1] * x * y];
-            g_local[11] = [-two * k[2] * x * y, k[2] * (four * zz - xx - three * yy), eight * k[2] * y * z];
-            g_local[12] = [-six * k[3] * x * z, -six * k[3] * y * z, k[3] * (six * zz - three * xx - three * yy)];
-            g_local[13] = [k[4] * (four * zz - three * xx - yy), -two * k[4] * x * y, eight * k[4] * x * z];
+            g_local[11] = [
+                -two * k[2] * x * y,
+                k[2] * (four * zz - xx - three * yy),
+                eight * k[2] * y * z,
+            ];
+            g_local[12] = [
+                -six * k[3] * x * z,
+                -six * k[3] * y * z,
+                k[3] * (six * zz - three * xx - three * yy),
+            ];
+            g_local[13] = [
+                k[4] * (four * zz - three * xx - yy),
+                -two * k[4] * x * y,
+                eight * k[4] * x * z,
+            ];
             g_local[14] = [two * k[5] * x * z, -two * k[5] * y * z, k[5] * (xx - yy)];
             g_local[15] = [three * k[6] * (xx - yy), -six * k[6] * x * y, z0];
         }
@@ -194,7 +213,9 @@ impl ShRotation {
 fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<Vec<f64>>) -> Vec<f64> {
     let n = a.len();
     for col in 0..n {
-        let pivot = (col..n).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs())).unwrap_or(col);
+        let pivot = (col..n)
+            .max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))
+            .unwrap_or(col);
         a.swap(col, pivot);
         b.swap(col, pivot);
         let p = a[col][col];
@@ -208,7 +229,10 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<Vec<f64>>) -> Vec<f64> {
             }
         }
     }
-    (0..n).flat_map(|i| (0..n).map(move |k| (i, k))).map(|(i, k)| b[i][k] / a[i][i]).collect()
+    (0..n)
+        .flat_map(|i| (0..n).map(move |k| (i, k)))
+        .map(|(i, k)| b[i][k] / a[i][i])
+        .collect()
 }
 
 #[cfg(test)]
@@ -217,7 +241,11 @@ mod tests {
     use std::f64::consts::PI;
 
     fn basis_at(theta: f64, phi: f64) -> [f64; 16] {
-        let d = [theta.sin() * phi.cos(), theta.sin() * phi.sin(), theta.cos()];
+        let d = [
+            theta.sin() * phi.cos(),
+            theta.sin() * phi.sin(),
+            theta.cos(),
+        ];
         let mut b = [0.0; 16];
         sh_basis(3, d, &mut b, None);
         b
@@ -228,7 +256,13 @@ mod tests {
     /// odd-m functions carry a minus sign.
     #[test]
     fn basis_matches_closed_form() {
-        for &(theta, phi) in &[(0.3, 0.2), (1.1, -2.0), (2.5, 1.7), (PI / 2.0, 0.0), (0.0, 0.0)] {
+        for &(theta, phi) in &[
+            (0.3, 0.2),
+            (1.1, -2.0),
+            (2.5, 1.7),
+            (PI / 2.0, 0.0),
+            (0.0, 0.0),
+        ] {
             let (st, ct) = (f64::sin(theta), f64::cos(theta));
             let b = basis_at(theta, phi);
             let expect = [
@@ -250,7 +284,12 @@ mod tests {
                 -0.25 * (35.0 / (2.0 * PI)).sqrt() * st.powi(3) * (3.0 * phi).cos(),
             ];
             for k in 0..16 {
-                assert!((b[k] - expect[k]).abs() < 1e-12, "Y_{k} at ({theta},{phi}): {} vs {}", b[k], expect[k]);
+                assert!(
+                    (b[k] - expect[k]).abs() < 1e-12,
+                    "Y_{k} at ({theta},{phi}): {} vs {}",
+                    b[k],
+                    expect[k]
+                );
             }
         }
     }
@@ -294,19 +333,40 @@ mod tests {
         let n = (w * w + x * x + y * y + z * z).sqrt();
         let (w, x, y, z) = (w / n, x / n, y / n, z / n);
         let r = [
-            [1.0 - 2.0 * (y * y + z * z), 2.0 * (x * y - w * z), 2.0 * (x * z + w * y)],
-            [2.0 * (x * y + w * z), 1.0 - 2.0 * (x * x + z * z), 2.0 * (y * z - w * x)],
-            [2.0 * (x * z - w * y), 2.0 * (y * z + w * x), 1.0 - 2.0 * (x * x + y * y)],
+            [
+                1.0 - 2.0 * (y * y + z * z),
+                2.0 * (x * y - w * z),
+                2.0 * (x * z + w * y),
+            ],
+            [
+                2.0 * (x * y + w * z),
+                1.0 - 2.0 * (x * x + z * z),
+                2.0 * (y * z - w * x),
+            ],
+            [
+                2.0 * (x * z - w * y),
+                2.0 * (y * z + w * x),
+                1.0 - 2.0 * (x * x + y * y),
+            ],
         ];
         let coeffs: Vec<f32> = (0..16).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.1).collect();
         let mut rest: Vec<f32> = coeffs[1..].iter().flat_map(|&c| [c, 2.0 * c, -c]).collect();
         ShRotation::new(r, 3).apply(&mut rest);
-        let rotated: Vec<f32> = std::iter::once(coeffs[0]).chain((0..15).map(|k| rest[k * 3])).collect();
+        let rotated: Vec<f32> = std::iter::once(coeffs[0])
+            .chain((0..15).map(|k| rest[k * 3]))
+            .collect();
         for i in 0..20 {
             let t = i as f32 * 0.37;
-            let d = [t.cos() * (t * 1.3).sin(), (t * 1.3).cos(), t.sin() * (t * 1.3).sin()];
+            let d = [
+                t.cos() * (t * 1.3).sin(),
+                (t * 1.3).cos(),
+                t.sin() * (t * 1.3).sin(),
+            ];
             let rd: [f32; 3] = std::array::from_fn(|a| (0..3).map(|b| r[a][b] * d[b]).sum());
-            assert!((eval(&rotated, rd) - eval(&coeffs, d)).abs() < 1e-4, "direction {i}");
+            assert!(
+                (eval(&rotated, rd) - eval(&coeffs, d)).abs() < 1e-4,
+                "direction {i}"
+            );
         }
     }
 }

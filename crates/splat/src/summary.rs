@@ -22,7 +22,12 @@ impl Stats {
         }
         v.sort_unstable_by(f32::total_cmp);
         let mean = (v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64) as f32;
-        Some(Stats { min: v[0], median: v[v.len() / 2], mean, max: v[v.len() - 1] })
+        Some(Stats {
+            min: v[0],
+            median: v[v.len() / 2],
+            mean,
+            max: v[v.len() - 1],
+        })
     }
 }
 
@@ -70,7 +75,10 @@ mod tests {
         let o = s.opacity.unwrap();
         assert!(0.0 < o.min && o.max < 1.0);
         let (lo, hi) = s.bounds.unwrap();
-        assert!(lo.iter().zip(hi).all(|(l, h)| -1.0 <= *l && *l < h && h <= 1.0));
+        assert!(lo
+            .iter()
+            .zip(hi)
+            .all(|(l, h)| -1.0 <= *l && *l < h && h <= 1.0));
         assert!(summarize(&Gaussians::default()).opacity.is_none());
     }
 }

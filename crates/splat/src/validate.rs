@@ -17,7 +17,11 @@ pub struct ValidationConfig {
 
 impl Default for ValidationConfig {
     fn default() -> Self {
-        ValidationConfig { min_gaussians: 7000, transparent_opacity: 1e-3, max_transparent_fraction: 0.8 }
+        ValidationConfig {
+            min_gaussians: 7000,
+            transparent_opacity: 1e-3,
+            max_transparent_fraction: 0.8,
+        }
     }
 }
 
@@ -41,7 +45,13 @@ pub struct ValidationReport {
 pub fn validate(g: &Gaussians, config: &ValidationConfig) -> ValidationReport {
     let n = g.len();
     let mut checks = Vec::new();
-    let mut check = |name, passed, detail: String| checks.push(Check { name, passed, detail });
+    let mut check = |name, passed, detail: String| {
+        checks.push(Check {
+            name,
+            passed,
+            detail,
+        })
+    };
 
     check(
         "count",
@@ -61,10 +71,22 @@ pub fn validate(g: &Gaussians, config: &ValidationConfig) -> ValidationReport {
             scalars.into_iter().any(|v| !v.is_finite())
         })
         .count();
-    check("finite", non_finite == 0, format!("{non_finite} Gaussians with NaN or Inf values"));
+    check(
+        "finite",
+        non_finite == 0,
+        format!("{non_finite} Gaussians with NaN or Inf values"),
+    );
 
-    let transparent = g.opacity_logits.iter().filter(|&&o| sigmoid(o) < config.transparent_opacity).count();
-    let fraction = if n == 0 { 0.0 } else { transparent as f32 / n as f32 };
+    let transparent = g
+        .opacity_logits
+        .iter()
+        .filter(|&&o| sigmoid(o) < config.transparent_opacity)
+        .count();
+    let fraction = if n == 0 {
+        0.0
+    } else {
+        transparent as f32 / n as f32
+    };
     check(
         "opacity",
         fraction <= config.max_transparent_fraction,
@@ -88,9 +110,17 @@ pub fn validate(g: &Gaussians, config: &ValidationConfig) -> ValidationReport {
         .iter()
         .filter(|s| s.iter().any(|&l| !l.is_finite() || l.exp() <= 0.0))
         .count();
-    check("scales", degenerate == 0, format!("{degenerate} Gaussians with a zero or non-finite scale"));
+    check(
+        "scales",
+        degenerate == 0,
+        format!("{degenerate} Gaussians with a zero or non-finite scale"),
+    );
 
-    ValidationReport { passed: checks.iter().all(|c| c.passed), gaussians: n, checks }
+    ValidationReport {
+        passed: checks.iter().all(|c| c.passed),
+        gaussians: n,
+        checks,
+    }
 }
 
 /// True for a quaternion that, normalised, is (±1, 0, 0, 0).
@@ -105,12 +135,20 @@ mod tests {
     use crate::gaussians::sample;
 
     fn failing(report: &ValidationReport) -> Vec<&str> {
-        report.checks.iter().filter(|c| !c.passed).map(|c| c.name).collect()
+        report
+            .checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.name)
+            .collect()
     }
 
     #[test]
     fn a_good_splat_passes_and_each_defect_fails_its_check() {
-        let cfg = ValidationConfig { min_gaussians: 10, ..Default::default() };
+        let cfg = ValidationConfig {
+            min_gaussians: 10,
+            ..Default::default()
+        };
         let g = sample(20, 1);
         assert!(validate(&g, &cfg).passed);
 
@@ -121,13 +159,20 @@ mod tests {
         assert_eq!(failing(&validate(&nan, &cfg)), ["finite"]);
 
         let mut clear = g.clone();
-        clear.opacity_logits.iter_mut().take(17).for_each(|o| *o = -10.0);
+        clear
+            .opacity_logits
+            .iter_mut()
+            .take(17)
+            .for_each(|o| *o = -10.0);
         assert_eq!(failing(&validate(&clear, &cfg)), ["opacity"]);
         clear.opacity_logits[16] = 0.0;
         assert!(validate(&clear, &cfg).passed, "80 % exactly is accepted");
 
         let mut ident = g.clone();
-        ident.rotations.iter_mut().for_each(|q| *q = [2.0, 0.0, 0.0, 0.0]);
+        ident
+            .rotations
+            .iter_mut()
+            .for_each(|q| *q = [2.0, 0.0, 0.0, 0.0]);
         assert_eq!(failing(&validate(&ident, &cfg)), ["rotations"]);
 
         let mut zero = g.clone();

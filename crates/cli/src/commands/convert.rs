@@ -48,7 +48,9 @@ impl EncodingArgs {
     pub fn write(&self, g: &Gaussians, output: &Path) -> Result<()> {
         let options = EncodeOptions {
             format: SplatFormat::from_path(output)?,
-            ply: PlyWriteOptions { normals: !self.no_normals },
+            ply: PlyWriteOptions {
+                normals: !self.no_normals,
+            },
             spz_flavor: match self.spz_flavor {
                 Flavor::Niantic => SpzFlavor::NianticV2,
                 Flavor::NianticV3 => SpzFlavor::NianticV3,
@@ -57,7 +59,9 @@ impl EncodingArgs {
         };
         let mut bytes = encode_splat(g, &options)?;
         if self.base64 {
-            bytes = base64::engine::general_purpose::STANDARD.encode(&bytes).into_bytes();
+            bytes = base64::engine::general_purpose::STANDARD
+                .encode(&bytes)
+                .into_bytes();
         }
         Ok(write_atomic(output, &bytes)?)
     }

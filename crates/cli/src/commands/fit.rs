@@ -6,7 +6,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use splatforge_fit::{
-    background, evaluate, initial_gaussians, load_transforms, render_mode, FitConfig, Init, LoadOptions,
+    background, evaluate, initial_gaussians, load_transforms, render_mode, FitConfig, Init,
+    LoadOptions,
 };
 
 use super::convert::EncodingArgs;
@@ -62,8 +63,13 @@ pub fn run(args: Args) -> Result<Outcome> {
     // Fail on a bad output name before spending minutes fitting.
     splatforge_splat::SplatFormat::from_path(&args.output)?;
 
-    let data = load_transforms(&args.input, &LoadOptions { test_every: args.test_every })
-        .with_context(|| format!("loading {}", args.input.display()))?;
+    let data = load_transforms(
+        &args.input,
+        &LoadOptions {
+            test_every: args.test_every,
+        },
+    )
+    .with_context(|| format!("loading {}", args.input.display()))?;
     let first = &data.train.views[0];
     eprintln!(
         "{}: {} training views, {} test views, {}x{}",

@@ -17,8 +17,8 @@ use splatforge_server::{GenerationError, ServerConfig};
 
 use super::generate::ConfigArgs;
 use super::serve::build_generator;
-use splatforge_pipeline::resolve_models;
 use crate::Outcome;
+use splatforge_pipeline::resolve_models;
 
 /// How to reach the fleet and how it treats jobs (shared by `worker`,
 /// `serve --redis` and `submit`).
@@ -58,7 +58,9 @@ fn seconds(name: &str, s: f64) -> Result<Duration> {
 impl FleetArgs {
     /// The fleet's configuration; `None` without `--redis`.
     pub fn config(&self) -> Result<Option<FleetConfig>> {
-        let Some(url) = &self.redis else { return Ok(None) };
+        let Some(url) = &self.redis else {
+            return Ok(None);
+        };
         let config = FleetConfig {
             redis_url: url.clone(),
             prefix: self.redis_prefix.clone(),
@@ -71,18 +73,23 @@ impl FleetArgs {
         };
         config.validate()?;
         if let Some(dir) = &config.results_dir {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating --results-dir {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating --results-dir {}", dir.display()))?;
         }
         Ok(Some(config))
     }
 
     fn required(&self, command: &str) -> Result<FleetConfig> {
-        self.config()?.with_context(|| format!("`{command}` needs --redis URL"))
+        self.config()?
+            .with_context(|| format!("`{command}` needs --redis URL"))
     }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 /// `splatforge serve --redis URL`: the HTTP service with the fleet behind
@@ -98,7 +105,10 @@ pub fn serve_front_end(
     config.workers_per_device = in_flight;
     config.validate()?;
     let front = FrontEnd::start(fleet, profile)?;
-    eprintln!("splatforge serve: front end of the fleet at {} (profile {profile})", front.queue().config().redis_url);
+    eprintln!(
+        "splatforge serve: front end of the fleet at {} (profile {profile})",
+        front.queue().config().redis_url
+    );
     let extension = Arc::new(FleetExtension(front.clone()));
     let factory = move |_device: u32| Ok::<_, GenerationError>(FleetGenerator::new(front.clone()));
     splatforge_server::run_with_extension(config, factory, extension)?;
@@ -142,10 +152,19 @@ pub fn run_worker_command(args: WorkerArgs) -> Result<Outcome> {
         name: args.name.clone(),
         shutdown_timeout: seconds("shutdown-timeout", args.shutdown_timeout)?,
     };
-    let models = resolve_models(args.models.as_deref().map(|p| p.to_string_lossy()).as_deref())?;
+    let models = resolve_models(
+        args.models
+            .as_deref()
+            .map(|p| p.to_string_lossy())
+            .as_deref(),
+    )?;
     let factory = move |device: u32| build_generator(device, &models, &sources);
     let rt = runtime()?;
-    rt.block_on(run_worker(config, factory, splatforge_server::shutdown_signal()))?;
+    rt.block_on(run_worker(
+        config,
+        factory,
+        splatforge_server::shutdown_signal(),
+    ))?;
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(Outcome::Success)
 }
@@ -175,14 +194,15 @@ pub struct SubmitArgs {
 /// Reads JSON Lines items; errors name the line.
 pub fn read_items(path: &Path) -> Result<(Vec<BatchItem>, Vec<u8>)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let text = std::str::from_utf8(&bytes).with_context(|| format!("{}: not UTF-8", path.display()))?;
+    let text =
+        std::str::from_utf8(&bytes).with_context(|| format!("{}: not UTF-8", path.display()))?;
     let mut items = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let item =
-            serde_json::from_str(line).with_context(|| format!("{}:{}: not a valid item", path.display(), i + 1))?;
+        let item = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a valid item", path.display(), i + 1))?;
         items.push(item);
     }
     if items.is_empty() {
@@ -236,7 +256,11 @@ pub fn run_submit(args: SubmitArgs) -> Result<Outcome> {
         args.out.display(),
         results.failed.len()
     );
-    Ok(if results.failed.is_empty() { Outcome::Success } else { Outcome::CheckFailed })
+    Ok(if results.failed.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::CheckFailed
+    })
 }
 
 #[cfg(test)]
@@ -256,14 +280,35 @@ mod tests {
             results_dir: None,
         };
         let c = a.config().unwrap().unwrap();
-        assert_eq!((c.claim_after, c.max_attempts, c.prefix.as_str()), (Duration::from_secs(2), 4, "p"));
-        assert!(FleetArgs { claim_after: 0.0, ..a.clone() }.config().is_err());
-        assert!(FleetArgs { max_attempts: 0, ..a }.config().is_err());
-        assert!(FleetArgs::default().required("worker").unwrap_err().to_string().contains("--redis"));
+        assert_eq!(
+            (c.claim_after, c.max_attempts, c.prefix.as_str()),
+            (Duration::from_secs(2), 4, "p")
+        );
+        assert!(FleetArgs {
+            claim_after: 0.0,
+            ..a.clone()
+        }
+        .config()
+        .is_err());
+        assert!(FleetArgs {
+            max_attempts: 0,
+            ..a
+        }
+        .config()
+        .is_err());
+        assert!(FleetArgs::default()
+            .required("worker")
+            .unwrap_err()
+            .to_string()
+            .contains("--redis"));
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("items.jsonl");
-        std::fs::write(&path, "{\"prompt\": \"a chair\"}\n\n{\"prompt\": \"a car\", \"format\": \"spz\"}\n").unwrap();
+        std::fs::write(
+            &path,
+            "{\"prompt\": \"a chair\"}\n\n{\"prompt\": \"a car\", \"format\": \"spz\"}\n",
+        )
+        .unwrap();
         assert_eq!(read_items(&path).unwrap().0.len(), 2);
         std::fs::write(&path, "{\"prompt\": \"a chair\"}\n{\"prompt\": 3}\n").unwrap();
         let e = format!("{:#}", read_items(&path).unwrap_err());

@@ -7,7 +7,8 @@ use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use splatforge_diffusion::ModelSource;
 use splatforge_pipeline::{
-    device_name, parse_device, resolve_models, ConfigSources, Generated, HubConfig, Observer, Pipeline, Request, Stage,
+    device_name, parse_device, resolve_models, ConfigSources, Generated, HubConfig, Observer,
+    Pipeline, Request, Stage,
 };
 use splatforge_splat::validate::{validate, ValidationConfig};
 
@@ -30,7 +31,11 @@ pub struct ConfigArgs {
 
 impl ConfigArgs {
     pub fn sources(&self) -> ConfigSources {
-        ConfigSources { profile: self.profile.clone(), config_file: self.config.clone(), sets: self.sets.clone() }
+        ConfigSources {
+            profile: self.profile.clone(),
+            config_file: self.config.clone(),
+            sets: self.sets.clone(),
+        }
     }
 }
 
@@ -83,14 +88,19 @@ impl Observer for Bars {
         let bar = if steps > 0 {
             let b = self.multi.add(ProgressBar::new(steps));
             b.set_style(
-                ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {elapsed:>4} {msg}")
-                    .expect("valid template")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{prefix:>10} [{bar:30}] {pos}/{len} {elapsed:>4} {msg}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
             );
             b
         } else {
             let b = self.multi.add(ProgressBar::new_spinner());
-            b.set_style(ProgressStyle::with_template("{prefix:>10} {spinner} {msg}").expect("valid template"));
+            b.set_style(
+                ProgressStyle::with_template("{prefix:>10} {spinner} {msg}")
+                    .expect("valid template"),
+            );
             b
         };
         bar.set_prefix(stage.name());
@@ -127,8 +137,17 @@ pub fn timing_table(timings: &[(Stage, Duration)]) -> String {
     let total: Duration = timings.iter().map(|(_, d)| *d).sum();
     let mut s = String::from("stage        time (ms)   share\n");
     for (stage, d) in timings {
-        let share = if total.is_zero() { 0.0 } else { 100.0 * d.as_secs_f64() / total.as_secs_f64() };
-        s += &format!("{:<10} {:>11.1} {:>6.1} %\n", stage.name(), d.as_secs_f64() * 1e3, share);
+        let share = if total.is_zero() {
+            0.0
+        } else {
+            100.0 * d.as_secs_f64() / total.as_secs_f64()
+        };
+        s += &format!(
+            "{:<10} {:>11.1} {:>6.1} %\n",
+            stage.name(),
+            d.as_secs_f64() * 1e3,
+            share
+        );
     }
     s += &format!("{:<10} {:>11.1}\n", "total", total.as_secs_f64() * 1e3);
     s
@@ -138,13 +157,26 @@ fn save_views(dir: &std::path::Path, views: &splatforge_fit::Views) -> Result<()
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for (i, v) in views.views.iter().enumerate() {
         let (w, h) = (v.width(), v.height());
-        let over_white: Vec<u8> = v.composite([1.0; 3]).iter().map(|x| (x.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
+        let over_white: Vec<u8> = v
+            .composite([1.0; 3])
+            .iter()
+            .map(|x| (x.clamp(0.0, 1.0) * 255.0).round() as u8)
+            .collect();
         let p = dir.join(format!("view_{i}.png"));
-        super::write_png(&p, image::RgbImage::from_raw(w, h, over_white).expect("buffer size"))?;
+        super::write_png(
+            &p,
+            image::RgbImage::from_raw(w, h, over_white).expect("buffer size"),
+        )?;
         if let Some(a) = &v.alpha {
-            let mask: Vec<u8> = a.iter().map(|x| (x.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
+            let mask: Vec<u8> = a
+                .iter()
+                .map(|x| (x.clamp(0.0, 1.0) * 255.0).round() as u8)
+                .collect();
             let p = dir.join(format!("alpha_{i}.png"));
-            super::write_png(&p, image::GrayImage::from_raw(w, h, mask).expect("buffer size"))?;
+            super::write_png(
+                &p,
+                image::GrayImage::from_raw(w, h, mask).expect("buffer size"),
+            )?;
         }
     }
     Ok(())
@@ -183,8 +215,11 @@ struct Session<'a> {
 impl Session<'_> {
     /// The JSON object of run `run` (1-based); `output` when it wrote the file.
     fn json(&self, run: u64, out: &Generated, output: Option<&Path>) -> serde_json::Value {
-        let stages: serde_json::Map<String, serde_json::Value> =
-            out.timings.iter().map(|(stage, d)| (stage.name().to_string(), ms_json(*d).into())).collect();
+        let stages: serde_json::Map<String, serde_json::Value> = out
+            .timings
+            .iter()
+            .map(|(stage, d)| (stage.name().to_string(), ms_json(*d).into()))
+            .collect();
         let memory = self.pipe.device_memory();
         serde_json::json!({
             "profile": self.profile,
@@ -227,9 +262,15 @@ const REAL_CHECKPOINT_MIN_BYTES: u64 = 64 << 20;
 fn is_tiny(models: &ModelSource) -> bool {
     match models {
         ModelSource::Diffusers(dir) => {
-            let Ok(text) = std::fs::read_to_string(dir.join("unet/config.json")) else { return false };
-            let Ok(config) = serde_json::from_str::<serde_json::Value>(&text) else { return false };
-            let base = config["model_channels"].as_u64().or_else(|| config["block_out_channels"][0].as_u64());
+            let Ok(text) = std::fs::read_to_string(dir.join("unet/config.json")) else {
+                return false;
+            };
+            let Ok(config) = serde_json::from_str::<serde_json::Value>(&text) else {
+                return false;
+            };
+            let base = config["model_channels"]
+                .as_u64()
+                .or_else(|| config["block_out_channels"][0].as_u64());
             base.is_some_and(|c| c < REAL_UNET_MIN_CHANNELS)
         }
         ModelSource::Ldm { checkpoint, .. } => {
@@ -265,9 +306,17 @@ fn profile_for_models(mut sources: ConfigSources, models: &ModelSource) -> Confi
 fn warn_if_invalid(g: &splatforge_splat::Gaussians, output: &Path) {
     let report = validate(g, &ValidationConfig::default());
     if !report.passed {
-        let failed: Vec<String> =
-            report.checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.name, c.detail)).collect();
-        eprintln!("warning: {} would fail `splatforge validate` ({})", output.display(), failed.join("; "));
+        let failed: Vec<String> = report
+            .checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect();
+        eprintln!(
+            "warning: {} would fail `splatforge validate` ({})",
+            output.display(),
+            failed.join("; ")
+        );
     }
 }
 
@@ -288,7 +337,12 @@ pub fn run(args: Args) -> Result<Outcome> {
     let t0 = Instant::now();
     let pipe = Pipeline::load(&models, &device, HubConfig::from_env(), &profile, config)?;
     let load = t0.elapsed();
-    eprintln!("loaded {} on {:?} in {:.1} s (profile {profile})", pipe.models(), device, load.as_secs_f64());
+    eprintln!(
+        "loaded {} on {:?} in {:.1} s (profile {profile})",
+        pipe.models(),
+        device,
+        load.as_secs_f64()
+    );
     let warm_up = if args.warm_up {
         let d = pipe.warm_up()?;
         eprintln!("warmed up in {:.1} s", d.as_secs_f64());
@@ -296,14 +350,30 @@ pub fn run(args: Args) -> Result<Outcome> {
     } else {
         None
     };
-    let session = Session { profile: &profile, pipe: &pipe, load, warm_up, runs: args.repeat };
+    let session = Session {
+        profile: &profile,
+        pipe: &pipe,
+        load,
+        warm_up,
+        runs: args.repeat,
+    };
 
     let first_seed = args.seed.unwrap_or(pipe.config().seed);
     let mut totals = Vec::new();
     for run in 1..=args.repeat {
         let seed = first_seed.wrapping_add(run - 1);
-        let mut bars = Bars { multi: MultiProgress::new(), current: None };
-        let out = pipe.generate(&Request { prompt: args.prompt.clone(), seed: Some(seed) }, &|| false, &mut bars)?;
+        let mut bars = Bars {
+            multi: MultiProgress::new(),
+            current: None,
+        };
+        let out = pipe.generate(
+            &Request {
+                prompt: args.prompt.clone(),
+                seed: Some(seed),
+            },
+            &|| false,
+            &mut bars,
+        )?;
         drop(bars);
         if !out.latents_finite {
             eprintln!("warning: run {run}: the diffusion stage's latents were not all finite (NaN or Inf)");
@@ -338,7 +408,11 @@ pub fn run(args: Args) -> Result<Outcome> {
     }
     if !args.json && args.repeat > 1 {
         let list: Vec<String> = totals.iter().map(|d| format!("{:.1}", ms(*d))).collect();
-        println!("total ms per run: {} (median {:.1})", list.join(", "), median_ms(&mut totals));
+        println!(
+            "total ms per run: {} (median {:.1})",
+            list.join(", "),
+            median_ms(&mut totals)
+        );
     }
     Ok(Outcome::Success)
 }

@@ -26,12 +26,15 @@ struct Report {
 
 pub fn run(args: Args) -> Result<Outcome> {
     let g = super::read(&args.file)?;
-    let file_bytes = std::fs::metadata(&args.file).with_context(|| args.file.display().to_string())?.len();
+    let file_bytes = std::fs::metadata(&args.file)
+        .with_context(|| args.file.display().to_string())?
+        .len();
     let summary = summarize(&g);
     let report = Report {
         file: args.file.display().to_string(),
         file_bytes,
-        bytes_per_splat: (summary.gaussians > 0).then(|| file_bytes as f64 / summary.gaussians as f64),
+        bytes_per_splat: (summary.gaussians > 0)
+            .then(|| file_bytes as f64 / summary.gaussians as f64),
         summary,
     };
     if args.json {
@@ -52,11 +55,17 @@ fn print_text(r: &Report) {
         None => println!("size        {} bytes", r.file_bytes),
     }
     if let Some((lo, hi)) = s.bounds {
-        println!("bounds      min ({:.4}, {:.4}, {:.4})  max ({:.4}, {:.4}, {:.4})", lo[0], lo[1], lo[2], hi[0], hi[1], hi[2]);
+        println!(
+            "bounds      min ({:.4}, {:.4}, {:.4})  max ({:.4}, {:.4}, {:.4})",
+            lo[0], lo[1], lo[2], hi[0], hi[1], hi[2]
+        );
     }
     let stats = |name: &str, st: &Option<Stats>| {
         if let Some(st) = st {
-            println!("{name:<11} min {:.4e}  median {:.4e}  mean {:.4e}  max {:.4e}", st.min, st.median, st.mean, st.max);
+            println!(
+                "{name:<11} min {:.4e}  median {:.4e}  mean {:.4e}  max {:.4e}",
+                st.min, st.median, st.mean, st.max
+            );
         }
     };
     stats("opacity", &s.opacity);

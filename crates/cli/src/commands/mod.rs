@@ -26,8 +26,18 @@ pub fn read(path: &Path) -> Result<Gaussians> {
 
 /// Refuses to pass on a splat with NaN or Inf values.
 pub fn require_finite(g: &Gaussians, path: &Path) -> Result<()> {
-    let report = validate(g, &ValidationConfig { min_gaussians: 0, ..Default::default() });
-    if let Some(c) = report.checks.iter().find(|c| c.name == "finite" && !c.passed) {
+    let report = validate(
+        g,
+        &ValidationConfig {
+            min_gaussians: 0,
+            ..Default::default()
+        },
+    );
+    if let Some(c) = report
+        .checks
+        .iter()
+        .find(|c| c.name == "finite" && !c.passed)
+    {
         bail!("{}: {}", path.display(), c.detail);
     }
     Ok(())
@@ -36,7 +46,9 @@ pub fn require_finite(g: &Gaussians, path: &Path) -> Result<()> {
 /// Encodes an image as PNG in memory.
 pub fn encode_png(img: impl Into<DynamicImage>) -> Result<Vec<u8>> {
     let mut out = std::io::Cursor::new(Vec::new());
-    img.into().write_to(&mut out, image::ImageFormat::Png).context("encoding PNG")?;
+    img.into()
+        .write_to(&mut out, image::ImageFormat::Png)
+        .context("encoding PNG")?;
     Ok(out.into_inner())
 }
 

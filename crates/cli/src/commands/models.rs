@@ -10,7 +10,6 @@ use splatforge_diffusion::{
 };
 use splatforge_nn::Precision;
 
-
 use crate::Outcome;
 
 #[derive(clap::Args)]
@@ -36,7 +35,12 @@ enum Command {
 #[derive(clap::Args)]
 struct SdArgs {
     /// Model: a diffusers folder or hf:ORG/NAME[@REV].
-    #[arg(long = "models", alias = "model", value_name = "DIR", default_value = "hf:stabilityai/sd-turbo")]
+    #[arg(
+        long = "models",
+        alias = "model",
+        value_name = "DIR",
+        default_value = "hf:stabilityai/sd-turbo"
+    )]
     models: String,
     #[arg(long)]
     prompt: String,
@@ -68,7 +72,12 @@ struct SdArgs {
 #[derive(clap::Args)]
 struct FluxArgs {
     /// Model: a diffusers folder or hf:ORG/NAME[@REV].
-    #[arg(long = "models", alias = "model", value_name = "DIR", default_value = "hf:black-forest-labs/FLUX.1-schnell")]
+    #[arg(
+        long = "models",
+        alias = "model",
+        value_name = "DIR",
+        default_value = "hf:black-forest-labs/FLUX.1-schnell"
+    )]
     models: String,
     #[arg(long)]
     prompt: String,
@@ -130,7 +139,12 @@ enum Size {
 #[derive(clap::Args)]
 struct MvdreamArgs {
     /// Model: a diffusers folder, an LDM checkpoint (.safetensors/.pt), or hf:ORG/NAME[@REV][:FILE].
-    #[arg(long = "models", alias = "model", value_name = "DIR", default_value = "hf:ashawkey/mvdream-sd2.1-diffusers")]
+    #[arg(
+        long = "models",
+        alias = "model",
+        value_name = "DIR",
+        default_value = "hf:ashawkey/mvdream-sd2.1-diffusers"
+    )]
     models: String,
     /// The text prompt.
     #[arg(long)]
@@ -238,7 +252,10 @@ fn save_png(images: Vec<image::RgbImage>, out: &std::path::Path) -> Result<()> {
     if let Some(d) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let first = images.into_iter().next().context("the model returned no image")?;
+    let first = images
+        .into_iter()
+        .next()
+        .context("the model returned no image")?;
     super::write_png(out, first)?;
     println!("{}", out.display());
     Ok(())
@@ -248,15 +265,36 @@ fn save_png(images: Vec<image::RgbImage>, out: &std::path::Path) -> Result<()> {
 /// (`dtype`, else `default`); on the CPU f32 for every model, as `generate`
 /// does, since candle's CPU backend has no bf16 or f16 matmul. A lower
 /// precision asked for on the CPU is noted, not refused.
-fn load_options(dtype: Option<Precision>, default: Precision, vae_dtype: Option<Precision>) -> LoadOptions {
+fn load_options(
+    dtype: Option<Precision>,
+    default: Precision,
+    vae_dtype: Option<Precision>,
+) -> LoadOptions {
     let device = splatforge_nn::best_device(0);
     if device.is_cpu() {
-        if let Some(p) = dtype.into_iter().chain(vae_dtype).find(|p| !matches!(p, Precision::F32)) {
-            eprintln!("note: running in f32 on the CPU ({:?} is for a GPU)", p.dtype());
+        if let Some(p) = dtype
+            .into_iter()
+            .chain(vae_dtype)
+            .find(|p| !matches!(p, Precision::F32))
+        {
+            eprintln!(
+                "note: running in f32 on the CPU ({:?} is for a GPU)",
+                p.dtype()
+            );
         }
-        return LoadOptions { device, dtype: diffusion::DType::F32, vae_dtype: Some(diffusion::DType::F32), ..Default::default() };
+        return LoadOptions {
+            device,
+            dtype: diffusion::DType::F32,
+            vae_dtype: Some(diffusion::DType::F32),
+            ..Default::default()
+        };
     }
-    LoadOptions { device, dtype: dtype.unwrap_or(default).dtype(), vae_dtype: vae_dtype.map(Precision::dtype), ..Default::default() }
+    LoadOptions {
+        device,
+        dtype: dtype.unwrap_or(default).dtype(),
+        vae_dtype: vae_dtype.map(Precision::dtype),
+        ..Default::default()
+    }
 }
 
 fn sd(a: SdArgs) -> Result<Outcome> {
@@ -338,7 +376,8 @@ fn mvdream(a: MvdreamArgs) -> Result<Outcome> {
         req.num_frames,
         t0.elapsed().as_secs_f64()
     );
-    std::fs::create_dir_all(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
+    std::fs::create_dir_all(&a.output)
+        .with_context(|| format!("creating {}", a.output.display()))?;
     for (i, img) in out.to_rgb_images()?.into_iter().enumerate() {
         let p = a.output.join(format!("view_{i}.png"));
         super::write_png(&p, img)?;

@@ -5,7 +5,9 @@
 //! driver (none on the CPU).
 
 use splatforge_pipeline::{Pipeline, PipelineError, Request};
-use splatforge_server::{CancelToken, DeviceMemory, Generation, GenerationError, GenerationRequest, Generator};
+use splatforge_server::{
+    CancelToken, DeviceMemory, Generation, GenerationError, GenerationRequest, Generator,
+};
 
 pub struct PipelineGenerator {
     pipe: Pipeline,
@@ -29,12 +31,26 @@ pub fn generation_error(e: PipelineError) -> GenerationError {
 }
 
 impl Generator for PipelineGenerator {
-    fn generate(&self, request: &GenerationRequest, cancel: &CancelToken) -> Result<Generation, GenerationError> {
-        let req = Request { prompt: request.prompt.clone(), seed: request.seed };
-        let out = self.pipe.generate(&req, &|| cancel.is_cancelled(), &mut ()).map_err(generation_error)?;
+    fn generate(
+        &self,
+        request: &GenerationRequest,
+        cancel: &CancelToken,
+    ) -> Result<Generation, GenerationError> {
+        let req = Request {
+            prompt: request.prompt.clone(),
+            seed: request.seed,
+        };
+        let out = self
+            .pipe
+            .generate(&req, &|| cancel.is_cancelled(), &mut ())
+            .map_err(generation_error)?;
         Ok(Generation {
             gaussians: out.gaussians,
-            stage_timings: out.timings.iter().map(|(s, d)| (s.name().to_string(), *d)).collect(),
+            stage_timings: out
+                .timings
+                .iter()
+                .map(|(s, d)| (s.name().to_string(), *d))
+                .collect(),
         })
     }
 
@@ -58,10 +74,18 @@ mod tests {
 
     #[test]
     fn errors_map_to_the_service_outcomes() {
-        assert_eq!(generation_error(PipelineError::Cancelled), GenerationError::Cancelled);
+        assert_eq!(
+            generation_error(PipelineError::Cancelled),
+            GenerationError::Cancelled
+        );
         let oom = PipelineError::stage(Stage::Fit, "CUDA_ERROR_OUT_OF_MEMORY");
-        assert!(matches!(generation_error(oom), GenerationError::OutOfMemory(m) if m.contains("fit")));
+        assert!(
+            matches!(generation_error(oom), GenerationError::OutOfMemory(m) if m.contains("fit"))
+        );
         let other = PipelineError::stage(Stage::Sds, "bad shape");
-        assert_eq!(generation_error(other), GenerationError::Failed("sds stage failed: bad shape".into()));
+        assert_eq!(
+            generation_error(other),
+            GenerationError::Failed("sds stage failed: bad shape".into())
+        );
     }
 }

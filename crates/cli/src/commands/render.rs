@@ -3,7 +3,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::{Delay, Frame, RgbImage, RgbaImage};
-use splatforge_render::{render, Camera, GaussianBuffers, RenderMode, RenderOptions, RenderedImage};
+use splatforge_render::{
+    render, Camera, GaussianBuffers, RenderMode, RenderOptions, RenderedImage,
+};
 use splatforge_splat::normalize::{fit_to_box, validator_transform, VALIDATOR_BOX};
 use splatforge_splat::write_atomic;
 
@@ -59,7 +61,11 @@ pub struct Args {
 }
 
 fn parse_rgb(s: &str) -> Result<[f32; 3], String> {
-    let v: Vec<f32> = s.split(',').map(|p| p.trim().parse::<f32>()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f32>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
     match v.as_slice() {
         &[r, g, b] if v.iter().all(|c| (0.0..=1.0).contains(c)) => Ok([r, g, b]),
         _ => Err(format!("expected R,G,B with each in [0, 1], got '{s}'")),
@@ -69,11 +75,21 @@ fn parse_rgb(s: &str) -> Result<[f32; 3], String> {
 /// Refuses an output whose extension names another format than the one
 /// the render makes: a GIF for a turntable, a PNG otherwise.
 fn check_output_extension(args: &Args) -> Result<()> {
-    let (expected, what) =
-        if args.turntable.is_some() { ("gif", "a turntable is an animated GIF") } else { ("png", "a still is a PNG") };
-    let ext = args.output.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let (expected, what) = if args.turntable.is_some() {
+        ("gif", "a turntable is an animated GIF")
+    } else {
+        ("png", "a still is a PNG")
+    };
+    let ext = args
+        .output
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
     if ext.as_deref() != Some(expected) {
-        bail!("{}: {what}; name the output .{expected}", args.output.display());
+        bail!(
+            "{}: {what}; name the output .{expected}",
+            args.output.display()
+        );
     }
     Ok(())
 }
@@ -90,11 +106,24 @@ pub fn run(args: Args) -> Result<Outcome> {
     let buffers = GaussianBuffers::from(&g);
     let options = RenderOptions {
         background: args.background,
-        mode: if args.antialiased { RenderMode::Antialiased } else { RenderMode::Classic },
+        mode: if args.antialiased {
+            RenderMode::Antialiased
+        } else {
+            RenderMode::Classic
+        },
         sh_degree: args.dc_only.then_some(0),
         ..Default::default()
     };
-    let view = |azimuth: f32| Camera::orbit(args.elevation, azimuth, args.radius, args.fovy, args.size, args.size);
+    let view = |azimuth: f32| {
+        Camera::orbit(
+            args.elevation,
+            azimuth,
+            args.radius,
+            args.fovy,
+            args.size,
+            args.size,
+        )
+    };
     let draw = |cameras: &[Camera]| -> Result<Vec<RgbImage>> {
         let images = render(&buffers.params(), cameras, &options)?;
         Ok(images.iter().map(to_rgb_image).collect())
@@ -104,8 +133,9 @@ pub fn run(args: Args) -> Result<Outcome> {
         if frames == 0 || frames > 3600 {
             bail!("--turntable takes 1 to 3600 frames, got {frames}");
         }
-        let cameras: Vec<Camera> =
-            (0..frames).map(|i| view(args.azimuth + 360.0 * i as f32 / frames as f32)).collect();
+        let cameras: Vec<Camera> = (0..frames)
+            .map(|i| view(args.azimuth + 360.0 * i as f32 / frames as f32))
+            .collect();
         encode_gif(draw(&cameras)?)?
     } else if args.validator_views {
         super::encode_png(contact_sheet(&draw(&Camera::validator_views())?, 4))?
@@ -118,7 +148,8 @@ pub fn run(args: Args) -> Result<Outcome> {
 }
 
 fn to_rgb_image(img: &RenderedImage) -> RgbImage {
-    RgbImage::from_raw(img.width, img.height, img.rgb8()).expect("rgb8 holds width × height × 3 bytes")
+    RgbImage::from_raw(img.width, img.height, img.rgb8())
+        .expect("rgb8 holds width × height × 3 bytes")
 }
 
 /// Tiles equally sized images row by row, `columns` per row.
@@ -141,7 +172,9 @@ fn encode_gif(frames: Vec<RgbImage>) -> Result<Vec<u8>> {
         let delay = Delay::from_numer_denom_ms(1000, 25);
         for f in frames {
             let rgba: RgbaImage = image::DynamicImage::ImageRgb8(f).into_rgba8();
-            encoder.encode_frame(Frame::from_parts(rgba, 0, 0, delay)).context("encoding GIF")?;
+            encoder
+                .encode_frame(Frame::from_parts(rgba, 0, 0, delay))
+                .context("encoding GIF")?;
         }
     }
     Ok(out)

@@ -86,13 +86,20 @@ pub fn build_generator(
     } else {
         splatforge_diffusion::Device::Cpu
     };
-    let pipe = Pipeline::load(models, &dev, HubConfig::from_env(), &profile, config).map_err(generation_error)?;
-    eprintln!("splatforge serve: device {device}: {} on {dev:?}, profile {profile}", pipe.models());
+    let pipe = Pipeline::load(models, &dev, HubConfig::from_env(), &profile, config)
+        .map_err(generation_error)?;
+    eprintln!(
+        "splatforge serve: device {device}: {} on {dev:?}, profile {profile}",
+        pipe.models()
+    );
     Ok(Box::new(PipelineGenerator::new(pipe)))
 }
 
 fn seconds(name: &str, s: f64) -> Result<Duration> {
-    Duration::try_from_secs_f64(s).ok().filter(|d| !d.is_zero()).with_context(|| format!("--{name} must be a positive number of seconds, got {s}"))
+    Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("--{name} must be a positive number of seconds, got {s}"))
 }
 
 fn config(args: &Args) -> Result<ServerConfig> {
@@ -123,7 +130,12 @@ pub fn run(args: Args) -> Result<Outcome> {
     if let Some(fleet) = args.fleet.config()? {
         return super::fleet::serve_front_end(config, fleet, &profile, args.fleet_in_flight);
     }
-    let models = resolve_models(args.models.as_deref().map(|p| p.to_string_lossy()).as_deref())?;
+    let models = resolve_models(
+        args.models
+            .as_deref()
+            .map(|p| p.to_string_lossy())
+            .as_deref(),
+    )?;
     let factory = move |device: u32| build_generator(device, &models, &sources);
     splatforge_server::run(config, factory)?;
     Ok(Outcome::Success)
@@ -151,29 +163,76 @@ mod tests {
     fn parses_the_flags_and_defaults() {
         let a = parse(&[]).unwrap();
         let c = config(&a).unwrap();
-        assert_eq!((c.host.as_str(), c.port, c.devices.as_slice()), ("127.0.0.1", 10006, &[0][..]));
+        assert_eq!(
+            (c.host.as_str(), c.port, c.devices.as_slice()),
+            ("127.0.0.1", 10006, &[0][..])
+        );
         assert_eq!(c.timeout, Duration::from_secs(300));
-        assert_eq!((c.header_read_timeout, c.body_read_timeout), (Duration::from_secs(10), Duration::from_secs(30)));
+        assert_eq!(
+            (c.header_read_timeout, c.body_read_timeout),
+            (Duration::from_secs(10), Duration::from_secs(30))
+        );
         assert_eq!((c.max_connections, c.max_video_res), (256, 1088));
         let a = parse(&[
-            "--port", "8093", "--devices", "0,1", "--workers-per-device", "2", "--queue-size", "3", "--timeout", "2.5",
-            "--models", "/m", "--profile", "speed", "--config", "/c.yaml", "--set", "fit.iters=5", "--set", "seed=2",
+            "--port",
+            "8093",
+            "--devices",
+            "0,1",
+            "--workers-per-device",
+            "2",
+            "--queue-size",
+            "3",
+            "--timeout",
+            "2.5",
+            "--models",
+            "/m",
+            "--profile",
+            "speed",
+            "--config",
+            "/c.yaml",
+            "--set",
+            "fit.iters=5",
+            "--set",
+            "seed=2",
         ])
         .unwrap();
         let c = config(&a).unwrap();
-        assert_eq!((c.port, c.devices.clone(), c.workers_per_device, c.queue_size), (8093, vec![0, 1], 2, 3));
+        assert_eq!(
+            (
+                c.port,
+                c.devices.clone(),
+                c.workers_per_device,
+                c.queue_size
+            ),
+            (8093, vec![0, 1], 2, 3)
+        );
         assert_eq!(c.timeout, Duration::from_millis(2500));
-        assert_eq!((a.models.as_deref(), a.config.profile.as_deref()), (Some(Path::new("/m")), Some("speed")));
+        assert_eq!(
+            (a.models.as_deref(), a.config.profile.as_deref()),
+            (Some(Path::new("/m")), Some("speed"))
+        );
         assert_eq!(a.config.config.as_deref(), Some(Path::new("/c.yaml")));
         assert_eq!(a.config.sets, ["fit.iters=5", "seed=2"]);
         assert!(parse(&["--devices", "zero"]).is_err());
         assert!(config(&parse(&["--queue-size", "0"]).unwrap()).is_err());
         assert!(config(&parse(&["--timeout", "0"]).unwrap()).is_err());
         assert!(config(&parse(&["--devices", "1,1"]).unwrap()).is_err());
-        let a = parse(&["--host", "0.0.0.0", "--header-timeout", "0.5", "--body-timeout", "2", "--max-connections", "9"]);
+        let a = parse(&[
+            "--host",
+            "0.0.0.0",
+            "--header-timeout",
+            "0.5",
+            "--body-timeout",
+            "2",
+            "--max-connections",
+            "9",
+        ]);
         let c = config(&a.unwrap()).unwrap();
         assert_eq!(c.host, "0.0.0.0");
-        assert_eq!((c.header_read_timeout, c.body_read_timeout), (Duration::from_millis(500), Duration::from_secs(2)));
+        assert_eq!(
+            (c.header_read_timeout, c.body_read_timeout),
+            (Duration::from_millis(500), Duration::from_secs(2))
+        );
         assert_eq!(c.max_connections, 9);
         assert!(config(&parse(&["--header-timeout", "0"]).unwrap()).is_err());
         assert!(config(&parse(&["--max-connections", "0"]).unwrap()).is_err());
@@ -181,7 +240,17 @@ mod tests {
 
     #[test]
     fn bad_configs_and_missing_models_fail_cleanly() {
-        let a = parse(&["--host", "127.0.0.1", "--port", "0", "--profile", "development", "--set", "fit.iterz=3"]).unwrap();
+        let a = parse(&[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--profile",
+            "development",
+            "--set",
+            "fit.iterz=3",
+        ])
+        .unwrap();
         let msg = format!("{:#}", run(a).err().expect("unknown key"));
         assert!(msg.contains("iterz"), "{msg}");
         let a = parse(&["--host", "127.0.0.1", "--port", "0", "--profile", "nope"]).unwrap();
@@ -194,14 +263,25 @@ mod tests {
     fn the_readme_documents_every_option() {
         use clap::CommandFactory;
         let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"));
-        let start = readme.find("### `splatforge serve").expect("a serve section");
+        let start = readme
+            .find("### `splatforge serve")
+            .expect("a serve section");
         let section = &readme[start..];
         let section = &section[..section.find("\n## ").unwrap_or(section.len())];
         let command = Cli::command();
-        let options: Vec<&str> = command.get_arguments().filter_map(|a| a.get_long()).collect();
+        let options: Vec<&str> = command
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .collect();
         assert!(options.len() >= 15, "{options:?}");
-        let missing: Vec<&&str> = options.iter().filter(|o| !section.contains(&format!("`--{o}"))).collect();
-        assert!(missing.is_empty(), "serve options missing from the README: {missing:?}");
+        let missing: Vec<&&str> = options
+            .iter()
+            .filter(|o| !section.contains(&format!("`--{o}")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "serve options missing from the README: {missing:?}"
+        );
     }
 
     /// Issue 17, item 7: a bad `--models` fails before the port opens. The
@@ -215,9 +295,22 @@ mod tests {
         let missing = dir.path().join("no-models");
         let empty = dir.path().join("empty");
         std::fs::create_dir(&empty).unwrap();
-        for (models, needle) in [(&missing, "no such model folder"), (&empty, "no MVDream model here")] {
-            let args = ["--port", &port, "--profile", "development", "--models", models.to_str().unwrap()];
-            let msg = format!("{:#}", run(parse(&args).unwrap()).err().expect("bad models"));
+        for (models, needle) in [
+            (&missing, "no such model folder"),
+            (&empty, "no MVDream model here"),
+        ] {
+            let args = [
+                "--port",
+                &port,
+                "--profile",
+                "development",
+                "--models",
+                models.to_str().unwrap(),
+            ];
+            let msg = format!(
+                "{:#}",
+                run(parse(&args).unwrap()).err().expect("bad models")
+            );
             assert!(msg.contains(needle) && !msg.contains("binding"), "{msg}");
         }
     }

@@ -32,9 +32,22 @@ pub fn run(args: Args) -> Result<Outcome> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for c in &report.checks {
-            println!("{} {:<10} {}", if c.passed { "pass" } else { "FAIL" }, c.name, c.detail);
+            println!(
+                "{} {:<10} {}",
+                if c.passed { "pass" } else { "FAIL" },
+                c.name,
+                c.detail
+            );
         }
-        println!("{}: {}", args.file.display(), if report.passed { "valid" } else { "INVALID" });
+        println!(
+            "{}: {}",
+            args.file.display(),
+            if report.passed { "valid" } else { "INVALID" }
+        );
     }
-    Ok(if report.passed { Outcome::Success } else { Outcome::CheckFailed })
+    Ok(if report.passed {
+        Outcome::Success
+    } else {
+        Outcome::CheckFailed
+    })
 }

@@ -262,7 +262,11 @@ pub fn flux_transformer_from_file(
             "not a FLUX transformer: neither `x_embedder.weight` (diffusers) nor `img_in.weight` (original) is in it",
         ));
     };
-    Ok(build_named("FLUX transformer", &path, FluxTransformer::new(config, vb))?)
+    Ok(build_named(
+        "FLUX transformer",
+        &path,
+        FluxTransformer::new(config, vb),
+    )?)
 }
 
 fn f_one() -> f64 {

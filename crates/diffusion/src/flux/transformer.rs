@@ -190,8 +190,19 @@ impl Modulation {
     }
 
     /// `x + gate · (layer(input) + extra)`, one fused epilogue on the GPU.
-    fn gated_linear(&self, x: &Tensor, layer: &Linear, input: &Tensor, extra: Option<&Tensor>) -> Result<Tensor> {
-        let epilogue = LinearEpilogue { extra, gate: Some(&self.gate), residual: Some(x), ..Default::default() };
+    fn gated_linear(
+        &self,
+        x: &Tensor,
+        layer: &Linear,
+        input: &Tensor,
+        extra: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let epilogue = LinearEpilogue {
+            extra,
+            gate: Some(&self.gate),
+            residual: Some(x),
+            ..Default::default()
+        };
         linear(input, layer, epilogue)
     }
 }
@@ -233,8 +244,20 @@ impl Mlp {
     }
 
     /// `x + gate · fc2(gelu(fc1(norm_x)))`.
-    fn gated_forward(&self, x: &Tensor, norm_x: &Tensor, modulation: &Modulation) -> Result<Tensor> {
-        let hidden = linear(norm_x, &self.fc1, LinearEpilogue { gelu: true, ..Default::default() })?;
+    fn gated_forward(
+        &self,
+        x: &Tensor,
+        norm_x: &Tensor,
+        modulation: &Modulation,
+    ) -> Result<Tensor> {
+        let hidden = linear(
+            norm_x,
+            &self.fc1,
+            LinearEpilogue {
+                gelu: true,
+                ..Default::default()
+            },
+        )?;
         modulation.gated_linear(x, &self.fc2, &hidden, None)
     }
 }
@@ -261,7 +284,14 @@ impl QkvProjection {
         let prepare = |layer: &Linear, scale: &Tensor| {
             let product = linear(x, &Linear::new(layer.weight().clone(), None), plain)?;
             let t = product.reshape((b, n, self.heads, ()))?;
-            rms_norm_rope(&t, layer.bias(), scale, &rotation.cos, &rotation.sin, NORM_EPS)
+            rms_norm_rope(
+                &t,
+                layer.bias(),
+                scale,
+                &rotation.cos,
+                &rotation.sin,
+                NORM_EPS,
+            )
         };
         Ok((
             prepare(&self.q, &self.query_scale)?,
@@ -351,8 +381,14 @@ impl DoubleStreamBlock {
         let txt_mods = Modulation::from_linear(&self.txt.modulation, silu_vec, 2)?;
         let txt_len = txt.dim(1)?;
         let img_rotation = rotation.tokens(txt_len, img.dim(1)?)?;
-        let (img_q, img_k, img_v) = self.img.qkv.project(&img_mods[0].norm(img)?, &img_rotation)?;
-        let (txt_q, txt_k, txt_v) = self.txt.qkv.project(&txt_mods[0].norm(txt)?, &rotation.tokens(0, txt_len)?)?;
+        let (img_q, img_k, img_v) = self
+            .img
+            .qkv
+            .project(&img_mods[0].norm(img)?, &img_rotation)?;
+        let (txt_q, txt_k, txt_v) = self
+            .txt
+            .qkv
+            .project(&txt_mods[0].norm(txt)?, &rotation.tokens(0, txt_len)?)?;
         let q = Tensor::cat(&[txt_q, img_q], 1)?;
         let k = Tensor::cat(&[txt_k, img_k], 1)?;
         let v = Tensor::cat(&[txt_v, img_v], 1)?;
@@ -419,7 +455,14 @@ impl SingleStreamBlock {
         let x_mod = mods[0].norm(x)?;
         let (q, k, v) = self.qkv.project(&x_mod, rotation)?;
         let attn = splatforge_nn::ops::attention(&q, &k, &v, self.qkv.heads)?;
-        let mlp = linear(&x_mod, &self.mlp_in, LinearEpilogue { gelu: true, ..Default::default() })?;
+        let mlp = linear(
+            &x_mod,
+            &self.mlp_in,
+            LinearEpilogue {
+                gelu: true,
+                ..Default::default()
+            },
+        )?;
         let mlp_out = linear(&mlp, &self.out_mlp, LinearEpilogue::default())?;
         mods[0].gated_linear(x, &self.out_attn, &attn, Some(&mlp_out))
     }
@@ -582,10 +625,10 @@ impl WithForward for FluxTransformer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use splatforge_nn::rng::hash_name;
     use candle_core::Device;
     use candle_nn::VarMap;
     use candle_transformers::models::flux::model::Flux;
+    use splatforge_nn::rng::hash_name;
 
     /// Normal values of mean `mean` and std `std`, from `seed` (f32, CPU).
     fn normal(seed: u64, mean: f64, std: f64, dims: &[usize]) -> Tensor {

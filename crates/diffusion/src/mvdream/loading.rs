@@ -268,7 +268,7 @@ fn ldm_tokenizer(
                 file: p.to_path_buf(),
                 hint: "the tokenizer given does not exist".into(),
             }
-.into());
+            .into());
         }
     } else if dir.join("tokenizer.json").is_file() {
         ClipTokenizer::from_tokenizer_json(&dir.join("tokenizer.json"), max)?
@@ -368,4 +368,3 @@ pub fn load_ldm(
         source: checkpoint.display().to_string(),
     })
 }
-

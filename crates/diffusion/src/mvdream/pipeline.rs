@@ -93,7 +93,12 @@ pub struct MvDreamPipeline {
 impl MvDreamPipeline {
     /// Text embeddings `[1, max_length, context_dim]` of one prompt (model dtype).
     pub fn encode_prompt(&self, text: &str) -> Result<Tensor> {
-        crate::clip_text::encode_clip_prompt(&self.tokenizer, &self.text_encoder, text, &self.device)
+        crate::clip_text::encode_clip_prompt(
+            &self.tokenizer,
+            &self.text_encoder,
+            text,
+            &self.device,
+        )
     }
 
     /// UNet noise prediction for a batch (the SDS entry point).

@@ -698,10 +698,9 @@ impl MultiViewUNet {
 mod tests {
     use super::*;
     use crate::test_util::max_abs;
+    use candle_core::Device;
     use splatforge_nn::rng::randn;
     use splatforge_nn::weights::SeededInit;
-    use candle_core::Device;
-
 
     fn tiny() -> MultiViewUNetConfig {
         crate::random_models::tiny_config().unet

@@ -30,7 +30,9 @@ use candle_transformers::models::stable_diffusion::unet_2d::{
 use serde::{Deserialize, Serialize};
 
 use splatforge_nn::hub::FileSource;
-use splatforge_nn::loading::{build_named, component_weights, read_source_config, read_source_json};
+use splatforge_nn::loading::{
+    build_named, component_weights, read_source_config, read_source_json,
+};
 use splatforge_nn::rng;
 use splatforge_nn::weights::MappedBackend;
 
@@ -246,15 +248,23 @@ impl SdUNetConfig {
     /// camera); errors on what the LDM UNet cannot express.
     pub fn to_multiview(&self) -> std::result::Result<MultiViewUNetConfig, String> {
         let cc = self.to_candle()?;
-        let unsupported = |what: &str| Err(format!("unet: {what} is not supported by the LDM UNet"));
+        let unsupported =
+            |what: &str| Err(format!("unet: {what} is not supported by the LDM UNet"));
         if self.norm_num_groups != 32 {
             return unsupported(&format!("norm_num_groups {}", self.norm_num_groups));
         }
         if !self.flip_sin_to_cos || self.freq_shift != 0.0 {
-            return unsupported("a timestep embedding other than flip_sin_to_cos with freq_shift 0");
+            return unsupported(
+                "a timestep embedding other than flip_sin_to_cos with freq_shift 0",
+            );
         }
-        if self.center_input_sample || self.mid_block_scale_factor != 1.0 || self.downsample_padding != 1 {
-            return unsupported("center_input_sample, mid_block_scale_factor ≠ 1 or downsample_padding ≠ 1");
+        if self.center_input_sample
+            || self.mid_block_scale_factor != 1.0
+            || self.downsample_padding != 1
+        {
+            return unsupported(
+                "center_input_sample, mid_block_scale_factor ≠ 1 or downsample_padding ≠ 1",
+            );
         }
         let mc = self.block_out_channels[0];
         if self.block_out_channels.iter().any(|&c| c % mc != 0) {
@@ -272,7 +282,9 @@ impl SdUNetConfig {
             }
         }
         // LDM has either a head count or a head width for all levels.
-        let same_width = levels.windows(2).all(|w| w[0].1 / w[0].2 == w[1].1 / w[1].2);
+        let same_width = levels
+            .windows(2)
+            .all(|w| w[0].1 / w[0].2 == w[1].1 / w[1].2);
         let same_count = levels.windows(2).all(|w| w[0].2 == w[1].2);
         let (num_heads, num_head_channels) = match levels.first() {
             None => (-1, 64),
@@ -444,7 +456,12 @@ pub struct SdPipeline {
 impl SdPipeline {
     /// Text embeddings `[1, max_length, C]` (model dtype).
     pub fn encode_prompt(&self, text: &str) -> Result<Tensor> {
-        crate::clip_text::encode_clip_prompt(&self.tokenizer, &self.text_encoder, text, &self.device)
+        crate::clip_text::encode_clip_prompt(
+            &self.tokenizer,
+            &self.text_encoder,
+            text,
+            &self.device,
+        )
     }
 
     /// UNet output (ε or v) for a batch at one timestep, f32.
@@ -609,7 +626,10 @@ mod tests {
         assert_eq!((c.num_heads, c.num_head_channels), (-1, 64));
         assert_eq!(c.attention_resolutions, vec![1, 2, 4]);
         assert_eq!(c.channel_mult, vec![1, 2, 4, 4]);
-        assert_eq!((c.model_channels, c.context_dim, c.camera_dim), (320, 1024, None));
+        assert_eq!(
+            (c.model_channels, c.context_dim, c.camera_dim),
+            (320, 1024, None)
+        );
         assert!(c.use_linear_in_transformer);
     }
 
@@ -635,11 +655,23 @@ mod tests {
     fn what_the_ldm_unet_cannot_express_is_refused() {
         let base = SdUNetConfig::sd21();
         let cases = [
-            SdUNetConfig { norm_num_groups: 16, ..base.clone() },
-            SdUNetConfig { flip_sin_to_cos: false, ..base.clone() },
-            SdUNetConfig { downsample_padding: 0, ..base.clone() },
+            SdUNetConfig {
+                norm_num_groups: 16,
+                ..base.clone()
+            },
+            SdUNetConfig {
+                flip_sin_to_cos: false,
+                ..base.clone()
+            },
+            SdUNetConfig {
+                downsample_padding: 0,
+                ..base.clone()
+            },
             // Neither the head count nor the head width is the same on all levels.
-            SdUNetConfig { attention_head_dim: PerBlock::Each(vec![5, 8, 10, 10]), ..base.clone() },
+            SdUNetConfig {
+                attention_head_dim: PerBlock::Each(vec![5, 8, 10, 10]),
+                ..base.clone()
+            },
         ];
         for u in cases {
             let e = u.to_multiview().unwrap_err();

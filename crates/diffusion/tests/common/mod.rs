@@ -79,7 +79,9 @@ pub fn copy_dir(from: &Path, to: &Path) {
 /// callback that asks to stop, and checks that the loop stopped after its
 /// first step with [`DiffusionError::Cancelled`].
 pub fn assert_cancels_after_one_step<T: std::fmt::Debug>(
-    generate: impl FnOnce(&mut dyn FnMut(usize, usize) -> std::ops::ControlFlow<()>) -> splatforge_diffusion::Result<T>,
+    generate: impl FnOnce(
+        &mut dyn FnMut(usize, usize) -> std::ops::ControlFlow<()>,
+    ) -> splatforge_diffusion::Result<T>,
 ) {
     let mut calls = 0;
     let e = generate(&mut |_, _| {
@@ -87,6 +89,9 @@ pub fn assert_cancels_after_one_step<T: std::fmt::Debug>(
         std::ops::ControlFlow::Break(())
     })
     .unwrap_err();
-    assert!(matches!(e, splatforge_diffusion::DiffusionError::Cancelled), "{e}");
+    assert!(
+        matches!(e, splatforge_diffusion::DiffusionError::Cancelled),
+        "{e}"
+    );
     assert_eq!(calls, 1);
 }

@@ -21,8 +21,7 @@ impl CudaBackend {
         const SPLIT_N: usize = 2;
         let shrink = (0.8 * SPLIT_N as f32).ln();
         let mut flags = alloc::<i32>(&stream, 4 * n0)?;
-        let mut offsets =
-            alloc::<i32>(&stream, 4 * n0)?;
+        let mut offsets = alloc::<i32>(&stream, 4 * n0)?;
         let mut totals = stream
             .alloc_zeros::<i32>(8)
             .map_err(|e| dev_err("alloc", e))?;
@@ -67,8 +66,7 @@ impl CudaBackend {
             })
             .map_err(|e| dev_err("upload", e))?;
         let rf = row_floats(k);
-        let mut params_new =
-            alloc::<f32>(&stream, (after * rf).max(1))?;
+        let mut params_new = alloc::<f32>(&stream, (after * rf).max(1))?;
         let mut m_new = stream
             .alloc_zeros::<f32>((after * rf).max(1))
             .map_err(|e| dev_err("alloc", e))?;

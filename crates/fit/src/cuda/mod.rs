@@ -81,7 +81,9 @@ use std::time::Instant;
 
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream};
 use candle_core::{CudaDevice, DType, Device, Tensor};
-use splatforge_cuda::{alloc, slice_address, slice_address_mut, tensor_address, wrap_slice, Scratch};
+use splatforge_cuda::{
+    alloc, slice_address, slice_address_mut, tensor_address, wrap_slice, Scratch,
+};
 use splatforge_render::cuda::{
     CudaRasterizer, GaussianTensors, GradientTensors, ImageGradTensors, RenderedTensors,
 };

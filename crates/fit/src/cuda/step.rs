@@ -93,8 +93,7 @@ impl CudaBackend {
         let want_alpha =
             weights.lambda_alpha > 0.0 && views.iter().any(|v| v.target_alpha.is_some());
         // Every view's kernel writes all of its RGB gradient.
-        let mut grad_rgb =
-            alloc::<f32>(&stream, c * 3 * px)?;
+        let mut grad_rgb = alloc::<f32>(&stream, c * 3 * px)?;
         let mut grad_alpha = if want_alpha {
             Some(
                 stream
@@ -202,7 +201,11 @@ impl CudaBackend {
         Ok(())
     }
 
-    pub(super) fn try_step(&mut self, views: &[BatchView<'_>], p: &StepParams) -> Result<StepStats> {
+    pub(super) fn try_step(
+        &mut self,
+        views: &[BatchView<'_>],
+        p: &StepParams,
+    ) -> Result<StepStats> {
         self.check_deferred()?;
         if views.is_empty() {
             return Err(FitError::Input("a step needs at least one view".into()));

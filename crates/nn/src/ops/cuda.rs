@@ -5,7 +5,9 @@ use std::ffi::{c_int, c_void};
 
 use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::cuda_backend::{CudaDType, CudaStorageSlice};
-use candle_core::{CudaDevice, CudaStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CudaDevice, CudaStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
 
 use splatforge_cuda::{layout_address, Plain};
 
@@ -194,7 +196,9 @@ pub(super) fn attention(
         return Ok(None);
     }
     let d = inner / heads;
-    let ok = [q, k, v].iter().all(|t| fusable(t) && t.dtype() == q.dtype())
+    let ok = [q, k, v]
+        .iter()
+        .all(|t| fusable(t) && t.dtype() == q.dtype())
         && matches!(q.dtype(), DType::F16 | DType::BF16)
         && matches!(d, 64 | 128)
         && nk > 0;
@@ -203,7 +207,11 @@ pub(super) fn attention(
     }
     // 16-byte vector loads: rows must start on 16-byte boundaries.
     let (q, k, v) = (aligned(q)?, aligned(k)?, aligned(v)?);
-    Ok(Some(q.apply_op3_no_bwd(&k, &v, &FusedAttention { heads, variant })?))
+    Ok(Some(q.apply_op3_no_bwd(
+        &k,
+        &v,
+        &FusedAttention { heads, variant },
+    )?))
 }
 
 struct FusedAttention {
@@ -238,7 +246,9 @@ impl FusedAttention {
             dtype,
             variant: small("attention variant", self.variant as usize)?,
         };
-        check("attention", unsafe { sf_attention(&args, stream.cu_stream() as *mut c_void) })?;
+        check("attention", unsafe {
+            sf_attention(&args, stream.cu_stream() as *mut c_void)
+        })?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
 }
@@ -325,7 +335,11 @@ impl GroupNormGeometry {
         let dims = lx.shape().dims();
         let (n, c) = (dims[0], dims[1]);
         let spatial: usize = dims[2..].iter().product();
-        let (n, channels, groups) = (small("batch", n)?, small("channels", c)?, small("groups", groups)?);
+        let (n, channels, groups) = (
+            small("batch", n)?,
+            small("channels", c)?,
+            small("groups", groups)?,
+        );
         let group_size = ((c / groups as usize) * spatial) as i64;
         Ok(Self {
             n,
@@ -358,7 +372,12 @@ impl FusedGroupNormBackward {
     ) -> Result<CudaStorage> {
         let geo = GroupNormGeometry::of(lx, self.0.groups)?;
         if ly.shape() != lx.shape() || lgb.shape().elem_count() != 2 * geo.channels as usize {
-            candle_core::bail!("GroupNorm backward: x {:?}, dy {:?}, gamma+beta {:?}", lx.shape(), ly.shape(), lgb.shape());
+            candle_core::bail!(
+                "GroupNorm backward: x {:?}, dy {:?}, gamma+beta {:?}",
+                lx.shape(),
+                ly.shape(),
+                lgb.shape()
+            );
         }
         let c = geo.channels as usize;
         let scratch_len = 2 * geo.scratch_floats;
@@ -381,7 +400,9 @@ impl FusedGroupNormBackward {
             silu: self.0.silu as c_int,
             dtype,
         };
-        check("group_norm_backward", unsafe { sf_group_norm_backward(&args, stream.cu_stream() as *mut c_void) })?;
+        check("group_norm_backward", unsafe {
+            sf_group_norm_backward(&args, stream.cu_stream() as *mut c_void)
+        })?;
         Ok(CudaStorage::wrap_cuda_slice(dx, dev.clone()))
     }
 }
@@ -408,10 +429,18 @@ impl CustomOp3 for FusedGroupNormBackward {
         let dev = &x.device;
         use CudaStorageSlice as S;
         let dx = match (&x.slice, &dy.slice, &gb.slice) {
-            (S::F32(x), S::F32(d), S::F32(g)) => self.launch((x, lx), (d, ly), (g, lgb), dev, SF_DTYPE_F32)?,
-            (S::F16(x), S::F16(d), S::F16(g)) => self.launch((x, lx), (d, ly), (g, lgb), dev, SF_DTYPE_F16)?,
-            (S::BF16(x), S::BF16(d), S::BF16(g)) => self.launch((x, lx), (d, ly), (g, lgb), dev, SF_DTYPE_BF16)?,
-            _ => candle_core::bail!("fused GroupNorm backward takes f32, f16 or bf16 tensors of one dtype"),
+            (S::F32(x), S::F32(d), S::F32(g)) => {
+                self.launch((x, lx), (d, ly), (g, lgb), dev, SF_DTYPE_F32)?
+            }
+            (S::F16(x), S::F16(d), S::F16(g)) => {
+                self.launch((x, lx), (d, ly), (g, lgb), dev, SF_DTYPE_F16)?
+            }
+            (S::BF16(x), S::BF16(d), S::BF16(g)) => {
+                self.launch((x, lx), (d, ly), (g, lgb), dev, SF_DTYPE_BF16)?
+            }
+            _ => candle_core::bail!(
+                "fused GroupNorm backward takes f32, f16 or bf16 tensors of one dtype"
+            ),
         };
         Ok((dx, lx.shape().clone()))
     }
@@ -445,7 +474,9 @@ impl FusedGroupNorm {
             silu: self.silu as c_int,
             dtype,
         };
-        check("group_norm", unsafe { sf_group_norm(&args, stream.cu_stream() as *mut c_void) })?;
+        check("group_norm", unsafe {
+            sf_group_norm(&args, stream.cu_stream() as *mut c_void)
+        })?;
         Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
     }
 }
@@ -487,8 +518,12 @@ impl CustomOp3 for FusedGroupNorm {
         let dev = &x.device;
         use CudaStorageSlice as S;
         let y = match (&x.slice, &g.slice, &b.slice) {
-            (S::F32(x), S::F32(g), S::F32(b)) => self.launch((x, lx), (g, lg), (b, lb), dev, SF_DTYPE_F32)?,
-            (S::F16(x), S::F16(g), S::F16(b)) => self.launch((x, lx), (g, lg), (b, lb), dev, SF_DTYPE_F16)?,
+            (S::F32(x), S::F32(g), S::F32(b)) => {
+                self.launch((x, lx), (g, lg), (b, lb), dev, SF_DTYPE_F32)?
+            }
+            (S::F16(x), S::F16(g), S::F16(b)) => {
+                self.launch((x, lx), (g, lg), (b, lb), dev, SF_DTYPE_F16)?
+            }
             (S::BF16(x), S::BF16(g), S::BF16(b)) => {
                 self.launch((x, lx), (g, lg), (b, lb), dev, SF_DTYPE_BF16)?
             }
@@ -501,7 +536,8 @@ impl CustomOp3 for FusedGroupNorm {
 /// Nearest-neighbour 2× upsampling of `[N, C, H, W]` when the kernel applies
 /// (CUDA, f32/f16/bf16, no autograd); `None` sends the caller to candle's.
 pub(super) fn upsample_nearest2x(x: &Tensor) -> Result<Option<Tensor>> {
-    if !(fusable(x) && x.rank() == 4 && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)) {
+    if !(fusable(x) && x.rank() == 4 && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16))
+    {
         return Ok(None);
     }
     Ok(Some(x.contiguous()?.apply_op1_no_bwd(&Upsample2x)?))
@@ -551,7 +587,9 @@ impl Upsample2x {
             dtype: sf_dtype(T::DTYPE)?,
         };
         let stream = dev.cuda_stream();
-        check("upsample", unsafe { sf_upsample_nearest2x(&args, stream.cu_stream() as *mut c_void) })?;
+        check("upsample", unsafe {
+            sf_upsample_nearest2x(&args, stream.cu_stream() as *mut c_void)
+        })?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
 }
@@ -617,7 +655,12 @@ impl EpilogueTerms {
         cols: usize,
         dev: &CudaDevice,
     ) -> Result<CudaStorage> {
-        let terms = [self.bias.as_ref(), self.extra.as_ref(), self.residual.as_ref(), self.gate.as_ref().map(|g| &g.0)];
+        let terms = [
+            self.bias.as_ref(),
+            self.extra.as_ref(),
+            self.residual.as_ref(),
+            self.gate.as_ref().map(|g| &g.0),
+        ];
         if terms.iter().flatten().any(|t| t.dtype() != T::DTYPE) {
             candle_core::bail!("the linear epilogue's terms must have the product's dtype");
         }
@@ -636,7 +679,9 @@ impl EpilogueTerms {
             dtype: sf_dtype(T::DTYPE)?,
         };
         let stream = dev.cuda_stream();
-        check("linear epilogue", unsafe { sf_linear_epilogue(&args, stream.cu_stream() as *mut c_void) })?;
+        check("linear epilogue", unsafe {
+            sf_linear_epilogue(&args, stream.cu_stream() as *mut c_void)
+        })?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
 }
@@ -683,8 +728,19 @@ impl RmsNormRope {
         dev: &CudaDevice,
     ) -> Result<CudaStorage> {
         let (tokens, heads, d) = lx.shape().dims3()?;
-        if [Some(&self.scale), Some(&self.cos), Some(&self.sin), self.bias.as_ref()].iter().flatten().any(|t| t.dtype() != T::DTYPE)
-            || self.bias.as_ref().is_some_and(|b| b.elem_count() != heads * d)
+        if [
+            Some(&self.scale),
+            Some(&self.cos),
+            Some(&self.sin),
+            self.bias.as_ref(),
+        ]
+        .iter()
+        .flatten()
+        .any(|t| t.dtype() != T::DTYPE)
+            || self
+                .bias
+                .as_ref()
+                .is_some_and(|b| b.elem_count() != heads * d)
             || self.scale.elem_count() != d
             || self.cos.dims() != [tokens, d / 2]
             || self.sin.dims() != [tokens, d / 2]
@@ -706,7 +762,9 @@ impl RmsNormRope {
             dtype: sf_dtype(T::DTYPE)?,
         };
         let stream = dev.cuda_stream();
-        check("RMSNorm + RoPE", unsafe { sf_rms_norm_rope(&args, stream.cu_stream() as *mut c_void) })?;
+        check("RMSNorm + RoPE", unsafe {
+            sf_rms_norm_rope(&args, stream.cu_stream() as *mut c_void)
+        })?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
 }

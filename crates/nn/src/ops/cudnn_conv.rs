@@ -31,12 +31,17 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cudnn::{sys, CudnnDataType};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, DeviceId};
-use candle_core::{CudaDevice, CudaStorage, CustomOp2, CustomOp3, DType, Error as E, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{
+    CudaDevice, CudaStorage, CustomOp2, CustomOp3, DType, Error as E, Layout, Result, Shape,
+    Tensor, WithDType,
+};
 use candle_nn::Conv2dConfig;
 
 use splatforge_cuda::{layout_address, slice_address_mut, Plain};
 
-use super::cuda::{aligned, alloc, check, sf_channel_bias, sf_dtype, storage_address, SfChannelBiasArgs};
+use super::cuda::{
+    aligned, alloc, check, sf_channel_bias, sf_dtype, storage_address, SfChannelBiasArgs,
+};
 use super::fusable;
 
 use sys::cudnnBackendAttributeName_t as A;
@@ -66,7 +71,16 @@ enum Pass {
 }
 
 /// (pass, input dims, filter dims, padding, stride, dilation, dtype, device)
-type Key = (Pass, [usize; 4], [usize; 4], usize, usize, usize, DType, DeviceId);
+type Key = (
+    Pass,
+    [usize; 4],
+    [usize; 4],
+    usize,
+    usize,
+    usize,
+    DType,
+    DeviceId,
+);
 
 /// A backend descriptor, destroyed on drop.
 struct Desc(sys::cudnnBackendDescriptor_t);
@@ -74,13 +88,21 @@ struct Desc(sys::cudnnBackendDescriptor_t);
 impl Desc {
     fn new(kind: K) -> Result<Self> {
         let mut raw = std::ptr::null_mut();
-        ok("create descriptor", unsafe { sys::cudnnBackendCreateDescriptor(kind, &mut raw) })?;
+        ok("create descriptor", unsafe {
+            sys::cudnnBackendCreateDescriptor(kind, &mut raw)
+        })?;
         Ok(Self(raw))
     }
 
     fn set<V>(&self, name: A, ty: T, values: &[V]) -> Result<()> {
         let status = unsafe {
-            sys::cudnnBackendSetAttribute(self.0, name, ty, values.len() as i64, values.as_ptr() as *const c_void)
+            sys::cudnnBackendSetAttribute(
+                self.0,
+                name,
+                ty,
+                values.len() as i64,
+                values.as_ptr() as *const c_void,
+            )
         };
         ok(&format!("set {name:?}"), status)
     }
@@ -89,7 +111,14 @@ impl Desc {
     fn get<V>(&self, name: A, ty: T, out: &mut [V]) -> Result<usize> {
         let mut count = 0i64;
         let status = unsafe {
-            sys::cudnnBackendGetAttribute(self.0, name, ty, out.len() as i64, &mut count, out.as_mut_ptr() as *mut c_void)
+            sys::cudnnBackendGetAttribute(
+                self.0,
+                name,
+                ty,
+                out.len() as i64,
+                &mut count,
+                out.as_mut_ptr() as *mut c_void,
+            )
         };
         ok(&format!("get {name:?}"), status)?;
         Ok(count.max(0) as usize)
@@ -114,12 +143,20 @@ fn tensor(uid: i64, dims: [usize; 4], dtype: sys::cudnnDataType_t) -> Result<Des
     let d = dims.map(|v| v as i64);
     let strides = [d[1] * d[2] * d[3], d[2] * d[3], d[3], 1];
     let t = Desc::new(K::CUDNN_BACKEND_TENSOR_DESCRIPTOR)?;
-    t.set(A::CUDNN_ATTR_TENSOR_DATA_TYPE, T::CUDNN_TYPE_DATA_TYPE, &[dtype])?;
+    t.set(
+        A::CUDNN_ATTR_TENSOR_DATA_TYPE,
+        T::CUDNN_TYPE_DATA_TYPE,
+        &[dtype],
+    )?;
     t.set(A::CUDNN_ATTR_TENSOR_DIMENSIONS, T::CUDNN_TYPE_INT64, &d)?;
     t.set(A::CUDNN_ATTR_TENSOR_STRIDES, T::CUDNN_TYPE_INT64, &strides)?;
     t.set(A::CUDNN_ATTR_TENSOR_UNIQUE_ID, T::CUDNN_TYPE_INT64, &[uid])?;
     // run() hands cuDNN 16-byte aligned pointers only.
-    t.set(A::CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, T::CUDNN_TYPE_INT64, &[16i64])?;
+    t.set(
+        A::CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT,
+        T::CUDNN_TYPE_INT64,
+        &[16i64],
+    )?;
     t.finalize()
 }
 
@@ -160,7 +197,9 @@ fn handle(dev: &CudaDevice) -> Result<Rc<Handle>> {
     let mut raw = std::ptr::null_mut();
     ok("create", unsafe { sys::cudnnCreate(&mut raw) })?;
     let h = Rc::new(Handle(raw));
-    ok("set stream", unsafe { sys::cudnnSetStream(raw, stream.cu_stream() as _) })?;
+    ok("set stream", unsafe {
+        sys::cudnnSetStream(raw, stream.cu_stream() as _)
+    })?;
     HANDLES.with(|m| m.borrow_mut().insert(id, h.clone()));
     Ok(h)
 }
@@ -193,24 +232,43 @@ fn benchmark_mode() -> bool {
 fn acceptable(cfg: &Desc, dtype: DType) -> Result<bool> {
     let engine = Desc::new(K::CUDNN_BACKEND_ENGINE_DESCRIPTOR)?;
     let mut raw = [engine.0];
-    cfg.get(A::CUDNN_ATTR_ENGINECFG_ENGINE, T::CUDNN_TYPE_BACKEND_DESCRIPTOR, &mut raw)?;
+    cfg.get(
+        A::CUDNN_ATTR_ENGINECFG_ENGINE,
+        T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+        &mut raw,
+    )?;
     // Read as u32: cuDNN may report notes newer than these bindings.
     let mut notes = [0u32; 16];
-    let n = engine.get(A::CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, T::CUDNN_TYPE_NUMERICAL_NOTE, &mut notes)?;
+    let n = engine.get(
+        A::CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
+        T::CUDNN_TYPE_NUMERICAL_NOTE,
+        &mut notes,
+    )?;
     use sys::cudnnBackendNumericalNote_t as N;
     let has = |note: N| notes[..n.min(notes.len())].contains(&(note as u32));
-    let tf32_ok = dtype != DType::F32 || std::env::var("NVIDIA_TF32_OVERRIDE").map_or(true, |v| v != "0");
+    let tf32_ok =
+        dtype != DType::F32 || std::env::var("NVIDIA_TF32_OVERRIDE").map_or(true, |v| v != "0");
     Ok(!has(N::CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION)
         && !has(N::CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC)
-        && (tf32_ok || !(has(N::CUDNN_NUMERICAL_NOTE_TENSOR_CORE) || has(N::CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS))))
+        && (tf32_ok
+            || !(has(N::CUDNN_NUMERICAL_NOTE_TENSOR_CORE)
+                || has(N::CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS))))
 }
 
 fn engine_index(cfg: &Desc) -> Result<i64> {
     let engine = Desc::new(K::CUDNN_BACKEND_ENGINE_DESCRIPTOR)?;
     let mut raw = [engine.0];
-    cfg.get(A::CUDNN_ATTR_ENGINECFG_ENGINE, T::CUDNN_TYPE_BACKEND_DESCRIPTOR, &mut raw)?;
+    cfg.get(
+        A::CUDNN_ATTR_ENGINECFG_ENGINE,
+        T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+        &mut raw,
+    )?;
     let mut index = [-1i64];
-    engine.get(A::CUDNN_ATTR_ENGINE_GLOBAL_INDEX, T::CUDNN_TYPE_INT64, &mut index)?;
+    engine.get(
+        A::CUDNN_ATTR_ENGINE_GLOBAL_INDEX,
+        T::CUDNN_TYPE_INT64,
+        &mut index,
+    )?;
     Ok(index[0])
 }
 
@@ -221,11 +279,25 @@ type Pointers = [u64; 3];
 fn execute(h: &Handle, plan: &Desc, ptrs: &Pointers, workspace: u64) -> Result<()> {
     let pack = Desc::new(K::CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR)?;
     let data: [*mut c_void; 3] = ptrs.map(|p| p as *mut c_void);
-    pack.set(A::CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, T::CUDNN_TYPE_INT64, &[UID_IN, UID_FILTER, UID_OUT])?;
-    pack.set(A::CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, T::CUDNN_TYPE_VOID_PTR, &data)?;
-    pack.set(A::CUDNN_ATTR_VARIANT_PACK_WORKSPACE, T::CUDNN_TYPE_VOID_PTR, &[workspace as *mut c_void])?;
+    pack.set(
+        A::CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS,
+        T::CUDNN_TYPE_INT64,
+        &[UID_IN, UID_FILTER, UID_OUT],
+    )?;
+    pack.set(
+        A::CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS,
+        T::CUDNN_TYPE_VOID_PTR,
+        &data,
+    )?;
+    pack.set(
+        A::CUDNN_ATTR_VARIANT_PACK_WORKSPACE,
+        T::CUDNN_TYPE_VOID_PTR,
+        &[workspace as *mut c_void],
+    )?;
     let pack = pack.finalize()?;
-    ok("execute", unsafe { sys::cudnnBackendExecute(h.0, plan.0, pack.0) })
+    ok("execute", unsafe {
+        sys::cudnnBackendExecute(h.0, plan.0, pack.0)
+    })
 }
 
 /// The cached plan of `key`, made on first use (module docs). `ptrs` are the
@@ -245,13 +317,41 @@ fn plan<V: CudnnDataType + WithDType>(
     let dt = V::DATA_TYPE;
     let conv = Desc::new(K::CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR)?;
     let two = |v: usize| [v as i64, v as i64];
-    conv.set(A::CUDNN_ATTR_CONVOLUTION_COMP_TYPE, T::CUDNN_TYPE_DATA_TYPE, &[sys::cudnnDataType_t::CUDNN_DATA_FLOAT])?;
-    conv.set(A::CUDNN_ATTR_CONVOLUTION_CONV_MODE, T::CUDNN_TYPE_CONVOLUTION_MODE, &[sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION])?;
-    conv.set(A::CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, T::CUDNN_TYPE_INT64, &[2i64])?;
-    conv.set(A::CUDNN_ATTR_CONVOLUTION_DILATIONS, T::CUDNN_TYPE_INT64, &two(p.dilation))?;
-    conv.set(A::CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, T::CUDNN_TYPE_INT64, &two(p.stride))?;
-    conv.set(A::CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, T::CUDNN_TYPE_INT64, &two(p.padding))?;
-    conv.set(A::CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, T::CUDNN_TYPE_INT64, &two(p.padding))?;
+    conv.set(
+        A::CUDNN_ATTR_CONVOLUTION_COMP_TYPE,
+        T::CUDNN_TYPE_DATA_TYPE,
+        &[sys::cudnnDataType_t::CUDNN_DATA_FLOAT],
+    )?;
+    conv.set(
+        A::CUDNN_ATTR_CONVOLUTION_CONV_MODE,
+        T::CUDNN_TYPE_CONVOLUTION_MODE,
+        &[sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION],
+    )?;
+    conv.set(
+        A::CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS,
+        T::CUDNN_TYPE_INT64,
+        &[2i64],
+    )?;
+    conv.set(
+        A::CUDNN_ATTR_CONVOLUTION_DILATIONS,
+        T::CUDNN_TYPE_INT64,
+        &two(p.dilation),
+    )?;
+    conv.set(
+        A::CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES,
+        T::CUDNN_TYPE_INT64,
+        &two(p.stride),
+    )?;
+    conv.set(
+        A::CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS,
+        T::CUDNN_TYPE_INT64,
+        &two(p.padding),
+    )?;
+    conv.set(
+        A::CUDNN_ATTR_CONVOLUTION_POST_PADDINGS,
+        T::CUDNN_TYPE_INT64,
+        &two(p.padding),
+    )?;
     let conv = conv.finalize()?;
     // UID_IN is x (forward) or dy (backward-data); UID_OUT is y or dx.
     let (in_dims, out_dims) = match pass {
@@ -269,40 +369,97 @@ fn plan<V: CudnnDataType + WithDType>(
             op.set(A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, d, &[t_in.0])?;
             op.set(A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, d, &[t_w.0])?;
             op.set(A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, d, &[t_out.0])?;
-            op.set(A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, d, &[conv.0])?;
-            op.set(A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, T::CUDNN_TYPE_FLOAT, &[alpha])?;
-            op.set(A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, T::CUDNN_TYPE_FLOAT, &[beta])?;
+            op.set(
+                A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC,
+                d,
+                &[conv.0],
+            )?;
+            op.set(
+                A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA,
+                T::CUDNN_TYPE_FLOAT,
+                &[alpha],
+            )?;
+            op.set(
+                A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA,
+                T::CUDNN_TYPE_FLOAT,
+                &[beta],
+            )?;
             op
         }
         Pass::BackwardData => {
             let op = Desc::new(K::CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR)?;
             let d = T::CUDNN_TYPE_BACKEND_DESCRIPTOR;
-            op.set(A::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY, d, &[t_in.0])?;
+            op.set(
+                A::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY,
+                d,
+                &[t_in.0],
+            )?;
             op.set(A::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W, d, &[t_w.0])?;
-            op.set(A::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX, d, &[t_out.0])?;
-            op.set(A::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC, d, &[conv.0])?;
-            op.set(A::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA, T::CUDNN_TYPE_FLOAT, &[alpha])?;
-            op.set(A::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA, T::CUDNN_TYPE_FLOAT, &[beta])?;
+            op.set(
+                A::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX,
+                d,
+                &[t_out.0],
+            )?;
+            op.set(
+                A::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC,
+                d,
+                &[conv.0],
+            )?;
+            op.set(
+                A::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA,
+                T::CUDNN_TYPE_FLOAT,
+                &[alpha],
+            )?;
+            op.set(
+                A::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA,
+                T::CUDNN_TYPE_FLOAT,
+                &[beta],
+            )?;
             op
         }
     };
     let op = op.finalize()?;
     let graph = Desc::new(K::CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR)?;
-    graph.set(A::CUDNN_ATTR_OPERATIONGRAPH_OPS, T::CUDNN_TYPE_BACKEND_DESCRIPTOR, &[op.0])?;
-    graph.set(A::CUDNN_ATTR_OPERATIONGRAPH_HANDLE, T::CUDNN_TYPE_HANDLE, &[h.0])?;
+    graph.set(
+        A::CUDNN_ATTR_OPERATIONGRAPH_OPS,
+        T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+        &[op.0],
+    )?;
+    graph.set(
+        A::CUDNN_ATTR_OPERATIONGRAPH_HANDLE,
+        T::CUDNN_TYPE_HANDLE,
+        &[h.0],
+    )?;
     let graph = graph.finalize()?;
 
     // Heuristics rank the engine configurations; the fallback list covers
     // shapes the ranked engines refuse.
     let mut configs = Vec::new();
-    for mode in [sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A, sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_FALLBACK] {
+    for mode in [
+        sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A,
+        sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_FALLBACK,
+    ] {
         let heur = Desc::new(K::CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR)?;
-        heur.set(A::CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, T::CUDNN_TYPE_BACKEND_DESCRIPTOR, &[graph.0])?;
-        heur.set(A::CUDNN_ATTR_ENGINEHEUR_MODE, T::CUDNN_TYPE_HEUR_MODE, &[mode])?;
+        heur.set(
+            A::CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH,
+            T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+            &[graph.0],
+        )?;
+        heur.set(
+            A::CUDNN_ATTR_ENGINEHEUR_MODE,
+            T::CUDNN_TYPE_HEUR_MODE,
+            &[mode],
+        )?;
         let Ok(heur) = heur.finalize() else { continue };
-        let cfgs = (0..32).map(|_| Desc::new(K::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR)).collect::<Result<Vec<_>>>()?;
+        let cfgs = (0..32)
+            .map(|_| Desc::new(K::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR))
+            .collect::<Result<Vec<_>>>()?;
         let mut raw: Vec<_> = cfgs.iter().map(|c| c.0).collect();
-        let n = heur.get(A::CUDNN_ATTR_ENGINEHEUR_RESULTS, T::CUDNN_TYPE_BACKEND_DESCRIPTOR, &mut raw)?;
+        let n = heur.get(
+            A::CUDNN_ATTR_ENGINEHEUR_RESULTS,
+            T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+            &mut raw,
+        )?;
         configs.extend(cfgs.into_iter().take(n));
     }
 
@@ -310,7 +467,8 @@ fn plan<V: CudnnDataType + WithDType>(
     // The fastest engines transpose to NHWC in their workspace, which grows
     // with the tensors (1 GiB for a 256-channel 1024² bf16 convolution, where
     // the fallback engine takes 20× longer): allow up to half the free memory.
-    let (free, _) = candle_core::cuda_backend::cudarc::driver::result::mem_get_info().map_err(E::wrap)?;
+    let (free, _) =
+        candle_core::cuda_backend::cudarc::driver::result::mem_get_info().map_err(E::wrap)?;
     let max_workspace = (free / 2) as i64;
     let mut candidates = Vec::new();
     for cfg in &configs {
@@ -318,16 +476,33 @@ fn plan<V: CudnnDataType + WithDType>(
             continue;
         }
         let ex = Desc::new(K::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
-        ex.set(A::CUDNN_ATTR_EXECUTION_PLAN_HANDLE, T::CUDNN_TYPE_HANDLE, &[h.0])?;
-        ex.set(A::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, T::CUDNN_TYPE_BACKEND_DESCRIPTOR, &[cfg.0])?;
+        ex.set(
+            A::CUDNN_ATTR_EXECUTION_PLAN_HANDLE,
+            T::CUDNN_TYPE_HANDLE,
+            &[h.0],
+        )?;
+        ex.set(
+            A::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
+            T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+            &[cfg.0],
+        )?;
         // Engines refuse shapes they do not support here; try the next one.
         let Ok(ex) = ex.finalize() else { continue };
         let mut ws = [0i64];
-        ex.get(A::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, T::CUDNN_TYPE_INT64, &mut ws)?;
+        ex.get(
+            A::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+            T::CUDNN_TYPE_INT64,
+            &mut ws,
+        )?;
         if ws[0] > max_workspace {
             continue;
         }
-        candidates.push(Plan { plan: ex, workspace: ws[0].max(0) as usize, engine: engine_index(cfg)?, measured_ms: None });
+        candidates.push(Plan {
+            plan: ex,
+            workspace: ws[0].max(0) as usize,
+            engine: engine_index(cfg)?,
+            measured_ms: None,
+        });
         if !benchmark || candidates.len() == BENCHMARK_CANDIDATES {
             break;
         }
@@ -336,7 +511,9 @@ fn plan<V: CudnnDataType + WithDType>(
         let stream = dev.cuda_stream();
         let mut best: Option<Plan> = None;
         for mut c in candidates {
-            let mut ws = (c.workspace > 0).then(|| alloc::<u8>(dev, c.workspace)).transpose()?;
+            let mut ws = (c.workspace > 0)
+                .then(|| alloc::<u8>(dev, c.workspace))
+                .transpose()?;
             let ws_ptr = ws.as_mut().map_or(0, |w| slice_address_mut(w, &stream));
             // The first run pays lazy initialisation; time the next three.
             if execute(h, &c.plan, ptrs, ws_ptr).is_err() {
@@ -350,7 +527,10 @@ fn plan<V: CudnnDataType + WithDType>(
             stream.synchronize().map_err(E::wrap)?;
             let ms = t0.elapsed().as_secs_f64() * 1e3 / 3.0;
             c.measured_ms = Some(ms);
-            if best.as_ref().is_none_or(|b| b.measured_ms.is_some_and(|b| ms < b)) {
+            if best
+                .as_ref()
+                .is_none_or(|b| b.measured_ms.is_some_and(|b| ms < b))
+            {
                 best = Some(c);
             }
         }
@@ -358,14 +538,24 @@ fn plan<V: CudnnDataType + WithDType>(
     } else {
         candidates.into_iter().next()
     };
-    let pl = Rc::new(chosen.ok_or_else(|| E::Msg(format!("cuDNN has no {pass:?} plan for x {x:?}, w {w:?} ({:?})", V::DTYPE)))?);
+    let pl = Rc::new(chosen.ok_or_else(|| {
+        E::Msg(format!(
+            "cuDNN has no {pass:?} plan for x {x:?}, w {w:?} ({:?})",
+            V::DTYPE
+        ))
+    })?);
     PLANS.with(|m| m.borrow_mut().insert(key, pl.clone()));
     Ok(pl)
 }
 
 /// The cuDNN convolution when it applies (CUDA, f32/f16/bf16, one group,
 /// weights without gradient); `None` sends the caller to candle's `conv2d`.
-pub(super) fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: &Conv2dConfig) -> Result<Option<Tensor>> {
+pub(super) fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    cfg: &Conv2dConfig,
+) -> Result<Option<Tensor>> {
     let applies = matches!(x.device(), candle_core::Device::Cuda(_))
         && !weight.track_op()
         && bias.is_none_or(|b| !b.track_op())
@@ -378,7 +568,11 @@ pub(super) fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: &C
     if !applies {
         return Ok(None);
     }
-    let params = Params { padding: cfg.padding, stride: cfg.stride, dilation: cfg.dilation };
+    let params = Params {
+        padding: cfg.padding,
+        stride: cfg.stride,
+        dilation: cfg.dilation,
+    };
     let (x, w) = (aligned(x)?, aligned(weight)?);
     let op = CudnnConv2d(params);
     // The bias is added in place by our kernel right after cuDNN's run.
@@ -408,7 +602,10 @@ impl Params {
         let span = self.dilation * (kernel - 1) + 1;
         let padded = input + 2 * self.padding;
         if padded < span || self.stride == 0 {
-            candle_core::bail!("conv2d: kernel {kernel} (dilation {}) larger than the padded input {padded}", self.dilation);
+            candle_core::bail!(
+                "conv2d: kernel {kernel} (dilation {}) larger than the padded input {padded}",
+                self.dilation
+            );
         }
         Ok((padded - span) / self.stride + 1)
     }
@@ -450,11 +647,24 @@ where
         layout_address(w, lw, &stream),
         slice_address_mut(&mut out, &stream),
     ];
-    let key: Key = (pass, x_dims, [k, c, r, s], p.padding, p.stride, p.dilation, V::DTYPE, dev.id());
+    let key: Key = (
+        pass,
+        x_dims,
+        [k, c, r, s],
+        p.padding,
+        p.stride,
+        p.dilation,
+        V::DTYPE,
+        dev.id(),
+    );
     let pl = plan::<V>(&hd, dev, key, p, y_dims, &ptrs)?;
     // No allocation when the plan needs no workspace (cuDNN takes null then).
-    let mut workspace = (pl.workspace > 0).then(|| alloc::<u8>(dev, pl.workspace)).transpose()?;
-    let ws_ptr = workspace.as_mut().map_or(0, |w| slice_address_mut(w, &stream));
+    let mut workspace = (pl.workspace > 0)
+        .then(|| alloc::<u8>(dev, pl.workspace))
+        .transpose()?;
+    let ws_ptr = workspace
+        .as_mut()
+        .map_or(0, |w| slice_address_mut(w, &stream));
     execute(&hd, &pl.plan, &ptrs, ws_ptr)?;
     if let Some(bias) = bias {
         let args = SfChannelBiasArgs {
@@ -465,9 +675,14 @@ where
             plane: (y_dims[2] * y_dims[3]) as i64,
             dtype: sf_dtype(V::DTYPE)?,
         };
-        check("conv2d bias", unsafe { sf_channel_bias(&args, stream.cu_stream() as *mut c_void) })?;
+        check("conv2d bias", unsafe {
+            sf_channel_bias(&args, stream.cu_stream() as *mut c_void)
+        })?;
     }
-    Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from(out_dims.to_vec())))
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from(out_dims.to_vec()),
+    ))
 }
 
 fn dispatch(
@@ -482,8 +697,14 @@ fn dispatch(
         candle_core::bail!("the cuDNN convolution needs contiguous tensors");
     }
     let bias = match bias {
-        Some((b, lb)) if b.dtype() == a.dtype() && lb.shape().elem_count() == lw.shape().dims()[0] => Some(storage_address(b, lb)?),
-        Some(_) => candle_core::bail!("conv2d: the bias must hold one value per output channel, in the input's dtype"),
+        Some((b, lb))
+            if b.dtype() == a.dtype() && lb.shape().elem_count() == lw.shape().dims()[0] =>
+        {
+            Some(storage_address(b, lb)?)
+        }
+        Some(_) => candle_core::bail!(
+            "conv2d: the bias must hold one value per output channel, in the input's dtype"
+        ),
         None => None,
     };
     let x_dims = match x_dims {
@@ -499,7 +720,9 @@ fn dispatch(
         (S::F32(a), S::F32(w)) => run(pass, p, x_dims, (a, la), (w, lw), bias, dev),
         (S::F16(a), S::F16(w)) => run(pass, p, x_dims, (a, la), (w, lw), bias, dev),
         (S::BF16(a), S::BF16(w)) => run(pass, p, x_dims, (a, la), (w, lw), bias, dev),
-        _ => candle_core::bail!("the cuDNN convolution takes f32, f16 or bf16 tensors of one dtype"),
+        _ => {
+            candle_core::bail!("the cuDNN convolution takes f32, f16 or bf16 tensors of one dtype")
+        }
     }
 }
 
@@ -513,11 +736,23 @@ impl CustomOp2 for CudnnConv2d {
 
     cuda_only!("the cuDNN convolution is CUDA-only (CPU tensors take candle's conv2d)"; (_x, _lx), (_w, _lw));
 
-    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout) -> Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        lx: &Layout,
+        w: &CudaStorage,
+        lw: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
         dispatch(Pass::Forward, self.0, None, (x, lx), (w, lw), None)
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some(self.input_gradient(x, w, dy)?), None))
     }
 }
@@ -557,7 +792,10 @@ impl CustomOp3 for CudnnConv2d {
 impl CudnnConv2d {
     fn input_gradient(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<Tensor> {
         let (n, c, h, wd) = x.dims4()?;
-        let op = CudnnConv2dBackwardData { params: self.0, x: [n, c, h, wd] };
+        let op = CudnnConv2dBackwardData {
+            params: self.0,
+            x: [n, c, h, wd],
+        };
         aligned(&dy.to_dtype(x.dtype())?)?.apply_op2_no_bwd(&aligned(w)?, &op)
     }
 }
@@ -576,7 +814,20 @@ impl CustomOp2 for CudnnConv2dBackwardData {
 
     cuda_only!("the cuDNN convolution is CUDA-only"; (_x, _lx), (_w, _lw));
 
-    fn cuda_fwd(&self, dy: &CudaStorage, ly: &Layout, w: &CudaStorage, lw: &Layout) -> Result<(CudaStorage, Shape)> {
-        dispatch(Pass::BackwardData, self.params, Some(self.x), (dy, ly), (w, lw), None)
+    fn cuda_fwd(
+        &self,
+        dy: &CudaStorage,
+        ly: &Layout,
+        w: &CudaStorage,
+        lw: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        dispatch(
+            Pass::BackwardData,
+            self.params,
+            Some(self.x),
+            (dy, ly),
+            (w, lw),
+            None,
+        )
     }
 }

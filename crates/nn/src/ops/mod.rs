@@ -137,8 +137,7 @@ impl GroupNorm {
 
     fn run(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
-        if let Some(y) =
-            cuda::group_norm(x, &self.weight, &self.bias, self.groups, self.eps, silu)?
+        if let Some(y) = cuda::group_norm(x, &self.weight, &self.bias, self.groups, self.eps, silu)?
         {
             return Ok(y);
         }
@@ -211,7 +210,12 @@ impl Conv2d {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         #[cfg(feature = "cudnn")]
-        if let Some(y) = cudnn_conv::conv2d(x, self.inner.weight(), self.inner.bias(), self.inner.config())? {
+        if let Some(y) = cudnn_conv::conv2d(
+            x,
+            self.inner.weight(),
+            self.inner.bias(),
+            self.inner.config(),
+        )? {
             return Ok(y);
         }
         candle_core::Module::forward(&self.inner, x)
@@ -254,22 +258,45 @@ pub fn linear(x: &Tensor, layer: &candle_nn::Linear, epilogue: LinearEpilogue) -
     }
     #[cfg(feature = "cuda")]
     {
-        let inputs = [Some(x), Some(layer.weight()), layer.bias(), epilogue.extra, epilogue.gate, epilogue.residual];
+        let inputs = [
+            Some(x),
+            Some(layer.weight()),
+            layer.bias(),
+            epilogue.extra,
+            epilogue.gate,
+            epilogue.residual,
+        ];
         let dtype_ok = matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16);
-        if dtype_ok && inputs.iter().flatten().all(|t| fusable(t) && t.dtype() == x.dtype()) {
+        if dtype_ok
+            && inputs
+                .iter()
+                .flatten()
+                .all(|t| fusable(t) && t.dtype() == x.dtype())
+        {
             let dims = x.dims();
-            let k = *dims.last().ok_or_else(|| candle_core::Error::Msg("linear: scalar input".into()))?;
+            let k = *dims
+                .last()
+                .ok_or_else(|| candle_core::Error::Msg("linear: scalar input".into()))?;
             let rows = x.elem_count() / k.max(1);
-            let y = x.contiguous()?.reshape((rows, k))?.matmul(&layer.weight().t()?)?;
+            let y = x
+                .contiguous()?
+                .reshape((rows, k))?
+                .matmul(&layer.weight().t()?)?;
             let out_features = y.dim(1)?;
             let flat = |t: &Tensor| t.contiguous()?.reshape((rows, out_features));
             let gate = match epilogue.gate {
                 Some(g) => {
                     let batch = g.dim(0)?;
                     if batch == 0 || rows % batch != 0 {
-                        candle_core::bail!("linear: gate {:?} does not divide {rows} rows", g.dims());
+                        candle_core::bail!(
+                            "linear: gate {:?} does not divide {rows} rows",
+                            g.dims()
+                        );
                     }
-                    Some((g.contiguous()?.reshape((batch, out_features))?, rows / batch))
+                    Some((
+                        g.contiguous()?.reshape((batch, out_features))?,
+                        rows / batch,
+                    ))
                 }
                 None => None,
             };
@@ -282,9 +309,17 @@ pub fn linear(x: &Tensor, layer: &candle_nn::Linear, epilogue: LinearEpilogue) -
             };
             let mut shape = dims.to_vec();
             *shape.last_mut().expect("rank ≥ 1") = out_features;
-            let plain = terms.bias.is_none() && terms.extra.is_none() && terms.gate.is_none() && terms.residual.is_none() && !terms.gelu;
+            let plain = terms.bias.is_none()
+                && terms.extra.is_none()
+                && terms.gate.is_none()
+                && terms.residual.is_none()
+                && !terms.gelu;
             // Nothing to add: the product is the result (no copy pass).
-            let y = if plain { y } else { cuda::linear_epilogue(&y, terms)? };
+            let y = if plain {
+                y
+            } else {
+                cuda::linear_epilogue(&y, terms)?
+            };
             return y.reshape(shape);
         }
     }
@@ -309,10 +344,20 @@ pub fn linear(x: &Tensor, layer: &candle_nn::Linear, epilogue: LinearEpilogue) -
 /// (`[B, N, D/2]`, `x`'s dtype) → `[B, N, H·D]`. One kernel on CUDA without
 /// autograd (f32 throughout, one rounding; `D` even and at most 256);
 /// otherwise candle ops, then candle-nn's `rms_norm` and `rope_i`.
-pub fn rms_norm_rope(x: &Tensor, bias: Option<&Tensor>, scale: &Tensor, cos: &Tensor, sin: &Tensor, eps: f32) -> Result<Tensor> {
+pub fn rms_norm_rope(
+    x: &Tensor,
+    bias: Option<&Tensor>,
+    scale: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    eps: f32,
+) -> Result<Tensor> {
     let (b, n, h, d) = x.dims4()?;
     #[cfg(feature = "cuda")]
-    if [Some(x), bias, Some(scale), Some(cos), Some(sin)].iter().flatten().all(|t| fusable(t) && t.dtype() == x.dtype())
+    if [Some(x), bias, Some(scale), Some(cos), Some(sin)]
+        .iter()
+        .flatten()
+        .all(|t| fusable(t) && t.dtype() == x.dtype())
         && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
         && d % 2 == 0
         && d <= 256
@@ -324,7 +369,11 @@ pub fn rms_norm_rope(x: &Tensor, bias: Option<&Tensor>, scale: &Tensor, cos: &Te
             sin: sin.contiguous()?.reshape((b * n, d / 2))?,
             eps,
         };
-        return x.contiguous()?.reshape((b * n, h, d))?.apply_op1_no_bwd(&op)?.reshape((b, n, h * d));
+        return x
+            .contiguous()?
+            .reshape((b * n, h, d))?
+            .apply_op1_no_bwd(&op)?
+            .reshape((b, n, h * d));
     }
     let x = match bias {
         Some(bias) => x.broadcast_add(&bias.reshape((h, d))?)?,
@@ -333,8 +382,15 @@ pub fn rms_norm_rope(x: &Tensor, bias: Option<&Tensor>, scale: &Tensor, cos: &Te
     let normed = candle_nn::ops::rms_norm(&x, scale, eps)?;
     // rope_i rotates [B', H', T, D] with cos/sin [B', T, D/2]; as
     // [B·N, H, 1, D] each token's heads share its angles.
-    let (cos, sin) = (cos.contiguous()?.reshape((b * n, 1, d / 2))?, sin.contiguous()?.reshape((b * n, 1, d / 2))?);
-    candle_nn::rotary_emb::rope_i(&normed.reshape((b * n, h, 1, d))?, &cos, &sin)?.reshape((b, n, h * d))
+    let (cos, sin) = (
+        cos.contiguous()?.reshape((b * n, 1, d / 2))?,
+        sin.contiguous()?.reshape((b * n, 1, d / 2))?,
+    );
+    candle_nn::rotary_emb::rope_i(&normed.reshape((b * n, h, 1, d))?, &cos, &sin)?.reshape((
+        b,
+        n,
+        h * d,
+    ))
 }
 
 /// Nearest-neighbour 2× upsampling of `[N, C, H, W]` (the VAE decoder's and
@@ -372,7 +428,12 @@ mod tests {
     use crate::test_util::max_abs;
 
     fn values(t: &Tensor) -> Vec<f64> {
-        t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        t.to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 
     fn gelu_tanh(v: f64) -> f64 {
@@ -389,7 +450,12 @@ mod tests {
         let (x, w, bias) = (r(&[b, n, k]), r(&[o, k]), r(&[o]));
         let (extra, gate, res) = (r(&[b, n, o]), r(&[b, 1, o]), r(&[b, n, o]));
         let layer = candle_nn::Linear::new(w.clone(), Some(bias.clone()));
-        let epilogue = LinearEpilogue { gelu: true, extra: Some(&extra), gate: Some(&gate), residual: Some(&res) };
+        let epilogue = LinearEpilogue {
+            gelu: true,
+            extra: Some(&extra),
+            gate: Some(&gate),
+            residual: Some(&res),
+        };
         let got = values(&linear(&x, &layer, epilogue).unwrap());
         let (xv, wv, bv) = (values(&x), values(&w), values(&bias));
         let (ev, gv, rv) = (values(&extra), values(&gate), values(&res));
@@ -398,15 +464,23 @@ mod tests {
                 for j in 0..o {
                     let row = bi * n + t;
                     let dot: f64 = (0..k).map(|c| xv[row * k + c] * wv[j * k + c]).sum();
-                    let want = rv[row * o + j] + gv[bi * o + j] * gelu_tanh(dot + bv[j] + ev[row * o + j]);
-                    assert!((got[row * o + j] - want).abs() < 1e-5, "({bi}, {t}, {j}): {} vs {want}", got[row * o + j]);
+                    let want =
+                        rv[row * o + j] + gv[bi * o + j] * gelu_tanh(dot + bv[j] + ev[row * o + j]);
+                    assert!(
+                        (got[row * o + j] - want).abs() < 1e-5,
+                        "({bi}, {t}, {j}): {} vs {want}",
+                        got[row * o + j]
+                    );
                 }
             }
         }
         // Without terms it is the layer itself; a gate needs the residual.
         let plain = linear(&x, &layer, LinearEpilogue::default()).unwrap();
         assert!(max_abs(&plain, &candle_core::Module::forward(&layer, &x).unwrap()) < 1e-6);
-        let gate_only = LinearEpilogue { gate: Some(&gate), ..Default::default() };
+        let gate_only = LinearEpilogue {
+            gate: Some(&gate),
+            ..Default::default()
+        };
         assert!(linear(&x, &layer, gate_only).is_err());
     }
 
@@ -422,17 +496,34 @@ mod tests {
         let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
         let eps = 1e-6;
         let got = values(&rms_norm_rope(&x, Some(&bias), &scale, &cos, &sin, eps).unwrap());
-        let (xv, bv, sv, cv, snv) = (values(&x), values(&bias), values(&scale), values(&cos), values(&sin));
+        let (xv, bv, sv, cv, snv) = (
+            values(&x),
+            values(&bias),
+            values(&scale),
+            values(&cos),
+            values(&sin),
+        );
         for t in 0..n {
             for hd in 0..h {
-                let v: Vec<f64> = (0..d).map(|i| xv[(t * h + hd) * d + i] + bv[hd * d + i]).collect();
+                let v: Vec<f64> = (0..d)
+                    .map(|i| xv[(t * h + hd) * d + i] + bv[hd * d + i])
+                    .collect();
                 let rms = (v.iter().map(|a| a * a).sum::<f64>() / d as f64 + eps as f64).sqrt();
                 for j in 0..d / 2 {
-                    let (a, b) = (v[2 * j] / rms * sv[2 * j], v[2 * j + 1] / rms * sv[2 * j + 1]);
+                    let (a, b) = (
+                        v[2 * j] / rms * sv[2 * j],
+                        v[2 * j + 1] / rms * sv[2 * j + 1],
+                    );
                     let (c, s) = (cv[t * d / 2 + j], snv[t * d / 2 + j]);
                     let at = (t * h + hd) * d + 2 * j;
-                    assert!((got[at] - (a * c - b * s)).abs() < 1e-5, "token {t} head {hd} pair {j}");
-                    assert!((got[at + 1] - (a * s + b * c)).abs() < 1e-5, "token {t} head {hd} pair {j}");
+                    assert!(
+                        (got[at] - (a * c - b * s)).abs() < 1e-5,
+                        "token {t} head {hd} pair {j}"
+                    );
+                    assert!(
+                        (got[at + 1] - (a * s + b * c)).abs() < 1e-5,
+                        "token {t} head {hd} pair {j}"
+                    );
                 }
             }
         }
@@ -440,8 +531,16 @@ mod tests {
 
     #[test]
     fn upsample_nearest2x_repeats_each_value() {
-        let x = Tensor::arange(0f32, 6.0, &Device::Cpu).unwrap().reshape((1, 1, 2, 3)).unwrap();
-        let y: Vec<f32> = upsample_nearest2x(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let x = Tensor::arange(0f32, 6.0, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 2, 3))
+            .unwrap();
+        let y: Vec<f32> = upsample_nearest2x(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let row0 = [0.0, 0.0, 1.0, 1.0, 2.0, 2.0];
         let row1 = [3.0, 3.0, 4.0, 4.0, 5.0, 5.0];
         assert_eq!(y, [row0, row0, row1, row1].concat());
@@ -466,10 +565,24 @@ mod tests {
         // Two groups of constant-plus-ramp values: each normalises to the
         // same zero-mean, unit-variance ramp whatever its offset.
         let dev = Device::Cpu;
-        let v: Vec<f32> = (0..8).map(|i| (i % 4) as f32 + if i < 4 { 100.0 } else { -7.0 }).collect();
+        let v: Vec<f32> = (0..8)
+            .map(|i| (i % 4) as f32 + if i < 4 { 100.0 } else { -7.0 })
+            .collect();
         let x = Tensor::from_vec(v, (1, 2, 4), &dev).unwrap();
-        let gn = GroupNorm::new(Tensor::ones(2, DType::F32, &dev).unwrap(), Tensor::zeros(2, DType::F32, &dev).unwrap(), 2, 0.0).unwrap();
-        let y: Vec<f32> = gn.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let gn = GroupNorm::new(
+            Tensor::ones(2, DType::F32, &dev).unwrap(),
+            Tensor::zeros(2, DType::F32, &dev).unwrap(),
+            2,
+            0.0,
+        )
+        .unwrap();
+        let y: Vec<f32> = gn
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let r = 1.25f32.sqrt();
         let want = [-1.5 / r, -0.5 / r, 0.5 / r, 1.5 / r];
         for (i, got) in y.iter().enumerate() {
@@ -483,7 +596,9 @@ mod tests {
         let w = Tensor::ones(6, DType::F32, &dev).unwrap();
         assert!(GroupNorm::new(w.clone(), w.clone(), 4, 1e-5).is_err());
         let gn = GroupNorm::new(w.clone(), w, 3, 1e-5).unwrap();
-        assert!(gn.forward(&Tensor::zeros((1, 4, 2), DType::F32, &dev).unwrap()).is_err());
+        assert!(gn
+            .forward(&Tensor::zeros((1, 4, 2), DType::F32, &dev).unwrap())
+            .is_err());
     }
 
     #[test]
@@ -493,7 +608,12 @@ mod tests {
         let q = Tensor::from_vec(vec![1f32, 0.0, 0.0, 0.0], (1, 1, 4), &dev).unwrap();
         let k = Tensor::from_vec(vec![2f32, 0., 0., 0., 0., 0., 0., 0.], (1, 2, 4), &dev).unwrap();
         let v = Tensor::from_vec(vec![1f32, 1., 1., 1., 3., 3., 3., 3.], (1, 2, 4), &dev).unwrap();
-        let out: Vec<f32> = attention(&q, &k, &v, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let out: Vec<f32> = attention(&q, &k, &v, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         // scores 2/√4 = 1 and 0 → weights e/(e+1), 1/(e+1).
         let e = std::f32::consts::E;
         let want = (e * 1.0 + 3.0) / (e + 1.0);

@@ -34,10 +34,31 @@ impl SfCamera {
 
     /// The fields in declaration (= memory) order, as the kernels read them.
     pub fn to_floats(&self) -> [f32; Self::FLOATS] {
-        let scalars = [self.fx, self.fy, self.cx, self.cy, self.width, self.height, self.near_plane, self.far_plane];
-        let limits = [self.lim_x_neg, self.lim_x_pos, self.lim_y_neg, self.lim_y_pos, self.pad];
+        let scalars = [
+            self.fx,
+            self.fy,
+            self.cx,
+            self.cy,
+            self.width,
+            self.height,
+            self.near_plane,
+            self.far_plane,
+        ];
+        let limits = [
+            self.lim_x_neg,
+            self.lim_x_pos,
+            self.lim_y_neg,
+            self.lim_y_pos,
+            self.pad,
+        ];
         let mut out = [0.0; Self::FLOATS];
-        let fields = self.rot.iter().chain(&self.trans).chain(&scalars).chain(&self.position).chain(&limits);
+        let fields = self
+            .rot
+            .iter()
+            .chain(&self.trans)
+            .chain(&scalars)
+            .chain(&self.position)
+            .chain(&limits);
         for (o, v) in out.iter_mut().zip(fields) {
             *o = *v;
         }

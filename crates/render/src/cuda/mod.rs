@@ -93,8 +93,8 @@ use crate::project::CameraParams;
 use crate::tiles::TileGrid;
 use crate::types::check_cameras;
 use crate::{
-    DensifyStats, GaussianParams, Gradients, ImageGradients, RenderMode,
-    RenderOptions, RenderedImage,
+    DensifyStats, GaussianParams, Gradients, ImageGradients, RenderMode, RenderOptions,
+    RenderedImage,
 };
 
 /// Why a CUDA render failed.

@@ -463,8 +463,10 @@ impl CudaRasterizer {
         let at = |i: usize| frame_ptr + (i * p * 4) as u64;
         {
             let p_grgb = tensor_address::<f32>(&g_rgb.as_ref().unwrap_or(&state.frame), &stream)?;
-            let p_galpha = tensor_address::<f32>(&g_alpha.as_ref().unwrap_or(&state.frame), &stream)?;
-            let p_gdepth = tensor_address::<f32>(&g_depth.as_ref().unwrap_or(&state.frame), &stream)?;
+            let p_galpha =
+                tensor_address::<f32>(&g_alpha.as_ref().unwrap_or(&state.frame), &stream)?;
+            let p_gdepth =
+                tensor_address::<f32>(&g_depth.as_ref().unwrap_or(&state.frame), &stream)?;
             let ba = ffi::SfRasterBwdArgs {
                 splats: splats_ptr,
                 sorted_ids: isect_ptr + 4 * state.sorted_offset as u64,

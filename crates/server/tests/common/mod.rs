@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use splatforge_server::{
-    bind, CancelToken, DeviceMemory, Generation, GenerationError, GenerationRequest, Generator, ServerConfig, ServerError,
+    bind, CancelToken, DeviceMemory, Generation, GenerationError, GenerationRequest, Generator,
+    ServerConfig, ServerError,
 };
 use splatforge_splat::{logit, Gaussians, SH_C0};
 
@@ -96,13 +97,20 @@ impl TestGeneratorSpec {
     }
 
     /// The factory the server gets.
-    pub fn factory(&self) -> impl Fn(u32) -> Result<TestGenerator, GenerationError> + Send + Sync + 'static {
+    pub fn factory(
+        &self,
+    ) -> impl Fn(u32) -> Result<TestGenerator, GenerationError> + Send + Sync + 'static {
         let spec = self.clone();
         move |device| {
             if spec.fail_to_load == Some(device) {
-                return Err(GenerationError::Failed(format!("test: device {device} has no models")));
+                return Err(GenerationError::Failed(format!(
+                    "test: device {device} has no models"
+                )));
             }
-            Ok(TestGenerator { spec: spec.clone(), device })
+            Ok(TestGenerator {
+                spec: spec.clone(),
+                device,
+            })
         }
     }
 }
@@ -135,7 +143,10 @@ impl Rng {
 /// The deterministic splat for a prompt and seed: `n` Gaussians on a
 /// Fibonacci shell of radius ~0.5, one hue per prompt, random rotations.
 pub fn test_splat(prompt: &str, seed: Option<u64>, n: usize) -> Gaussians {
-    let h = fnv1a(prompt.as_bytes(), 0xcbf2_9ce4_8422_2325 ^ seed.unwrap_or(0).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let h = fnv1a(
+        prompt.as_bytes(),
+        0xcbf2_9ce4_8422_2325 ^ seed.unwrap_or(0).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
     let mut rng = Rng(h | 1);
     let base = [rng.next(), rng.next(), rng.next()];
     let size = 0.02 + 0.03 * rng.next();
@@ -146,13 +157,24 @@ pub fn test_splat(prompt: &str, seed: Option<u64>, n: usize) -> Gaussians {
         let r = (1.0 - y * y).sqrt();
         let phi = golden * i as f32;
         let radius = 0.5 * (0.95 + 0.1 * rng.next());
-        g.means.push([radius * r * phi.cos(), radius * y, radius * r * phi.sin()]);
-        g.log_scales.push([(size * (0.8 + 0.4 * rng.next())).ln(), size.ln(), (size * 0.5).ln()]);
-        let q = [rng.next() + 0.1, rng.next() - 0.5, rng.next() - 0.5, rng.next() - 0.5];
+        g.means
+            .push([radius * r * phi.cos(), radius * y, radius * r * phi.sin()]);
+        g.log_scales.push([
+            (size * (0.8 + 0.4 * rng.next())).ln(),
+            size.ln(),
+            (size * 0.5).ln(),
+        ]);
+        let q = [
+            rng.next() + 0.1,
+            rng.next() - 0.5,
+            rng.next() - 0.5,
+            rng.next() - 0.5,
+        ];
         g.rotations.push(q);
         g.opacity_logits.push(logit(0.6 + 0.3 * rng.next()));
         let shade = 0.7 + 0.3 * (y * 0.5 + 0.5);
-        g.sh_dc.push(base.map(|c| ((c * shade).clamp(0.02, 0.98) - 0.5) / SH_C0));
+        g.sh_dc
+            .push(base.map(|c| ((c * shade).clamp(0.02, 0.98) - 0.5) / SH_C0));
     }
     g
 }
@@ -173,27 +195,48 @@ impl TestGenerator {
         }
     }
 
-    fn run(&self, request: &GenerationRequest, cancel: &CancelToken) -> Result<Generation, GenerationError> {
-        let behaviour = self.spec.script.lock().unwrap().pop_front().unwrap_or(Behaviour::Ok);
+    fn run(
+        &self,
+        request: &GenerationRequest,
+        cancel: &CancelToken,
+    ) -> Result<Generation, GenerationError> {
+        let behaviour = self
+            .spec
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Behaviour::Ok);
         let t = Instant::now();
         match behaviour {
             Behaviour::Ok => self.wait(self.spec.delay, cancel)?,
             Behaviour::Sleep(d) => self.wait(d, cancel)?,
-            Behaviour::Fail => return Err(GenerationError::Failed("test: scripted failure".into())),
+            Behaviour::Fail => {
+                return Err(GenerationError::Failed("test: scripted failure".into()))
+            }
             Behaviour::OutOfMemory => {
-                return Err(GenerationError::OutOfMemory("test: CUDA_ERROR_OUT_OF_MEMORY (scripted)".into()))
+                return Err(GenerationError::OutOfMemory(
+                    "test: CUDA_ERROR_OUT_OF_MEMORY (scripted)".into(),
+                ))
             }
             Behaviour::Panic => panic!("test: scripted panic"),
         }
         let waited = t.elapsed();
         let t = Instant::now();
         let gaussians = test_splat(&request.prompt, request.seed, self.spec.gaussians);
-        Ok(Generation { gaussians, stage_timings: vec![("think".into(), waited), ("layout".into(), t.elapsed())] })
+        Ok(Generation {
+            gaussians,
+            stage_timings: vec![("think".into(), waited), ("layout".into(), t.elapsed())],
+        })
     }
 }
 
 impl Generator for TestGenerator {
-    fn generate(&self, request: &GenerationRequest, cancel: &CancelToken) -> Result<Generation, GenerationError> {
+    fn generate(
+        &self,
+        request: &GenerationRequest,
+        cancel: &CancelToken,
+    ) -> Result<Generation, GenerationError> {
         let s = &self.spec.stats;
         s.calls.fetch_add(1, Ordering::SeqCst);
         s.prompts.lock().unwrap().push(request.prompt.clone());
@@ -224,7 +267,10 @@ impl Generator for TestGenerator {
     }
 
     fn device_memory(&self) -> Option<DeviceMemory> {
-        Some(DeviceMemory { used_bytes: 1_000_000 + self.device as u64, total_bytes: 8_000_000 })
+        Some(DeviceMemory {
+            used_bytes: 1_000_000 + self.device as u64,
+            total_bytes: 8_000_000,
+        })
     }
 }
 
@@ -262,12 +308,22 @@ impl TestServer {
         let handle = tokio::spawn(bound.serve(spec.factory(), async move {
             let _ = rx.await;
         }));
-        TestServer { base, spec, shutdown: Some(tx), handle: Some(handle) }
+        TestServer {
+            base,
+            spec,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
     }
 
     /// A handle on a running server's address, for tasks (cannot stop it).
     pub fn handle_for(base: String, spec: TestGeneratorSpec) -> TestServer {
-        TestServer { base, spec, shutdown: None, handle: None }
+        TestServer {
+            base,
+            spec,
+            shutdown: None,
+            handle: None,
+        }
     }
 
     /// Starts and waits for `/health` to say 200.
@@ -315,28 +371,49 @@ impl TestServer {
     /// Waits for `serve` to return (after a shutdown or a failed start).
     pub async fn join(&mut self) -> Result<(), ServerError> {
         let h = self.handle.take().expect("joined once");
-        tokio::time::timeout(Duration::from_secs(20), h).await.expect("serve returned within 20 s").expect("serve task")
+        tokio::time::timeout(Duration::from_secs(20), h)
+            .await
+            .expect("serve returned within 20 s")
+            .expect("serve task")
     }
 
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
-        client().get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
+        client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 }
 
 /// Reads one sample's value from Prometheus text; 0 when absent.
 pub fn sample(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .map(|v| v.trim().parse().unwrap())
         .unwrap_or(0.0)
 }
 
 /// POSTs a multipart form to `/generate/`.
-pub async fn post_generate(c: &reqwest::Client, s: &TestServer, fields: &[(&str, &str)]) -> reqwest::Response {
+pub async fn post_generate(
+    c: &reqwest::Client,
+    s: &TestServer,
+    fields: &[(&str, &str)],
+) -> reqwest::Response {
     let mut form = reqwest::multipart::Form::new();
     for (k, v) in fields {
         form = form.text(k.to_string(), v.to_string());
     }
-    c.post(s.url("/generate/")).multipart(form).send().await.expect("request sent")
+    c.post(s.url("/generate/"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("request sent")
 }
