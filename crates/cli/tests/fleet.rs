@@ -4,6 +4,7 @@
 //! claims it after `--claim-after` and the request still gets its PLY;
 //! `splatforge submit` writes the batch's files and `_failed.json`, and
 //! submitting the same file again resumes the same jobs (no new job).
+//! Three worker processes share a 50-job batch, each job run once.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -325,4 +326,96 @@ fn a_killed_worker_loses_no_job_and_batches_resume() {
     );
     assert_eq!(counter(&mut con, "completed"), 3);
     assert_eq!(counter(&mut con, "duplicate_runs"), 0);
+}
+
+/// Three worker processes share a 50-job batch from `splatforge submit`:
+/// every job has its result file, each ran exactly once, and the work was
+/// spread (no worker idle).
+#[test]
+fn three_worker_processes_finish_fifty_jobs_once_each() {
+    let Some(redis) =
+        TestRedis::start_or_skip("three_worker_processes_finish_fifty_jobs_once_each")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let out = Command::new(BIN)
+        .args(["models", "make-tiny"])
+        .arg(&models)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    const JOBS: usize = 50;
+    let items = dir.path().join("items.jsonl");
+    let lines: String = (0..JOBS)
+        .map(|i| {
+            format!(
+                "{{\"prompt\": \"object number {i}\", \"stem\": \"job{i:02}\", \"seed\": {i}}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(&items, lines).unwrap();
+    let _workers: Vec<Process> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|name| worker(&redis, &models, name))
+        .collect();
+    let results = dir.path().join("out");
+    let submit = Command::new(BIN)
+        .args([
+            "submit",
+            items.to_str().unwrap(),
+            "-o",
+            results.to_str().unwrap(),
+            "--profile",
+            "development",
+            "--redis",
+            &redis.url(),
+            "--redis-prefix",
+            "t",
+            "--timeout",
+            "900",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        submit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submit.stderr)
+    );
+    for i in 0..JOBS {
+        let path = results.join(format!("job{i:02}.ply"));
+        let g = splatforge_splat::read_splat_file(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(!g.is_empty(), "{}", path.display());
+    }
+    assert_eq!(
+        std::fs::read_to_string(results.join("_failed.json"))
+            .unwrap()
+            .trim(),
+        "[]"
+    );
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    assert_eq!(counter(&mut con, "submitted"), JOBS as u64);
+    assert_eq!(counter(&mut con, "completed"), JOBS as u64);
+    assert_eq!(counter(&mut con, "duplicate_runs"), 0);
+    let jobs = job_fields(&mut con);
+    assert_eq!(jobs.len(), JOBS);
+    for j in &jobs {
+        assert_eq!(j["state"], "done", "{j:?}");
+        assert_eq!(j["attempts"], "1", "{j:?}");
+    }
+    for name in ["w1", "w2", "w3"] {
+        assert!(
+            jobs.iter().any(|j| j["worker"] == name),
+            "worker {name} ran no job"
+        );
+    }
 }
