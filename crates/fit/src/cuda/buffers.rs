@@ -6,12 +6,12 @@
 use super::*;
 
 /// Floats per Gaussian in the parameter layout for `k` SH coefficients.
-fn row_floats(k: usize) -> usize {
+pub(super) fn row_floats(k: usize) -> usize {
     11 + 3 * k
 }
 
 /// Packs `g` into the device layout (see the module docs).
-fn pack_params(g: &Gaussians) -> Vec<f32> {
+pub(super) fn pack_params(g: &Gaussians) -> Vec<f32> {
     let n = g.len();
     let sh = pack_sh(g);
     let k = sh_coeffs_per_channel(g.sh_degree);
@@ -50,16 +50,16 @@ fn unpack_params(p: &[f32], n: usize, sh_degree: u8) -> Gaussians {
 
 /// Gradients of the parameter groups, shaped as [`GaussianTensors`] and
 /// contiguous (what the fused Adam reads).
-struct ParamGrads {
-    means: Tensor,
-    quats: Tensor,
-    log_scales: Tensor,
-    opacity_logits: Tensor,
-    sh: Tensor,
+pub(super) struct ParamGrads {
+    pub(super) means: Tensor,
+    pub(super) quats: Tensor,
+    pub(super) log_scales: Tensor,
+    pub(super) opacity_logits: Tensor,
+    pub(super) sh: Tensor,
 }
 
 impl ParamGrads {
-    fn of(g: GradientTensors) -> Self {
+    pub(super) fn of(g: GradientTensors) -> Self {
         ParamGrads {
             means: g.means,
             quats: g.quats,
@@ -70,7 +70,7 @@ impl ParamGrads {
     }
 
     /// The element-wise sum (the gradients of two rasterizer calls).
-    fn add(&self, o: &ParamGrads) -> Result<ParamGrads> {
+    pub(super) fn add(&self, o: &ParamGrads) -> Result<ParamGrads> {
         Ok(ParamGrads {
             means: (&self.means + &o.means)?,
             quats: (&self.quats + &o.quats)?,

@@ -74,6 +74,8 @@ mod step;
 
 pub use step::view_loss_on_gpu;
 
+use buffers::{pack_params, row_floats, ParamGrads};
+
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
 use std::sync::Arc;

@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cudnn::{sys, CudnnDataType};
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
+use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, DeviceId};
 use candle_core::{
     CudaDevice, CudaStorage, CustomOp2, CustomOp3, DType, Error as E, Layout, Result, Shape,

@@ -2,6 +2,7 @@
 //! passes (stages 1–3 and 3′–1′ of the module docs) and their scratch
 //! buffers.
 
+use super::tensors::check_tensor;
 use super::*;
 
 #[derive(Default)]
@@ -47,7 +48,7 @@ fn align256(x: usize) -> usize {
     x.div_ceil(256) * 256
 }
 
-fn common_size(cameras: &[Camera]) -> Result<(usize, usize)> {
+pub(super) fn common_size(cameras: &[Camera]) -> Result<(usize, usize)> {
     let first = cameras
         .first()
         .ok_or_else(|| bad("at least one camera is needed".into()))?;

@@ -1,6 +1,7 @@
 //! The rasterizer's inputs and outputs as candle CUDA tensors, with their
 //! shape checks, and the forward state the backward pass reads.
 
+use super::rasterizer::common_size;
 use super::*;
 
 /// Gaussian parameters as CUDA tensors, f32, pre-activation, laid out as
@@ -47,7 +48,7 @@ impl GaussianTensors {
         self.len() == 0
     }
 
-    fn validate(&self, dev: &CudaDevice) -> Result<usize> {
+    pub(super) fn validate(&self, dev: &CudaDevice) -> Result<usize> {
         if self.sh_degree > MAX_SH_DEGREE {
             return Err(RenderError::InvalidParams(format!(
                 "SH degree {} is not supported (0 to 3)",
@@ -70,7 +71,7 @@ impl GaussianTensors {
     }
 }
 
-fn check_tensor(
+pub(super) fn check_tensor(
     name: &str,
     t: &Tensor,
     shape: &[usize],
