@@ -13,6 +13,7 @@
 //! | [`sampler`] | flow-Euler sampling with classifier-free guidance inside an interval, rescaled time |
 //! | [`ss_flow`] | stage 1: `SparseStructureFlowModel` |
 //! | [`ss_decoder`] | stage 1: `SparseStructureDecoder` (dense 3D convolutions) and the occupied voxels |
+//! | [`pipeline`] | the whole `TrellisImageTo3DPipeline` for Gaussians: image → Gaussians with per-stage progress and timings; random-weight TRELLIS folders |
 //! | [`stage1`] | image → occupied voxels (`preprocess_image`, `get_cond`, `sample_sparse_structure`), random-weight stage-1 folders |
 //! | [`slat_flow`] | stage 2: the structured-latent flow model over sparse voxels (io res blocks with sparse convolutions and down/upsampling, modulated cross-attention blocks), undoing the latent's normalisation |
 //! | [`sparse`] | sparse voxel tensors (batch-indexed coordinates + features) and the ops on them |
@@ -39,6 +40,7 @@ pub mod dinov2;
 pub mod error;
 pub mod gaussians;
 pub mod gs_decoder;
+pub mod pipeline;
 pub mod preprocess;
 pub mod sampler;
 pub mod slat_flow;
