@@ -17,10 +17,14 @@ use splatforge_splat::Gaussians;
 /// What a client asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenerationRequest {
-    /// The text prompt: non-empty, at most [`crate::MAX_PROMPT_CHARS`] characters.
+    /// The text prompt: non-empty, at most [`crate::MAX_PROMPT_CHARS`] characters; empty
+    /// on an image server ([`crate::RequestInput::Image`]).
     pub prompt: String,
     /// Seed for reproducible results; `None` lets the generator choose.
     pub seed: Option<u64>,
+    /// The image file's bytes (PNG, GIF, …, as sent) on an image server; `None` on a text
+    /// server. Shared, so that a queued job stays small and clones do not copy the image.
+    pub image: Option<Arc<Vec<u8>>>,
 }
 
 /// A finished generation.
