@@ -223,7 +223,25 @@ fn tiny_trellis_behind_the_real_service() {
         assert!(body.contains(needle), "{json}: {body}");
     }
 
+    // A picture with no object: a 400 from the generator, and the worker goes on.
+    let mut clear = Vec::new();
+    image::RgbaImage::new(8, 8)
+        .write_to(
+            &mut std::io::Cursor::new(&mut clear),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    let (content_type, body) = multipart_image(&clear);
+    let r = post(addr, &content_type, &body);
+    let text = String::from_utf8_lossy(&r.body);
+    assert_eq!(r.status, 400, "{text}");
+    assert!(
+        text.contains("transparent") && text.contains("bad_input"),
+        "{text}"
+    );
+
     let metrics = String::from_utf8_lossy(&get(addr, "/metrics").body).into_owned();
+    assert!(metrics.contains("outcome=\"bad_input\""), "{metrics}");
     for stage in ["dinov2", "sparse_structure", "slat", "gs_decoder"] {
         assert!(
             metrics.contains(&format!(

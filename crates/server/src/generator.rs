@@ -46,6 +46,10 @@ pub enum GenerationError {
     /// The device ran out of memory; the worker keeps serving.
     #[error("out of memory: {0}")]
     OutOfMemory(String),
+    /// The request's input cannot be turned into 3D (e.g. an image that does not decode,
+    /// or shows no object); answered 400 with the message.
+    #[error("bad input: {0}")]
+    BadInput(String),
     /// Anything else.
     #[error("{0}")]
     Failed(String),

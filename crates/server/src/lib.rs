@@ -888,6 +888,7 @@ async fn handle_generation(
                     "out_of_memory",
                     format!("the device ran out of memory: {m}"),
                 ),
+                JobFailure::BadInput(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_input", m),
                 JobFailure::Failed(m) => ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "failed",

@@ -86,10 +86,10 @@ fn json(
         "stages_ms": stages,
         "total_ms": ms_json(out.total() + write.map_or(Duration::ZERO, |(d, _)| d)),
         "load_ms": ms_json(load),
-        "voxels": out.trellis.voxels,
+        "voxels": out.voxels,
         "gaussians": out.gaussians.len(),
-        "sparse_structure_sampler": sampler(&out.trellis.sparse_structure_params),
-        "slat_sampler": sampler(&out.trellis.slat_params),
+        "sparse_structure_sampler": sampler(&out.sparse_structure_params),
+        "slat_sampler": sampler(&out.slat_params),
         "device_memory_used_bytes": memory.map(|m| m.used_bytes),
         "device_memory_total_bytes": memory.map(|m| m.total_bytes),
         "output": write.map(|(_, p)| p.display().to_string()),
@@ -184,7 +184,7 @@ pub fn run(args: Args) -> Result<Outcome> {
                 "wrote {} ({} Gaussians from {} voxels, seed {})",
                 args.output.display(),
                 out.gaussians.len(),
-                out.trellis.voxels,
+                out.voxels,
                 out.seed
             );
         }

@@ -1,5 +1,5 @@
-//! `splatforge models …`: diffusion model utilities (tiny test models,
-//! full-size random MVDream for timing, MVDream views).
+//! `splatforge models …`: model utilities (tiny test models, full-size
+//! random MVDream and TRELLIS for timing, MVDream views).
 
 use std::path::PathBuf;
 use std::time::Instant;

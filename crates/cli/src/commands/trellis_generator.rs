@@ -30,6 +30,7 @@ use splatforge_trellis::pipeline::{
     dinov2_in_folder, Progress, SamplerOverrides, TrellisImageTo3d, TrellisOutput, TrellisRequest,
 };
 use splatforge_trellis::preprocess::decode_image;
+use splatforge_trellis::sampler::SamplerParams;
 use splatforge_trellis::slat_flow::{self, SLatFlowConfig};
 use splatforge_trellis::TrellisError;
 
@@ -93,7 +94,11 @@ fn request(config: &PipelineConfig, seed: u64) -> TrellisRequest {
 /// One image → Gaussians run.
 pub struct ImageGenerated {
     pub gaussians: Gaussians,
-    pub trellis: TrellisOutput,
+    /// Occupied voxels of the sparse structure.
+    pub voxels: usize,
+    /// The sampler parameters each stage ran with.
+    pub sparse_structure_params: SamplerParams,
+    pub slat_params: SamplerParams,
     /// The pipeline's stages, then `normalize` when `output:` changes the splat.
     pub timings: Vec<(&'static str, Duration)>,
     pub seed: u64,
@@ -175,9 +180,15 @@ impl TrellisRunner {
         let out = self
             .pipe
             .run(&image, &request(&self.config, seed), progress)?;
+        let TrellisOutput {
+            mut gaussians,
+            voxels,
+            sparse_structure_params,
+            slat_params,
+            timings,
+        } = out;
         let mut timings: Vec<(&'static str, Duration)> =
-            out.timings.iter().map(|(s, d)| (s.name(), *d)).collect();
-        let mut gaussians = out.gaussians.clone();
+            timings.iter().map(|(s, d)| (s.name(), *d)).collect();
         let o = &self.config.output;
         if o.normalize || o.min_gaussians > gaussians.len() {
             let t0 = Instant::now();
@@ -190,7 +201,9 @@ impl TrellisRunner {
         }
         Ok(ImageGenerated {
             gaussians,
-            trellis: out,
+            voxels,
+            sparse_structure_params,
+            slat_params,
             timings,
             seed,
         })
@@ -202,6 +215,9 @@ impl TrellisRunner {
 pub fn generation_error(e: TrellisError) -> GenerationError {
     match e {
         TrellisError::Cancelled => GenerationError::Cancelled,
+        // Decoding and preprocessing name a bad picture's fault after "image:".
+        TrellisError::InvalidArgument(m) if m.starts_with("image:") => GenerationError::BadInput(m),
+        e @ TrellisError::EmptyStructure => GenerationError::BadInput(e.to_string()),
         e if splatforge_pipeline::is_out_of_memory(&e.to_string()) => {
             GenerationError::OutOfMemory(e.to_string())
         }
@@ -285,5 +301,41 @@ impl Generator for TrellisGenerator {
 
     fn device_memory(&self) -> Option<DeviceMemory> {
         self.runner.device_memory()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_the_service_outcomes() {
+        assert_eq!(
+            generation_error(TrellisError::Cancelled),
+            GenerationError::Cancelled
+        );
+        assert!(matches!(
+            generation_error(TrellisError::EmptyStructure),
+            GenerationError::BadInput(_)
+        ));
+        let clear = TrellisError::InvalidArgument("image: fully transparent".into());
+        assert!(
+            matches!(generation_error(clear), GenerationError::BadInput(m) if m.contains("transparent"))
+        );
+        let oom = TrellisError::Config("CUDA_ERROR_OUT_OF_MEMORY".into());
+        assert!(matches!(
+            generation_error(oom),
+            GenerationError::OutOfMemory(_)
+        ));
+        let other = TrellisError::Config("bad shape".into());
+        assert!(matches!(
+            generation_error(other),
+            GenerationError::Failed(_)
+        ));
+        let internal = TrellisError::InvalidArgument("SLatFlowModel: 3 voxels".into());
+        assert!(matches!(
+            generation_error(internal),
+            GenerationError::Failed(_)
+        ));
     }
 }
