@@ -20,8 +20,8 @@
 //!   reproducible outside torch; ours is the workspace's seeded SplitMix64 + Box–Muller
 //!   ([`splatforge_nn::rng`]). As in the official code one stream serves both stages, in
 //!   the same order: the stage-1 noise is its first values, the stage-2 noise continues it
-//!   ([`slat_noise_seed`]). The same seed gives the same splat on every device here; parity
-//!   runs feed the official code our noise.
+//!   ([`slat_noise_seed`]). The same seed gives the same splat on every device here; a
+//!   parity run against the official code must hand it this noise.
 //! * Opaque pictures: TRELLIS runs `rembg`; we take a plain-background matte
 //!   ([`crate::stage1::prepare`]).
 //! * One sample per run (`num_samples = 1`); no mesh or radiance-field decoders.
@@ -93,7 +93,7 @@ impl TrellisStage {
 
 impl std::fmt::Display for TrellisStage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        f.pad(self.name())
     }
 }
 
