@@ -29,11 +29,11 @@ enum Command {
     Normalize(commands::normalize::Args),
     /// Render a splat to PNG: one view, the validator's 16 views, or a turntable GIF.
     Render(commands::render::Args),
-    /// Diffusion models: write tiny test models, generate MVDream views.
+    /// Models: write tiny or full-size random-weight models (MVDream, TRELLIS), generate MVDream views.
     Models(commands::models::Args),
     /// Fit Gaussians to posed images (transforms.json); prints held-out PSNR/SSIM.
     Fit(commands::fit::Args),
-    /// Text prompt → splat (MVDream views, fit, optional SDS); prints the stage timing table.
+    /// Text prompt → splat (MVDream views, fit, optional SDS), or image → splat (TRELLIS, --image); prints the stage timing table.
     Generate(commands::generate::Args),
     /// Serve generation over HTTP, compatible with the 404-GEN miner (POST /generate/).
     Serve(commands::serve::Args),

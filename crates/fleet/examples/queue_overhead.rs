@@ -133,6 +133,7 @@ fn main() {
                 &GenerationRequest {
                     prompt: format!("job {i}"),
                     seed: None,
+                    image: None,
                 },
                 &CancelToken::new(),
             )

@@ -408,6 +408,7 @@ fn generate(generator: &dyn Generator, request: &JobRequest, token: &CancelToken
             &GenerationRequest {
                 prompt: request.prompt.clone(),
                 seed: request.seed,
+                image: None,
             },
             token,
         )?;

@@ -17,7 +17,20 @@
 //!
 //! # Keys
 //! Top level: `description` (free text), `seed` (default seed, used when a
-//! request has none).
+//! request has none), `pipeline` (`mvdream`, the default: text → views →
+//! fit, the sections `diffusion` to `sds` below; `trellis`: image → 3D with
+//! TRELLIS, the `trellis:` section; `output:` applies to both).
+//!
+//! `trellis:` (TRELLIS image → 3D, `splatforge_trellis`; `null`: the model
+//! folder's `pipeline.json` value, for TRELLIS-image-large 25 steps and
+//! `cfg_strength` 5.0 in both stages)
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `sparse_structure_steps` | null | stage-1 sampler steps |
+//! | `sparse_structure_cfg` | null | stage-1 classifier-free guidance strength |
+//! | `slat_steps` | null | stage-2 (structured latent) sampler steps |
+//! | `slat_cfg` | null | stage-2 guidance strength |
+//! | `precision` | fp16 | the transformers' and convolutions' precision on a GPU (the official `use_fp16`); the CPU uses fp32 |
 //!
 //! `diffusion:` (MVDream text → views)
 //! | key | default | meaning |
@@ -105,6 +118,18 @@ pub const PROFILES: &[(&str, &str)] = &[
     (
         "development",
         include_str!("../../../profiles/development.yaml"),
+    ),
+    (
+        "image-quality",
+        include_str!("../../../profiles/image-quality.yaml"),
+    ),
+    (
+        "image-speed",
+        include_str!("../../../profiles/image-speed.yaml"),
+    ),
+    (
+        "image-development",
+        include_str!("../../../profiles/image-development.yaml"),
     ),
 ];
 
@@ -293,17 +318,67 @@ impl Default for OutputConfig {
     }
 }
 
+/// Which pipeline a profile runs (`pipeline:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PipelineKind {
+    /// Text → MVDream views → fitted Gaussians (the sections `diffusion` … `sds`).
+    #[default]
+    Mvdream,
+    /// Image → TRELLIS → Gaussians (the `trellis` section).
+    Trellis,
+}
+
+impl PipelineKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PipelineKind::Mvdream => "mvdream",
+            PipelineKind::Trellis => "trellis",
+        }
+    }
+}
+
+/// `trellis:` (see the module docs): the caller's changes to the model's
+/// `pipeline.json` sampler parameters, and the GPU precision.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrellisConfig {
+    pub sparse_structure_steps: Option<usize>,
+    pub sparse_structure_cfg: Option<f64>,
+    pub slat_steps: Option<usize>,
+    pub slat_cfg: Option<f64>,
+    pub precision: Precision,
+}
+
+impl Default for TrellisConfig {
+    fn default() -> Self {
+        TrellisConfig {
+            sparse_structure_steps: None,
+            sparse_structure_cfg: None,
+            slat_steps: None,
+            slat_cfg: None,
+            precision: Precision::F16,
+        }
+    }
+}
+
+/// The sections only the MVDream pipeline reads (left out of a TRELLIS
+/// profile's [`PipelineConfig::to_yaml`]).
+const MVDREAM_SECTIONS: &[&str] = &["diffusion", "alpha", "init", "fit", "sds"];
+
 /// The whole configuration (see the module docs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
     pub description: String,
     pub seed: u64,
+    pub pipeline: PipelineKind,
     pub diffusion: DiffusionConfig,
     pub alpha: AlphaConfig,
     pub init: InitConfig,
     pub fit: FitConfig,
     pub sds: SdsConfig,
+    pub trellis: TrellisConfig,
     pub output: OutputConfig,
 }
 
@@ -312,6 +387,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             description: String::new(),
             seed: 0,
+            pipeline: PipelineKind::default(),
             diffusion: DiffusionConfig::default(),
             alpha: AlphaConfig::default(),
             init: InitConfig::default(),
@@ -320,6 +396,7 @@ impl Default for PipelineConfig {
                 ..FitConfig::default()
             },
             sds: SdsConfig::default(),
+            trellis: TrellisConfig::default(),
             output: OutputConfig::default(),
         }
     }
@@ -485,7 +562,15 @@ pub fn apply_set(value: &mut Value, set: &str) -> Result<(), ConfigError> {
     unreachable!("the loop returns at the last part")
 }
 
-const SECTIONS: &[&str] = &["diffusion", "alpha", "init", "fit", "sds", "output"];
+const SECTIONS: &[&str] = &[
+    "diffusion",
+    "alpha",
+    "init",
+    "fit",
+    "sds",
+    "trellis",
+    "output",
+];
 
 /// Deserialises a YAML tree, naming the section of a bad key.
 fn from_value(value: Value) -> Result<PipelineConfig, ConfigError> {
@@ -510,6 +595,7 @@ fn check_sections(value: &Value) -> Result<(), ConfigError> {
                 "init" => section_check::<InitConfig>(v),
                 "fit" => section_check::<FitConfig>(v),
                 "sds" => section_check::<SdsConfig>(v),
+                "trellis" => section_check::<TrellisConfig>(v),
                 _ => section_check::<OutputConfig>(v),
             };
             r.map_err(|e| ConfigError(format!("{section}: {e}")))?;
@@ -551,14 +637,38 @@ impl PipelineConfig {
             .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
     }
 
-    /// Every key with its value, as YAML.
+    /// Every key the configured pipeline reads, with its value, as YAML (a
+    /// TRELLIS profile leaves out the MVDream sections).
     pub fn to_yaml(&self) -> String {
-        serde_yaml_ng::to_string(self).expect("config serialises")
+        let mut value = serde_yaml_ng::to_value(self).expect("config serialises");
+        if let (PipelineKind::Trellis, Value::Mapping(m)) = (self.pipeline, &mut value) {
+            for section in MVDREAM_SECTIONS {
+                m.remove(*section);
+            }
+        }
+        serde_yaml_ng::to_string(&value).expect("config serialises")
     }
 
     /// Checks ranges and consistency; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: String| Err(ConfigError(format!("{key}: {why}")));
+        let t = &self.trellis;
+        for (key, steps) in [
+            ("trellis.sparse_structure_steps", t.sparse_structure_steps),
+            ("trellis.slat_steps", t.slat_steps),
+        ] {
+            if let Some(n) = steps.filter(|n| !(1..=1000).contains(n)) {
+                return bad(key, format!("must be 1 to 1000, got {n}"));
+            }
+        }
+        for (key, cfg) in [
+            ("trellis.sparse_structure_cfg", t.sparse_structure_cfg),
+            ("trellis.slat_cfg", t.slat_cfg),
+        ] {
+            if let Some(c) = cfg.filter(|c| !(c.is_finite() && *c >= 0.0)) {
+                return bad(key, format!("must be finite and ≥ 0, got {c}"));
+            }
+        }
         let d = &self.diffusion;
         if d.num_inference_steps == 0 || d.num_inference_steps > 1000 {
             return bad(
@@ -770,6 +880,44 @@ mod tests {
         assert!(memory.diffusion.vae_slicing && memory.diffusion.vae_tiling);
         let dev = PipelineConfig::profile("development").unwrap();
         assert!(dev.diffusion.resolution <= 64 && dev.fit.iters <= 20);
+        assert_eq!(dev.pipeline, PipelineKind::Mvdream);
+        // The image profiles: pipeline.json's samplers, fewer steps, tiny sizes.
+        let image = |name| PipelineConfig::profile(name).unwrap();
+        let (quality, speed, dev) = (
+            image("image-quality"),
+            image("image-speed"),
+            image("image-development"),
+        );
+        for c in [&quality, &speed, &dev] {
+            assert_eq!(c.pipeline, PipelineKind::Trellis);
+            assert!(!c.output.normalize && c.output.min_gaussians == 0);
+        }
+        assert_eq!(quality.trellis, TrellisConfig::default());
+        assert_eq!(
+            (
+                speed.trellis.sparse_structure_steps,
+                speed.trellis.slat_steps
+            ),
+            (Some(12), Some(12))
+        );
+        assert_eq!(dev.trellis.slat_steps, Some(2));
+        assert_eq!(dev.trellis.precision, Precision::F32);
+        let yaml = speed.to_yaml();
+        assert!(yaml.contains("pipeline: trellis") && yaml.contains("slat_steps: 12"));
+        assert!(
+            !yaml.contains("diffusion:") && !yaml.contains("sds:"),
+            "{yaml}"
+        );
+        let e = sources(Some("image-speed"), &["trellis.slat_steps=0"])
+            .resolve()
+            .unwrap_err()
+            .0;
+        assert!(e.contains("trellis.slat_steps"), "{e}");
+        let e = sources(Some("image-speed"), &["trellis.slat_stepz=3"])
+            .resolve()
+            .unwrap_err()
+            .0;
+        assert!(e.contains("trellis") && e.contains("slat_stepz"), "{e}");
     }
 
     #[test]

@@ -65,7 +65,8 @@ pub mod pipeline;
 pub mod refine;
 
 pub use config::{
-    ConfigError, ConfigSources, PipelineConfig, Precision, DEFAULT_PROFILE, PROFILES,
+    ConfigError, ConfigSources, PipelineConfig, PipelineKind, Precision, TrellisConfig,
+    DEFAULT_PROFILE, PROFILES,
 };
 pub use error::{is_out_of_memory, PipelineError, Stage};
 pub use pipeline::{resolve_models, Generated, InitUsed, Observer, Pipeline, Request};

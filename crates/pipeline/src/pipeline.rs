@@ -20,7 +20,7 @@ use splatforge_splat::Gaussians;
 
 use crate::alpha::{foreground_alpha, straight_rgba};
 use crate::carve::{carve_init, CarveStats};
-use crate::config::{InitMethod, PipelineConfig};
+use crate::config::{InitMethod, PipelineConfig, PipelineKind};
 use crate::decode::decode;
 use crate::error::{PipelineError, Stage};
 use crate::refine::{refine, SdsError, SdsInputs, SdsStep};
@@ -350,6 +350,12 @@ impl Pipeline {
         config: PipelineConfig,
     ) -> Result<Pipeline, PipelineError> {
         config.validate()?;
+        if config.pipeline != PipelineKind::Mvdream {
+            return Err(PipelineError::Load(format!(
+                "profile {profile} runs the {} pipeline (image → 3D), not text → 3D",
+                config.pipeline.name()
+            )));
+        }
         let cpu = matches!(device, Device::Cpu);
         let dtype = if cpu {
             DType::F32

@@ -73,6 +73,16 @@ impl Form {
         }
     }
 
+    /// A field's raw bytes (a multipart file or form value; a JSON string's UTF-8).
+    pub fn bytes(&self, name: &str) -> Result<Option<&[u8]>, ApiError> {
+        match self.value(name)? {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Text(bytes)) => Ok(Some(bytes)),
+            Some(Value::Number(_)) => Err(not_a(name, "a file or string", "a number")),
+            Some(Value::Other(kind)) => Err(not_a(name, "a file or string", kind)),
+        }
+    }
+
     /// A numeric field as text (parsed by the caller): a form value, a JSON
     /// number or a JSON string.
     pub fn number(&self, name: &str) -> Result<Option<String>, ApiError> {

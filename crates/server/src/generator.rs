@@ -17,10 +17,14 @@ use splatforge_splat::Gaussians;
 /// What a client asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenerationRequest {
-    /// The text prompt: non-empty, at most [`crate::MAX_PROMPT_CHARS`] characters.
+    /// The text prompt: non-empty, at most [`crate::MAX_PROMPT_CHARS`] characters; empty
+    /// on an image server ([`crate::RequestInput::Image`]).
     pub prompt: String,
     /// Seed for reproducible results; `None` lets the generator choose.
     pub seed: Option<u64>,
+    /// The image file's bytes (PNG, GIF, …, as sent) on an image server; `None` on a text
+    /// server. Shared, so that a queued job stays small and clones do not copy the image.
+    pub image: Option<Arc<Vec<u8>>>,
 }
 
 /// A finished generation.
@@ -42,6 +46,10 @@ pub enum GenerationError {
     /// The device ran out of memory; the worker keeps serving.
     #[error("out of memory: {0}")]
     OutOfMemory(String),
+    /// The request's input cannot be turned into 3D (e.g. an image that does not decode,
+    /// or shows no object); answered 400 with the message.
+    #[error("bad input: {0}")]
+    BadInput(String),
     /// Anything else.
     #[error("{0}")]
     Failed(String),

@@ -112,7 +112,24 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     /// Most connections open at once (256); more wait to be accepted.
     pub max_connections: usize,
+    /// What `/generate/` and `/generate_video/` take: text prompts (the default) or images.
+    pub input: RequestInput,
 }
+
+/// What the served generator turns into 3D.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RequestInput {
+    /// A text prompt in the field `prompt`.
+    #[default]
+    Text,
+    /// An image: the file field `image` (its bytes as sent), or the image file's bytes in
+    /// base64 in `prompt` (how the 404 miner forwards image tasks; a `data:…;base64,`
+    /// prefix is allowed).
+    Image,
+}
+
+/// Larger request bodies an image server accepts by default (images, or their base64).
+pub const IMAGE_MAX_BODY_BYTES: usize = 32 << 20;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -129,6 +146,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             max_connections: 256,
+            input: RequestInput::Text,
         }
     }
 }
@@ -587,11 +605,13 @@ async fn generate_video(State(app): State<Arc<App>>, headers: HeaderMap, body: B
     handle_generation(app, "/generate_video/", headers, body, true).await
 }
 
-fn parse_request(
-    form: &form::Form,
-    video: bool,
-    config: &ServerConfig,
-) -> Result<(GenerationRequest, OutputSpec), ApiError> {
+/// The text prompt of a request to a text server.
+fn text_prompt(form: &form::Form) -> Result<String, ApiError> {
+    if form.bytes("image")?.is_some() {
+        return Err(ApiError::bad_request(
+            "this server turns text prompts into 3D; it takes no 'image' field",
+        ));
+    }
     let prompt = form
         .text("prompt")?
         .ok_or_else(|| ApiError::bad_request("missing form field 'prompt'"))?;
@@ -603,9 +623,63 @@ fn parse_request(
     if chars > MAX_PROMPT_CHARS {
         return Err(ApiError::bad_request(format!(
             "the prompt has {chars} characters; at most {MAX_PROMPT_CHARS} are accepted \
-             (text prompts only: image prompts are not supported)"
+             (this server takes text prompts; image prompts need an image profile)"
         )));
     }
+    Ok(prompt.to_string())
+}
+
+/// The image of a request to an image server: the file field `image`, or base64 image
+/// bytes in `prompt`; refused unless its first bytes are a known image format.
+fn image_input(form: &form::Form) -> Result<Vec<u8>, ApiError> {
+    use base64::Engine;
+    let bytes = match (form.bytes("image")?, form.text("prompt")?) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give the image once: a file field 'image' or base64 in 'prompt', not both",
+            ))
+        }
+        (Some(bytes), None) => bytes.to_vec(),
+        (None, Some(text)) => {
+            let text = text.trim();
+            // A data URL's payload, if it is one.
+            let payload = match text.split_once(";base64,") {
+                Some((head, rest)) if head.starts_with("data:") => rest,
+                _ => text,
+            };
+            let compact: String = payload.split_ascii_whitespace().collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(compact.as_bytes())
+                .map_err(|e| {
+                    ApiError::bad_request(format!(
+                        "field 'prompt' is not base64 image bytes ({e}); this server turns images into 3D: send the image as a file field 'image' or base64 in 'prompt'"
+                    ))
+                })?
+        }
+        (None, None) => return Err(ApiError::bad_request(
+            "missing image: send a file field 'image' or the image's bytes in base64 in 'prompt'",
+        )),
+    };
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("the image is empty"));
+    }
+    if image::guess_format(&bytes).is_err() {
+        return Err(ApiError::bad_request(
+            "the image is not in a known image format (send PNG)",
+        ));
+    }
+    Ok(bytes)
+}
+
+fn parse_request(
+    form: &form::Form,
+    video: bool,
+    config: &ServerConfig,
+) -> Result<(GenerationRequest, OutputSpec), ApiError> {
+    let (prompt, image) = match config.input {
+        RequestInput::Text => (text_prompt(form)?, None),
+        RequestInput::Image => (String::new(), Some(Arc::new(image_input(form)?))),
+    };
     // Optional fields: surrounding white space is dropped, and an empty
     // value is the same as leaving the field out (as HTML forms send them).
     let present = |value: Option<String>| {
@@ -698,8 +772,9 @@ fn parse_request(
     };
     Ok((
         GenerationRequest {
-            prompt: prompt.to_string(),
+            prompt,
             seed,
+            image,
         },
         output,
     ))
@@ -813,6 +888,7 @@ async fn handle_generation(
                     "out_of_memory",
                     format!("the device ran out of memory: {m}"),
                 ),
+                JobFailure::BadInput(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_input", m),
                 JobFailure::Failed(m) => ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "failed",

@@ -17,7 +17,8 @@
 //!   `splatforge_http_header_timeouts_total` (connections closed because
 //!   their request headers did not arrive within the header timeout).
 //! - `splatforge_jobs_total{device, outcome}`: jobs that left a device
-//!   queue: run (`ok`, `cancelled`, `failed`, `out_of_memory`, `panicked`),
+//!   queue: run (`ok`, `cancelled`, `failed`, `bad_input`, `out_of_memory`,
+//!   `panicked`),
 //!   `skipped` (cancelled while queued, e.g. at the shutdown deadline) or
 //!   `withdrawn` (taken out of the queue when its client left or timed out).
 //! - `splatforge_queue_depth`, `splatforge_queue_capacity`,

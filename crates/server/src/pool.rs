@@ -48,6 +48,7 @@ pub(crate) struct JobOutput {
 pub(crate) enum JobFailure {
     Cancelled,
     OutOfMemory(String),
+    BadInput(String),
     Failed(String),
     Panicked(String),
 }
@@ -479,6 +480,7 @@ fn worker_loop(pool: Arc<Pool>, device: Arc<Device>) {
             Ok(Err(GenerationError::OutOfMemory(m))) => {
                 ("out_of_memory", Err(JobFailure::OutOfMemory(m)))
             }
+            Ok(Err(GenerationError::BadInput(m))) => ("bad_input", Err(JobFailure::BadInput(m))),
             Ok(Err(GenerationError::Failed(m))) => ("failed", Err(JobFailure::Failed(m))),
             Err(p) => ("panicked", Err(JobFailure::Panicked(panic_message(&*p)))),
         };

@@ -249,6 +249,13 @@ async fn bad_input_gets_4xx_with_a_json_error() {
     )
     .await;
     expect(form(b"".to_vec()).await.unwrap(), 400, "missing").await;
+    // A text server takes no image.
+    expect(
+        post_generate(&c, &s, &[("prompt", "a chair"), ("image", "\u{89}PNG")]).await,
+        400,
+        "takes no 'image' field",
+    )
+    .await;
 
     // Characters, not bytes: 1024 two-byte characters pass, 1025 do not.
     let ok = "é".repeat(1024);
@@ -353,7 +360,7 @@ async fn bad_input_gets_4xx_with_a_json_error() {
             &m,
             r#"splatforge_http_requests_total{endpoint="/generate/",outcome="bad_request"}"#
         ),
-        12.0,
+        13.0,
         "{m}"
     );
     assert_eq!(

@@ -14,6 +14,9 @@ pub enum TrellisError {
     /// Invalid arguments to a call (shapes, sizes, counts).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The sparse structure stage found no occupied voxel: nothing to make Gaussians of.
+    #[error("the sparse structure is empty (no occupied voxel): no object to make Gaussians of")]
+    EmptyStructure,
     /// A progress callback asked a sampling loop to stop.
     #[error("cancelled")]
     Cancelled,

@@ -13,6 +13,7 @@
 //! | [`sampler`] | flow-Euler sampling with classifier-free guidance inside an interval, rescaled time |
 //! | [`ss_flow`] | stage 1: `SparseStructureFlowModel` |
 //! | [`ss_decoder`] | stage 1: `SparseStructureDecoder` (dense 3D convolutions) and the occupied voxels |
+//! | [`pipeline`] | the whole `TrellisImageTo3DPipeline` for Gaussians: image → Gaussians with per-stage progress and timings; random-weight TRELLIS folders |
 //! | [`stage1`] | image → occupied voxels (`preprocess_image`, `get_cond`, `sample_sparse_structure`), random-weight stage-1 folders |
 //! | [`slat_flow`] | stage 2: the structured-latent flow model over sparse voxels (io res blocks with sparse convolutions and down/upsampling, modulated cross-attention blocks), undoing the latent's normalisation |
 //! | [`sparse`] | sparse voxel tensors (batch-indexed coordinates + features) and the ops on them |
@@ -32,6 +33,23 @@
 //! let voxels = stage1.run(&image, 42, |_, _| std::ops::ControlFlow::Continue(()))?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! The whole pipeline (image → Gaussians) from a folder `splatforge models make-random
+//! --family trellis` wrote, DINOv2 inside it:
+//! ```no_run
+//! use splatforge_trellis::pipeline::{dinov2_in_folder, TrellisImageTo3d, TrellisRequest};
+//! let dir = std::path::Path::new("/tmp/trellis-tiny");
+//! let dinov2 = dinov2_in_folder(dir).expect("DINOv2 in the folder");
+//! let device = candle_core::Device::Cpu;
+//! let pipe = TrellisImageTo3d::load(dir, &dinov2, candle_core::DType::F32, &device)?;
+//! let image = splatforge_trellis::preprocess::decode_image(&std::fs::read("ghost_rgba.png")?)?;
+//! let request = TrellisRequest { seed: 42, ..Default::default() };
+//! let out = pipe.run(&image, &request, |_| std::ops::ControlFlow::Continue(()))?;
+//! for (stage, t) in &out.timings {
+//!     println!("{stage:16} {:8.1} ms", t.as_secs_f64() * 1e3);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod blocks;
 pub mod config;
@@ -39,6 +57,7 @@ pub mod dinov2;
 pub mod error;
 pub mod gaussians;
 pub mod gs_decoder;
+pub mod pipeline;
 pub mod preprocess;
 pub mod sampler;
 pub mod slat_flow;

@@ -327,6 +327,14 @@ impl SparseStructureDecoder {
         })
     }
 
+    /// How many times the decoder doubles the latent's side.
+    pub fn upsampling_levels(&self) -> usize {
+        self.blocks
+            .iter()
+            .filter(|b| matches!(b, DecoderBlock::Upsample(_)))
+            .count()
+    }
+
     /// `z [B, latent, R, R, R]` → logits `[B, out, R·2^(levels−1), …]` (f32).
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
         let mut h = self

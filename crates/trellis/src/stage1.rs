@@ -14,7 +14,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use image::RgbaImage;
+use image::{RgbImage, RgbaImage};
 use serde::{Deserialize, Serialize};
 use splatforge_nn::weights::RandomRecorder;
 
@@ -110,14 +110,13 @@ impl Stage1 {
     /// `preprocess_image` + `get_cond`: the image's alpha (or, for an opaque picture, the
     /// plain-background matte), the 518² crop, DINOv2 tokens.
     pub fn condition(&self, image: &RgbaImage) -> Result<Conditioning> {
-        let matted;
-        let image = if has_alpha(image) {
-            image
-        } else {
-            matted = plain_background_alpha(image, PLAIN_BACKGROUND_TOLERANCE);
-            &matted
-        };
-        let pixels = dinov2_pixels(&preprocess(image)?, &self.device)?;
+        self.encode(&prepare(image)?)
+    }
+
+    /// `get_cond` of a prepared 518² picture (see [`prepare`]): DINOv2 tokens, zeros as
+    /// the negative condition.
+    pub fn encode(&self, prepared: &RgbImage) -> Result<Conditioning> {
+        let pixels = dinov2_pixels(prepared, &self.device)?;
         let cond = self.dinov2.encode(&pixels)?;
         let neg_cond = cond.zeros_like()?;
         Ok(Conditioning { cond, neg_cond })
@@ -133,24 +132,50 @@ impl Stage1 {
         params: &SamplerParams,
         progress: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Vec<[u32; 4]>> {
+        let latent = self.sample_latent(conditioning, seed, params, progress)?;
+        self.decode_structure(&latent)
+    }
+
+    /// The shape of the structure latent (and of its noise): `[1, C, R, R, R]`.
+    pub fn latent_shape(&self) -> [usize; 5] {
         let c = self.flow.config();
         let r = c.resolution;
-        let noise = splatforge_nn::rng::randn(
-            seed,
-            &[1, c.in_channels, r, r, r],
-            DType::F32,
-            &self.device,
-        )?;
+        [1, c.in_channels, r, r, r]
+    }
+
+    /// The sampling half of [`Self::sample_structure`]: noise of
+    /// [`Self::latent_shape`] from `seed`, flow-Euler → the structure latent
+    /// `[1, C, R, R, R]`.
+    pub fn sample_latent(
+        &self,
+        conditioning: &Conditioning,
+        seed: u64,
+        params: &SamplerParams,
+        progress: impl FnMut(usize, usize) -> ControlFlow<()>,
+    ) -> Result<Tensor> {
+        let noise =
+            splatforge_nn::rng::randn(seed, &self.latent_shape(), DType::F32, &self.device)?;
         let sampler = &self.pipeline.args.sparse_structure_sampler.args;
-        let latent = sampler.sample(
+        sampler.sample(
             &self.flow,
             &noise,
             &conditioning.cond,
             &conditioning.neg_cond,
             params,
             progress,
-        )?;
-        occupied_coords(&self.decoder.forward(&latent)?)
+        )
+    }
+
+    /// The decoding half of [`Self::sample_structure`]: the latent `[1, C, R, R, R]` →
+    /// the occupied voxels `(0, x, y, z)` (`logits > 0`) in row-major order.
+    pub fn decode_structure(&self, latent: &Tensor) -> Result<Vec<[u32; 4]>> {
+        occupied_coords(&self.decoder.forward(latent)?)
+    }
+
+    /// The side of the occupancy grid the decoder gives: the latent's side doubled by each
+    /// upsampling level.
+    pub fn occupancy_resolution(&self) -> usize {
+        self.flow.config().resolution << self.decoder.upsampling_levels()
     }
 
     /// Image → occupied voxels with the pipeline's sampler parameters.
@@ -166,9 +191,19 @@ impl Stage1 {
     }
 }
 
+/// `preprocess_image` of a picture: its alpha (or, for an opaque picture, the
+/// plain-background matte), the crop around the object, 518² Lanczos, premultiplied on black.
+pub fn prepare(image: &RgbaImage) -> Result<RgbImage> {
+    if has_alpha(image) {
+        preprocess(image)
+    } else {
+        preprocess(&plain_background_alpha(image, PLAIN_BACKGROUND_TOLERANCE))
+    }
+}
+
 /// The DINOv2 shape for the weights at `weights`: `<stem>.json` (a [`Dinov2Config`]), else
 /// a Hugging Face `config.json` beside the weights, else ViT-L/14 with registers.
-fn read_dinov2_config(weights: &Path) -> Result<Dinov2Config> {
+pub(crate) fn read_dinov2_config(weights: &Path) -> Result<Dinov2Config> {
     let ours = weights.with_extension("json");
     if ours.is_file() {
         let text = std::fs::read_to_string(&ours).map_err(|e| bad_file(&ours, e))?;

@@ -16,7 +16,7 @@ use splatforge_fleet::{FleetConfig, Queue};
 use splatforge_server::{GenerationError, ServerConfig};
 
 use super::generate::ConfigArgs;
-use super::serve::build_generator;
+use super::serve::{build_generator, ServedModels};
 use crate::Outcome;
 use splatforge_pipeline::resolve_models;
 
@@ -143,7 +143,12 @@ pub struct WorkerArgs {
 pub fn run_worker_command(args: WorkerArgs) -> Result<Outcome> {
     let fleet = args.fleet.required("worker")?;
     let sources = args.config.sources();
-    let (profile, _) = sources.resolve()?;
+    let (profile, resolved) = sources.resolve()?;
+    if resolved.pipeline != splatforge_pipeline::PipelineKind::Mvdream {
+        anyhow::bail!(
+            "profile {profile} takes images; fleet workers generate from text prompts only"
+        );
+    }
     let config = WorkerConfig {
         fleet,
         profile,
@@ -152,12 +157,12 @@ pub fn run_worker_command(args: WorkerArgs) -> Result<Outcome> {
         name: args.name.clone(),
         shutdown_timeout: seconds("shutdown-timeout", args.shutdown_timeout)?,
     };
-    let models = resolve_models(
+    let models = ServedModels::Mvdream(resolve_models(
         args.models
             .as_deref()
             .map(|p| p.to_string_lossy())
             .as_deref(),
-    )?;
+    )?);
     let factory = move |device: u32| build_generator(device, &models, &sources);
     let rt = runtime()?;
     rt.block_on(run_worker(

@@ -8,7 +8,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use splatforge_diffusion::ModelSource;
 use splatforge_pipeline::{
     device_name, parse_device, resolve_models, ConfigSources, Generated, HubConfig, Observer,
-    Pipeline, Request, Stage,
+    Pipeline, PipelineKind, Request, Stage,
 };
 use splatforge_splat::validate::{validate, ValidationConfig};
 
@@ -40,51 +40,78 @@ impl ConfigArgs {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["prompt", "image"])))]
 pub struct Args {
-    /// The text prompt.
+    /// The text prompt (text → 3D: MVDream profiles).
     #[arg(long)]
-    prompt: String,
+    pub(super) prompt: Option<String>,
+    /// An image (8-bit PNG or GIF; RGBA, or RGB on a plain background) → 3D with TRELLIS (image profiles: image-quality, the default, image-speed, image-development).
+    #[arg(long, value_name = "FILE")]
+    pub(super) image: Option<PathBuf>,
     /// Output splat; its extension (.ply or .spz) picks the format.
     #[arg(short, long)]
-    output: PathBuf,
+    pub(super) output: PathBuf,
     #[command(flatten)]
-    config: ConfigArgs,
+    pub(super) config: ConfigArgs,
     /// Seed (default: the profile's `seed`).
     #[arg(long)]
-    seed: Option<u64>,
-    /// Models: a folder (diffusers layout, or one from `splatforge models make-tiny`), an LDM checkpoint, or hf:ORG/NAME[@REV][:FILE]. Default: MVDream from the Hugging Face cache.
+    pub(super) seed: Option<u64>,
+    /// Models: a folder (diffusers layout, or one from `splatforge models make-tiny`), an LDM checkpoint, or hf:ORG/NAME[@REV][:FILE]. Default: MVDream from the Hugging Face cache. With --image: a TRELLIS folder (pipeline.json + ckpts/, e.g. from `models make-random --family trellis`) or hf:ORG/NAME[@REV]; default hf:microsoft/TRELLIS-image-large.
     #[arg(long, value_name = "DIR")]
-    models: Option<String>,
+    pub(super) models: Option<String>,
+    /// With --image: DINOv2 weights (a file or hf:ORG/NAME). Default: the one inside the TRELLIS folder, else torch hub's cache, else hf:facebook/dinov2-with-registers-large.
+    #[arg(long, value_name = "SPEC")]
+    pub(super) dinov2: Option<String>,
+    /// With --image: sampler steps of stage 1, the sparse structure (sets trellis.sparse_structure_steps).
+    #[arg(long, value_name = "N")]
+    pub(super) ss_steps: Option<usize>,
+    /// With --image: guidance strength of stage 1 (sets trellis.sparse_structure_cfg).
+    #[arg(long, value_name = "CFG")]
+    pub(super) ss_cfg: Option<f64>,
+    /// With --image: sampler steps of stage 2, the structured latent (sets trellis.slat_steps).
+    #[arg(long, value_name = "N")]
+    pub(super) slat_steps: Option<usize>,
+    /// With --image: guidance strength of stage 2 (sets trellis.slat_cfg).
+    #[arg(long, value_name = "CFG")]
+    pub(super) slat_cfg: Option<f64>,
     /// cpu, cuda or cuda:N (default: the first GPU when built with CUDA, else the CPU).
     #[arg(long)]
-    device: Option<String>,
-    /// Also write the generated views and their alpha masks (PNG) to this folder.
+    pub(super) device: Option<String>,
+    /// Also write the generated views and their alpha masks (PNG) to this folder (text → 3D).
     #[arg(long, value_name = "DIR")]
-    save_views: Option<PathBuf>,
+    pub(super) save_views: Option<PathBuf>,
     /// Print the resolved configuration (YAML) and exit.
     #[arg(long)]
-    print_config: bool,
+    pub(super) print_config: bool,
     /// Print one JSON object per generation on stdout instead of the timing table: profile, models, device, run, seed, stage times and total (ms), model load and warm-up times (ms), Gaussians, fit PSNR, whether the latents were finite, GPU memory in use after the run (whole device, from the driver), and the output path (on the run that wrote it).
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// Generate N times with the models loaded once, with seeds SEED, SEED+1, …; each run reports its timings, the last one is written.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    repeat: u64,
+    pub(super) repeat: u64,
     /// After loading, run one tiny generation (as `serve` does) and report its time, so that the timed runs do not pay first-use costs.
     #[arg(long)]
-    warm_up: bool,
+    pub(super) warm_up: bool,
     #[command(flatten)]
-    encoding: EncodingArgs,
+    pub(super) encoding: EncodingArgs,
 }
 
 /// One progress bar per stage (hidden when stderr is not a terminal).
-struct Bars {
+pub(super) struct Bars {
     multi: MultiProgress,
     current: Option<ProgressBar>,
 }
 
-impl Observer for Bars {
-    fn stage_started(&mut self, stage: Stage, steps: u64) {
+impl Bars {
+    pub(super) fn new() -> Self {
+        Bars {
+            multi: MultiProgress::new(),
+            current: None,
+        }
+    }
+
+    /// A bar for stage `name` with `steps` steps (0: a spinner).
+    pub(super) fn start(&mut self, name: &str, steps: u64) {
         let bar = if steps > 0 {
             let b = self.multi.add(ProgressBar::new(steps));
             b.set_style(
@@ -103,11 +130,11 @@ impl Observer for Bars {
             );
             b
         };
-        bar.set_prefix(stage.name());
+        bar.set_prefix(name.to_string());
         self.current = Some(bar);
     }
 
-    fn step(&mut self, _stage: Stage, done: u64, total: u64, loss: Option<f64>) {
+    pub(super) fn step(&mut self, done: u64, total: u64, loss: Option<f64>) {
         if let Some(b) = &self.current {
             b.set_length(total);
             b.set_position(done);
@@ -117,10 +144,24 @@ impl Observer for Bars {
         }
     }
 
-    fn stage_finished(&mut self, _stage: Stage, elapsed: Duration) {
+    pub(super) fn finish(&mut self, elapsed: Duration) {
         if let Some(b) = self.current.take() {
             b.finish_with_message(format!("{:.2} s", elapsed.as_secs_f64()));
         }
+    }
+}
+
+impl Observer for Bars {
+    fn stage_started(&mut self, stage: Stage, steps: u64) {
+        self.start(stage.name(), steps);
+    }
+
+    fn step(&mut self, _stage: Stage, done: u64, total: u64, loss: Option<f64>) {
+        Bars::step(self, done, total, loss);
+    }
+
+    fn stage_finished(&mut self, _stage: Stage, elapsed: Duration) {
+        self.finish(elapsed);
     }
 }
 
@@ -134,8 +175,20 @@ pub fn device(spec: Option<&str>, ordinal: usize) -> Result<splatforge_diffusion
 
 /// The stage timing table.
 pub fn timing_table(timings: &[(Stage, Duration)]) -> String {
+    let named: Vec<(&str, Duration)> = timings.iter().map(|(s, d)| (s.name(), *d)).collect();
+    named_timing_table(&named)
+}
+
+/// The stage timing table of stages by name.
+pub fn named_timing_table(timings: &[(&str, Duration)]) -> String {
     let total: Duration = timings.iter().map(|(_, d)| *d).sum();
-    let mut s = String::from("stage        time (ms)   share\n");
+    let w = timings
+        .iter()
+        .map(|(stage, _)| stage.len())
+        .chain([10])
+        .max()
+        .unwrap_or(10);
+    let mut s = format!("{:<w$} {:>11}   share\n", "stage", "time (ms)");
     for (stage, d) in timings {
         let share = if total.is_zero() {
             0.0
@@ -143,13 +196,13 @@ pub fn timing_table(timings: &[(Stage, Duration)]) -> String {
             100.0 * d.as_secs_f64() / total.as_secs_f64()
         };
         s += &format!(
-            "{:<10} {:>11.1} {:>6.1} %\n",
-            stage.name(),
+            "{:<w$} {:>11.1} {:>6.1} %\n",
+            stage,
             d.as_secs_f64() * 1e3,
             share
         );
     }
-    s += &format!("{:<10} {:>11.1}\n", "total", total.as_secs_f64() * 1e3);
+    s += &format!("{:<w$} {:>11.1}\n", "total", total.as_secs_f64() * 1e3);
     s
 }
 
@@ -183,17 +236,17 @@ fn save_views(dir: &std::path::Path, views: &splatforge_fit::Views) -> Result<()
 }
 
 /// Milliseconds, for reports.
-fn ms(d: Duration) -> f64 {
+pub(super) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
 /// Milliseconds rounded to microseconds, for JSON.
-fn ms_json(d: Duration) -> f64 {
+pub(super) fn ms_json(d: Duration) -> f64 {
     (ms(d) * 1e3).round() / 1e3
 }
 
 /// The median of `v` (not empty), in milliseconds.
-fn median_ms(v: &mut [Duration]) -> f64 {
+pub(super) fn median_ms(v: &mut [Duration]) -> f64 {
     v.sort();
     let n = v.len();
     if n % 2 == 1 {
@@ -303,7 +356,7 @@ fn profile_for_models(mut sources: ConfigSources, models: &ModelSource) -> Confi
 
 /// Warns when `g` would fail `splatforge validate` (the validators' checks
 /// at their defaults), naming the failed checks.
-fn warn_if_invalid(g: &splatforge_splat::Gaussians, output: &Path) {
+pub(super) fn warn_if_invalid(g: &splatforge_splat::Gaussians, output: &Path) {
     let report = validate(g, &ValidationConfig::default());
     if !report.passed {
         let failed: Vec<String> = report
@@ -321,13 +374,33 @@ fn warn_if_invalid(g: &splatforge_splat::Gaussians, output: &Path) {
 }
 
 pub fn run(args: Args) -> Result<Outcome> {
+    if args.image.is_some() {
+        return super::generate_image::run(args);
+    }
+    if args.dinov2.is_some()
+        || args.ss_steps.is_some()
+        || args.ss_cfg.is_some()
+        || args.slat_steps.is_some()
+        || args.slat_cfg.is_some()
+    {
+        bail!(
+            "--dinov2, --ss-steps, --ss-cfg, --slat-steps and --slat-cfg are for --image (TRELLIS)"
+        );
+    }
+    let prompt = args.prompt.clone().unwrap_or_default();
     let models = resolve_models(args.models.as_deref())?;
     let (profile, config) = profile_for_models(args.config.sources(), &models).resolve()?;
+    if config.pipeline != PipelineKind::Mvdream {
+        bail!(
+            "profile {profile} turns images into 3D (pipeline: {}); give --image FILE, or a text profile for --prompt",
+            config.pipeline.name()
+        );
+    }
     if args.print_config {
         print!("# profile: {profile}\n{}", config.to_yaml());
         return Ok(Outcome::Success);
     }
-    if args.prompt.trim().is_empty() {
+    if prompt.trim().is_empty() {
         bail!("--prompt is empty");
     }
     // Fail on a bad output name before loading models.
@@ -362,13 +435,10 @@ pub fn run(args: Args) -> Result<Outcome> {
     let mut totals = Vec::new();
     for run in 1..=args.repeat {
         let seed = first_seed.wrapping_add(run - 1);
-        let mut bars = Bars {
-            multi: MultiProgress::new(),
-            current: None,
-        };
+        let mut bars = Bars::new();
         let out = pipe.generate(
             &Request {
-                prompt: args.prompt.clone(),
+                prompt: prompt.clone(),
                 seed: Some(seed),
             },
             &|| false,

@@ -4,12 +4,14 @@ pub mod convert;
 pub mod fit;
 pub mod fleet;
 pub mod generate;
+pub mod generate_image;
 pub mod inspect;
 pub mod models;
 pub mod normalize;
 pub mod pipeline_generator;
 pub mod render;
 pub mod serve;
+pub mod trellis_generator;
 pub mod validate;
 
 use std::path::Path;

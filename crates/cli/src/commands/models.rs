@@ -1,5 +1,5 @@
-//! `splatforge models …`: diffusion model utilities (tiny test models,
-//! full-size random MVDream for timing, MVDream views).
+//! `splatforge models …`: model utilities (tiny test models, full-size
+//! random MVDream and TRELLIS for timing, MVDream views).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,7 +22,7 @@ pub struct Args {
 enum Command {
     /// Write tiny random-weight models with the real tensor names: MVDream (diffusers layout and LDM checkpoint), SD-Turbo, FLUX.1-schnell.
     MakeTiny(MakeTinyArgs),
-    /// Write MVDream (diffusers layout) with seeded random weights, at the real size of sd-v2.1-base-4view (~1.3 B parameters) for timing runs, or tiny.
+    /// Write a model with seeded random weights and the real tensor names, at the real size for timing runs, or tiny: MVDream (diffusers layout, sd-v2.1-base-4view ~1.3 B parameters) or TRELLIS-image-large (its folder layout, with DINOv2 inside).
     MakeRandom(MakeRandomArgs),
     /// Text → 4 MVDream views (PNG) and their cameras (JSON).
     Mvdream(MvdreamArgs),
@@ -117,14 +117,17 @@ struct MakeTinyArgs {
 
 #[derive(clap::Args)]
 struct MakeRandomArgs {
-    /// Output folder: the diffusers layout itself (`generate --models DIR` loads it). Must not exist or be empty.
+    /// Output folder: the model's own layout (`generate --models DIR` loads it). Must not exist or be empty.
     dir: PathBuf,
-    /// full: MVDream sd-v2.1-base-4view's architecture (UNet 868 M, VAE 84 M, OpenCLIP ViT-H text tower 340 M parameters); tiny: make-tiny's MVDream.
+    /// mvdream: text → views (diffusers layout); trellis: image → 3D (pipeline.json, ckpts/, DINOv2 as dinov2_vitl14_reg4_pretrain.safetensors).
+    #[arg(long, value_enum, default_value_t = Family::Mvdream)]
+    family: Family,
+    /// full: the published architecture (MVDream sd-v2.1-base-4view: UNet 868 M, VAE 84 M, OpenCLIP ViT-H text tower 340 M parameters; TRELLIS-image-large: both flows 24 blocks 1024 wide, DINOv2 ViT-L/14); tiny: CPU test sizes (MVDream: make-tiny's; TRELLIS: 16³ occupancy, 32-wide).
     #[arg(long, value_enum, default_value_t = Size::Full)]
     size: Size,
-    /// Stored precision of the weights (full size: 2.6 GB in bf16/f16, 5.2 GB in f32).
-    #[arg(long, default_value_t = Precision::Bf16)]
-    dtype: Precision,
+    /// Stored precision of the weights (default: bf16 for MVDream, full size 2.6 GB, 5.2 GB in f32; fp16 for TRELLIS, as published; its DINOv2 is stored in fp32).
+    #[arg(long)]
+    dtype: Option<Precision>,
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -134,6 +137,12 @@ struct MakeRandomArgs {
 enum Size {
     Tiny,
     Full,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Family {
+    Mvdream,
+    Trellis,
 }
 
 #[derive(clap::Args)]
@@ -217,6 +226,9 @@ fn make_tiny(a: MakeTinyArgs) -> Result<Outcome> {
 }
 
 fn make_random(a: MakeRandomArgs) -> Result<Outcome> {
+    if let Family::Trellis = a.family {
+        return make_random_trellis(a);
+    }
     let size = match a.size {
         Size::Tiny => ModelSize::Tiny,
         Size::Full => ModelSize::Full,
@@ -227,7 +239,7 @@ fn make_random(a: MakeRandomArgs) -> Result<Outcome> {
         &size.config(),
         &TinyOptions {
             seed: a.seed,
-            dtype: a.dtype.dtype(),
+            dtype: a.dtype.unwrap_or(Precision::Bf16).dtype(),
         },
     )
     .with_context(|| format!("writing random MVDream to {}", a.dir.display()))?;
@@ -244,6 +256,30 @@ fn make_random(a: MakeRandomArgs) -> Result<Outcome> {
         m.weight_bytes as f64 * 1e-9,
         t0.elapsed().as_secs_f64()
     );
+    Ok(Outcome::Success)
+}
+
+/// A TRELLIS-image-large folder with random weights (`make-random --family trellis`).
+fn make_random_trellis(a: MakeRandomArgs) -> Result<Outcome> {
+    use splatforge_trellis::stage1::ModelSize as TrellisSize;
+    let non_empty = std::fs::read_dir(&a.dir).is_ok_and(|mut d| d.next().is_some());
+    if non_empty {
+        bail!(
+            "{} is not empty; give a new or empty folder",
+            a.dir.display()
+        );
+    }
+    let size = match a.size {
+        Size::Tiny => TrellisSize::Tiny,
+        Size::Full => TrellisSize::Full,
+    };
+    let t0 = Instant::now();
+    let dtype = a.dtype.unwrap_or(Precision::F16).dtype();
+    let dinov2 = splatforge_trellis::pipeline::write_random_trellis(&a.dir, size, dtype, a.seed)
+        .with_context(|| format!("writing random TRELLIS to {}", a.dir.display()))?;
+    println!("TRELLIS folder: {}", a.dir.display());
+    println!("DINOv2: {}", dinov2.display());
+    println!("written in {:.1} s", t0.elapsed().as_secs_f64());
     Ok(Outcome::Success)
 }
 

@@ -3,14 +3,17 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use splatforge_diffusion::ModelSource;
-use splatforge_pipeline::{resolve_models, ConfigSources, HubConfig, Pipeline};
-use splatforge_server::{GenerationError, Generator, ServerConfig, DEFAULT_HOST};
+use splatforge_pipeline::{resolve_models, ConfigSources, HubConfig, Pipeline, PipelineKind};
+use splatforge_server::{
+    GenerationError, Generator, RequestInput, ServerConfig, DEFAULT_HOST, IMAGE_MAX_BODY_BYTES,
+};
 
 use super::fleet::FleetArgs;
 use super::generate::ConfigArgs;
 use super::pipeline_generator::{generation_error, PipelineGenerator};
+use super::trellis_generator::{TrellisGenerator, TrellisModels, TrellisRunner};
 use crate::Outcome;
 
 #[derive(clap::Args, Debug)]
@@ -54,6 +57,9 @@ pub struct Args {
     max_connections: usize,
     /// Model directory (e.g. from `splatforge models make-tiny DIR`), an LDM
     /// checkpoint, or hf:ORG/NAME; default: MVDream from the Hugging Face cache.
+    /// With an image profile (`pipeline: trellis`): a TRELLIS folder (DINOv2
+    /// inside it, as `models make-random --family trellis` writes) or
+    /// hf:ORG/NAME; default hf:microsoft/TRELLIS-image-large.
     #[arg(long)]
     models: Option<PathBuf>,
     /// Generation profile and overrides (as for `generate`).
@@ -67,32 +73,57 @@ pub struct Args {
     fleet_in_flight: usize,
 }
 
+/// The models a served profile runs on: MVDream's (text profiles) or a
+/// TRELLIS folder with DINOv2 (image profiles), see
+/// [`super::trellis_generator`].
+pub enum ServedModels {
+    Mvdream(ModelSource),
+    Trellis(TrellisModels),
+}
+
+/// A CUDA build serves on the GPUs only: falling back to the CPU would turn
+/// seconds into minutes per request.
+fn serving_device(device: u32) -> Result<splatforge_diffusion::Device, GenerationError> {
+    if cfg!(feature = "cuda") {
+        splatforge_diffusion::Device::new_cuda(device as usize)
+            .map_err(|e| GenerationError::Failed(format!("CUDA device {device}: {e}")))
+    } else {
+        Ok(splatforge_diffusion::Device::Cpu)
+    }
+}
+
 /// Builds the generator of one device. Called once per device at startup,
 /// on that device's loader thread: loads the models on CUDA device `device`
 /// (the CPU in a build without the `cuda` feature) with the resolved
 /// configuration.
 pub fn build_generator(
     device: u32,
-    models: &ModelSource,
+    models: &ServedModels,
     sources: &ConfigSources,
 ) -> Result<Box<dyn Generator>, GenerationError> {
     let failed = |e: &dyn std::fmt::Display| GenerationError::Failed(e.to_string());
     let (profile, config) = sources.resolve().map_err(|e| failed(&e))?;
-    // A CUDA build serves on the GPUs only: falling back to the CPU would
-    // turn seconds into minutes per request.
-    let dev = if cfg!(feature = "cuda") {
-        splatforge_diffusion::Device::new_cuda(device as usize)
-            .map_err(|e| GenerationError::Failed(format!("CUDA device {device}: {e}")))?
-    } else {
-        splatforge_diffusion::Device::Cpu
-    };
-    let pipe = Pipeline::load(models, &dev, HubConfig::from_env(), &profile, config)
-        .map_err(generation_error)?;
-    eprintln!(
-        "splatforge serve: device {device}: {} on {dev:?}, profile {profile}",
-        pipe.models()
-    );
-    Ok(Box::new(PipelineGenerator::new(pipe)))
+    let dev = serving_device(device)?;
+    match models {
+        ServedModels::Mvdream(models) => {
+            let pipe = Pipeline::load(models, &dev, HubConfig::from_env(), &profile, config)
+                .map_err(generation_error)?;
+            eprintln!(
+                "splatforge serve: device {device}: {} on {dev:?}, profile {profile}",
+                pipe.models()
+            );
+            Ok(Box::new(PipelineGenerator::new(pipe)))
+        }
+        ServedModels::Trellis(models) => {
+            let runner = TrellisRunner::load(models.clone(), &dev, &profile, config)
+                .map_err(|e| failed(&format!("{e:#}")))?;
+            eprintln!(
+                "splatforge serve: device {device}: TRELLIS {} on {dev:?}, profile {profile} (image input)",
+                models.dir.display()
+            );
+            Ok(Box::new(TrellisGenerator::new(runner)))
+        }
+    }
 }
 
 fn seconds(name: &str, s: f64) -> Result<Duration> {
@@ -122,20 +153,30 @@ fn config(args: &Args) -> Result<ServerConfig> {
 }
 
 pub fn run(args: Args) -> Result<Outcome> {
-    let config = config(&args)?;
+    let mut config = config(&args)?;
     // Check the generation config and find the models before binding, so
     // that a typo fails before the port opens.
     let sources = args.config.sources();
-    let (profile, _) = sources.resolve()?;
+    let (profile, resolved) = sources.resolve()?;
+    let images = resolved.pipeline == PipelineKind::Trellis;
     if let Some(fleet) = args.fleet.config()? {
+        if images {
+            bail!("profile {profile} takes images; the fleet (--redis) carries text prompts only");
+        }
         return super::fleet::serve_front_end(config, fleet, &profile, args.fleet_in_flight);
     }
-    let models = resolve_models(
-        args.models
-            .as_deref()
-            .map(|p| p.to_string_lossy())
-            .as_deref(),
-    )?;
+    let models_arg = args.models.as_deref().map(|p| p.to_string_lossy());
+    let models = if images {
+        config.input = RequestInput::Image;
+        config.max_body_bytes = config.max_body_bytes.max(IMAGE_MAX_BODY_BYTES);
+        ServedModels::Trellis(TrellisModels::resolve(
+            models_arg.as_deref(),
+            None,
+            &HubConfig::from_env(),
+        )?)
+    } else {
+        ServedModels::Mvdream(resolve_models(models_arg.as_deref())?)
+    };
     let factory = move |device: u32| build_generator(device, &models, &sources);
     splatforge_server::run(config, factory)?;
     Ok(Outcome::Success)

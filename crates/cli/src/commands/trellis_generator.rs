@@ -1,0 +1,341 @@
+//! TRELLIS image → 3D behind `generate --image` and `serve` with an image profile (`pipeline:
+//! trellis`): where the models are, loading them once, one image → Gaussians with the
+//! profile's sampler overrides and `output:` settings, and the service's [`Generator`].
+//!
+//! Models: `--models` is a TRELLIS folder as published (`pipeline.json` + `ckpts/`, e.g.
+//! from `splatforge models make-random --family trellis`) or `hf:ORG/NAME[@REV]` (default
+//! `hf:microsoft/TRELLIS-image-large`, through the Hugging Face cache). DINOv2 comes from
+//! `--dinov2` when given (a weight file, or `hf:ORG/NAME`), else from inside the TRELLIS
+//! folder (`dinov2_vitl14_reg4_pretrain.{safetensors,pth}` or `dinov2/model.safetensors`,
+//! as `make-random` writes it), else from torch hub's cache or
+//! `hf:facebook/dinov2-with-registers-large` (the published folder has no DINOv2).
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use splatforge_diffusion::Device;
+use splatforge_nn::hub::HubConfig;
+use splatforge_pipeline::pipeline::ensure_min_count;
+use splatforge_pipeline::{DeviceMemory, PipelineConfig, PipelineKind};
+use splatforge_server::{CancelToken, Generation, GenerationError, GenerationRequest, Generator};
+use splatforge_splat::normalize::fit_to_box;
+use splatforge_splat::Gaussians;
+use splatforge_trellis::config::{
+    Checkpoint, PipelineConfig as TrellisPipelineJson, TrellisSource, REQUIRED_MODELS,
+    TRELLIS_IMAGE_LARGE_REPO,
+};
+use splatforge_trellis::pipeline::{
+    dinov2_in_folder, Progress, SamplerOverrides, TrellisImageTo3d, TrellisOutput, TrellisRequest,
+};
+use splatforge_trellis::preprocess::decode_image;
+use splatforge_trellis::sampler::SamplerParams;
+use splatforge_trellis::slat_flow::{self, SLatFlowConfig};
+use splatforge_trellis::TrellisError;
+
+/// The profile that fits tiny random-weight TRELLIS folders.
+pub const TINY_TRELLIS_PROFILE: &str = "image-development";
+/// The profile `generate --image` uses with real models and no `--profile`.
+pub const DEFAULT_IMAGE_PROFILE: &str = "image-quality";
+
+/// The stage-2 flow width of the smallest real TRELLIS model (image-large: 1024); the tiny
+/// random-weight models' is 32.
+const REAL_SLAT_FLOW_MIN_CHANNELS: usize = 256;
+
+/// Where the TRELLIS folder and DINOv2's weights are (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrellisModels {
+    pub dir: PathBuf,
+    pub dinov2: PathBuf,
+}
+
+impl TrellisModels {
+    pub fn resolve(models: Option<&str>, dinov2: Option<&str>, hub: &HubConfig) -> Result<Self> {
+        let spec = models.map_or_else(|| format!("hf:{TRELLIS_IMAGE_LARGE_REPO}"), String::from);
+        let dir = TrellisSource::parse(&spec)
+            .resolve(hub, &REQUIRED_MODELS)
+            .with_context(|| format!("TRELLIS models {spec}"))?;
+        let dinov2 = match (dinov2, dinov2_in_folder(&dir)) {
+            (Some(spec), _) => splatforge_trellis::dinov2::resolve_weights(Some(spec), hub)?,
+            (None, Some(inside)) => inside,
+            (None, None) => splatforge_trellis::dinov2::resolve_weights(None, hub)
+                .context("DINOv2 (not in the TRELLIS folder; give --dinov2)")?,
+        };
+        Ok(Self { dir, dinov2 })
+    }
+
+    /// Whether the folder holds tiny random-weight models (a narrow stage-2 flow). Anything
+    /// unreadable counts as not tiny: loading reports what is wrong with it.
+    pub fn is_tiny(&self) -> bool {
+        let flow = TrellisPipelineJson::read(&self.dir.join("pipeline.json"))
+            .and_then(|p| p.checkpoint_stem(&self.dir, "slat_flow_model"))
+            .and_then(|stem| Checkpoint::<SLatFlowConfig>::read(&stem, slat_flow::CLASS));
+        flow.is_ok_and(|c| c.args.model_channels < REAL_SLAT_FLOW_MIN_CHANNELS)
+    }
+}
+
+/// The profile's sampler overrides as the pipeline's request.
+fn request(config: &PipelineConfig, seed: u64) -> TrellisRequest {
+    let t = &config.trellis;
+    TrellisRequest {
+        seed,
+        sparse_structure: SamplerOverrides {
+            steps: t.sparse_structure_steps,
+            cfg_strength: t.sparse_structure_cfg,
+        },
+        slat: SamplerOverrides {
+            steps: t.slat_steps,
+            cfg_strength: t.slat_cfg,
+        },
+    }
+}
+
+/// One image → Gaussians run.
+pub struct ImageGenerated {
+    pub gaussians: Gaussians,
+    /// Occupied voxels of the sparse structure.
+    pub voxels: usize,
+    /// The sampler parameters each stage ran with.
+    pub sparse_structure_params: SamplerParams,
+    pub slat_params: SamplerParams,
+    /// The pipeline's stages, then `normalize` when `output:` changes the splat.
+    pub timings: Vec<(&'static str, Duration)>,
+    pub seed: u64,
+}
+
+impl ImageGenerated {
+    pub fn total(&self) -> Duration {
+        self.timings.iter().map(|(_, d)| *d).sum()
+    }
+}
+
+/// TRELLIS loaded once, with the profile it runs.
+pub struct TrellisRunner {
+    pipe: TrellisImageTo3d,
+    config: PipelineConfig,
+    profile: String,
+    models: TrellisModels,
+}
+
+impl TrellisRunner {
+    /// Loads `models` on `device` for the TRELLIS profile `config` (weights in its
+    /// `trellis.precision` on a GPU, f32 on the CPU).
+    pub fn load(
+        models: TrellisModels,
+        device: &Device,
+        profile: &str,
+        config: PipelineConfig,
+    ) -> Result<Self> {
+        anyhow::ensure!(
+            config.pipeline == PipelineKind::Trellis,
+            "profile {profile} runs the {} pipeline (text → 3D), not TRELLIS",
+            config.pipeline.name()
+        );
+        let dtype = if device.is_cpu() {
+            splatforge_diffusion::DType::F32
+        } else {
+            config.trellis.precision.dtype()
+        };
+        let pipe = TrellisImageTo3d::load(&models.dir, &models.dinov2, dtype, device)
+            .with_context(|| format!("loading TRELLIS from {}", models.dir.display()))?;
+        Ok(Self {
+            pipe,
+            config,
+            profile: profile.to_string(),
+            models,
+        })
+    }
+
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+
+    pub fn profile(&self) -> &str {
+        &self.profile
+    }
+
+    pub fn models(&self) -> &TrellisModels {
+        &self.models
+    }
+
+    pub fn device(&self) -> &Device {
+        self.pipe.device()
+    }
+
+    pub fn device_memory(&self) -> Option<DeviceMemory> {
+        splatforge_pipeline::device_memory(self.pipe.device())
+    }
+
+    /// Image file bytes → Gaussians with `seed` (`None`: the profile's); `progress` as
+    /// [`TrellisImageTo3d::run`]'s (a `Break` cancels).
+    pub fn generate(
+        &self,
+        image: &[u8],
+        seed: Option<u64>,
+        progress: impl FnMut(Progress) -> ControlFlow<()>,
+    ) -> std::result::Result<ImageGenerated, TrellisError> {
+        let seed = seed.unwrap_or(self.config.seed);
+        let image = decode_image(image)?;
+        let out = self
+            .pipe
+            .run(&image, &request(&self.config, seed), progress)?;
+        let TrellisOutput {
+            mut gaussians,
+            voxels,
+            sparse_structure_params,
+            slat_params,
+            timings,
+        } = out;
+        let mut timings: Vec<(&'static str, Duration)> =
+            timings.iter().map(|(s, d)| (s.name(), *d)).collect();
+        let o = &self.config.output;
+        if o.normalize || o.min_gaussians > gaussians.len() {
+            let t0 = Instant::now();
+            ensure_min_count(&mut gaussians, o.min_gaussians);
+            if o.normalize {
+                fit_to_box(&mut gaussians, o.box_size)
+                    .map_err(|e| TrellisError::InvalidArgument(e.to_string()))?;
+            }
+            timings.push(("normalize", t0.elapsed()));
+        }
+        Ok(ImageGenerated {
+            gaussians,
+            voxels,
+            sparse_structure_params,
+            slat_params,
+            timings,
+            seed,
+        })
+    }
+}
+
+/// The service's view of a TRELLIS error: a bad image is the client's fault (its message
+/// says what is wrong), out of device memory keeps the worker serving.
+pub fn generation_error(e: TrellisError) -> GenerationError {
+    match e {
+        TrellisError::Cancelled => GenerationError::Cancelled,
+        // Decoding and preprocessing name a bad picture's fault after "image:".
+        TrellisError::InvalidArgument(m) if m.starts_with("image:") => GenerationError::BadInput(m),
+        e @ TrellisError::EmptyStructure => GenerationError::BadInput(e.to_string()),
+        e if splatforge_pipeline::is_out_of_memory(&e.to_string()) => {
+            GenerationError::OutOfMemory(e.to_string())
+        }
+        e => GenerationError::Failed(e.to_string()),
+    }
+}
+
+/// [`TrellisRunner`] as the service's generator: the request's image (its prompt is not
+/// read), cancelled between stages and at every sampler step.
+pub struct TrellisGenerator {
+    runner: TrellisRunner,
+    name: String,
+}
+
+impl TrellisGenerator {
+    pub fn new(runner: TrellisRunner) -> Self {
+        let name = format!("trellis:{}", runner.profile());
+        Self { runner, name }
+    }
+}
+
+/// A transparent 64² picture with an opaque disc: the warm-up input.
+fn warm_up_png() -> Vec<u8> {
+    let image = image::RgbaImage::from_fn(64, 64, |x, y| {
+        let (dx, dy) = (x as f32 - 32.0, y as f32 - 32.0);
+        image::Rgba(if dx * dx + dy * dy < 400.0 {
+            [200, 200, 210, 255]
+        } else {
+            [0, 0, 0, 0]
+        })
+    });
+    super::encode_png(image).expect("a 64² PNG encodes")
+}
+
+impl Generator for TrellisGenerator {
+    fn generate(
+        &self,
+        request: &GenerationRequest,
+        cancel: &CancelToken,
+    ) -> std::result::Result<Generation, GenerationError> {
+        let image = request.image.as_deref().ok_or_else(|| {
+            GenerationError::Failed(
+                "this server turns images into 3D; the request has no image".into(),
+            )
+        })?;
+        let go_on = |_: Progress| {
+            if cancel.is_cancelled() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        let out = self
+            .runner
+            .generate(image, request.seed, go_on)
+            .map_err(generation_error)?;
+        Ok(Generation {
+            gaussians: out.gaussians,
+            stage_timings: out
+                .timings
+                .iter()
+                .map(|(s, d)| (s.to_string(), *d))
+                .collect(),
+        })
+    }
+
+    fn warm_up(&self) -> std::result::Result<(), GenerationError> {
+        match self
+            .runner
+            .generate(&warm_up_png(), None, |_| ControlFlow::Continue(()))
+        {
+            // Random or real weights may see no object in the disc: the models ran.
+            Ok(_) | Err(TrellisError::EmptyStructure) => Ok(()),
+            Err(e) => Err(generation_error(e)),
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        self.runner.device_memory()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_the_service_outcomes() {
+        assert_eq!(
+            generation_error(TrellisError::Cancelled),
+            GenerationError::Cancelled
+        );
+        assert!(matches!(
+            generation_error(TrellisError::EmptyStructure),
+            GenerationError::BadInput(_)
+        ));
+        let clear = TrellisError::InvalidArgument("image: fully transparent".into());
+        assert!(
+            matches!(generation_error(clear), GenerationError::BadInput(m) if m.contains("transparent"))
+        );
+        let oom = TrellisError::Config("CUDA_ERROR_OUT_OF_MEMORY".into());
+        assert!(matches!(
+            generation_error(oom),
+            GenerationError::OutOfMemory(_)
+        ));
+        let other = TrellisError::Config("bad shape".into());
+        assert!(matches!(
+            generation_error(other),
+            GenerationError::Failed(_)
+        ));
+        let internal = TrellisError::InvalidArgument("SLatFlowModel: 3 voxels".into());
+        assert!(matches!(
+            generation_error(internal),
+            GenerationError::Failed(_)
+        ));
+    }
+}

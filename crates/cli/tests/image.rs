@@ -1,0 +1,207 @@
+//! Issue 12's "tiny TRELLIS end to end": `splatforge models make-random --family trellis
+//! --size tiny DIR`, then `splatforge generate --image ghost_rgba.png --models DIR` → a PLY
+//! that `splatforge validate --min-gaussians 1` accepts; bad images fail with one line.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn splatforge(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_splatforge"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The shared fixture (`../shared/fixtures` from the repository root).
+fn ghost() -> PathBuf {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/ghost_rgba.png");
+    assert!(path.is_file(), "{} is missing", path.display());
+    path
+}
+
+fn tiny_trellis(dir: &Path) -> PathBuf {
+    let models = dir.join("trellis");
+    let out = splatforge(&[
+        "models",
+        "make-random",
+        "--family",
+        "trellis",
+        "--size",
+        "tiny",
+        s(&models),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(models.join("pipeline.json").is_file());
+    assert!(models
+        .join("dinov2_vitl14_reg4_pretrain.safetensors")
+        .is_file());
+    models
+}
+
+#[test]
+fn tiny_trellis_turns_the_ghost_into_a_valid_ply() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = tiny_trellis(dir.path());
+    let ghost = ghost();
+
+    // Without --profile, tiny models get image-development; --print-config says so.
+    let out = splatforge(&[
+        "generate",
+        "--image",
+        s(&ghost),
+        "-o",
+        "x.ply",
+        "--models",
+        s(&models),
+        "--print-config",
+        "--slat-steps",
+        "3",
+    ]);
+    let yaml = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(yaml.contains("# profile: image-development"), "{yaml}");
+    assert!(
+        yaml.contains("pipeline: trellis") && yaml.contains("slat_steps: 3"),
+        "{yaml}"
+    );
+    assert!(!yaml.contains("diffusion:"), "{yaml}");
+
+    let ply = dir.path().join("ghost.ply");
+    let out = splatforge(&[
+        "generate",
+        "--image",
+        s(&ghost),
+        "-o",
+        s(&ply),
+        "--models",
+        s(&models),
+        "--seed",
+        "5",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    for stage in [
+        "preprocess",
+        "dinov2",
+        "sparse_structure",
+        "ss_decoder",
+        "slat",
+        "gs_decoder",
+        "write",
+        "total",
+    ] {
+        assert!(stdout.contains(stage), "no {stage} in\n{stdout}");
+    }
+    let out = splatforge(&["validate", s(&ply), "--min-gaussians", "1"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    // --json, same seed: the same splat, and the samplers the profile chose.
+    let again = dir.path().join("again.ply");
+    let out = splatforge(&[
+        "generate",
+        "--image",
+        s(&ghost),
+        "-o",
+        s(&again),
+        "--models",
+        s(&models),
+        "--seed",
+        "5",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["pipeline"], "trellis");
+    assert_eq!(report["profile"], "image-development");
+    assert_eq!(report["seed"], 5);
+    assert_eq!(report["sparse_structure_sampler"]["steps"], 2);
+    assert_eq!(report["slat_sampler"]["cfg_strength"], 5.0);
+    assert!(report["gaussians"].as_u64().unwrap() >= 1);
+    for stage in ["dinov2", "sparse_structure", "slat", "gs_decoder", "write"] {
+        assert!(report["stages_ms"][stage].is_number(), "{report}");
+    }
+    assert_eq!(std::fs::read(&ply).unwrap(), std::fs::read(&again).unwrap());
+}
+
+#[test]
+fn bad_images_and_wrong_profiles_fail_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = tiny_trellis(dir.path());
+    let not_png = dir.path().join("notes.png");
+    std::fs::write(&not_png, "not a picture").unwrap();
+    let empty = dir.path().join("empty.png");
+    std::fs::write(&empty, b"").unwrap();
+    let clear = dir.path().join("clear.png");
+    image::RgbaImage::new(16, 16).save(&clear).unwrap();
+    let out_ply = dir.path().join("out.ply");
+    for (image, needle) in [
+        (&not_png, "not an image"),
+        (&empty, "empty"),
+        (&clear, "transparent"),
+        (&dir.path().join("missing.png"), "missing.png"),
+    ] {
+        let out = splatforge(&[
+            "generate",
+            "--image",
+            s(image),
+            "-o",
+            s(&out_ply),
+            "--models",
+            s(&models),
+        ]);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{}", image.display());
+        let error: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(error.len(), 1, "{stderr}");
+        assert!(error[0].contains(needle), "{stderr}");
+        assert!(!out_ply.exists(), "no output for a bad image");
+    }
+    // A text profile for an image, an image profile for a prompt.
+    let ghost = ghost();
+    let out = splatforge(&[
+        "generate",
+        "--image",
+        s(&ghost),
+        "-o",
+        s(&out_ply),
+        "--models",
+        s(&models),
+        "--profile",
+        "development",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("image profile"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = splatforge(&[
+        "generate",
+        "--prompt",
+        "a chair",
+        "-o",
+        s(&out_ply),
+        "--profile",
+        "image-speed",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--image"),
+        "{}",
+        text(&out.stderr)
+    );
+}

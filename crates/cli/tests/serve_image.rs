@@ -1,0 +1,254 @@
+//! `splatforge serve` with an image profile and the tiny random-weight TRELLIS models,
+//! through real HTTP: `/generate/` takes the image as a file field or as base64 in
+//! `prompt` (the 404 miner's image tasks) and answers a PLY with the TRELLIS stage timings;
+//! text and broken images get 400; the stage metrics cover the new stages.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use splatforge_splat::read_splat_bytes;
+
+struct Response {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+fn request(addr: SocketAddr, raw: &[u8]) -> Response {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP head");
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let mut body = buf[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    Response { status, head, body }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 2 + n + 2..];
+    }
+}
+
+fn get(addr: SocketAddr, path: &str) -> Response {
+    request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+fn post(addr: SocketAddr, content_type: &str, body: &[u8]) -> Response {
+    let head = format!(
+        "POST /generate/ HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    request(addr, &[head.as_bytes(), body].concat())
+}
+
+/// A multipart body with the file field `image` and the text field `seed`.
+fn multipart_image(image: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "splatforgeimageboundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"ghost.png\"\r\nContent-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(image);
+    body.extend_from_slice(
+        format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"seed\"\r\n\r\n3\r\n--{boundary}--\r\n")
+            .as_bytes(),
+    );
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(models: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_splatforge"))
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--profile",
+            "image-development",
+            "--models",
+        ])
+        .arg(models)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(a) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(a.trim().to_string());
+            }
+            eprintln!("[serve] {line}");
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the server prints its address");
+    Server {
+        child,
+        addr: addr.parse().unwrap(),
+    }
+}
+
+#[test]
+fn tiny_trellis_behind_the_real_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("trellis");
+    let out = Command::new(env!("CARGO_BIN_EXE_splatforge"))
+        .args([
+            "models",
+            "make-random",
+            "--family",
+            "trellis",
+            "--size",
+            "tiny",
+        ])
+        .arg(&models)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ghost = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/ghost_rgba.png"),
+    )
+    .expect("the shared ghost fixture");
+
+    let server = start(&models);
+    let addr = server.addr;
+    let t0 = Instant::now();
+    while get(addr, "/health").status != 200 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "never became healthy"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let version = get(addr, "/version");
+    assert!(String::from_utf8_lossy(&version.body).contains("trellis:image-development"));
+
+    // The image as a file field.
+    let (content_type, body) = multipart_image(&ghost);
+    let r = post(addr, &content_type, &body);
+    assert_eq!(
+        r.status,
+        200,
+        "{}\n{}",
+        r.head,
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(r.body.starts_with(b"ply\n"));
+    let file_field = read_splat_bytes(&r.body).unwrap();
+    assert!(!file_field.is_empty());
+    for stage in [
+        "dinov2",
+        "sparse_structure",
+        "ss_decoder",
+        "slat",
+        "gs_decoder",
+    ] {
+        assert!(r.head.contains(stage), "no {stage} timing in\n{}", r.head);
+    }
+
+    // The image's bytes in base64 in `prompt` (a data URL too), same seed: the same splat.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&ghost);
+    for prompt in [b64.clone(), format!("data:image/png;base64,{b64}")] {
+        let json = serde_json::json!({"prompt": prompt, "seed": 3}).to_string();
+        let r = post(addr, "application/json", json.as_bytes());
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(read_splat_bytes(&r.body).unwrap(), file_field);
+    }
+
+    // Text, broken base64, bytes that are no image, and both at once: 400 with a reason.
+    let cases = [
+        (serde_json::json!({"prompt": "a red chair"}), "base64"),
+        (
+            serde_json::json!({"prompt": "aGVsbG8gd29ybGQ="}),
+            "image format",
+        ),
+        (serde_json::json!({}), "missing image"),
+    ];
+    for (json, needle) in cases {
+        let r = post(addr, "application/json", json.to_string().as_bytes());
+        let body = String::from_utf8_lossy(&r.body);
+        assert_eq!(r.status, 400, "{json}: {body}");
+        assert!(body.contains(needle), "{json}: {body}");
+    }
+
+    // A picture with no object: a 400 from the generator, and the worker goes on.
+    let mut clear = Vec::new();
+    image::RgbaImage::new(8, 8)
+        .write_to(
+            &mut std::io::Cursor::new(&mut clear),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    let (content_type, body) = multipart_image(&clear);
+    let r = post(addr, &content_type, &body);
+    let text = String::from_utf8_lossy(&r.body);
+    assert_eq!(r.status, 400, "{text}");
+    assert!(
+        text.contains("transparent") && text.contains("bad_input"),
+        "{text}"
+    );
+
+    let metrics = String::from_utf8_lossy(&get(addr, "/metrics").body).into_owned();
+    assert!(metrics.contains("outcome=\"bad_input\""), "{metrics}");
+    for stage in ["dinov2", "sparse_structure", "slat", "gs_decoder"] {
+        assert!(
+            metrics.contains(&format!(
+                "splatforge_stage_duration_seconds_count{{stage=\"{stage}\"}}"
+            )),
+            "no {stage} in\n{metrics}"
+        );
+    }
+    drop(server);
+}
