@@ -470,7 +470,7 @@ fn worker_loop(pool: Arc<Pool>, device: Arc<Device>) {
             Ok(Ok(out)) => {
                 for (stage, d) in &out.timings {
                     let stage = StageLabels {
-                        stage: crate::sanitize_stage(stage),
+                        stage: crate::generate::sanitize_stage(stage),
                     };
                     metrics.stage.get_or_create(&stage).observe(d.as_secs_f64());
                 }
