@@ -418,6 +418,10 @@ pub struct RandomTensor {
     /// The values are `offset + scale · n`.
     offset: f32,
     scale: f32,
+    /// Values given instead of drawn: a buffer the official model derives
+    /// from its configuration and saves with its weights (TRELLIS'
+    /// `pos_emb`), which our loaders compute rather than read.
+    given: Option<Arc<[f32]>>,
 }
 
 impl RandomTensor {
@@ -441,7 +445,25 @@ impl RandomTensor {
             dims: dims.to_vec(),
             offset,
             scale,
+            given: None,
         }
+    }
+
+    /// A tensor of shape `dims` with the given row-major `values`.
+    pub fn given(dims: &[usize], values: Vec<f32>) -> Result<Self> {
+        if dims.iter().product::<usize>() != values.len() {
+            return Err(NnError::InvalidArgument(format!(
+                "{} values for a tensor of shape {dims:?}",
+                values.len()
+            )));
+        }
+        Ok(Self {
+            seed: 0,
+            dims: dims.to_vec(),
+            offset: 0.0,
+            scale: 1.0,
+            given: Some(values.into()),
+        })
     }
 
     pub fn dims(&self) -> &[usize] {
@@ -454,6 +476,9 @@ impl RandomTensor {
 
     /// The values, row-major, made on all cores.
     pub fn values(&self) -> Vec<f32> {
+        if let Some(v) = &self.given {
+            return v.to_vec();
+        }
         let mut v = vec![0f32; self.elem_count()];
         fill_normals(self.seed, &mut v);
         let (offset, scale) = (self.offset, self.scale);

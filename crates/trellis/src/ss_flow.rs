@@ -6,7 +6,7 @@
 //! the position embedding in f32; the blocks in the model dtype (`use_fp16`: f16 there, on
 //! our GPU path bf16 or f16; on the CPU f32).
 
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -184,15 +184,15 @@ pub struct SparseStructureFlowModel {
 }
 
 impl SparseStructureFlowModel {
-    /// Builds the model from weights under the official names; `vb`'s dtype is the blocks'
-    /// dtype, the rest loads in f32.
-    pub fn load(config: &SparseStructureFlowConfig, vb: VarBuilder) -> Result<Self> {
-        config.validate()?;
-        let c = config.model_channels;
-        let p = config.patch_size;
-        let heads = config.heads()?;
-        let f32_vb = vb.to_dtype(DType::F32);
-        let grid = config.resolution / p;
+    /// The absolute position embedding of the `(resolution / patch_size)³` tokens in x-major
+    /// order, `[tokens, model_channels]` f32: the official model's `pos_emb` buffer. It is a
+    /// function of the configuration, so we compute it instead of reading the checkpoint's
+    /// copy (which the official loader requires, so our random checkpoints carry it too).
+    pub fn position_embedding(
+        config: &SparseStructureFlowConfig,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let grid = config.resolution / config.patch_size;
         let coords: Vec<u32> = (0..grid * grid * grid)
             .flat_map(|i| {
                 [
@@ -202,7 +202,18 @@ impl SparseStructureFlowModel {
                 ]
             })
             .collect();
-        let pos_emb = AbsolutePositionEmbedder::new(c, 3)?.embed(&coords, vb.device())?;
+        AbsolutePositionEmbedder::new(config.model_channels, 3)?.embed(&coords, device)
+    }
+
+    /// Builds the model from weights under the official names; `vb`'s dtype is the blocks'
+    /// dtype, the rest loads in f32.
+    pub fn load(config: &SparseStructureFlowConfig, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
+        let c = config.model_channels;
+        let p = config.patch_size;
+        let heads = config.heads()?;
+        let f32_vb = vb.to_dtype(DType::F32);
+        let pos_emb = Self::position_embedding(config, vb.device())?;
         let block = BlockConfig {
             channels: c,
             heads,

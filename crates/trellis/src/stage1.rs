@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use image::{RgbImage, RgbaImage};
 use serde::{Deserialize, Serialize};
-use splatforge_nn::weights::RandomRecorder;
+use splatforge_nn::weights::{RandomRecorder, RandomTensor};
 
 use crate::config::{
     bad_file, checkpoint_weights, with_suffix, write_atomically, write_checkpoint, Checkpoint,
@@ -276,11 +276,19 @@ pub fn write_random_stage1(
 
     let recorder = RandomRecorder::new(seed);
     SparseStructureFlowModel::load(&flow, recorder.var_builder())?;
+    let mut tensors = recorder.recipes();
+    let pos_emb = SparseStructureFlowModel::position_embedding(&flow, &Device::Cpu)?;
+    let values = pos_emb.flatten_all()?.to_vec1::<f32>()?;
+    tensors.insert(
+        "pos_emb".to_string(),
+        RandomTensor::given(pos_emb.dims(), values)
+            .map_err(|e| TrellisError::InvalidArgument(e.to_string()))?,
+    );
     write_checkpoint(
         &pipeline.checkpoint_stem(dir, "sparse_structure_flow_model")?,
         ss_flow::CLASS,
         &flow,
-        &recorder.recipes(),
+        &tensors,
         dtype,
     )?;
 
@@ -340,6 +348,30 @@ mod tests {
             stage1.pipeline().args.sparse_structure_sampler.params.steps,
             25
         );
+        // The official loader is strict: the flow checkpoint carries the `pos_emb` buffer,
+        // equal (to f16 rounding) to the embedding we compute.
+        let flow = candle_core::safetensors::load(
+            dir.path()
+                .join("ckpts/ss_flow_img_dit_L_16l8_fp16.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let stored = flow["pos_emb"].to_dtype(DType::F32).unwrap();
+        let (_, flow_config, _) = stage1_configs(ModelSize::Tiny);
+        let computed =
+            SparseStructureFlowModel::position_embedding(&flow_config, &Device::Cpu).unwrap();
+        assert_eq!(stored.dims(), computed.dims());
+        let diff = (stored - computed)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-3, "max |Δ| {diff}");
 
         let image = ghost_like();
         let conditioning = stage1.condition(&image).unwrap();
