@@ -15,7 +15,9 @@
 # Suites: raster (tools/gpu-raster.sh), fit (tools/gpu-fit.sh, parity only unless FIT_FULL=1),
 # diffusion (tools/diffusion_parity.py: ops, unet, vae unless PARITY_SECTIONS is set),
 # pipeline (tools/gpu-pipeline.sh, PROFILES default "speed quality"),
-# trellis (tools/gpu-trellis-parity.sh).
+# trellis (tools/gpu-trellis-parity.sh), trellis-e2e (image → PLY on full-size random weights:
+# `splatforge generate --image` against the official pipeline, tools/trellis_reference.py, same
+# folder and steps; then the official run again with --time-shims for the shims' own cost).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=tools/gpu-common.sh
@@ -48,6 +50,7 @@ case "${1:-}" in
       pack_binary "$TARGET/release/examples/$b" "$b"
     done
     cp ../shared/fixtures/hamburger.ply .gpu-bin/hamburger.ply
+    cp ../shared/fixtures/ghost_rgba.png .gpu-bin/ghost_rgba.png  # trellis-e2e's input (no shared/ there)
     du -shc .gpu-bin .whl .gpu-ref 2>/dev/null
     exit 0
     ;;
@@ -92,6 +95,18 @@ for s in $SUITES; do
         suite diffusion bash -c 'python3 tools/diffusion_parity.py /tmp/diffusion-work "$OUT" /tmp/diffusion_parity' ;;
     pipeline) PROFILES="${PROFILES:-speed quality}" DEADLINE_S=$(($(left) - 30)) suite pipeline tools/gpu-pipeline.sh ;;
     trellis) suite trellis tools/gpu-trellis-parity.sh ;;
+    trellis-e2e)
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/easydict-*.whl .whl/plyfile-*.whl
+      unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge
+      # Ours takes no --warm-up with --image: 4 runs after one load, the reference drops the first.
+      PYTHONPATH=/tmp/site suite trellis-e2e bash -c 'set -e; M=/tmp/trellis-full; rm -rf $M
+        /tmp/splatforge models make-random --family trellis --size full $M
+        /tmp/splatforge generate --image .gpu-bin/ghost_rgba.png --models $M --profile image-quality \
+          --repeat 4 --json -o /tmp/trellis-e2e.ply > "$OUT/ours.jsonl" 2> "$OUT/ours.stderr"
+        python3 tools/trellis_reference.py $M --image .gpu-bin/ghost_rgba.png --repeat 3 \
+          --ours "$OUT/ours.jsonl" --json "$OUT/reference.json" 2> "$OUT/reference.stderr"
+        python3 tools/trellis_reference.py $M --image .gpu-bin/ghost_rgba.png --repeat 2 \
+          --ours "$OUT/ours.jsonl" --time-shims --json "$OUT/reference_shims.json" 2>> "$OUT/reference.stderr" | tail -12' ;;
     *) echo "unknown suite $s" | tee -a "$WORK/summary.txt"; status=1 ;;
   esac
 done

@@ -8,8 +8,8 @@ and EasternJournalist/utils3d at the commit TRELLIS' setup.sh pins, 9a4eb15e
 stand-in keeps the structured array save_ply builds (`.npy`) instead of writing the PLY.
 
 Shims: spconv and flash-attn are used when importable (flash-attn for half precision only: it has
-no f32 kernels); otherwise the plain-torch shims of slat_flow_parity.py (next to this script) stand
-in, checked against dense equivalents first, plus here the non-varlen
+no f32 kernels); otherwise the plain-torch shims of official_shims.py (next to this script) stand
+in, checked against dense equivalents first, including the non-varlen
 `flash_attn_qkvpacked_func` that `sparse_windowed_scaled_dot_product_self_attention` calls when
 every window holds exactly `window_size` voxels (SDPA). The time spent in shims is reported alone
 (`shim_ms`). The `trellis`, `trellis.models.structured_latent_vae` and `trellis.representations`
@@ -33,65 +33,23 @@ import json
 import os
 import sys
 import time
-import types
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import slat_flow_parity as shared  # noqa: E402  (the shared spconv / flash-attn shims)
+import official_shims as shared  # noqa: E402  (the shared spconv / flash-attn / plyfile shims)
 
 
 def install_shims(trellis_src, utils3d_src, report):
-    try:
-        from flash_attn import flash_attn_qkvpacked_func as real
-    except ImportError:
-        real = None
     os.environ.setdefault("ATTN_BACKEND", "sdpa")
     shared.install_shims(report)
-    shared.check_shims()
-
-    @shared.timed
-    def sdpa_qkvpacked(qkv):
-        """[B, N, 3, H, C] → [B, N, H, C], softmax(q·kᵀ/√C)·v per batch item."""
-        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(dim=2))
-        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
-
-    def qkvpacked(qkv):
-        if real is not None and qkv.dtype in (torch.float16, torch.bfloat16):
-            return real(qkv)
-        return sdpa_qkvpacked(qkv)
-
-    sys.modules["flash_attn"].flash_attn_qkvpacked_func = qkvpacked
-    try:
-        import plyfile  # noqa: F401
-        report["ply"] = "plyfile"
-    except ImportError:
-        plyfile = types.ModuleType("plyfile")
-
-        class PlyElement:
-            @staticmethod
-            def describe(data, name):
-                return data
-
-        class PlyData:
-            def __init__(self, elements):
-                self.elements = elements
-
-            def write(self, path):
-                np.save(path + ".npy", self.elements[0])
-
-        plyfile.PlyElement, plyfile.PlyData = PlyElement, PlyData
-        sys.modules["plyfile"] = plyfile
-        report["ply"] = "save_ply's structured array (.npy), plyfile absent"
+    shared.check_shims("cuda")
+    shared.install_plyfile_standin(report)
     sys.path.insert(0, utils3d_src)
     sys.path.insert(0, trellis_src)
-    for package in ["trellis", "trellis.models.structured_latent_vae", "trellis.representations"]:
-        module = types.ModuleType(package)
-        module.__path__ = [os.path.join(trellis_src, *package.split("."))]
-        sys.modules[package] = module
+    shared.skip_package_inits(trellis_src, ["trellis", "trellis.models.structured_latent_vae", "trellis.representations"])
     gaussian_model = importlib.import_module("trellis.representations.gaussian.gaussian_model")
     sys.modules["trellis.representations"].Gaussian = gaussian_model.Gaussian
     return importlib.import_module("trellis.models.structured_latent_vae.decoder_gs").SLatGaussianDecoder

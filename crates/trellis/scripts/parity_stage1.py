@@ -45,7 +45,6 @@ import json
 import os
 import sys
 import types
-from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("ATTN_BACKEND", "sdpa")
@@ -58,12 +57,12 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import official_shims  # noqa: E402  (package skipping and the DINOv2 builder, shared)
+
 
 def install_shims(trellis_root: Path) -> None:
-    for name, sub in [("trellis", "trellis"), ("trellis.pipelines", "trellis/pipelines")]:
-        package = types.ModuleType(name)
-        package.__path__ = [str(trellis_root / sub)]
-        sys.modules[name] = package
+    official_shims.skip_package_inits(trellis_root, ["trellis", "trellis.pipelines"])
     utils = types.ModuleType("trellis.modules.utils")
     dense = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 
@@ -94,7 +93,7 @@ def install_shims(trellis_root: Path) -> None:
     for f in (convert_module_to_f16, convert_module_to_f32, zero_module, scale_module, modulate):
         setattr(utils, f.__name__, f)
     sys.modules["trellis.modules.utils"] = utils
-    sys.modules.setdefault("rembg", types.ModuleType("rembg"))
+    official_shims.install_rembg_stub()
 
 
 def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -128,8 +127,6 @@ def main() -> None:
     from trellis.models.sparse_structure_vae import SparseStructureDecoder
     from trellis.pipelines.samplers import FlowEulerGuidanceIntervalSampler
     from trellis.pipelines.trellis_image_to_3d import TrellisImageTo3DPipeline
-    from dinov2.models.vision_transformer import DinoVisionTransformer
-    from dinov2.layers import MemEffAttention, NestedTensorBlock
 
     dev = torch.device(a.device)
     io = load_file(str(a.out / "stage1_io.safetensors"))
@@ -147,17 +144,7 @@ def main() -> None:
         report["preprocess"] = {"max_abs": float(np.abs(ref_rgb - ours_rgb).max()), "differing_values": int((ref_rgb != ours_rgb).sum())}
 
         # DINOv2 with the shape our file describes (ViT-L/14-reg at full size).
-        shape = json.loads((model_dir / "dinov2_vitl14_reg4_pretrain.json").read_text())
-        vit = DinoVisionTransformer(
-            img_size=shape["image_size"], patch_size=shape["patch_size"], embed_dim=shape["embed_dim"],
-            depth=shape["depth"], num_heads=shape["heads"], mlp_ratio=shape["mlp_ratio"],
-            block_fn=partial(NestedTensorBlock, attn_class=MemEffAttention), init_values=1.0,
-            ffn_layer="mlp", block_chunks=0, num_register_tokens=shape["register_tokens"],
-            interpolate_antialias=True, interpolate_offset=0.0,
-        )
-        missing, unexpected = vit.load_state_dict(load_file(str(model_dir / "dinov2_vitl14_reg4_pretrain.safetensors")), strict=False)
-        # TRELLIS uses neither the mask token nor the final norm; our file leaves them out.
-        assert set(missing) <= {"mask_token", "norm.weight", "norm.bias"} and not unexpected, (missing, unexpected)
+        vit = official_shims.build_dinov2(model_dir, a.dinov2)
         vit = vit.to(dev).eval()
         feats = vit(io["dinov2.pixels"].to(dev), is_training=True)["x_prenorm"]
         cond = F.layer_norm(feats, feats.shape[-1:])

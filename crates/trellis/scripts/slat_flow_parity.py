@@ -9,7 +9,7 @@ its package `__init__`, so the renderers' CUDA extensions are not needed), e.g.
     git -C /work/.mirror/microsoft+TRELLIS/repo archive HEAD trellis | tar -x -C /tmp/TRELLIS
 
 1. spconv and flash-attn: used when importable. Otherwise plain-torch shims with the same
-   semantics are installed as `spconv.pytorch` (SubMConv3d with spconv 2's KRSC weight
+   semantics (official_shims.py, next to this script) are installed as `spconv.pytorch` (SubMConv3d with spconv 2's KRSC weight
    [out, 3, 3, 3, in], cross-correlation over occupied neighbours) and `flash_attn` (the varlen
    functions, one SDPA call per batch item); each shim is first checked against a dense
    equivalent (torch conv3d on the zero-filled grid; attention with a block-diagonal mask) and the
@@ -37,8 +37,11 @@ import time
 import types
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The spconv / flash-attn shims, shared with the other reference scripts.
+from official_shims import SHIM_SECONDS, check_shims, install_shims  # noqa: E402
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
@@ -52,188 +55,6 @@ FULL_ARGS = dict(
 TINY_ARGS = dict(FULL_ARGS, model_channels=128, cond_channels=64, num_blocks=2, num_heads=2,
                  mlp_ratio=2, io_block_channels=[32])
 COND_TOKENS = 1374  # DINOv2 ViT-L/14 with 4 registers at 518²: 1 + 4 + 37²
-
-
-# ---- shims ---------------------------------------------------------------------------------
-
-SHIM_SECONDS = [0.0]
-
-
-def timed(f):
-    """f, adding its GPU time to SHIM_SECONDS (synchronising around each call)."""
-    def wrapper(*a, **k):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = f(*a, **k)
-        torch.cuda.synchronize()
-        SHIM_SECONDS[0] += time.perf_counter() - start
-        return out
-    return wrapper
-
-class ShimSparseConvTensor:
-    """The parts of spconv.pytorch.SparseConvTensor that TRELLIS' SparseTensor touches."""
-
-    def __init__(self, features, indices, spatial_shape, batch_size, grid=None, voxel_num=None,
-                 indice_dict=None):
-        self._features = features
-        self.indices = indices
-        self.spatial_shape = spatial_shape
-        self.batch_size = batch_size
-        self.grid = grid
-        self.voxel_num = voxel_num
-        self.indice_dict = {} if indice_dict is None else indice_dict
-        self.benchmark = False
-        self.benchmark_record = {}
-        self.thrust_allocator = None
-        self._timer = None
-        self.force_algo = None
-        self.int8_scale = None
-
-    @property
-    def features(self):
-        return self._features
-
-    @features.setter
-    def features(self, value):
-        self._features = value
-
-    def replace_feature(self, feature):
-        out = ShimSparseConvTensor(feature, self.indices, self.spatial_shape, self.batch_size,
-                                   self.grid, self.voxel_num, self.indice_dict)
-        return out
-
-
-def neighbour_rows(coords):
-    """[N, 27] row of the voxel at coords + (i-1, j-1, l-1) (k = 9i + 3j + l), or N."""
-    c = coords.long()
-    shape = (c.max(0).values + 3).tolist()
-    grid = torch.full(shape, -1, dtype=torch.long, device=c.device)
-    shifted = c.clone()
-    shifted[:, 1:] += 1
-    grid[tuple(shifted.t())] = torch.arange(c.shape[0], device=c.device)
-    rows = []
-    for i in range(3):
-        for j in range(3):
-            for l in range(3):
-                at = shifted.clone()
-                at[:, 1] += i - 1
-                at[:, 2] += j - 1
-                at[:, 3] += l - 1
-                rows.append(grid[tuple(at.t())])
-    rows = torch.stack(rows, 1)
-    rows[rows < 0] = c.shape[0]
-    return rows
-
-
-class ShimSubMConv3d(torch.nn.Module):
-    """spconv.SubMConv3d, kernel 3: weight [out, 3, 3, 3, in] (KRSC), bias [out]."""
-
-    def __init__(self, in_channels, out_channels, kernel_size, dilation=1, bias=True,
-                 indice_key=None, algo=None):
-        super().__init__()
-        assert kernel_size == 3 and dilation == 1
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.weight = torch.nn.Parameter(torch.zeros(out_channels, 3, 3, 3, in_channels))
-        self.bias = torch.nn.Parameter(torch.zeros(out_channels)) if bias else None
-
-    @timed
-    def forward(self, x):
-        feats = x.features
-        rows = neighbour_rows(x.indices)
-        padded = torch.cat([feats, feats.new_zeros(1, feats.shape[1])], 0)
-        gathered = padded[rows].reshape(feats.shape[0], -1)
-        out = gathered @ self.weight.reshape(self.out_channels, -1).t().to(feats.dtype)
-        if self.bias is not None:
-            out = out + self.bias.to(feats.dtype)
-        return x.replace_feature(out)
-
-
-@timed
-def shim_varlen(q, k, v, cu_q, cu_k):
-    outs = []
-    for i in range(cu_q.shape[0] - 1):
-        qi = q[cu_q[i]:cu_q[i + 1]].transpose(0, 1)[None]
-        ki = k[cu_k[i]:cu_k[i + 1]].transpose(0, 1)[None]
-        vi = v[cu_k[i]:cu_k[i + 1]].transpose(0, 1)[None]
-        outs.append(F.scaled_dot_product_attention(qi, ki, vi)[0].transpose(0, 1))
-    return torch.cat(outs, 0)
-
-
-def install_shims(report):
-    try:
-        import spconv.pytorch  # noqa: F401
-        report["conv"] = "spconv " + __import__("spconv").__version__
-    except ImportError:
-        spconv = types.ModuleType("spconv")
-        pytorch = types.ModuleType("spconv.pytorch")
-        pytorch.SparseConvTensor = ShimSparseConvTensor
-        pytorch.SubMConv3d = ShimSubMConv3d
-        pytorch.ConvAlgo = types.SimpleNamespace(Native="native", MaskImplicitGemm="implicit_gemm")
-        spconv.pytorch = pytorch
-        sys.modules["spconv"], sys.modules["spconv.pytorch"] = spconv, pytorch
-        report["conv"] = "plain-torch SubMConv3d shim"
-    try:
-        import flash_attn as real
-        report["attention"] = f"flash_attn {real.__version__} (half), plain-torch varlen shim (f32)"
-    except ImportError:
-        real = None
-        report["attention"] = "plain-torch varlen shim (SDPA per item)"
-    half = (torch.float16, torch.bfloat16)
-    fa = types.ModuleType("flash_attn")
-
-    def qkvpacked(qkv, cu, m):
-        if real is not None and qkv.dtype in half:
-            return real.flash_attn_varlen_qkvpacked_func(qkv, cu, m)
-        return shim_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, cu)
-
-    def kvpacked(q, kv, cq, ck, mq, mk):
-        if real is not None and q.dtype in half:
-            return real.flash_attn_varlen_kvpacked_func(q, kv, cq, ck, mq, mk)
-        return shim_varlen(q, kv[:, 0], kv[:, 1], cq, ck)
-
-    def separate(q, k, v, cq, ck, mq, mk):
-        if real is not None and q.dtype in half:
-            return real.flash_attn_varlen_func(q, k, v, cq, ck, mq, mk)
-        return shim_varlen(q, k, v, cq, ck)
-
-    fa.flash_attn_varlen_qkvpacked_func = qkvpacked
-    fa.flash_attn_varlen_kvpacked_func = kvpacked
-    fa.flash_attn_varlen_func = separate
-    sys.modules["flash_attn"] = fa
-
-
-def check_shims():
-    """The shims against dense equivalents; raises on disagreement."""
-    g = torch.Generator(device=DEV).manual_seed(1)
-    occupancy = torch.rand(2, 9, 9, 9, generator=g, device=DEV) < 0.4
-    coords = occupancy.nonzero().int()
-    cin, cout = 5, 7
-    conv = ShimSubMConv3d(cin, cout, 3).to(DEV)
-    torch.nn.init.normal_(conv.weight, generator=g)
-    torch.nn.init.normal_(conv.bias, generator=g)
-    feats = torch.randn(coords.shape[0], cin, generator=g, device=DEV)
-    got = conv(ShimSparseConvTensor(feats, coords, [9, 9, 9], 2)).features
-    dense = torch.zeros(2, cin, 9, 9, 9, device=DEV)
-    c = coords.long()
-    dense[c[:, 0], :, c[:, 1], c[:, 2], c[:, 3]] = feats
-    ref = F.conv3d(dense, conv.weight.permute(0, 4, 1, 2, 3), conv.bias, padding=1)
-    ref = ref[c[:, 0], :, c[:, 1], c[:, 2], c[:, 3]]
-    err = (got - ref).abs().max().item()
-    assert err < 1e-4, f"SubMConv3d shim differs from conv3d by {err}"
-
-    lens_q, lens_k = [5, 9], [7, 3]
-    q = torch.randn(sum(lens_q), 2, 16, generator=g, device=DEV)
-    k = torch.randn(sum(lens_k), 2, 16, generator=g, device=DEV)
-    v = torch.randn(sum(lens_k), 2, 16, generator=g, device=DEV)
-    cu = lambda lens: torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), device=DEV)
-    got = shim_varlen(q, k, v, cu(lens_q), cu(lens_k))
-    mask = torch.zeros(sum(lens_q), sum(lens_k), dtype=torch.bool, device=DEV)
-    mask[:5, :7] = True
-    mask[5:, 7:] = True
-    ref = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None],
-                                         v.transpose(0, 1)[None], attn_mask=mask)[0].transpose(0, 1)
-    err = (got - ref).abs().max().item()
-    assert err < 1e-4, f"varlen attention shim differs from masked attention by {err}"
 
 
 # ---- inputs ---------------------------------------------------------------------------------
@@ -266,7 +87,7 @@ def main():
     os.environ.setdefault("ATTN_BACKEND", "sdpa")
     report = {"size": size}
     install_shims(report)
-    check_shims()
+    check_shims(DEV)
     pkg = types.ModuleType("trellis")
     pkg.__path__ = [os.path.join(trellis_dir, "trellis")]
     sys.modules["trellis"] = pkg

@@ -1,0 +1,359 @@
+#!/usr/bin/env python3
+"""The official TRELLIS image → 3D Gaussians pipeline, timed stage by stage: the reference of
+issue 12's speed goal (ours ≤ 0.4× its time, peak GPU memory ≤ its peak).
+
+What runs: `TrellisImageTo3DPipeline.from_pretrained(DIR)` and `pipeline.run(image, seed=…,
+formats=['gaussian'], …)` from the official microsoft/TRELLIS sources (imported at run time
+from --trellis, default .gpu-ref/trellis-ref; nothing of them is in this repository), DINOv2
+from the facebookresearch/dinov2 sources (--dinov2), then `Gaussian.save_ply` to a temporary
+file (utils3d from --utils3d). DIR is a TRELLIS folder in the official layout (pipeline.json,
+ckpts/<name>.json + .safetensors, dinov2_vitl14_reg4_pretrain.safetensors with torch-hub names
+and, for tiny models, dinov2_vitl14_reg4_pretrain.json with its shape), e.g. one written by
+`splatforge models make-random --family trellis --size full|tiny DIR`.
+
+Deviations from a stock install, each needed because the GPU machine has no network, spconv,
+flash-attn or xformers, and each keeping the official semantics:
+* `torch.hub.load('facebookresearch/dinov2', 'dinov2_vitl14_reg', pretrained=True)` builds the
+  same ViT from the local dinov2 sources and loads DIR's DINOv2 file instead of downloading.
+* Only the models of the Gaussian path are loaded: the pipeline reads a copy of pipeline.json
+  without slat_decoder_mesh / slat_decoder_rf (`formats=['gaussian']` never calls them; loading
+  them would only add load time and memory, and random-weight folders lack them).
+* Persistent buffers that the constructor computes and DIR's file lacks (the stage-1 flow's
+  `pos_emb`) are taken from the constructor; every name in the files must still match.
+* spconv and flash_attn are plain-torch shims (crates/trellis/scripts/official_shims.py: spconv
+  2's SubMConv3d as gather + GEMM, flash-attn's varlen functions as one SDPA call per sequence),
+  checked against dense equivalents before the run; real ones are used where importable.
+  `ATTN_BACKEND=sdpa` for TRELLIS' dense attention; DINOv2 runs its plain softmax attention
+  (`XFORMERS_DISABLED=1`; xformers is absent anyway). `rembg` is an empty module: inputs with
+  alpha never reach it. The package `__init__`s of trellis, trellis.pipelines,
+  trellis.models.structured_latent_vae and trellis.representations are skipped (they import
+  renderers, mesh extraction and their CUDA extensions); every module used is the official file.
+* Precision is the official one: each model runs its torso in fp16 where its ckpt JSON says
+  `use_fp16` (reported per model), DINOv2 in f32, TF32 left at torch's defaults.
+
+Timing (per stage, torch.cuda.synchronize around each; stage names as `splatforge generate
+--image --json` writes them): preprocess (`preprocess_image`), dinov2 (`get_cond`),
+sparse_structure (the stage-1 sampler's `sample`), ss_decoder (the rest of
+`sample_sparse_structure`: noise, `SparseStructureDecoder`, argwhere), slat (`sample_slat`),
+gs_decoder (`decode_slat`), write (`save_ply`). The stages are timed by wrapping the pipeline's
+own methods, so `pipeline.run` follows the official code path unchanged. One warm-up run, then
+--repeat timed runs (seeds seed, seed+1, …): median and p90 per stage and of the total (model
+load excluded; reported apart), the Gaussian count, peak `torch.cuda.max_memory_allocated`
+(reset after load), device, torch version. --time-shims also adds up the time inside the shims
+(synchronising around each shim call, which slows the run: use it in a separate invocation).
+
+Usage:
+    python3 tools/trellis_reference.py DIR [--device cuda|cpu] [--image ../shared/fixtures/ghost_rgba.png]
+        [--seed 0] [--ss-steps N] [--slat-steps N] [--repeat 3] [--time-shims] [--json OUT]
+        [--ours OURS.jsonl]   (`splatforge generate --image … --json --repeat N` output: adds an
+        ours/official table per stage and runs our steps unless --ss-steps/--slat-steps say otherwise)
+CPU test (tiny models; the official Gaussian hard-codes CUDA, so on the CPU only its device is
+redirected, reported as cpu_only_patch):
+    splatforge models make-random --family trellis --size tiny /tmp/trellis-tiny
+    python3 tools/trellis_reference.py /tmp/trellis-tiny --device cpu --repeat 2 --json /tmp/ref.json
+On the GPU machine it runs from tools/gpu-suite.sh's `trellis-e2e` case (device call from
+/work/main with carry [".gpu-bin", ".whl", ".gpu-ref"]), which times `splatforge generate
+--image` on the same random-weight folder first and prints ours/theirs per stage.
+"""
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Read by the official attention modules and by dinov2 at import time.
+os.environ.setdefault("ATTN_BACKEND", "sdpa")
+os.environ.setdefault("XFORMERS_DISABLED", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "crates" / "trellis" / "scripts"))
+import official_shims  # noqa: E402
+
+STAGES = ["preprocess", "dinov2", "sparse_structure", "ss_decoder", "slat", "gs_decoder", "write"]
+GAUSSIAN_PATH = ["sparse_structure_flow_model", "sparse_structure_decoder", "slat_flow_model", "slat_decoder_gs"]
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def import_official(trellis_src, utils3d_src, report):
+    """The official TrellisImageTo3DPipeline with the shims in place."""
+    import importlib
+
+    official_shims.install_shims(report)
+    official_shims.install_plyfile_standin(report)
+    official_shims.install_rembg_stub()
+    sys.path.insert(0, str(utils3d_src))
+    sys.path.insert(0, str(trellis_src))
+    official_shims.skip_package_inits(trellis_src, [
+        "trellis", "trellis.pipelines", "trellis.models.structured_latent_vae", "trellis.representations"])
+    # What the skipped __init__s would have exported and the Gaussian path looks up by name:
+    # decoder_gs imports `Gaussian` from trellis.representations, trellis.models.from_pretrained
+    # resolves SLatGaussianDecoder through trellis.models.structured_latent_vae.
+    gaussian = importlib.import_module("trellis.representations.gaussian.gaussian_model")
+    sys.modules["trellis.representations"].Gaussian = gaussian.Gaussian
+    decoder_gs = importlib.import_module("trellis.models.structured_latent_vae.decoder_gs")
+    sys.modules["trellis.models.structured_latent_vae"].SLatGaussianDecoder = decoder_gs.SLatGaussianDecoder
+    return importlib.import_module("trellis.pipelines.trellis_image_to_3d").TrellisImageTo3DPipeline
+
+
+def gaussian_view(model_dir, view_dir, report):
+    """view_dir: model_dir's pipeline.json without the models `formats=['gaussian']` never calls,
+    the other files linked. Returns the pipeline args."""
+    config = json.loads((model_dir / "pipeline.json").read_text())
+    models = config["args"]["models"]
+    report["models_skipped"] = sorted(k for k in models if k not in GAUSSIAN_PATH)
+    config["args"]["models"] = {k: v for k, v in models.items() if k in GAUSSIAN_PATH}
+    (view_dir / "pipeline.json").write_text(json.dumps(config, indent=2))
+    for entry in model_dir.iterdir():
+        if entry.name != "pipeline.json":
+            (view_dir / entry.name).symlink_to(entry.resolve())
+    return config["args"]
+
+
+@contextlib.contextmanager
+def constructor_buffers_for_missing(filled):
+    """load_state_dict, taking persistent buffers a file lacks from the module itself (the stage-1
+    flow's `pos_emb`, which its constructor computes from the config); parameters and unexpected
+    names still fail as in the official strict load."""
+    original = torch.nn.Module.load_state_dict
+
+    def load(self, state_dict, *args, **kwargs):
+        buffers = dict(self.named_buffers())
+        missing = [k for k in self.state_dict() if k not in state_dict and k in buffers]
+        if missing:
+            filled.extend(f"{type(self).__name__}.{k}" for k in missing)
+            state_dict = {**state_dict, **{k: buffers[k] for k in missing}}
+        return original(self, state_dict, *args, **kwargs)
+
+    torch.nn.Module.load_state_dict = load
+    try:
+        yield
+    finally:
+        torch.nn.Module.load_state_dict = original
+
+
+@contextlib.contextmanager
+def local_dinov2(model_dir, dinov2_src):
+    """torch.hub.load for the pipeline's DINOv2, built from local sources and DIR's weights."""
+    original = torch.hub.load
+
+    def load(repo, name, *args, **kwargs):
+        assert repo == "facebookresearch/dinov2" and name == "dinov2_vitl14_reg", (repo, name)
+        return official_shims.build_dinov2(model_dir, dinov2_src)
+
+    torch.hub.load = load
+    try:
+        yield
+    finally:
+        torch.hub.load = original
+
+
+class StageTimer:
+    """Wraps pipeline methods so each call's synchronised wall time lands in `self.run[stage]`."""
+
+    def __init__(self, device):
+        self.device = device
+        self.run = {}
+        self.returned = {}
+
+    def wrap(self, owner, method, stage):
+        inner = getattr(owner, method)
+
+        def timed(*args, **kwargs):
+            sync(self.device)
+            start = time.perf_counter()
+            out = inner(*args, **kwargs)
+            sync(self.device)
+            self.run[stage] = self.run.get(stage, 0.0) + time.perf_counter() - start
+            self.returned[stage] = out
+            return out
+
+        # An instance attribute: the pipeline's own `self.method(...)` calls find it first.
+        setattr(owner, method, timed)
+
+
+def percentile(values, q):
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("models", type=Path, help="TRELLIS folder (official layout)")
+    ap.add_argument("--image", type=Path, default=ROOT.parent / "shared" / "fixtures" / "ghost_rgba.png")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ss-steps", type=int, help="stage-1 sampler steps (default: pipeline.json)")
+    ap.add_argument("--slat-steps", type=int, help="stage-2 sampler steps (default: pipeline.json)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs after one warm-up run")
+    ap.add_argument("--time-shims", action="store_true", help="add up the time inside the spconv / flash-attn shims (perturbs the stage times)")
+    ap.add_argument("--json", type=Path, help="write the report here")
+    ap.add_argument("--ours", type=Path, help="`splatforge generate --image --json --repeat N` output (one JSON line a run; "
+                    "the first is taken as its warm-up): print ours/theirs per stage, and run its steps unless given")
+    ap.add_argument("--trellis", type=Path, default=ROOT / ".gpu-ref" / "trellis-ref", help="folder holding the official trellis/")
+    ap.add_argument("--dinov2", type=Path, default=ROOT / ".gpu-ref" / "dinov2-ref", help="folder holding dinov2/")
+    ap.add_argument("--utils3d", type=Path, default=ROOT / ".gpu-ref" / "utils3d", help="folder holding utils3d/")
+    a = ap.parse_args()
+    assert a.repeat >= 1
+    device = torch.device(a.device)
+    ours = [json.loads(l) for l in a.ours.read_text().splitlines() if l.startswith("{")] if a.ours else None
+    if ours:
+        ours = ours[1:] or ours
+        a.ss_steps = a.ss_steps or ours[-1]["sparse_structure_sampler"]["steps"]
+        a.slat_steps = a.slat_steps or ours[-1]["slat_sampler"]["steps"]
+    model_dir = a.models.resolve()
+    report = {"models": str(model_dir), "image": str(a.image), "device": a.device,
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+              "torch": torch.__version__}
+
+    official_shims.TIME_SHIMS[0] = False
+    Pipeline = import_official(a.trellis.resolve(), a.utils3d.resolve(), report)
+    if device.type != "cuda":
+        # The official Gaussian assumes CUDA: device='cuda' by default (decoder_gs passes none) and
+        # `.cuda()` on its biases in setup_functions. For the CPU test run only, its constructor
+        # gets the run's device and `.cuda()` means `.to(device)` while it runs.
+        Gaussian = sys.modules["trellis.representations"].Gaussian
+        cuda_init = Gaussian.__init__
+
+        def cpu_init(self, *args, **kwargs):
+            tensor_cuda = torch.Tensor.cuda
+            torch.Tensor.cuda = lambda t, *_, **__: t.to(device)
+            try:
+                cuda_init(self, *args, **{**kwargs, "device": a.device})
+            finally:
+                torch.Tensor.cuda = tensor_cuda
+
+        Gaussian.__init__ = cpu_init
+        report["cpu_only_patch"] = "Gaussian built on the run's device (the official one hard-codes CUDA)"
+    official_shims.check_shims(a.device)
+    report["attention_dense"] = "torch SDPA (ATTN_BACKEND=sdpa)"
+    report["attention_dinov2"] = "dinov2 plain softmax attention (no xformers)"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        view = Path(tmp) / "model"
+        view.mkdir()
+        args = gaussian_view(model_dir, view, report)
+        filled = []
+        sync(device)
+        start = time.perf_counter()
+        with constructor_buffers_for_missing(filled), local_dinov2(model_dir, a.dinov2.resolve()):
+            pipeline = Pipeline.from_pretrained(str(view))
+        pipeline.to(device)
+        sync(device)
+        report["load_ms"] = (time.perf_counter() - start) * 1e3
+        report["buffers_from_constructor"] = filled
+        report["precision"] = {k: "fp16 torso (use_fp16)" if json.loads((model_dir / f"{v}.json").read_text())["args"].get("use_fp16") else "f32"
+                               for k, v in args["models"].items()}
+        report["precision"]["image_cond_model"] = "f32"
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+        timer = StageTimer(device)
+        for method, stage in [("preprocess_image", "preprocess"), ("get_cond", "dinov2"),
+                              ("sample_sparse_structure", "stage1_total"), ("sample_slat", "slat"),
+                              ("decode_slat", "gs_decoder")]:
+            timer.wrap(pipeline, method, stage)
+        timer.wrap(pipeline.sparse_structure_sampler, "sample", "sparse_structure")
+        ss_params = {} if a.ss_steps is None else {"steps": a.ss_steps}
+        slat_params = {} if a.slat_steps is None else {"steps": a.slat_steps}
+        report["sparse_structure_sampler"] = {**pipeline.sparse_structure_sampler_params, **ss_params}
+        report["slat_sampler"] = {**pipeline.slat_sampler_params, **slat_params}
+        image = Image.open(a.image)
+        image.load()
+        assert image.mode == "RGBA", f"{a.image}: {image.mode}; give an RGBA image (rembg is not available)"
+
+        runs = []
+        for i in range(a.repeat + 1):
+            timer.run = {}
+            official_shims.TIME_SHIMS[0] = a.time_shims and i > 0
+            official_shims.SHIM_SECONDS[0] = 0.0
+            official_shims.SHIM_SECONDS_BY_NAME.clear()
+            sync(device)
+            start = time.perf_counter()
+            out = pipeline.run(image, seed=a.seed + max(i - 1, 0), formats=["gaussian"],
+                               sparse_structure_sampler_params=ss_params, slat_sampler_params=slat_params)
+            gaussian = out["gaussian"][0]
+            t = time.perf_counter()
+            gaussian.save_ply(str(Path(tmp) / "out.ply"))
+            sync(device)
+            end = time.perf_counter()
+            stages = dict(timer.run)
+            stages["write"] = end - t
+            stages["ss_decoder"] = stages.pop("stage1_total") - stages["sparse_structure"]
+            run = {"seed": a.seed + max(i - 1, 0), "total_ms": (end - start) * 1e3,
+                   "stages_ms": {s: stages[s] * 1e3 for s in STAGES},
+                   "voxels": int(timer.returned["stage1_total"].shape[0]),
+                   "gaussians": int(gaussian.get_xyz.shape[0])}
+            if a.time_shims and i > 0:
+                run["shim_ms"] = official_shims.SHIM_SECONDS[0] * 1e3
+                run["shim_ms_by_call"] = {k: v * 1e3 for k, v in official_shims.SHIM_SECONDS_BY_NAME.items()}
+            (runs if i > 0 else report.setdefault("warm_up", [])).append(run)
+        official_shims.TIME_SHIMS[0] = False
+
+    report["runs"] = runs
+    summary = {}
+    for s in STAGES + ["total"]:
+        values = [r["total_ms"] if s == "total" else r["stages_ms"][s] for r in runs]
+        summary[s] = {"median_ms": float(np.median(values)), "p90_ms": percentile(values, 90)}
+    if a.time_shims:
+        values = [r["shim_ms"] for r in runs]
+        summary["in_shims"] = {"median_ms": float(np.median(values)), "p90_ms": percentile(values, 90)}
+    report["summary"] = summary
+    report["gaussians"] = runs[-1]["gaussians"]
+    report["voxels"] = runs[-1]["voxels"]
+    report["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    if a.json:
+        a.json.write_text(json.dumps(report, indent=1))
+
+    print(f"\nofficial TRELLIS on {report['device_name']} (torch {report['torch']}), {a.repeat} runs after a warm-up, "
+          f"load {report['load_ms']:.0f} ms, {report['gaussians']} Gaussians, "
+          f"peak {report['peak_memory_bytes'] / 2**20:.0f} MiB" if report["peak_memory_bytes"] is not None else
+          f"\nofficial TRELLIS on {report['device_name']} (torch {report['torch']}), {a.repeat} runs after a warm-up, "
+          f"load {report['load_ms']:.0f} ms, {report['gaussians']} Gaussians")
+    print(f"backends: conv {report['conv']}; sparse attention {report['attention']}; {report['attention_dense']}; "
+          f"{report['attention_dinov2']}; precision {report['precision']}; skipped {report['models_skipped']}")
+    print("\n| stage | median ms | p90 ms |\n|---|---:|---:|")
+    for s, v in summary.items():
+        print(f"| {s} | {v['median_ms']:.1f} | {v['p90_ms']:.1f} |")
+    if ours:
+        compare(ours, report)
+
+
+def compare(ours, report):
+    """ours/theirs per stage (medians), from our --json lines and this run's report."""
+    def ours_ms(stage):
+        # Ours writes the file on its last run only: its total is the median of the runs without
+        # the write, plus that one write (the official total includes save_ply on every run).
+        if stage == "total":
+            unwritten = [r["total_ms"] - r["stages_ms"].get("write", 0.0) for r in ours]
+            return float(np.median(unwritten)) + (ours_ms("write") or 0.0)
+        values = [r["stages_ms"][stage] for r in ours if stage in r["stages_ms"]]
+        return float(np.median(values)) if values else None
+
+    print(f"\nours: {len(ours)} runs on {ours[-1]['device']} (profile {ours[-1]['profile']}), {ours[-1]['voxels']} voxels, "
+          f"{ours[-1]['gaussians']} Gaussians; official: {report['voxels']} voxels, {report['gaussians']} Gaussians "
+          f"(random weights, different noise: counts differ)")
+    print("\n| stage | ours ms | official ms | ours/official |\n|---|---:|---:|---:|")
+    for stage in STAGES + ["total"]:
+        mine, theirs = ours_ms(stage), report["summary"][stage]["median_ms"]
+        ratio = f"{mine / theirs:.2f}" if mine is not None and theirs > 0 else "-"
+        print(f"| {stage} | {'-' if mine is None else f'{mine:.1f}'} | {theirs:.1f} | {ratio} |")
+    used = ours[-1].get("device_memory_used_bytes")
+    if used is not None and report["peak_memory_bytes"] is not None:
+        print(f"\nmemory: ours {used / 2**20:.0f} MiB in use on the device after the last run (whole process, driver view); "
+              f"official peak torch.cuda.max_memory_allocated {report['peak_memory_bytes'] / 2**20:.0f} MiB "
+              "(allocator view; add the CUDA context and allocator cache for the process footprint)")
+
+
+if __name__ == "__main__":
+    main()
