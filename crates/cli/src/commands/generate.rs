@@ -77,7 +77,7 @@ pub struct Args {
     /// cpu, cuda or cuda:N (default: the first GPU when built with CUDA, else the CPU).
     #[arg(long)]
     pub(super) device: Option<String>,
-    /// Also write the generated views and their alpha masks (PNG) to this folder (text → 3D).
+    /// Also write the generated views and their alpha masks (PNG) to this folder (text → 3D); with --image, the 518² RGBA cut-out the 3D stage sees (`cutout.png`).
     #[arg(long, value_name = "DIR")]
     pub(super) save_views: Option<PathBuf>,
     /// Print the resolved configuration (YAML) and exit.
