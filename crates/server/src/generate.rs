@@ -332,7 +332,7 @@ async fn handle_generation(
             tracker.job = Some(SubmittedJob { token, ticket });
             None
         }
-        Err((_, rejection)) => Some(rejection),
+        Err(rejection) => Some(rejection),
     };
     if let Some(rejection) = rejection {
         let e = match rejection {
