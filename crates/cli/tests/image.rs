@@ -135,6 +135,45 @@ fn tiny_trellis_turns_the_ghost_into_a_valid_ply() {
         assert!(report["stages_ms"][stage].is_number(), "{report}");
     }
     assert_eq!(std::fs::read(&ply).unwrap(), std::fs::read(&again).unwrap());
+
+    // --save-views with --image: the 518² RGBA cut-out the 3D stage saw. An opaque JPEG on
+    // white gets the plain-background matte: transparent margin, the opaque red disc centred.
+    let photo = dir.path().join("disc.jpg");
+    image::RgbImage::from_fn(96, 64, |x, y| {
+        let (dx, dy) = (x as f32 - 60.0, y as f32 - 30.0);
+        image::Rgb(if dx * dx + dy * dy < 400.0 {
+            [200, 30, 30]
+        } else {
+            [255, 255, 255]
+        })
+    })
+    .save(&photo)
+    .unwrap();
+    let views = dir.path().join("views");
+    let disc_ply = dir.path().join("disc.ply");
+    let out = splatforge(&[
+        "generate",
+        "--image",
+        s(&photo),
+        "-o",
+        s(&disc_ply),
+        "--models",
+        s(&models),
+        "--save-views",
+        s(&views),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(disc_ply.is_file());
+    let cutout = image::open(views.join("cutout.png")).unwrap();
+    assert_eq!(cutout.color(), image::ColorType::Rgba8);
+    let cutout = cutout.to_rgba8();
+    assert_eq!(cutout.dimensions(), (518, 518));
+    assert_eq!(cutout.get_pixel(5, 5).0[3], 0, "the margin is transparent");
+    let centre = cutout.get_pixel(259, 259).0;
+    assert!(
+        centre[3] == 255 && centre[0] > 150 && centre[1] < 80,
+        "{centre:?}"
+    );
 }
 
 #[test]

@@ -66,11 +66,34 @@ fn get(addr: SocketAddr, path: &str) -> Response {
 }
 
 fn post(addr: SocketAddr, content_type: &str, body: &[u8]) -> Response {
+    post_to(addr, "/generate/", content_type, body)
+}
+
+fn post_to(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> Response {
     let head = format!(
-        "POST /generate/ HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     request(addr, &[head.as_bytes(), body].concat())
+}
+
+/// A multipart body of `(name, file name, value)` parts.
+fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "splatforgecompetitionboundary";
+    let mut body = Vec::new();
+    for (name, file, value) in parts {
+        let file = file.map_or(String::new(), |f| format!("; filename=\"{f}\""));
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"{file}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(value);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
 /// A multipart body with the file field `image` and the text field `seed`.
@@ -97,6 +120,46 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+fn make_tiny_trellis(dir: &Path) -> std::path::PathBuf {
+    let models = dir.join("trellis");
+    let out = Command::new(env!("CARGO_BIN_EXE_splatforge"))
+        .args([
+            "models",
+            "make-random",
+            "--family",
+            "trellis",
+            "--size",
+            "tiny",
+        ])
+        .arg(&models)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    models
+}
+
+fn ghost() -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/ghost_rgba.png"),
+    )
+    .expect("the shared ghost fixture")
+}
+
+fn wait_healthy(addr: SocketAddr) {
+    let t0 = Instant::now();
+    while get(addr, "/health").status != 200 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "never became healthy"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -139,39 +202,12 @@ fn start(models: &Path) -> Server {
 #[test]
 fn tiny_trellis_behind_the_real_service() {
     let dir = tempfile::tempdir().unwrap();
-    let models = dir.path().join("trellis");
-    let out = Command::new(env!("CARGO_BIN_EXE_splatforge"))
-        .args([
-            "models",
-            "make-random",
-            "--family",
-            "trellis",
-            "--size",
-            "tiny",
-        ])
-        .arg(&models)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ghost = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/ghost_rgba.png"),
-    )
-    .expect("the shared ghost fixture");
+    let models = make_tiny_trellis(dir.path());
+    let ghost = ghost();
 
     let server = start(&models);
     let addr = server.addr;
-    let t0 = Instant::now();
-    while get(addr, "/health").status != 200 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "never became healthy"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_healthy(addr);
     let version = get(addr, "/version");
     assert!(String::from_utf8_lossy(&version.body).contains("trellis:image-development"));
 
@@ -250,5 +286,187 @@ fn tiny_trellis_behind_the_real_service() {
             "no {stage} in\n{metrics}"
         );
     }
+    drop(server);
+}
+
+/// A multipart part that owns its value: name, file name, bytes.
+type Part = (&'static str, Option<&'static str>, Vec<u8>);
+
+/// CRC-32 (PNG chunks), to forge a valid header.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Issue 13, item 4: 404's competition 0 API on an image server. `POST /generate` with the
+/// multipart file `prompt_image_file` and `seed` answers the binary PLY, the same bytes for
+/// the same seed, turned Y-up (the three-gen `/generate/` answer is `save_ply`'s Y-down
+/// frame: the same splat with y and z negated); bad inputs get a 4xx JSON error and the
+/// server stays healthy.
+#[test]
+fn competition_generate_takes_prompt_image_file_and_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = make_tiny_trellis(dir.path());
+    let ghost = ghost();
+    let server = start(&models);
+    let addr = server.addr;
+    wait_healthy(addr);
+
+    let generate = |parts: &[(&str, Option<&str>, &[u8])]| {
+        let (content_type, body) = multipart(parts);
+        post_to(addr, "/generate", &content_type, &body)
+    };
+    let ok = |r: &Response| {
+        assert_eq!(
+            r.status,
+            200,
+            "{}\n{}",
+            r.head,
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(r
+            .head
+            .to_ascii_lowercase()
+            .contains("content-type: application/octet-stream"));
+        assert!(r.body.starts_with(b"ply\n"));
+    };
+    let first = generate(&[
+        ("prompt_image_file", Some("prompt.jpg"), &ghost),
+        ("seed", None, b"7"),
+    ]);
+    ok(&first);
+    let again = generate(&[
+        ("seed", None, b"7"),
+        ("prompt_image_file", Some("prompt.png"), &ghost),
+    ]);
+    ok(&again);
+    assert_eq!(first.body, again.body, "the same seed gives the same bytes");
+    let y_up = read_splat_bytes(&first.body).unwrap();
+    let (content_type, body) =
+        multipart(&[("image", Some("ghost.png"), &ghost), ("seed", None, b"7")]);
+    let subnet = post(addr, &content_type, &body);
+    assert_eq!(
+        subnet.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&subnet.body)
+    );
+    let y_down = read_splat_bytes(&subnet.body).unwrap();
+    assert_eq!(y_up.len(), y_down.len());
+    assert!(!y_up.is_empty());
+    for (u, d) in y_up.means.iter().zip(&y_down.means) {
+        assert_eq!(*u, [d[0], -d[1], -d[2]]);
+    }
+
+    // A PNG header claiming 20000² (no pixel data).
+    let mut huge = Vec::new();
+    image::RgbaImage::new(1, 1)
+        .write_to(
+            &mut std::io::Cursor::new(&mut huge),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    huge[16..24].copy_from_slice(&[20000u32.to_be_bytes(), 20000u32.to_be_bytes()].concat());
+    let crc = crc32(&huge[12..29]);
+    huge[29..33].copy_from_slice(&crc.to_be_bytes());
+    // Two frames: an animation.
+    let mut gif = Vec::new();
+    let frame = |v: u8| {
+        image::Frame::new(image::RgbaImage::from_pixel(
+            8,
+            8,
+            image::Rgba([v, v, v, 255]),
+        ))
+    };
+    image::codecs::gif::GifEncoder::new(&mut gif)
+        .encode_frames(vec![frame(10), frame(200)])
+        .unwrap();
+    let file = |bytes: &[u8]| {
+        vec![
+            ("prompt_image_file", Some("p.png"), bytes.to_vec()),
+            ("seed", None, b"1".to_vec()),
+        ]
+    };
+    let cases: Vec<(&str, Vec<Part>, &str)> = vec![
+        (
+            "not an image",
+            file(b"hello, not a picture"),
+            "image format",
+        ),
+        ("empty", file(b""), "empty"),
+        (
+            "truncated PNG",
+            file(&ghost[..ghost.len() / 2]),
+            "cannot decode",
+        ),
+        ("20000² header", file(&huge), "16384"),
+        ("animated GIF", file(&gif), "animated"),
+        (
+            "no image",
+            vec![("seed", None, b"1".to_vec())],
+            "prompt_image_file",
+        ),
+        (
+            "no seed",
+            vec![("prompt_image_file", Some("p.png"), ghost.clone())],
+            "seed",
+        ),
+        (
+            "seed not an integer",
+            vec![
+                ("prompt_image_file", Some("p.png"), ghost.clone()),
+                ("seed", None, b"1.5".to_vec()),
+            ],
+            "seed must be an integer",
+        ),
+    ];
+    for (what, parts, needle) in cases {
+        let parts: Vec<(&str, Option<&str>, &[u8])> = parts
+            .iter()
+            .map(|(n, f, v)| (*n, *f, v.as_slice()))
+            .collect();
+        let r = generate(&parts);
+        let body: serde_json::Value = serde_json::from_slice(&r.body)
+            .unwrap_or_else(|_| panic!("{what}: not JSON: {}", String::from_utf8_lossy(&r.body)));
+        assert_eq!(r.status, 400, "{what}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(needle),
+            "{what}: {body}"
+        );
+        assert_eq!(get(addr, "/health").status, 200, "healthy after {what}");
+    }
+
+    // 60 MB announced: 413 from the Content-Length alone, before the body is read.
+    let head = format!(
+        "POST /generate HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: multipart/form-data; boundary=x\r\nContent-Length: {}\r\n\r\n--x\r\n",
+        60 << 20
+    );
+    let t0 = Instant::now();
+    let r = request(addr, head.as_bytes());
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["kind"], "payload_too_large");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+
+    // Still serving: the same answer as before.
+    ok(&generate(&[
+        ("prompt_image_file", Some("prompt.jpg"), &ghost),
+        ("seed", None, b"7"),
+    ]));
+    let metrics = String::from_utf8_lossy(&get(addr, "/metrics").body).into_owned();
+    assert!(
+        metrics.contains("splatforge_http_requests_total{endpoint=\"/generate\",outcome=\"ok\"} 3"),
+        "{metrics}"
+    );
     drop(server);
 }

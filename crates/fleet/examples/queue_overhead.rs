@@ -134,6 +134,7 @@ fn main() {
                     prompt: format!("job {i}"),
                     seed: None,
                     image: None,
+                    y_up: false,
                 },
                 &CancelToken::new(),
             )

@@ -409,6 +409,7 @@ fn generate(generator: &dyn Generator, request: &JobRequest, token: &CancelToken
                 prompt: request.prompt.clone(),
                 seed: request.seed,
                 image: None,
+                y_up: false,
             },
             token,
         )?;

@@ -1,15 +1,67 @@
-//! The generation routes (`POST /generate/`, `/generate_video/`, and the
-//! competition `/generate`): parse the request, queue the job, follow it
+//! The generation routes (`POST /generate/`, `/generate_video/`, and 404's
+//! competition `/generate` on an image server): parse the request, queue the job, follow it
 //! (timeout, client disconnect, shutdown) and answer with the splat.
 
 use super::*;
+
+/// What a generation route takes and answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// The three-gen-subnet miner's `/generate/`: a splat.
+    Splat,
+    /// `/generate_video/`: a turntable.
+    Video,
+    /// 404's competition 0 `/generate` (see [`competition_request`]).
+    Competition,
+}
+
+impl Route {
+    /// The route's name in metrics.
+    fn endpoint(self) -> &'static str {
+        match self {
+            Route::Splat => "/generate/",
+            Route::Video => "/generate_video/",
+            Route::Competition => "/generate",
+        }
+    }
+}
 
 pub(crate) async fn generate(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    handle_generation(app, "/generate/", headers, body, false).await
+    handle_generation(app, Route::Splat, headers, body).await
+}
+
+/// `POST /generate` (no slash): 404's competition API on an image server, the same as
+/// `/generate/` on a text server (the competition takes images only).
+pub(crate) async fn generate_bare(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let route = competition_or_splat(&app.config);
+    handle_generation(app, route, headers, body).await
+}
+
+fn competition_or_splat(config: &ServerConfig) -> Route {
+    match config.input {
+        RequestInput::Image => Route::Competition,
+        RequestInput::Text => Route::Splat,
+    }
+}
+
+/// The metrics name of a request to `path` (for answers made before the handler runs).
+pub(crate) fn endpoint_of(path: &str, config: &ServerConfig) -> &'static str {
+    if path.starts_with("/generate_video") {
+        Route::Video
+    } else if path == "/generate" {
+        competition_or_splat(config)
+    } else {
+        Route::Splat
+    }
+    .endpoint()
 }
 
 pub(crate) async fn generate_video(
@@ -17,7 +69,56 @@ pub(crate) async fn generate_video(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    handle_generation(app, "/generate_video/", headers, body, true).await
+    handle_generation(app, Route::Video, headers, body).await
+}
+
+/// Refused before queueing: no bytes, or bytes of no known image format.
+fn check_image(bytes: &[u8]) -> Result<(), ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("the image is empty"));
+    }
+    if image::guess_format(bytes).is_err() {
+        return Err(ApiError::bad_request(
+            "the image is not in a known image format (send PNG, JPEG, WebP or GIF)",
+        ));
+    }
+    Ok(())
+}
+
+/// 404's competition 0 request (`Competitions/competition0.md` in 404-Repo/404-gen-subnet:
+/// `prompt_image_file: UploadFile = File(...)`, `seed: int = Form()`): the image as the file
+/// field `prompt_image_file` and an integer `seed`, both required. The answer is the binary
+/// PLY, Y-up. A negative seed (Python's `int` allows it) is taken modulo 2^64.
+fn competition_request(form: &form::Form) -> Result<(GenerationRequest, OutputSpec), ApiError> {
+    let image = form.bytes("prompt_image_file")?.ok_or_else(|| {
+        ApiError::bad_request("missing file field 'prompt_image_file' (the image)")
+    })?;
+    check_image(image)?;
+    let seed = form
+        .number("seed")?
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::bad_request("missing form field 'seed' (an integer)"))?;
+    let seed = seed
+        .parse::<u64>()
+        .or_else(|_| seed.parse::<i64>().map(|s| s as u64))
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "seed must be an integer in -2^63..2^64, got '{seed}'"
+            ))
+        })?;
+    Ok((
+        GenerationRequest {
+            prompt: String::new(),
+            seed: Some(seed),
+            image: Some(Arc::new(image.to_vec())),
+            y_up: true,
+        },
+        OutputSpec::Splat {
+            format: SplatFormat::Ply,
+            encoding: Encoding::Binary,
+        },
+    ))
 }
 
 /// The text prompt of a request to a text server.
@@ -75,22 +176,19 @@ fn image_input(form: &form::Form) -> Result<Vec<u8>, ApiError> {
             "missing image: send a file field 'image' or the image's bytes in base64 in 'prompt'",
         )),
     };
-    if bytes.is_empty() {
-        return Err(ApiError::bad_request("the image is empty"));
-    }
-    if image::guess_format(&bytes).is_err() {
-        return Err(ApiError::bad_request(
-            "the image is not in a known image format (send PNG)",
-        ));
-    }
+    check_image(&bytes)?;
     Ok(bytes)
 }
 
 fn parse_request(
     form: &form::Form,
-    video: bool,
+    route: Route,
     config: &ServerConfig,
 ) -> Result<(GenerationRequest, OutputSpec), ApiError> {
+    if route == Route::Competition {
+        return competition_request(form);
+    }
+    let video = route == Route::Video;
     let (prompt, image) = match config.input {
         RequestInput::Text => (text_prompt(form)?, None),
         RequestInput::Image => (String::new(), Some(Arc::new(image_input(form)?))),
@@ -190,6 +288,7 @@ fn parse_request(
             prompt,
             seed,
             image,
+            y_up: false,
         },
         output,
     ))
@@ -197,12 +296,11 @@ fn parse_request(
 
 async fn handle_generation(
     app: Arc<App>,
-    endpoint: &'static str,
+    route: Route,
     headers: HeaderMap,
     body: Body,
-    video: bool,
 ) -> Response {
-    let mut tracker = Tracker::new(&app, endpoint);
+    let mut tracker = Tracker::new(&app, route.endpoint());
     let config = &app.config;
     let parsed = match form::read_form(
         &headers,
@@ -212,7 +310,7 @@ async fn handle_generation(
     )
     .await
     {
-        Ok(form) => parse_request(&form, video, &app.config),
+        Ok(form) => parse_request(&form, route, &app.config),
         Err(e) => Err(e),
     };
     let (request, output) = match parsed {
@@ -234,7 +332,7 @@ async fn handle_generation(
             tracker.job = Some(SubmittedJob { token, ticket });
             None
         }
-        Err((_, rejection)) => Some(rejection),
+        Err(rejection) => Some(rejection),
     };
     if let Some(rejection) = rejection {
         let e = match rejection {

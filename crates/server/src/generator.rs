@@ -25,6 +25,11 @@ pub struct GenerationRequest {
     /// The image file's bytes (PNG, GIF, …, as sent) on an image server; `None` on a text
     /// server. Shared, so that a queued job stays small and clones do not copy the image.
     pub image: Option<Arc<Vec<u8>>>,
+    /// The client needs the object's up along +Y (404's competition API, whose miners'
+    /// files must show upright in SuperSplat). `false` leaves the generator's own frame: Y-up
+    /// for the text pipeline, `save_ply`'s Y-down for TRELLIS (what the older subnet's
+    /// TRELLIS miners sent on `/generate/`).
+    pub y_up: bool,
 }
 
 /// A finished generation.

@@ -53,7 +53,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 use connections::{serve_connections, ConnectionLimits};
 pub use extension::{ExtensionHealth, ServiceExtension};
-use generate::{generate, generate_video};
+use generate::{endpoint_of, generate, generate_bare, generate_video};
 pub use generator::{
     CancelToken, DeviceMemory, Generation, GenerationError, GenerationRequest, Generator,
     GeneratorFactory,
@@ -431,7 +431,10 @@ fn router(app: Arc<App>) -> Router {
     let extra = app.extension.as_ref().map(|e| e.routes());
     let router = Router::new()
         .route("/generate/", post(generate).fallback(method_not_allowed))
-        .route("/generate", post(generate).fallback(method_not_allowed))
+        .route(
+            "/generate",
+            post(generate_bare).fallback(method_not_allowed),
+        )
         .route(
             "/generate_video/",
             post(generate_video).fallback(method_not_allowed),
@@ -465,11 +468,7 @@ async fn json_body_limit_answer(
     request: Request,
     next: Next,
 ) -> Response {
-    let endpoint = if request.uri().path().starts_with("/generate_video") {
-        "/generate_video/"
-    } else {
-        "/generate/"
-    };
+    let endpoint = endpoint_of(request.uri().path(), &app.config);
     let response = next.run(request).await;
     let is_json = response
         .headers()

@@ -304,13 +304,14 @@ impl Pool {
             .find_map(|d| d.generator().map(|g| g.name().to_string()))
     }
 
-    /// Queues a job on the least loaded ready device with room.
-    pub fn submit(&self, mut job: Job) -> Result<Ticket, (Job, Rejection)> {
+    /// Queues a job on the least loaded ready device with room; a rejected job is dropped
+    /// (its requester answers from the [`Rejection`]).
+    pub fn submit(&self, mut job: Job) -> Result<Ticket, Rejection> {
         if self.is_draining() {
-            return Err((job, Rejection::ShuttingDown));
+            return Err(Rejection::ShuttingDown);
         }
         if !self.is_ready() {
-            return Err((job, Rejection::NotReady));
+            return Err(Rejection::NotReady);
         }
         let mut order: Vec<&Arc<Device>> = self.devices.iter().collect();
         order.sort_by(|a, b| {
@@ -335,7 +336,7 @@ impl Pool {
             .map(|d| d.retry_after_secs())
             .min()
             .unwrap_or(5);
-        Err((job, Rejection::QueueFull { retry_after_secs }))
+        Err(Rejection::QueueFull { retry_after_secs })
     }
 
     /// Takes a job that no one waits for any more out of its queue, freeing

@@ -120,6 +120,23 @@ pub fn convert_up_axis(g: &mut Gaussians, from: UpAxis, to: UpAxis) {
         ),
         _ => return,
     };
+    rotate(g, r, q);
+}
+
+/// Turns a Y-down splat upright: 180° about X, (x, y, z) → (x, −y, −z). TRELLIS' `save_ply`
+/// frame is Y-down (its Z-up turned by (x, y, z) → (x, −z, y)); 404's competition wants the
+/// object's up along +Y, as SuperSplat shows it. A proper rotation (not a mirror), so
+/// rotations and SH turn with it and nothing is reflected.
+pub fn y_down_to_y_up(g: &mut Gaussians) {
+    rotate(
+        g,
+        [[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]],
+        [0.0, 1.0, 0.0, 0.0],
+    );
+}
+
+/// Turns means by `r`, rotations by the quaternion `q` (the same rotation) and SH with them.
+fn rotate(g: &mut Gaussians, r: [[f32; 3]; 3], q: [f32; 4]) {
     for m in &mut g.means {
         *m = std::array::from_fn(|a| (0..3).map(|b| r[a][b] * m[b]).sum());
     }
@@ -240,6 +257,37 @@ mod tests {
             let dot: f32 = q.iter().zip(p).map(|(a, b)| a * b).sum();
             let nn: f32 = p.iter().map(|v| v * v).sum();
             assert!((dot.abs() - nn).abs() < 1e-4);
+        }
+    }
+
+    /// TRELLIS' `save_ply` frame turned upright equals the Z-up → Y-up turn of the model's
+    /// own frame: `save_ply`'s (x, −z, y) is `convert_up_axis(Y, Z)`, and
+    /// [`y_down_to_y_up`] after it gives what `convert_up_axis(Z, Y)` gives directly. Fails
+    /// if the turn were a mirror (y → −y alone) or the wrong axis.
+    #[test]
+    fn save_ply_frame_turned_upright_is_y_up() {
+        let mut z_up = sample(20, 3);
+        z_up.means[0] = [0.1, 0.2, 1.0];
+        let mut upright = z_up.clone();
+        convert_up_axis(&mut upright, UpAxis::Z, UpAxis::Y);
+        let mut ply = z_up.clone();
+        convert_up_axis(&mut ply, UpAxis::Y, UpAxis::Z);
+        assert!(
+            (ply.means[0][1] + 1.0).abs() < 1e-6,
+            "save_ply's frame is Y-down"
+        );
+        y_down_to_y_up(&mut ply);
+        assert!((ply.means[0][1] - 1.0).abs() < 1e-6, "up is +Y");
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4);
+        assert!(close(
+            ply.means.as_flattened(),
+            upright.means.as_flattened()
+        ));
+        assert!(close(&ply.sh_rest, &upright.sh_rest));
+        for (q, p) in ply.rotations.iter().zip(&upright.rotations) {
+            let dot: f32 = q.iter().zip(p).map(|(a, b)| a * b).sum();
+            let nn: f32 = p.iter().map(|v| v * v).sum();
+            assert!((dot.abs() - nn).abs() < 1e-4, "{q:?} vs {p:?}");
         }
     }
 }

@@ -42,12 +42,13 @@ use splatforge_splat::Gaussians;
 use crate::config::{bad_file, checkpoint_weights, write_checkpoint, Checkpoint, PipelineConfig};
 use crate::dinov2::{Dinov2Config, DINOV2_HUB_CHECKPOINT};
 use crate::gs_decoder::{self, GaussianDecoder, GaussianDecoderConfig};
+use crate::preprocess::on_black;
 use crate::sampler::SamplerParams;
 use crate::slat_flow::{self, denormalize_slat, SLatFlowConfig, SLatFlowModel, SlatVelocity};
 use crate::sparse::SparseTensor;
 use crate::ss_decoder::SparseStructureDecoderConfig;
 use crate::ss_flow::SparseStructureFlowConfig;
-use crate::stage1::{prepare, stage1_configs, write_random_stage1, ModelSize, Stage1};
+use crate::stage1::{prepare_cutout, stage1_configs, write_random_stage1, ModelSize, Stage1};
 use crate::{Result, TrellisError};
 
 /// The stages of one run, in order.
@@ -148,8 +149,13 @@ pub struct TrellisRequest {
 /// A finished run.
 #[derive(Debug, Clone)]
 pub struct TrellisOutput {
-    /// `save_ply`'s Gaussians (Y-up, TRELLIS' unit cube).
+    /// `save_ply`'s Gaussians in TRELLIS' unit cube, in `save_ply`'s frame: TRELLIS' Z-up
+    /// turned by `(x, y, z)` → `(x, −z, y)`, so the object's up is −Y (Y-down, the frame
+    /// 404's older subnet used; [`splatforge_splat::normalize::y_down_to_y_up`] turns it
+    /// upright for Y-up consumers).
     pub gaussians: Gaussians,
+    /// The 518² RGBA cut-out the conditioning saw (before its colour went on black).
+    pub cutout: RgbaImage,
     /// Occupied voxels of the sparse structure.
     pub voxels: usize,
     /// The sampler parameters each stage ran with.
@@ -347,7 +353,8 @@ impl TrellisImageTo3d {
         };
 
         clock.start(TrellisStage::Preprocess, 0)?;
-        let prepared = prepare(image)?;
+        let cutout = prepare_cutout(image)?;
+        let prepared = on_black(&cutout);
         clock.finish()?;
 
         clock.start(TrellisStage::Dinov2, 0)?;
@@ -393,6 +400,7 @@ impl TrellisImageTo3d {
 
         Ok(TrellisOutput {
             gaussians,
+            cutout,
             voxels: coords.len(),
             sparse_structure_params: ss_params,
             slat_params,

@@ -32,42 +32,80 @@ pub const MAX_IMAGE_SIDE: u32 = 16384;
 const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// Decodes an 8-bit PNG (or GIF) into RGBA; grey and RGB images become opaque RGBA.
-/// Refused with a clear error: empty input, unknown formats, sides above
-/// [`MAX_IMAGE_SIDE`], 16-bit or float samples.
+/// Decodes an image file into the RGBA the preprocessing reads: PNG (8- or 16-bit, palette,
+/// grey), JPEG (RGB, grey, CMYK/YCCK: converted to RGB by the decoder), WebP and GIF, turned
+/// upright by the file's EXIF orientation; grey and RGB images become opaque RGBA, 16-bit
+/// samples are rounded to 8 bits. Refused with a clear error: empty input, unknown formats,
+/// sides above [`MAX_IMAGE_SIDE`] (from the header, before any pixel is allocated), and
+/// animations (animated GIF, PNG or WebP: which frame shows the object is a guess we do not
+/// make for the client).
 pub fn decode_image(bytes: &[u8]) -> Result<RgbaImage> {
+    use image::{AnimationDecoder, ImageDecoder, ImageFormat};
     let bad = |m: String| TrellisError::InvalidArgument(format!("image: {m}"));
+    const SUPPORTED: &str = "PNG, JPEG, WebP or GIF";
     if bytes.is_empty() {
         return Err(bad("the input is empty".into()));
     }
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| bad(format!("cannot read: {e}")))?;
-    if reader.format().is_none() {
-        return Err(bad(
-            "not an image in a supported format (8-bit PNG or GIF)".into()
-        ));
-    }
+    let format = match reader.format() {
+        Some(f @ (ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP | ImageFormat::Gif)) => {
+            f
+        }
+        Some(other) => {
+            return Err(bad(format!(
+                "{other:?} images are not supported ({SUPPORTED})"
+            )))
+        }
+        None => {
+            return Err(bad(format!(
+                "not an image in a supported format ({SUPPORTED})"
+            )))
+        }
+    };
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(4 * u64::from(MAX_IMAGE_SIDE) * u64::from(MAX_IMAGE_SIDE));
-    reader.limits(limits);
-    let image = reader.decode().map_err(|e| {
+    let cannot = |e: image::ImageError| {
         bad(format!(
-            "cannot decode ({e}); images up to {MAX_IMAGE_SIDE}² in 8-bit PNG or GIF are supported"
+            "cannot decode ({e}); images up to {MAX_IMAGE_SIDE}² in {SUPPORTED} are supported"
         ))
-    })?;
-    match image {
-        DynamicImage::ImageRgba8(rgba) => Ok(rgba),
-        DynamicImage::ImageRgb8(_) | DynamicImage::ImageLuma8(_) | DynamicImage::ImageLumaA8(_) => {
-            Ok(image.to_rgba8())
+    };
+    let animated = match format {
+        ImageFormat::Gif => {
+            let mut gif =
+                image::codecs::gif::GifDecoder::new(Cursor::new(bytes)).map_err(cannot)?;
+            gif.set_limits(limits.clone()).map_err(cannot)?;
+            // A second frame makes it an animation; decoding stops there.
+            gif.into_frames().take(2).count() > 1
         }
-        other => Err(bad(format!(
-            "{:?} samples are not supported: save the image with 8 bits per channel",
-            other.color()
-        ))),
+        ImageFormat::Png => image::codecs::png::PngDecoder::new(Cursor::new(bytes))
+            .and_then(|png| png.is_apng())
+            .map_err(cannot)?,
+        ImageFormat::WebP => image::codecs::webp::WebPDecoder::new(Cursor::new(bytes))
+            .map_err(cannot)?
+            .has_animation(),
+        _ => false,
+    };
+    if animated {
+        return Err(bad(format!(
+            "animated {format:?} images are not supported: send a still image"
+        )));
     }
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(cannot)?;
+    // A file whose EXIF block does not parse is shown as stored, as viewers do.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(cannot)?;
+    image.apply_orientation(orientation);
+    Ok(match image {
+        DynamicImage::ImageRgba8(rgba) => rgba,
+        other => other.to_rgba8(),
+    })
 }
 
 /// Whether any pixel is not fully opaque (TRELLIS then uses the alpha as given).
@@ -107,6 +145,12 @@ pub fn plain_background_alpha(image: &RgbaImage, tolerance: u8) -> RgbaImage {
 /// TRELLIS' `preprocess_image` for an image with alpha: crop around the object, 518²
 /// Lanczos, colour premultiplied on black → 518² RGB.
 pub fn preprocess(image: &RgbaImage) -> Result<RgbImage> {
+    Ok(on_black(&cutout(image)?))
+}
+
+/// Steps 2 and 3 of `preprocess_image` for an image with alpha: the 518² RGBA cut-out around
+/// the object (what `--save-views` writes: the picture the 3D stage sees, before step 4).
+pub fn cutout(image: &RgbaImage) -> Result<RgbaImage> {
     let (x0, y0, x1, y1) = object_box(image)?;
     let crop = crop_transparent(image, x0, y0, x1, y1);
     if crop.width() == 0 || crop.height() == 0 {
@@ -114,16 +158,20 @@ pub fn preprocess(image: &RgbaImage) -> Result<RgbImage> {
             "image: the object is a single pixel wide; nothing to crop".into(),
         ));
     }
-    let resized = resize_rgba_lanczos(&crop, CONDITION_SIZE, CONDITION_SIZE);
-    let mut out = RgbImage::new(CONDITION_SIZE, CONDITION_SIZE);
-    for (o, p) in out.pixels_mut().zip(resized.pixels()) {
+    Ok(resize_rgba_lanczos(&crop, CONDITION_SIZE, CONDITION_SIZE))
+}
+
+/// Step 4 of `preprocess_image`: colour premultiplied on black, as TRELLIS computes it.
+pub fn on_black(cutout: &RgbaImage) -> RgbImage {
+    let mut out = RgbImage::new(cutout.width(), cutout.height());
+    for (o, p) in out.pixels_mut().zip(cutout.pixels()) {
         let a = p.0[3] as f32 / 255.0;
         for c in 0..3 {
             // float32: c/255 · a/255, ·255, truncated by astype(uint8).
             o.0[c] = ((p.0[c] as f32 / 255.0) * a * 255.0) as u8;
         }
     }
-    Ok(out)
+    out
 }
 
 /// `image` (518² RGB) → `[1, 3, 518, 518]` f32 on `device`, ImageNet-normalised.
@@ -349,8 +397,8 @@ mod tests {
         let msg = |r: Result<RgbaImage>| r.unwrap_err().to_string();
         assert!(msg(decode_image(&[])).contains("empty"));
         assert!(msg(decode_image(b"definitely not a picture")).contains("not an image"));
-        let rgb16 = DynamicImage::ImageRgb16(image::ImageBuffer::new(4, 4));
-        assert!(msg(decode_image(&png(&rgb16))).contains("8 bits"));
+        let ghost = png(&DynamicImage::ImageRgba8(RgbaImage::new(64, 64)));
+        assert!(msg(decode_image(&ghost[..ghost.len() / 2])).contains("cannot decode"));
         // A PNG header claiming 20000² (no pixel data): refused from the header.
         let mut header = Vec::new();
         image::codecs::png::PngEncoder::new(&mut header)
@@ -371,6 +419,108 @@ mod tests {
         let decoded = decode_image(&png(&grey)).unwrap();
         assert_eq!(decoded.get_pixel(2, 1).0, [7, 7, 7, 255]);
         assert!(!has_alpha(&decoded));
+    }
+
+    fn data(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    fn near(got: [u8; 4], want: [u8; 4]) -> bool {
+        got.iter().zip(want).all(|(g, w)| g.abs_diff(w) <= 12)
+    }
+
+    #[test]
+    fn sixteen_bit_palette_cmyk_and_webp_images_decode() {
+        // 16-bit RGBA: rounded to 8 bits, alpha kept.
+        let rgba16 = DynamicImage::ImageRgba16(image::ImageBuffer::from_fn(3, 2, |x, _| {
+            image::Rgba([0xffff, 0x8080, 0, if x == 0 { 0 } else { 0xffff }])
+        }));
+        let decoded = decode_image(&png(&rgba16)).unwrap();
+        assert_eq!(decoded.get_pixel(0, 0).0, [255, 128, 0, 0]);
+        assert_eq!(decoded.get_pixel(2, 1).0, [255, 128, 0, 255]);
+        // A palette PNG with a transparent index: its alpha is real.
+        let palette = decode_image(&data("palette.png")).unwrap();
+        assert_eq!(palette.dimensions(), (12, 12));
+        assert_eq!(palette.get_pixel(0, 0).0[3], 0);
+        assert_eq!(palette.get_pixel(5, 5).0, [200, 40, 40, 255]);
+        assert!(has_alpha(&palette));
+        // CMYK JPEG (Pillow's, Adobe marker): converted to RGB by the decoder, not refused.
+        let cmyk = decode_image(&data("cmyk.jpg")).unwrap();
+        assert_eq!(cmyk.dimensions(), (16, 8));
+        assert!(
+            near(cmyk.get_pixel(2, 2).0, [220, 30, 30, 255]),
+            "{:?}",
+            cmyk.get_pixel(2, 2)
+        );
+        assert!(
+            near(cmyk.get_pixel(13, 5).0, [30, 30, 220, 255]),
+            "{:?}",
+            cmyk.get_pixel(13, 5)
+        );
+        // Lossless WebP with alpha: exactly the pixels.
+        let im = RgbaImage::from_fn(5, 4, |x, y| {
+            Rgba([x as u8 * 40, y as u8 * 50, 7, (x * y * 20) as u8])
+        });
+        let mut webp = Vec::new();
+        image::codecs::webp::WebPEncoder::new_lossless(&mut webp)
+            .write_image(im.as_raw(), 5, 4, image::ExtendedColorType::Rgba8)
+            .unwrap();
+        assert_eq!(decode_image(&webp).unwrap(), im);
+    }
+
+    #[test]
+    fn exif_orientation_turns_the_picture_upright() {
+        // 16×8, left half red, right half blue, stored with EXIF orientation 6 ("rotate 90°
+        // clockwise to display"): shown 8×16, red on top.
+        let im = image::RgbImage::from_fn(16, 8, |x, _| {
+            image::Rgb(if x < 8 { [230, 20, 20] } else { [20, 20, 230] })
+        });
+        // A little-endian TIFF header and one IFD entry: tag 0x0112 (Orientation), SHORT, 6.
+        let exif: Vec<u8> = [
+            &b"II*\0"[..],
+            &8u32.to_le_bytes(),
+            &1u16.to_le_bytes(),
+            &[0x12, 0x01, 3, 0],
+            &1u32.to_le_bytes(),
+            &[6, 0, 0, 0],
+            &0u32.to_le_bytes(),
+        ]
+        .concat();
+        let mut jpeg = Vec::new();
+        let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95);
+        encoder.set_exif_metadata(exif).unwrap();
+        encoder
+            .write_image(im.as_raw(), 16, 8, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let upright = decode_image(&jpeg).unwrap();
+        assert_eq!(upright.dimensions(), (8, 16));
+        assert!(
+            near(upright.get_pixel(4, 2).0, [230, 20, 20, 255]),
+            "{:?}",
+            upright.get_pixel(4, 2)
+        );
+        assert!(
+            near(upright.get_pixel(4, 13).0, [20, 20, 230, 255]),
+            "{:?}",
+            upright.get_pixel(4, 13)
+        );
+    }
+
+    #[test]
+    fn animated_gifs_are_refused_and_still_ones_decode() {
+        use image::codecs::gif::GifEncoder;
+        let frame = |v: u8| image::Frame::new(RgbaImage::from_pixel(6, 6, Rgba([v, v, v, 255])));
+        let gif = |frames: Vec<image::Frame>| {
+            let mut bytes = Vec::new();
+            GifEncoder::new(&mut bytes).encode_frames(frames).unwrap();
+            bytes
+        };
+        let e = decode_image(&gif(vec![frame(10), frame(200)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("animated") && e.contains("still image"), "{e}");
+        let still = decode_image(&gif(vec![frame(10)])).unwrap();
+        assert_eq!(still.get_pixel(3, 3).0, [10, 10, 10, 255]);
     }
 
     /// CRC-32 (PNG chunks), to forge a valid header.

@@ -23,7 +23,7 @@ use crate::config::{
     PipelineConfig,
 };
 use crate::dinov2::{Dinov2, Dinov2Config, DINOV2_HUB_CHECKPOINT};
-use crate::preprocess::{dinov2_pixels, has_alpha, plain_background_alpha, preprocess};
+use crate::preprocess::{cutout, dinov2_pixels, has_alpha, on_black, plain_background_alpha};
 use crate::sampler::SamplerParams;
 use crate::ss_decoder::{
     self, occupied_coords, SparseStructureDecoder, SparseStructureDecoderConfig,
@@ -194,10 +194,15 @@ impl Stage1 {
 /// `preprocess_image` of a picture: its alpha (or, for an opaque picture, the
 /// plain-background matte), the crop around the object, 518² Lanczos, premultiplied on black.
 pub fn prepare(image: &RgbaImage) -> Result<RgbImage> {
+    Ok(on_black(&prepare_cutout(image)?))
+}
+
+/// [`prepare`] before the colour goes on black: the 518² RGBA cut-out.
+pub fn prepare_cutout(image: &RgbaImage) -> Result<RgbaImage> {
     if has_alpha(image) {
-        preprocess(image)
+        cutout(image)
     } else {
-        preprocess(&plain_background_alpha(image, PLAIN_BACKGROUND_TOLERANCE))
+        cutout(&plain_background_alpha(image, PLAIN_BACKGROUND_TOLERANCE))
     }
 }
 

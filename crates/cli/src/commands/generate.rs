@@ -45,7 +45,7 @@ pub struct Args {
     /// The text prompt (text → 3D: MVDream profiles).
     #[arg(long)]
     pub(super) prompt: Option<String>,
-    /// An image (8-bit PNG or GIF; RGBA, or RGB on a plain background) → 3D with TRELLIS (image profiles: image-quality, the default, image-speed, image-development).
+    /// An image (PNG, JPEG, WebP or still GIF; RGBA, or RGB on a plain background; EXIF orientation applied) → 3D with TRELLIS (image profiles: image-quality, the default, image-speed, image-development).
     #[arg(long, value_name = "FILE")]
     pub(super) image: Option<PathBuf>,
     /// Output splat; its extension (.ply or .spz) picks the format.
@@ -77,7 +77,7 @@ pub struct Args {
     /// cpu, cuda or cuda:N (default: the first GPU when built with CUDA, else the CPU).
     #[arg(long)]
     pub(super) device: Option<String>,
-    /// Also write the generated views and their alpha masks (PNG) to this folder (text → 3D).
+    /// Also write the generated views and their alpha masks (PNG) to this folder (text → 3D); with --image, the 518² RGBA cut-out the 3D stage sees (`cutout.png`).
     #[arg(long, value_name = "DIR")]
     pub(super) save_views: Option<PathBuf>,
     /// Print the resolved configuration (YAML) and exit.

@@ -96,13 +96,17 @@ fn json(
     })
 }
 
+/// `--save-views DIR` with `--image`: the 518² RGBA cut-out the 3D stage saw, as
+/// `DIR/cutout.png` (TRELLIS renders no views of its own).
+fn save_cutout(dir: &std::path::Path, cutout: &image::RgbaImage) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    super::write_png(&dir.join("cutout.png"), cutout.clone())
+}
+
 pub fn run(args: Args) -> Result<Outcome> {
     let image_path = args.image.clone().expect("called with --image");
     if args.prompt.is_some() {
         bail!("give --prompt or --image, not both");
-    }
-    if args.save_views.is_some() {
-        bail!("--save-views is for --prompt (TRELLIS makes no views)");
     }
     if args.warm_up {
         bail!("--warm-up is for --prompt; with --image, --repeat N times runs after one load");
@@ -157,6 +161,9 @@ pub fn run(args: Args) -> Result<Outcome> {
             .with_context(|| format!("generating from {}", image_path.display()))?;
         drop(bars);
         let last = run == args.repeat;
+        if let (true, Some(dir)) = (last, &args.save_views) {
+            save_cutout(dir, &out.cutout)?;
+        }
         let write = if last {
             let t0 = Instant::now();
             args.encoding.write(&out.gaussians, &args.output)?;

@@ -20,7 +20,7 @@ use splatforge_nn::hub::HubConfig;
 use splatforge_pipeline::pipeline::ensure_min_count;
 use splatforge_pipeline::{DeviceMemory, PipelineConfig, PipelineKind};
 use splatforge_server::{CancelToken, Generation, GenerationError, GenerationRequest, Generator};
-use splatforge_splat::normalize::fit_to_box;
+use splatforge_splat::normalize::{fit_to_box, y_down_to_y_up};
 use splatforge_splat::Gaussians;
 use splatforge_trellis::config::{
     Checkpoint, PipelineConfig as TrellisPipelineJson, TrellisSource, REQUIRED_MODELS,
@@ -93,7 +93,10 @@ fn request(config: &PipelineConfig, seed: u64) -> TrellisRequest {
 
 /// One image → Gaussians run.
 pub struct ImageGenerated {
+    /// In `save_ply`'s frame (Y-down; see [`TrellisOutput::gaussians`]).
     pub gaussians: Gaussians,
+    /// The 518² RGBA cut-out the 3D stage saw.
+    pub cutout: image::RgbaImage,
     /// Occupied voxels of the sparse structure.
     pub voxels: usize,
     /// The sampler parameters each stage ran with.
@@ -182,6 +185,7 @@ impl TrellisRunner {
             .run(&image, &request(&self.config, seed), progress)?;
         let TrellisOutput {
             mut gaussians,
+            cutout,
             voxels,
             sparse_structure_params,
             slat_params,
@@ -201,6 +205,7 @@ impl TrellisRunner {
         }
         Ok(ImageGenerated {
             gaussians,
+            cutout,
             voxels,
             sparse_structure_params,
             slat_params,
@@ -270,10 +275,13 @@ impl Generator for TrellisGenerator {
                 ControlFlow::Continue(())
             }
         };
-        let out = self
+        let mut out = self
             .runner
             .generate(image, request.seed, go_on)
             .map_err(generation_error)?;
+        if request.y_up {
+            y_down_to_y_up(&mut out.gaussians);
+        }
         Ok(Generation {
             gaussians: out.gaussians,
             stage_timings: out
