@@ -41,6 +41,8 @@ enum Command {
     Worker(commands::fleet::WorkerArgs),
     /// Submit a JSONL file of prompts to a fleet as a batch; write the results to a directory.
     Submit(commands::fleet::SubmitArgs),
+    /// Time every pipeline path (per stage median and p90, load, memory); compare with a previous run.
+    Bench(commands::bench::Args),
 }
 
 /// What a command reports back to `main` when it did not fail outright.
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => commands::serve::run(args),
         Command::Worker(args) => commands::fleet::run_worker_command(args),
         Command::Submit(args) => commands::fleet::run_submit(args),
+        Command::Bench(args) => commands::bench::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
