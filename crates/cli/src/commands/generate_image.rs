@@ -170,17 +170,22 @@ pub fn run_text(args: Args) -> Result<Outcome> {
         bail!("--warm-up is for MVDream profiles; with FLUX → TRELLIS, --repeat N times runs after one load");
     }
     let hub = HubConfig::from_env();
-    let models = TrellisModels::resolve(args.models.as_deref(), args.dinov2.as_deref(), &hub)?;
+    let resolve_models =
+        || TrellisModels::resolve(args.models.as_deref(), args.dinov2.as_deref(), &hub);
     let mut sources = image_sources(&args, false);
+    // Without --profile the TRELLIS folder picks it (tiny models: the development one);
+    // with one, --print-config needs no models.
+    let mut models = None;
     if args.config.profile.is_none() {
-        let tiny = models.is_tiny();
-        let profile = if tiny {
+        let found = resolve_models()?;
+        let profile = if found.is_tiny() {
             eprintln!("note: tiny TRELLIS models; using --profile {TINY_TEXT_IMAGE_PROFILE} (pass --profile to choose another)");
             TINY_TEXT_IMAGE_PROFILE
         } else {
             DEFAULT_TEXT_IMAGE_PROFILE
         };
         sources.profile = Some(profile.to_string());
+        models = Some(found);
     }
     let (profile, config) = sources.resolve()?;
     if config.pipeline != PipelineKind::FluxTrellis {
@@ -198,6 +203,10 @@ pub fn run_text(args: Args) -> Result<Outcome> {
     }
     splatforge_splat::SplatFormat::from_path(&args.output)?;
     let flux = flux_source(args.flux.as_deref())?;
+    let models = match models {
+        Some(m) => m,
+        None => resolve_models()?,
+    };
     let device = device(args.device.as_deref(), 0)?;
 
     let t0 = Instant::now();
