@@ -44,7 +44,7 @@ mod test_util;
 
 pub use candle_core::{DType, Device, Tensor};
 pub use error::{DiffusionError, Result};
-pub use flux::{load_flux, FluxOutput, FluxPipeline, FluxRequest};
+pub use flux::{load_flux, FluxOutput, FluxPipeline, FluxRequest, FluxText};
 pub use loading::{LoadOptions, ModelSource};
 pub use mvdream::{load_mvdream, LdmConfig, MvDreamOutput, MvDreamPipeline, MvDreamRequest};
 pub use random_models::{

@@ -19,7 +19,21 @@
 //! Top level: `description` (free text), `seed` (default seed, used when a
 //! request has none), `pipeline` (`mvdream`, the default: text → views →
 //! fit, the sections `diffusion` to `sds` below; `trellis`: image → 3D with
-//! TRELLIS, the `trellis:` section; `output:` applies to both).
+//! TRELLIS, the `trellis:` section; `flux-trellis`: text → FLUX.1-schnell
+//! image → plain-background matte → TRELLIS, the `flux:` and `trellis:`
+//! sections; `output:` applies to all).
+//!
+//! `flux:` (FLUX.1-schnell text → image, `splatforge_diffusion::flux`; read by
+//! `pipeline: flux-trellis` only)
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `steps` | 4 | flow-matching Euler steps (schnell is distilled for 1–4) |
+//! | `width` / `height` | 512 | image size in pixels (multiples of 16); TRELLIS crops the object and resizes it to 518² |
+//! | `max_sequence_length` | 256 | T5 tokens (schnell's limit) |
+//! | `guidance` | 3.5 | distilled guidance, read only by transformers with `guidance_embeds` (FLUX.1-dev); schnell has no guidance input and no CFG, so it ignores this |
+//! | `prompt_template` | `{prompt}` | the text FLUX sees: `{prompt}` is replaced by the request's prompt (must occur once) |
+//! | `precision` | bf16 | transformer and text encoders on a GPU (T5 runs f32 when this is fp16: it overflows in fp16); the CPU uses fp32 |
+//! | `vae_precision` | null | VAE precision; null = `precision` |
 //!
 //! `trellis:` (TRELLIS image → 3D, `splatforge_trellis`; `null`: the model
 //! folder's `pipeline.json` value, for TRELLIS-image-large 25 steps and
@@ -130,6 +144,14 @@ pub const PROFILES: &[(&str, &str)] = &[
     (
         "image-development",
         include_str!("../../../profiles/image-development.yaml"),
+    ),
+    (
+        "text-image-quality",
+        include_str!("../../../profiles/text-image-quality.yaml"),
+    ),
+    (
+        "text-image-development",
+        include_str!("../../../profiles/text-image-development.yaml"),
     ),
 ];
 
@@ -327,6 +349,10 @@ pub enum PipelineKind {
     Mvdream,
     /// Image → TRELLIS → Gaussians (the `trellis` section).
     Trellis,
+    /// Text → FLUX.1-schnell image → matte → TRELLIS → Gaussians (the `flux` and
+    /// `trellis` sections).
+    #[serde(rename = "flux-trellis")]
+    FluxTrellis,
 }
 
 impl PipelineKind {
@@ -334,7 +360,53 @@ impl PipelineKind {
         match self {
             PipelineKind::Mvdream => "mvdream",
             PipelineKind::Trellis => "trellis",
+            PipelineKind::FluxTrellis => "flux-trellis",
         }
+    }
+
+    /// Whether the 3D stage is TRELLIS (the `trellis:` section applies).
+    pub fn runs_trellis(self) -> bool {
+        matches!(self, PipelineKind::Trellis | PipelineKind::FluxTrellis)
+    }
+}
+
+/// `flux:` (see the module docs): FLUX.1-schnell's text → image for `pipeline:
+/// flux-trellis`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FluxConfig {
+    pub steps: usize,
+    pub width: usize,
+    pub height: usize,
+    pub max_sequence_length: usize,
+    pub guidance: f64,
+    pub prompt_template: String,
+    pub precision: Precision,
+    pub vae_precision: Option<Precision>,
+}
+
+/// The placeholder of [`FluxConfig::prompt_template`].
+pub const PROMPT_PLACEHOLDER: &str = "{prompt}";
+
+impl Default for FluxConfig {
+    fn default() -> Self {
+        FluxConfig {
+            steps: 4,
+            width: 512,
+            height: 512,
+            max_sequence_length: 256,
+            guidance: 3.5,
+            prompt_template: PROMPT_PLACEHOLDER.into(),
+            precision: Precision::Bf16,
+            vae_precision: None,
+        }
+    }
+}
+
+impl FluxConfig {
+    /// The text FLUX sees for the request's `prompt`.
+    pub fn prompt(&self, prompt: &str) -> String {
+        self.prompt_template.replacen(PROMPT_PLACEHOLDER, prompt, 1)
     }
 }
 
@@ -366,6 +438,10 @@ impl Default for TrellisConfig {
 /// profile's [`PipelineConfig::to_yaml`]).
 const MVDREAM_SECTIONS: &[&str] = &["diffusion", "alpha", "init", "fit", "sds"];
 
+/// The section only `pipeline: flux-trellis` reads (left out of other profiles'
+/// [`PipelineConfig::to_yaml`]).
+const FLUX_SECTION: &str = "flux";
+
 /// The whole configuration (see the module docs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -379,6 +455,7 @@ pub struct PipelineConfig {
     pub fit: FitConfig,
     pub sds: SdsConfig,
     pub trellis: TrellisConfig,
+    pub flux: FluxConfig,
     pub output: OutputConfig,
 }
 
@@ -397,6 +474,7 @@ impl Default for PipelineConfig {
             },
             sds: SdsConfig::default(),
             trellis: TrellisConfig::default(),
+            flux: FluxConfig::default(),
             output: OutputConfig::default(),
         }
     }
@@ -569,6 +647,7 @@ const SECTIONS: &[&str] = &[
     "fit",
     "sds",
     "trellis",
+    "flux",
     "output",
 ];
 
@@ -596,6 +675,7 @@ fn check_sections(value: &Value) -> Result<(), ConfigError> {
                 "fit" => section_check::<FitConfig>(v),
                 "sds" => section_check::<SdsConfig>(v),
                 "trellis" => section_check::<TrellisConfig>(v),
+                "flux" => section_check::<FluxConfig>(v),
                 _ => section_check::<OutputConfig>(v),
             };
             r.map_err(|e| ConfigError(format!("{section}: {e}")))?;
@@ -638,12 +718,18 @@ impl PipelineConfig {
     }
 
     /// Every key the configured pipeline reads, with its value, as YAML (a
-    /// TRELLIS profile leaves out the MVDream sections).
+    /// TRELLIS profile leaves out the MVDream sections, and only a flux-trellis
+    /// profile shows `flux:`).
     pub fn to_yaml(&self) -> String {
         let mut value = serde_yaml_ng::to_value(self).expect("config serialises");
-        if let (PipelineKind::Trellis, Value::Mapping(m)) = (self.pipeline, &mut value) {
-            for section in MVDREAM_SECTIONS {
-                m.remove(*section);
+        if let Value::Mapping(m) = &mut value {
+            if self.pipeline.runs_trellis() {
+                for section in MVDREAM_SECTIONS {
+                    m.remove(*section);
+                }
+            }
+            if self.pipeline != PipelineKind::FluxTrellis {
+                m.remove(FLUX_SECTION);
             }
         }
         serde_yaml_ng::to_string(&value).expect("config serialises")
@@ -668,6 +754,39 @@ impl PipelineConfig {
             if let Some(c) = cfg.filter(|c| !(c.is_finite() && *c >= 0.0)) {
                 return bad(key, format!("must be finite and ≥ 0, got {c}"));
             }
+        }
+        let f = &self.flux;
+        if !(1..=100).contains(&f.steps) {
+            return bad("flux.steps", format!("must be 1 to 100, got {}", f.steps));
+        }
+        for (key, side) in [("flux.width", f.width), ("flux.height", f.height)] {
+            if side == 0 || side % 16 != 0 || side > 2048 {
+                return bad(
+                    key,
+                    format!("must be a multiple of 16 from 16 to 2048, got {side}"),
+                );
+            }
+        }
+        if !(1..=512).contains(&f.max_sequence_length) {
+            return bad(
+                "flux.max_sequence_length",
+                format!("must be 1 to 512, got {}", f.max_sequence_length),
+            );
+        }
+        if !(f.guidance.is_finite() && f.guidance >= 0.0) {
+            return bad(
+                "flux.guidance",
+                format!("must be finite and ≥ 0, got {}", f.guidance),
+            );
+        }
+        if f.prompt_template.matches(PROMPT_PLACEHOLDER).count() != 1 {
+            return bad(
+                "flux.prompt_template",
+                format!(
+                    "must contain {PROMPT_PLACEHOLDER} exactly once, got {:?}",
+                    f.prompt_template
+                ),
+            );
         }
         let d = &self.diffusion;
         if d.num_inference_steps == 0 || d.num_inference_steps > 1000 {
@@ -961,6 +1080,61 @@ mod tests {
             .unwrap_err()
             .0;
         assert!(e.contains("nosuch"), "{e}");
+    }
+
+    #[test]
+    fn flux_trellis_profiles_show_their_flux_section_and_check_it() {
+        let quality = PipelineConfig::profile("text-image-quality").unwrap();
+        assert_eq!(quality.pipeline, PipelineKind::FluxTrellis);
+        assert_eq!(
+            (quality.flux.steps, quality.flux.width, quality.flux.height),
+            (4, 512, 512)
+        );
+        assert_eq!(quality.trellis, TrellisConfig::default());
+        let prompt = quality.flux.prompt("a red chair");
+        assert!(
+            prompt.contains("a red chair") && prompt.contains("white background"),
+            "{prompt}"
+        );
+        let yaml = quality.to_yaml();
+        assert!(
+            yaml.contains("pipeline: flux-trellis")
+                && yaml.contains("prompt_template:")
+                && yaml.contains("trellis:")
+                && !yaml.contains("diffusion:"),
+            "{yaml}"
+        );
+        assert!(!PipelineConfig::profile("image-quality")
+            .unwrap()
+            .to_yaml()
+            .contains("flux:"));
+        assert!(!PipelineConfig::profile("balanced")
+            .unwrap()
+            .to_yaml()
+            .contains("flux:"));
+        let dev = PipelineConfig::profile("text-image-development").unwrap();
+        assert_eq!(dev.flux.precision, Precision::F32);
+        assert!(dev.flux.width <= 64 && dev.trellis.slat_steps == Some(2));
+        for (set, needle) in [
+            ("flux.steps=0", "flux.steps"),
+            ("flux.width=100", "flux.width"),
+            (
+                "flux.prompt_template=no placeholder",
+                "flux.prompt_template",
+            ),
+            (
+                "flux.prompt_template='{prompt} and {prompt}'",
+                "exactly once",
+            ),
+            ("flux.guidance=-1", "flux.guidance"),
+            ("flux.stepz=3", "stepz"),
+        ] {
+            let e = sources(Some("text-image-development"), &[set])
+                .resolve()
+                .unwrap_err()
+                .0;
+            assert!(e.contains(needle), "{set}: {e}");
+        }
     }
 
     #[test]

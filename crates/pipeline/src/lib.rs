@@ -65,7 +65,7 @@ pub mod pipeline;
 pub mod refine;
 
 pub use config::{
-    ConfigError, ConfigSources, PipelineConfig, PipelineKind, Precision, TrellisConfig,
+    ConfigError, ConfigSources, FluxConfig, PipelineConfig, PipelineKind, Precision, TrellisConfig,
     DEFAULT_PROFILE, PROFILES,
 };
 pub use error::{is_out_of_memory, PipelineError, Stage};

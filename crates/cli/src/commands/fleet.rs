@@ -146,7 +146,8 @@ pub fn run_worker_command(args: WorkerArgs) -> Result<Outcome> {
     let (profile, resolved) = sources.resolve()?;
     if resolved.pipeline != splatforge_pipeline::PipelineKind::Mvdream {
         anyhow::bail!(
-            "profile {profile} takes images; fleet workers generate from text prompts only"
+            "profile {profile} runs the {} pipeline; fleet workers run MVDream (text → views → fit) profiles only",
+            resolved.pipeline.name()
         );
     }
     let config = WorkerConfig {

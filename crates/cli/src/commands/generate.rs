@@ -42,7 +42,7 @@ impl ConfigArgs {
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["prompt", "image"])))]
 pub struct Args {
-    /// The text prompt (text → 3D: MVDream profiles).
+    /// The text prompt: text → 3D with MVDream profiles (the default), or through a FLUX.1-schnell image and TRELLIS with a flux-trellis profile (text-image-quality, text-image-development) or --flux.
     #[arg(long)]
     pub(super) prompt: Option<String>,
     /// An image (PNG, JPEG, WebP or still GIF; RGBA, or RGB on a plain background; EXIF orientation applied) → 3D with TRELLIS (image profiles: image-quality, the default, image-speed, image-development).
@@ -59,6 +59,9 @@ pub struct Args {
     /// Models: a folder (diffusers layout, or one from `splatforge models make-tiny`), an LDM checkpoint, or hf:ORG/NAME[@REV][:FILE]. Default: MVDream from the Hugging Face cache. With --image: a TRELLIS folder (pipeline.json + ckpts/, e.g. from `models make-random --family trellis`) or hf:ORG/NAME[@REV]; default hf:microsoft/TRELLIS-image-large.
     #[arg(long, value_name = "DIR")]
     pub(super) models: Option<String>,
+    /// With --prompt: FLUX.1-schnell for a flux-trellis profile (text → image → TRELLIS): a diffusers-layout folder (e.g. `flux-schnell-diffusers/` from `models make-tiny`) or hf:ORG/NAME[@REV]; default hf:black-forest-labs/FLUX.1-schnell. Given without --profile, picks text-image-quality (text-image-development with tiny TRELLIS models); TRELLIS comes from --models as with --image.
+    #[arg(long, value_name = "DIR")]
+    pub(super) flux: Option<String>,
     /// With --image: DINOv2 weights (a file or hf:ORG/NAME). Default: the one inside the TRELLIS folder, else torch hub's cache, else hf:facebook/dinov2-with-registers-large.
     #[arg(long, value_name = "SPEC")]
     pub(super) dinov2: Option<String>,
@@ -77,7 +80,7 @@ pub struct Args {
     /// cpu, cuda or cuda:N (default: the first GPU when built with CUDA, else the CPU).
     #[arg(long)]
     pub(super) device: Option<String>,
-    /// Also write the generated views and their alpha masks (PNG) to this folder (text → 3D); with --image, the 518² RGBA cut-out the 3D stage sees (`cutout.png`).
+    /// Also write the generated views and their alpha masks (PNG) to this folder (text → 3D); with --image, the 518² RGBA cut-out the 3D stage sees (`cutout.png`); with a flux-trellis profile, FLUX's picture (`flux.png`) and the cut-out.
     #[arg(long, value_name = "DIR")]
     pub(super) save_views: Option<PathBuf>,
     /// Print the resolved configuration (YAML) and exit.
@@ -373,9 +376,24 @@ pub(super) fn warn_if_invalid(g: &splatforge_splat::Gaussians, output: &Path) {
     }
 }
 
+/// Whether `--prompt` takes the FLUX → TRELLIS path: `--flux` given, or the profile says
+/// `pipeline: flux-trellis` (a configuration that does not resolve is the MVDream path's
+/// to report).
+fn text_via_image(args: &Args) -> bool {
+    args.flux.is_some()
+        || args
+            .config
+            .sources()
+            .resolve()
+            .is_ok_and(|(_, c)| c.pipeline == PipelineKind::FluxTrellis)
+}
+
 pub fn run(args: Args) -> Result<Outcome> {
     if args.image.is_some() {
         return super::generate_image::run(args);
+    }
+    if text_via_image(&args) {
+        return super::generate_image::run_text(args);
     }
     if args.dinov2.is_some()
         || args.ss_steps.is_some()
@@ -384,7 +402,7 @@ pub fn run(args: Args) -> Result<Outcome> {
         || args.slat_cfg.is_some()
     {
         bail!(
-            "--dinov2, --ss-steps, --ss-cfg, --slat-steps and --slat-cfg are for --image (TRELLIS)"
+            "--dinov2, --ss-steps, --ss-cfg, --slat-steps and --slat-cfg are for TRELLIS (--image, or --prompt with a flux-trellis profile)"
         );
     }
     let prompt = args.prompt.clone().unwrap_or_default();

@@ -1,14 +1,15 @@
 //! `splatforge generate --image IN.png -o OUT.ply|.spz`: image → splat file with TRELLIS
-//! (profiles with `pipeline: trellis`; models as [`super::trellis_generator`] finds them).
+//! (profiles with `pipeline: trellis`; models as [`super::trellis_generator`] finds them),
+//! and `generate --prompt` with a `pipeline: flux-trellis` profile: text → FLUX.1-schnell
+//! image → TRELLIS ([`super::flux_trellis`]).
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use splatforge_nn::hub::HubConfig;
-use splatforge_pipeline::{device_name, ConfigSources, PipelineKind};
-use splatforge_trellis::pipeline::Progress;
-
+use super::flux_trellis::{
+    flux_source, FluxTrellisRunner, StageProgress, DEFAULT_TEXT_IMAGE_PROFILE,
+    TINY_TEXT_IMAGE_PROFILE,
+};
 use super::generate::{
     device, median_ms, ms, ms_json, named_timing_table, warn_if_invalid, Args, Bars,
 };
@@ -16,6 +17,9 @@ use super::trellis_generator::{
     ImageGenerated, TrellisModels, TrellisRunner, DEFAULT_IMAGE_PROFILE, TINY_TRELLIS_PROFILE,
 };
 use crate::Outcome;
+use anyhow::{bail, Context, Result};
+use splatforge_nn::hub::HubConfig;
+use splatforge_pipeline::{device_name, ConfigSources, PipelineKind};
 
 /// `sources` with the profile for `models` when none is named (tiny random-weight models:
 /// [`TINY_TRELLIS_PROFILE`], with a note; else [`DEFAULT_IMAGE_PROFILE`]), and the
@@ -76,7 +80,7 @@ fn json(
     let models = runner.models();
     serde_json::json!({
         "profile": runner.profile(),
-        "pipeline": PipelineKind::Trellis.name(),
+        "pipeline": runner.config().pipeline.name(),
         "models": models.dir.display().to_string(),
         "dinov2": models.dinov2.display().to_string(),
         "device": device_name(runner.device()),
@@ -107,6 +111,9 @@ pub fn run(args: Args) -> Result<Outcome> {
     let image_path = args.image.clone().expect("called with --image");
     if args.prompt.is_some() {
         bail!("give --prompt or --image, not both");
+    }
+    if args.flux.is_some() {
+        bail!("--flux is for --prompt (text → FLUX image → TRELLIS); --image skips FLUX");
     }
     if args.warm_up {
         bail!("--warm-up is for --prompt; with --image, --repeat N times runs after one load");
@@ -141,28 +148,133 @@ pub fn run(args: Args) -> Result<Outcome> {
         device,
         load.as_secs_f64()
     );
-
     let first_seed = args.seed.unwrap_or(runner.config().seed);
+    runs(
+        &args,
+        first_seed,
+        |seed, bars| {
+            let out = runner
+                .generate(&image, Some(seed), |p| bars(p.into()))
+                .with_context(|| format!("generating from {}", image_path.display()))?;
+            Ok((out, None))
+        },
+        |out, run, write| json(&runner, load, run, out, write),
+    )
+}
+
+/// `generate --prompt` with a flux-trellis profile (or `--flux`): text → FLUX.1-schnell →
+/// matte → TRELLIS (see [`super::flux_trellis`]).
+pub fn run_text(args: Args) -> Result<Outcome> {
+    let prompt = args.prompt.clone().expect("called with --prompt");
+    if args.warm_up {
+        bail!("--warm-up is for MVDream profiles; with FLUX → TRELLIS, --repeat N times runs after one load");
+    }
+    let hub = HubConfig::from_env();
+    let resolve_models =
+        || TrellisModels::resolve(args.models.as_deref(), args.dinov2.as_deref(), &hub);
+    let mut sources = image_sources(&args, false);
+    // Without --profile the TRELLIS folder picks it (tiny models: the development one);
+    // with one, --print-config needs no models.
+    let mut models = None;
+    if args.config.profile.is_none() {
+        let found = resolve_models()?;
+        let profile = if found.is_tiny() {
+            eprintln!("note: tiny TRELLIS models; using --profile {TINY_TEXT_IMAGE_PROFILE} (pass --profile to choose another)");
+            TINY_TEXT_IMAGE_PROFILE
+        } else {
+            DEFAULT_TEXT_IMAGE_PROFILE
+        };
+        sources.profile = Some(profile.to_string());
+        models = Some(found);
+    }
+    let (profile, config) = sources.resolve()?;
+    if config.pipeline != PipelineKind::FluxTrellis {
+        bail!(
+            "profile {profile} runs the {} pipeline; --flux needs a text-via-image profile: text-image-quality or text-image-development",
+            config.pipeline.name()
+        );
+    }
+    if args.print_config {
+        print!("# profile: {profile}\n{}", config.to_yaml());
+        return Ok(Outcome::Success);
+    }
+    if prompt.trim().is_empty() {
+        bail!("--prompt is empty");
+    }
+    splatforge_splat::SplatFormat::from_path(&args.output)?;
+    let flux = flux_source(args.flux.as_deref())?;
+    let models = match models {
+        Some(m) => m,
+        None => resolve_models()?,
+    };
+    let device = device(args.device.as_deref(), 0)?;
+
+    let t0 = Instant::now();
+    let runner = FluxTrellisRunner::load(&flux, models, &device, &profile, config, hub)?;
+    let load = t0.elapsed();
+    eprintln!(
+        "loaded FLUX {} and TRELLIS {} on {:?} in {:.1} s (profile {profile})",
+        runner.flux_source(),
+        runner.trellis().models().dir.display(),
+        device,
+        load.as_secs_f64()
+    );
+    let first_seed = args.seed.unwrap_or(runner.trellis().config().seed);
+    let flux_prompt = runner.trellis().config().flux.prompt(&prompt);
+    runs(
+        &args,
+        first_seed,
+        |seed, bars| {
+            let done = runner
+                .generate(&prompt, Some(seed), bars)
+                .with_context(|| format!("generating {prompt:?}"))?;
+            Ok((done.out, Some(done.image)))
+        },
+        |out, run, write| {
+            let mut v = json(runner.trellis(), load, run, out, write);
+            v["prompt"] = prompt.clone().into();
+            v["flux_prompt"] = flux_prompt.clone().into();
+            v["flux"] = runner.flux_source().into();
+            v
+        },
+    )
+}
+
+/// `--repeat` runs of `generate(seed, progress)` → the table or JSON (`json(out, (run,
+/// runs), write)`) of each, the last one written, with `--save-views` its FLUX image
+/// (`flux.png`, when there is one) and cut-out.
+fn runs(
+    args: &Args,
+    first_seed: u64,
+    mut generate: impl FnMut(
+        u64,
+        &mut dyn FnMut(StageProgress) -> ControlFlow<()>,
+    ) -> Result<(ImageGenerated, Option<image::RgbImage>)>,
+    mut json: impl FnMut(
+        &ImageGenerated,
+        (u64, u64),
+        Option<(Duration, &std::path::Path)>,
+    ) -> serde_json::Value,
+) -> Result<Outcome> {
     let mut totals = Vec::new();
     for run in 1..=args.repeat {
         let seed = first_seed.wrapping_add(run - 1);
         let mut bars = Bars::new();
-        let out = runner
-            .generate(&image, Some(seed), |p| {
-                match p {
-                    Progress::Started { stage, steps } => bars.start(stage.name(), steps as u64),
-                    Progress::Step { done, total, .. } => {
-                        bars.step(done as u64, total as u64, None)
-                    }
-                    Progress::Finished { elapsed, .. } => bars.finish(elapsed),
-                }
-                ControlFlow::Continue(())
-            })
-            .with_context(|| format!("generating from {}", image_path.display()))?;
+        let (out, flux_image) = generate(seed, &mut |p| {
+            match p {
+                StageProgress::Started { stage, steps } => bars.start(stage, steps as u64),
+                StageProgress::Step { done, total } => bars.step(done as u64, total as u64, None),
+                StageProgress::Finished { elapsed } => bars.finish(elapsed),
+            }
+            ControlFlow::Continue(())
+        })?;
         drop(bars);
         let last = run == args.repeat;
         if let (true, Some(dir)) = (last, &args.save_views) {
             save_cutout(dir, &out.cutout)?;
+            if let Some(image) = flux_image {
+                super::write_png(&dir.join("flux.png"), image)?;
+            }
         }
         let write = if last {
             let t0 = Instant::now();
@@ -175,7 +287,7 @@ pub fn run(args: Args) -> Result<Outcome> {
         };
         totals.push(out.total() + write.map_or(Duration::ZERO, |(d, _)| d));
         if args.json {
-            println!("{}", json(&runner, load, (run, args.repeat), &out, write));
+            println!("{}", json(&out, (run, args.repeat), write));
             continue;
         }
         if args.repeat > 1 {

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod convert;
 pub mod fit;
 pub mod fleet;
+pub mod flux_trellis;
 pub mod generate;
 pub mod generate_image;
 pub mod inspect;

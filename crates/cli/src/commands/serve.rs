@@ -11,6 +11,7 @@ use splatforge_server::{
 };
 
 use super::fleet::FleetArgs;
+use super::flux_trellis::{flux_source, FluxTrellisGenerator, FluxTrellisRunner};
 use super::generate::ConfigArgs;
 use super::pipeline_generator::{generation_error, PipelineGenerator};
 use super::trellis_generator::{TrellisGenerator, TrellisModels, TrellisRunner};
@@ -62,6 +63,11 @@ pub struct Args {
     /// hf:ORG/NAME; default hf:microsoft/TRELLIS-image-large.
     #[arg(long)]
     models: Option<PathBuf>,
+    /// With a text-via-image profile (`pipeline: flux-trellis`): FLUX.1-schnell, a
+    /// diffusers-layout folder or hf:ORG/NAME; default hf:black-forest-labs/FLUX.1-schnell
+    /// (TRELLIS comes from --models).
+    #[arg(long, value_name = "DIR")]
+    flux: Option<String>,
     /// Generation profile and overrides (as for `generate`).
     #[command(flatten)]
     config: ConfigArgs,
@@ -79,6 +85,8 @@ pub struct Args {
 pub enum ServedModels {
     Mvdream(ModelSource),
     Trellis(TrellisModels),
+    /// FLUX, then TRELLIS (text-via-image profiles, see [`super::flux_trellis`]).
+    FluxTrellis(ModelSource, TrellisModels),
 }
 
 /// A CUDA build serves on the GPUs only: falling back to the CPU would turn
@@ -123,6 +131,23 @@ pub fn build_generator(
             );
             Ok(Box::new(TrellisGenerator::new(runner)))
         }
+        ServedModels::FluxTrellis(flux, models) => {
+            let runner = FluxTrellisRunner::load(
+                flux,
+                models.clone(),
+                &dev,
+                &profile,
+                config,
+                HubConfig::from_env(),
+            )
+            .map_err(|e| failed(&format!("{e:#}")))?;
+            eprintln!(
+                "splatforge serve: device {device}: FLUX {} and TRELLIS {} on {dev:?}, profile {profile} (text via an image)",
+                runner.flux_source(),
+                models.dir.display()
+            );
+            Ok(Box::new(FluxTrellisGenerator::new(runner)))
+        }
     }
 }
 
@@ -158,24 +183,33 @@ pub fn run(args: Args) -> Result<Outcome> {
     // that a typo fails before the port opens.
     let sources = args.config.sources();
     let (profile, resolved) = sources.resolve()?;
-    let images = resolved.pipeline == PipelineKind::Trellis;
+    if args.flux.is_some() && resolved.pipeline != PipelineKind::FluxTrellis {
+        bail!(
+            "--flux is for text-via-image profiles (pipeline: flux-trellis, e.g. text-image-quality); profile {profile} runs {}",
+            resolved.pipeline.name()
+        );
+    }
     if let Some(fleet) = args.fleet.config()? {
-        if images {
-            bail!("profile {profile} takes images; the fleet (--redis) carries text prompts only");
+        if resolved.pipeline != PipelineKind::Mvdream {
+            bail!(
+                "profile {profile} runs the {} pipeline; the fleet (--redis) runs MVDream profiles only",
+                resolved.pipeline.name()
+            );
         }
         return super::fleet::serve_front_end(config, fleet, &profile, args.fleet_in_flight);
     }
     let models_arg = args.models.as_deref().map(|p| p.to_string_lossy());
-    let models = if images {
-        config.input = RequestInput::Image;
-        config.max_body_bytes = config.max_body_bytes.max(IMAGE_MAX_BODY_BYTES);
-        ServedModels::Trellis(TrellisModels::resolve(
-            models_arg.as_deref(),
-            None,
-            &HubConfig::from_env(),
-        )?)
-    } else {
-        ServedModels::Mvdream(resolve_models(models_arg.as_deref())?)
+    let trellis = || TrellisModels::resolve(models_arg.as_deref(), None, &HubConfig::from_env());
+    let models = match resolved.pipeline {
+        PipelineKind::Trellis => {
+            config.input = RequestInput::Image;
+            config.max_body_bytes = config.max_body_bytes.max(IMAGE_MAX_BODY_BYTES);
+            ServedModels::Trellis(trellis()?)
+        }
+        PipelineKind::FluxTrellis => {
+            ServedModels::FluxTrellis(flux_source(args.flux.as_deref())?, trellis()?)
+        }
+        PipelineKind::Mvdream => ServedModels::Mvdream(resolve_models(models_arg.as_deref())?),
     };
     let factory = move |device: u32| build_generator(device, &models, &sources);
     splatforge_server::run(config, factory)?;

@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use splatforge_diffusion::Device;
 use splatforge_nn::hub::HubConfig;
 use splatforge_pipeline::pipeline::ensure_min_count;
-use splatforge_pipeline::{DeviceMemory, PipelineConfig, PipelineKind};
+use splatforge_pipeline::{DeviceMemory, PipelineConfig};
 use splatforge_server::{CancelToken, Generation, GenerationError, GenerationRequest, Generator};
 use splatforge_splat::normalize::{fit_to_box, y_down_to_y_up};
 use splatforge_splat::Gaussians;
@@ -131,7 +131,7 @@ impl TrellisRunner {
         config: PipelineConfig,
     ) -> Result<Self> {
         anyhow::ensure!(
-            config.pipeline == PipelineKind::Trellis,
+            config.pipeline.runs_trellis(),
             "profile {profile} runs the {} pipeline (text → 3D), not TRELLIS",
             config.pipeline.name()
         );
@@ -178,11 +178,21 @@ impl TrellisRunner {
         seed: Option<u64>,
         progress: impl FnMut(Progress) -> ControlFlow<()>,
     ) -> std::result::Result<ImageGenerated, TrellisError> {
+        self.generate_decoded(&decode_image(image)?, seed, progress)
+    }
+
+    /// [`Self::generate`] on a decoded picture (an opaque one gets the plain-background
+    /// matte in the `preprocess` stage).
+    pub fn generate_decoded(
+        &self,
+        image: &image::RgbaImage,
+        seed: Option<u64>,
+        progress: impl FnMut(Progress) -> ControlFlow<()>,
+    ) -> std::result::Result<ImageGenerated, TrellisError> {
         let seed = seed.unwrap_or(self.config.seed);
-        let image = decode_image(image)?;
         let out = self
             .pipe
-            .run(&image, &request(&self.config, seed), progress)?;
+            .run(image, &request(&self.config, seed), progress)?;
         let TrellisOutput {
             mut gaussians,
             cutout,

@@ -389,6 +389,31 @@ impl FluxOutput {
     }
 }
 
+/// A prompt encoded for the transformer ([`FluxPipeline::encode_prompt`]).
+#[derive(Debug, Clone)]
+pub struct FluxText {
+    /// T5 embeddings `[1, L, D]`.
+    pub t5: Tensor,
+    /// Pooled CLIP embedding `[1, C]`.
+    pub pooled: Tensor,
+}
+
+/// The request's checks that need no model: image sides and steps.
+fn check_request(req: &FluxRequest) -> Result<()> {
+    if req.width == 0 || req.height == 0 || req.width % 16 != 0 || req.height % 16 != 0 {
+        return Err(DiffusionError::InvalidArgument(format!(
+            "FLUX image sides must be positive multiples of 16, got {}×{}",
+            req.width, req.height
+        )));
+    }
+    if req.steps == 0 {
+        return Err(DiffusionError::InvalidArgument(
+            "steps must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A loaded FLUX pipeline. Build it with [`load_flux`].
 #[derive(Debug)]
 pub struct FluxPipeline {
@@ -479,28 +504,39 @@ impl FluxPipeline {
     pub fn generate_latents(
         &self,
         req: &FluxRequest,
+        progress: impl FnMut(usize, usize) -> ControlFlow<()>,
+    ) -> Result<Tensor> {
+        check_request(req)?;
+        let text = self.encode_prompt(&req.prompt, req.max_sequence_length)?;
+        self.sample_latents(&text, req, progress)
+    }
+
+    /// The prompt's T5 embeddings and pooled CLIP embedding, in the transformer's dtype:
+    /// the text-encoder half of [`Self::generate_latents`], apart so that callers can time it.
+    pub fn encode_prompt(&self, prompt: &str, max_sequence_length: usize) -> Result<FluxText> {
+        Ok(FluxText {
+            t5: self
+                .encode_t5(prompt, max_sequence_length)?
+                .to_dtype(self.dtype)?,
+            pooled: self.encode_clip(prompt)?.to_dtype(self.dtype)?,
+        })
+    }
+
+    /// The sampling half of [`Self::generate_latents`] on encoded `text` (`req.prompt` is
+    /// not read); `progress(done, total)` after each step, `Break` cancels.
+    pub fn sample_latents(
+        &self,
+        text: &FluxText,
+        req: &FluxRequest,
         mut progress: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Tensor> {
-        if req.width == 0 || req.height == 0 || req.width % 16 != 0 || req.height % 16 != 0 {
-            return Err(DiffusionError::InvalidArgument(format!(
-                "FLUX image sides must be positive multiples of 16, got {}×{}",
-                req.width, req.height
-            )));
-        }
-        if req.steps == 0 {
-            return Err(DiffusionError::InvalidArgument(
-                "steps must be at least 1".into(),
-            ));
-        }
+        check_request(req)?;
         let dt = self.dtype;
-        let txt = self
-            .encode_t5(&req.prompt, req.max_sequence_length)?
-            .to_dtype(dt)?;
-        let pooled = self.encode_clip(&req.prompt)?.to_dtype(dt)?;
+        let (txt, pooled) = (&text.t5, &text.pooled);
         let lc = self.transformer_config.in_channels / 4;
         let (h, w) = (req.height / 8, req.width / 8);
         let noise = rng::randn(req.seed, &[1, lc, h, w], dt, &self.device)?;
-        let state = sampling::State::new(&txt, &pooled, &noise)?;
+        let state = sampling::State::new(txt, pooled, &noise)?;
         let sigmas = self.scheduler.sigmas(req.steps, (h / 2) * (w / 2));
         let guidance = self
             .transformer_config

@@ -1,0 +1,220 @@
+//! Issue 13, item 3: `splatforge serve` with a text-via-image profile (`pipeline:
+//! flux-trellis`) and the tiny random-weight FLUX and TRELLIS models, through real HTTP:
+//! `/generate/` takes a text prompt and answers a PLY with the FLUX and TRELLIS stage
+//! timings; the same seed gives the same bytes; the stage metrics cover FLUX.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use splatforge_splat::read_splat_bytes;
+
+struct Response {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+fn request(addr: SocketAddr, raw: &[u8]) -> Response {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP head");
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let mut body = buf[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    Response { status, head, body }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 2 + n + 2..];
+    }
+}
+
+fn get(addr: SocketAddr, path: &str) -> Response {
+    request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+fn post(addr: SocketAddr, content_type: &str, body: &[u8]) -> Response {
+    post_to(addr, "/generate/", content_type, body)
+}
+
+fn post_to(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> Response {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    request(addr, &[head.as_bytes(), body].concat())
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_healthy(addr: SocketAddr) {
+    let t0 = Instant::now();
+    while get(addr, "/health").status != 200 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "never became healthy"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn start(flux: &Path, trellis: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_splatforge"))
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--profile",
+            "text-image-development",
+            "--flux",
+        ])
+        .arg(flux)
+        .arg("--models")
+        .arg(trellis)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(a) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(a.trim().to_string());
+            }
+            eprintln!("[serve] {line}");
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the server prints its address");
+    Server {
+        child,
+        addr: addr.parse().unwrap(),
+    }
+}
+
+/// The tiny FLUX (`models make-tiny`) and TRELLIS (`models make-random --size tiny`) folders.
+fn tiny_models(dir: &Path) -> (PathBuf, PathBuf) {
+    let run = |args: &[&str], out: &Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_splatforge"))
+            .args(args)
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let tiny = dir.join("tiny");
+    run(&["models", "make-tiny"], &tiny);
+    let trellis = dir.join("trellis");
+    run(
+        &[
+            "models",
+            "make-random",
+            "--family",
+            "trellis",
+            "--size",
+            "tiny",
+        ],
+        &trellis,
+    );
+    (tiny.join("flux-schnell-diffusers"), trellis)
+}
+
+#[test]
+fn a_text_prompt_through_tiny_flux_and_trellis_behind_the_real_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let (flux, trellis) = tiny_models(dir.path());
+    let server = start(&flux, &trellis);
+    let addr = server.addr;
+    wait_healthy(addr);
+    let version = get(addr, "/version");
+    let version = String::from_utf8_lossy(&version.body);
+    assert!(
+        version.contains("flux-trellis:text-image-development"),
+        "{version}"
+    );
+
+    let json = serde_json::json!({"prompt": "a red chair", "seed": 3}).to_string();
+    let r = post(addr, "application/json", json.as_bytes());
+    assert_eq!(
+        r.status,
+        200,
+        "{}\n{}",
+        r.head,
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(r.body.starts_with(b"ply\n"));
+    let first = read_splat_bytes(&r.body).unwrap();
+    assert!(!first.is_empty());
+    for stage in [
+        "flux_text",
+        "flux_decode",
+        "preprocess",
+        "slat",
+        "gs_decoder",
+    ] {
+        assert!(r.head.contains(stage), "no {stage} timing in\n{}", r.head);
+    }
+    let again = post(addr, "application/json", json.as_bytes());
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body, r.body, "same seed, same bytes");
+
+    // An empty prompt is the client's fault; the worker goes on.
+    let r = post(addr, "application/json", br#"{"prompt": ""}"#);
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+
+    let metrics = String::from_utf8_lossy(&get(addr, "/metrics").body).into_owned();
+    for stage in ["flux_text", "flux", "flux_decode", "slat"] {
+        assert!(
+            metrics.contains(&format!(
+                "splatforge_stage_duration_seconds_count{{stage=\"{stage}\"}}"
+            )),
+            "no {stage} in\n{metrics}"
+        );
+    }
+    drop(server);
+}
