@@ -54,7 +54,10 @@ fn quick_suite_reports_both_paths_and_compare_catches_a_slowdown() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let cases = report["cases"].as_array().unwrap();
     let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["development", "image-development"]);
+    assert_eq!(
+        names,
+        ["development", "image-development", "text-image-development"]
+    );
     for case in cases {
         assert_eq!(case["runs"], 2);
         assert!(case["gaussians"].as_u64().unwrap() > 0, "{case}");
@@ -74,6 +77,11 @@ fn quick_suite_reports_both_paths_and_compare_catches_a_slowdown() {
     assert!(table.contains("### development (mvdream"), "{table}");
     assert!(table.contains("### image-development (trellis"), "{table}");
     assert!(table.contains("| slat |"), "{table}");
+    assert!(
+        table.contains("### text-image-development (flux-trellis"),
+        "{table}"
+    );
+    assert!(table.contains("| flux |"), "{table}");
 
     // The same report against itself: no regression.
     let same = bench(&[

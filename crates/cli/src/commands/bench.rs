@@ -9,14 +9,16 @@
 //! timed runs, plus load time, GPU memory in use after the runs (the whole
 //! device, from the driver) and the Gaussians out.
 //!
-//! `--suite quick` runs the `development` (text → MVDream → fit) and
-//! `image-development` (image → TRELLIS) profiles; without `--models` /
+//! `--suite quick` runs the `development` (text → MVDream → fit),
+//! `image-development` (image → TRELLIS) and `text-image-development`
+//! (text → FLUX → TRELLIS) profiles; without `--models` / `--flux` /
 //! `--trellis` it writes tiny random-weight models to a temporary folder
 //! first, so it needs nothing but the binary (about a minute on 2 CPU
 //! cores). `--suite full` runs every built-in profile of each path whose
-//! models are given (`--models` for the text profiles, `--trellis` for the
-//! image ones); the development profiles are left out of `full` (they
-//! exist for tiny models).
+//! models are given (`--models` for the MVDream profiles, `--trellis` for
+//! the image ones, both `--flux` and `--trellis` for text via an image);
+//! the development profiles are left out of `full` (they exist for tiny
+//! models).
 //!
 //! `--compare BASE.json` prints each case's ratio to a previous report
 //! (this run / base, per stage and in total) and fails when a total
@@ -36,6 +38,7 @@ use splatforge_pipeline::{
 };
 use splatforge_splat::write_atomic;
 
+use super::flux_trellis::{flux_source, FluxTrellisRunner};
 use super::generate::device;
 use super::trellis_generator::{TrellisModels, TrellisRunner};
 use crate::Outcome;
@@ -63,6 +66,10 @@ pub struct Args {
     /// default: tiny random models.
     #[arg(long)]
     trellis: Option<String>,
+    /// FLUX for the text → image → 3D profiles (as `generate --flux`). Quick suite default:
+    /// tiny random models.
+    #[arg(long)]
+    flux: Option<String>,
     /// The image of the image cases. Default: a synthetic RGBA disc.
     #[arg(long)]
     image: Option<PathBuf>,
@@ -205,7 +212,11 @@ fn profiles(args: &Args) -> Vec<String> {
         return args.profiles.clone();
     }
     match args.suite {
-        Suite::Quick => vec!["development".into(), "image-development".into()],
+        Suite::Quick => vec![
+            "development".into(),
+            "image-development".into(),
+            "text-image-development".into(),
+        ],
         Suite::Full => PROFILES
             .iter()
             .map(|(name, _)| name.to_string())
@@ -217,8 +228,7 @@ fn profiles(args: &Args) -> Vec<String> {
 fn run_suite(args: &Args) -> Result<Report> {
     let device = device(args.device.as_deref(), 0)?;
     let hub = HubConfig::from_env();
-    // Tiny models for the quick suite live as long as the run.
-    let scratch = tempfile::tempdir().context("creating a temporary folder")?;
+    let mut tiny = TinyModels::new(args.suite)?;
     let mut cases = Vec::new();
     for profile in profiles(args) {
         let (name, config) = ConfigSources {
@@ -226,20 +236,46 @@ fn run_suite(args: &Args) -> Result<Report> {
             ..Default::default()
         }
         .resolve()?;
-        let case = match config.pipeline {
-            PipelineKind::Mvdream => {
-                let Some(models) = text_models(args, scratch.path())? else {
-                    eprintln!("skipping {name}: no --models for the text profiles");
-                    continue;
-                };
+        let text_models = args
+            .models
+            .clone()
+            .map(Ok)
+            .or_else(|| tiny.text())
+            .transpose()?;
+        let flux = args
+            .flux
+            .clone()
+            .map(Ok)
+            .or_else(|| tiny.flux())
+            .transpose()?;
+        let trellis = args
+            .trellis
+            .clone()
+            .map(Ok)
+            .or_else(|| tiny.trellis())
+            .transpose()?;
+        let case = match (config.pipeline, text_models, flux, trellis) {
+            (PipelineKind::Mvdream, Some(models), _, _) => {
                 text_case(args, &device, &hub, &name, config, &models)?
             }
-            PipelineKind::Trellis => {
-                let Some(models) = image_models(args, scratch.path(), &hub)? else {
-                    eprintln!("skipping {name}: no --trellis for the image profiles");
-                    continue;
-                };
+            (PipelineKind::Trellis, _, _, Some(trellis)) => {
+                let models = TrellisModels::resolve(Some(&trellis), None, &hub)?;
                 image_case(args, &device, &name, config, models)?
+            }
+            (PipelineKind::FluxTrellis, _, Some(flux), Some(trellis)) => {
+                let models = TrellisModels::resolve(Some(&trellis), None, &hub)?;
+                let flux = flux_source(Some(&flux))?;
+                let t0 = Instant::now();
+                let runner =
+                    FluxTrellisRunner::load(&flux, models, &device, &name, config, hub.clone())?;
+                text_image_case(args, &name, runner, t0.elapsed())?
+            }
+            (kind, ..) => {
+                eprintln!(
+                    "skipping {name}: the {} pipeline's models were not given (--models, --flux, --trellis)",
+                    kind.name()
+                );
+                continue;
             }
         };
         eprintln!(
@@ -259,41 +295,71 @@ fn run_suite(args: &Args) -> Result<Report> {
     })
 }
 
-/// `--models`, else (quick suite) tiny MVDream models written under `scratch`.
-fn text_models(args: &Args, scratch: &Path) -> Result<Option<String>> {
-    if let Some(m) = &args.models {
-        return Ok(Some(m.clone()));
-    }
-    if args.suite == Suite::Full {
-        return Ok(None);
-    }
-    let opts = splatforge_diffusion::TinyOptions {
-        seed: 0,
-        dtype: splatforge_diffusion::DType::F32,
-    };
-    let tiny = splatforge_diffusion::make_tiny(&scratch.join("mvdream-tiny"), &opts)
-        .context("writing tiny MVDream models")?;
-    Ok(Some(tiny.diffusers_dir.display().to_string()))
+/// Tiny random-weight models for the quick suite, written to a temporary folder when a
+/// case first needs them and removed with it.
+struct TinyModels {
+    scratch: Option<tempfile::TempDir>,
+    diffusion: Option<splatforge_diffusion::TinyModels>,
+    trellis: Option<PathBuf>,
 }
 
-/// `--trellis`, else (quick suite) tiny TRELLIS models written under `scratch`.
-fn image_models(args: &Args, scratch: &Path, hub: &HubConfig) -> Result<Option<TrellisModels>> {
-    let spec = match &args.trellis {
-        Some(t) => t.clone(),
-        None if args.suite == Suite::Full => return Ok(None),
-        None => {
-            let dir = scratch.join("trellis-tiny");
-            splatforge_trellis::pipeline::write_random_trellis(
+impl TinyModels {
+    /// None are made for the full suite.
+    fn new(suite: Suite) -> Result<Self> {
+        let scratch = match suite {
+            Suite::Quick => Some(tempfile::tempdir().context("creating a temporary folder")?),
+            Suite::Full => None,
+        };
+        Ok(Self {
+            scratch,
+            diffusion: None,
+            trellis: None,
+        })
+    }
+
+    /// MVDream and FLUX (one writer makes both).
+    fn diffusion(&mut self) -> Option<Result<&splatforge_diffusion::TinyModels>> {
+        let dir = self.scratch.as_ref()?.path().join("diffusion");
+        if self.diffusion.is_none() {
+            let opts = splatforge_diffusion::TinyOptions {
+                seed: 0,
+                dtype: splatforge_diffusion::DType::F32,
+            };
+            match splatforge_diffusion::make_tiny(&dir, &opts).context("writing tiny models") {
+                Ok(m) => self.diffusion = Some(m),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        self.diffusion.as_ref().map(Ok)
+    }
+
+    fn text(&mut self) -> Option<Result<String>> {
+        self.diffusion()
+            .map(|m| m.map(|m| m.diffusers_dir.display().to_string()))
+    }
+
+    fn flux(&mut self) -> Option<Result<String>> {
+        self.diffusion()
+            .map(|m| m.map(|m| m.flux_dir.display().to_string()))
+    }
+
+    fn trellis(&mut self) -> Option<Result<String>> {
+        let dir = self.scratch.as_ref()?.path().join("trellis");
+        if self.trellis.is_none() {
+            let written = splatforge_trellis::pipeline::write_random_trellis(
                 &dir,
                 splatforge_trellis::stage1::ModelSize::Tiny,
                 splatforge_diffusion::DType::F32,
                 0,
             )
-            .context("writing tiny TRELLIS models")?;
-            dir.display().to_string()
+            .context("writing tiny TRELLIS models");
+            if let Err(e) = written {
+                return Some(Err(e));
+            }
+            self.trellis = Some(dir);
         }
-    };
-    Ok(Some(TrellisModels::resolve(Some(&spec), None, hub)?))
+        self.trellis.as_ref().map(|d| Ok(d.display().to_string()))
+    }
 }
 
 /// Loads, warms up and times one text → 3D case.
@@ -376,6 +442,44 @@ fn image_case(
         (load, warm_up),
         &runs,
         runner.device_memory().map(|m| m.used_bytes),
+    ))
+}
+
+/// Loads, warms up and times one text → FLUX → TRELLIS case.
+fn text_image_case(
+    args: &Args,
+    name: &str,
+    runner: FluxTrellisRunner,
+    load: Duration,
+) -> Result<CaseReport> {
+    let run = |seed: u64| -> Result<(StageTimes, usize)> {
+        let out = runner.generate(&args.prompt, Some(seed), |_| ControlFlow::Continue(()))?;
+        let stages = out
+            .out
+            .timings
+            .iter()
+            .map(|(s, d)| (s.to_string(), *d))
+            .collect();
+        Ok((stages, out.out.gaussians.len()))
+    };
+    let t0 = Instant::now();
+    run(u64::MAX)?;
+    let warm_up = t0.elapsed();
+    let runs = (0..args.repeat as u64)
+        .map(run)
+        .collect::<Result<Vec<_>>>()?;
+    let trellis = runner.trellis();
+    Ok(case_report(
+        name,
+        PipelineKind::FluxTrellis,
+        format!(
+            "{} + {}",
+            runner.flux_source(),
+            trellis.models().dir.display()
+        ),
+        (load, warm_up),
+        &runs,
+        trellis.device_memory().map(|m| m.used_bytes),
     ))
 }
 
