@@ -3,79 +3,17 @@
 //! `prompt` (the 404 miner's image tasks) and answers a PLY with the TRELLIS stage timings;
 //! text and broken images get 400; the stage metrics cover the new stages.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use splatforge_splat::read_splat_bytes;
 
-struct Response {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-fn request(addr: SocketAddr, raw: &[u8]) -> Response {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
-    s.write_all(raw).unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("HTTP head");
-    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    let mut body = buf[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    Response { status, head, body }
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n").unwrap();
-        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap();
-        if n == 0 {
-            return out;
-        }
-        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
-        b = &b[eol + 2 + n + 2..];
-    }
-}
-
-fn get(addr: SocketAddr, path: &str) -> Response {
-    request(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-}
-
-fn post(addr: SocketAddr, content_type: &str, body: &[u8]) -> Response {
-    post_to(addr, "/generate/", content_type, body)
-}
-
-fn post_to(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> Response {
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    request(addr, &[head.as_bytes(), body].concat())
-}
+mod common;
+use common::{get, post, post_to, request, wait_healthy, Response, Server};
 
 /// A multipart body of `(name, file name, value)` parts.
 fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
@@ -111,18 +49,6 @@ fn multipart_image(image: &[u8]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn make_tiny_trellis(dir: &Path) -> std::path::PathBuf {
     let models = dir.join("trellis");
     let out = Command::new(env!("CARGO_BIN_EXE_splatforge"))
@@ -150,17 +76,6 @@ fn ghost() -> Vec<u8> {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/ghost_rgba.png"),
     )
     .expect("the shared ghost fixture")
-}
-
-fn wait_healthy(addr: SocketAddr) {
-    let t0 = Instant::now();
-    while get(addr, "/health").status != 200 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "never became healthy"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn start(models: &Path) -> Server {
