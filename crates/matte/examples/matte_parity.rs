@@ -4,13 +4,14 @@
 //! f32) and a test picture (`DIR/input.png`); `run` loads the checkpoint like any published
 //! one, mattes the picture in the given dtype on the best device and saves the network input,
 //! the logits and the matte (`DIR/ours_<fp32|bf16|fp16>.safetensors`: `input [1, 3, S, S]`,
-//! `logits [1, 1, S, S]`, `alpha [H, W]`, all f32), with `--time`, also the wall time of a second run (which must give the same matte).
+//! `logits [1, 1, S, S]`, `alpha [H, W]`, all f32), `--weights` loads another file or `hf:` spec instead (output
+//! `ours_<precision>_<T>.safetensors`); with `--time`, also the wall time of a second run (which must give the same matte).
 //!
 //! ```text
 //! cargo run --release -p splatforge-matte [--features cuda] --example matte_parity -- \
 //!     write DIR [--model tiny|swin-l|swin-t] [--seed N]
 //! cargo run --release -p splatforge-matte [--features cuda] --example matte_parity -- \
-//!     run DIR [--dtype f32|bf16|f16] [--size S] [--time 1]
+//!     run DIR [--dtype f32|bf16|f16] [--size S] [--time 1] [--weights SPEC --tag T]
 //! ```
 
 use std::collections::HashMap;
@@ -25,7 +26,7 @@ use splatforge_matte::{BiRefNetConfig, Matte};
 
 type R<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-const USAGE: &str = "usage: matte_parity write DIR [--model tiny|swin-l|swin-t] [--seed N]\n       matte_parity run DIR [--dtype f32|bf16|f16] [--size S] [--time 1]";
+const USAGE: &str = "usage: matte_parity write DIR [--model tiny|swin-l|swin-t] [--seed N]\n       matte_parity run DIR [--dtype f32|bf16|f16] [--size S] [--time 1] [--weights SPEC --tag T]";
 
 /// A 640×480 picture: a shaded disc and a bar on a gradient background (not square, so that
 /// the resizes on the way in and out both matter).
@@ -94,8 +95,12 @@ fn run(dir: &Path, flags: &HashMap<String, String>) -> R<()> {
         .unwrap_or(1024);
     let device = splatforge_nn::best_device(0);
     let t = Instant::now();
-    let model_path = dir.join("model.safetensors");
-    let matte = Matte::load_sized(model_path.to_str().ok_or("path")?, size, dtype, &device)?;
+    let default_weights = dir.join("model.safetensors");
+    let weights = match flags.get("--weights") {
+        Some(w) => w.clone(),
+        None => default_weights.to_str().ok_or("path")?.to_string(),
+    };
+    let matte = Matte::load_sized(&weights, size, dtype, &device)?;
     println!("loaded in {:.2} s on {device:?}", t.elapsed().as_secs_f64());
     let img = image::open(dir.join("input.png"))?.to_rgb8();
     let input = network_input(&img, size, dtype, &device)?;
@@ -129,7 +134,10 @@ fn run(dir: &Path, flags: &HashMap<String, String>) -> R<()> {
             Tensor::from_vec(alpha, (img.height() as usize, img.width() as usize), &cpu)?,
         ),
     ]);
-    let out = dir.join(format!("ours_{precision}.safetensors"));
+    let out = match flags.get("--tag") {
+        Some(tag) => dir.join(format!("ours_{precision}_{tag}.safetensors")),
+        None => dir.join(format!("ours_{precision}.safetensors")),
+    };
     candle_core::safetensors::save(&tensors, &out)?;
     println!("saved {}", out.display());
     Ok(())
