@@ -239,3 +239,43 @@ fn swin_t_state_dict() {
         ],
     );
 }
+
+#[test]
+fn hub_specs_resolve_through_the_cache() {
+    use splatforge_matte::loading::{resolve, BIREFNET_REPO};
+    use splatforge_nn::hub::HubConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubConfig {
+        cache_dir: dir.path().to_path_buf(),
+        offline: true,
+    };
+    let repo = hub.repo_dir(BIREFNET_REPO);
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "c0ffee\n").unwrap();
+    let snapshot = repo.join("snapshots/c0ffee");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    let config = BiRefNetConfig::tiny();
+    write_random_birefnet(
+        &config,
+        SEED,
+        DType::F32,
+        &snapshot.join("model.safetensors"),
+    )
+    .unwrap();
+
+    let path = resolve("hf:ZhengPeng7/BiRefNet", &hub).unwrap();
+    assert_eq!(path, snapshot.join("model.safetensors"));
+    let err = resolve(
+        "hf:ZhengPeng7/BiRefNet:BiRefNet-general-epoch_244.pth",
+        &hub,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("BiRefNet-general-epoch_244.pth"), "{err}");
+    assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
+    // A folder without model.safetensors names what it looked for.
+    let err = resolve(dir.path().to_str().unwrap(), &hub)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+}
