@@ -1,6 +1,7 @@
 //! issue 6's Must-show with the real pipeline and the tiny models:
 //! `splatforge models make-tiny DIR`, then `splatforge serve --port 0
-//! --models DIR --profile development`; `/health` turns 200; `POST
+//! --models DIR` (tiny models pick the `development` profile, as in
+//! `generate`); `/health` turns 200; `POST
 //! /generate/` with prompt "a red chair" returns a PLY; an empty and a
 //! 1,100-character prompt get 4xx; 16 concurrent requests each get a PLY
 //! or a 503. Plain HTTP/1.1 over `TcpStream`, no client library.
@@ -99,8 +100,6 @@ fn start(models: &std::path::Path) -> Server {
             "127.0.0.1",
             "--port",
             "0",
-            "--profile",
-            "development",
             "--queue-size",
             "3",
             "--models",
@@ -112,10 +111,14 @@ fn start(models: &std::path::Path) -> Server {
         .expect("serve starts");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
+    let (profile_tx, profile_rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(a) = line.split("listening on http://").nth(1) {
                 let _ = tx.send(a.trim().to_string());
+            }
+            if line.contains("tiny test models; using --profile development") {
+                let _ = profile_tx.send(());
             }
             eprintln!("[serve] {line}");
         }
@@ -123,6 +126,9 @@ fn start(models: &std::path::Path) -> Server {
     let addr = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("the server prints its address");
+    profile_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("tiny models without --profile serve the development profile");
     Server {
         child,
         addr: addr.parse().unwrap(),

@@ -340,7 +340,10 @@ fn is_tiny(models: &ModelSource) -> bool {
 /// without `--profile` get [`TINY_MODELS_PROFILE`] (any other profile runs
 /// for many minutes on them to make noise); with another profile asked
 /// for, a warning says which one fits.
-fn profile_for_models(mut sources: ConfigSources, models: &ModelSource) -> ConfigSources {
+pub(super) fn profile_for_models(
+    mut sources: ConfigSources,
+    models: &ModelSource,
+) -> ConfigSources {
     if !is_tiny(models) {
         return sources;
     }

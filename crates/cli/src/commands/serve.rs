@@ -211,6 +211,12 @@ pub fn run(args: Args) -> Result<Outcome> {
         }
         PipelineKind::Mvdream => ServedModels::Mvdream(resolve_models(models_arg.as_deref())?),
     };
+    // Tiny test models without --profile serve `development`, as `generate` does: the default
+    // profile would spend minutes a request on them.
+    let sources = match &models {
+        ServedModels::Mvdream(m) => super::generate::profile_for_models(sources, m),
+        _ => sources,
+    };
     let factory = move |device: u32| build_generator(device, &models, &sources);
     splatforge_server::run(config, factory)?;
     Ok(Outcome::Success)
