@@ -236,47 +236,47 @@ fn run_suite(args: &Args) -> Result<Report> {
             ..Default::default()
         }
         .resolve()?;
-        let text_models = args
-            .models
-            .clone()
-            .map(Ok)
-            .or_else(|| tiny.text())
-            .transpose()?;
-        let flux = args
-            .flux
-            .clone()
-            .map(Ok)
-            .or_else(|| tiny.flux())
-            .transpose()?;
-        let trellis = args
-            .trellis
-            .clone()
-            .map(Ok)
-            .or_else(|| tiny.trellis())
-            .transpose()?;
-        let case = match (config.pipeline, text_models, flux, trellis) {
-            (PipelineKind::Mvdream, Some(models), _, _) => {
-                text_case(args, &device, &hub, &name, config, &models)?
+        // Only the models this case's pipeline runs: the quick suite writes tiny ones on first use.
+        let kind = config.pipeline;
+        let case = match kind {
+            PipelineKind::Mvdream => match given(&args.models, || tiny.text())? {
+                Some(models) => Some(text_case(args, &device, &hub, &name, config, &models)?),
+                None => None,
+            },
+            PipelineKind::Trellis => match given(&args.trellis, || tiny.trellis())? {
+                Some(trellis) => {
+                    let models = TrellisModels::resolve(Some(&trellis), None, &hub)?;
+                    Some(image_case(args, &device, &name, config, models)?)
+                }
+                None => None,
+            },
+            PipelineKind::FluxTrellis => {
+                let flux = given(&args.flux, || tiny.flux())?;
+                match (flux, given(&args.trellis, || tiny.trellis())?) {
+                    (Some(flux), Some(trellis)) => {
+                        let models = TrellisModels::resolve(Some(&trellis), None, &hub)?;
+                        let flux = flux_source(Some(&flux))?;
+                        let t0 = Instant::now();
+                        let runner = FluxTrellisRunner::load(
+                            &flux,
+                            models,
+                            &device,
+                            &name,
+                            config,
+                            hub.clone(),
+                        )?;
+                        Some(text_image_case(args, &name, runner, t0.elapsed())?)
+                    }
+                    _ => None,
+                }
             }
-            (PipelineKind::Trellis, _, _, Some(trellis)) => {
-                let models = TrellisModels::resolve(Some(&trellis), None, &hub)?;
-                image_case(args, &device, &name, config, models)?
-            }
-            (PipelineKind::FluxTrellis, _, Some(flux), Some(trellis)) => {
-                let models = TrellisModels::resolve(Some(&trellis), None, &hub)?;
-                let flux = flux_source(Some(&flux))?;
-                let t0 = Instant::now();
-                let runner =
-                    FluxTrellisRunner::load(&flux, models, &device, &name, config, hub.clone())?;
-                text_image_case(args, &name, runner, t0.elapsed())?
-            }
-            (kind, ..) => {
-                eprintln!(
-                    "skipping {name}: the {} pipeline's models were not given (--models, --flux, --trellis)",
-                    kind.name()
-                );
-                continue;
-            }
+        };
+        let Some(case) = case else {
+            eprintln!(
+                "skipping {name}: the {} pipeline's models were not given (--models, --flux, --trellis)",
+                kind.name()
+            );
+            continue;
         };
         eprintln!(
             "{name}: total median {:.1} ms, p90 {:.1} ms ({} runs)",
@@ -293,6 +293,14 @@ fn run_suite(args: &Args) -> Result<Report> {
         suite: format!("{:?}", args.suite).to_lowercase(),
         cases,
     })
+}
+
+/// The models a flag gives, else the tiny ones `tiny` writes (quick suite), else none.
+fn given(
+    flag: &Option<String>,
+    tiny: impl FnOnce() -> Option<Result<String>>,
+) -> Result<Option<String>> {
+    flag.clone().map(Ok).or_else(tiny).transpose()
 }
 
 /// Tiny random-weight models for the quick suite, written to a temporary folder when a
