@@ -12,10 +12,11 @@
 #   tools/gpu-suite.sh --pack       # strip + xz the binaries into .gpu-bin/
 # Device: run 'SUITES="trellis raster fit" tools/gpu-suite.sh' with carry
 #   [".gpu-bin", ".whl", ".gpu-ref"].
-# Suites: raster (tools/gpu-raster.sh), fit (tools/gpu-fit.sh, parity only unless FIT_FULL=1),
+# Suites: trellis-kernels (per-kernel times of a short image → PLY run, ncu), raster (tools/gpu-raster.sh), fit (tools/gpu-fit.sh, parity only unless FIT_FULL=1),
 # diffusion (tools/diffusion_parity.py: ops, unet, vae unless PARITY_SECTIONS is set),
 # pipeline (tools/gpu-pipeline.sh, PROFILES default "speed quality"),
-# trellis (tools/gpu-trellis-parity.sh), trellis-e2e (image → PLY on full-size random weights:
+# trellis (tools/gpu-trellis-parity.sh), matte (tools/gpu-matte-parity.sh),
+# trellis-e2e (image → PLY on full-size random weights, calibrated to VOXELS occupied voxels:
 # `splatforge generate --image` against the official pipeline, tools/trellis_reference.py, same
 # folder and steps; then the official run again with --time-shims for the shims' own cost).
 set -uo pipefail
@@ -33,21 +34,24 @@ case "${1:-}" in
       --features "splatforge/cudnn splatforge-render/cuda splatforge-fit/cuda splatforge-diffusion/cudnn splatforge-trellis/cudnn" \
       --bin splatforge --example gpu_raster --example gpu_fit --example parity \
       --example stage1_parity --example slat_flow_parity --example gs_decoder_parity
+    CARGO_TARGET_DIR="$TARGET" cargo build --release --locked -p splatforge-matte --features cudnn \
+      --example matte_parity
     mkdir -p .whl
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-      -d .whl gsplat==1.5.3 diffusers==0.42.1 importlib_metadata easydict plyfile
-    echo "Official sources for the TRELLIS suite go in .gpu-ref/ (see tools/gpu-trellis-parity.sh)."
+      -d .whl gsplat==1.5.3 diffusers==0.42.1 importlib_metadata easydict plyfile einops==0.8.1 timm==1.0.15
+    echo "Official sources go in .gpu-ref/ (see tools/gpu-trellis-parity.sh and tools/gpu-matte-parity.sh)."
     exit 0
     ;;
   --pack)
     set -e
-    pack_binary "$TARGET/release/splatforge" splatforge
-    pack_binary "$TARGET/release/examples/gpu_raster" gpu_raster
-    pack_binary "$TARGET/release/examples/gpu_fit" gpu_fit
-    pack_binary "$TARGET/release/examples/parity" diffusion_parity
-    for b in stage1_parity slat_flow_parity gs_decoder_parity; do
-      pack_binary "$TARGET/release/examples/$b" "$b"
+    # PACK (default: all) picks the binaries, to stay under the 64 MiB a device call carries.
+    for b in ${PACK:-splatforge gpu_raster gpu_fit diffusion_parity stage1_parity slat_flow_parity gs_decoder_parity matte_parity}; do
+      case "$b" in
+        splatforge) pack_binary "$TARGET/release/splatforge" splatforge ;;
+        diffusion_parity) pack_binary "$TARGET/release/examples/parity" diffusion_parity ;;
+        *) pack_binary "$TARGET/release/examples/$b" "$b" ;;
+      esac
     done
     cp ../shared/fixtures/hamburger.ply .gpu-bin/hamburger.ply
     cp ../shared/fixtures/ghost_rgba.png .gpu-bin/ghost_rgba.png  # trellis-e2e's input (no shared/ there)
@@ -93,14 +97,29 @@ for s in $SUITES; do
       PYTHONPATH=/tmp/site PARITY_SECTIONS="${PARITY_SECTIONS:-ops,unet,vae}" \
         PARITY_ONLY="${PARITY_ONLY:-${PARITY_SECTIONS:-ops,unet,vae}}" \
         suite diffusion bash -c 'python3 tools/diffusion_parity.py /tmp/diffusion-work "$OUT" /tmp/diffusion_parity' ;;
-    pipeline) PROFILES="${PROFILES:-speed quality}" DEADLINE_S=$(($(left) - 30)) suite pipeline tools/gpu-pipeline.sh ;;
+    # env, not a prefix on `suite`: a prefix would change DEADLINE_S for suite's own budget.
+    pipeline) suite pipeline env PROFILES="${PROFILES:-speed quality}" DEADLINE_S=$(($(left) - 30)) tools/gpu-pipeline.sh ;;
+    trellis-kernels)
+      # Per-kernel GPU time of one image → PLY run with 2 + 2 sampler steps under Nsight
+      # Compute (duration only), summed by kernel name: where the flows' time goes.
+      unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge
+      suite trellis-kernels bash -c 'set -e; M=/tmp/trellis-full
+        [[ -d $M ]] || /tmp/splatforge models make-random --family trellis --size full $M \
+          --voxels "${VOXELS:-20000}" --calibration-image .gpu-bin/ghost_rgba.png
+        NCU_BIN="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu | head -1)"
+        "$NCU_BIN" --clock-control none --metrics gpu__time_duration.sum --csv --log-file "$OUT/ncu.csv" \
+          /tmp/splatforge generate --image .gpu-bin/ghost_rgba.png --models $M --profile image-quality \
+          --set trellis.sparse_structure_steps=2 --set trellis.slat_steps=2 -o /tmp/k.ply > "$OUT/run.log" 2>&1
+        python3 tools/kernel_summary.py "$OUT/ncu.csv" | tee "$OUT/kernels.md"' ;;
     trellis) suite trellis tools/gpu-trellis-parity.sh ;;
+    matte) suite matte tools/gpu-matte-parity.sh ;;
     trellis-e2e)
       python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/easydict-*.whl .whl/plyfile-*.whl
       unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge
       # Ours takes no --warm-up with --image: 4 runs after one load, the reference drops the first.
       PYTHONPATH=/tmp/site suite trellis-e2e bash -c 'set -e; M=/tmp/trellis-full; rm -rf $M
-        /tmp/splatforge models make-random --family trellis --size full $M
+        /tmp/splatforge models make-random --family trellis --size full $M \
+          --voxels "${VOXELS:-20000}" --calibration-image .gpu-bin/ghost_rgba.png
         /tmp/splatforge generate --image .gpu-bin/ghost_rgba.png --models $M --profile image-quality \
           --repeat 4 --json -o /tmp/trellis-e2e.ply > "$OUT/ours.jsonl" 2> "$OUT/ours.stderr"
         python3 tools/trellis_reference.py $M --image .gpu-bin/ghost_rgba.png --repeat 3 \

@@ -14,6 +14,7 @@
 #   git -C <EasternJournalist/utils3d> archive 9a4eb15e4021b67b12c460c7057d642626897ec8 utils3d | tar -x -C .gpu-ref/utils3d
 #   pip download easydict, plyfile into .whl/ (see /work/.library/device/README.md's wheel notes)
 # Device: run "tools/gpu-trellis-parity.sh" with carry [".gpu-bin", ".gpu-ref", ".whl"].
+# PARTS (default "stage1 stage2 decoder") picks the comparisons; DECODER_DTYPES (default "f32 f16").
 # Writes $OUT/trellis_parity.log; exit status 0 when every comparison is within tolerance.
 set -uo pipefail
 source tools/gpu-common.sh
@@ -27,25 +28,33 @@ LOG="$OUT/trellis_parity.log"
 use_cuda_runtime
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/easydict-*.whl .whl/plyfile-*.whl
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
-for b in "${BINS[@]}"; do unxz_to ".gpu-bin/$b.xz" "/tmp/$b"; chmod +x "/tmp/$b"; done
+for b in "${BINS[@]}"; do [[ -f ".gpu-bin/$b.xz" ]] || continue; unxz_to ".gpu-bin/$b.xz" "/tmp/$b"; chmod +x "/tmp/$b"; done
 REF=.gpu-ref
 status=0
 run() { echo "+ $*" | tee -a "$LOG"; "$@" 2>&1 | tee -a "$LOG"; local rc=${PIPESTATUS[0]}; [[ $rc == 0 ]] || status=$rc; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$LOG"
+PARTS="${PARTS:-stage1 stage2 decoder}"
+has() { [[ " $PARTS " == *" $1 "* ]]; }
 # Stage 1: ours writes weights, inputs and outputs; the official modules run on them.
+if has stage1; then
 run /tmp/stage1_parity /tmp/s1-f32 --size full --dtype f32
 run python3 crates/trellis/scripts/parity_stage1.py /tmp/s1-f32 --trellis $REF/trellis-ref --dinov2 $REF/dinov2-ref
 run /tmp/stage1_parity /tmp/s1-bf16 --size full --dtype bf16
 run python3 crates/trellis/scripts/parity_stage1.py /tmp/s1-bf16 --trellis $REF/trellis-ref --dinov2 $REF/dinov2-ref --fp16
+fi
 # Stage 2: the official script writes weights and outputs; ours loads and compares.
+if has stage2; then
 run python3 crates/trellis/scripts/slat_flow_parity.py $REF/trellis-ref /tmp/slat full
 run /tmp/slat_flow_parity /tmp/slat bf16
 run /tmp/slat_flow_parity /tmp/slat f16
+fi
 # Gaussian decoder: ours writes weights and outputs; the official decoder and save_ply compare.
+if has decoder; then
 run /tmp/gs_decoder_parity write /tmp/dec-full --full
-for dt in f32 f16; do
+for dt in ${DECODER_DTYPES:-f32 f16}; do
   run /tmp/gs_decoder_parity run /tmp/dec-full --dtype $dt --repeat 10
   run python3 crates/trellis/scripts/gs_decoder_parity.py /tmp/dec-full --trellis $REF/trellis-ref --utils3d $REF/utils3d --dtype $dt
 done
+fi
 echo "status $status" | tee -a "$LOG"
 exit $status

@@ -319,6 +319,25 @@ fn parity(args: &[String]) -> Res<bool> {
             .map(|(i, r)| json!([i, r.cloned, r.split, r.pruned, r.after]))
             .collect();
         let same_counts = counts_cpu == counts_gpu;
+        // The first densification sees identical inputs and must agree exactly (the replay
+        // check below tests the decision itself bitwise). Later ones follow steps whose
+        // gradient sums come from atomics in another order: a Gaussian whose accumulated
+        // gradient sits on the threshold may flip, so they may differ by 0.1 % of the count.
+        let counts_close = rc.densifications.len() == rg.densifications.len()
+            && rc
+                .densifications
+                .iter()
+                .zip(&rg.densifications)
+                .enumerate()
+                .all(|(k, ((ic, c), (ig, g)))| {
+                    let bound = if k == 0 { 0 } else { (c.after / 1000).max(1) };
+                    let near = |a: usize, b: usize| a.abs_diff(b) <= bound;
+                    ic == ig
+                        && near(c.cloned, g.cloned)
+                        && near(c.split, g.split)
+                        && near(c.pruned, g.pruned)
+                        && near(c.after, g.after)
+                });
         let params = compare_gaussians(&rg.gaussians, &rc.gaussians);
         // After one step, Adam moves every parameter with a non-zero
         // gradient by ±lr: any difference shows as a large relative error.
@@ -334,7 +353,7 @@ fn parity(args: &[String]) -> Res<bool> {
                     })
                 })
         } else {
-            same_counts && worst_loss <= 1e-3
+            counts_close && worst_loss <= 1e-3
         };
         ok &= pass;
         eprintln!(
@@ -347,7 +366,7 @@ fn parity(args: &[String]) -> Res<bool> {
                 "loss_max_rel": worst_loss,
                 "loss_rel_per_step": loss_rel,
                 "cpu_loss": cpu_losses, "gpu_loss": gpu_losses,
-                "densify_cpu": counts_cpu, "densify_gpu": counts_gpu, "densify_counts_equal": same_counts,
+                "densify_cpu": counts_cpu, "densify_gpu": counts_gpu, "densify_counts_equal": same_counts, "densify_counts_close": counts_close,
                 "params": params,
                 "cpu_s": cpu_s, "gpu_s": gpu_s,
                 "gpu_syncs": format!("{:?}", gpu.sync_counts()),

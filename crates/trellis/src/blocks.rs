@@ -12,7 +12,7 @@
 //! which also run the blocks on `[1, rows, C]` with per-row modulation terms
 //! ([`ModulationTerms::map`]).
 
-use candle_core::{DType, Module, Tensor, D};
+use candle_core::{DType, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 use splatforge_nn::ops::{self, LinearEpilogue};
 
@@ -41,6 +41,14 @@ pub fn dense_attention(
 /// `nn.Linear(in_dim, out_dim, bias)` under `vb` (`weight [out, in]`, `bias [out]`).
 pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
     Ok(candle_nn::linear_b(in_dim, out_dim, bias, vb)?)
+}
+
+/// `layer` on `x [.., in]` → `[.., out]`: on the GPU one 2-D product over the flattened rows
+/// plus the fused bias epilogue (candle's `Linear` runs a batched product and a separate
+/// broadcast add, 3× slower at these shapes: BENCHMARKS.md, `op_linear_*`); candle's
+/// `Linear` itself on the CPU.
+pub fn linear_forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    Ok(ops::linear(x, layer, LinearEpilogue::default())?)
 }
 
 /// `layer` on `x`, then `residual + gate ⊙ (…)`: one fused epilogue where the gate has one
@@ -227,7 +235,7 @@ impl SelfAttention {
     /// `x [.., C]` → `(q, k, v)`, each `[.., H·D]` contiguous, q and k normalised when the
     /// layer has QK RMSNorm.
     pub fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let qkv = self.to_qkv.forward(x)?;
+        let qkv = linear_forward(&self.to_qkv, x)?;
         let c = self.channels;
         let part = |i: usize| qkv.narrow(D::Minus1, i * c, c)?.contiguous();
         let (mut q, mut k, v) = (part(0)?, part(1)?, part(2)?);
@@ -256,7 +264,7 @@ impl SelfAttention {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (q, k, v) = self.project(x)?;
         let h = dense_attention(&q, &k, &v, self.heads)?;
-        Ok(self.to_out.forward(&h)?)
+        linear_forward(&self.to_out, &h)
     }
 }
 
@@ -298,7 +306,7 @@ impl CrossAttention {
 
     /// `x [.., C]` → `q [.., H·D]` (normalised with QK RMSNorm).
     pub fn project_query(&self, x: &Tensor) -> Result<Tensor> {
-        let q = self.to_q.forward(x)?;
+        let q = linear_forward(&self.to_q, x)?;
         match &self.qk_norm {
             Some((q_norm, _)) => q_norm.forward(&q),
             None => Ok(q),
@@ -308,7 +316,7 @@ impl CrossAttention {
     /// `context [.., C_ctx]` → `(k, v)`, each `[.., H·D]` contiguous (k normalised with QK
     /// RMSNorm). Constant over a sampling run, so callers may compute it once.
     pub fn project_context(&self, context: &Tensor) -> Result<(Tensor, Tensor)> {
-        let kv = self.to_kv.forward(context)?;
+        let kv = linear_forward(&self.to_kv, context)?;
         let c = self.channels;
         let mut k = kv.narrow(D::Minus1, 0, c)?.contiguous()?;
         let v = kv.narrow(D::Minus1, c, c)?.contiguous()?;
@@ -380,7 +388,7 @@ impl FeedForward {
                 ..Default::default()
             },
         )?;
-        Ok(self.fc2.forward(&h)?)
+        linear_forward(&self.fc2, &h)
     }
 }
 
@@ -451,7 +459,7 @@ impl AdaLnModulation {
 
     /// `linear(silu(emb))`, `emb [B, C]` → the packed `[B, 6·C]` terms.
     pub fn forward(&self, emb: &Tensor) -> Result<Tensor> {
-        Ok(self.linear.forward(&emb.silu()?)?)
+        linear_forward(&self.linear, &emb.silu()?)
     }
 }
 
@@ -644,7 +652,7 @@ impl TimestepEmbedder {
     pub fn forward(&self, t: &Tensor) -> Result<Tensor> {
         let features =
             timestep_features(t, TIMESTEP_FREQUENCY_DIM)?.to_dtype(self.fc1.weight().dtype())?;
-        Ok(self.fc2.forward(&self.fc1.forward(&features)?.silu()?)?)
+        linear_forward(&self.fc2, &linear_forward(&self.fc1, &features)?.silu()?)
     }
 }
 

@@ -26,13 +26,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{DType, Module, Tensor, D};
+use candle_core::{DType, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use splatforge_nn::ops::{self, Conv2d, LinearEpilogue};
 use splatforge_nn::weights::{NameMap, Source, TensorFile};
 
-use crate::blocks::{dense_attention, linear, LayerNorm32};
+use crate::blocks::{dense_attention, linear, linear_forward, LayerNorm32};
 use crate::config::{bad_file, hub_error, weights_with_names};
 use crate::{Result, TrellisError};
 use splatforge_nn::hub::HubConfig;
@@ -301,10 +301,10 @@ impl Block {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let c = self.ls1.dim(0)?;
-        let qkv = self.qkv.forward(&self.norm1.forward(x)?)?;
+        let qkv = linear_forward(&self.qkv, &self.norm1.forward(x)?)?;
         let part = |i: usize| qkv.narrow(D::Minus1, i * c, c)?.contiguous();
         let h = dense_attention(&part(0)?, &part(1)?, &part(2)?, self.heads)?;
-        let x = (x + self.proj.forward(&h)?.broadcast_mul(&self.ls1)?)?;
+        let x = (x + linear_forward(&self.proj, &h)?.broadcast_mul(&self.ls1)?)?;
         // nn.GELU(): the exact (erf) GELU.
         let h = ops::linear(
             &self.norm2.forward(&x)?,
@@ -312,7 +312,7 @@ impl Block {
             LinearEpilogue::default(),
         )?
         .gelu_erf()?;
-        Ok((&x + self.fc2.forward(&h)?.broadcast_mul(&self.ls2)?)?)
+        Ok((&x + linear_forward(&self.fc2, &h)?.broadcast_mul(&self.ls2)?)?)
     }
 }
 

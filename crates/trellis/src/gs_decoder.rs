@@ -16,12 +16,14 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use splatforge_splat::Gaussians;
 
-use crate::blocks::{linear, AbsolutePositionEmbedder, BlockConfig, LayerNorm32, TransformerBlock};
+use crate::blocks::{
+    linear, linear_forward, AbsolutePositionEmbedder, BlockConfig, LayerNorm32, TransformerBlock,
+};
 use crate::config::{checkpoint_weights, Checkpoint};
 use crate::gaussians::{GaussianRepresentation, RepresentationConfig};
 use crate::sparse::window::{windowed_self_attention, WindowPartition};
@@ -266,7 +268,8 @@ impl GaussianDecoder {
             .flat_map(|c| [c[1], c[2], c[3]])
             .collect();
         let feats = latent.feats.to_dtype(DType::F32)?;
-        let h = (self.input_layer.forward(&feats)? + self.position.embed(&xyz, device)?)?;
+        let h =
+            (linear_forward(&self.input_layer, &feats)? + self.position.embed(&xyz, device)?)?;
         // The two window layouts of the Swin blocks (TRELLIS caches them on the tensor too).
         let partition =
             |shift| WindowPartition::new(&latent.coords, cfg.window_size, shift, device);
@@ -290,7 +293,7 @@ impl GaussianDecoder {
         let h = self
             .output_norm
             .forward(&h.squeeze(0)?.to_dtype(DType::F32)?)?;
-        latent.with_feats(self.out_layer.forward(&h)?)
+        latent.with_feats(linear_forward(&self.out_layer, &h)?)
     }
 
     /// The Gaussians of each batch item of `latent`, with the values TRELLIS' `save_ply`

@@ -20,12 +20,12 @@
 //! maps, the down/upsampling mapping, position embeddings, per-row batch indices) is built
 //! once into a [`SlatGeometry`] and passed to every [`SLatFlowModel::forward`].
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::blocks::{
-    linear, AbsolutePositionEmbedder, Attend, BlockConfig, LayerNorm32,
+    linear, linear_forward, AbsolutePositionEmbedder, Attend, BlockConfig, LayerNorm32,
     ModulatedTransformerCrossBlock, TimestepEmbedder, BLOCK_NORM_EPS,
 };
 use crate::sampler::FlowModel;
@@ -365,10 +365,7 @@ impl SparseResBlock3d {
             Resampling::Up => (geometry.downsamples[level - 1].upsample(x)?, level - 1),
         };
         let voxels = &geometry.levels[level];
-        let emb_out = self
-            .emb_layers
-            .forward(&emb.silu()?)?
-            .to_dtype(x.feats.dtype())?;
+        let emb_out = linear_forward(&self.emb_layers, &emb.silu()?)?.to_dtype(x.feats.dtype())?;
         let scale = voxels.per_row(&emb_out.narrow(1, 0, self.out_channels)?)?;
         let shift = voxels.per_row(&emb_out.narrow(1, self.out_channels, self.out_channels)?)?;
         let h = x.with_feats(self.norm1.forward(&x.feats)?.silu()?)?;
@@ -381,7 +378,7 @@ impl SparseResBlock3d {
             .silu()?;
         let h = self.conv2.forward(&x.with_feats(h)?, &voxels.map)?;
         let skip = match &self.skip_connection {
-            Some(layer) => layer.forward(&x.feats)?,
+            Some(layer) => linear_forward(layer, &x.feats)?,
             None => x.feats.clone(),
         };
         x.with_feats((h.feats + skip)?)
@@ -551,9 +548,7 @@ impl SLatFlowModel {
                 self.config.cond_channels
             )));
         }
-        let h = self
-            .input_layer
-            .forward(&x.feats.to_dtype(DType::F32)?)?
+        let h = linear_forward(&self.input_layer, &x.feats.to_dtype(DType::F32)?)?
             .to_dtype(self.dtype)?;
         let t_emb = self
             .t_embedder
@@ -586,7 +581,7 @@ impl SLatFlowModel {
             }
         }
         let out = self.out_norm.forward(&h.feats)?.to_dtype(DType::F32)?;
-        x.with_feats(self.out_layer.forward(&out)?)
+        x.with_feats(linear_forward(&self.out_layer, &out)?)
     }
 
     /// The transformer blocks over `tokens [T, C]` (rows grouped by batch item).
@@ -714,6 +709,7 @@ mod tests {
     use crate::blocks::tests::{layer_norm, lin, max_diff, Mat};
     use crate::config::{checkpoint_weights, write_checkpoint, Checkpoint};
     use crate::sampler::{FlowEulerSampler, SamplerParams};
+    use candle_core::Module;
     use splatforge_nn::weights::{RandomRecorder, SeededInit};
     use std::collections::BTreeMap;
 

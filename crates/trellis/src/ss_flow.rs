@@ -6,13 +6,13 @@
 //! the position embedding in f32; the blocks in the model dtype (`use_fp16`: f16 there, on
 //! our GPU path bf16 or f16; on the CPU f32).
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::blocks::{
-    linear, AbsolutePositionEmbedder, AdaLnModulation, BlockConfig, ModulatedTransformerCrossBlock,
-    TimestepEmbedder,
+    linear, linear_forward, AbsolutePositionEmbedder, AdaLnModulation, BlockConfig,
+    ModulatedTransformerCrossBlock, TimestepEmbedder,
 };
 use crate::sampler::FlowModel;
 use crate::{Result, TrellisError};
@@ -284,7 +284,7 @@ impl SparseStructureFlowModel {
             .reshape((b, c_in * p * p * p, tokens))?
             .transpose(1, 2)?
             .contiguous()?;
-        let h = self.input_layer.forward(&h)?.broadcast_add(&self.pos_emb)?;
+        let h = linear_forward(&self.input_layer, &h)?.broadcast_add(&self.pos_emb)?;
         let mut emb = self.t_embedder.forward(t)?;
         if let Some(m) = &self.shared_modulation {
             emb = m.forward(&emb)?;
@@ -300,7 +300,9 @@ impl SparseStructureFlowModel {
         let ones = Tensor::ones(cfg.model_channels, DType::F32, h.device())?;
         let zeros = Tensor::zeros(cfg.model_channels, DType::F32, h.device())?;
         let h = candle_nn::ops::layer_norm(&h, &ones, &zeros, 1e-5)?;
-        let h = self.out_layer.forward(&h)?.transpose(1, 2)?.contiguous()?;
+        let h = linear_forward(&self.out_layer, &h)?
+            .transpose(1, 2)?
+            .contiguous()?;
         unpatchify(
             &h.reshape((b, cfg.out_channels * p * p * p, grid, grid, grid))?,
             p,
@@ -336,6 +338,7 @@ mod tests {
     use super::*;
     use crate::blocks::tests::{layer_norm, lin, max_diff, Mat};
     use candle_core::Device;
+    use candle_core::Module;
     use splatforge_nn::weights::SeededInit;
 
     fn randn(dims: &[usize], seed: u64) -> Tensor {

@@ -319,6 +319,107 @@ pub fn write_random_stage1(
     Ok(weights)
 }
 
+/// The structure decoder's output bias (`out_layer.2`, the conv that gives the logits).
+const DECODER_OUTPUT_BIAS: &str = "out_layer.2.bias";
+
+/// What [`calibrate_random_occupancy`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct OccupancyCalibration {
+    /// Occupied voxels before: random weights put about half of the grid above 0.
+    pub voxels_before: usize,
+    /// Occupied voxels after, decoded again from the rewritten (rounded) weights.
+    pub voxels_after: usize,
+    /// The logit subtracted from the decoder's output bias.
+    pub shift: f32,
+}
+
+/// Shifts the structure decoder's output bias in a folder written by
+/// [`write_random_stage1`] (same `size`, `dtype` and weights `seed`) so that `image`, sampled
+/// with `sample_seed` and the pipeline's sampler, decodes to about `voxels` occupied voxels.
+///
+/// Why: random weights occupy about half of the 64³ grid (~130k voxels), while the assets
+/// TRELLIS-image-large makes occupy a few percent of it (around 20k voxels). The cost of
+/// stage 2 and of the Gaussian decoder grows with the voxel count (attention over the
+/// voxels), so timings on uncalibrated random weights would measure far more work than a
+/// real image costs. The bias adds to every logit, so moving it by the logit between the
+/// `voxels`-th and the next largest value sets the count exactly (up to the stored
+/// precision's rounding); nothing else in the weights changes, and other seeds and images
+/// land near the same count. `device`/`run_dtype`: where and in which precision stage 1 runs.
+#[allow(clippy::too_many_arguments)]
+pub fn calibrate_random_occupancy(
+    dir: &Path,
+    dinov2: &Path,
+    size: ModelSize,
+    dtype: DType,
+    seed: u64,
+    image: &RgbaImage,
+    sample_seed: u64,
+    voxels: usize,
+    device: &Device,
+    run_dtype: DType,
+) -> Result<OccupancyCalibration> {
+    let decode_logits = || -> Result<Vec<f32>> {
+        let stage1 = Stage1::load(dir, dinov2, run_dtype, device)?;
+        let conditioning = stage1.condition(image)?;
+        let params = stage1.pipeline().args.sparse_structure_sampler.params;
+        let latent = stage1.sample_latent(&conditioning, sample_seed, &params, |_, _| {
+            ControlFlow::Continue(())
+        })?;
+        Ok(stage1
+            .decoder()
+            .forward(&latent)?
+            .narrow(1, 0, 1)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    };
+    let mut logits = decode_logits()?;
+    if voxels == 0 || voxels >= logits.len() {
+        return Err(TrellisError::InvalidArgument(format!(
+            "voxels must be between 1 and {} (the grid), not {voxels}",
+            logits.len() - 1
+        )));
+    }
+    let voxels_before = logits.iter().filter(|v| **v > 0.0).count();
+    let descending = |a: &f32, b: &f32| b.total_cmp(a);
+    let (_, kth, rest) = logits.select_nth_unstable_by(voxels - 1, descending);
+    let kth = *kth;
+    let next = rest
+        .iter()
+        .copied()
+        .max_by(|a, b| a.total_cmp(b))
+        .unwrap_or(kth);
+    let shift = 0.5 * (kth + next);
+
+    let (_, _, decoder) = stage1_configs(size);
+    let pipeline = PipelineConfig::read(&dir.join("pipeline.json"))?;
+    let recorder = RandomRecorder::new(seed.wrapping_add(1));
+    SparseStructureDecoder::load(&decoder, recorder.var_builder())?;
+    let mut tensors = recorder.recipes();
+    let bias = tensors.get(DECODER_OUTPUT_BIAS).ok_or_else(|| {
+        TrellisError::Config(format!(
+            "the structure decoder has no {DECODER_OUTPUT_BIAS}"
+        ))
+    })?;
+    let shifted = bias.values().into_iter().map(|b| b - shift).collect();
+    let shifted = RandomTensor::given(bias.dims(), shifted)
+        .map_err(|e| TrellisError::InvalidArgument(e.to_string()))?;
+    tensors.insert(DECODER_OUTPUT_BIAS.to_string(), shifted);
+    write_checkpoint(
+        &pipeline.checkpoint_stem(dir, "sparse_structure_decoder")?,
+        ss_decoder::CLASS,
+        &decoder,
+        &tensors,
+        dtype,
+    )?;
+    logits = decode_logits()?;
+    Ok(OccupancyCalibration {
+        voxels_before,
+        voxels_after: logits.iter().filter(|v| **v > 0.0).count(),
+        shift,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,6 +434,42 @@ mod tests {
                 Rgba([0, 0, 0, 0])
             }
         })
+    }
+
+    #[test]
+    fn calibration_sets_the_occupied_voxel_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let dinov2 = write_random_stage1(dir.path(), ModelSize::Tiny, DType::F32, 9).unwrap();
+        let calibrate = |voxels| {
+            calibrate_random_occupancy(
+                dir.path(),
+                &dinov2,
+                ModelSize::Tiny,
+                DType::F32,
+                9,
+                &ghost_like(),
+                42,
+                voxels,
+                &Device::Cpu,
+                DType::F32,
+            )
+        };
+        assert!(calibrate(0).is_err());
+        assert!(calibrate(16 * 16 * 16).is_err());
+        let c = calibrate(300).unwrap();
+        assert!(c.voxels_before > 1000, "{c:?}");
+        assert_eq!(c.voxels_after, 300, "{c:?}");
+        // The folder itself now decodes to that count, and another seed lands near it.
+        let stage1 = Stage1::load(dir.path(), &dinov2, DType::F32, &Device::Cpu).unwrap();
+        let run = |seed| {
+            stage1
+                .run(&ghost_like(), seed, |_, _| ControlFlow::Continue(()))
+                .unwrap()
+                .len()
+        };
+        assert_eq!(run(42), 300);
+        let other = run(7);
+        assert!((150..=600).contains(&other), "seed 7: {other} voxels");
     }
 
     #[test]

@@ -131,6 +131,15 @@ struct MakeRandomArgs {
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// TRELLIS: shift the random structure decoder's output bias so that
+    /// --calibration-image (seed 42, the profiles' seed) decodes to this many occupied
+    /// voxels. Random weights occupy about half of the 64³ grid; real assets a few percent
+    /// (about 20000), and stage 2's cost follows the count: calibrate before timing.
+    #[arg(long, requires = "calibration_image")]
+    voxels: Option<usize>,
+    /// The image --voxels calibrates on.
+    #[arg(long, requires = "voxels")]
+    calibration_image: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -229,6 +238,9 @@ fn make_random(a: MakeRandomArgs) -> Result<Outcome> {
     if let Family::Trellis = a.family {
         return make_random_trellis(a);
     }
+    if a.voxels.is_some() {
+        bail!("--voxels is for --family trellis");
+    }
     let size = match a.size {
         Size::Tiny => ModelSize::Tiny,
         Size::Full => ModelSize::Full,
@@ -280,6 +292,38 @@ fn make_random_trellis(a: MakeRandomArgs) -> Result<Outcome> {
     println!("TRELLIS folder: {}", a.dir.display());
     println!("DINOv2: {}", dinov2.display());
     println!("written in {:.1} s", t0.elapsed().as_secs_f64());
+    if let (Some(voxels), Some(path)) = (a.voxels, &a.calibration_image) {
+        let t0 = Instant::now();
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let image = splatforge_trellis::preprocess::decode_image(&bytes)
+            .with_context(|| format!("decoding {}", path.display()))?;
+        let device = splatforge_nn::best_device(0);
+        let run_dtype = if device.is_cpu() {
+            Precision::F32
+        } else {
+            Precision::F16
+        };
+        let c = splatforge_trellis::stage1::calibrate_random_occupancy(
+            &a.dir,
+            &dinov2,
+            size,
+            dtype,
+            a.seed,
+            &image,
+            42,
+            voxels,
+            &device,
+            run_dtype.dtype(),
+        )
+        .context("calibrating the structure decoder")?;
+        println!(
+            "occupancy: {} → {} voxels (logit shift {:.3}) in {:.1} s",
+            c.voxels_before,
+            c.voxels_after,
+            c.shift,
+            t0.elapsed().as_secs_f64()
+        );
+    }
     Ok(Outcome::Success)
 }
 
