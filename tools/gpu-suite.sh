@@ -12,7 +12,7 @@
 #   tools/gpu-suite.sh --pack       # strip + xz the binaries into .gpu-bin/
 # Device: run 'SUITES="trellis raster fit" tools/gpu-suite.sh' with carry
 #   [".gpu-bin", ".whl", ".gpu-ref"].
-# Suites: trellis-kernels (per-kernel times of a short image → PLY run, ncu), raster (tools/gpu-raster.sh), fit (tools/gpu-fit.sh, parity only unless FIT_FULL=1),
+# Suites: conv3d (cuDNN 3-D convolution vs the CPU path), trellis-kernels (per-kernel times of a short image → PLY run, ncu), raster (tools/gpu-raster.sh), fit (tools/gpu-fit.sh, parity only unless FIT_FULL=1),
 # diffusion (tools/diffusion_parity.py: ops, unet, vae unless PARITY_SECTIONS is set),
 # pipeline (tools/gpu-pipeline.sh, PROFILES default "speed quality"),
 # trellis (tools/gpu-trellis-parity.sh), matte (tools/gpu-matte-parity.sh),
@@ -33,7 +33,7 @@ case "${1:-}" in
       -p splatforge -p splatforge-render -p splatforge-fit -p splatforge-diffusion -p splatforge-trellis \
       --features "splatforge/cudnn splatforge-render/cuda splatforge-fit/cuda splatforge-diffusion/cudnn splatforge-trellis/cudnn" \
       --bin splatforge --example gpu_raster --example gpu_fit --example parity \
-      --example stage1_parity --example slat_flow_parity --example gs_decoder_parity
+      --example stage1_parity --example slat_flow_parity --example gs_decoder_parity --example conv3d_parity
     CARGO_TARGET_DIR="$TARGET" cargo build --release --locked -p splatforge-matte --features cudnn \
       --example matte_parity
     mkdir -p .whl
@@ -46,7 +46,7 @@ case "${1:-}" in
   --pack)
     set -e
     # PACK (default: all) picks the binaries, to stay under the 64 MiB a device call carries.
-    for b in ${PACK:-splatforge gpu_raster gpu_fit diffusion_parity stage1_parity slat_flow_parity gs_decoder_parity matte_parity}; do
+    for b in ${PACK:-splatforge gpu_raster gpu_fit diffusion_parity stage1_parity slat_flow_parity gs_decoder_parity conv3d_parity matte_parity}; do
       case "$b" in
         splatforge) pack_binary "$TARGET/release/splatforge" splatforge ;;
         diffusion_parity) pack_binary "$TARGET/release/examples/parity" diffusion_parity ;;
@@ -113,6 +113,9 @@ for s in $SUITES; do
         python3 tools/kernel_summary.py "$OUT/ncu.csv" | tee "$OUT/kernels.md"' ;;
     trellis) suite trellis tools/gpu-trellis-parity.sh ;;
     matte) suite matte tools/gpu-matte-parity.sh ;;
+    conv3d)  # cuDNN's 3-D convolution against the CPU path; f32 without TF32, as the parity runs.
+      unxz_to .gpu-bin/conv3d_parity.xz /tmp/conv3d_parity; chmod +x /tmp/conv3d_parity
+      suite conv3d env NVIDIA_TF32_OVERRIDE=0 /tmp/conv3d_parity ;;
     trellis-e2e)
       python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/easydict-*.whl .whl/plyfile-*.whl
       unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge

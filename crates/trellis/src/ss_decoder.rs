@@ -75,6 +75,9 @@ impl Conv3d {
         }
         let pad = k / 2;
         let x = x.to_dtype(self.weight.dtype())?;
+        if let Some(y) = splatforge_nn::ops::conv3d(&x, &self.weight, Some(&self.bias), pad, 1)? {
+            return Ok(y);
+        }
         let padded = x
             .pad_with_zeros(2, pad, pad)?
             .pad_with_zeros(3, pad, pad)?

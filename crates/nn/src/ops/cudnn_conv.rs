@@ -1,6 +1,6 @@
-//! Convolutions through cuDNN's graph (backend) API, on cudarc's raw
-//! bindings; candle's own `cudnn` feature stays off (see
-//! [`crate::ops::Conv2d`]).
+//! Convolutions (2-D and 3-D) through cuDNN's graph (backend) API, on
+//! cudarc's raw bindings; candle's own `cudnn` feature stays off (see
+//! [`crate::ops::Conv2d`] and [`crate::ops::conv3d`]).
 //!
 //! Per shape, pass and thread a plan is made once and cached: a one-node
 //! operation graph (forward, or backward-data for the input gradient), the
@@ -70,11 +70,12 @@ enum Pass {
     BackwardData,
 }
 
-/// (pass, input dims, filter dims, padding, stride, dilation, dtype, device)
+/// (pass, input dims, filter dims, padding, stride, dilation, dtype, device); dims are
+/// `[n, c, spatial…]` (NCHW or NCDHW).
 type Key = (
     Pass,
-    [usize; 4],
-    [usize; 4],
+    Vec<usize>,
+    Vec<usize>,
     usize,
     usize,
     usize,
@@ -138,10 +139,13 @@ impl Drop for Desc {
     }
 }
 
-/// A packed NCHW tensor of the graph.
-fn tensor(uid: i64, dims: [usize; 4], dtype: sys::cudnnDataType_t) -> Result<Desc> {
-    let d = dims.map(|v| v as i64);
-    let strides = [d[1] * d[2] * d[3], d[2] * d[3], d[3], 1];
+/// A packed (row-major) NCHW or NCDHW tensor of the graph.
+fn tensor(uid: i64, dims: &[usize], dtype: sys::cudnnDataType_t) -> Result<Desc> {
+    let d: Vec<i64> = dims.iter().map(|&v| v as i64).collect();
+    let mut strides = vec![1i64; d.len()];
+    for i in (0..d.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * d[i + 1];
+    }
     let t = Desc::new(K::CUDNN_BACKEND_TENSOR_DESCRIPTOR)?;
     t.set(
         A::CUDNN_ATTR_TENSOR_DATA_TYPE,
@@ -307,16 +311,17 @@ fn plan<V: CudnnDataType + WithDType>(
     dev: &CudaDevice,
     key: Key,
     p: Params,
-    y: [usize; 4],
+    y: &[usize],
     ptrs: &Pointers,
 ) -> Result<Rc<Plan>> {
     if let Some(pl) = PLANS.with(|m| m.borrow().get(&key).cloned()) {
         return Ok(pl);
     }
-    let (pass, x, w) = (key.0, key.1, key.2);
+    let (pass, x, w) = (key.0, &key.1, &key.2);
     let dt = V::DATA_TYPE;
     let conv = Desc::new(K::CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR)?;
-    let two = |v: usize| [v as i64, v as i64];
+    let spatial = x.len() - 2;
+    let two = |v: usize| vec![v as i64; spatial];
     conv.set(
         A::CUDNN_ATTR_CONVOLUTION_COMP_TYPE,
         T::CUDNN_TYPE_DATA_TYPE,
@@ -330,7 +335,7 @@ fn plan<V: CudnnDataType + WithDType>(
     conv.set(
         A::CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS,
         T::CUDNN_TYPE_INT64,
-        &[2i64],
+        &[spatial as i64],
     )?;
     conv.set(
         A::CUDNN_ATTR_CONVOLUTION_DILATIONS,
@@ -355,8 +360,8 @@ fn plan<V: CudnnDataType + WithDType>(
     let conv = conv.finalize()?;
     // UID_IN is x (forward) or dy (backward-data); UID_OUT is y or dx.
     let (in_dims, out_dims) = match pass {
-        Pass::Forward => (x, y),
-        Pass::BackwardData => (y, x),
+        Pass::Forward => (x.as_slice(), y),
+        Pass::BackwardData => (y, x.as_slice()),
     };
     let t_in = tensor(UID_IN, in_dims, dt)?;
     let t_w = tensor(UID_FILTER, w, dt)?;
@@ -544,7 +549,7 @@ fn plan<V: CudnnDataType + WithDType>(
             V::DTYPE
         ))
     })?);
-    PLANS.with(|m| m.borrow_mut().insert(key, pl.clone()));
+    PLANS.with(|m| m.borrow_mut().insert(key.clone(), pl.clone()));
     Ok(pl)
 }
 
@@ -573,21 +578,55 @@ pub(super) fn conv2d(
         stride: cfg.stride,
         dilation: cfg.dilation,
     };
+    convolve(x, weight, bias, params).map(Some)
+}
+
+/// The cuDNN 3-D convolution when it applies (CUDA, f32/f16/bf16, `x [N, C, D, H, W]`,
+/// `weight [K, C, T, R, S]` without gradient, same padding and stride on every axis);
+/// `None` sends the caller to its composite path.
+pub(super) fn conv3d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    stride: usize,
+) -> Result<Option<Tensor>> {
+    let applies = matches!(x.device(), candle_core::Device::Cuda(_))
+        && !weight.track_op()
+        && bias.is_none_or(|b| !b.track_op())
+        && x.rank() == 5
+        && weight.rank() == 5
+        && weight.dtype() == x.dtype()
+        && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
+        && x.dim(1)? == weight.dim(1)?;
+    if !applies {
+        return Ok(None);
+    }
+    let params = Params {
+        padding,
+        stride,
+        dilation: 1,
+    };
+    convolve(x, weight, bias, params).map(Some)
+}
+
+/// `conv(x, weight) + bias` through cuDNN, with the backward for `x` when it tracks a gradient.
+fn convolve(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, params: Params) -> Result<Tensor> {
     let (x, w) = (aligned(x)?, aligned(weight)?);
     let op = CudnnConv2d(params);
     // The bias is added in place by our kernel right after cuDNN's run.
-    Ok(Some(match bias {
+    match bias {
         Some(b) => {
             let b = aligned(&b.to_dtype(x.dtype())?.flatten_all()?)?;
             if fusable(&x) {
-                x.apply_op3_no_bwd(&w, &b, &op)?
+                x.apply_op3_no_bwd(&w, &b, &op)
             } else {
-                x.apply_op3(&w, &b, op)?
+                x.apply_op3(&w, &b, op)
             }
         }
-        None if fusable(&x) => x.apply_op2_no_bwd(&w, &op)?,
-        None => x.apply_op2(&w, op)?,
-    }))
+        None if fusable(&x) => x.apply_op2_no_bwd(&w, &op),
+        None => x.apply_op2(&w, op),
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -603,7 +642,7 @@ impl Params {
         let padded = input + 2 * self.padding;
         if padded < span || self.stride == 0 {
             candle_core::bail!(
-                "conv2d: kernel {kernel} (dilation {}) larger than the padded input {padded}",
+                "convolution: kernel {kernel} (dilation {}) larger than the padded input {padded}",
                 self.dilation
             );
         }
@@ -617,7 +656,7 @@ impl Params {
 fn run<V>(
     pass: Pass,
     p: Params,
-    x_dims: [usize; 4],
+    x_dims: Vec<usize>,
     (a, la): (&CudaSlice<V>, &Layout),
     (w, lw): (&CudaSlice<V>, &Layout),
     bias: Option<u64>,
@@ -626,18 +665,24 @@ fn run<V>(
 where
     V: CudnnDataType + Plain + CudaDType + WithDType,
 {
-    let [n, c, h, wd] = x_dims;
-    let (k, c_w, r, s) = lw.shape().dims4()?;
-    if c_w != c {
-        candle_core::bail!("conv2d: {c} input channels, filter {:?}", lw.shape().dims());
+    let w_dims = lw.shape().dims().to_vec();
+    if x_dims.len() < 3 || w_dims.len() != x_dims.len() || w_dims[1] != x_dims[1] {
+        candle_core::bail!("convolution: input {x_dims:?}, filter {w_dims:?}");
     }
-    let y_dims = [n, k, p.out_size(h, r)?, p.out_size(wd, s)?];
+    let (n, k) = (x_dims[0], w_dims[0]);
+    let mut y_dims = vec![n, k];
+    for (&input, &kernel) in x_dims[2..].iter().zip(&w_dims[2..]) {
+        y_dims.push(p.out_size(input, kernel)?);
+    }
     let (a_dims, out_dims) = match pass {
-        Pass::Forward => (x_dims, y_dims),
-        Pass::BackwardData => (y_dims, x_dims),
+        Pass::Forward => (&x_dims, &y_dims),
+        Pass::BackwardData => (&y_dims, &x_dims),
     };
-    if la.shape().dims() != a_dims {
-        candle_core::bail!("conv2d: input {:?}, expected {a_dims:?}", la.shape().dims());
+    if la.shape().dims() != a_dims.as_slice() {
+        candle_core::bail!(
+            "convolution: input {:?}, expected {a_dims:?}",
+            la.shape().dims()
+        );
     }
     let hd = handle(dev)?;
     let stream = dev.cuda_stream();
@@ -649,15 +694,15 @@ where
     ];
     let key: Key = (
         pass,
-        x_dims,
-        [k, c, r, s],
+        x_dims.clone(),
+        w_dims,
         p.padding,
         p.stride,
         p.dilation,
         V::DTYPE,
         dev.id(),
     );
-    let pl = plan::<V>(&hd, dev, key, p, y_dims, &ptrs)?;
+    let pl = plan::<V>(&hd, dev, key, p, &y_dims, &ptrs)?;
     // No allocation when the plan needs no workspace (cuDNN takes null then).
     let mut workspace = (pl.workspace > 0)
         .then(|| alloc::<u8>(dev, pl.workspace))
@@ -672,7 +717,7 @@ where
             bias,
             planes: (n * k) as i64,
             channels: k as i32,
-            plane: (y_dims[2] * y_dims[3]) as i64,
+            plane: y_dims[2..].iter().product::<usize>() as i64,
             dtype: sf_dtype(V::DTYPE)?,
         };
         check("conv2d bias", unsafe {
@@ -688,7 +733,7 @@ where
 fn dispatch(
     pass: Pass,
     p: Params,
-    x_dims: Option<[usize; 4]>,
+    x_dims: Option<Vec<usize>>,
     (a, la): (&CudaStorage, &Layout),
     (w, lw): (&CudaStorage, &Layout),
     bias: Option<(&CudaStorage, &Layout)>,
@@ -707,13 +752,7 @@ fn dispatch(
         ),
         None => None,
     };
-    let x_dims = match x_dims {
-        Some(d) => d,
-        None => {
-            let (n, c, h, w) = la.shape().dims4()?;
-            [n, c, h, w]
-        }
-    };
+    let x_dims = x_dims.unwrap_or_else(|| la.shape().dims().to_vec());
     let dev = a.device();
     use CudaStorageSlice as S;
     match (&a.slice, &w.slice) {
@@ -791,10 +830,9 @@ impl CustomOp3 for CudnnConv2d {
 
 impl CudnnConv2d {
     fn input_gradient(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<Tensor> {
-        let (n, c, h, wd) = x.dims4()?;
         let op = CudnnConv2dBackwardData {
             params: self.0,
-            x: [n, c, h, wd],
+            x: x.dims().to_vec(),
         };
         aligned(&dy.to_dtype(x.dtype())?)?.apply_op2_no_bwd(&aligned(w)?, &op)
     }
@@ -803,8 +841,8 @@ impl CudnnConv2d {
 /// `dx` of [`CudnnConv2d`] from `dy` and the filter (backward-data).
 struct CudnnConv2dBackwardData {
     params: Params,
-    /// The forward input's dims `[n, c, h, w]`.
-    x: [usize; 4],
+    /// The forward input's dims `[n, c, spatial…]`.
+    x: Vec<usize>,
 }
 
 impl CustomOp2 for CudnnConv2dBackwardData {
@@ -824,7 +862,7 @@ impl CustomOp2 for CudnnConv2dBackwardData {
         dispatch(
             Pass::BackwardData,
             self.params,
-            Some(self.x),
+            Some(self.x.clone()),
             (dy, ly),
             (w, lw),
             None,

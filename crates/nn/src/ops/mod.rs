@@ -222,6 +222,27 @@ impl Conv2d {
     }
 }
 
+/// A 3-D convolution `x [N, C, D, H, W]` ∗ `weight [K, C, T, R, S]` (+ `bias [K]`),
+/// cross-correlation with the same `padding` and `stride` on every axis, through cuDNN's
+/// graph API when it applies (a CUDA build with `cudnn`, a CUDA tensor in f32/f16/bf16);
+/// `None` otherwise, and the caller runs its own composite path (candle has no 3-D
+/// convolution). cuDNN ran TRELLIS' structure decoder 13× faster than an im2col on candle ops.
+pub fn conv3d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    stride: usize,
+) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cudnn")]
+    return cudnn_conv::conv3d(x, weight, bias, padding, stride);
+    #[cfg(not(feature = "cudnn"))]
+    {
+        let _ = (x, weight, bias, padding, stride);
+        Ok(None)
+    }
+}
+
 /// Loads a convolution like `candle_nn::conv2d` (`weight`, `bias`).
 pub fn conv2d(
     in_channels: usize,
