@@ -12,13 +12,14 @@
 #   tools/gpu-suite.sh --pack       # strip + xz the binaries into .gpu-bin/
 # Device: run 'SUITES="trellis raster fit" tools/gpu-suite.sh' with carry
 #   [".gpu-bin", ".whl", ".gpu-ref"].
-# Suites: conv3d (cuDNN 3-D convolution vs the CPU path), trellis-kernels (per-kernel times of a short image → PLY run, ncu), raster (tools/gpu-raster.sh), fit (tools/gpu-fit.sh, parity only unless FIT_FULL=1),
+# Suites: ops (TRELLIS' cuDNN 3-D convolution and fused LayerNorm + modulation vs the CPU paths), trellis-kernels (per-kernel times of a short image → PLY run, ncu), raster (tools/gpu-raster.sh), fit (tools/gpu-fit.sh, parity only unless FIT_FULL=1),
 # diffusion (tools/diffusion_parity.py: ops, unet, vae unless PARITY_SECTIONS is set),
 # pipeline (tools/gpu-pipeline.sh, PROFILES default "speed quality"),
 # trellis (tools/gpu-trellis-parity.sh), matte (tools/gpu-matte-parity.sh),
 # trellis-e2e (image → PLY on full-size random weights, calibrated to VOXELS occupied voxels:
 # `splatforge generate --image` against the official pipeline, tools/trellis_reference.py, same
-# folder and steps; then the official run again with --time-shims for the shims' own cost).
+# folder and steps; then, unless SHIMS=0, the official run again with --time-shims for the
+# shims' own cost).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=tools/gpu-common.sh
@@ -33,7 +34,7 @@ case "${1:-}" in
       -p splatforge -p splatforge-render -p splatforge-fit -p splatforge-diffusion -p splatforge-trellis \
       --features "splatforge/cudnn splatforge-render/cuda splatforge-fit/cuda splatforge-diffusion/cudnn splatforge-trellis/cudnn" \
       --bin splatforge --example gpu_raster --example gpu_fit --example parity \
-      --example stage1_parity --example slat_flow_parity --example gs_decoder_parity --example conv3d_parity
+      --example stage1_parity --example slat_flow_parity --example gs_decoder_parity --example ops_parity
     CARGO_TARGET_DIR="$TARGET" cargo build --release --locked -p splatforge-matte --features cudnn \
       --example matte_parity
     mkdir -p .whl
@@ -46,7 +47,7 @@ case "${1:-}" in
   --pack)
     set -e
     # PACK (default: all) picks the binaries, to stay under the 64 MiB a device call carries.
-    for b in ${PACK:-splatforge gpu_raster gpu_fit diffusion_parity stage1_parity slat_flow_parity gs_decoder_parity conv3d_parity matte_parity}; do
+    for b in ${PACK:-splatforge gpu_raster gpu_fit diffusion_parity stage1_parity slat_flow_parity gs_decoder_parity ops_parity matte_parity}; do
       case "$b" in
         splatforge) pack_binary "$TARGET/release/splatforge" splatforge ;;
         diffusion_parity) pack_binary "$TARGET/release/examples/parity" diffusion_parity ;;
@@ -113,9 +114,9 @@ for s in $SUITES; do
         python3 tools/kernel_summary.py "$OUT/ncu.csv" | tee "$OUT/kernels.md"' ;;
     trellis) suite trellis tools/gpu-trellis-parity.sh ;;
     matte) suite matte tools/gpu-matte-parity.sh ;;
-    conv3d)  # cuDNN's 3-D convolution against the CPU path; f32 without TF32, as the parity runs.
-      unxz_to .gpu-bin/conv3d_parity.xz /tmp/conv3d_parity; chmod +x /tmp/conv3d_parity
-      suite conv3d env NVIDIA_TF32_OVERRIDE=0 /tmp/conv3d_parity ;;
+    ops)  # TRELLIS' GPU-only op paths against the CPU paths; f32 without TF32, as the parity runs.
+      unxz_to .gpu-bin/ops_parity.xz /tmp/ops_parity; chmod +x /tmp/ops_parity
+      suite ops env NVIDIA_TF32_OVERRIDE=0 /tmp/ops_parity ;;
     trellis-e2e)
       python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/easydict-*.whl .whl/plyfile-*.whl
       unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge
@@ -127,7 +128,7 @@ for s in $SUITES; do
           --repeat 4 --json -o /tmp/trellis-e2e.ply > "$OUT/ours.jsonl" 2> "$OUT/ours.stderr"
         python3 tools/trellis_reference.py $M --image .gpu-bin/ghost_rgba.png --repeat 3 \
           --ours "$OUT/ours.jsonl" --json "$OUT/reference.json" 2> "$OUT/reference.stderr"
-        python3 tools/trellis_reference.py $M --image .gpu-bin/ghost_rgba.png --repeat 2 \
+        [[ "${SHIMS:-1}" == 0 ]] || python3 tools/trellis_reference.py $M --image .gpu-bin/ghost_rgba.png --repeat 2 \
           --ours "$OUT/ours.jsonl" --time-shims --json "$OUT/reference_shims.json" 2>> "$OUT/reference.stderr" | tail -12' ;;
     *) echo "unknown suite $s" | tee -a "$WORK/summary.txt"; status=1 ;;
   esac

@@ -150,6 +150,30 @@ typedef struct {
 
 int sf_rms_norm_rope(const SfRmsNormRopeArgs* args, void* stream);
 
+// LayerNorm over the last dim with an f32 affine, then (when scale is not
+// null) the adaLN modulation of DiT blocks:
+//   y = ((x − mean)·rstd·weight[c] + bias[c]) · (1 + scale[i, c]) + shift[i, c]
+// with i = row / rows_per_item (one modulation row per batch item, or per row
+// when rows_per_item is 1). x, out [rows, channels]; shift, scale
+// [rows / rows_per_item, channels] in x's dtype; weight, bias [channels] f32;
+// all contiguous. Statistics and arithmetic in f32, one rounding (the composite
+// rounds after the norm and after each modulation op). channels ≤ 2048.
+typedef struct {
+  const void* x;
+  const float* weight;
+  const float* bias;
+  const void* shift;
+  const void* scale;
+  void* out;
+  long long rows;
+  int channels;
+  long long rows_per_item;
+  float eps;
+  int dtype;  // SF_DTYPE_*
+} SfLayerNormModulateArgs;
+
+int sf_layer_norm_modulate(const SfLayerNormModulateArgs* args, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

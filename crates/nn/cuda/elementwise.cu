@@ -2,7 +2,8 @@
 // api.h): the per-channel bias of a cuDNN convolution, added in place to its
 // output; the 2× nearest-neighbour upsampling of the VAE decoder and the
 // UNet; and the epilogue of a linear layer (bias, GELU, gated residual) in one
-// pass; and FLUX's per-head RMSNorm followed by its rotary embedding. candle's broadcast kernels index every element through the full shape
+// pass; FLUX's per-head RMSNorm followed by its rotary embedding; and the
+// LayerNorm + adaLN modulation of TRELLIS' DiT blocks. candle's broadcast kernels index every element through the full shape
 // and strides and round after every op; these take one pass at close to
 // memory bandwidth (the conv bias measured 3×, the linear bias 10× faster).
 
@@ -151,6 +152,55 @@ __global__ void rms_norm_rope_kernel(const T* __restrict__ x, const T* __restric
   }
 }
 
+// One warp per row; lane l owns columns l, l + 32, … (kPer of them, coalesced loads). Two
+// passes over the registers: the mean, then the centred sum of squares (no cancellation).
+template <typename T, int kPer>
+__global__ void layer_norm_modulate_kernel(const T* __restrict__ x, const float* __restrict__ weight,
+                                           const float* __restrict__ bias, const T* __restrict__ shift,
+                                           const T* __restrict__ scale, T* __restrict__ out, long long rows,
+                                           int c, long long rows_per_item, float eps) {
+  const int lane = threadIdx.x & 31;
+  const long long row = static_cast<long long>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= rows) return;
+  const T* xr = x + row * c;
+  float v[kPer];
+  float sum = 0.f;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int col = lane + 32 * i;
+    v[i] = col < c ? to_f32(xr[col]) : 0.f;
+    sum += v[i];
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  const float mean = sum / c;
+  float sq = 0.f;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int col = lane + 32 * i;
+    if (col < c) {
+      const float d = v[i] - mean;
+      sq += d * d;
+    }
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, off);
+  const float rstd = rsqrtf(sq / c + eps);
+  const long long item = row / rows_per_item;
+  const T* sh = shift ? shift + item * c : nullptr;
+  const T* sc = scale ? scale + item * c : nullptr;
+  T* orow = out + row * c;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int col = lane + 32 * i;
+    if (col < c) {
+      float y = (v[i] - mean) * rstd * weight[col] + bias[col];
+      if (sc) y = y * (1.f + to_f32(sc[col])) + to_f32(sh[col]);
+      orow[col] = from_f32<T>(y);
+    }
+  }
+}
+
 unsigned grid_for(long long work, int threads) {
   const long long blocks = (work + threads - 1) / threads;
   return static_cast<unsigned>(blocks < 65535 ? (blocks > 0 ? blocks : 1) : 65535);
@@ -255,6 +305,39 @@ extern "C" int sf_rms_norm_rope(const SfRmsNormRopeArgs* a, void* stream) {
     case SF_DTYPE_F32: launch_rms_norm_rope<float>(a, s); break;
     case SF_DTYPE_F16: launch_rms_norm_rope<__half>(a, s); break;
     case SF_DTYPE_BF16: launch_rms_norm_rope<__nv_bfloat16>(a, s); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+namespace {
+template <typename T, int kPer>
+void launch_layer_norm_modulate(const SfLayerNormModulateArgs* a, cudaStream_t s) {
+  constexpr int kWarps = 8;
+  const unsigned blocks = static_cast<unsigned>((a->rows + kWarps - 1) / kWarps);
+  layer_norm_modulate_kernel<T, kPer><<<blocks, kWarps * 32, 0, s>>>(
+      static_cast<const T*>(a->x), a->weight, a->bias, static_cast<const T*>(a->shift),
+      static_cast<const T*>(a->scale), static_cast<T*>(a->out), a->rows, a->channels, a->rows_per_item, a->eps);
+}
+
+template <typename T>
+void launch_layer_norm_modulate_for(const SfLayerNormModulateArgs* a, cudaStream_t s) {
+  if (a->channels <= 512) launch_layer_norm_modulate<T, 16>(a, s);
+  else if (a->channels <= 1024) launch_layer_norm_modulate<T, 32>(a, s);
+  else launch_layer_norm_modulate<T, 64>(a, s);
+}
+}  // namespace
+
+extern "C" int sf_layer_norm_modulate(const SfLayerNormModulateArgs* a, void* stream) {
+  if (a->rows <= 0 || a->channels <= 0 || a->channels > 2048 || a->rows_per_item <= 0 ||
+      a->rows % a->rows_per_item != 0 || !a->weight || !a->bias || (!a->shift) != (!a->scale))
+    return cudaErrorInvalidValue;
+  if ((a->rows + 7) / 8 > 2147483647LL) return cudaErrorInvalidValue;
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (a->dtype) {
+    case SF_DTYPE_F32: launch_layer_norm_modulate_for<float>(a, s); break;
+    case SF_DTYPE_F16: launch_layer_norm_modulate_for<__half>(a, s); break;
+    case SF_DTYPE_BF16: launch_layer_norm_modulate_for<__nv_bfloat16>(a, s); break;
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();

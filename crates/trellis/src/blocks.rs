@@ -112,11 +112,26 @@ impl LayerNorm32 {
 
     /// Normalises `x [.., C]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x32 = x.to_dtype(DType::F32)?.contiguous()?;
-        Ok(
-            candle_nn::ops::layer_norm(&x32, &self.weight, &self.bias, self.eps)?
-                .to_dtype(x.dtype())?,
-        )
+        Ok(ops::layer_norm_modulate(
+            x,
+            &self.weight,
+            &self.bias,
+            self.eps,
+            None,
+        )?)
+    }
+
+    /// `self.forward(x)·(1 + scale) + shift`, the official `modulate` after the norm: the adaLN
+    /// pre-norm of the DiT blocks, one pass on the GPU (`shift`, `scale` `[B, 1, C]`, broadcast
+    /// over the tokens, or `x`'s shape).
+    pub fn forward_modulated(&self, x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+        Ok(ops::layer_norm_modulate(
+            x,
+            &self.weight,
+            &self.bias,
+            self.eps,
+            Some((shift, scale)),
+        )?)
     }
 }
 
@@ -463,11 +478,6 @@ impl AdaLnModulation {
     }
 }
 
-/// `x·(1 + scale) + shift`, the official `modulate` (terms broadcast over the tokens).
-pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    Ok(x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)?)
-}
-
 /// The shape of a transformer block, the official constructor arguments.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BlockConfig {
@@ -558,7 +568,9 @@ impl ModulatedTransformerCrossBlock {
         self_attend: Attend,
         cross_attend: Attend,
     ) -> Result<Tensor> {
-        let h = modulate(&self.norm1.forward(x)?, &terms.shift_msa, &terms.scale_msa)?;
+        let h = self
+            .norm1
+            .forward_modulated(x, &terms.shift_msa, &terms.scale_msa)?;
         let x = self
             .self_attn
             .forward_into(&h, self_attend, Some(&terms.gate_msa), x)?;
@@ -566,7 +578,9 @@ impl ModulatedTransformerCrossBlock {
         let x = self
             .cross_attn
             .forward_into(&h, context, cross_attend, &x)?;
-        let h = modulate(&self.norm3.forward(&x)?, &terms.shift_mlp, &terms.scale_mlp)?;
+        let h = self
+            .norm3
+            .forward_modulated(&x, &terms.shift_mlp, &terms.scale_mlp)?;
         self.mlp.forward_into(&h, Some(&terms.gate_mlp), &x)
     }
 }

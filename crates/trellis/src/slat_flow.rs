@@ -372,9 +372,7 @@ impl SparseResBlock3d {
         let h = self.conv1.forward(&h, &voxels.map)?;
         let h = self
             .norm2
-            .forward(&h.feats)?
-            .mul(&(scale + 1.0)?)?
-            .add(&shift)?
+            .forward_modulated(&h.feats, &shift, &scale)?
             .silu()?;
         let h = self.conv2.forward(&x.with_feats(h)?, &voxels.map)?;
         let skip = match &self.skip_connection {

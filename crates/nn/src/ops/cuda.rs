@@ -116,7 +116,23 @@ struct SfRmsNormRopeArgs {
     dtype: c_int,
 }
 
+#[repr(C)]
+struct SfLayerNormModulateArgs {
+    x: u64,
+    weight: u64,
+    bias: u64,
+    shift: u64,
+    scale: u64,
+    out: u64,
+    rows: i64,
+    channels: c_int,
+    rows_per_item: i64,
+    eps: f32,
+    dtype: c_int,
+}
+
 extern "C" {
+    fn sf_layer_norm_modulate(args: *const SfLayerNormModulateArgs, stream: *mut c_void) -> c_int;
     fn sf_rms_norm_rope(args: *const SfRmsNormRopeArgs, stream: *mut c_void) -> c_int;
     fn sf_linear_epilogue(args: *const SfLinearEpilogueArgs, stream: *mut c_void) -> c_int;
     pub(super) fn sf_channel_bias(args: *const SfChannelBiasArgs, stream: *mut c_void) -> c_int;
@@ -764,6 +780,99 @@ impl RmsNormRope {
         let stream = dev.cuda_stream();
         check("RMSNorm + RoPE", unsafe {
             sf_rms_norm_rope(&args, stream.cu_stream() as *mut c_void)
+        })?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+    }
+}
+
+/// LayerNorm with an f32 affine and the optional adaLN modulation in one pass
+/// (`SfLayerNormModulateArgs`): x `[rows, C]`, weight and bias `[C]` f32, shift and scale
+/// `[items, C]` in x's dtype (rows a multiple of items), all contiguous, on the GPU.
+pub(super) struct LayerNormModulate {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    /// `(shift, scale)`.
+    pub modulation: Option<(Tensor, Tensor)>,
+    pub eps: f32,
+}
+
+impl CustomOp1 for LayerNormModulate {
+    fn name(&self) -> &'static str {
+        "splatforge-layer-norm-modulate"
+    }
+
+    cuda_only!("the LayerNorm + modulation kernel is CUDA-only (CPU tensors take the composite path)"; (_x, _lx));
+
+    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
+        if !lx.is_contiguous() {
+            candle_core::bail!("the LayerNorm + modulation kernel needs a contiguous input");
+        }
+        use CudaStorageSlice as S;
+        let out = match &x.slice {
+            S::F32(v) => self.launch(v, lx, &x.device)?,
+            S::F16(v) => self.launch(v, lx, &x.device)?,
+            S::BF16(v) => self.launch(v, lx, &x.device)?,
+            _ => candle_core::bail!("the LayerNorm + modulation kernel takes f32, f16 or bf16"),
+        };
+        Ok((out, lx.shape().clone()))
+    }
+}
+
+impl LayerNormModulate {
+    fn launch<T: CudaDType + Plain + candle_core::WithDType>(
+        &self,
+        x: &CudaSlice<T>,
+        lx: &Layout,
+        dev: &CudaDevice,
+    ) -> Result<CudaStorage> {
+        let (rows, c) = lx.shape().dims2()?;
+        let affine_ok = [&self.weight, &self.bias]
+            .iter()
+            .all(|t| t.dtype() == DType::F32 && t.dims() == [c]);
+        let items = match &self.modulation {
+            Some((shift, scale)) => {
+                let (items, width) = shift.dims2()?;
+                if scale.dims() != shift.dims()
+                    || width != c
+                    || items == 0
+                    || rows % items != 0
+                    || shift.dtype() != T::DTYPE
+                    || scale.dtype() != T::DTYPE
+                {
+                    candle_core::bail!(
+                        "LayerNorm + modulation: shift and scale [items, {c}] in the input's dtype, items dividing {rows}, expected"
+                    );
+                }
+                items
+            }
+            None => rows,
+        };
+        if !affine_ok || c > 2048 {
+            candle_core::bail!(
+                "LayerNorm + modulation: f32 weight and bias [{c}] (C ≤ 2048) expected"
+            );
+        }
+        let out = alloc::<T>(dev, lx.shape().elem_count())?;
+        let (shift, scale) = match &self.modulation {
+            Some((shift, scale)) => (Some(shift), Some(scale)),
+            None => (None, None),
+        };
+        let args = SfLayerNormModulateArgs {
+            x: address(x, lx, dev),
+            weight: tensor_address(Some(&self.weight))?,
+            bias: tensor_address(Some(&self.bias))?,
+            shift: tensor_address(shift)?,
+            scale: tensor_address(scale)?,
+            out: address(&out, &Layout::contiguous(lx.shape()), dev),
+            rows: rows as i64,
+            channels: small("channels", c)?,
+            rows_per_item: (rows / items) as i64,
+            eps: self.eps,
+            dtype: sf_dtype(T::DTYPE)?,
+        };
+        let stream = dev.cuda_stream();
+        check("LayerNorm + modulation", unsafe {
+            sf_layer_norm_modulate(&args, stream.cu_stream() as *mut c_void)
         })?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }

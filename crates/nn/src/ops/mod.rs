@@ -358,6 +358,76 @@ pub fn linear(x: &Tensor, layer: &candle_nn::Linear, epilogue: LinearEpilogue) -
     }
 }
 
+/// `LayerNorm32` and the adaLN modulation of DiT blocks (TRELLIS' flows):
+/// `x [.., C]` normalised over `C` in f32 with the f32 affine `weight`, `bias [C]`, the
+/// result in `x`'s dtype, then, with `modulation = (shift, scale)`,
+/// `· (1 + scale) + shift` where `shift`, `scale` are `[B, 1, C]` (one row per batch item
+/// of `x [B, N, C]`) or `x`'s shape (one per row). One kernel on CUDA without autograd
+/// (`C` ≤ 2048; f32 throughout, one rounding); otherwise the composite: candle-nn's
+/// `layer_norm` in f32, rounded to `x`'s dtype, then broadcast ops.
+pub fn layer_norm_modulate(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f32,
+    modulation: Option<(&Tensor, &Tensor)>,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    let c = x.dim(D::Minus1)?;
+    #[cfg(feature = "cuda")]
+    if [Some(x), Some(weight), Some(bias)]
+        .into_iter()
+        .chain(
+            modulation
+                .iter()
+                .flat_map(|(sh, sc)| [Some(*sh), Some(*sc)]),
+        )
+        .flatten()
+        .all(fusable)
+        && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
+        && weight.dtype() == DType::F32
+        && bias.dtype() == DType::F32
+        && modulation.is_none_or(|(sh, sc)| sh.dtype() == x.dtype() && sc.dtype() == x.dtype())
+        && c <= 2048
+    {
+        let rows = x.elem_count() / c.max(1);
+        let per_item = |t: &Tensor| -> Result<Tensor> {
+            if t.dims() == x.dims() {
+                t.contiguous()?.reshape((rows, c))
+            } else {
+                t.contiguous()?.reshape((t.elem_count() / c.max(1), c))
+            }
+        };
+        let fits = modulation.is_none_or(|(sh, sc)| {
+            let items = sh.elem_count() / c.max(1);
+            sh.dims() == sc.dims()
+                && (sh.dims() == x.dims()
+                    || (x.rank() == 3 && sh.dims() == [x.dims()[0], 1, c] && items > 0))
+        });
+        if fits {
+            let op = cuda::LayerNormModulate {
+                weight: weight.contiguous()?,
+                bias: bias.contiguous()?,
+                modulation: modulation
+                    .map(|(sh, sc)| Ok::<_, candle_core::Error>((per_item(sh)?, per_item(sc)?)))
+                    .transpose()?,
+                eps,
+            };
+            return x
+                .contiguous()?
+                .reshape((rows, c))?
+                .apply_op1_no_bwd(&op)?
+                .reshape(x.dims());
+        }
+    }
+    let x32 = x.to_dtype(DType::F32)?.contiguous()?;
+    let normed = candle_nn::ops::layer_norm(&x32, weight, bias, eps)?.to_dtype(x.dtype())?;
+    match modulation {
+        Some((shift, scale)) => normed.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift),
+        None => Ok(normed),
+    }
+}
+
 /// FLUX's query/key preparation: `x [B, N, H, D]` plus the projection's
 /// `bias [H·D]` (when given), RMSNorm over each head's `D` values (weights
 /// `scale [D]`), then the interleaved rotary embedding, pair `(x[2j], x[2j+1])`
