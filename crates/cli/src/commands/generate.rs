@@ -48,7 +48,7 @@ pub struct Args {
     /// An image (PNG, JPEG, WebP or still GIF; RGBA, or RGB on a plain background; EXIF orientation applied) → 3D with TRELLIS (image profiles: image-quality, the default, image-speed, image-development).
     #[arg(long, value_name = "FILE")]
     pub(super) image: Option<PathBuf>,
-    /// Output splat; its extension (.ply or .spz) picks the format.
+    /// Output; its extension picks the format: .ply or .spz (the splat), .glb (a mesh of it, as `splatforge mesh` with its defaults).
     #[arg(short, long)]
     pub(super) output: PathBuf,
     #[command(flatten)]
@@ -425,7 +425,7 @@ pub fn run(args: Args) -> Result<Outcome> {
         bail!("--prompt is empty");
     }
     // Fail on a bad output name before loading models.
-    splatforge_splat::SplatFormat::from_path(&args.output)?;
+    super::mesh::check_output_name(&args.output)?;
     let device = device(args.device.as_deref(), 0)?;
 
     let t0 = Instant::now();
