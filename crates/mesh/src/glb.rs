@@ -68,7 +68,7 @@ fn push_view(
 ) -> json::Index<json::buffer::View> {
     let offset = bin.len();
     bin.extend_from_slice(bytes);
-    while bin.len() % 4 != 0 {
+    while !bin.len().is_multiple_of(4) {
         bin.push(0);
     }
     root.push(json::buffer::View {
@@ -105,6 +105,16 @@ fn push_accessor(
         normalized: false,
         sparse: None,
     })
+}
+
+/// The material extensions with `KHR_materials_unlit` alone. Set field by
+/// field: which fields the struct has depends on the gltf features enabled
+/// anywhere in the build, so a struct literal would not always compile.
+#[allow(clippy::field_reassign_with_default)]
+fn unlit_extension() -> json::extensions::material::Material {
+    let mut extensions = json::extensions::material::Material::default();
+    extensions.unlit = Some(json::extensions::material::Unlit {});
+    extensions
 }
 
 fn vec3_bytes(v: &[[f32; 3]]) -> Vec<u8> {
@@ -209,10 +219,7 @@ pub fn encode_glb(mesh: &Mesh) -> Result<Vec<u8>, MeshError> {
             roughness_factor: json::material::StrengthFactor(1.0),
             ..Default::default()
         },
-        extensions: Some(json::extensions::material::Material {
-            unlit: Some(json::extensions::material::Unlit {}),
-            ..Default::default()
-        }),
+        extensions: Some(unlit_extension()),
         ..Default::default()
     });
     let primitive = json::mesh::Primitive {

@@ -23,6 +23,10 @@
 //! splat renders) in [0, 1]; the GLB writer converts them to glTF's linear
 //! `COLOR_0`.
 
+// Index loops over axes and colour channels mirror the maths; negated
+// comparisons are deliberate so that NaN takes the rejecting branch.
+#![allow(clippy::needless_range_loop, clippy::neg_cmp_op_on_partial_ord)]
+
 pub mod colors;
 pub mod components;
 pub mod decimate;

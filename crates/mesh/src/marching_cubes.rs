@@ -99,7 +99,7 @@ fn triangulate_case(case: usize) -> Vec<CellLoop> {
     for ring in faces() {
         for i in 0..4 {
             let (a, b) = (ring[i], ring[(i + 1) % 4]);
-            if !(inside(a) && !inside(b)) {
+            if !inside(a) || inside(b) {
                 continue;
             }
             // Leaving the inside at a→b: the segment cuts off the run of
@@ -151,6 +151,9 @@ fn triangulate_loop(ring: &[u8]) -> Vec<[u8; 3]> {
     }
 }
 
+/// A loop centroid's vertex id and the ids of the crossings it is the mean of.
+type LoopCentroid = (u64, Vec<u64>);
+
 /// Extracts the level set `level` of `values` (`dims[0] × dims[1] × dims[2]`
 /// samples, x fastest, at `origin + voxel · (i, j, k)`; below `level` is
 /// inside). Samples that are NaN count as outside.
@@ -167,7 +170,7 @@ pub fn extract(values: &[f32], dims: [usize; 3], origin: [f32; 3], voxel: f32, l
     // Vertices as global ids: a crossed grid edge is `sample · 3 + axis`; a
     // loop centroid `3 · samples + cell · 4 + loop` (a cell has at most 4
     // loops), listed with the edges it is the mean of.
-    let slabs: Vec<(Vec<[u64; 3]>, Vec<(u64, Vec<u64>)>)> = (0..nz - 1)
+    let slabs: Vec<(Vec<[u64; 3]>, Vec<LoopCentroid>)> = (0..nz - 1)
         .into_par_iter()
         .map(|k| {
             let mut triangles = Vec::new();

@@ -17,9 +17,11 @@
 
 use splatforge_render::Camera;
 
-/// Views rendered by default: enough that each surface point is seen from
-/// several directions within ~30° of its normal.
-pub const DEFAULT_VIEW_COUNT: usize = 48;
+/// Views rendered by default: each direction of the sphere is within about
+/// 23° of a view (the spiral's spacing), so every surface point is seen
+/// nearly head-on; 48 views gave the fixtures no better IoU or PSNR and
+/// cost half as much again to render.
+pub const DEFAULT_VIEW_COUNT: usize = 32;
 /// Fewest views accepted: the six axis directions' worth.
 pub const MIN_VIEW_COUNT: usize = 6;
 /// Most views accepted (bounds the renders' memory).
