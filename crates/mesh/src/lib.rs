@@ -29,6 +29,8 @@
 
 pub mod colors;
 pub mod components;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod decimate;
 pub mod depth;
 pub mod evaluate;
@@ -66,6 +68,9 @@ pub enum MeshError {
     Splat(#[from] SplatError),
     #[error("GLB: {0}")]
     Glb(String),
+    /// A CUDA call, a kernel launch or a device tensor failed (feature `cuda`).
+    #[error("CUDA: {0}")]
+    Cuda(String),
 }
 
 impl MeshError {
@@ -249,19 +254,52 @@ pub fn opaque_bounds(g: &Gaussians) -> Result<([f32; 3], [f32; 3]), MeshError> {
     })
 }
 
+/// What fusion needs before any rendering: the grid and the views, both
+/// chosen from the splat's opaque bounds.
+#[derive(Debug, Clone)]
+pub struct FusionPlan {
+    pub grid: tsdf::GridSpec,
+    pub cameras: Vec<splatforge_render::Camera>,
+}
+
+impl FusionPlan {
+    /// Checks `options` and `g` (see [`opaque_bounds`]) and places the grid
+    /// and the views around the opaque Gaussians.
+    pub fn new(g: &Gaussians, options: &MeshOptions) -> Result<FusionPlan, MeshError> {
+        options.validate()?;
+        let bounds = opaque_bounds(g)?;
+        Ok(FusionPlan {
+            grid: tsdf::GridSpec::around(bounds, options.resolution),
+            cameras: views::cameras_around(
+                bounds,
+                options.views,
+                views::image_side_for(options.resolution),
+            ),
+        })
+    }
+}
+
 /// Splat → coloured, decimated mesh, stage by stage (see the crate docs);
 /// also returns each stage's time.
 pub fn mesh_splat(g: &Gaussians, options: &MeshOptions) -> Result<(Mesh, StageTimings), MeshError> {
-    options.validate()?;
     let mut timings = StageTimings::default();
-    let bounds = opaque_bounds(g)?;
-    let grid = tsdf::GridSpec::around(bounds, options.resolution);
-    let image_side = views::image_side_for(options.resolution);
-    let cameras = timings.time("views", || {
-        views::cameras_around(bounds, options.views, image_side)
-    });
-    let renders = timings.time("render", || depth::render_views(g, &cameras))?;
-    let volume = timings.time("tsdf", || tsdf::fuse(&grid, &cameras, &renders));
+    let plan = timings.time("views", || FusionPlan::new(g, options))?;
+    let renders = timings.time("render", || depth::render_views(g, &plan.cameras))?;
+    let volume = timings.time("tsdf", || tsdf::fuse(&plan.grid, &plan.cameras, &renders));
+    let mesh = surface_from_volume(&volume, &plan, &renders, options, &mut timings)?;
+    Ok((mesh, timings))
+}
+
+/// The stages after fusion (marching cubes to vertex colours) on a fused
+/// `volume` of `plan`, whichever device fused it; appends their times.
+pub fn surface_from_volume(
+    volume: &tsdf::Volume,
+    plan: &FusionPlan,
+    renders: &[depth::ViewRender],
+    options: &MeshOptions,
+    timings: &mut StageTimings,
+) -> Result<Mesh, MeshError> {
+    let grid = &plan.grid;
     let mut mesh = timings.time("marching cubes", || {
         marching_cubes::extract(
             &volume.sdf,
@@ -284,9 +322,9 @@ pub fn mesh_splat(g: &Gaussians, options: &MeshOptions) -> Result<(Mesh, StageTi
     })?;
     timings.time("normals", || normals::compute_smooth_normals(&mut mesh));
     timings.time("colors", || {
-        colors::sample_vertex_colors(&mut mesh, &cameras, &renders, grid.truncation)
+        colors::sample_vertex_colors(&mut mesh, &plan.cameras, renders, grid.truncation)
     });
-    Ok((mesh, timings))
+    Ok(mesh)
 }
 
 #[cfg(test)]

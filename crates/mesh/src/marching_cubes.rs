@@ -284,14 +284,8 @@ pub(crate) mod tests {
         let mut area = 0.0;
         let mut volume = 0.0;
         for t in &mesh.triangles {
-            let [a, b, c] = t.map(|i| mesh.positions[i as usize].map(f64::from));
-            let u = [b[0] - a[0], b[1] - a[1], b[2] - a[2]];
-            let v = [c[0] - a[0], c[1] - a[1], c[2] - a[2]];
-            let n = [
-                u[1] * v[2] - u[2] * v[1],
-                u[2] * v[0] - u[0] * v[2],
-                u[0] * v[1] - u[1] * v[0],
-            ];
+            let a = mesh.positions[t[0] as usize].map(f64::from);
+            let n = crate::normals::area_normal(mesh, t);
             area += 0.5 * (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).sqrt();
             volume += (a[0] * n[0] + a[1] * n[1] + a[2] * n[2]) / 6.0;
         }

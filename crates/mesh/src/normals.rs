@@ -4,20 +4,26 @@
 
 use crate::Mesh;
 
+/// The cross product `(b − a) × (c − a)` of triangle `[a, b, c]`: along its
+/// outward normal, twice its area long.
+pub fn area_normal(mesh: &Mesh, t: &[u32; 3]) -> [f64; 3] {
+    let [a, b, c] = t.map(|i| mesh.positions[i as usize].map(f64::from));
+    let u = [b[0] - a[0], b[1] - a[1], b[2] - a[2]];
+    let v = [c[0] - a[0], c[1] - a[1], c[2] - a[2]];
+    [
+        u[1] * v[2] - u[2] * v[1],
+        u[2] * v[0] - u[0] * v[2],
+        u[0] * v[1] - u[1] * v[0],
+    ]
+}
+
 /// Sets `mesh.normals`: one unit normal per vertex, pointing out of the
 /// surface (triangles are counter-clockwise from outside). A vertex whose
 /// triangles have no area gets +Y.
 pub fn compute_smooth_normals(mesh: &mut Mesh) {
     let mut sum = vec![[0.0f64; 3]; mesh.positions.len()];
     for t in &mesh.triangles {
-        let [a, b, c] = t.map(|i| mesh.positions[i as usize].map(f64::from));
-        let u = [b[0] - a[0], b[1] - a[1], b[2] - a[2]];
-        let v = [c[0] - a[0], c[1] - a[1], c[2] - a[2]];
-        let n = [
-            u[1] * v[2] - u[2] * v[1],
-            u[2] * v[0] - u[0] * v[2],
-            u[0] * v[1] - u[1] * v[0],
-        ];
+        let n = area_normal(mesh, t);
         for &i in t {
             for a in 0..3 {
                 sum[i as usize][a] += n[a];

@@ -47,6 +47,7 @@ impl EncodingArgs {
     /// Encodes `g` for `output` and writes it atomically; a `.glb` output
     /// is a mesh of `g` (`splatforge mesh` with its defaults).
     pub fn write(&self, g: &Gaussians, output: &Path) -> Result<()> {
+        super::mesh::check_output_name(output)?;
         if super::mesh::is_glb(output) {
             return super::mesh::write_default_glb(g, output);
         }
