@@ -47,7 +47,8 @@ use splatforge_render::RenderError;
 use splatforge_splat::{sigmoid, Gaussians, SplatError};
 
 /// Largest accepted voxel grid resolution (samples along the longest side):
-/// 1024³ voxels of 8 bytes is 8 GiB, the most a user should be able to ask for.
+/// about 1024³ samples of 4 bytes (4 GiB) and 32 renders of 2048² (2.7 GiB),
+/// the most a user should be able to ask for.
 pub const MAX_RESOLUTION: u32 = 1024;
 /// Smallest accepted voxel grid resolution: below it nothing recognisable remains.
 pub const MIN_RESOLUTION: u32 = 16;

@@ -363,6 +363,10 @@ pub(super) fn profile_for_models(
 /// Warns when `g` would fail `splatforge validate` (the validators' checks
 /// at their defaults), naming the failed checks.
 pub(super) fn warn_if_invalid(g: &splatforge_splat::Gaussians, output: &Path) {
+    // A mesh is no splat: the validator's data checks do not apply to it.
+    if super::mesh::is_glb(output) {
+        return;
+    }
     let report = validate(g, &ValidationConfig::default());
     if !report.passed {
         let failed: Vec<String> = report
