@@ -494,6 +494,7 @@ fn read_glb(path: &Path) -> Mesh {
             .chunks_exact(3)
             .map(|t| [t[0], t[1], t[2]])
             .collect(),
+        ..Default::default()
     }
 }
 

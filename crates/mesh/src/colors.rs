@@ -20,54 +20,68 @@ use crate::Mesh;
 /// Colour of a vertex that neither a view nor a neighbour colours.
 const FALLBACK_GREY: [f32; 3] = [0.5; 3];
 
-/// Sets `mesh.colors` from the renders (needs `mesh.normals`); `tolerance`
-/// is the depth difference (scene units) within which a view sees a vertex.
-pub fn sample_vertex_colors(
-    mesh: &mut Mesh,
-    cameras: &[Camera],
-    renders: &[ViewRender],
-    tolerance: f32,
-) {
-    let views: Vec<(Projector, [f32; 3], &ViewRender)> = cameras
-        .iter()
-        .zip(renders)
-        .map(|(c, r)| (Projector::new(c), c.position(), r))
-        .collect();
+/// Sets `mesh.colors` from the renders (needs `mesh.normals`).
+pub fn sample_vertex_colors(mesh: &mut Mesh, sampler: &ColorSampler<'_>) {
     let sampled: Vec<Option<[f32; 3]>> = mesh
         .positions
         .par_iter()
         .zip(&mesh.normals)
-        .map(|(&p, &n)| {
-            let mut sum = [0.0f32; 3];
-            let mut weight = 0.0f32;
-            for (proj, eye, render) in &views {
-                let to_eye = [eye[0] - p[0], eye[1] - p[1], eye[2] - p[2]];
-                let len =
-                    (to_eye[0] * to_eye[0] + to_eye[1] * to_eye[1] + to_eye[2] * to_eye[2]).sqrt();
-                let cosine = (n[0] * to_eye[0] + n[1] * to_eye[1] + n[2] * to_eye[2]) / len;
-                if !(cosine > 0.0) {
-                    continue;
-                }
-                let Some((u, v, z)) = proj.project(p) else {
-                    continue;
-                };
-                let Some(pixel) = render.pixel_at(u, v) else {
-                    continue;
-                };
-                let alpha = render.alpha[pixel];
-                if alpha < SURFACE_ALPHA || (render.depth[pixel] - z).abs() > tolerance {
-                    continue;
-                }
-                let w = cosine.powi(4);
-                for c in 0..3 {
-                    sum[c] += w * render.rgb[pixel * 3 + c] / alpha;
-                }
-                weight += w;
-            }
-            (weight > 0.0).then(|| sum.map(|s| (s / weight).clamp(0.0, 1.0)))
-        })
+        .map(|(&p, &n)| sampler.sample(p, n))
         .collect();
     mesh.colors = fill_from_neighbours(mesh, sampled);
+}
+
+/// The colour of surface points as the views see them (module docs).
+pub struct ColorSampler<'a> {
+    views: Vec<(Projector, [f32; 3], &'a ViewRender)>,
+    tolerance: f32,
+}
+
+impl<'a> ColorSampler<'a> {
+    /// `tolerance`: the depth difference (scene units) within which a view
+    /// sees a point.
+    pub fn new(cameras: &[Camera], renders: &'a [ViewRender], tolerance: f32) -> Self {
+        ColorSampler {
+            views: cameras
+                .iter()
+                .zip(renders)
+                .map(|(c, r)| (Projector::new(c), c.position(), r))
+                .collect(),
+            tolerance,
+        }
+    }
+
+    /// The weighted mean colour of point `p` with unit normal `n` over the
+    /// views that see it; `None` when none does.
+    pub fn sample(&self, p: [f32; 3], n: [f32; 3]) -> Option<[f32; 3]> {
+        let mut sum = [0.0f32; 3];
+        let mut weight = 0.0f32;
+        for (proj, eye, render) in &self.views {
+            let to_eye = [eye[0] - p[0], eye[1] - p[1], eye[2] - p[2]];
+            let len =
+                (to_eye[0] * to_eye[0] + to_eye[1] * to_eye[1] + to_eye[2] * to_eye[2]).sqrt();
+            let cosine = (n[0] * to_eye[0] + n[1] * to_eye[1] + n[2] * to_eye[2]) / len;
+            if !(cosine > 0.0) {
+                continue;
+            }
+            let Some((u, v, z)) = proj.project(p) else {
+                continue;
+            };
+            let Some(pixel) = render.pixel_at(u, v) else {
+                continue;
+            };
+            let alpha = render.alpha[pixel];
+            if alpha < SURFACE_ALPHA || (render.depth[pixel] - z).abs() > self.tolerance {
+                continue;
+            }
+            let w = cosine.powi(4);
+            for c in 0..3 {
+                sum[c] += w * render.rgb[pixel * 3 + c] / alpha;
+            }
+            weight += w;
+        }
+        (weight > 0.0).then(|| sum.map(|s| (s / weight).clamp(0.0, 1.0)))
+    }
 }
 
 /// Gives each uncoloured vertex the mean colour of its coloured neighbours,

@@ -3,9 +3,10 @@
 //! crate reads and validates files, which the tests use).
 //!
 //! One mesh, one primitive of indexed triangles: `POSITION` (with the
-//! bounds glTF requires), `NORMAL`, `COLOR_0` and `u32` indices, and one
-//! material: PBR metallic-roughness with a white baseColor (so the vertex
-//! colours are the colour), not metallic, fully rough, with
+//! bounds glTF requires), `NORMAL`, `COLOR_0` or `TEXCOORD_0`, and `u32`
+//! indices, and one material: PBR metallic-roughness with a white
+//! baseColor factor (so the vertex colours, or the baseColor texture, a PNG
+//! in the binary chunk, are the colour), not metallic, fully rough, with
 //! `KHR_materials_unlit`: a splat's colours already contain its lighting,
 //! and a viewer that honours the extension shows them as the splat looks
 //! (one that does not falls back to the PBR material). glTF is Y-up and
@@ -23,6 +24,7 @@ use gltf::json;
 use json::validation::Checked::Valid;
 use json::validation::USize64;
 
+use crate::texture::Texture;
 use crate::{Mesh, MeshError};
 
 /// The sRGB electro-optical transfer function: display value → linear.
@@ -41,9 +43,22 @@ fn check_mesh(mesh: &Mesh) -> Result<(), MeshError> {
     if mesh.triangles.is_empty() {
         return Err(MeshError::invalid("the mesh has no triangles"));
     }
+    if mesh.uvs.is_empty() != mesh.texture.is_none() {
+        return Err(MeshError::invalid(
+            "texture coordinates without a texture, or the reverse",
+        ));
+    }
+    if let Some(t) = &mesh.texture {
+        if t.rgb.len() != t.size as usize * t.size as usize * 3 {
+            return Err(MeshError::invalid(
+                "the texture's pixels do not match its size",
+            ));
+        }
+    }
     for (name, len) in [
         ("normals", mesh.normals.len()),
         ("colors", mesh.colors.len()),
+        ("uvs", mesh.uvs.len()),
     ] {
         if len != 0 && len != n {
             return Err(MeshError::invalid(format!("{len} {name} for {n} vertices")));
@@ -64,7 +79,7 @@ fn push_view(
     root: &mut json::Root,
     bin: &mut Vec<u8>,
     bytes: &[u8],
-    target: json::buffer::Target,
+    target: Option<json::buffer::Target>,
 ) -> json::Index<json::buffer::View> {
     let offset = bin.len();
     bin.extend_from_slice(bytes);
@@ -78,7 +93,7 @@ fn push_view(
         byte_stride: None,
         extensions: None,
         extras: Default::default(),
-        target: Some(Valid(target)),
+        target: target.map(Valid),
     })
 }
 
@@ -117,6 +132,21 @@ fn unlit_extension() -> json::extensions::material::Material {
     extensions
 }
 
+/// The texture as PNG (8-bit sRGB RGB, as glTF's baseColor).
+fn encode_png(texture: &Texture) -> Result<Vec<u8>, MeshError> {
+    use image::ImageEncoder;
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(
+            &texture.rgb,
+            texture.size,
+            texture.size,
+            image::ExtendedColorType::Rgb8,
+        )
+        .map_err(|e| MeshError::Glb(format!("encoding the texture: {e}")))?;
+    Ok(out)
+}
+
 fn vec3_bytes(v: &[[f32; 3]]) -> Vec<u8> {
     v.iter().flatten().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -143,7 +173,7 @@ pub fn encode_glb(mesh: &Mesh) -> Result<Vec<u8>, MeshError> {
         &mut root,
         &mut bin,
         &vec3_bytes(&mesh.positions),
-        Target::ArrayBuffer,
+        Some(Target::ArrayBuffer),
     );
     let positions = push_accessor(
         &mut root,
@@ -159,7 +189,7 @@ pub fn encode_glb(mesh: &Mesh) -> Result<Vec<u8>, MeshError> {
             &mut root,
             &mut bin,
             &vec3_bytes(&mesh.normals),
-            Target::ArrayBuffer,
+            Some(Target::ArrayBuffer),
         );
         let normals = push_accessor(&mut root, view, n, ComponentType::F32, Type::Vec3, None);
         attributes.insert(Valid(json::mesh::Semantic::Normals), normals);
@@ -174,11 +204,56 @@ pub fn encode_glb(mesh: &Mesh) -> Result<Vec<u8>, MeshError> {
             &mut root,
             &mut bin,
             &vec3_bytes(&linear),
-            Target::ArrayBuffer,
+            Some(Target::ArrayBuffer),
         );
         let colors = push_accessor(&mut root, view, n, ComponentType::F32, Type::Vec3, None);
         attributes.insert(Valid(json::mesh::Semantic::Colors(0)), colors);
     }
+    if !mesh.uvs.is_empty() {
+        let bytes: Vec<u8> = mesh
+            .uvs
+            .iter()
+            .flatten()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let view = push_view(&mut root, &mut bin, &bytes, Some(Target::ArrayBuffer));
+        let uvs = push_accessor(&mut root, view, n, ComponentType::F32, Type::Vec2, None);
+        attributes.insert(Valid(json::mesh::Semantic::TexCoords(0)), uvs);
+    }
+    let base_color_texture = match &mesh.texture {
+        Some(texture) => {
+            let png = encode_png(texture)?;
+            let view = push_view(&mut root, &mut bin, &png, None);
+            let image = root.push(json::Image {
+                buffer_view: Some(view),
+                mime_type: Some(json::image::MimeType("image/png".into())),
+                uri: None,
+                extensions: None,
+                extras: Default::default(),
+            });
+            let sampler = root.push(json::texture::Sampler {
+                mag_filter: Some(Valid(json::texture::MagFilter::Linear)),
+                min_filter: Some(Valid(json::texture::MinFilter::Linear)),
+                wrap_s: Valid(json::texture::WrappingMode::ClampToEdge),
+                wrap_t: Valid(json::texture::WrappingMode::ClampToEdge),
+                extensions: None,
+                extras: Default::default(),
+            });
+            let texture = root.push(json::Texture {
+                sampler: Some(sampler),
+                source: image,
+                extensions: None,
+                extras: Default::default(),
+            });
+            Some(json::texture::Info {
+                index: texture,
+                tex_coord: 0,
+                extensions: None,
+                extras: Default::default(),
+            })
+        }
+        None => None,
+    };
     let index_bytes: Vec<u8> = mesh
         .triangles
         .iter()
@@ -189,7 +264,7 @@ pub fn encode_glb(mesh: &Mesh) -> Result<Vec<u8>, MeshError> {
         &mut root,
         &mut bin,
         &index_bytes,
-        Target::ElementArrayBuffer,
+        Some(Target::ElementArrayBuffer),
     );
     let indices = push_accessor(
         &mut root,
@@ -217,6 +292,7 @@ pub fn encode_glb(mesh: &Mesh) -> Result<Vec<u8>, MeshError> {
             base_color_factor: json::material::PbrBaseColorFactor([1.0; 4]),
             metallic_factor: json::material::StrengthFactor(0.0),
             roughness_factor: json::material::StrengthFactor(1.0),
+            base_color_texture,
             ..Default::default()
         },
         extensions: Some(unlit_extension()),
@@ -333,6 +409,40 @@ mod tests {
         for accessor in gltf.accessors() {
             assert_eq!(accessor.offset(), 0);
         }
+    }
+
+    #[test]
+    fn a_texture_and_its_coordinates_read_back() {
+        let mut mesh = tetrahedron();
+        mesh.colors.clear();
+        mesh.uvs = vec![[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.5, 0.5]];
+        mesh.texture = Some(Texture {
+            size: 2,
+            rgb: vec![255, 0, 0, 0, 255, 0, 0, 0, 255, 9, 9, 9],
+        });
+        let bytes = encode_glb(&mesh).unwrap();
+        let gltf = gltf::Gltf::from_slice(&bytes).unwrap();
+        let blob = gltf.blob.as_deref().unwrap();
+        let primitive = gltf.meshes().next().unwrap().primitives().next().unwrap();
+        let reader = primitive.reader(|_| Some(blob));
+        assert!(reader.read_colors(0).is_none());
+        let uvs: Vec<[f32; 2]> = reader.read_tex_coords(0).unwrap().into_f32().collect();
+        assert_eq!(uvs, mesh.uvs);
+        let info = primitive
+            .material()
+            .pbr_metallic_roughness()
+            .base_color_texture()
+            .unwrap();
+        assert_eq!(info.tex_coord(), 0);
+        let gltf::image::Source::View { view, mime_type } = info.texture().source().source() else {
+            panic!("the image is not in the binary chunk");
+        };
+        assert_eq!(mime_type, "image/png");
+        let png = &blob[view.offset()..view.offset() + view.length()];
+        let decoded = image::load_from_memory(png).unwrap().into_rgb8();
+        assert_eq!(decoded.into_raw(), mesh.texture.as_ref().unwrap().rgb);
+        mesh.uvs.clear();
+        assert!(encode_glb(&mesh).is_err());
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! | 6 | [`decimate`] | quadric-error simplification to the face budget (meshoptimizer) |
 //! | 7 | [`normals`] | smoothed (area-weighted) vertex normals |
 //! | 8 | [`colors`] | vertex colours sampled from the colour renders |
-//! | 9 | [`glb`] | glTF 2.0 binary with a PBR material, Y-up |
+//! | 9 | [`texture`] | optionally: a UV atlas and a baseColor texture baked from the renders |
+//! | 10 | [`glb`] | glTF 2.0 binary with a PBR material, Y-up |
 //!
 //! [`raster`] and [`evaluate`] render a mesh from the 404 validator's views
 //! and compare it with the splat (silhouette IoU, colour PSNR).
@@ -38,6 +39,7 @@ pub mod glb;
 pub mod marching_cubes;
 pub mod normals;
 pub mod raster;
+pub mod texture;
 pub mod tsdf;
 pub mod views;
 
@@ -91,6 +93,11 @@ pub struct Mesh {
     pub colors: Vec<[f32; 3]>,
     /// Vertex indices, counter-clockwise seen from outside.
     pub triangles: Vec<[u32; 3]>,
+    /// Texture coordinates in [0, 1] (glTF's: origin at the image's top
+    /// left corner, v down); empty without a texture.
+    pub uvs: Vec<[f32; 2]>,
+    /// The baseColor texture the `uvs` index, when there is one.
+    pub texture: Option<texture::Texture>,
 }
 
 impl Mesh {
@@ -120,16 +127,17 @@ impl Mesh {
                 *v = *slot;
             }
         }
-        let pick = |a: &[[f32; 3]]| -> Vec<[f32; 3]> {
+        fn pick<T: Copy>(a: &[T], order: &[usize]) -> Vec<T> {
             if a.is_empty() {
                 Vec::new()
             } else {
                 order.iter().map(|&i| a[i]).collect()
             }
-        };
-        self.positions = pick(&self.positions);
-        self.normals = pick(&self.normals);
-        self.colors = pick(&self.colors);
+        }
+        self.positions = pick(&self.positions, &order);
+        self.normals = pick(&self.normals, &order);
+        self.colors = pick(&self.colors, &order);
+        self.uvs = pick(&self.uvs, &order);
     }
 
     /// Scales and moves the mesh so that its bounding box is centred on the
@@ -164,6 +172,9 @@ pub struct MeshOptions {
     pub max_faces: usize,
     /// Number of views rendered around the object (≥ 6).
     pub views: usize,
+    /// Bake a baseColor texture of this side (texels) on a UV atlas
+    /// ([`texture`]) instead of leaving vertex colours.
+    pub texture_size: Option<u32>,
 }
 
 impl Default for MeshOptions {
@@ -172,6 +183,7 @@ impl Default for MeshOptions {
             resolution: 256,
             max_faces: 100_000,
             views: views::DEFAULT_VIEW_COUNT,
+            texture_size: None,
         }
     }
 }
@@ -189,6 +201,15 @@ impl MeshOptions {
             return Err(MeshError::invalid(
                 "the face budget is 0; a mesh needs at least one face",
             ));
+        }
+        if let Some(size) = self.texture_size {
+            if !(texture::MIN_TEXTURE_SIZE..=texture::MAX_TEXTURE_SIZE).contains(&size) {
+                return Err(MeshError::invalid(format!(
+                    "texture size {size} is out of range ({} to {})",
+                    texture::MIN_TEXTURE_SIZE,
+                    texture::MAX_TEXTURE_SIZE
+                )));
+            }
         }
         if !(views::MIN_VIEW_COUNT..=views::MAX_VIEW_COUNT).contains(&self.views) {
             return Err(MeshError::invalid(format!(
@@ -322,10 +343,14 @@ pub fn surface_from_volume(
         decimate::decimate(&mut mesh, options.max_faces)
     })?;
     timings.time("normals", || normals::compute_smooth_normals(&mut mesh));
+    let sampler = colors::ColorSampler::new(&plan.cameras, renders, grid.truncation);
     timings.time("colors", || {
-        colors::sample_vertex_colors(&mut mesh, &plan.cameras, renders, grid.truncation)
+        colors::sample_vertex_colors(&mut mesh, &sampler)
     });
-    Ok(mesh)
+    match options.texture_size {
+        Some(size) => timings.time("texture", || texture::bake_texture(&mesh, &sampler, size)),
+        None => Ok(mesh),
+    }
 }
 
 #[cfg(test)]
@@ -369,15 +394,18 @@ mod tests {
     use super::*;
     use crate::test_util::sphere_splat;
 
+    /// Small enough for a debug build: a 48-sample grid, 24 views.
+    const SPHERE_OPTIONS: MeshOptions = MeshOptions {
+        resolution: 48,
+        max_faces: 2000,
+        views: 24,
+        texture_size: None,
+    };
+
     #[test]
     fn a_splat_sphere_becomes_a_closed_sphere_of_its_colour() {
         let g = sphere_splat(40, 1.0, [0.8, 0.3, 0.1]);
-        let options = MeshOptions {
-            resolution: 48,
-            max_faces: 2000,
-            views: 24,
-        };
-        let (mesh, timings) = mesh_splat(&g, &options).unwrap();
+        let (mesh, timings) = mesh_splat(&g, &SPHERE_OPTIONS).unwrap();
         assert!(mesh.triangles.len() <= 2000 && mesh.triangles.len() > 1000);
         assert_eq!(timings.stages.len(), 8);
         let radii: Vec<f32> = mesh
@@ -415,6 +443,35 @@ mod tests {
     }
 
     #[test]
+    fn a_baked_texture_holds_the_splat_colour() {
+        let g = sphere_splat(40, 1.0, [0.8, 0.3, 0.1]);
+        let options = MeshOptions {
+            texture_size: Some(256),
+            ..SPHERE_OPTIONS
+        };
+        let (mesh, timings) = mesh_splat(&g, &options).unwrap();
+        assert_eq!(timings.stages.last().unwrap().0, "texture");
+        let texture = mesh.texture.as_ref().unwrap();
+        assert_eq!(texture.size, 256);
+        assert_eq!(mesh.positions.len(), 3 * mesh.triangles.len());
+        assert_eq!(mesh.uvs.len(), mesh.positions.len());
+        assert!(mesh.colors.is_empty());
+        for uv in &mesh.uvs {
+            let c = texture.sample(*uv);
+            for (got, want) in c.iter().zip([0.8, 0.3, 0.1]) {
+                assert!((got - want).abs() < 0.05, "{c:?} at {uv:?}");
+            }
+        }
+        // 2000 faces need 32 cells of 8 texels a row: 255 texels are too few.
+        let small = MeshOptions {
+            texture_size: Some(255),
+            ..options
+        };
+        let e = mesh_splat(&g, &small).unwrap_err().to_string();
+        assert!(e.contains("too small"), "{e}");
+    }
+
+    #[test]
     fn splats_and_options_that_cannot_give_a_mesh_are_refused() {
         let options = MeshOptions::default();
         let e = mesh_splat(&Gaussians::default(), &options).unwrap_err();
@@ -439,6 +496,10 @@ mod tests {
             },
             MeshOptions {
                 views: 2,
+                ..options
+            },
+            MeshOptions {
+                texture_size: Some(16),
                 ..options
             },
         ] {

@@ -255,9 +255,8 @@ pub fn extract(values: &[f32], dims: [usize; 3], origin: [f32; 3], voxel: f32, l
     let index = |id: u64| ids.binary_search(&id).expect("every vertex id is listed") as u32;
     Mesh {
         positions,
-        normals: Vec::new(),
-        colors: Vec::new(),
         triangles: triangles.par_iter().map(|t| t.map(index)).collect(),
+        ..Default::default()
     }
 }
 

@@ -1,5 +1,6 @@
 //! A small CPU mesh rasterizer for evaluation: z-buffer, perspective-correct
-//! interpolation of vertex colours, unlit (the colours are what a viewer
+//! interpolation of vertex colours or texture coordinates (bilinear
+//! texture lookup), unlit (the colours are what a viewer
 //! with `KHR_materials_unlit` shows), both faces drawn. Pixels are sampled
 //! at their centres, as the splat rasterizer samples them.
 
@@ -19,7 +20,7 @@ pub struct MeshImage {
     pub coverage: Vec<bool>,
 }
 
-/// Renders `mesh` (with colours; grey without) from `camera` over
+/// Renders `mesh` (its texture, else its colours, else grey) from `camera` over
 /// `background`. Triangles with a vertex nearer than the near plane are
 /// skipped (the evaluation cameras are far from the object).
 pub fn render_mesh(mesh: &Mesh, camera: &Camera, background: [f32; 3]) -> MeshImage {
@@ -48,6 +49,7 @@ pub fn render_mesh(mesh: &Mesh, camera: &Camera, background: [f32; 3]) -> MeshIm
         let y0 = a.1.min(b.1).min(c.1).floor().max(0.0) as usize;
         let y1 = (a.1.max(b.1).max(c.1).ceil().max(0.0) as usize).min(h);
         let colors = [color(t[0]), color(t[1]), color(t[2])];
+        let uvs = (mesh.uvs.len() == mesh.positions.len()).then(|| t.map(|i| mesh.uvs[i as usize]));
         let inv_z = [1.0 / a.2, 1.0 / b.2, 1.0 / c.2];
         for y in y0..y1 {
             let py = y as f32 + 0.5;
@@ -73,10 +75,15 @@ pub fn render_mesh(mesh: &Mesh, camera: &Camera, background: [f32; 3]) -> MeshIm
                 }
                 depth[pixel] = z;
                 coverage[pixel] = true;
-                for ch in 0..3 {
-                    rgb[pixel * 3 + ch] =
-                        (pa * colors[0][ch] + pb * colors[1][ch] + pc * colors[2][ch]) / s;
-                }
+                let color = match (&mesh.texture, &uvs) {
+                    (Some(texture), Some(uv)) => texture.sample(std::array::from_fn(|k| {
+                        (pa * uv[0][k] + pb * uv[1][k] + pc * uv[2][k]) / s
+                    })),
+                    _ => std::array::from_fn(|ch| {
+                        (pa * colors[0][ch] + pb * colors[1][ch] + pc * colors[2][ch]) / s
+                    }),
+                };
+                rgb[pixel * 3..pixel * 3 + 3].copy_from_slice(&color);
             }
         }
     }

@@ -29,6 +29,12 @@ pub struct Args {
     /// Largest number of triangles (quadric-error decimation down to it).
     #[arg(long, default_value_t = 100_000)]
     faces: usize,
+    /// Bake the colours into a SIZE² baseColor texture on a UV atlas (64 to 8192; 2048 suits 100,000 faces) instead of vertex colours.
+    #[arg(long, value_name = "SIZE", conflicts_with = "vertex_colors")]
+    texture: Option<u32>,
+    /// Colour the vertices (the default).
+    #[arg(long)]
+    vertex_colors: bool,
     /// Views rendered around the object for fusion and colours (6 to 512).
     #[arg(long, default_value_t = splatforge_mesh::views::DEFAULT_VIEW_COUNT)]
     views: usize,
@@ -95,6 +101,7 @@ pub fn run(args: Args) -> Result<Outcome> {
         resolution: args.resolution,
         max_faces: args.faces,
         views: args.views,
+        texture_size: args.texture,
     };
     let (mut mesh, mut timings) = mesh_splat(&g, &options)?;
     timings.stages.insert(0, ("read", read_time));
