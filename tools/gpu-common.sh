@@ -3,10 +3,12 @@
 # each from the repository root. Only functions: sourcing changes nothing by itself.
 
 # pack_binary FILE NAME: strip FILE and xz it into .gpu-bin/NAME.xz, the folder the device run
-# carries (git-ignored via .git/info/exclude).
+# carries (git-ignored via the repository's info/exclude, which a worktree shares).
 pack_binary() {
   mkdir -p .gpu-bin
-  grep -qx '/.gpu-bin/' .git/info/exclude 2>/dev/null || echo '/.gpu-bin/' >> .git/info/exclude
+  local exclude
+  exclude="$(git rev-parse --git-path info/exclude)"
+  grep -qx '/.gpu-bin/' "$exclude" 2>/dev/null || echo '/.gpu-bin/' >> "$exclude"
   cp "$1" ".gpu-bin/$2"
   strip ".gpu-bin/$2"
   xz -T2 -6 -f ".gpu-bin/$2"

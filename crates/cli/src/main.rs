@@ -41,6 +41,8 @@ enum Command {
     Worker(commands::fleet::WorkerArgs),
     /// Submit a JSONL file of prompts to a fleet as a batch; write the results to a directory.
     Submit(commands::fleet::SubmitArgs),
+    /// Splat → GLB mesh (TSDF fusion of renders, marching cubes, QEM decimation, vertex colours); --report compares it with the splat.
+    Mesh(commands::mesh::Args),
     /// Time every pipeline path (per stage median and p90, load, memory); compare with a previous run.
     Bench(commands::bench::Args),
 }
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => commands::fleet::run_worker_command(args),
         Command::Submit(args) => commands::fleet::run_submit(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Mesh(args) => commands::mesh::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

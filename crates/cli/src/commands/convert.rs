@@ -12,7 +12,7 @@ use crate::Outcome;
 pub struct Args {
     /// Input .ply or .spz (the format is detected from its content).
     input: PathBuf,
-    /// Output file; its extension (.ply or .spz) picks the format.
+    /// Output file; its extension picks the format: .ply, .spz, or .glb (a mesh, as `splatforge mesh` with its defaults).
     output: PathBuf,
     #[command(flatten)]
     encoding: EncodingArgs,
@@ -44,8 +44,13 @@ pub enum Flavor {
 }
 
 impl EncodingArgs {
-    /// Encodes `g` for `output` and writes it atomically.
+    /// Encodes `g` for `output` and writes it atomically; a `.glb` output
+    /// is a mesh of `g` (`splatforge mesh` with its defaults).
     pub fn write(&self, g: &Gaussians, output: &Path) -> Result<()> {
+        super::mesh::check_output_name(output)?;
+        if super::mesh::is_glb(output) {
+            return super::mesh::write_default_glb(g, output);
+        }
         let options = EncodeOptions {
             format: SplatFormat::from_path(output)?,
             ply: PlyWriteOptions {

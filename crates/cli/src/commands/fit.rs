@@ -61,7 +61,7 @@ pub fn run(args: Args) -> Result<Outcome> {
     }
     config.validate()?;
     // Fail on a bad output name before spending minutes fitting.
-    splatforge_splat::SplatFormat::from_path(&args.output)?;
+    super::mesh::check_output_name(&args.output)?;
 
     let data = load_transforms(
         &args.input,

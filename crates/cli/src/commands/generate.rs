@@ -48,7 +48,7 @@ pub struct Args {
     /// An image (PNG, JPEG, WebP or still GIF; RGBA, or RGB on a plain background; EXIF orientation applied) → 3D with TRELLIS (image profiles: image-quality, the default, image-speed, image-development).
     #[arg(long, value_name = "FILE")]
     pub(super) image: Option<PathBuf>,
-    /// Output splat; its extension (.ply or .spz) picks the format.
+    /// Output; its extension picks the format: .ply or .spz (the splat), .glb (a mesh of it, as `splatforge mesh` with its defaults).
     #[arg(short, long)]
     pub(super) output: PathBuf,
     #[command(flatten)]
@@ -363,6 +363,10 @@ pub(super) fn profile_for_models(
 /// Warns when `g` would fail `splatforge validate` (the validators' checks
 /// at their defaults), naming the failed checks.
 pub(super) fn warn_if_invalid(g: &splatforge_splat::Gaussians, output: &Path) {
+    // A mesh is no splat: the validator's data checks do not apply to it.
+    if super::mesh::is_glb(output) {
+        return;
+    }
     let report = validate(g, &ValidationConfig::default());
     if !report.passed {
         let failed: Vec<String> = report
@@ -425,7 +429,7 @@ pub fn run(args: Args) -> Result<Outcome> {
         bail!("--prompt is empty");
     }
     // Fail on a bad output name before loading models.
-    splatforge_splat::SplatFormat::from_path(&args.output)?;
+    super::mesh::check_output_name(&args.output)?;
     let device = device(args.device.as_deref(), 0)?;
 
     let t0 = Instant::now();

@@ -132,7 +132,7 @@ pub fn run(args: Args) -> Result<Outcome> {
         return Ok(Outcome::Success);
     }
     // Fail on a bad output name or an unreadable image before loading models.
-    splatforge_splat::SplatFormat::from_path(&args.output)?;
+    super::mesh::check_output_name(&args.output)?;
     let image =
         std::fs::read(&image_path).with_context(|| format!("reading {}", image_path.display()))?;
     splatforge_trellis::preprocess::decode_image(&image)
@@ -201,7 +201,7 @@ pub fn run_text(args: Args) -> Result<Outcome> {
     if prompt.trim().is_empty() {
         bail!("--prompt is empty");
     }
-    splatforge_splat::SplatFormat::from_path(&args.output)?;
+    super::mesh::check_output_name(&args.output)?;
     let flux = flux_source(args.flux.as_deref())?;
     let models = match models {
         Some(m) => m,

@@ -8,6 +8,7 @@ pub mod flux_trellis;
 pub mod generate;
 pub mod generate_image;
 pub mod inspect;
+pub mod mesh;
 pub mod models;
 pub mod normalize;
 pub mod pipeline_generator;
