@@ -12,7 +12,7 @@
 #   tools/gpu-suite.sh --pack       # strip + xz the binaries into .gpu-bin/
 # Device: run 'SUITES="trellis raster fit" tools/gpu-suite.sh' with carry
 #   [".gpu-bin", ".whl", ".gpu-ref"].
-# Suites: ops (TRELLIS' cuDNN 3-D convolution and fused LayerNorm + modulation vs the CPU paths), trellis-kernels (per-kernel times of a short image → PLY run, ncu), raster (tools/gpu-raster.sh), fit (tools/gpu-fit.sh, parity only unless FIT_FULL=1),
+# Suites: mesh (tools/gpu-mesh.sh), ops (TRELLIS' cuDNN 3-D convolution and fused LayerNorm + modulation vs the CPU paths), trellis-kernels (per-kernel times of a short image → PLY run, ncu), raster (tools/gpu-raster.sh), fit (tools/gpu-fit.sh, parity only unless FIT_FULL=1),
 # diffusion (tools/diffusion_parity.py: ops, unet, vae unless PARITY_SECTIONS is set),
 # pipeline (tools/gpu-pipeline.sh, PROFILES default "speed quality"),
 # trellis (tools/gpu-trellis-parity.sh), matte (tools/gpu-matte-parity.sh),
@@ -37,6 +37,8 @@ case "${1:-}" in
       --example stage1_parity --example slat_flow_parity --example gs_decoder_parity --example ops_parity
     CARGO_TARGET_DIR="$TARGET" cargo build --release --locked -p splatforge-matte --features cudnn \
       --example matte_parity
+    CARGO_TARGET_DIR="$TARGET" cargo build --release --locked -p splatforge-mesh --features cuda \
+      --example gpu_mesh
     mkdir -p .whl
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
@@ -47,7 +49,7 @@ case "${1:-}" in
   --pack)
     set -e
     # PACK (default: all) picks the binaries, to stay under the 64 MiB a device call carries.
-    for b in ${PACK:-splatforge gpu_raster gpu_fit diffusion_parity stage1_parity slat_flow_parity gs_decoder_parity ops_parity matte_parity}; do
+    for b in ${PACK:-splatforge gpu_raster gpu_fit diffusion_parity stage1_parity slat_flow_parity gs_decoder_parity ops_parity matte_parity gpu_mesh}; do
       case "$b" in
         splatforge) pack_binary "$TARGET/release/splatforge" splatforge ;;
         diffusion_parity) pack_binary "$TARGET/release/examples/parity" diffusion_parity ;;
@@ -56,6 +58,7 @@ case "${1:-}" in
     done
     cp ../shared/fixtures/hamburger.ply .gpu-bin/hamburger.ply
     cp ../shared/fixtures/ghost_rgba.png .gpu-bin/ghost_rgba.png  # trellis-e2e's input (no shared/ there)
+    cp ../shared/fixtures/robocop-with-hammer.spz .gpu-bin/robocop-with-hammer.spz  # the mesh suite's
     du -shc .gpu-bin .whl .gpu-ref 2>/dev/null
     exit 0
     ;;
@@ -114,6 +117,7 @@ for s in $SUITES; do
         python3 tools/kernel_summary.py "$OUT/ncu.csv" | tee "$OUT/kernels.md"' ;;
     trellis) suite trellis tools/gpu-trellis-parity.sh ;;
     matte) suite matte tools/gpu-matte-parity.sh ;;
+    mesh) suite mesh tools/gpu-mesh.sh ;;
     ops)  # TRELLIS' GPU-only op paths against the CPU paths; f32 without TF32, as the parity runs.
       unxz_to .gpu-bin/ops_parity.xz /tmp/ops_parity; chmod +x /tmp/ops_parity
       suite ops env NVIDIA_TF32_OVERRIDE=0 /tmp/ops_parity ;;
@@ -125,8 +129,8 @@ for s in $SUITES; do
         /tmp/splatforge models make-random --family trellis --size full $M \
           --voxels "${VOXELS:-20000}" --calibration-image .gpu-bin/ghost_rgba.png
         /tmp/splatforge generate --image .gpu-bin/ghost_rgba.png --models $M --profile image-quality \
-          --repeat 4 --json -o /tmp/trellis-e2e.ply > "$OUT/ours.jsonl" 2> "$OUT/ours.stderr"
-        python3 tools/trellis_reference.py $M --image .gpu-bin/ghost_rgba.png --repeat 3 \
+          --repeat "${OURS_REPEAT:-4}" --json -o /tmp/trellis-e2e.ply > "$OUT/ours.jsonl" 2> "$OUT/ours.stderr"
+        python3 tools/trellis_reference.py $M --image .gpu-bin/ghost_rgba.png --repeat "${REF_REPEAT:-3}" \
           --ours "$OUT/ours.jsonl" --json "$OUT/reference.json" 2> "$OUT/reference.stderr"
         [[ "${SHIMS:-1}" == 0 ]] || python3 tools/trellis_reference.py $M --image .gpu-bin/ghost_rgba.png --repeat 2 \
           --ours "$OUT/ours.jsonl" --time-shims --json "$OUT/reference_shims.json" 2>> "$OUT/reference.stderr" | tail -12' ;;
