@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Per-job times of image jobs on the tiny random-weight TRELLIS models, single-host
 # `serve` against the fleet (`worker` + `serve --redis`), through 404's competition route:
-# N requests one after another (after one untimed), the same picture and seeds on both.
+# N requests to each, alternating between the two (after one untimed each), so that a
+# change in the machine's load falls on both; the same picture and seeds on both.
 # Prints each side's median wall time per request and, for the fleet, the medians of the
 # stages the front end reports in X-Stage-Timings (queue_wait: submitted → started;
 # worker_encode: the worker's PLY; result_fetch: finished → the front end holding the
@@ -43,30 +44,29 @@ serve() {
   until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
 }
 
-# N timed requests (seeds 1..N) after one untimed; one line per request: wall seconds,
-# then the X-Stage-Timings header.
-run() {
-  local port=$1
-  curl -sf -F prompt_image_file=@"$image" -F seed=0 "http://127.0.0.1:$port/generate" -o /dev/null
-  for seed in $(seq 1 "$n"); do
-    curl -s -D "$work/head" -o /dev/null -w '%{time_total} ' \
-      -F prompt_image_file=@"$image" -F seed="$seed" "http://127.0.0.1:$port/generate"
-    tr -d '\r' <"$work/head" | sed -n 's/^x-stage-timings: //Ip'
-  done
+# One request with `seed`; prints a line: wall seconds, then the X-Stage-Timings header.
+request() {
+  curl -sf -D "$work/head" -o /dev/null -w '%{time_total} ' \
+    -F prompt_image_file=@"$image" -F seed="$2" "http://127.0.0.1:$1/generate"
+  tr -d '\r' <"$work/head" | sed -n 's/^x-stage-timings: //Ip'
 }
 
 median() { sort -g | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 stage() { sed -n "s/.*[ ,]\?$1=\([0-9.]*\).*/\1/p" | median; }
 
 serve --models "$work/trellis"
-run "$port" >"$work/single"
-kill "${pids[-1]}"
-
+single=$port
 "$bin" worker --redis "$url" --profile image-development --models "$work/trellis" \
   --results-dir "$work/results" 2>>"$work/worker.log" &
 pids+=($!)
 serve --redis "$url"
-run "$port" >"$work/fleet"
+fleet=$port
+request "$single" 0 >/dev/null
+request "$fleet" 0 >/dev/null
+for seed in $(seq 1 "$n"); do
+  request "$single" "$seed" >>"$work/single"
+  request "$fleet" "$seed" >>"$work/fleet"
+done
 
 echo "$n competition requests each, $(basename "$image"), $bin, $(nproc) cores"
 printf 'single-host: median %.1f ms a request\n' "$(cut -d' ' -f1 "$work/single" | median | awk '{print $1*1000}')"

@@ -7,8 +7,9 @@
 //! Three worker processes share a 50-job batch, each job run once.
 //! Image jobs on the tiny TRELLIS models: the competition `/generate` and
 //! base64 `/generate/` through the fleet answer the bytes single-host
-//! `serve` answers; a bad image dies at once with its error (400 over HTTP,
-//! `_failed.json` in a batch) while the others finish.
+//! `serve` answers, a text-via-image worker (FLUX, then TRELLIS) the splat
+//! `generate` writes; a bad image dies at once with its error (400 over
+//! HTTP, `_failed.json` in a batch) while the others finish.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -444,7 +445,8 @@ fn three_worker_processes_finish_fifty_jobs_once_each() {
 
 /// Issue 14: image jobs through the fleet give single-host `serve`'s bytes
 /// (the competition route Y-up, `/generate/` in `save_ply`'s frame), from
-/// HTTP and from `splatforge submit`; a bad image fails its own job only,
+/// HTTP and from `splatforge submit`, and a text-via-image worker (FLUX then
+/// TRELLIS) gives `generate`'s splat; a bad image fails its own job only,
 /// at once (no retry), with the generator's error; and Redis keeps no image
 /// once its jobs are over.
 #[test]
@@ -501,7 +503,37 @@ fn image_jobs_through_the_fleet_match_single_host() {
         .concat(),
         "ready",
     );
+    // Text via an image (FLUX, then TRELLIS) on its own profile's stream.
+    let tiny = make_models(dir.path(), "tiny", &["make-tiny"]);
+    let flux = tiny.join("flux-schnell-diffusers");
+    let flux = flux.to_str().unwrap();
+    let text_image = ["--profile", "text-image-development", "--flux", flux];
+    let flux_worker = Process::start(
+        "flux-worker",
+        &[
+            &["worker"][..],
+            &fleet,
+            &text_image,
+            &["--models", models, "--name", "wf"],
+        ]
+        .concat(),
+        "ready",
+    );
+    let reference = dir.path().join("chair.ply");
+    let out = Command::new(BIN)
+        .args(["generate", "--prompt", "a red chair", "--seed", "5"])
+        .args(text_image)
+        .args(["--models", models, "-o"])
+        .arg(&reference)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     worker.wait_for("ready");
+    flux_worker.wait_for("ready");
     let (_front, addr) = serve(
         "front",
         &[&fleet[..], &profile, &["--timeout", "120"]].concat(),
@@ -551,7 +583,7 @@ fn image_jobs_through_the_fleet_match_single_host() {
     let items = dir.path().join("items.jsonl");
     std::fs::write(
         &items,
-        format!("{{\"image_path\": \"ghost.png\", \"seed\": 7, \"y_up\": true, \"stem\": \"ghost\"}}\n{{\"image_path\": \"clear.png\", \"stem\": \"clear\"}}\n{ghost64}\n"),
+        format!("{{\"image_path\": \"ghost.png\", \"seed\": 7, \"y_up\": true, \"stem\": \"ghost\"}}\n{{\"image_path\": \"clear.png\", \"stem\": \"clear\"}}\n{ghost64}\n{{\"prompt\": \"a red chair\", \"seed\": 5, \"profile\": \"text-image-development\", \"stem\": \"chair\"}}\n"),
     )
     .unwrap();
     let results = dir.path().join("out");
@@ -561,6 +593,11 @@ fn image_jobs_through_the_fleet_match_single_host() {
     assert!(std::fs::read(results.join("ghost.ply")).unwrap() == competition);
     assert!(std::fs::read(results.join("ghost64.ply")).unwrap() == three_gen);
     assert!(!results.join("clear.ply").exists());
+    assert_eq!(
+        splatforge_splat::read_splat_file(&results.join("chair.ply")).unwrap(),
+        splatforge_splat::read_splat_file(&reference).unwrap(),
+        "the flux-trellis worker's splat differs from `generate`'s"
+    );
     let failed: serde_json::Value =
         serde_json::from_slice(&std::fs::read(results.join("_failed.json")).unwrap()).unwrap();
     let failed = failed.as_array().unwrap();
@@ -576,5 +613,5 @@ fn image_jobs_through_the_fleet_match_single_host() {
     let images: Vec<String> = redis::cmd("KEYS").arg("t:image:*").query(&mut con).unwrap();
     assert!(images.is_empty(), "images left in redis: {images:?}");
     assert_eq!(counter(&mut con, "retries"), 0);
-    drop(worker);
+    drop((worker, flux_worker));
 }

@@ -230,9 +230,12 @@ fn main() {
         .arg("bench:image:*")
         .query(&mut con)
         .unwrap();
+    // SAMPLES 0: every field (the default samples 5 and may miss the result).
     let usage: u64 = redis::cmd("MEMORY")
         .arg("USAGE")
         .arg(&jobs[0])
+        .arg("SAMPLES")
+        .arg(0)
         .query(&mut con)
         .unwrap();
     println!(
