@@ -196,23 +196,25 @@ fn submit(redis: &TestRedis, items: &Path, out: &Path, profile: &str) -> std::pr
         .unwrap()
 }
 
+/// `splatforge worker --name NAME ARGS…` on the tests' fleet (prefix `t`,
+/// claims after 2 s); [`Process::wait_for`] `ready` before giving it jobs.
+fn start_worker(redis: &TestRedis, name: &str, args: &[&str]) -> Process {
+    let url = redis.url();
+    let fleet = ["--redis", &url, "--redis-prefix", "t", "--claim-after", "2"];
+    Process::start(
+        name,
+        &[&["worker", "--name", name][..], &fleet, args].concat(),
+        "ready",
+    )
+}
+
+/// A ready worker of the `development` profile on the tiny models.
 fn worker(redis: &TestRedis, models: &Path, name: &str) -> Process {
     let models = models.to_str().unwrap();
-    let args = [
-        "worker",
-        "--redis",
-        &redis.url(),
-        "--redis-prefix",
-        "t",
-        "--claim-after",
-        "2",
-        "--models",
-        models,
-    ];
-    let p = Process::start(
+    let p = start_worker(
+        redis,
         name,
-        &[&args[..], &["--profile", "development", "--name", name]].concat(),
-        "ready",
+        &["--profile", "development", "--models", models],
     );
     p.wait_for("ready");
     p
@@ -492,32 +494,20 @@ fn image_jobs_through_the_fleet_match_single_host() {
     drop(single);
 
     let fleet = ["--redis", &redis.url(), "--redis-prefix", "t"];
-    let worker = Process::start(
-        "worker",
-        &[
-            &["worker"][..],
-            &fleet,
-            &profile,
-            &["--models", models, "--name", "wi"],
-        ]
-        .concat(),
-        "ready",
+    let worker = start_worker(
+        &redis,
+        "wi",
+        &[&profile[..], &["--models", models]].concat(),
     );
     // Text via an image (FLUX, then TRELLIS) on its own profile's stream.
     let tiny = make_models(dir.path(), "tiny", &["make-tiny"]);
     let flux = tiny.join("flux-schnell-diffusers");
     let flux = flux.to_str().unwrap();
     let text_image = ["--profile", "text-image-development", "--flux", flux];
-    let flux_worker = Process::start(
-        "flux-worker",
-        &[
-            &["worker"][..],
-            &fleet,
-            &text_image,
-            &["--models", models, "--name", "wf"],
-        ]
-        .concat(),
-        "ready",
+    let flux_worker = start_worker(
+        &redis,
+        "wf",
+        &[&text_image[..], &["--models", models]].concat(),
     );
     let reference = dir.path().join("chair.ply");
     let out = Command::new(BIN)
