@@ -9,14 +9,21 @@
 //! idempotently, so an interrupted submission can simply be repeated. The
 //! batch expires [`crate::FleetConfig::result_ttl`] after it is first seen
 //! finished.
+//!
+//! An item is a text prompt or an image: its bytes in base64 (`image`, over
+//! HTTP and in `submit`'s file) or a file `submit` reads (`image_path`). The
+//! batch stores the images' hashes, never their bytes; each image job holds
+//! its picture in Redis only until it finishes (see [`crate::queue`]).
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use splatforge_server::decode_base64_image;
 
-use crate::job::{check_id, now_us, ttl_secs, JobRequest, JobState, OutputFormat};
+use crate::job::{check_id, now_us, ttl_secs, JobState, OutputFormat, Submission};
 use crate::queue::Queue;
 use crate::FleetError;
 
@@ -29,10 +36,22 @@ pub const MAX_BATCH_ITEMS: usize = 100_000;
 #[serde(deny_unknown_fields)]
 pub struct BatchItem {
     pub prompt: Option<String>,
-    /// Image prompts are refused with a clear error: the generators are
-    /// text-to-3D.
+    /// Refused with a clear error: the fleet does not download; send the
+    /// bytes (`image`) instead.
     pub image_url: Option<String>,
+    /// The image file's bytes in base64 (a `data:image/…;base64,` prefix
+    /// and line breaks are fine), for an image profile.
     pub image: Option<String>,
+    /// An image file on the submitting machine, relative to the JSONL file:
+    /// `splatforge submit` reads it into [`BatchItem::image_file`]; over
+    /// HTTP it is refused (the server does not read the client's files).
+    pub image_path: Option<PathBuf>,
+    /// The bytes `submit` read from `image_path`.
+    #[serde(skip)]
+    pub image_file: Option<Arc<Vec<u8>>>,
+    /// Turn the object's up to +Y (404's competition frame); default: the
+    /// generator's own frame, as `/generate/` answers.
+    pub y_up: Option<bool>,
     pub seed: Option<u64>,
     /// Default: the front end's (or `submit`'s) profile.
     pub profile: Option<String>,
@@ -62,7 +81,11 @@ pub struct BatchEntry {
     pub stem: String,
     pub job: String,
     pub format: OutputFormat,
+    /// Empty for an image item.
     pub prompt: String,
+    /// An image item's file (`image_path`) or `sha256:{hex}` of its bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// A batch's progress (`GET /batches/{id}`).
@@ -85,6 +108,9 @@ pub struct FailedItem {
     pub stem: String,
     pub id: String,
     pub prompt: String,
+    /// An image item's file or `sha256:{hex}` (see [`BatchEntry::image`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     pub error: String,
 }
 
@@ -98,12 +124,55 @@ fn request_error(m: impl Into<String>) -> FleetError {
     FleetError::Request(m.into())
 }
 
+/// The job an item asks for: exactly one of a prompt, base64 image bytes or
+/// an image file `submit` read; its label for the batch's listing.
+fn item_job(item: &BatchItem) -> Result<(Submission, Option<String>), String> {
+    if item.image_url.is_some() {
+        return Err("image_url is not supported: the fleet does not download images; send the file's bytes in base64 as 'image'".into());
+    }
+    if item.image_path.is_some() && item.image_file.is_none() {
+        return Err("image_path names a file on the submitting machine, which only `splatforge submit` reads; send the bytes in base64 as 'image'".into());
+    }
+    let prompt = item.prompt.as_deref().map(str::trim).unwrap_or_default();
+    let format = item.format.unwrap_or_default();
+    let given = [
+        !prompt.is_empty(),
+        item.image.is_some(),
+        item.image_path.is_some(),
+    ];
+    match given.iter().filter(|g| **g).count() {
+        0 => return Err("give a text 'prompt', an 'image' (base64) or an 'image_path'".into()),
+        1 => {}
+        _ => return Err("give one of 'prompt', 'image' and 'image_path', not several".into()),
+    }
+    let (job, label) = match (&item.image, &item.image_file) {
+        (Some(text), _) => {
+            let bytes =
+                decode_base64_image(text).map_err(|e| format!("'image' is not base64 ({e})"))?;
+            let job = Submission::image(Arc::new(bytes), item.seed, format);
+            let label = job.request.image.as_ref().map(|h| format!("sha256:{h}"));
+            (job, label)
+        }
+        (None, Some(bytes)) => {
+            let label = item.image_path.as_ref().map(|p| p.display().to_string());
+            (Submission::image(bytes.clone(), item.seed, format), label)
+        }
+        (None, None) => (Submission::text(prompt, item.seed, format), None),
+    };
+    let job = job.y_up(item.y_up.unwrap_or(false));
+    job.validate().map_err(|e| match e {
+        FleetError::Request(m) => m,
+        other => other.to_string(),
+    })?;
+    Ok((job, label))
+}
+
 /// Checks the items and turns them into jobs of batch `batch_id`.
 pub fn plan(
     batch_id: &str,
     items: &[BatchItem],
     default_profile: &str,
-) -> Result<Vec<(BatchEntry, String, JobRequest)>, FleetError> {
+) -> Result<Vec<(BatchEntry, String, Submission)>, FleetError> {
     check_id(batch_id)?;
     if items.is_empty() {
         return Err(request_error("the batch has no items"));
@@ -119,24 +188,7 @@ pub fn plan(
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let at = |m: String| request_error(format!("item {i}: {m}"));
-        if item.image_url.is_some() || item.image.is_some() {
-            return Err(at(
-                "image prompts are not supported: the generators are text-to-3D; send 'prompt'"
-                    .into(),
-            ));
-        }
-        let prompt = item
-            .prompt
-            .as_deref()
-            .map(str::trim)
-            .unwrap_or_default()
-            .to_string();
-        let request = JobRequest {
-            prompt: prompt.clone(),
-            seed: item.seed,
-            format: item.format.unwrap_or_default(),
-        };
-        request.validate().map_err(|e| at(e.to_string()))?;
+        let (job, image) = item_job(item).map_err(at)?;
         let stem = item.stem.clone().unwrap_or_else(|| format!("{i:05}"));
         check_id(&stem).map_err(|e| at(e.to_string()))?;
         if stem.starts_with('_') {
@@ -147,10 +199,10 @@ pub fn plan(
         if !stems.insert(stem.clone()) {
             return Err(at(format!("stem '{stem}' appears twice")));
         }
-        let job = item.id.clone().unwrap_or_else(|| format!("{batch_id}.{i}"));
-        check_id(&job).map_err(|e| at(e.to_string()))?;
-        if !ids.insert(job.clone()) {
-            return Err(at(format!("job id '{job}' appears twice")));
+        let id = item.id.clone().unwrap_or_else(|| format!("{batch_id}.{i}"));
+        check_id(&id).map_err(|e| at(e.to_string()))?;
+        if !ids.insert(id.clone()) {
+            return Err(at(format!("job id '{id}' appears twice")));
         }
         let profile = item
             .profile
@@ -160,12 +212,13 @@ pub fn plan(
         out.push((
             BatchEntry {
                 stem,
-                job,
-                format: request.format,
-                prompt,
+                job: id,
+                format: job.request.format,
+                prompt: job.request.prompt.clone(),
+                image,
             },
             profile,
-            request,
+            job,
         ));
     }
     Ok(out)
@@ -274,6 +327,7 @@ pub async fn results(queue: &Queue, batch_id: &str) -> Result<BatchResults, Flee
             stem: entry.stem.clone(),
             id: entry.job.clone(),
             prompt: entry.prompt.clone(),
+            image: entry.image.clone(),
             error,
         };
         match queue.result(&entry.job).await? {
@@ -379,11 +433,12 @@ mod tests {
                 stem: "00000".into(),
                 job: "b1.0".into(),
                 format: OutputFormat::Ply,
-                prompt: "a chair".into()
+                prompt: "a chair".into(),
+                image: None,
             }
         );
         assert_eq!(
-            (p[1].0.stem.as_str(), p[1].1.as_str(), p[1].2.seed),
+            (p[1].0.stem.as_str(), p[1].1.as_str(), p[1].2.request.seed),
             ("car", "speed", Some(3))
         );
         let err = |items: &[BatchItem]| plan("b1", items, "speed").unwrap_err().to_string();
@@ -392,7 +447,7 @@ mod tests {
             image_url: Some("http://x/y.png".into()),
             ..Default::default()
         }])
-        .contains("image prompts"));
+        .contains("does not download"));
         assert!(err(&[item("")]).contains("item 0"));
         let dup = BatchItem {
             stem: Some("x".into()),
@@ -418,6 +473,63 @@ mod tests {
     }
 
     #[test]
+    fn image_items_carry_bytes_or_files() {
+        use base64::Engine;
+        let png = b"\x89PNG\r\n\x1a\nfake".to_vec();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+        let hash = crate::job::image_hash(&png);
+        let items = [
+            BatchItem {
+                image: Some(format!("data:image/png;base64,{}", &b64)),
+                seed: Some(4),
+                y_up: Some(true),
+                ..Default::default()
+            },
+            BatchItem {
+                image_path: Some("pics/a.png".into()),
+                image_file: Some(Arc::new(png.clone())),
+                ..Default::default()
+            },
+        ];
+        let p = plan("b2", &items, "image-speed").unwrap();
+        let (entry, _, job) = &p[0];
+        assert_eq!(
+            entry.image.as_deref(),
+            Some(format!("sha256:{hash}").as_str())
+        );
+        assert_eq!(entry.prompt, "");
+        assert_eq!(job.image.as_deref(), Some(&png));
+        assert!(job.request.y_up && job.request.seed == Some(4));
+        assert_eq!(job.request.image.as_deref(), Some(hash.as_str()));
+        assert_eq!(p[1].0.image.as_deref(), Some("pics/a.png"));
+        assert!(!p[1].2.request.y_up);
+        assert_eq!(p[1].2.request.image, p[0].2.request.image, "stored once");
+
+        let err = |item: BatchItem| plan("b2", &[item], "image-speed").unwrap_err().to_string();
+        let over_http = BatchItem {
+            image_path: Some("a.png".into()),
+            ..Default::default()
+        };
+        assert!(err(over_http).contains("only `splatforge submit` reads"));
+        let both = BatchItem {
+            prompt: Some("a chair".into()),
+            image: Some(b64),
+            ..Default::default()
+        };
+        assert!(err(both).contains("not several"));
+        let broken = BatchItem {
+            image: Some("not base64!".into()),
+            ..Default::default()
+        };
+        assert!(err(broken).contains("not base64"));
+        assert!(err(BatchItem::default()).contains("give a text 'prompt'"));
+        assert!(
+            serde_json::from_str::<BatchItem>(r#"{"image_file":"y"}"#).is_err(),
+            "image_file is never read from JSON"
+        );
+    }
+
+    #[test]
     fn zips_hold_the_files_and_the_failures() {
         let r = BatchResults {
             files: vec![("a.ply".into(), b"ply\n...".to_vec())],
@@ -425,6 +537,7 @@ mod tests {
                 stem: "b".into(),
                 id: "x.1".into(),
                 prompt: "p".into(),
+                image: None,
                 error: "boom".into(),
             }],
         };

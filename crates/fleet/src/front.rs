@@ -1,7 +1,10 @@
 //! `splatforge serve --redis`: the HTTP service as a front end of the
 //! fleet. [`FleetGenerator`] is the service's [`Generator`]: it submits a
-//! PLY job, waits for it (a pub/sub notice, or a poll every second) and
-//! decodes the result, so every HTTP endpoint and format works unchanged.
+//! PLY job (the request's text prompt, or its image with the Y-up flag of
+//! the competition route), waits for it (a pub/sub notice, or a poll every
+//! second) and decodes the result, so every HTTP endpoint and format works
+//! unchanged. A job that died of bad input answers as a single-host
+//! server's bad input does (400 `bad_input`, the generator's message).
 //! [`FleetExtension`] is the service's [`ServiceExtension`]: `/batches`,
 //! `/health` that needs a live worker of its profile, and fleet metrics,
 //! from a snapshot of Redis taken every second.
@@ -24,7 +27,7 @@ use splatforge_server::{
 use tokio::sync::Notify;
 
 use crate::batch::{self, BatchBody};
-use crate::job::{new_job_id, now_us, JobRequest, JobState, OutputFormat};
+use crate::job::{new_job_id, now_us, JobState, OutputFormat, Submission};
 use crate::queue::{Queue, Snapshot};
 use crate::{FleetConfig, FleetError};
 
@@ -93,13 +96,13 @@ impl FrontEnd {
         &self.profile
     }
 
-    /// Submits `request` as job `id` (idempotent) and waits until it is done
+    /// Submits `job` as job `id` (idempotent) and waits until it is done
     /// or dead, or `cancel` fires (then the job is withdrawn). Redis errors
     /// are retried until then.
     pub async fn run_job(
         &self,
         id: &str,
-        request: &JobRequest,
+        job: &Submission,
         cancel: &CancelToken,
     ) -> Result<Generation, GenerationError> {
         let notify = Arc::new(Notify::new());
@@ -107,7 +110,7 @@ impl FrontEnd {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.to_string(), notify.clone());
-        let result = self.wait(id, request, cancel, &notify).await;
+        let result = self.wait(id, job, cancel, &notify).await;
         self.waiters
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -123,17 +126,16 @@ impl FrontEnd {
     async fn wait(
         &self,
         id: &str,
-        request: &JobRequest,
+        job: &Submission,
         cancel: &CancelToken,
         notify: &Notify,
     ) -> Result<Generation, GenerationError> {
         let retry = |e: &FleetError| eprintln!("splatforge serve (fleet): job {id}: {e}; retrying");
         loop {
-            match self.queue.submit(id, &self.profile, request).await {
+            match self.queue.submit(id, &self.profile, job).await {
                 Ok(_) => break,
-                Err(e @ FleetError::Request(_)) => {
-                    return Err(GenerationError::Failed(e.to_string()))
-                }
+                // The request's own fault (e.g. an image over the cap): a 400.
+                Err(FleetError::Request(m)) => return Err(GenerationError::BadInput(m)),
                 Err(e) => retry(&e),
             }
             tokio::time::sleep(CANCEL_CHECK).await;
@@ -142,6 +144,14 @@ impl FrontEnd {
         loop {
             match self.queue.status_and_result(id).await {
                 Ok(Some((s, Some(r)))) => return decode(r, &s),
+                Ok(Some((s, None)))
+                    if s.state == JobState::Dead
+                        && s.error_kind.as_deref() == Some("bad_input") =>
+                {
+                    return Err(GenerationError::BadInput(
+                        s.error.unwrap_or_else(|| "no error recorded".into()),
+                    ))
+                }
                 Ok(Some((s, None))) if s.state.is_terminal() && s.state != JobState::Done => {
                     return Err(GenerationError::Failed(format!(
                         "job {id} is {}: {}",
@@ -294,11 +304,11 @@ impl Generator for FleetGenerator {
         request: &GenerationRequest,
         cancel: &CancelToken,
     ) -> Result<Generation, GenerationError> {
-        let job = JobRequest {
-            prompt: request.prompt.clone(),
-            seed: request.seed,
-            format: OutputFormat::Ply,
-        };
+        let job = match &request.image {
+            Some(image) => Submission::image(image.clone(), request.seed, OutputFormat::Ply),
+            None => Submission::text(request.prompt.clone(), request.seed, OutputFormat::Ply),
+        }
+        .y_up(request.y_up);
         self.front
             .runtime()
             .block_on(self.front.run_job(&new_job_id(), &job, cancel))

@@ -3,15 +3,21 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use splatforge_server::MAX_PROMPT_CHARS;
+use sha2::{Digest, Sha256};
+use splatforge_server::{IMAGE_MAX_BODY_BYTES, MAX_PROMPT_CHARS};
 
 use crate::FleetError;
 
 /// Longest job id, in bytes.
 pub const MAX_JOB_ID_BYTES: usize = 128;
+
+/// Largest image a job may carry: the body limit of a single-host image server
+/// ([`IMAGE_MAX_BODY_BYTES`], 32 MiB), so that every image `serve` takes, the fleet takes.
+pub const MAX_IMAGE_BYTES: usize = IMAGE_MAX_BODY_BYTES;
 
 /// The bytes a job produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -44,18 +50,43 @@ impl OutputFormat {
     }
 }
 
-/// What a worker generates: stored as JSON in the job hash.
+/// What a worker generates: stored as JSON in the job hash. A text job has a
+/// prompt; an image job has the SHA-256 of its image instead, whose bytes are
+/// stored once per content beside the jobs (see [`crate::queue`]), so that a
+/// picture sent many times costs its size in Redis once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRequest {
-    /// Text prompt: non-empty, at most [`MAX_PROMPT_CHARS`] characters.
+    /// Text prompt: non-empty, at most [`MAX_PROMPT_CHARS`] characters;
+    /// empty for an image job.
     pub prompt: String,
     pub seed: Option<u64>,
     #[serde(default)]
     pub format: OutputFormat,
+    /// SHA-256 (hex) of the image file's bytes, for an image job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The object's up along +Y (404's competition API); otherwise the
+    /// generator's own frame (`save_ply`'s Y-down for TRELLIS), as
+    /// single-host `serve` answers the same request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub y_up: bool,
 }
 
 impl JobRequest {
     pub fn validate(&self) -> Result<(), FleetError> {
+        if let Some(hash) = &self.image {
+            if !self.prompt.is_empty() {
+                return Err(FleetError::Request(
+                    "a job takes a text prompt or an image, not both".into(),
+                ));
+            }
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(FleetError::Request(format!(
+                    "the image reference '{hash}' is not a SHA-256 in hex"
+                )));
+            }
+            return Ok(());
+        }
         let chars = self.prompt.trim().chars().count();
         if chars == 0 {
             return Err(FleetError::Request("the prompt is empty".into()));
@@ -66,6 +97,91 @@ impl JobRequest {
             )));
         }
         Ok(())
+    }
+}
+
+/// The SHA-256 of `bytes` in hex: the name an image is stored under.
+pub fn image_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A job as its submitter hands it over: the request to store and, for an
+/// image job, the image file's bytes (shared, so that a request's image is
+/// not copied on its way to Redis).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submission {
+    pub request: JobRequest,
+    pub image: Option<Arc<Vec<u8>>>,
+}
+
+impl Submission {
+    pub fn text(prompt: impl Into<String>, seed: Option<u64>, format: OutputFormat) -> Self {
+        Submission {
+            request: JobRequest {
+                prompt: prompt.into(),
+                seed,
+                format,
+                image: None,
+                y_up: false,
+            },
+            image: None,
+        }
+    }
+
+    /// An image job; its reference is the bytes' SHA-256.
+    pub fn image(bytes: Arc<Vec<u8>>, seed: Option<u64>, format: OutputFormat) -> Self {
+        Submission {
+            request: JobRequest {
+                prompt: String::new(),
+                seed,
+                format,
+                image: Some(image_hash(&bytes)),
+                y_up: false,
+            },
+            image: Some(bytes),
+        }
+    }
+
+    /// With the object's up along +Y (see [`JobRequest::y_up`]).
+    pub fn y_up(mut self, y_up: bool) -> Self {
+        self.request.y_up = y_up;
+        self
+    }
+
+    /// The request is valid and its image reference names the bytes it
+    /// carries, which are 1 byte to [`MAX_IMAGE_BYTES`].
+    pub fn validate(&self) -> Result<(), FleetError> {
+        self.request.validate()?;
+        match (&self.request.image, &self.image) {
+            (None, None) => Ok(()),
+            (Some(hash), Some(bytes)) => {
+                if bytes.is_empty() {
+                    return Err(FleetError::Request("the image is empty".into()));
+                }
+                if bytes.len() > MAX_IMAGE_BYTES {
+                    return Err(FleetError::Request(format!(
+                        "the image has {} bytes; at most {MAX_IMAGE_BYTES} ({} MiB) are accepted",
+                        bytes.len(),
+                        MAX_IMAGE_BYTES >> 20
+                    )));
+                }
+                if *hash != image_hash(bytes) {
+                    return Err(FleetError::Request(
+                        "the image reference is not the SHA-256 of the image's bytes".into(),
+                    ));
+                }
+                Ok(())
+            }
+            (Some(_), None) => Err(FleetError::Request(
+                "an image job needs the image's bytes".into(),
+            )),
+            (None, Some(_)) => Err(FleetError::Request(
+                "image bytes without an image reference".into(),
+            )),
+        }
     }
 }
 
@@ -124,6 +240,10 @@ pub struct JobStatus {
     pub worker: Option<String>,
     /// Why it is dead, or why its last attempt failed.
     pub error: Option<String>,
+    /// `bad_input` when it died because its input cannot be turned into 3D
+    /// (an image that does not decode, shows no object, …): no retry, and
+    /// the front end answers 400 as single-host `serve` does.
+    pub error_kind: Option<String>,
     pub gaussians: Option<u64>,
     /// Microseconds since the Unix epoch, by the clocks of the submitter
     /// (`created`) and the worker (`started`, `finished`).
@@ -189,11 +309,7 @@ mod tests {
 
     #[test]
     fn requests_round_trip_and_validate() {
-        let r = JobRequest {
-            prompt: "a red chair".into(),
-            seed: Some(7),
-            format: OutputFormat::Spz,
-        };
+        let r = Submission::text("a red chair", Some(7), OutputFormat::Spz).request;
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(json, r#"{"prompt":"a red chair","seed":7,"format":"spz"}"#);
         assert_eq!(serde_json::from_str::<JobRequest>(&json).unwrap(), r);
@@ -213,6 +329,45 @@ mod tests {
         .validate()
         .is_err());
         assert!(OutputFormat::parse("obj").is_err());
+    }
+
+    #[test]
+    fn image_jobs_carry_their_hash_and_capped_bytes() {
+        let s = Submission::image(Arc::new(b"abc".to_vec()), Some(1), OutputFormat::Ply).y_up(true);
+        let hash = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(s.request.image.as_deref(), Some(hash));
+        s.validate().unwrap();
+        let json = serde_json::to_string(&s.request).unwrap();
+        assert_eq!(
+            json,
+            format!(r#"{{"prompt":"","seed":1,"format":"ply","image":"{hash}","y_up":true}}"#)
+        );
+        assert_eq!(
+            serde_json::from_str::<JobRequest>(&json).unwrap(),
+            s.request
+        );
+        let err = |s: Submission| s.validate().unwrap_err().to_string();
+        let big = Submission::image(
+            Arc::new(vec![0; MAX_IMAGE_BYTES + 1]),
+            None,
+            OutputFormat::Ply,
+        );
+        assert!(err(big).contains("at most 33554432 (32 MiB)"));
+        assert!(err(Submission::image(
+            Arc::new(Vec::new()),
+            None,
+            OutputFormat::Ply
+        ))
+        .contains("empty"));
+        let mut both = s.clone();
+        both.request.prompt = "a chair".into();
+        assert!(err(both).contains("not both"));
+        let mut forged = s.clone();
+        forged.image = Some(Arc::new(b"abd".to_vec()));
+        assert!(err(forged).contains("SHA-256"));
+        let mut bytes_lost = s;
+        bytes_lost.image = None;
+        assert!(err(bytes_lost).contains("needs the image's bytes"));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //!
 //! - A job is a hash `{prefix}:job:{id}` (request, state, attempts, result)
 //!   plus an entry `job=<id>` in the stream `{prefix}:jobs:{profile}`.
-//!   Submitting an id that exists returns the existing job (dedup).
+//!   Submitting an id that exists returns the existing job (dedup). An
+//!   image job's picture is stored once per content, `{prefix}:image:{sha256}`,
+//!   while queued or running jobs hold it.
 //! - Workers ([`worker::run_worker`]) read the stream through the consumer
 //!   group `workers` (`XREADGROUP`), keep their running entries fresh with
 //!   `XCLAIM … JUSTID` heartbeats, and take entries whose worker stopped
@@ -33,7 +35,7 @@ pub mod worker;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use job::{JobRequest, JobState, JobStatus, OutputFormat};
+pub use job::{JobRequest, JobState, JobStatus, OutputFormat, Submission};
 pub use queue::Queue;
 
 /// How a fleet's Redis keys are named and how its jobs are handled. Front

@@ -7,10 +7,16 @@
 //!   `workers`; an entry is deleted once acknowledged, so the stream's
 //!   length is what waits plus what runs.
 //! - `{p}:job:{id}`: hash (`request`, `profile`, `state`, `attempts`,
-//!   `worker`, `last_error`, `error`, `result` or `result_path`, `format`,
-//!   `timings`, `gaussians`, `created_us`, `started_us`, `finished_us`);
-//!   expires [`FleetConfig::result_ttl`] after it finished, died or was
-//!   cancelled, never while queued or running.
+//!   `worker`, `last_error`, `error`, `error_kind`, `result` or
+//!   `result_path`, `format`, `timings`, `gaussians`, `created_us`,
+//!   `started_us`, `finished_us`, and `image` for an image job); expires
+//!   [`FleetConfig::result_ttl`] after it finished, died or was cancelled,
+//!   never while queued or running.
+//! - `{p}:image:{sha256}`: hash (`bytes`, `refs`): an image job's input,
+//!   stored once per content. `refs` counts the jobs that hold it from their
+//!   submission to their first finish, death or withdrawal; the last one
+//!   deletes it, so Redis holds the images of queued and running jobs only
+//!   (each distinct picture once, however many jobs share it).
 //! - `{p}:dead`: dead-letter stream (`job`, `error`, `attempts`).
 //! - `{p}:done`: pub/sub channel; the id of every job that finished or died.
 //! - `{p}:stats`: counters (`submitted`, `completed`, `retries`,
@@ -30,17 +36,33 @@ use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use redis::{Script, Value};
 use serde::Serialize;
 
-use crate::job::{check_id, now_us, ttl_secs, JobRequest, JobState, JobStatus, OutputFormat};
+use crate::job::{
+    check_id, now_us, ttl_secs, JobRequest, JobState, JobStatus, OutputFormat, Submission,
+};
 use crate::{FleetConfig, FleetError};
 
 /// The consumer group every worker joins.
 pub const GROUP: &str = "workers";
 
+/// Drops one job's hold on its image (KEYS[n] of the script that includes
+/// it, absent for a text job); the last holder deletes the bytes.
+const RELEASE_IMAGE: &str = r"
+local function release_image(key)
+  if key and redis.call('HINCRBY', key, 'refs', -1) <= 0 then redis.call('DEL', key) end
+end
+";
+
+/// KEYS: job, stream, stats, profiles, [image]. ARGV: id, request, profile,
+/// now_us, [image bytes, image hash].
 const SUBMIT: &str = r"
 local state = redis.call('HGET', KEYS[1], 'state')
 if state then return {0, state} end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'request', ARGV[2], 'profile', ARGV[3], 'state', 'queued',
   'created_us', ARGV[4], 'attempts', 0)
+if KEYS[5] then
+  redis.call('HSET', KEYS[1], 'image', ARGV[6])
+  if redis.call('HINCRBY', KEYS[5], 'refs', 1) == 1 then redis.call('HSET', KEYS[5], 'bytes', ARGV[5]) end
+end
 redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
 redis.call('HINCRBY', KEYS[3], 'submitted', 1)
 redis.call('SADD', KEYS[4], ARGV[3])
@@ -49,7 +71,7 @@ return {1, 'queued'}
 
 /// KEYS: job, stream. ARGV: worker, now_us, max_attempts, entry, group.
 const START: &str = r"
-local h = redis.call('HMGET', KEYS[1], 'state', 'request', 'last_error')
+local h = redis.call('HMGET', KEYS[1], 'state', 'request', 'last_error', 'image')
 if (not h[1]) or h[1] == 'done' or h[1] == 'dead' or h[1] == 'cancelled' then
   redis.call('XACK', KEYS[2], ARGV[5], ARGV[4])
   redis.call('XDEL', KEYS[2], ARGV[4])
@@ -58,14 +80,14 @@ end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if attempts > tonumber(ARGV[3]) then
   redis.call('HINCRBY', KEYS[1], 'attempts', -1)
-  return {'exhausted', tostring(attempts - 1), h[3] or ''}
+  return {'exhausted', tostring(attempts - 1), h[3] or '', h[4] or ''}
 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1], 'started_us', ARGV[2])
 return {'run', h[2], tostring(attempts)}
 ";
 
-/// KEYS: job, stream, stats. ARGV: entry, group, now_us, ttl_s, channel, id,
-/// result, result_path, format, timings, gaussians, worker.
+/// KEYS: job, stream, stats, [image]. ARGV: entry, group, now_us, ttl_s,
+/// channel, id, result, result_path, format, timings, gaussians, worker.
 const FINISH: &str = r"
 local state = redis.call('HGET', KEYS[1], 'state')
 redis.call('XACK', KEYS[2], ARGV[2], ARGV[1])
@@ -78,12 +100,15 @@ redis.call('HSET', KEYS[1], 'state', 'done', 'finished_us', ARGV[3], 'result', A
   'format', ARGV[9], 'timings', ARGV[10], 'gaussians', ARGV[11], 'worker', ARGV[12])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('HINCRBY', KEYS[3], 'completed', 1)
+release_image(KEYS[4])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 ";
 
-/// KEYS: job, stream, stats, dead. ARGV: entry, group, now_us, ttl_s,
-/// channel, id, error, max_attempts, worker, retryable (1/0).
+/// KEYS: job, stream, stats, dead, [image]. ARGV: entry, group, now_us,
+/// ttl_s, channel, id, error, max_attempts, worker, mode (`retry`: again
+/// while attempts remain; `give_up`; `bad_input`: dead at once, kind
+/// recorded).
 const FAIL: &str = r"
 local h = redis.call('HMGET', KEYS[1], 'state', 'attempts')
 redis.call('XACK', KEYS[2], ARGV[2], ARGV[1])
@@ -91,14 +116,16 @@ redis.call('XDEL', KEYS[2], ARGV[1])
 if h[1] ~= 'running' and h[1] ~= 'queued' then return 'ignored' end
 local attempts = tonumber(h[2] or '0')
 redis.call('HSET', KEYS[1], 'last_error', ARGV[7], 'worker', ARGV[9])
-if ARGV[10] == '1' and attempts < tonumber(ARGV[8]) then
+if ARGV[10] == 'retry' and attempts < tonumber(ARGV[8]) then
   redis.call('HSET', KEYS[1], 'state', 'queued')
   redis.call('XADD', KEYS[2], '*', 'job', ARGV[6])
   redis.call('HINCRBY', KEYS[3], 'retries', 1)
   return 'retried'
 end
 redis.call('HSET', KEYS[1], 'state', 'dead', 'finished_us', ARGV[3], 'error', ARGV[7])
+if ARGV[10] == 'bad_input' then redis.call('HSET', KEYS[1], 'error_kind', 'bad_input') end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+release_image(KEYS[5])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', 100000, '*', 'job', ARGV[6], 'error', ARGV[7], 'attempts', tostring(attempts))
 redis.call('HINCRBY', KEYS[3], 'dead', 1)
 redis.call('PUBLISH', ARGV[5], ARGV[6])
@@ -130,12 +157,13 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
 return 'owned'
 ";
 
-/// KEYS: job. ARGV: ttl_s.
+/// KEYS: job, [image]. ARGV: ttl_s.
 const CANCEL: &str = r"
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'queued' or state == 'running' then
   redis.call('HSET', KEYS[1], 'state', 'cancelled')
   redis.call('EXPIRE', KEYS[1], ARGV[1])
+  release_image(KEYS[2])
   return 1
 end
 return 0
@@ -203,10 +231,37 @@ pub struct Delivery {
 pub enum Start {
     /// Run it: the request and this attempt's number (1 for the first).
     Run { request: JobRequest, attempt: u32 },
-    /// Every attempt was used: dead-letter it with this error.
-    Exhausted { attempts: u32, last_error: String },
+    /// Every attempt was used: dead-letter it with this error (`image`: its
+    /// image's hash, for [`Queue::fail`]).
+    Exhausted {
+        attempts: u32,
+        last_error: String,
+        image: Option<String>,
+    },
     /// Finished, dead, cancelled or gone already: acknowledged, nothing to do.
     Skip,
+}
+
+/// What [`Queue::fail`] does with a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Back into the stream while attempts remain, else dead.
+    Retry,
+    /// Dead now (every attempt was used).
+    GiveUp,
+    /// Dead now with `error_kind` `bad_input`: the input cannot be turned
+    /// into 3D, so another attempt would fail the same way.
+    BadInput,
+}
+
+impl FailMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            FailMode::Retry => "retry",
+            FailMode::GiveUp => "give_up",
+            FailMode::BadInput => "bad_input",
+        }
+    }
 }
 
 /// What a running job's heartbeat found.
@@ -220,7 +275,7 @@ pub enum Ownership {
     Cancelled,
 }
 
-const STATUS_FIELDS: [&str; 10] = [
+const STATUS_FIELDS: [&str; 11] = [
     "state",
     "profile",
     "attempts",
@@ -231,6 +286,7 @@ const STATUS_FIELDS: [&str; 10] = [
     "created_us",
     "started_us",
     "finished_us",
+    "error_kind",
 ];
 
 /// A job hash's [`STATUS_FIELDS`] as a status; `None` when it has none.
@@ -255,6 +311,7 @@ fn parse_status(id: &str, v: &[Option<String>]) -> Result<Option<JobStatus>, Fle
         created_us: num(7),
         started_us: num(8),
         finished_us: num(9),
+        error_kind: text(10),
     }))
 }
 
@@ -362,11 +419,11 @@ impl Queue {
         let scripts = Scripts {
             submit: Script::new(SUBMIT),
             start: Script::new(START),
-            finish: Script::new(FINISH),
-            fail: Script::new(FAIL),
+            finish: Script::new(&format!("{RELEASE_IMAGE}{FINISH}")),
+            fail: Script::new(&format!("{RELEASE_IMAGE}{FAIL}")),
             requeue: Script::new(REQUEUE),
             keep_alive: Script::new(KEEP_ALIVE),
-            cancel: Script::new(CANCEL),
+            cancel: Script::new(&format!("{RELEASE_IMAGE}{CANCEL}")),
             heartbeat: Script::new(HEARTBEAT),
             alive: Script::new(ALIVE),
         };
@@ -408,6 +465,21 @@ impl Queue {
         self.key(&format!("job:{id}"))
     }
 
+    /// Where the bytes of the image with SHA-256 `hash` are.
+    pub fn image_key(&self, hash: &str) -> String {
+        self.key(&format!("image:{hash}"))
+    }
+
+    /// The bytes of a queued or running job's image, `None` once no such
+    /// job holds it.
+    pub async fn image(&self, hash: &str) -> Result<Option<Vec<u8>>, FleetError> {
+        Ok(redis::cmd("HGET")
+            .arg(self.image_key(hash))
+            .arg("bytes")
+            .query_async(&mut self.con())
+            .await?)
+    }
+
     pub fn done_channel(&self) -> String {
         self.key("done")
     }
@@ -422,19 +494,20 @@ impl Queue {
 
     /// Submits a job unless `id` exists. Returns whether it was created and
     /// the job's state (the existing one for a duplicate).
+    /// An image job's image is stored under its hash unless another queued
+    /// or running job holds the same bytes already.
     pub async fn submit(
         &self,
         id: &str,
         profile: &str,
-        request: &JobRequest,
+        job: &Submission,
     ) -> Result<(bool, JobState), FleetError> {
         check_id(id)?;
         check_id(profile)?;
-        request.validate()?;
-        let json = serde_json::to_string(request).map_err(|e| data(e.to_string()))?;
-        let (created, state): (i64, String) = self
-            .scripts
-            .submit
+        job.validate()?;
+        let json = serde_json::to_string(&job.request).map_err(|e| data(e.to_string()))?;
+        let mut invocation = self.scripts.submit.prepare_invoke();
+        invocation
             .key(self.job_key(id))
             .key(self.stream_key(profile))
             .key(self.key("stats"))
@@ -442,9 +515,14 @@ impl Queue {
             .arg(id)
             .arg(json)
             .arg(profile)
-            .arg(now_us())
-            .invoke_async(&mut self.con())
-            .await?;
+            .arg(now_us());
+        if let (Some(hash), Some(bytes)) = (&job.request.image, &job.image) {
+            invocation
+                .key(self.image_key(hash))
+                .arg(bytes.as_slice())
+                .arg(hash);
+        }
+        let (created, state): (i64, String) = invocation.invoke_async(&mut self.con()).await?;
         Ok((created == 1, JobState::parse(&state)?))
     }
 
@@ -545,13 +623,21 @@ impl Queue {
     /// Withdraws a queued or running job (a running one is cancelled at its
     /// worker's next heartbeat). Returns whether it was withdrawn.
     pub async fn cancel(&self, id: &str) -> Result<bool, FleetError> {
-        let n: i64 = self
-            .scripts
-            .cancel
-            .key(self.job_key(id))
-            .arg(ttl_secs(self.config.result_ttl))
-            .invoke_async(&mut self.con())
+        // A job's image never changes after its submission, so reading it
+        // first is no race.
+        let image: Option<String> = redis::cmd("HGET")
+            .arg(self.job_key(id))
+            .arg("image")
+            .query_async(&mut self.con())
             .await?;
+        let mut invocation = self.scripts.cancel.prepare_invoke();
+        invocation
+            .key(self.job_key(id))
+            .arg(ttl_secs(self.config.result_ttl));
+        if let Some(hash) = image.filter(|h| !h.is_empty()) {
+            invocation.key(self.image_key(&hash));
+        }
+        let n: i64 = invocation.invoke_async(&mut self.con()).await?;
         Ok(n == 1)
     }
 
@@ -673,12 +759,14 @@ impl Queue {
                     Err(e) => Ok(Start::Exhausted {
                         attempts: attempt,
                         last_error: format!("unreadable request: {e}"),
+                        image: None,
                     }),
                 }
             }
-            Some("exhausted") if v.len() == 3 => Ok(Start::Exhausted {
+            Some("exhausted") if v.len() == 4 => Ok(Start::Exhausted {
                 attempts: v[1].parse().map_err(|_| data("attempt count"))?,
                 last_error: v[2].clone(),
+                image: Some(v[3].clone()).filter(|h| !h.is_empty()),
             }),
             Some(_) => Ok(Start::Skip),
             None => Err(data("empty answer from the start script")),
@@ -714,12 +802,14 @@ impl Queue {
     /// Stores the result and acknowledges the entry. Results larger than
     /// [`FleetConfig::inline_limit`] are written to the results directory
     /// first (temporary file, then rename). Returns `false` when the job had
-    /// already finished elsewhere or was cancelled (nothing stored).
+    /// already finished elsewhere or was cancelled (nothing stored). `image`:
+    /// the job's image hash (its hold on the bytes ends here).
     pub async fn finish(
         &self,
         profile: &str,
         delivery: &Delivery,
         worker: &str,
+        image: Option<&str>,
         result: &Finished,
     ) -> Result<bool, FleetError> {
         let (inline, path) = match &self.config.results_dir {
@@ -740,9 +830,8 @@ impl Queue {
             }
             _ => (&result.bytes[..], String::new()),
         };
-        let stored: i64 = self
-            .scripts
-            .finish
+        let mut invocation = self.scripts.finish.prepare_invoke();
+        invocation
             .key(self.job_key(&delivery.job))
             .key(self.stream_key(profile))
             .key(self.key("stats"))
@@ -757,26 +846,28 @@ impl Queue {
             .arg(result.format.extension())
             .arg(timings_json(&result.timings))
             .arg(result.gaussians)
-            .arg(worker)
-            .invoke_async(&mut self.con())
-            .await?;
+            .arg(worker);
+        if let Some(hash) = image {
+            invocation.key(self.image_key(hash));
+        }
+        let stored: i64 = invocation.invoke_async(&mut self.con()).await?;
         Ok(stored == 1)
     }
 
-    /// Records a failed attempt: back into the stream while attempts remain
-    /// and `retryable`, else to the dead-letter stream. Returns `true` when
-    /// the job is now dead.
+    /// Records a failed attempt as `mode` says: back into the stream, or to
+    /// the dead-letter stream. Returns `true` when the job is now dead.
+    /// `image`: the job's image hash (a dead job's hold on the bytes ends).
     pub async fn fail(
         &self,
         profile: &str,
         delivery: &Delivery,
         worker: &str,
+        image: Option<&str>,
         error: &str,
-        retryable: bool,
+        mode: FailMode,
     ) -> Result<bool, FleetError> {
-        let outcome: String = self
-            .scripts
-            .fail
+        let mut invocation = self.scripts.fail.prepare_invoke();
+        invocation
             .key(self.job_key(&delivery.job))
             .key(self.stream_key(profile))
             .key(self.key("stats"))
@@ -790,9 +881,11 @@ impl Queue {
             .arg(error)
             .arg(self.config.max_attempts)
             .arg(worker)
-            .arg(if retryable { "1" } else { "0" })
-            .invoke_async(&mut self.con())
-            .await?;
+            .arg(mode.as_str());
+        if let Some(hash) = image {
+            invocation.key(self.image_key(hash));
+        }
+        let outcome: String = invocation.invoke_async(&mut self.con()).await?;
         Ok(outcome == "dead")
     }
 

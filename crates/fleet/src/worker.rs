@@ -8,6 +8,13 @@
 //! whose ownership was lost (taken over) or that was cancelled is stopped
 //! through its [`CancelToken`]. Redis errors (a restart) are retried: a
 //! finished result is kept until it is stored.
+//!
+//! An image job's bytes are read from Redis when it starts; the job reaches
+//! the generator exactly as a single-host `serve` request does (image,
+//! seed, Y-up), so the splat is the same. A job whose input the worker's
+//! profile cannot take (an image for a text profile, or the reverse), and a
+//! job the generator refuses as bad input, die at once with their error:
+//! another attempt would fail the same way.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -18,12 +25,12 @@ use std::time::{Duration, Instant};
 use splatforge_server::output::encode;
 use splatforge_server::{
     CancelToken, Encoding, GenerationError, GenerationRequest, Generator, GeneratorFactory,
-    OutputSpec, SplatFormat,
+    OutputSpec, RequestInput, SplatFormat,
 };
 use tokio::sync::watch;
 
 use crate::job::{JobRequest, OutputFormat};
-use crate::queue::{Delivery, Finished, Ownership, Queue, Start, WorkerInfo};
+use crate::queue::{Delivery, FailMode, Finished, Ownership, Queue, Start, WorkerInfo};
 use crate::{FleetConfig, FleetError};
 
 /// How long a slot blocks on the stream before looking for claimable
@@ -40,6 +47,8 @@ pub struct WorkerConfig {
     pub fleet: FleetConfig,
     /// The profile whose stream this worker serves (`{p}:jobs:{profile}`).
     pub profile: String,
+    /// What the profile's generator turns into 3D: text prompts or images.
+    pub input: RequestInput,
     /// Device ids, one generator each.
     pub devices: Vec<u32>,
     /// Slots per device sharing its generator.
@@ -75,6 +84,7 @@ pub fn default_worker_name() -> String {
 struct Shared {
     queue: Queue,
     profile: String,
+    input: RequestInput,
     name: String,
     /// Fired after the shutdown deadline: running jobs stop.
     root: CancelToken,
@@ -125,6 +135,7 @@ pub async fn run_worker(
     let shared = Arc::new(Shared {
         queue: queue.clone(),
         profile: config.profile.clone(),
+        input: config.input,
         name: name.clone(),
         root: CancelToken::new(),
         running: AtomicUsize::new(0),
@@ -275,8 +286,22 @@ where
 
 enum Outcome {
     Finished(Finished),
-    Failed(String),
+    /// The error and whether another attempt could succeed.
+    Failed(String, FailMode),
     Cancelled,
+}
+
+/// Why a job cannot run on this worker's profile, if it cannot.
+fn wrong_input(input: RequestInput, profile: &str, request: &JobRequest) -> Option<String> {
+    match (input, request.image.is_some()) {
+        (RequestInput::Text, true) => Some(format!(
+            "profile {profile} turns text prompts into 3D; this job carries an image"
+        )),
+        (RequestInput::Image, false) => Some(format!(
+            "profile {profile} turns images into 3D; this job carries a text prompt"
+        )),
+        _ => None,
+    }
 }
 
 async fn run_job(
@@ -300,6 +325,7 @@ async fn run_job(
         Start::Exhausted {
             attempts,
             last_error,
+            image,
         } => {
             let why = if last_error.is_empty() {
                 "its workers stopped heartbeating (died or lost Redis)".to_string()
@@ -309,12 +335,46 @@ async fn run_job(
             let error = format!("gave up after {attempts} attempt(s); the last: {why}");
             log(name, format!("job {} is dead: {error}", delivery.job));
             persist(shared, "dead-lettering", || {
-                q.fail(profile, &delivery, name, &error, false)
+                q.fail(
+                    profile,
+                    &delivery,
+                    name,
+                    image.as_deref(),
+                    &error,
+                    FailMode::GiveUp,
+                )
             })
             .await;
             return;
         }
         Start::Run { request, attempt } => (request, attempt),
+    };
+    let image_hash = request.image.clone();
+    if let Some(error) = wrong_input(shared.input, profile, &request) {
+        let image = image_hash.as_deref();
+        return refuse(shared, q, &delivery, image, error, FailMode::BadInput).await;
+    }
+    let image = match &request.image {
+        None => None,
+        Some(hash) => match q.image(hash).await {
+            Ok(Some(bytes)) => Some(Arc::new(bytes)),
+            // Withdrawn meanwhile (its hold on the image ended), or the
+            // bytes were lost with Redis's data: nothing can run it.
+            Ok(None) => {
+                let error = format!(
+                    "its image (sha256 {hash}) is no longer in redis (withdrawn, or lost by redis)"
+                );
+                return refuse(shared, q, &delivery, Some(hash), error, FailMode::GiveUp).await;
+            }
+            Err(e) => {
+                // The entry stays pending and is claimed again later.
+                log(
+                    name,
+                    format!("reading the image of job {}: {e}", delivery.job),
+                );
+                return;
+            }
+        },
     };
     if delivery.reclaimed {
         log(
@@ -360,9 +420,11 @@ async fn run_job(
     };
     let outcome = {
         let (generator, token) = (generator.clone(), token.clone());
-        tokio::task::spawn_blocking(move || generate(generator.as_ref(), &request, &token))
+        tokio::task::spawn_blocking(move || generate(generator.as_ref(), &request, image, &token))
             .await
-            .unwrap_or_else(|e| Outcome::Failed(format!("the job's thread failed: {e}")))
+            .unwrap_or_else(|e| {
+                Outcome::Failed(format!("the job's thread failed: {e}"), FailMode::Retry)
+            })
     };
     keeper.abort();
     shared.running.fetch_sub(1, Ordering::Relaxed);
@@ -371,7 +433,7 @@ async fn run_job(
         Outcome::Finished(result) => {
             shared.completed.fetch_add(1, Ordering::Relaxed);
             persist(shared, "storing a result", || {
-                q.finish(profile, &delivery, name, &result)
+                q.finish(profile, &delivery, name, image_hash.as_deref(), &result)
             })
             .await;
         }
@@ -386,30 +448,62 @@ async fn run_job(
                 .await;
             }
         },
-        Outcome::Failed(error) => {
+        Outcome::Failed(error, mode) => {
             shared.failed.fetch_add(1, Ordering::Relaxed);
             log(
                 name,
                 format!("job {} attempt {attempt} failed: {error}", delivery.job),
             );
             persist(shared, "recording a failure", || {
-                q.fail(profile, &delivery, name, &error, true)
+                q.fail(
+                    profile,
+                    &delivery,
+                    name,
+                    image_hash.as_deref(),
+                    &error,
+                    mode,
+                )
             })
             .await;
         }
     }
 }
 
+/// Dead-letters a job that cannot run, without running it.
+async fn refuse(
+    shared: &Shared,
+    q: &Queue,
+    delivery: &Delivery,
+    image: Option<&str>,
+    error: String,
+    mode: FailMode,
+) {
+    log(
+        &shared.name,
+        format!("job {} refused: {error}", delivery.job),
+    );
+    shared.failed.fetch_add(1, Ordering::Relaxed);
+    persist(shared, "recording a failure", || {
+        q.fail(&shared.profile, delivery, &shared.name, image, &error, mode)
+    })
+    .await;
+}
+
 /// Generates and encodes on the calling (blocking) thread; a panic is a
-/// failed attempt.
-fn generate(generator: &dyn Generator, request: &JobRequest, token: &CancelToken) -> Outcome {
+/// failed attempt, bad input a failure that no retry can mend.
+fn generate(
+    generator: &dyn Generator,
+    request: &JobRequest,
+    image: Option<Arc<Vec<u8>>>,
+    token: &CancelToken,
+) -> Outcome {
     let run = || -> Result<Finished, GenerationError> {
         let g = generator.generate(
             &GenerationRequest {
                 prompt: request.prompt.clone(),
                 seed: request.seed,
-                image: None,
-                y_up: false,
+                image: image.clone(),
+                y_up: request.y_up,
             },
             token,
         )?;
@@ -438,14 +532,16 @@ fn generate(generator: &dyn Generator, request: &JobRequest, token: &CancelToken
     match std::panic::catch_unwind(AssertUnwindSafe(run)) {
         Ok(Ok(f)) => Outcome::Finished(f),
         Ok(Err(GenerationError::Cancelled)) => Outcome::Cancelled,
-        Ok(Err(e)) => Outcome::Failed(e.to_string()),
+        // The message alone, as single-host `serve` answers it (400).
+        Ok(Err(GenerationError::BadInput(m))) => Outcome::Failed(m, FailMode::BadInput),
+        Ok(Err(e)) => Outcome::Failed(e.to_string(), FailMode::Retry),
         Err(panic) => {
             let message = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic".into());
-            Outcome::Failed(format!("panicked: {message}"))
+            Outcome::Failed(format!("panicked: {message}"), FailMode::Retry)
         }
     }
 }

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use server_common::{client, sample, Behaviour, TestGeneratorSpec};
 use splatforge_fleet::batch::FailedItem;
 use splatforge_fleet::front::{FleetExtension, FleetGenerator, FrontEnd};
-use splatforge_fleet::queue::Start;
+use splatforge_fleet::queue::{FailMode, Start};
 use splatforge_fleet::test_redis::TestRedis;
 use splatforge_fleet::worker::{run_worker, WorkerConfig};
-use splatforge_fleet::{FleetConfig, JobRequest, JobState, OutputFormat, Queue};
-use splatforge_server::{bind, ServerConfig};
+use splatforge_fleet::{FleetConfig, JobState, OutputFormat, Queue, Submission};
+use splatforge_server::{bind, RequestInput, ServerConfig};
 use tokio::sync::oneshot;
 
 const PROFILE: &str = "development";
@@ -43,6 +43,7 @@ impl Worker {
         let config = WorkerConfig {
             fleet: config,
             profile: PROFILE.into(),
+            input: RequestInput::Text,
             devices: vec![0],
             workers_per_device: slots,
             name: Some(name.into()),
@@ -84,12 +85,8 @@ impl Drop for Worker {
     }
 }
 
-fn request(prompt: &str) -> JobRequest {
-    JobRequest {
-        prompt: prompt.into(),
-        seed: Some(1),
-        format: OutputFormat::Ply,
-    }
+fn request(prompt: &str) -> Submission {
+    Submission::text(prompt, Some(1), OutputFormat::Ply)
 }
 
 async fn wait_terminal(q: &Queue, ids: &[String], limit: Duration) -> Vec<JobState> {
@@ -324,7 +321,9 @@ async fn the_front_end_serves_http_batches_health_and_metrics() {
         let r = c.get(format!("{base}/health")).send().await;
         if let Ok(r) = r {
             let body: serde_json::Value = r.json().await.unwrap();
-            if body["fleet"]["redis"] == "up" {
+            // The service's own warm-up (a Redis ping per slot) may still
+            // be loading on a busy machine.
+            if body["fleet"]["redis"] == "up" && body["status"] != "loading" {
                 break body;
             }
         }
@@ -527,7 +526,19 @@ async fn the_front_end_serves_http_batches_health_and_metrics() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
-    assert!(bad.text().await.unwrap().contains("image prompts"));
+    assert!(bad.text().await.unwrap().contains("does not download"));
+    let bad = c
+        .post(format!("{base}/batches"))
+        .json(&serde_json::json!([{ "image_path": "/etc/hostname" }]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad
+        .text()
+        .await
+        .unwrap()
+        .contains("only `splatforge submit` reads"));
 
     // 32 concurrent requests through the front end: each gets a PLY (16
     // wait at once, 16 queue) or a 503; none is lost.
@@ -677,6 +688,160 @@ async fn a_job_whose_workers_keep_dying_is_dead_lettered() {
         spec.stats.calls.load(Ordering::SeqCst),
         0,
         "a dead job was run"
+    );
+    worker.stop().await;
+}
+
+/// Image jobs: each distinct picture is stored once however many queued or
+/// running jobs hold it (a duplicate submission adds no hold), the worker
+/// reads it back by hash, and the last holder to finish, die or be
+/// withdrawn deletes it; bad input dies at once with its kind recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn image_jobs_store_each_picture_once_and_release_it() {
+    let Some(redis) = TestRedis::start_or_skip("image_jobs_store_each_picture_once_and_release_it")
+    else {
+        return;
+    };
+    let config = fleet(&redis);
+    let q = Queue::connect(config.clone()).await.unwrap();
+    q.ensure_group(PROFILE).await.unwrap();
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let picture = std::sync::Arc::new(vec![7u8; 200_000]);
+    let other = std::sync::Arc::new(vec![9u8; 1_000]);
+    let job = |bytes: &std::sync::Arc<Vec<u8>>| {
+        Submission::image(bytes.clone(), Some(2), OutputFormat::Ply).y_up(true)
+    };
+    for (id, bytes) in [
+        ("a1", &picture),
+        ("a2", &picture),
+        ("b", &other),
+        ("a1", &picture),
+    ] {
+        q.submit(id, PROFILE, &job(bytes)).await.unwrap();
+    }
+    let hash = job(&picture).request.image.unwrap();
+    let refs_con = con.clone();
+    let refs = |key: String| {
+        let mut con = refs_con.clone();
+        async move {
+            let refs: Option<i64> = redis::cmd("HGET")
+                .arg(key)
+                .arg("refs")
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            refs
+        }
+    };
+    let mut images: Vec<String> = redis::cmd("KEYS")
+        .arg("t:image:*")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    images.sort();
+    assert_eq!(images.len(), 2, "{images:?}");
+    assert_eq!(refs(q.image_key(&hash)).await, Some(2));
+    // The job hash holds the hash, not the bytes.
+    let job_bytes: u64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg("t:job:a2")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(job_bytes < 2_000, "{job_bytes} B");
+
+    assert!(q.cancel("a1").await.unwrap());
+    assert_eq!(refs(q.image_key(&hash)).await, Some(1));
+
+    let mut started = Vec::new();
+    while started.len() < 2 {
+        let d = q
+            .read_new(PROFILE, "w", Duration::from_secs(1))
+            .await
+            .unwrap()
+            .expect("an entry");
+        match q.start(PROFILE, &d, "w").await.unwrap() {
+            Start::Run { request, .. } => started.push((d, request)),
+            Start::Skip => assert_eq!(d.job, "a1", "only the withdrawn job is skipped"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let (d, request) = &started[0];
+    assert_eq!(d.job, "a2");
+    assert!(request.y_up && request.prompt.is_empty());
+    assert_eq!(q.image(&hash).await.unwrap().as_deref(), Some(&picture[..]));
+    let result = splatforge_fleet::queue::Finished {
+        format: OutputFormat::Ply,
+        bytes: b"ply\n".to_vec(),
+        timings: Vec::new(),
+        gaussians: 0,
+    };
+    assert!(q
+        .finish(PROFILE, d, "w", request.image.as_deref(), &result)
+        .await
+        .unwrap());
+    assert_eq!(
+        q.image(&hash).await.unwrap(),
+        None,
+        "the last holder deleted it"
+    );
+
+    let (d, request) = &started[1];
+    assert_eq!(d.job, "b");
+    let dead = q
+        .fail(
+            PROFILE,
+            d,
+            "w",
+            request.image.as_deref(),
+            "image: fully transparent",
+            FailMode::BadInput,
+        )
+        .await
+        .unwrap();
+    assert!(dead, "bad input is not retried");
+    let status = q.status("b").await.unwrap().unwrap();
+    assert_eq!(
+        (status.state, status.attempts, status.error_kind.as_deref()),
+        (JobState::Dead, 1, Some("bad_input"))
+    );
+    assert_eq!(
+        q.dead_letters(1).await.unwrap()[0],
+        ("b".to_string(), "image: fully transparent".to_string(), 1)
+    );
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg("t:image:*")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+
+    // A text profile's worker refuses an image job at once, without running it.
+    let spec = TestGeneratorSpec::default();
+    let worker = Worker::start(config.clone(), "w", 1, &spec);
+    q.submit("misfiled", PROFILE, &job(&other)).await.unwrap();
+    assert_eq!(
+        wait_terminal(&q, &["misfiled".into()], Duration::from_secs(30)).await,
+        [JobState::Dead]
+    );
+    let status = q.status("misfiled").await.unwrap().unwrap();
+    assert_eq!(status.error_kind.as_deref(), Some("bad_input"));
+    assert!(
+        status
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("turns text prompts into 3D; this job carries an image"),
+        "{status:?}"
+    );
+    assert_eq!(spec.stats.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        q.image(&job(&other).request.image.unwrap()).await.unwrap(),
+        None
     );
     worker.stop().await;
 }

@@ -148,7 +148,6 @@ fn text_prompt(form: &form::Form) -> Result<String, ApiError> {
 /// The image of a request to an image server: the file field `image`, or base64 image
 /// bytes in `prompt`; refused unless its first bytes are a known image format.
 fn image_input(form: &form::Form) -> Result<Vec<u8>, ApiError> {
-    use base64::Engine;
     let bytes = match (form.bytes("image")?, form.text("prompt")?) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
@@ -157,16 +156,7 @@ fn image_input(form: &form::Form) -> Result<Vec<u8>, ApiError> {
         }
         (Some(bytes), None) => bytes.to_vec(),
         (None, Some(text)) => {
-            let text = text.trim();
-            // A data URL's payload, if it is one.
-            let payload = match text.split_once(";base64,") {
-                Some((head, rest)) if head.starts_with("data:") => rest,
-                _ => text,
-            };
-            let compact: String = payload.split_ascii_whitespace().collect();
-            base64::engine::general_purpose::STANDARD
-                .decode(compact.as_bytes())
-                .map_err(|e| {
+            decode_base64_image(&text).map_err(|e| {
                     ApiError::bad_request(format!(
                         "field 'prompt' is not base64 image bytes ({e}); this server turns images into 3D: send the image as a file field 'image' or base64 in 'prompt'"
                     ))

@@ -133,6 +133,21 @@ pub enum RequestInput {
 /// Larger request bodies an image server accepts by default (images, or their base64).
 pub const IMAGE_MAX_BODY_BYTES: usize = 32 << 20;
 
+/// Image file bytes sent as text (how the 404 miner forwards image tasks in `prompt`, and
+/// the fleet's batch items): plain base64 or a `data:image/…;base64,` URL, white space
+/// and line breaks ignored.
+pub fn decode_base64_image(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::Engine;
+    let text = text.trim();
+    // A data URL's payload, if it is one.
+    let payload = match text.split_once(";base64,") {
+        Some((head, rest)) if head.starts_with("data:") => rest,
+        _ => text,
+    };
+    let compact: String = payload.split_ascii_whitespace().collect();
+    base64::engine::general_purpose::STANDARD.decode(compact.as_bytes())
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {

@@ -10,15 +10,14 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use splatforge_fleet::batch::{self, BatchItem};
 use splatforge_fleet::front::{FleetExtension, FleetGenerator, FrontEnd};
-use splatforge_fleet::job::content_id;
+use splatforge_fleet::job::{content_id, image_hash};
 use splatforge_fleet::worker::{run_worker, WorkerConfig};
 use splatforge_fleet::{FleetConfig, Queue};
 use splatforge_server::{GenerationError, ServerConfig};
 
 use super::generate::ConfigArgs;
-use super::serve::{build_generator, ServedModels};
+use super::serve::{build_generator, request_input, ServedModels};
 use crate::Outcome;
-use splatforge_pipeline::resolve_models;
 
 /// How to reach the fleet and how it treats jobs (shared by `worker`,
 /// `serve --redis` and `submit`).
@@ -125,9 +124,13 @@ pub struct WorkerArgs {
     /// Jobs run at once per device, sharing its models.
     #[arg(long, default_value_t = 1)]
     workers_per_device: usize,
-    /// Model directory, LDM checkpoint or hf:ORG/NAME (as for `serve`).
+    /// Model directory, LDM checkpoint or hf:ORG/NAME (as for `serve`); with an
+    /// image or text-via-image profile, TRELLIS.
     #[arg(long)]
     models: Option<PathBuf>,
+    /// With a text-via-image profile (`pipeline: flux-trellis`): FLUX.1-schnell (as for `serve`).
+    #[arg(long, value_name = "DIR")]
+    flux: Option<String>,
     /// This worker's name in the fleet (default: host-pid); unique per live worker.
     #[arg(long)]
     name: Option<String>,
@@ -144,26 +147,33 @@ pub fn run_worker_command(args: WorkerArgs) -> Result<Outcome> {
     let fleet = args.fleet.required("worker")?;
     let sources = args.config.sources();
     let (profile, resolved) = sources.resolve()?;
-    if resolved.pipeline != splatforge_pipeline::PipelineKind::Mvdream {
-        anyhow::bail!(
-            "profile {profile} runs the {} pipeline; fleet workers run MVDream (text → views → fit) profiles only",
+    if args.flux.is_some() && resolved.pipeline != splatforge_pipeline::PipelineKind::FluxTrellis {
+        bail!(
+            "--flux is for text-via-image profiles (pipeline: flux-trellis); profile {profile} runs {}",
             resolved.pipeline.name()
+        );
+    }
+    if resolved.pipeline.runs_trellis() && fleet.results_dir.is_none() {
+        eprintln!(
+            "warning: profile {profile} writes TRELLIS splats (tens of MB each); without --results-dir every result stays in redis for --result-ttl"
         );
     }
     let config = WorkerConfig {
         fleet,
         profile,
+        input: request_input(resolved.pipeline),
         devices: args.devices.clone(),
         workers_per_device: args.workers_per_device,
         name: args.name.clone(),
         shutdown_timeout: seconds("shutdown-timeout", args.shutdown_timeout)?,
     };
-    let models = ServedModels::Mvdream(resolve_models(
-        args.models
-            .as_deref()
-            .map(|p| p.to_string_lossy())
-            .as_deref(),
-    )?);
+    // The generators of single-host `serve`, so that a job's splat is the
+    // one `serve` answers for the same request.
+    let models = ServedModels::resolve(
+        resolved.pipeline,
+        args.models.as_deref(),
+        args.flux.as_deref(),
+    )?;
     let factory = move |device: u32| build_generator(device, &models, &sources);
     let rt = runtime()?;
     rt.block_on(run_worker(
@@ -177,8 +187,9 @@ pub fn run_worker_command(args: WorkerArgs) -> Result<Outcome> {
 
 #[derive(clap::Args, Debug)]
 pub struct SubmitArgs {
-    /// JSON Lines, one item a line: {"prompt": …, "seed": …, "profile": …,
-    /// "format": "ply"|"spz", "stem": …, "id": …} (all but prompt optional).
+    /// JSON Lines, one item a line: {"prompt": …} or, for an image profile,
+    /// {"image_path": FILE} (relative to this file) or {"image": BASE64};
+    /// optional "seed", "profile", "format": "ply"|"spz", "y_up", "stem", "id".
     items: PathBuf,
     /// Directory for `{stem}.ply|spz` and `_failed.json`.
     #[arg(short, long)]
@@ -197,8 +208,11 @@ pub struct SubmitArgs {
     fleet: FleetArgs,
 }
 
-/// Reads JSON Lines items; errors name the line.
-pub fn read_items(path: &Path) -> Result<(Vec<BatchItem>, Vec<u8>)> {
+/// Reads JSON Lines items and the image files they name (`image_path`,
+/// relative to the items file); errors name the line. Also returns the
+/// batch's content id: of the file and of every image read, so that a
+/// changed picture is a new batch.
+pub fn read_items(path: &Path) -> Result<(Vec<BatchItem>, String)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let text =
         std::str::from_utf8(&bytes).with_context(|| format!("{}: not UTF-8", path.display()))?;
@@ -207,20 +221,36 @@ pub fn read_items(path: &Path) -> Result<(Vec<BatchItem>, Vec<u8>)> {
         if line.trim().is_empty() {
             continue;
         }
-        let item = serde_json::from_str(line)
+        let mut item: BatchItem = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not a valid item", path.display(), i + 1))?;
+        if let Some(image) = &item.image_path {
+            let file = path.parent().unwrap_or(Path::new(".")).join(image);
+            let image = std::fs::read(&file).with_context(|| {
+                format!(
+                    "{}:{}: reading image_path {}",
+                    path.display(),
+                    i + 1,
+                    file.display()
+                )
+            })?;
+            item.image_file = Some(Arc::new(image));
+        }
         items.push(item);
     }
     if items.is_empty() {
         bail!("{}: no items", path.display());
     }
-    Ok((items, bytes))
+    let mut content = bytes;
+    for image in items.iter().filter_map(|i| i.image_file.as_ref()) {
+        content.extend_from_slice(image_hash(image).as_bytes());
+    }
+    Ok((items, content_id(&content)))
 }
 
 pub fn run_submit(args: SubmitArgs) -> Result<Outcome> {
     let fleet = args.fleet.required("submit")?;
-    let (items, bytes) = read_items(&args.items)?;
-    let id = args.batch_id.clone().unwrap_or_else(|| content_id(&bytes));
+    let (items, content) = read_items(&args.items)?;
+    let id = args.batch_id.clone().unwrap_or(content);
     let timeout = args.timeout.map(|s| seconds("timeout", s)).transpose()?;
     let rt = runtime()?;
     let results = rt.block_on(async {
@@ -319,5 +349,25 @@ mod tests {
         std::fs::write(&path, "{\"prompt\": \"a chair\"}\n{\"prompt\": 3}\n").unwrap();
         let e = format!("{:#}", read_items(&path).unwrap_err());
         assert!(e.contains("items.jsonl:2"), "{e}");
+
+        // Image files are read relative to the items file, and are part of the batch's id.
+        std::fs::write(&path, "{\"image_path\": \"pic.png\"}\n").unwrap();
+        let e = format!("{:#}", read_items(&path).unwrap_err());
+        assert!(
+            e.contains("items.jsonl:1: reading image_path") && e.contains("pic.png"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("pic.png"), b"one").unwrap();
+        let (items, first) = read_items(&path).unwrap();
+        assert_eq!(
+            items[0].image_file.as_deref().map(Vec::as_slice),
+            Some(&b"one"[..])
+        );
+        std::fs::write(dir.path().join("pic.png"), b"two").unwrap();
+        assert_ne!(
+            read_items(&path).unwrap().1,
+            first,
+            "a changed picture is a new batch"
+        );
     }
 }

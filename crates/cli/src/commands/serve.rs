@@ -89,6 +89,34 @@ pub enum ServedModels {
     FluxTrellis(ModelSource, TrellisModels),
 }
 
+impl ServedModels {
+    /// Finds the models `pipeline` runs (`--models`, `--flux`), before
+    /// anything loads, so that a bad path fails at once (`serve`, `worker`).
+    pub fn resolve(
+        pipeline: PipelineKind,
+        models: Option<&std::path::Path>,
+        flux: Option<&str>,
+    ) -> Result<Self> {
+        let models_arg = models.map(|p| p.to_string_lossy());
+        let trellis =
+            || TrellisModels::resolve(models_arg.as_deref(), None, &HubConfig::from_env());
+        Ok(match pipeline {
+            PipelineKind::Trellis => ServedModels::Trellis(trellis()?),
+            PipelineKind::FluxTrellis => ServedModels::FluxTrellis(flux_source(flux)?, trellis()?),
+            PipelineKind::Mvdream => ServedModels::Mvdream(resolve_models(models_arg.as_deref())?),
+        })
+    }
+}
+
+/// What requests to a profile of `pipeline` carry: images for TRELLIS
+/// profiles, text for the others.
+pub fn request_input(pipeline: PipelineKind) -> RequestInput {
+    match pipeline {
+        PipelineKind::Trellis => RequestInput::Image,
+        PipelineKind::Mvdream | PipelineKind::FluxTrellis => RequestInput::Text,
+    }
+}
+
 /// A CUDA build serves on the GPUs only: falling back to the CPU would turn
 /// seconds into minutes per request.
 fn serving_device(device: u32) -> Result<splatforge_diffusion::Device, GenerationError> {
@@ -189,28 +217,18 @@ pub fn run(args: Args) -> Result<Outcome> {
             resolved.pipeline.name()
         );
     }
+    config.input = request_input(resolved.pipeline);
+    if config.input == RequestInput::Image {
+        config.max_body_bytes = config.max_body_bytes.max(IMAGE_MAX_BODY_BYTES);
+    }
     if let Some(fleet) = args.fleet.config()? {
-        if resolved.pipeline != PipelineKind::Mvdream {
-            bail!(
-                "profile {profile} runs the {} pipeline; the fleet (--redis) runs MVDream profiles only",
-                resolved.pipeline.name()
-            );
-        }
         return super::fleet::serve_front_end(config, fleet, &profile, args.fleet_in_flight);
     }
-    let models_arg = args.models.as_deref().map(|p| p.to_string_lossy());
-    let trellis = || TrellisModels::resolve(models_arg.as_deref(), None, &HubConfig::from_env());
-    let models = match resolved.pipeline {
-        PipelineKind::Trellis => {
-            config.input = RequestInput::Image;
-            config.max_body_bytes = config.max_body_bytes.max(IMAGE_MAX_BODY_BYTES);
-            ServedModels::Trellis(trellis()?)
-        }
-        PipelineKind::FluxTrellis => {
-            ServedModels::FluxTrellis(flux_source(args.flux.as_deref())?, trellis()?)
-        }
-        PipelineKind::Mvdream => ServedModels::Mvdream(resolve_models(models_arg.as_deref())?),
-    };
+    let models = ServedModels::resolve(
+        resolved.pipeline,
+        args.models.as_deref(),
+        args.flux.as_deref(),
+    )?;
     // Tiny test models without --profile serve `development`, as `generate` does: the default
     // profile would spend minutes a request on them.
     let sources = match &models {
