@@ -20,8 +20,8 @@
 //! request has none), `pipeline` (`mvdream`, the default: text → views →
 //! fit, the sections `diffusion` to `sds` below; `trellis`: image → 3D with
 //! TRELLIS, the `trellis:` section; `flux-trellis`: text → FLUX.1-schnell
-//! image → plain-background matte → TRELLIS, the `flux:` and `trellis:`
-//! sections; `output:` applies to all).
+//! image → matte → TRELLIS, the `flux:` and `trellis:`
+//! sections; both TRELLIS pipelines read `matte:`; `output:` applies to all).
 //!
 //! `flux:` (FLUX.1-schnell text → image, `splatforge_diffusion::flux`; read by
 //! `pipeline: flux-trellis` only)
@@ -45,6 +45,15 @@
 //! | `slat_steps` | null | stage-2 (structured latent) sampler steps |
 //! | `slat_cfg` | null | stage-2 guidance strength |
 //! | `precision` | fp16 | the transformers' and convolutions' precision on a GPU (the official `use_fp16`); the CPU uses fp32 |
+//!
+//! `matte:` (background removal before TRELLIS, for pictures without a real alpha:
+//! an image whose alpha has a pixel that is not opaque keeps it; read by `pipeline:
+//! trellis` and `flux-trellis`)
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `method` | birefnet | `birefnet`: BiRefNet (Swin-L, `ZhengPeng7/BiRefNet`); `birefnet-lite`: BiRefNet_lite (Swin-T); `threshold`: no network, the plain-background threshold (the border's median colour is background) |
+//! | `weights` | null | where the network's weights are (a `.safetensors`/`.pth` file, a folder with `model.safetensors`, or `hf:ORG/NAME`); null: `birefnet/` (or `birefnet_lite/`) inside the TRELLIS folder, else `hf:ZhengPeng7/BiRefNet` (or `_lite`); `--matte` overrides it |
+//! | `precision` | bf16 | the network's precision on a GPU; the CPU uses fp32 |
 //!
 //! `diffusion:` (MVDream text → views)
 //! | key | default | meaning |
@@ -434,6 +443,48 @@ impl Default for TrellisConfig {
     }
 }
 
+/// How `matte:` finds the foreground of a picture without a real alpha.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MatteMethod {
+    /// BiRefNet with the Swin-L backbone (`ZhengPeng7/BiRefNet`).
+    #[default]
+    Birefnet,
+    /// BiRefNet_lite, the Swin-T backbone (`ZhengPeng7/BiRefNet_lite`): the fast one.
+    BirefnetLite,
+    /// No network: the plain-background threshold.
+    Threshold,
+}
+
+impl MatteMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            MatteMethod::Birefnet => "birefnet",
+            MatteMethod::BirefnetLite => "birefnet-lite",
+            MatteMethod::Threshold => "threshold",
+        }
+    }
+}
+
+/// `matte:` (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatteConfig {
+    pub method: MatteMethod,
+    pub weights: Option<String>,
+    pub precision: Precision,
+}
+
+impl Default for MatteConfig {
+    fn default() -> Self {
+        MatteConfig {
+            method: MatteMethod::Birefnet,
+            weights: None,
+            precision: Precision::Bf16,
+        }
+    }
+}
+
 /// The sections only the MVDream pipeline reads (left out of a TRELLIS
 /// profile's [`PipelineConfig::to_yaml`]).
 const MVDREAM_SECTIONS: &[&str] = &["diffusion", "alpha", "init", "fit", "sds"];
@@ -441,6 +492,10 @@ const MVDREAM_SECTIONS: &[&str] = &["diffusion", "alpha", "init", "fit", "sds"];
 /// The section only `pipeline: flux-trellis` reads (left out of other profiles'
 /// [`PipelineConfig::to_yaml`]).
 const FLUX_SECTION: &str = "flux";
+
+/// The sections only the TRELLIS pipelines read (left out of MVDream profiles'
+/// [`PipelineConfig::to_yaml`]).
+const TRELLIS_SECTIONS: &[&str] = &["trellis", "matte"];
 
 /// The whole configuration (see the module docs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -455,6 +510,7 @@ pub struct PipelineConfig {
     pub fit: FitConfig,
     pub sds: SdsConfig,
     pub trellis: TrellisConfig,
+    pub matte: MatteConfig,
     pub flux: FluxConfig,
     pub output: OutputConfig,
 }
@@ -474,6 +530,7 @@ impl Default for PipelineConfig {
             },
             sds: SdsConfig::default(),
             trellis: TrellisConfig::default(),
+            matte: MatteConfig::default(),
             flux: FluxConfig::default(),
             output: OutputConfig::default(),
         }
@@ -647,6 +704,7 @@ const SECTIONS: &[&str] = &[
     "fit",
     "sds",
     "trellis",
+    "matte",
     "flux",
     "output",
 ];
@@ -675,6 +733,7 @@ fn check_sections(value: &Value) -> Result<(), ConfigError> {
                 "fit" => section_check::<FitConfig>(v),
                 "sds" => section_check::<SdsConfig>(v),
                 "trellis" => section_check::<TrellisConfig>(v),
+                "matte" => section_check::<MatteConfig>(v),
                 "flux" => section_check::<FluxConfig>(v),
                 _ => section_check::<OutputConfig>(v),
             };
@@ -723,10 +782,13 @@ impl PipelineConfig {
     pub fn to_yaml(&self) -> String {
         let mut value = serde_yaml_ng::to_value(self).expect("config serialises");
         if let Value::Mapping(m) = &mut value {
-            if self.pipeline.runs_trellis() {
-                for section in MVDREAM_SECTIONS {
-                    m.remove(*section);
-                }
+            let hidden = if self.pipeline.runs_trellis() {
+                MVDREAM_SECTIONS
+            } else {
+                TRELLIS_SECTIONS
+            };
+            for section in hidden {
+                m.remove(*section);
             }
             if self.pipeline != PipelineKind::FluxTrellis {
                 m.remove(FLUX_SECTION);
