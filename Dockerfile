@@ -5,9 +5,10 @@
 # Run on a machine with an NVIDIA driver for CUDA 13.0 and the container toolkit:
 #   docker run --gpus all -p 10006:10006 -v /srv/hf:/models/huggingface splatforge
 # Weights: the Hugging Face cache at /models/huggingface (HF_HOME). A mounted cache that holds
-# microsoft/TRELLIS-image-large, facebook/dinov2-with-registers-large and ZhengPeng7/BiRefNet
-# is used as it is (add -e HF_HUB_OFFLINE=1 to forbid downloads, as an audit re-run may);
-# otherwise splatforge fetches them into it at start, before /health turns 200.
+# microsoft/TRELLIS-image-large, facebook/dinov2-with-registers-large, ZhengPeng7/BiRefNet and
+# ZhengPeng7/BiRefNet_lite (the deadline fallback) is used as it is (add -e HF_HUB_OFFLINE=1
+# to forbid downloads, as an audit re-run may); otherwise splatforge fetches them into it at
+# start, before /health turns 200.
 
 # ---- build: the same steps as the GPU machine's binaries (tools/build-splatforge.sh runs
 # tools/cuda-toolchain.sh's pinned CUDA 13.0 wheels and cuDNN, then cargo --locked). --------

@@ -460,12 +460,12 @@ fn rgb_pictures_get_the_matte_and_short_deadlines_degrade() {
     let roomy = competition(&[("X-Deadline-Ms", "600000")]);
     ok(&roomy);
     assert_eq!(header(&roomy, "x-degraded"), None, "{}", roomy.head);
-    // The server's default deadline: fewer steps, then the threshold matte.
+    // The server's default deadline: fewer steps, then the lite matte, then the threshold.
     let hurried = competition(&[]);
     ok(&hurried);
     assert_eq!(
         header(&hurried, "x-degraded"),
-        Some("trellis_steps=2+2->1+1, matte=network->threshold"),
+        Some("trellis_steps=2+2->1+1, matte=birefnet->threshold"),
         "{}",
         hurried.head
     );

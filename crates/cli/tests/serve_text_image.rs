@@ -136,7 +136,7 @@ fn a_text_prompt_through_tiny_flux_and_trellis_behind_the_real_service() {
     );
     assert!(
         hurried.head.to_ascii_lowercase().contains(
-            "x-degraded: trellis_steps=2+2->1+1, matte=network->threshold, flux_steps=2->1"
+            "x-degraded: trellis_steps=2+2->1+1, matte=birefnet->threshold, flux_steps=2->1"
         ),
         "{}",
         hurried.head

@@ -54,6 +54,8 @@
 //! | `method` | birefnet | `birefnet`: BiRefNet (Swin-L, `ZhengPeng7/BiRefNet`); `birefnet-lite`: BiRefNet_lite (Swin-T); `threshold`: no network, the plain-background threshold (the border's median colour is background) |
 //! | `weights` | null | where the network's weights are (a `.safetensors`/`.pth` file, a folder with `model.safetensors`, or `hf:ORG/NAME`); null: `birefnet/` (or `birefnet_lite/`) inside the TRELLIS folder, else `hf:ZhengPeng7/BiRefNet` (or `_lite`); `--matte` overrides it |
 //! | `precision` | bf16 | the network's precision on a GPU; the CPU uses fp32 |
+//! | `fallback` | null | `birefnet-lite`: also load the lite network, which a request's deadline may switch to before the threshold; read with `method: birefnet` only |
+//! | `fallback_weights` | null | the lite network's weights; null: `birefnet_lite/` inside the TRELLIS folder, else `hf:ZhengPeng7/BiRefNet_lite` |
 //!
 //! `diffusion:` (MVDream text → views)
 //! | key | default | meaning |
@@ -473,6 +475,8 @@ pub struct MatteConfig {
     pub method: MatteMethod,
     pub weights: Option<String>,
     pub precision: Precision,
+    pub fallback: Option<MatteMethod>,
+    pub fallback_weights: Option<String>,
 }
 
 impl Default for MatteConfig {
@@ -481,6 +485,8 @@ impl Default for MatteConfig {
             method: MatteMethod::Birefnet,
             weights: None,
             precision: Precision::Bf16,
+            fallback: None,
+            fallback_weights: None,
         }
     }
 }
@@ -817,6 +823,16 @@ impl PipelineConfig {
                 return bad(key, format!("must be finite and ≥ 0, got {c}"));
             }
         }
+        let m = &self.matte;
+        if let Some(fallback) = m.fallback.filter(|f| *f != MatteMethod::BirefnetLite) {
+            return bad(
+                "matte.fallback",
+                format!(
+                    "only birefnet-lite (or null) is a fallback, got {}",
+                    fallback.name()
+                ),
+            );
+        }
         let f = &self.flux;
         if !(1..=100).contains(&f.steps) {
             return bad("flux.steps", format!("must be 1 to 100, got {}", f.steps));
@@ -1142,6 +1158,41 @@ mod tests {
             .unwrap_err()
             .0;
         assert!(e.contains("nosuch"), "{e}");
+    }
+
+    #[test]
+    fn image_profiles_choose_their_matte_and_bad_matte_keys_are_named() {
+        let matte = |name| PipelineConfig::profile(name).unwrap().matte;
+        let quality = matte("image-quality");
+        assert_eq!(
+            (quality.method, quality.fallback, quality.precision),
+            (
+                MatteMethod::Birefnet,
+                Some(MatteMethod::BirefnetLite),
+                Precision::Bf16
+            )
+        );
+        assert_eq!(matte("image-speed").method, MatteMethod::BirefnetLite);
+        assert_eq!(matte("image-development").precision, Precision::F32);
+        assert_eq!(matte("text-image-quality").method, MatteMethod::Birefnet);
+        let yaml = PipelineConfig::profile("image-speed").unwrap().to_yaml();
+        assert!(yaml.contains("method: birefnet-lite"), "{yaml}");
+        let mvdream = PipelineConfig::profile("speed").unwrap().to_yaml();
+        assert!(!mvdream.contains("matte:"), "{mvdream}");
+        let e = sources(Some("image-quality"), &["matte.fallback=threshold"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("matte.fallback"), "{e}");
+        let e = sources(Some("image-speed"), &["matte.method=rembg"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("matte") && e.contains("rembg"), "{e}");
+        let (_, c) = sources(Some("image-quality"), &["matte.method=threshold"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.matte.method, MatteMethod::Threshold);
     }
 
     #[test]

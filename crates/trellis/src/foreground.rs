@@ -24,7 +24,10 @@ pub enum ForegroundMatte {
     /// The plain-background threshold: no network.
     Threshold,
     /// A BiRefNet; `name` says which (`birefnet`, `birefnet-lite`), for reports.
-    Network { matte: Box<Matte>, name: String },
+    Network {
+        matte: Box<Matte>,
+        name: &'static str,
+    },
 }
 
 /// What [`ForegroundMatte::apply`] used.
@@ -40,15 +43,11 @@ pub enum AlphaSource {
 
 impl ForegroundMatte {
     /// `threshold`, or the network's name.
-    pub fn name(&self) -> &str {
+    pub fn name(&self) -> &'static str {
         match self {
             ForegroundMatte::Threshold => "threshold",
             ForegroundMatte::Network { name, .. } => name,
         }
-    }
-
-    pub fn is_network(&self) -> bool {
-        matches!(self, ForegroundMatte::Network { .. })
     }
 
     /// `image` with the alpha TRELLIS' crop reads: its own when any pixel is not opaque,
@@ -100,7 +99,7 @@ mod tests {
             BiRefNet::load(&BiRefNetConfig::tiny(), SeededInit::new(3).var_builder()).unwrap();
         let network = ForegroundMatte::Network {
             matte: Box::new(Matte::new(tiny, DType::F32, &Device::Cpu)),
-            name: "birefnet".into(),
+            name: "birefnet",
         };
         let mut cutout = disc_on_white();
         cutout.put_pixel(0, 0, Rgba([250, 250, 250, 0]));

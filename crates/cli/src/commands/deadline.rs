@@ -3,9 +3,9 @@
 //! cannot fit the profile, degrade in steps until the estimate fits.
 //!
 //! **Estimate.** Every run (the warm-up, every request) records its stage times: sampling
-//! stages per sampler step (`sparse_structure`, `slat`, `flux`), the matte per kind (the
-//! network, the threshold; nothing when the image had its own alpha), every other stage
-//! whole. A new time above the kept one replaces it at once, a lower one pulls it down by
+//! stages per sampler step (`sparse_structure`, `slat`, `flux`), the matte per kind
+//! (`birefnet`, `birefnet-lite`, `threshold`; nothing when the image had its own alpha),
+//! every other stage whole. A new time above the kept one replaces it at once, a lower one pulls it down by
 //! 30 % (slow to trust a fast run). A run's estimate is the sum over its stages times a
 //! margin: 1.5 until [`TRUSTED_RUNS`] requests have been measured, then 1.2. Before the
 //! first request the warm-up's times stand in; they include first-use costs (kernel
@@ -16,11 +16,11 @@
 //!
 //! **Degrading**, in this order, the first plan whose estimate fits wins: TRELLIS' sampler
 //! steps in both stages scaled by [`STEP_FRACTIONS`] (at least one step each); then the
-//! threshold matte instead of the network (the lite network is not kept beside the full
-//! one: a second model's memory for a ~0.1 s saving); then FLUX's steps halved down to
-//! one. When nothing fits, the last plan runs (the answer may be late, but it comes). Each
-//! change is reported as a [`Degradation`]: `trellis_steps=25+25->12+12`,
-//! `matte=birefnet->threshold`, `flux_steps=4->2`.
+//! profile's fallback matte (`matte.fallback: birefnet-lite`, loaded beside the full
+//! network), then the threshold; then FLUX's steps halved down to one. When nothing fits,
+//! the last plan runs (the answer may be late, but it comes). Each change is reported as
+//! a [`Degradation`]: `trellis_steps=25+25->12+12`, `matte=birefnet->birefnet-lite`,
+//! `flux_steps=4->2`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use splatforge_server::Degradation;
 use splatforge_trellis::foreground::AlphaSource;
 
-use super::trellis_generator::RunOverrides;
+use super::trellis_generator::{MatteStep, RunOverrides};
 
 /// Requests measured before the smaller margin applies.
 pub const TRUSTED_RUNS: usize = 3;
@@ -47,8 +47,13 @@ const SPARSE_STRUCTURE: &str = "sparse_structure";
 const SLAT: &str = "slat";
 const FLUX: &str = "flux";
 const MATTE: &str = "matte";
-/// The key the threshold matte's time is kept under (the stage is `matte` either way).
-const MATTE_THRESHOLD: &str = "matte_threshold";
+/// The threshold matte's name (`ForegroundMatte::Threshold`).
+pub const THRESHOLD: &str = "threshold";
+
+/// The key a matte's time is kept under (the stage is `matte` whichever ran).
+fn matte_key(name: &str) -> String {
+    format!("{MATTE}:{name}")
+}
 
 /// Time set aside from a budget for what follows generation (encoding, sending) and
 /// precedes it (decoding the image): 5 % of the time left, at least 100 ms.
@@ -61,8 +66,9 @@ pub fn reserve(remaining: Duration) -> Duration {
 pub struct RunShape {
     pub sparse_structure_steps: usize,
     pub slat_steps: usize,
-    /// The matte network runs (else the threshold).
-    pub network_matte: bool,
+    /// The matte that runs on a picture without alpha (`birefnet`, `birefnet-lite`,
+    /// [`THRESHOLD`]).
+    pub matte: &'static str,
     /// FLUX's steps (text via an image), else none.
     pub flux_steps: Option<usize>,
 }
@@ -102,40 +108,54 @@ impl StageEstimates {
         let mut e = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         for (stage, d) in timings {
             let (key, units) = match *stage {
-                SPARSE_STRUCTURE => (*stage, shape.sparse_structure_steps),
-                SLAT => (*stage, shape.slat_steps),
-                FLUX => (*stage, shape.flux_steps.unwrap_or(1)),
-                MATTE => match alpha {
-                    AlphaSource::Image => continue,
-                    AlphaSource::Threshold => (MATTE_THRESHOLD, 1),
-                    AlphaSource::Network => (MATTE, 1),
-                },
-                other => (other, 1),
+                SPARSE_STRUCTURE | SLAT | FLUX => {
+                    let steps = match *stage {
+                        SPARSE_STRUCTURE => shape.sparse_structure_steps,
+                        SLAT => shape.slat_steps,
+                        _ => shape.flux_steps.unwrap_or(1),
+                    };
+                    (stage.to_string(), steps)
+                }
+                MATTE if alpha == AlphaSource::Image => continue,
+                MATTE => (matte_key(shape.matte), 1),
+                other => (other.to_string(), 1),
             };
-            e.observe(key, d.as_secs_f64() / units.max(1) as f64);
+            e.observe(&key, d.as_secs_f64() / units.max(1) as f64);
         }
         if request {
             e.requests += 1;
         }
     }
 
-    /// Records the matte network alone (the warm-up runs it on an opaque picture).
-    pub fn record_matte(&self, elapsed: Duration) {
+    /// Records the matte `name` alone (the warm-up runs each on an opaque picture).
+    pub fn record_matte(&self, name: &str, elapsed: Duration) {
         let mut e = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        e.observe(MATTE, elapsed.as_secs_f64());
+        e.observe(&matte_key(name), elapsed.as_secs_f64());
     }
 
     /// [`Self::plan`] for a run that starts now and must end by `deadline`.
-    pub fn plan_by(&self, full: &RunShape, deadline: Instant) -> Plan {
-        self.plan(full, deadline.saturating_duration_since(Instant::now()))
+    pub fn plan_by(
+        &self,
+        full: &RunShape,
+        fallback_matte: Option<&'static str>,
+        deadline: Instant,
+    ) -> Plan {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.plan(full, fallback_matte, remaining)
     }
 
     /// The first plan from `full` down whose estimate fits `remaining` less [`reserve`]
-    /// (see the module docs).
-    pub fn plan(&self, full: &RunShape, remaining: Duration) -> Plan {
+    /// (see the module docs); `fallback_matte` is the lighter network loaded beside the
+    /// profile's, if any.
+    pub fn plan(
+        &self,
+        full: &RunShape,
+        fallback_matte: Option<&'static str>,
+        remaining: Duration,
+    ) -> Plan {
         let budget = remaining.saturating_sub(reserve(remaining));
         let e = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let candidates = ladder(full);
+        let candidates = ladder(full, fallback_matte);
         let mut chosen = None;
         for shape in &candidates {
             let estimate = e.estimate(shape);
@@ -177,8 +197,7 @@ impl Estimates {
                 FLUX => shape.flux_steps.unwrap_or(0),
                 // flux_text and flux_decode run only with FLUX.
                 k if k.starts_with("flux_") => usize::from(shape.flux_steps.is_some()),
-                MATTE => usize::from(shape.network_matte),
-                MATTE_THRESHOLD => usize::from(!shape.network_matte),
+                k if k.starts_with(MATTE) => usize::from(*k == matte_key(shape.matte)),
                 _ => 1,
             };
             total += seconds * units as f64;
@@ -198,7 +217,7 @@ fn scaled(steps: usize, fraction: f64) -> usize {
 }
 
 /// The plans tried, from the full run down (see the module docs).
-fn ladder(full: &RunShape) -> Vec<RunShape> {
+fn ladder(full: &RunShape, fallback_matte: Option<&'static str>) -> Vec<RunShape> {
     let mut plans: Vec<RunShape> = Vec::new();
     let mut push = |shape: RunShape| {
         if plans.last() != Some(&shape) {
@@ -214,9 +233,11 @@ fn ladder(full: &RunShape) -> Vec<RunShape> {
         };
         push(shape);
     }
-    if shape.network_matte {
-        shape.network_matte = false;
-        push(shape);
+    for matte in fallback_matte.into_iter().chain([THRESHOLD]) {
+        if shape.matte != THRESHOLD {
+            shape.matte = matte;
+            push(shape);
+        }
     }
     while let Some(steps) = shape.flux_steps.filter(|&s| s > 1) {
         shape.flux_steps = Some(steps / 2);
@@ -230,7 +251,11 @@ fn overrides(full: &RunShape, shape: &RunShape) -> RunOverrides {
     RunOverrides {
         sparse_structure_steps: changed(full.sparse_structure_steps, shape.sparse_structure_steps),
         slat_steps: changed(full.slat_steps, shape.slat_steps),
-        threshold_matte: full.network_matte && !shape.network_matte,
+        matte: match shape.matte {
+            m if m == full.matte => None,
+            THRESHOLD => Some(MatteStep::Threshold),
+            _ => Some(MatteStep::Fallback),
+        },
         flux_steps: match (full.flux_steps, shape.flux_steps) {
             (Some(a), Some(b)) => changed(a, b),
             _ => None,
@@ -254,10 +279,10 @@ fn degradations(full: &RunShape, shape: &RunShape) -> Vec<Degradation> {
             ),
         });
     }
-    if full.network_matte && !shape.network_matte {
+    if full.matte != shape.matte {
         out.push(Degradation {
             change: "matte",
-            detail: "network->threshold".into(),
+            detail: format!("{}->{}", full.matte, shape.matte),
         });
     }
     if let (Some(a), Some(b)) = (full.flux_steps, shape.flux_steps) {
@@ -287,12 +312,13 @@ mod tests {
         RunShape {
             sparse_structure_steps: 25,
             slat_steps: 25,
-            network_matte: true,
+            matte: "birefnet",
             flux_steps: Some(4),
         }
     }
 
-    /// 10 ms a TRELLIS step, 100 ms a FLUX step, matte 50 ms, threshold 1 ms, 100 ms fixed.
+    /// 10 ms a TRELLIS step, 100 ms a FLUX step, BiRefNet 50 ms, the lite 20 ms, the
+    /// threshold 1 ms, 100 ms fixed.
     fn measured(requests: usize) -> StageEstimates {
         let e = StageEstimates::default();
         let timings = [
@@ -306,7 +332,8 @@ mod tests {
             ("slat", 250 * MS),
         ];
         e.record(&timings, &full(), AlphaSource::Network, false);
-        e.record(&[("matte", MS)], &full(), AlphaSource::Threshold, false);
+        e.record_matte("birefnet-lite", 20 * MS);
+        e.record_matte(THRESHOLD, MS);
         for _ in 0..requests {
             e.record(&timings, &full(), AlphaSource::Network, true);
         }
@@ -325,7 +352,7 @@ mod tests {
         let half = RunShape {
             sparse_structure_steps: 12,
             slat_steps: 12,
-            network_matte: false,
+            matte: THRESHOLD,
             flux_steps: None,
         };
         // 1 + 10 + 20 + 120 + 120 = 271 ms (no FLUX stages), × 1.5.
@@ -339,7 +366,7 @@ mod tests {
         e.record(&[("dinov2", 100 * MS)], &full(), AlphaSource::Image, true);
         let shape = RunShape {
             flux_steps: None,
-            network_matte: false,
+            matte: THRESHOLD,
             ..full()
         };
         assert!((e.estimate(&shape).as_secs_f64() - 0.17 * 1.2).abs() < 1e-9);
@@ -348,14 +375,15 @@ mod tests {
     #[test]
     fn a_short_budget_degrades_in_order_and_a_long_one_does_not() {
         let e = measured(TRUSTED_RUNS);
-        let plan = e.plan(&full(), Duration::from_secs(10));
+        let lite = Some("birefnet-lite");
+        let plan = e.plan(&full(), lite, Duration::from_secs(10));
         assert_eq!(plan.overrides, RunOverrides::default());
         assert!(plan.degradations.is_empty());
         // 1.26 s at full, 1.14 s at 20+20 steps; 1.02 s at 15+15 fits 1.15 s less 100 ms.
-        let plan = e.plan(&full(), Duration::from_millis(1150));
+        let plan = e.plan(&full(), lite, Duration::from_millis(1150));
         assert_eq!(plan.overrides.sparse_structure_steps, Some(15));
         assert_eq!(plan.overrides.slat_steps, Some(15));
-        assert!(!plan.overrides.threshold_matte && plan.overrides.flux_steps.is_none());
+        assert!(plan.overrides.matte.is_none() && plan.overrides.flux_steps.is_none());
         assert_eq!(
             plan.degradations,
             [Degradation {
@@ -364,27 +392,33 @@ mod tests {
             }]
         );
         assert!(plan.estimate <= Duration::from_millis(1050));
+        // At 5+5 steps 650 ms × 1.2 = 780 ms, with the lite matte 620 × 1.2 = 744 ms: it
+        // fits 860 ms less 100.
+        let plan = e.plan(&full(), lite, Duration::from_millis(860));
+        assert_eq!(plan.overrides.matte, Some(MatteStep::Fallback), "{plan:?}");
+        assert_eq!(plan.degradations[1].detail, "birefnet->birefnet-lite");
         // Nothing fits: every step of the ladder, the answer still comes.
-        let plan = e.plan(&full(), Duration::from_millis(1));
+        let plan = e.plan(&full(), lite, Duration::from_millis(1));
         assert_eq!(
             plan.overrides,
             RunOverrides {
                 sparse_structure_steps: Some(5),
                 slat_steps: Some(5),
-                threshold_matte: true,
+                matte: Some(MatteStep::Threshold),
                 flux_steps: Some(1),
             }
         );
         let changes: Vec<&str> = plan.degradations.iter().map(|d| d.change).collect();
         assert_eq!(changes, ["trellis_steps", "matte", "flux_steps"]);
+        assert_eq!(plan.degradations[1].detail, "birefnet->threshold");
         // Two steps a stage (the development profile) go down to one.
         let tiny = RunShape {
             sparse_structure_steps: 2,
             slat_steps: 2,
-            network_matte: false,
+            matte: THRESHOLD,
             flux_steps: None,
         };
-        let plan = e.plan(&tiny, Duration::ZERO);
+        let plan = e.plan(&tiny, None, Duration::ZERO);
         assert_eq!(plan.degradations[0].detail, "2+2->1+1");
         assert_eq!(plan.degradations.len(), 1, "no matte or FLUX to degrade");
     }

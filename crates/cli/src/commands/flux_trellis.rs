@@ -22,6 +22,7 @@ use splatforge_server::{
     BudgetedGeneration, CancelToken, Generation, GenerationError, GenerationRequest, Generator,
 };
 use splatforge_splat::normalize::y_down_to_y_up;
+use splatforge_trellis::foreground::ForegroundMatte;
 use splatforge_trellis::pipeline::Progress;
 use splatforge_trellis::TrellisError;
 
@@ -288,7 +289,7 @@ impl FluxTrellisGenerator {
         RunShape {
             sparse_structure_steps,
             slat_steps,
-            network_matte: trellis.matte().is_network(),
+            matte: trellis.matte().name(),
             flux_steps: Some(trellis.config().flux.steps),
         }
     }
@@ -352,7 +353,14 @@ impl Generator for FluxTrellisGenerator {
         deadline: Instant,
         cancel: &CancelToken,
     ) -> Result<BudgetedGeneration, GenerationError> {
-        let plan = self.estimates.plan_by(&self.full_shape(), deadline);
+        let fallback = self
+            .runner
+            .trellis()
+            .fallback_matte()
+            .map(ForegroundMatte::name);
+        let plan = self
+            .estimates
+            .plan_by(&self.full_shape(), fallback, deadline);
         Ok(BudgetedGeneration {
             generation: self.run(request, &plan.overrides, cancel)?,
             degradations: plan.degradations,
@@ -360,6 +368,10 @@ impl Generator for FluxTrellisGenerator {
     }
 
     fn warm_up(&self) -> Result<(), GenerationError> {
+        self.runner
+            .trellis()
+            .warm_up_mattes(&self.estimates)
+            .map_err(|e| text_generation_error(e.into()))?;
         match self
             .runner
             .generate("a chair", None, |_| ControlFlow::Continue(()))

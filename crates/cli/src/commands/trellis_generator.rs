@@ -98,10 +98,19 @@ pub struct RunOverrides {
     pub sparse_structure_steps: Option<usize>,
     /// Stage-2 sampler steps instead of the profile's.
     pub slat_steps: Option<usize>,
-    /// The plain-background threshold instead of the matte network.
-    pub threshold_matte: bool,
+    /// A lighter matte than the profile's.
+    pub matte: Option<MatteStep>,
     /// FLUX steps instead of the profile's (text via an image).
     pub flux_steps: Option<usize>,
+}
+
+/// The matte a deadline switches to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatteStep {
+    /// The profile's `matte.fallback` (the lite network).
+    Fallback,
+    /// The plain-background threshold.
+    Threshold,
 }
 
 /// The profile's sampler overrides, with the run's, as the pipeline's request.
@@ -122,14 +131,19 @@ fn request(config: &PipelineConfig, seed: u64, overrides: &RunOverrides) -> Trel
     }
 }
 
-/// The weights `matte` names (see the module docs); `None` for the threshold.
-pub fn matte_weights(matte: &MatteConfig, trellis_dir: &std::path::Path) -> Option<String> {
-    let (folder, repo) = match matte.method {
+/// The weights of the matte `method` (see the module docs): `weights` when given, else
+/// its folder inside `trellis_dir`, else its hub repository; `None` for the threshold.
+pub fn matte_weights(
+    method: MatteMethod,
+    weights: Option<&String>,
+    trellis_dir: &std::path::Path,
+) -> Option<String> {
+    let (folder, repo) = match method {
         MatteMethod::Threshold => return None,
         MatteMethod::Birefnet => (BIREFNET_FOLDER, BIREFNET_REPO),
         MatteMethod::BirefnetLite => (BIREFNET_LITE_FOLDER, BIREFNET_LITE_REPO),
     };
-    if let Some(spec) = &matte.weights {
+    if let Some(spec) = weights {
         return Some(spec.clone());
     }
     let inside = trellis_dir.join(folder);
@@ -146,13 +160,16 @@ pub fn matte_weights_set(spec: &str) -> String {
     format!("matte.weights={quoted}")
 }
 
-/// Loads the profile's matte on `device` (`matte.precision` on a GPU, f32 on the CPU).
+/// Loads the matte `method` from `weights` (see [`matte_weights`]) on `device`
+/// (`matte.precision` on a GPU, f32 on the CPU).
 fn load_matte(
+    method: MatteMethod,
+    weights: Option<&String>,
     matte: &MatteConfig,
     trellis_dir: &std::path::Path,
     device: &Device,
 ) -> Result<ForegroundMatte> {
-    let Some(spec) = matte_weights(matte, trellis_dir) else {
+    let Some(spec) = matte_weights(method, weights, trellis_dir) else {
         return Ok(ForegroundMatte::Threshold);
     };
     let dtype = if device.is_cpu() {
@@ -161,10 +178,10 @@ fn load_matte(
         matte.precision.dtype()
     };
     let network = Matte::load_native(&spec, dtype, device)
-        .with_context(|| format!("loading the {} matte from {spec}", matte.method.name()))?;
+        .with_context(|| format!("loading the {} matte from {spec}", method.name()))?;
     Ok(ForegroundMatte::Network {
         matte: Box::new(network),
-        name: matte.method.name().to_string(),
+        name: method.name(),
     })
 }
 
@@ -176,7 +193,7 @@ pub struct ImageGenerated {
     pub cutout: image::RgbaImage,
     /// Where the alpha came from, and which matte ran (`image` when the picture had one).
     pub alpha_source: AlphaSource,
-    pub matte: String,
+    pub matte: &'static str,
     /// Occupied voxels of the sparse structure.
     pub voxels: usize,
     /// The sampler parameters each stage ran with.
@@ -197,7 +214,7 @@ impl ImageGenerated {
         RunShape {
             sparse_structure_steps: self.sparse_structure_params.steps,
             slat_steps: self.slat_params.steps,
-            network_matte: self.alpha_source == AlphaSource::Network,
+            matte: self.matte,
             flux_steps,
         }
     }
@@ -207,6 +224,8 @@ impl ImageGenerated {
 pub struct TrellisRunner {
     pipe: TrellisImageTo3d,
     matte: ForegroundMatte,
+    /// `matte.fallback`, loaded beside it for deadlines.
+    fallback_matte: Option<ForegroundMatte>,
     config: PipelineConfig,
     profile: String,
     models: TrellisModels,
@@ -233,10 +252,18 @@ impl TrellisRunner {
         };
         let pipe = TrellisImageTo3d::load(&models.dir, &models.dinov2, dtype, device)
             .with_context(|| format!("loading TRELLIS from {}", models.dir.display()))?;
-        let matte = load_matte(&config.matte, &models.dir, device)?;
+        let m = &config.matte;
+        let matte = load_matte(m.method, m.weights.as_ref(), m, &models.dir, device)?;
+        // A fallback lighter than the profile's network: behind the full BiRefNet only.
+        let fallback_matte = m
+            .fallback
+            .filter(|_| m.method == MatteMethod::Birefnet)
+            .map(|method| load_matte(method, m.fallback_weights.as_ref(), m, &models.dir, device))
+            .transpose()?;
         Ok(Self {
             pipe,
             matte,
+            fallback_matte,
             config,
             profile: profile.to_string(),
             models,
@@ -262,6 +289,31 @@ impl TrellisRunner {
     /// The matte opaque pictures get.
     pub fn matte(&self) -> &ForegroundMatte {
         &self.matte
+    }
+
+    /// The lighter matte a deadline may switch to (`matte.fallback`).
+    pub fn fallback_matte(&self) -> Option<&ForegroundMatte> {
+        self.fallback_matte.as_ref()
+    }
+
+    /// Runs each matte (the profile's, its fallback, the threshold) once on an opaque
+    /// picture, timed into `estimates`: the warm-up, which also loads their kernels.
+    pub fn warm_up_mattes(
+        &self,
+        estimates: &StageEstimates,
+    ) -> std::result::Result<(), TrellisError> {
+        let opaque = warm_up_disc(true);
+        let mattes = [Some(&self.matte), self.fallback_matte.as_ref()];
+        for matte in mattes
+            .into_iter()
+            .flatten()
+            .chain([&ForegroundMatte::Threshold])
+        {
+            let t0 = Instant::now();
+            matte.apply(&opaque)?;
+            estimates.record_matte(matte.name(), t0.elapsed());
+        }
+        Ok(())
     }
 
     /// The sampler steps a run with `overrides` takes: (stage 1, stage 2).
@@ -308,10 +360,10 @@ impl TrellisRunner {
         progress: impl FnMut(Progress) -> ControlFlow<()>,
     ) -> std::result::Result<ImageGenerated, TrellisError> {
         let seed = seed.unwrap_or(self.config.seed);
-        let matte = if overrides.threshold_matte {
-            &ForegroundMatte::Threshold
-        } else {
-            &self.matte
+        let matte = match (overrides.matte, &self.fallback_matte) {
+            (None, _) => &self.matte,
+            (Some(MatteStep::Fallback), Some(fallback)) => fallback,
+            (Some(_), _) => &ForegroundMatte::Threshold,
         };
         let out = self.pipe.run(
             image,
@@ -345,8 +397,8 @@ impl TrellisRunner {
             cutout,
             alpha_source,
             matte: match alpha_source {
-                AlphaSource::Image => "image".to_string(),
-                _ => matte.name().to_string(),
+                AlphaSource::Image => "image",
+                _ => matte.name(),
             },
             voxels,
             sparse_structure_params,
@@ -398,7 +450,7 @@ impl TrellisGenerator {
         RunShape {
             sparse_structure_steps,
             slat_steps,
-            network_matte: self.runner.matte().is_network(),
+            matte: self.runner.matte().name(),
             flux_steps: None,
         }
     }
@@ -444,7 +496,7 @@ impl TrellisGenerator {
 
 /// A 64² picture with a disc: on transparent black (`opaque` false: no matte runs) or on
 /// white (the matte runs); the warm-up inputs.
-pub(crate) fn warm_up_disc(opaque: bool) -> image::RgbaImage {
+fn warm_up_disc(opaque: bool) -> image::RgbaImage {
     image::RgbaImage::from_fn(64, 64, |x, y| {
         let (dx, dy) = (x as f32 - 32.0, y as f32 - 32.0);
         image::Rgba(match (dx * dx + dy * dy < 400.0, opaque) {
@@ -470,25 +522,22 @@ impl Generator for TrellisGenerator {
         deadline: Instant,
         cancel: &CancelToken,
     ) -> std::result::Result<BudgetedGeneration, GenerationError> {
-        let plan = self.estimates.plan_by(&self.full_shape(), deadline);
+        let fallback = self.runner.fallback_matte().map(ForegroundMatte::name);
+        let plan = self
+            .estimates
+            .plan_by(&self.full_shape(), fallback, deadline);
         Ok(BudgetedGeneration {
             generation: self.run(request, &plan.overrides, cancel)?,
             degradations: plan.degradations,
         })
     }
 
-    /// The matte network alone on an opaque picture (random weights may find no object
-    /// in it), then the whole pipeline on a transparent one; both timed for the deadline
-    /// estimates.
+    /// Every matte alone on an opaque picture (random weights may find no object in it),
+    /// then the whole pipeline on a transparent one; all timed for the deadline estimates.
     fn warm_up(&self) -> std::result::Result<(), GenerationError> {
-        if self.runner.matte().is_network() {
-            let t0 = Instant::now();
-            self.runner
-                .matte()
-                .apply(&warm_up_disc(true))
-                .map_err(generation_error)?;
-            self.estimates.record_matte(t0.elapsed());
-        }
+        self.runner
+            .warm_up_mattes(&self.estimates)
+            .map_err(generation_error)?;
         let disc = super::encode_png(warm_up_disc(false))
             .map_err(|e| GenerationError::Failed(e.to_string()))?;
         match self
