@@ -192,6 +192,28 @@ fn tiny_trellis_turns_the_ghost_into_a_valid_ply() {
     let lite = models.join("birefnet_lite");
     let report = generate_json(&ghost, &disc_ply, &models, &["--matte", s(&lite)]);
     assert_eq!(report["matte"], "image", "{report}");
+    // A BiRefNet alone (`make-random --family birefnet`), given by --matte, cuts the JPEG.
+    let alone = dir.path().join("birefnet-tiny");
+    let make = |dir: &Path| {
+        splatforge(&[
+            "models",
+            "make-random",
+            "--family",
+            "birefnet",
+            "--variant",
+            "lite",
+            "--size",
+            "tiny",
+            s(dir),
+        ])
+    };
+    let out = make(&alone);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(alone.join("model.safetensors").is_file());
+    let report = generate_json(&photo, &disc_ply, &models, &["--matte", s(&alone)]);
+    assert_eq!(report["matte"], "birefnet", "{report}");
+    let again = make(&alone);
+    assert!(!again.status.success() && text(&again.stderr).contains("not empty"));
 
     // The threshold, chosen explicitly: transparent margin, the opaque red disc centred.
     let threshold = ["--set", "matte.method=threshold", "--save-views", s(&views)];
