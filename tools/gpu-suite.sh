@@ -29,12 +29,13 @@ TARGET="${CARGO_TARGET_DIR:-target-cuda}"
 case "${1:-}" in
   --build)
     set -e
-    eval "$(tools/cuda-toolchain.sh)"
-    CARGO_TARGET_DIR="$TARGET" cargo build --release --locked \
-      -p splatforge -p splatforge-render -p splatforge-fit -p splatforge-diffusion -p splatforge-trellis \
-      --features "splatforge/cudnn splatforge-render/cuda splatforge-fit/cuda splatforge-diffusion/cudnn splatforge-trellis/cudnn" \
-      --bin splatforge --example gpu_raster --example gpu_fit --example parity \
+    # The product build (the Dockerfile's too), with the checks' examples in the same cargo call.
+    CARGO_TARGET_DIR="$TARGET" tools/build-splatforge.sh \
+      -p splatforge-render -p splatforge-fit -p splatforge-diffusion -p splatforge-trellis \
+      --features "splatforge-render/cuda splatforge-fit/cuda splatforge-diffusion/cudnn splatforge-trellis/cudnn" \
+      --example gpu_raster --example gpu_fit --example parity \
       --example stage1_parity --example slat_flow_parity --example gs_decoder_parity --example ops_parity
+    eval "$(tools/cuda-toolchain.sh)"
     CARGO_TARGET_DIR="$TARGET" cargo build --release --locked -p splatforge-matte --features cudnn \
       --example matte_parity
     CARGO_TARGET_DIR="$TARGET" cargo build --release --locked -p splatforge-mesh --features cuda \

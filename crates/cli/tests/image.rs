@@ -20,6 +20,27 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// `splatforge generate --image IMAGE -o OUT --models MODELS [more…] --json` → its report.
+fn generate_json(image: &Path, out: &Path, models: &Path, more: &[&str]) -> serde_json::Value {
+    let args = [
+        &[
+            "generate",
+            "--image",
+            s(image),
+            "-o",
+            s(out),
+            "--models",
+            s(models),
+        ],
+        more,
+        &["--json"],
+    ]
+    .concat();
+    let run = splatforge(&args);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    serde_json::from_slice(&run.stdout).unwrap()
+}
+
 /// The shared fixture (`../shared/fixtures` from the repository root).
 fn ghost() -> PathBuf {
     let path =
@@ -90,6 +111,7 @@ fn tiny_trellis_turns_the_ghost_into_a_valid_ply() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     for stage in [
+        "matte",
         "preprocess",
         "dinov2",
         "sparse_structure",
@@ -136,8 +158,9 @@ fn tiny_trellis_turns_the_ghost_into_a_valid_ply() {
     }
     assert_eq!(std::fs::read(&ply).unwrap(), std::fs::read(&again).unwrap());
 
-    // --save-views with --image: the 518² RGBA cut-out the 3D stage saw. An opaque JPEG on
-    // white gets the plain-background matte: transparent margin, the opaque red disc centred.
+    // An opaque JPEG on white (no alpha) gets the profile's matte: the tiny random
+    // BiRefNet that make-random put in the folder (`birefnet/`), in a `matte` stage of its
+    // own; --save-views writes the 518² RGBA cut-out the 3D stage saw.
     let photo = dir.path().join("disc.jpg");
     image::RgbImage::from_fn(96, 64, |x, y| {
         let (dx, dy) = (x as f32 - 60.0, y as f32 - 30.0);
@@ -149,25 +172,54 @@ fn tiny_trellis_turns_the_ghost_into_a_valid_ply() {
     })
     .save(&photo)
     .unwrap();
+    assert!(models.join("birefnet/model.safetensors").is_file());
+    assert!(models.join("birefnet_lite/model.safetensors").is_file());
     let views = dir.path().join("views");
     let disc_ply = dir.path().join("disc.ply");
-    let out = splatforge(&[
-        "generate",
-        "--image",
-        s(&photo),
-        "-o",
-        s(&disc_ply),
-        "--models",
-        s(&models),
-        "--save-views",
-        s(&views),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = generate_json(&photo, &disc_ply, &models, &["--save-views", s(&views)]);
+    assert_eq!(report["matte"], "birefnet", "{report}");
+    assert!(report["stages_ms"]["matte"].is_number(), "{report}");
     assert!(disc_ply.is_file());
     let cutout = image::open(views.join("cutout.png")).unwrap();
     assert_eq!(cutout.color(), image::ColorType::Rgba8);
     let cutout = cutout.to_rgba8();
     assert_eq!(cutout.dimensions(), (518, 518));
+    assert!(
+        cutout.pixels().any(|p| p.0[3] < 255),
+        "the matte's alpha is in the cut-out"
+    );
+    // --matte names the weights (here the lite folder); the ghost's own alpha wins over it.
+    let lite = models.join("birefnet_lite");
+    let report = generate_json(&ghost, &disc_ply, &models, &["--matte", s(&lite)]);
+    assert_eq!(report["matte"], "image", "{report}");
+    // A BiRefNet alone (`make-random --family birefnet`), given by --matte, cuts the JPEG.
+    let alone = dir.path().join("birefnet-tiny");
+    let make = |dir: &Path| {
+        splatforge(&[
+            "models",
+            "make-random",
+            "--family",
+            "birefnet",
+            "--variant",
+            "lite",
+            "--size",
+            "tiny",
+            s(dir),
+        ])
+    };
+    let out = make(&alone);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(alone.join("model.safetensors").is_file());
+    let report = generate_json(&photo, &disc_ply, &models, &["--matte", s(&alone)]);
+    assert_eq!(report["matte"], "birefnet", "{report}");
+    let again = make(&alone);
+    assert!(!again.status.success() && text(&again.stderr).contains("not empty"));
+
+    // The threshold, chosen explicitly: transparent margin, the opaque red disc centred.
+    let threshold = ["--set", "matte.method=threshold", "--save-views", s(&views)];
+    let report = generate_json(&photo, &disc_ply, &models, &threshold);
+    assert_eq!(report["matte"], "threshold", "{report}");
+    let cutout = image::open(views.join("cutout.png")).unwrap().to_rgba8();
     assert_eq!(cutout.get_pixel(5, 5).0[3], 0, "the margin is transparent");
     let centre = cutout.get_pixel(259, 259).0;
     assert!(
@@ -209,8 +261,29 @@ fn bad_images_and_wrong_profiles_fail_with_one_line() {
         assert!(error[0].contains(needle), "{stderr}");
         assert!(!out_ply.exists(), "no output for a bad image");
     }
-    // A text profile for an image, an image profile for a prompt.
+    // Matte weights that are not there: one line naming them, before any generation.
     let ghost = ghost();
+    let missing = dir.path().join("no-birefnet.safetensors");
+    let out = splatforge(&[
+        "generate",
+        "--image",
+        s(&ghost),
+        "-o",
+        s(&out_ply),
+        "--models",
+        s(&models),
+        "--matte",
+        s(&missing),
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    let error: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error.len(), 1, "{stderr}");
+    assert!(
+        error[0].contains("matte") && error[0].contains("no-birefnet"),
+        "{stderr}"
+    );
+    // A text profile for an image, an image profile for a prompt.
     let out = splatforge(&[
         "generate",
         "--image",

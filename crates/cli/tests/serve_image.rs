@@ -13,7 +13,7 @@ use base64::Engine;
 use splatforge_splat::read_splat_bytes;
 
 mod common;
-use common::{get, post, post_to, request, wait_healthy, Response, Server};
+use common::{get, post, post_to, post_with_headers, request, wait_healthy, Response, Server};
 
 /// A multipart body of `(name, file name, value)` parts.
 fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
@@ -79,6 +79,11 @@ fn ghost() -> Vec<u8> {
 }
 
 fn start(models: &Path) -> Server {
+    start_with(models, &[])
+}
+
+/// [`start`] with more `serve` options.
+fn start_with(models: &Path, options: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_splatforge"))
         .args([
             "serve",
@@ -91,6 +96,7 @@ fn start(models: &Path) -> Server {
             "--models",
         ])
         .arg(models)
+        .args(options)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -383,5 +389,146 @@ fn competition_generate_takes_prompt_image_file_and_seed() {
         metrics.contains("splatforge_http_requests_total{endpoint=\"/generate\",outcome=\"ok\"} 3"),
         "{metrics}"
     );
+    drop(server);
+}
+
+/// A red disc on white as an RGB JPEG (no alpha), as 404's orchestrator sends pictures.
+fn disc_jpeg() -> Vec<u8> {
+    let mut jpeg = Vec::new();
+    image::RgbImage::from_fn(96, 64, |x, y| {
+        let (dx, dy) = (x as f32 - 48.0, y as f32 - 30.0);
+        image::Rgb(if dx * dx + dy * dy < 400.0 {
+            [200, 30, 30]
+        } else {
+            [255, 255, 255]
+        })
+    })
+    .write_to(
+        &mut std::io::Cursor::new(&mut jpeg),
+        image::ImageFormat::Jpeg,
+    )
+    .unwrap();
+    jpeg
+}
+
+fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
+    r.head.lines().find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+    })
+}
+
+/// Issue 13, items 1, 2, 5 and 6 through real HTTP: an RGB JPEG gets the tiny random
+/// BiRefNet (a `matte` stage in the timings and metrics); a deadline too short for the
+/// profile (`serve --deadline-ms` on the competition route, or `X-Deadline-Ms`) degrades
+/// the run and still answers 200 with `X-Degraded`; no deadline, or a long one, is not
+/// degraded; a deadline already past is a 503; `/generate_video/` takes images.
+#[test]
+fn rgb_pictures_get_the_matte_and_short_deadlines_degrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = make_tiny_trellis(dir.path());
+    let jpeg = disc_jpeg();
+    // 250 ms: far less than a tiny run in a debug build (the warm-up's times × 1.5), so
+    // every step of the ladder is taken; the job itself starts within milliseconds.
+    let server = start_with(&models, &["--deadline-ms", "250"]);
+    let addr = server.addr;
+    wait_healthy(addr);
+    let competition = |headers: &[(&str, &str)]| {
+        let (content_type, body) = multipart(&[
+            ("prompt_image_file", Some("prompt.jpg"), &jpeg),
+            ("seed", None, b"4"),
+        ]);
+        post_with_headers(addr, "/generate", &content_type, headers, &body)
+    };
+    let ok = |r: &Response| {
+        assert_eq!(
+            r.status,
+            200,
+            "{}\n{}",
+            r.head,
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(r.body.starts_with(b"ply\n"));
+        let timings = header(r, "x-stage-timings").unwrap();
+        assert!(
+            timings.starts_with("queue=") && timings.contains(",matte="),
+            "{timings}"
+        );
+    };
+
+    // A long deadline fits the profile: not degraded.
+    let roomy = competition(&[("X-Deadline-Ms", "600000")]);
+    ok(&roomy);
+    assert_eq!(header(&roomy, "x-degraded"), None, "{}", roomy.head);
+    // The server's default deadline: fewer steps, then the lite matte, then the threshold.
+    let hurried = competition(&[]);
+    ok(&hurried);
+    assert_eq!(
+        header(&hurried, "x-degraded"),
+        Some("trellis_steps=2+2->1+1, matte=birefnet->threshold"),
+        "{}",
+        hurried.head
+    );
+    // The three-gen route takes no default deadline; a header there applies.
+    let (content_type, body) = multipart_image(&jpeg);
+    let plain = post(addr, &content_type, &body);
+    ok(&plain);
+    assert_eq!(header(&plain, "x-degraded"), None, "{}", plain.head);
+    let short = post_with_headers(
+        addr,
+        "/generate/",
+        &content_type,
+        &[("X-Deadline-Ms", "250")],
+        &body,
+    );
+    ok(&short);
+    assert!(header(&short, "x-degraded").is_some(), "{}", short.head);
+
+    // Past already, or not a number: a JSON error, and the server goes on.
+    for (value, status, kind) in [
+        ("0", 503, "deadline_exceeded"),
+        ("soon", 400, "bad_request"),
+        ("-5", 400, "bad_request"),
+    ] {
+        let r = competition(&[("X-Deadline-Ms", value)]);
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(r.status, status, "{value}: {body}");
+        assert_eq!(body["kind"], kind, "{value}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("eadline"),
+            "{body}"
+        );
+    }
+
+    // A turntable of an image request (item 6).
+    let (content_type, body) = multipart(&[
+        ("image", Some("disc.jpg"), &jpeg),
+        ("frames", None, b"2"),
+        ("video_res", None, b"32"),
+        ("video_format", None, b"gif"),
+    ]);
+    let video = post_to(addr, "/generate_video/", &content_type, &body);
+    assert_eq!(
+        video.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&video.body)
+    );
+    assert!(video.body.starts_with(b"GIF8"), "{}", video.head);
+    assert_eq!(header(&video, "x-video-frames"), Some("2"));
+    assert!(header(&video, "x-stage-timings")
+        .unwrap()
+        .contains("matte="));
+
+    let metrics = String::from_utf8_lossy(&get(addr, "/metrics").body).into_owned();
+    for line in [
+        "splatforge_degraded_total{change=\"trellis_steps\"} 2",
+        "splatforge_degraded_total{change=\"matte\"} 2",
+        "splatforge_stage_duration_seconds_count{stage=\"matte\"} 5",
+        "splatforge_http_requests_total{endpoint=\"/generate\",outcome=\"deadline_exceeded\"} 1",
+        "splatforge_http_requests_total{endpoint=\"/generate_video/\",outcome=\"ok\"} 1",
+    ] {
+        assert!(metrics.contains(line), "no {line} in\n{metrics}");
+    }
     drop(server);
 }

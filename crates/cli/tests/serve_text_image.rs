@@ -12,7 +12,7 @@ use std::time::Duration;
 use splatforge_splat::read_splat_bytes;
 
 mod common;
-use common::{get, post, wait_healthy, Server};
+use common::{get, post, post_with_headers, wait_healthy, Server};
 
 fn start(flux: &Path, trellis: &Path) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_splatforge"))
@@ -117,6 +117,31 @@ fn a_text_prompt_through_tiny_flux_and_trellis_behind_the_real_service() {
     let again = post(addr, "application/json", json.as_bytes());
     assert_eq!(again.status, 200);
     assert_eq!(again.body, r.body, "same seed, same bytes");
+
+    // A deadline far too short for the profile: every step of the ladder, FLUX's included,
+    // and still an answer (item 5); the matte ran in its own stage before.
+    assert!(r.head.contains("matte="), "{}", r.head);
+    let hurried = post_with_headers(
+        addr,
+        "/generate/",
+        "application/json",
+        &[("X-Deadline-Ms", "200")],
+        json.as_bytes(),
+    );
+    assert_eq!(
+        hurried.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&hurried.body)
+    );
+    assert!(
+        hurried.head.to_ascii_lowercase().contains(
+            "x-degraded: trellis_steps=2+2->1+1, matte=birefnet->threshold, flux_steps=2->1"
+        ),
+        "{}",
+        hurried.head
+    );
+    assert!(hurried.body.starts_with(b"ply\n"));
 
     // An empty prompt is the client's fault; the worker goes on.
     let r = post(addr, "application/json", br#"{"prompt": ""}"#);

@@ -75,9 +75,35 @@ impl Matte {
     /// [`Matte::load`] with another network input side (a multiple of 32; tiny test models
     /// use [`BiRefNetConfig::tiny`]'s).
     pub fn load_sized(spec: &str, size: usize, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_with(spec, |_| size, dtype, device)
+    }
+
+    /// [`Matte::load`] at the input side the weights were made for: the published 1024² for
+    /// a published backbone (Swin-T's 96 channels or wider), [`BiRefNetConfig::tiny`]'s for
+    /// the narrower random test models (`splatforge models make-random --family birefnet
+    /// --size tiny`), which would spend seconds on the CPU at 1024².
+    pub fn load_native(spec: &str, dtype: DType, device: &Device) -> Result<Self> {
+        let native = |backbone: &SwinConfig| {
+            if backbone.embed_dim < SwinConfig::swin_v1_t().embed_dim {
+                BiRefNetConfig::tiny().size
+            } else {
+                BiRefNetConfig::birefnet().size
+            }
+        };
+        Self::load_with(spec, native, dtype, device)
+    }
+
+    /// Loads `spec` at the input side `size` picks for the weights' backbone.
+    fn load_with(
+        spec: &str,
+        size: impl Fn(&SwinConfig) -> usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let path = loading::resolve(spec, &HubConfig::from_env())?;
         let checkpoint = Checkpoint::open(&path)?;
-        let config = checkpoint.config(size)?;
+        let backbone = checkpoint.config(BiRefNetConfig::birefnet().size)?.backbone;
+        let config = checkpoint.config(size(&backbone))?;
         let model = BiRefNet::load(&config, checkpoint.var_builder(dtype, device)).map_err(
             |e| match e {
                 MatteError::Candle(e) => bad_file(&path, e),

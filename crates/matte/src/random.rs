@@ -50,3 +50,34 @@ pub fn write_random_birefnet(
     save_random(&recipes, dtype, path)?;
     Ok(recipes.len())
 }
+
+/// The tensor of the matte's last convolution (`decoder.conv_out1`), whose output goes
+/// through the sigmoid.
+const OUTPUT_CONV_WEIGHT: &str = "decoder.conv_out1.0.weight";
+
+/// How much [`write_random_birefnet_with_contrast`] scales the output convolution: enough
+/// that the tiny model's logits spread over about ±10, so the matte holds both clear
+/// foreground (> 0.8, what TRELLIS' crop keeps) and clear background.
+pub const RANDOM_MATTE_CONTRAST: f32 = 16.0;
+
+/// [`write_random_birefnet`] with the output convolution's weights multiplied by `gain`. An
+/// untrained BiRefNet's matte sits near 0.5 everywhere (0.35–0.7 for the tiny model), in
+/// which TRELLIS' crop finds no object (no pixel above 0.8); with the gain the random
+/// matte is decisive, as a trained one is, so the image pipeline runs end to end on random
+/// weights. Timing is unaffected (the values, not the shapes, change).
+pub fn write_random_birefnet_with_contrast(
+    config: &BiRefNetConfig,
+    seed: u64,
+    dtype: DType,
+    path: &Path,
+    gain: f32,
+) -> Result<usize> {
+    let mut recipes = state_dict_tensors(config, seed)?;
+    let out = recipes.get_mut(OUTPUT_CONV_WEIGHT).ok_or_else(|| {
+        crate::MatteError::Config(format!("no `{OUTPUT_CONV_WEIGHT}` in the model"))
+    })?;
+    let values = out.values().into_iter().map(|v| v * gain).collect();
+    *out = RandomTensor::given(out.dims(), values)?;
+    save_random(&recipes, dtype, path)?;
+    Ok(recipes.len())
+}

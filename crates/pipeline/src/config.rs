@@ -20,8 +20,8 @@
 //! request has none), `pipeline` (`mvdream`, the default: text → views →
 //! fit, the sections `diffusion` to `sds` below; `trellis`: image → 3D with
 //! TRELLIS, the `trellis:` section; `flux-trellis`: text → FLUX.1-schnell
-//! image → plain-background matte → TRELLIS, the `flux:` and `trellis:`
-//! sections; `output:` applies to all).
+//! image → matte → TRELLIS, the `flux:` and `trellis:`
+//! sections; both TRELLIS pipelines read `matte:`; `output:` applies to all).
 //!
 //! `flux:` (FLUX.1-schnell text → image, `splatforge_diffusion::flux`; read by
 //! `pipeline: flux-trellis` only)
@@ -45,6 +45,17 @@
 //! | `slat_steps` | null | stage-2 (structured latent) sampler steps |
 //! | `slat_cfg` | null | stage-2 guidance strength |
 //! | `precision` | fp16 | the transformers' and convolutions' precision on a GPU (the official `use_fp16`); the CPU uses fp32 |
+//!
+//! `matte:` (background removal before TRELLIS, for pictures without a real alpha:
+//! an image whose alpha has a pixel that is not opaque keeps it; read by `pipeline:
+//! trellis` and `flux-trellis`)
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `method` | birefnet | `birefnet`: BiRefNet (Swin-L, `ZhengPeng7/BiRefNet`); `birefnet-lite`: BiRefNet_lite (Swin-T); `threshold`: no network, the plain-background threshold (the border's median colour is background) |
+//! | `weights` | null | where the network's weights are (a `.safetensors`/`.pth` file, a folder with `model.safetensors`, or `hf:ORG/NAME`); null: `birefnet/` (or `birefnet_lite/`) inside the TRELLIS folder, else `hf:ZhengPeng7/BiRefNet` (or `_lite`); `--matte` overrides it |
+//! | `precision` | bf16 | the network's precision on a GPU; the CPU uses fp32 |
+//! | `fallback` | null | `birefnet-lite`: also load the lite network, which a request's deadline may switch to before the threshold; read with `method: birefnet` only |
+//! | `fallback_weights` | null | the lite network's weights; null: `birefnet_lite/` inside the TRELLIS folder, else `hf:ZhengPeng7/BiRefNet_lite` |
 //!
 //! `diffusion:` (MVDream text → views)
 //! | key | default | meaning |
@@ -434,6 +445,52 @@ impl Default for TrellisConfig {
     }
 }
 
+/// How `matte:` finds the foreground of a picture without a real alpha.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MatteMethod {
+    /// BiRefNet with the Swin-L backbone (`ZhengPeng7/BiRefNet`).
+    #[default]
+    Birefnet,
+    /// BiRefNet_lite, the Swin-T backbone (`ZhengPeng7/BiRefNet_lite`): the fast one.
+    BirefnetLite,
+    /// No network: the plain-background threshold.
+    Threshold,
+}
+
+impl MatteMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            MatteMethod::Birefnet => "birefnet",
+            MatteMethod::BirefnetLite => "birefnet-lite",
+            MatteMethod::Threshold => "threshold",
+        }
+    }
+}
+
+/// `matte:` (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatteConfig {
+    pub method: MatteMethod,
+    pub weights: Option<String>,
+    pub precision: Precision,
+    pub fallback: Option<MatteMethod>,
+    pub fallback_weights: Option<String>,
+}
+
+impl Default for MatteConfig {
+    fn default() -> Self {
+        MatteConfig {
+            method: MatteMethod::Birefnet,
+            weights: None,
+            precision: Precision::Bf16,
+            fallback: None,
+            fallback_weights: None,
+        }
+    }
+}
+
 /// The sections only the MVDream pipeline reads (left out of a TRELLIS
 /// profile's [`PipelineConfig::to_yaml`]).
 const MVDREAM_SECTIONS: &[&str] = &["diffusion", "alpha", "init", "fit", "sds"];
@@ -441,6 +498,10 @@ const MVDREAM_SECTIONS: &[&str] = &["diffusion", "alpha", "init", "fit", "sds"];
 /// The section only `pipeline: flux-trellis` reads (left out of other profiles'
 /// [`PipelineConfig::to_yaml`]).
 const FLUX_SECTION: &str = "flux";
+
+/// The sections only the TRELLIS pipelines read (left out of MVDream profiles'
+/// [`PipelineConfig::to_yaml`]).
+const TRELLIS_SECTIONS: &[&str] = &["trellis", "matte"];
 
 /// The whole configuration (see the module docs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -455,6 +516,7 @@ pub struct PipelineConfig {
     pub fit: FitConfig,
     pub sds: SdsConfig,
     pub trellis: TrellisConfig,
+    pub matte: MatteConfig,
     pub flux: FluxConfig,
     pub output: OutputConfig,
 }
@@ -474,6 +536,7 @@ impl Default for PipelineConfig {
             },
             sds: SdsConfig::default(),
             trellis: TrellisConfig::default(),
+            matte: MatteConfig::default(),
             flux: FluxConfig::default(),
             output: OutputConfig::default(),
         }
@@ -647,6 +710,7 @@ const SECTIONS: &[&str] = &[
     "fit",
     "sds",
     "trellis",
+    "matte",
     "flux",
     "output",
 ];
@@ -675,6 +739,7 @@ fn check_sections(value: &Value) -> Result<(), ConfigError> {
                 "fit" => section_check::<FitConfig>(v),
                 "sds" => section_check::<SdsConfig>(v),
                 "trellis" => section_check::<TrellisConfig>(v),
+                "matte" => section_check::<MatteConfig>(v),
                 "flux" => section_check::<FluxConfig>(v),
                 _ => section_check::<OutputConfig>(v),
             };
@@ -723,10 +788,13 @@ impl PipelineConfig {
     pub fn to_yaml(&self) -> String {
         let mut value = serde_yaml_ng::to_value(self).expect("config serialises");
         if let Value::Mapping(m) = &mut value {
-            if self.pipeline.runs_trellis() {
-                for section in MVDREAM_SECTIONS {
-                    m.remove(*section);
-                }
+            let hidden = if self.pipeline.runs_trellis() {
+                MVDREAM_SECTIONS
+            } else {
+                TRELLIS_SECTIONS
+            };
+            for section in hidden {
+                m.remove(*section);
             }
             if self.pipeline != PipelineKind::FluxTrellis {
                 m.remove(FLUX_SECTION);
@@ -754,6 +822,16 @@ impl PipelineConfig {
             if let Some(c) = cfg.filter(|c| !(c.is_finite() && *c >= 0.0)) {
                 return bad(key, format!("must be finite and ≥ 0, got {c}"));
             }
+        }
+        let m = &self.matte;
+        if let Some(fallback) = m.fallback.filter(|f| *f != MatteMethod::BirefnetLite) {
+            return bad(
+                "matte.fallback",
+                format!(
+                    "only birefnet-lite (or null) is a fallback, got {}",
+                    fallback.name()
+                ),
+            );
         }
         let f = &self.flux;
         if !(1..=100).contains(&f.steps) {
@@ -1080,6 +1158,41 @@ mod tests {
             .unwrap_err()
             .0;
         assert!(e.contains("nosuch"), "{e}");
+    }
+
+    #[test]
+    fn image_profiles_choose_their_matte_and_bad_matte_keys_are_named() {
+        let matte = |name| PipelineConfig::profile(name).unwrap().matte;
+        let quality = matte("image-quality");
+        assert_eq!(
+            (quality.method, quality.fallback, quality.precision),
+            (
+                MatteMethod::Birefnet,
+                Some(MatteMethod::BirefnetLite),
+                Precision::Bf16
+            )
+        );
+        assert_eq!(matte("image-speed").method, MatteMethod::BirefnetLite);
+        assert_eq!(matte("image-development").precision, Precision::F32);
+        assert_eq!(matte("text-image-quality").method, MatteMethod::Birefnet);
+        let yaml = PipelineConfig::profile("image-speed").unwrap().to_yaml();
+        assert!(yaml.contains("method: birefnet-lite"), "{yaml}");
+        let mvdream = PipelineConfig::profile("speed").unwrap().to_yaml();
+        assert!(!mvdream.contains("matte:"), "{mvdream}");
+        let e = sources(Some("image-quality"), &["matte.fallback=threshold"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("matte.fallback"), "{e}");
+        let e = sources(Some("image-speed"), &["matte.method=rembg"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("matte") && e.contains("rembg"), "{e}");
+        let (_, c) = sources(Some("image-quality"), &["matte.method=threshold"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.matte.method, MatteMethod::Threshold);
     }
 
     #[test]

@@ -284,6 +284,44 @@ fn parse_request(
     ))
 }
 
+/// The request header that carries a time budget: whole milliseconds from the request's
+/// arrival until the client needs the answer.
+pub(crate) const DEADLINE_HEADER: &str = "x-deadline-ms";
+
+/// The request's time budget: `X-Deadline-Ms`, else the server's default for the
+/// competition route; `None` without either.
+fn time_budget(
+    headers: &HeaderMap,
+    route: Route,
+    config: &ServerConfig,
+) -> Result<Option<Duration>, ApiError> {
+    let Some(value) = headers.get(DEADLINE_HEADER) else {
+        return Ok(config
+            .default_deadline
+            .filter(|_| route == Route::Competition));
+    };
+    let text = value.to_str().unwrap_or("").trim();
+    text.parse::<u64>()
+        .map(|ms| Some(Duration::from_millis(ms)))
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "X-Deadline-Ms must be a whole number of milliseconds, got '{}'",
+                String::from_utf8_lossy(value.as_bytes())
+            ))
+        })
+}
+
+fn deadline_exceeded(budget: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "deadline_exceeded",
+        format!(
+            "the request's deadline ({} ms after its arrival) passed before generation could start",
+            budget.as_millis()
+        ),
+    )
+}
+
 async fn handle_generation(
     app: Arc<App>,
     route: Route,
@@ -292,6 +330,11 @@ async fn handle_generation(
 ) -> Response {
     let mut tracker = Tracker::new(&app, route.endpoint());
     let config = &app.config;
+    let budget = match time_budget(&headers, route, config) {
+        Ok(b) => b,
+        Err(e) => return tracker.fail(e),
+    };
+    let deadline = budget.map(|b| tracker.started + b);
     let parsed = match form::read_form(
         &headers,
         body,
@@ -307,6 +350,11 @@ async fn handle_generation(
         Ok(p) => p,
         Err(e) => return tracker.fail(e),
     };
+    if let (Some(budget), Some(deadline)) = (budget, deadline) {
+        if Instant::now() >= deadline {
+            return tracker.fail(deadline_exceeded(budget));
+        }
+    }
     let token = app.pool.root.child();
     let (reply, receiver) = oneshot::channel();
     let job = Job {
@@ -315,6 +363,7 @@ async fn handle_generation(
         output,
         cancel: token.clone(),
         enqueued: Instant::now(),
+        deadline,
         reply,
     };
     let rejection = match app.pool.submit(job) {
@@ -402,6 +451,7 @@ async fn handle_generation(
                     "panicked",
                     format!("generation panicked: {m}"),
                 ),
+                JobFailure::DeadlineExceeded => deadline_exceeded(budget.unwrap_or_default()),
             };
             return tracker.fail(e);
         }
@@ -458,6 +508,15 @@ fn success_response(out: JobOutput, spec: OutputSpec, total: Duration) -> Respon
     set("server-timing", server_timing);
     set("x-gaussian-count", out.gaussians.to_string());
     set("x-device", out.device.to_string());
+    if !out.degradations.is_empty() {
+        let degraded = out
+            .degradations
+            .iter()
+            .map(|d| format!("{}={}", d.change, d.detail))
+            .collect::<Vec<_>>()
+            .join(", ");
+        set("x-degraded", degraded);
+    }
     match spec {
         OutputSpec::Splat { format, encoding } => {
             set(

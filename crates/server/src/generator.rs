@@ -9,7 +9,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use splatforge_cuda::DeviceMemory;
 use splatforge_splat::Gaussians;
@@ -40,6 +40,23 @@ pub struct Generation {
     /// Names should be short identifiers (`[A-Za-z0-9_-]`); others are
     /// sanitised in headers and metrics.
     pub stage_timings: Vec<(String, Duration)>,
+}
+
+/// One change a generator made to answer by a request's deadline: `change` is a short
+/// identifier (the `splatforge_degraded_total{change}` label, e.g. `trellis_steps`),
+/// `detail` what it became (e.g. `25+25->12+12`); both go into `X-Degraded`, so they are
+/// visible ASCII without `,` or `;`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Degradation {
+    pub change: &'static str,
+    pub detail: String,
+}
+
+/// A generation made for a deadline, with what was given up to meet it (empty: nothing).
+#[derive(Debug, Clone)]
+pub struct BudgetedGeneration {
+    pub generation: Generation,
+    pub degradations: Vec<Degradation>,
 }
 
 /// Why a generation did not produce a result.
@@ -74,6 +91,22 @@ pub trait Generator: Send + Sync + 'static {
         cancel: &CancelToken,
     ) -> Result<Generation, GenerationError>;
 
+    /// [`Generator::generate`] for a request that should be answered by `deadline`. A
+    /// generator that can estimate its time may do less (fewer sampler steps, a cheaper
+    /// model) to finish by then, and says what it changed. The default ignores the deadline.
+    fn generate_by(
+        &self,
+        request: &GenerationRequest,
+        deadline: Instant,
+        cancel: &CancelToken,
+    ) -> Result<BudgetedGeneration, GenerationError> {
+        let _ = deadline;
+        Ok(BudgetedGeneration {
+            generation: self.generate(request, cancel)?,
+            degradations: Vec::new(),
+        })
+    }
+
     /// Runs once after construction, before the server reports ready (e.g. a
     /// tiny generation to compile kernels and allocate pools).
     fn warm_up(&self) -> Result<(), GenerationError>;
@@ -97,6 +130,9 @@ macro_rules! delegate_generator {
         impl<G: Generator + ?Sized> Generator for $pointer<G> {
             fn generate(&self, request: &GenerationRequest, cancel: &CancelToken) -> Result<Generation, GenerationError> {
                 (**self).generate(request, cancel)
+            }
+            fn generate_by(&self, request: &GenerationRequest, deadline: Instant, cancel: &CancelToken) -> Result<BudgetedGeneration, GenerationError> {
+                (**self).generate_by(request, deadline, cancel)
             }
             fn warm_up(&self) -> Result<(), GenerationError> {
                 (**self).warm_up()

@@ -55,8 +55,8 @@ use connections::{serve_connections, ConnectionLimits};
 pub use extension::{ExtensionHealth, ServiceExtension};
 use generate::{endpoint_of, generate, generate_bare, generate_video};
 pub use generator::{
-    CancelToken, DeviceMemory, Generation, GenerationError, GenerationRequest, Generator,
-    GeneratorFactory,
+    BudgetedGeneration, CancelToken, Degradation, DeviceMemory, Generation, GenerationError,
+    GenerationRequest, Generator, GeneratorFactory,
 };
 use metrics::{BuildLabels, DeviceLabels, EndpointLabels, Metrics};
 pub use output::{Encoding, OutputSpec, SplatFormat, VideoFormat};
@@ -116,6 +116,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// What `/generate/` and `/generate_video/` take: text prompts (the default) or images.
     pub input: RequestInput,
+    /// The time budget of a competition request (`POST /generate` on an image server)
+    /// without an `X-Deadline-Ms` header (None: no deadline).
+    pub default_deadline: Option<Duration>,
 }
 
 /// What the served generator turns into 3D.
@@ -164,6 +167,7 @@ impl Default for ServerConfig {
             body_read_timeout: Duration::from_secs(30),
             max_connections: 256,
             input: RequestInput::Text,
+            default_deadline: None,
         }
     }
 }
@@ -200,6 +204,9 @@ impl ServerConfig {
         }
         if self.max_connections == 0 {
             return bad("at least one connection must be allowed");
+        }
+        if self.default_deadline.is_some_and(|d| d.is_zero()) {
+            return bad("the default deadline must be positive");
         }
         Ok(())
     }

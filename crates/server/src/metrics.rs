@@ -25,6 +25,10 @@
 //!   `splatforge_jobs_running` (by device), `splatforge_queue_wait_seconds`,
 //!   `splatforge_generation_duration_seconds` (by device),
 //!   `splatforge_stage_duration_seconds{stage}`.
+//! - `splatforge_degraded_total{change}`: changes generators made to meet a request's
+//!   deadline (`X-Deadline-Ms`), one per change and request (e.g. `trellis_steps`,
+//!   `matte`, `flux_steps`); `splatforge_jobs_total{outcome="deadline_exceeded"}` counts
+//!   jobs whose deadline had passed before they could start.
 //! - `splatforge_device_memory_bytes` and `splatforge_device_memory_total_bytes`
 //!   (by device, when the generator can tell), `splatforge_ready`,
 //!   `splatforge_build_info{version, git, generator}` (always 1).
@@ -75,6 +79,11 @@ pub struct StageLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DegradationLabels {
+    pub change: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
     pub git: &'static str,
@@ -103,6 +112,7 @@ pub struct Metrics {
     pub queue_wait: Histograms<DeviceLabels>,
     pub generation: Histograms<DeviceLabels>,
     pub stage: Histograms<StageLabels>,
+    pub degraded: Family<DegradationLabels, Counter>,
     pub queue_depth: Family<DeviceLabels, Gauge>,
     pub queue_capacity: Family<DeviceLabels, Gauge>,
     pub jobs_running: Family<DeviceLabels, Gauge>,
@@ -131,6 +141,7 @@ impl Metrics {
             queue_wait: histograms(),
             generation: histograms(),
             stage: histograms(),
+            degraded: Family::default(),
             queue_depth: Family::default(),
             queue_capacity: Family::default(),
             jobs_running: Family::default(),
@@ -184,6 +195,11 @@ impl Metrics {
             "splatforge_stage_duration_seconds",
             "Wall time of each stage (the generator's stages, queue, encode, render), by stage",
             m.stage.clone(),
+        );
+        r.register(
+            "splatforge_degraded",
+            "Changes a generator made to meet a request's deadline, by change",
+            m.degraded.clone(),
         );
         r.register(
             "splatforge_queue_depth",

@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 use crate::generator::{
-    CancelToken, GenerationError, GenerationRequest, Generator, GeneratorFactory,
+    BudgetedGeneration, CancelToken, Degradation, GenerationError, GenerationRequest, Generator,
+    GeneratorFactory,
 };
-use crate::metrics::{DeviceLabels, Metrics, StageLabels};
+use crate::metrics::{DegradationLabels, DeviceLabels, Metrics, StageLabels};
 use crate::output::{self, Encoded, OutputSpec};
 
 /// One unit of work: a request, what to produce, its token and reply slot.
@@ -31,6 +32,9 @@ pub(crate) struct Job {
     pub output: OutputSpec,
     pub cancel: CancelToken,
     pub enqueued: Instant,
+    /// When the client needs the answer (`X-Deadline-Ms`): the generator may degrade to
+    /// meet it, and a job still queued then is not started.
+    pub deadline: Option<Instant>,
     pub reply: oneshot::Sender<JobResult>,
 }
 
@@ -42,6 +46,8 @@ pub(crate) struct JobOutput {
     pub timings: Vec<(String, Duration)>,
     pub gaussians: usize,
     pub device: u32,
+    /// What the generator gave up to meet the deadline.
+    pub degradations: Vec<Degradation>,
 }
 
 #[derive(Debug)]
@@ -51,6 +57,8 @@ pub(crate) enum JobFailure {
     BadInput(String),
     Failed(String),
     Panicked(String),
+    /// The deadline passed while the job waited in the queue.
+    DeadlineExceeded,
 }
 
 pub(crate) type JobResult = Result<JobOutput, JobFailure>;
@@ -133,10 +141,11 @@ impl Device {
     }
 
     /// Pushes unless full or closed; gives the job back otherwise.
-    fn try_push(&self, job: Job) -> Result<(), Job> {
+    /// (Boxed: a job is too large to move back through every `Result` by value.)
+    fn try_push(&self, job: Job) -> Result<(), Box<Job>> {
         let mut q = self.lock_queue();
         if q.closed || q.jobs.len() >= self.capacity {
-            return Err(job);
+            return Err(Box::new(job));
         }
         q.jobs.push_back(job);
         drop(q);
@@ -328,7 +337,7 @@ impl Pool {
                         id,
                     })
                 }
-                Err(j) => job = j,
+                Err(j) => job = *j,
             }
         }
         let retry_after_secs = order
@@ -440,6 +449,11 @@ fn worker_loop(pool: Arc<Pool>, device: Arc<Device>) {
             let _ = job.reply.send(Err(JobFailure::Cancelled));
             continue;
         }
+        if job.deadline.is_some_and(|d| Instant::now() >= d) {
+            metrics.count_job(device.id, "deadline_exceeded");
+            let _ = job.reply.send(Err(JobFailure::DeadlineExceeded));
+            continue;
+        }
         device.running.fetch_add(1, Ordering::AcqRel);
         metrics
             .queue_wait
@@ -448,13 +462,24 @@ fn worker_loop(pool: Arc<Pool>, device: Arc<Device>) {
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| {
             let t = Instant::now();
-            let generation = generator.generate(&job.request, &job.cancel);
+            let generation = match job.deadline {
+                Some(deadline) => generator.generate_by(&job.request, deadline, &job.cancel),
+                None => generator
+                    .generate(&job.request, &job.cancel)
+                    .map(|generation| BudgetedGeneration {
+                        generation,
+                        degradations: Vec::new(),
+                    }),
+            };
             let generate_time = t.elapsed();
             metrics
                 .generation
                 .get_or_create(&dev)
                 .observe(generate_time.as_secs_f64());
-            let generation = generation?;
+            let BudgetedGeneration {
+                generation,
+                degradations,
+            } = generation?;
             job.cancel.check()?;
             let mut timings = vec![("queue".to_string(), waited)];
             timings.extend(generation.stage_timings.iter().cloned());
@@ -465,6 +490,7 @@ fn worker_loop(pool: Arc<Pool>, device: Arc<Device>) {
                 encoded,
                 timings,
                 device: device.id,
+                degradations,
             })
         }));
         let (outcome, reply) = match result {
@@ -474,6 +500,12 @@ fn worker_loop(pool: Arc<Pool>, device: Arc<Device>) {
                         stage: crate::generate::sanitize_stage(stage),
                     };
                     metrics.stage.get_or_create(&stage).observe(d.as_secs_f64());
+                }
+                for d in &out.degradations {
+                    metrics
+                        .degraded
+                        .get_or_create(&DegradationLabels { change: d.change })
+                        .inc();
                 }
                 ("ok", Ok(out))
             }

@@ -20,6 +20,9 @@ pub enum TrellisError {
     /// A progress callback asked a sampling loop to stop.
     #[error("cancelled")]
     Cancelled,
+    /// The background-removal network failed (loading or running).
+    #[error("matte: {0}")]
+    Matte(#[from] splatforge_matte::MatteError),
     /// An error from candle (tensor ops, weight shapes).
     #[error("tensor: {0}")]
     Candle(#[from] candle_core::Error),

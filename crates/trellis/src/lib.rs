@@ -9,6 +9,7 @@
 //! | [`blocks`] | the shared transformer parts: attention with QK RMSNorm, MLP, adaLN-modulated blocks, timestep and position embedders |
 //! | [`config`] | `pipeline.json` (with the TRELLIS-image-large preset), the `ckpts/<name>.json` + `.safetensors` checkpoints, local or Hugging Face sources |
 //! | [`dinov2`] | DINOv2 ViT-L/14 with registers (torch-hub and Hugging Face weights), TRELLIS' image tokens |
+//! | [`foreground`] | the `matte` stage: the image's alpha, else BiRefNet's or the plain-background threshold's |
 //! | [`preprocess`] | image decoding with limits, TRELLIS' crop / 518² Lanczos / premultiply (Pillow-exact), DINOv2 input |
 //! | [`sampler`] | flow-Euler sampling with classifier-free guidance inside an interval, rescaled time |
 //! | [`ss_flow`] | stage 1: `SparseStructureFlowModel` |
@@ -44,7 +45,8 @@
 //! let pipe = TrellisImageTo3d::load(dir, &dinov2, candle_core::DType::F32, &device)?;
 //! let image = splatforge_trellis::preprocess::decode_image(&std::fs::read("ghost_rgba.png")?)?;
 //! let request = TrellisRequest { seed: 42, ..Default::default() };
-//! let out = pipe.run(&image, &request, |_| std::ops::ControlFlow::Continue(()))?;
+//! let matte = splatforge_trellis::foreground::ForegroundMatte::Threshold;
+//! let out = pipe.run(&image, &request, &matte, |_| std::ops::ControlFlow::Continue(()))?;
 //! for (stage, t) in &out.timings {
 //!     println!("{stage:16} {:8.1} ms", t.as_secs_f64() * 1e3);
 //! }
@@ -55,6 +57,7 @@ pub mod blocks;
 pub mod config;
 pub mod dinov2;
 pub mod error;
+pub mod foreground;
 pub mod gaussians;
 pub mod gs_decoder;
 pub mod pipeline;

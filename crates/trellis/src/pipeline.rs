@@ -22,8 +22,8 @@
 //!   the same order: the stage-1 noise is its first values, the stage-2 noise continues it
 //!   ([`slat_noise_seed`]). The same seed gives the same splat on every device here; a
 //!   parity run against the official code must hand it this noise.
-//! * Opaque pictures: TRELLIS runs `rembg`; we take a plain-background matte
-//!   ([`crate::stage1::prepare`]).
+//! * Opaque pictures: TRELLIS runs `rembg`; we run the caller's [`ForegroundMatte`]
+//!   (BiRefNet, or the plain-background threshold) in a stage of its own, `matte`.
 //! * One sample per run (`num_samples = 1`); no mesh or radiance-field decoders.
 //! * An empty structure (no voxel with `logits > 0`) is an error here
 //!   ([`TrellisError::EmptyStructure`]); the official code fails later, inside the decoder.
@@ -41,21 +41,26 @@ use splatforge_splat::Gaussians;
 
 use crate::config::{bad_file, checkpoint_weights, write_checkpoint, Checkpoint, PipelineConfig};
 use crate::dinov2::{Dinov2Config, DINOV2_HUB_CHECKPOINT};
+use crate::foreground::{AlphaSource, ForegroundMatte, BIREFNET_FOLDER, BIREFNET_LITE_FOLDER};
 use crate::gs_decoder::{self, GaussianDecoder, GaussianDecoderConfig};
-use crate::preprocess::on_black;
+use crate::preprocess::{cutout, on_black};
 use crate::sampler::SamplerParams;
 use crate::slat_flow::{self, denormalize_slat, SLatFlowConfig, SLatFlowModel, SlatVelocity};
 use crate::sparse::SparseTensor;
 use crate::ss_decoder::SparseStructureDecoderConfig;
 use crate::ss_flow::SparseStructureFlowConfig;
-use crate::stage1::{prepare_cutout, stage1_configs, write_random_stage1, ModelSize, Stage1};
+use crate::stage1::{stage1_configs, write_random_stage1, ModelSize, Stage1};
 use crate::{Result, TrellisError};
+use splatforge_matte::random::{write_random_birefnet_with_contrast, RANDOM_MATTE_CONTRAST};
+use splatforge_matte::BiRefNetConfig;
 
 /// The stages of one run, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TrellisStage {
-    /// `preprocess_image`: matte, crop, 518² Lanczos (CPU).
+    /// The object's alpha: the image's own, else the matte network's or the threshold's.
+    Matte,
+    /// `preprocess_image`: crop, 518² Lanczos (CPU).
     Preprocess,
     /// `get_cond`: DINOv2 tokens.
     Dinov2,
@@ -70,7 +75,8 @@ pub enum TrellisStage {
 }
 
 impl TrellisStage {
-    pub const ALL: [TrellisStage; 6] = [
+    pub const ALL: [TrellisStage; 7] = [
+        TrellisStage::Matte,
         TrellisStage::Preprocess,
         TrellisStage::Dinov2,
         TrellisStage::SparseStructure,
@@ -82,6 +88,7 @@ impl TrellisStage {
     /// A short identifier (`[a-z_0-9]`), as in timings and metrics.
     pub fn name(self) -> &'static str {
         match self {
+            TrellisStage::Matte => "matte",
             TrellisStage::Preprocess => "preprocess",
             TrellisStage::Dinov2 => "dinov2",
             TrellisStage::SparseStructure => "sparse_structure",
@@ -156,6 +163,8 @@ pub struct TrellisOutput {
     pub gaussians: Gaussians,
     /// The 518² RGBA cut-out the conditioning saw (before its colour went on black).
     pub cutout: RgbaImage,
+    /// Where the alpha came from.
+    pub alpha_source: AlphaSource,
     /// Occupied voxels of the sparse structure.
     pub voxels: usize,
     /// The sampler parameters each stage ran with.
@@ -336,13 +345,14 @@ impl TrellisImageTo3d {
         )
     }
 
-    /// `run(image, seed, …)` for Gaussians (see the module docs). `progress` hears of each
-    /// stage's start, sampler steps and end; `Break` stops the run with
-    /// [`TrellisError::Cancelled`].
+    /// `run(image, seed, …)` for Gaussians (see the module docs); an opaque `image` gets
+    /// `matte`'s alpha. `progress` hears of each stage's start, sampler steps and end;
+    /// `Break` stops the run with [`TrellisError::Cancelled`].
     pub fn run(
         &self,
         image: &RgbaImage,
         request: &TrellisRequest,
+        matte: &ForegroundMatte,
         progress: impl FnMut(Progress) -> ControlFlow<()>,
     ) -> Result<TrellisOutput> {
         let (ss_params, slat_params) = self.sampler_params(request);
@@ -352,8 +362,13 @@ impl TrellisImageTo3d {
             current: None,
         };
 
+        clock.start(TrellisStage::Matte, 0)?;
+        let (matted, alpha_source) = matte.apply(image)?;
+        clock.finish()?;
+
         clock.start(TrellisStage::Preprocess, 0)?;
-        let cutout = prepare_cutout(image)?;
+        let cutout = cutout(&matted)?;
+        drop(matted);
         let prepared = on_black(&cutout);
         clock.finish()?;
 
@@ -401,6 +416,7 @@ impl TrellisImageTo3d {
         Ok(TrellisOutput {
             gaussians,
             cutout,
+            alpha_source,
             voxels: coords.len(),
             sparse_structure_params: ss_params,
             slat_params,
@@ -483,8 +499,12 @@ pub fn trellis_configs(size: ModelSize) -> TrellisConfigs {
 /// layout: [`write_random_stage1`]'s files (`pipeline.json`, the structure flow and
 /// decoder, DINOv2 as `dinov2_vitl14_reg4_pretrain.safetensors` + its shape in `.json`)
 /// and `ckpts/slat_flow_img_dit_L_64l8p2_fp16.{json,safetensors}`,
-/// `ckpts/slat_dec_gs_swin8_B_64l8gs32_fp16.{json,safetensors}`; checkpoints stored as
-/// `dtype`, DINOv2 as f32. Returns the DINOv2 path ([`dinov2_in_folder`] finds it too).
+/// `ckpts/slat_dec_gs_swin8_B_64l8gs32_fp16.{json,safetensors}`, and the mattes the image
+/// profiles look for in the folder: BiRefNet (Swin-L) in [`BIREFNET_FOLDER`] and
+/// BiRefNet_lite (Swin-T) in [`BIREFNET_LITE_FOLDER`] (both the tiny test model at
+/// [`ModelSize::Tiny`]), the random matte made decisive ([`RANDOM_MATTE_CONTRAST`]);
+/// checkpoints stored as `dtype`, DINOv2 as f32. Returns the DINOv2 path
+/// ([`dinov2_in_folder`] finds it too).
 /// The decoder's `offset_perturbation` buffer is random like every other tensor (the
 /// published one holds Hammersley points).
 pub fn write_random_trellis(
@@ -520,6 +540,24 @@ pub fn write_random_trellis(
         &recorder.recipes(),
         dtype,
     )?;
+    for (folder, published, offset) in [
+        (BIREFNET_FOLDER, BiRefNetConfig::birefnet(), 5),
+        (BIREFNET_LITE_FOLDER, BiRefNetConfig::birefnet_lite(), 6),
+    ] {
+        let config = match size {
+            ModelSize::Full => published,
+            ModelSize::Tiny => BiRefNetConfig::tiny(),
+        };
+        let folder = dir.join(folder);
+        std::fs::create_dir_all(&folder).map_err(|e| bad_file(&folder, e))?;
+        write_random_birefnet_with_contrast(
+            &config,
+            seed.wrapping_add(offset),
+            dtype,
+            &folder.join("model.safetensors"),
+            RANDOM_MATTE_CONTRAST,
+        )?;
+    }
     if !dinov2.is_file() {
         return Err(bad_file(&dinov2, "DINOv2 weights were not written"));
     }
@@ -569,6 +607,8 @@ mod tests {
             "ckpts/slat_flow_img_dit_L_64l8p2_fp16.safetensors",
             "ckpts/slat_dec_gs_swin8_B_64l8gs32_fp16.json",
             "ckpts/slat_dec_gs_swin8_B_64l8gs32_fp16.safetensors",
+            "birefnet/model.safetensors",
+            "birefnet_lite/model.safetensors",
         ] {
             assert!(dir.path().join(f).is_file(), "{f}");
         }
@@ -578,7 +618,7 @@ mod tests {
 
         let mut events = Vec::new();
         let out = pipe
-            .run(&ghost(), &quick(), |p| {
+            .run(&ghost(), &quick(), &ForegroundMatte::Threshold, |p| {
                 events.push(p);
                 ControlFlow::Continue(())
             })
@@ -616,39 +656,53 @@ mod tests {
                 (Slat, 2)
             ]
         );
+        assert_eq!(out.alpha_source, AlphaSource::Image);
         assert!(matches!(
             events.first(),
             Some(Progress::Started {
-                stage: TrellisStage::Preprocess,
+                stage: TrellisStage::Matte,
                 steps: 0
             })
         ));
 
         let again = pipe
-            .run(&ghost(), &quick(), |_| ControlFlow::Continue(()))
+            .run(&ghost(), &quick(), &ForegroundMatte::Threshold, |_| {
+                ControlFlow::Continue(())
+            })
             .unwrap();
         assert_eq!(again.gaussians.means, g.means, "same seed, same splat");
         assert_eq!(again.gaussians.sh_dc, g.sh_dc);
         let other = pipe
-            .run(&ghost(), &TrellisRequest { seed: 4, ..quick() }, |_| {
-                ControlFlow::Continue(())
-            })
+            .run(
+                &ghost(),
+                &TrellisRequest { seed: 4, ..quick() },
+                &ForegroundMatte::Threshold,
+                |_| ControlFlow::Continue(()),
+            )
             .unwrap();
         assert_ne!(other.gaussians.means, g.means, "another seed");
 
         // Stopping in the middle of stage 2 ends the run.
-        let stop = pipe.run(&ghost(), &quick(), |p| match p {
-            Progress::Step {
-                stage: TrellisStage::Slat,
-                ..
-            } => ControlFlow::Break(()),
-            _ => ControlFlow::Continue(()),
-        });
+        let stop = pipe.run(
+            &ghost(),
+            &quick(),
+            &ForegroundMatte::Threshold,
+            |p| match p {
+                Progress::Step {
+                    stage: TrellisStage::Slat,
+                    ..
+                } => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            },
+        );
         assert!(matches!(stop, Err(TrellisError::Cancelled)));
         // A fully transparent picture has no object.
-        let clear = pipe.run(&RgbaImage::new(32, 32), &quick(), |_| {
-            ControlFlow::Continue(())
-        });
+        let clear = pipe.run(
+            &RgbaImage::new(32, 32),
+            &quick(),
+            &ForegroundMatte::Threshold,
+            |_| ControlFlow::Continue(()),
+        );
         assert!(clear.unwrap_err().to_string().contains("transparent"));
     }
 

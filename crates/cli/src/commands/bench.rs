@@ -70,7 +70,7 @@ pub struct Args {
     /// tiny random models.
     #[arg(long)]
     flux: Option<String>,
-    /// The image of the image cases. Default: a synthetic RGBA disc.
+    /// The image of the image cases. Default: a synthetic opaque 1024² disc on white (the matte runs).
     #[arg(long)]
     image: Option<PathBuf>,
     /// The prompt of the text cases.
@@ -491,14 +491,15 @@ fn text_image_case(
     ))
 }
 
-/// A white disc on transparent black, 256²: an object TRELLIS' preprocessing crops to.
+/// A grey disc on white, 1024², opaque: a picture like the ones 404's orchestrator sends
+/// (no alpha), so the image cases time the matte network too.
 fn disc_image() -> RgbaImage {
-    RgbaImage::from_fn(256, 256, |x, y| {
-        let (dx, dy) = (x as f32 - 128.0, y as f32 - 120.0);
-        if dx * dx + dy * dy < 80.0 * 80.0 {
-            Rgba([235, 235, 245, 255])
+    RgbaImage::from_fn(1024, 1024, |x, y| {
+        let (dx, dy) = (x as f32 - 512.0, y as f32 - 480.0);
+        if dx * dx + dy * dy < 320.0 * 320.0 {
+            Rgba([120, 120, 135, 255])
         } else {
-            Rgba([0, 0, 0, 0])
+            Rgba([255, 255, 255, 255])
         }
     })
 }

@@ -1,7 +1,7 @@
 //! Text → 3D through an image (`pipeline: flux-trellis`): FLUX.1-schnell draws the
-//! profile's `flux.prompt_template` around the prompt, the plain-background matte cuts the
-//! object out (TRELLIS' `preprocess` stage on the opaque picture), and the
-//! [`TrellisRunner`] turns it into Gaussians. Behind `generate --prompt` with a
+//! profile's `flux.prompt_template` around the prompt, the profile's matte cuts the object
+//! out (TRELLIS' `matte` stage on the opaque picture), and the [`TrellisRunner`] turns it
+//! into Gaussians. Behind `generate --prompt` with a
 //! flux-trellis profile and `serve` with one.
 //!
 //! Models: FLUX from `--flux` (a diffusers-layout folder, e.g. `flux-schnell-diffusers/`
@@ -18,12 +18,18 @@ use splatforge_diffusion::{
     load_flux, DiffusionError, FluxPipeline, FluxRequest, HubConfig, LoadOptions, ModelSource,
 };
 use splatforge_pipeline::{DeviceMemory, PipelineConfig, PipelineKind};
-use splatforge_server::{CancelToken, Generation, GenerationError, GenerationRequest, Generator};
+use splatforge_server::{
+    BudgetedGeneration, CancelToken, Generation, GenerationError, GenerationRequest, Generator,
+};
 use splatforge_splat::normalize::y_down_to_y_up;
+use splatforge_trellis::foreground::ForegroundMatte;
 use splatforge_trellis::pipeline::Progress;
 use splatforge_trellis::TrellisError;
 
-use super::trellis_generator::{generation_error, ImageGenerated, TrellisModels, TrellisRunner};
+use super::deadline::{RunShape, StageEstimates};
+use super::trellis_generator::{
+    generation_error, ImageGenerated, RunOverrides, TrellisModels, TrellisRunner,
+};
 
 /// The profile `--flux` picks without `--profile` for real TRELLIS models.
 pub const DEFAULT_TEXT_IMAGE_PROFILE: &str = "text-image-quality";
@@ -98,6 +104,8 @@ pub struct TextGenerated {
     pub image: image::RgbImage,
     /// TRELLIS' run on it, with FLUX's stages first in its timings.
     pub out: ImageGenerated,
+    /// The FLUX steps it ran.
+    pub flux_steps: usize,
 }
 
 /// FLUX and TRELLIS loaded once, with the flux-trellis profile they run.
@@ -154,6 +162,17 @@ impl FluxTrellisRunner {
         &self,
         prompt: &str,
         seed: Option<u64>,
+        progress: impl FnMut(StageProgress) -> ControlFlow<()>,
+    ) -> Result<TextGenerated, TextTo3dError> {
+        self.generate_with(prompt, seed, &RunOverrides::default(), progress)
+    }
+
+    /// [`Self::generate`] with `overrides` (a deadline's degradations).
+    pub fn generate_with(
+        &self,
+        prompt: &str,
+        seed: Option<u64>,
+        overrides: &RunOverrides,
         mut progress: impl FnMut(StageProgress) -> ControlFlow<()>,
     ) -> Result<TextGenerated, TextTo3dError> {
         let config = self.trellis.config();
@@ -161,7 +180,7 @@ impl FluxTrellisRunner {
         let f = &config.flux;
         let request = FluxRequest {
             prompt: f.prompt(prompt),
-            steps: f.steps,
+            steps: overrides.flux_steps.unwrap_or(f.steps),
             seed,
             width: f.width,
             height: f.height,
@@ -213,10 +232,14 @@ impl FluxTrellisRunner {
         let rgba = image::DynamicImage::ImageRgb8(image.clone()).to_rgba8();
         let mut out = self
             .trellis
-            .generate_decoded(&rgba, Some(seed), |p| progress(p.into()))?;
+            .generate_decoded(&rgba, Some(seed), overrides, |p| progress(p.into()))?;
         timings.append(&mut out.timings);
         out.timings = timings;
-        Ok(TextGenerated { image, out })
+        Ok(TextGenerated {
+            image,
+            out,
+            flux_steps: request.steps,
+        })
     }
 }
 
@@ -241,23 +264,41 @@ pub fn text_generation_error(e: TextTo3dError) -> GenerationError {
 }
 
 /// [`FluxTrellisRunner`] as the service's generator: the request's text prompt, cancelled
-/// between stages and at every sampler step.
+/// between stages and at every sampler step; with a deadline, degraded to fit it
+/// ([`super::deadline`]).
 pub struct FluxTrellisGenerator {
     runner: FluxTrellisRunner,
     name: String,
+    estimates: StageEstimates,
 }
 
 impl FluxTrellisGenerator {
     pub fn new(runner: FluxTrellisRunner) -> Self {
         let name = format!("flux-trellis:{}", runner.trellis().profile());
-        Self { runner, name }
+        Self {
+            runner,
+            name,
+            estimates: StageEstimates::default(),
+        }
     }
-}
 
-impl Generator for FluxTrellisGenerator {
-    fn generate(
+    /// What a run of the profile does, as the estimates count it.
+    fn full_shape(&self) -> RunShape {
+        let trellis = self.runner.trellis();
+        let (sparse_structure_steps, slat_steps) = trellis.sampler_steps(&RunOverrides::default());
+        RunShape {
+            sparse_structure_steps,
+            slat_steps,
+            matte: trellis.matte().name(),
+            flux_steps: Some(trellis.config().flux.steps),
+        }
+    }
+
+    /// One request with `overrides`; its stage times feed the estimates.
+    fn run(
         &self,
         request: &GenerationRequest,
+        overrides: &RunOverrides,
         cancel: &CancelToken,
     ) -> Result<Generation, GenerationError> {
         let go_on = |_: StageProgress| {
@@ -269,8 +310,9 @@ impl Generator for FluxTrellisGenerator {
         };
         let mut done = self
             .runner
-            .generate(&request.prompt, request.seed, go_on)
+            .generate_with(&request.prompt, request.seed, overrides, go_on)
             .map_err(text_generation_error)?;
+        self.record(&done, true);
         if request.y_up {
             y_down_to_y_up(&mut done.out.gaussians);
         }
@@ -285,13 +327,67 @@ impl Generator for FluxTrellisGenerator {
         })
     }
 
+    fn record(&self, done: &TextGenerated, request: bool) {
+        let out = &done.out;
+        self.estimates.record(
+            &out.timings,
+            &out.shape(Some(done.flux_steps)),
+            out.alpha_source,
+            request,
+        );
+    }
+}
+
+impl Generator for FluxTrellisGenerator {
+    fn generate(
+        &self,
+        request: &GenerationRequest,
+        cancel: &CancelToken,
+    ) -> Result<Generation, GenerationError> {
+        self.run(request, &RunOverrides::default(), cancel)
+    }
+
+    fn generate_by(
+        &self,
+        request: &GenerationRequest,
+        deadline: Instant,
+        cancel: &CancelToken,
+    ) -> Result<BudgetedGeneration, GenerationError> {
+        let fallback = self
+            .runner
+            .trellis()
+            .fallback_matte()
+            .map(ForegroundMatte::name);
+        let plan = self
+            .estimates
+            .plan_by(&self.full_shape(), fallback, deadline);
+        Ok(BudgetedGeneration {
+            generation: self.run(request, &plan.overrides, cancel)?,
+            degradations: plan.degradations,
+        })
+    }
+
     fn warm_up(&self) -> Result<(), GenerationError> {
+        self.runner
+            .trellis()
+            .warm_up_mattes(&self.estimates)
+            .map_err(|e| text_generation_error(e.into()))?;
         match self
             .runner
             .generate("a chair", None, |_| ControlFlow::Continue(()))
         {
-            // Random or real weights may draw nothing TRELLIS sees as an object: the models ran.
-            Ok(_) | Err(TextTo3dError::Trellis(TrellisError::EmptyStructure)) => Ok(()),
+            Ok(done) => {
+                self.record(&done, false);
+                Ok(())
+            }
+            // Random or real weights may draw nothing TRELLIS (or the matte) sees as an
+            // object: the models ran.
+            Err(TextTo3dError::Trellis(TrellisError::EmptyStructure)) => Ok(()),
+            Err(TextTo3dError::Trellis(TrellisError::InvalidArgument(m)))
+                if m.starts_with("image:") =>
+            {
+                Ok(())
+            }
             Err(e) => Err(text_generation_error(e)),
         }
     }

@@ -65,6 +65,9 @@ pub struct Args {
     /// With --image: DINOv2 weights (a file or hf:ORG/NAME). Default: the one inside the TRELLIS folder, else torch hub's cache, else hf:facebook/dinov2-with-registers-large.
     #[arg(long, value_name = "SPEC")]
     pub(super) dinov2: Option<String>,
+    /// With --image (or a flux-trellis profile): the matte network's weights for pictures without alpha (sets matte.weights): a .safetensors/.pth file, a folder with model.safetensors, or hf:ORG/NAME (e.g. hf:ZhengPeng7/BiRefNet_lite). Default: birefnet/ (birefnet_lite/ for matte.method birefnet-lite) in the TRELLIS folder, else hf:ZhengPeng7/BiRefNet (_lite). `--set matte.method=threshold` uses no network.
+    #[arg(long, value_name = "SPEC")]
+    pub(super) matte: Option<String>,
     /// With --image: sampler steps of stage 1, the sparse structure (sets trellis.sparse_structure_steps).
     #[arg(long, value_name = "N")]
     pub(super) ss_steps: Option<usize>,
@@ -403,13 +406,14 @@ pub fn run(args: Args) -> Result<Outcome> {
         return super::generate_image::run_text(args);
     }
     if args.dinov2.is_some()
+        || args.matte.is_some()
         || args.ss_steps.is_some()
         || args.ss_cfg.is_some()
         || args.slat_steps.is_some()
         || args.slat_cfg.is_some()
     {
         bail!(
-            "--dinov2, --ss-steps, --ss-cfg, --slat-steps and --slat-cfg are for TRELLIS (--image, or --prompt with a flux-trellis profile)"
+            "--dinov2, --matte, --ss-steps, --ss-cfg, --slat-steps and --slat-cfg are for TRELLIS (--image, or --prompt with a flux-trellis profile)"
         );
     }
     let prompt = args.prompt.clone().unwrap_or_default();

@@ -14,7 +14,8 @@ use super::generate::{
     device, median_ms, ms, ms_json, named_timing_table, warn_if_invalid, Args, Bars,
 };
 use super::trellis_generator::{
-    ImageGenerated, TrellisModels, TrellisRunner, DEFAULT_IMAGE_PROFILE, TINY_TRELLIS_PROFILE,
+    matte_weights_set, ImageGenerated, TrellisModels, TrellisRunner, DEFAULT_IMAGE_PROFILE,
+    TINY_TRELLIS_PROFILE,
 };
 use crate::Outcome;
 use anyhow::{bail, Context, Result};
@@ -48,6 +49,9 @@ fn image_sources(args: &Args, tiny: bool) -> ConfigSources {
         if let Some(v) = value {
             sources.sets.push(format!("trellis.{key}={v}"));
         }
+    }
+    if let Some(spec) = &args.matte {
+        sources.sets.push(matte_weights_set(spec));
     }
     sources
 }
@@ -87,6 +91,7 @@ fn json(
         "run": run,
         "runs": runs,
         "seed": out.seed,
+        "matte": out.matte,
         "stages_ms": stages,
         "total_ms": ms_json(out.total() + write.map_or(Duration::ZERO, |(d, _)| d)),
         "load_ms": ms_json(load),

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod convert;
+pub mod deadline;
 pub mod fit;
 pub mod fleet;
 pub mod flux_trellis;

@@ -11,6 +11,9 @@ use splatforge_diffusion::{
 use splatforge_nn::Precision;
 
 use crate::Outcome;
+use splatforge_matte::random::{write_random_birefnet_with_contrast, RANDOM_MATTE_CONTRAST};
+use splatforge_matte::BiRefNetConfig;
+use splatforge_trellis::foreground::{BIREFNET_FOLDER, BIREFNET_LITE_FOLDER};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,7 +25,7 @@ pub struct Args {
 enum Command {
     /// Write tiny random-weight models with the real tensor names: MVDream (diffusers layout and LDM checkpoint), SD-Turbo, FLUX.1-schnell.
     MakeTiny(MakeTinyArgs),
-    /// Write a model with seeded random weights and the real tensor names, at the real size for timing runs, or tiny: MVDream (diffusers layout, sd-v2.1-base-4view ~1.3 B parameters) or TRELLIS-image-large (its folder layout, with DINOv2 inside).
+    /// Write a model with seeded random weights and the real tensor names, at the real size for timing runs, or tiny: MVDream (diffusers layout, sd-v2.1-base-4view ~1.3 B parameters), TRELLIS-image-large (its folder layout, with DINOv2 and both BiRefNets inside) or BiRefNet (model.safetensors, the Hugging Face layout).
     MakeRandom(MakeRandomArgs),
     /// Text → 4 MVDream views (PNG) and their cameras (JSON).
     Mvdream(MvdreamArgs),
@@ -119,13 +122,16 @@ struct MakeTinyArgs {
 struct MakeRandomArgs {
     /// Output folder: the model's own layout (`generate --models DIR` loads it). Must not exist or be empty.
     dir: PathBuf,
-    /// mvdream: text → views (diffusers layout); trellis: image → 3D (pipeline.json, ckpts/, DINOv2 as dinov2_vitl14_reg4_pretrain.safetensors).
+    /// mvdream: text → views (diffusers layout); trellis: image → 3D (pipeline.json, ckpts/, DINOv2 as dinov2_vitl14_reg4_pretrain.safetensors, the mattes as birefnet/ and birefnet_lite/); birefnet: background removal (model.safetensors).
     #[arg(long, value_enum, default_value_t = Family::Mvdream)]
     family: Family,
+    /// With --family birefnet: full (Swin-L, ZhengPeng7/BiRefNet) or lite (Swin-T, ZhengPeng7/BiRefNet_lite); tiny sizes are one tiny model either way.
+    #[arg(long, value_enum, default_value_t = BirefnetVariant::Full)]
+    variant: BirefnetVariant,
     /// full: the published architecture (MVDream sd-v2.1-base-4view: UNet 868 M, VAE 84 M, OpenCLIP ViT-H text tower 340 M parameters; TRELLIS-image-large: both flows 24 blocks 1024 wide, DINOv2 ViT-L/14); tiny: CPU test sizes (MVDream: make-tiny's; TRELLIS: 16³ occupancy, 32-wide).
     #[arg(long, value_enum, default_value_t = Size::Full)]
     size: Size,
-    /// Stored precision of the weights (default: bf16 for MVDream, full size 2.6 GB, 5.2 GB in f32; fp16 for TRELLIS, as published; its DINOv2 is stored in fp32).
+    /// Stored precision of the weights (default: bf16 for MVDream, full size 2.6 GB, 5.2 GB in f32; fp16 for TRELLIS, as published, its DINOv2 in fp32 and its BiRefNets in fp16; fp32 for BiRefNet alone, as published).
     #[arg(long)]
     dtype: Option<Precision>,
     /// Seed of the random weights.
@@ -152,6 +158,13 @@ enum Size {
 enum Family {
     Mvdream,
     Trellis,
+    Birefnet,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BirefnetVariant {
+    Full,
+    Lite,
 }
 
 #[derive(clap::Args)]
@@ -235,8 +248,10 @@ fn make_tiny(a: MakeTinyArgs) -> Result<Outcome> {
 }
 
 fn make_random(a: MakeRandomArgs) -> Result<Outcome> {
-    if let Family::Trellis = a.family {
-        return make_random_trellis(a);
+    match a.family {
+        Family::Trellis => return make_random_trellis(a),
+        Family::Birefnet => return make_random_birefnet(a),
+        Family::Mvdream => {}
     }
     if a.voxels.is_some() {
         bail!("--voxels is for --family trellis");
@@ -291,6 +306,9 @@ fn make_random_trellis(a: MakeRandomArgs) -> Result<Outcome> {
         .with_context(|| format!("writing random TRELLIS to {}", a.dir.display()))?;
     println!("TRELLIS folder: {}", a.dir.display());
     println!("DINOv2: {}", dinov2.display());
+    for folder in [BIREFNET_FOLDER, BIREFNET_LITE_FOLDER] {
+        println!("BiRefNet: {}", a.dir.join(folder).display());
+    }
     println!("written in {:.1} s", t0.elapsed().as_secs_f64());
     if let (Some(voxels), Some(path)) = (a.voxels, &a.calibration_image) {
         let t0 = Instant::now();
@@ -325,6 +343,54 @@ fn make_random_trellis(a: MakeRandomArgs) -> Result<Outcome> {
         );
     }
     Ok(Outcome::Success)
+}
+
+/// A BiRefNet with random weights (`make-random --family birefnet`): `DIR/model.safetensors`.
+fn make_random_birefnet(a: MakeRandomArgs) -> Result<Outcome> {
+    let non_empty = std::fs::read_dir(&a.dir).is_ok_and(|mut d| d.next().is_some());
+    if non_empty {
+        bail!(
+            "{} is not empty; give a new or empty folder",
+            a.dir.display()
+        );
+    }
+    let t0 = Instant::now();
+    let dtype = a.dtype.unwrap_or(Precision::F32).dtype();
+    let path = write_birefnet(&a.dir, a.variant, a.size, dtype, a.seed)?;
+    println!(
+        "BiRefNet ({}): {} in {:.1} s",
+        match a.size {
+            Size::Tiny => "tiny",
+            Size::Full => match a.variant {
+                BirefnetVariant::Full => "Swin-L",
+                BirefnetVariant::Lite => "Swin-T",
+            },
+        },
+        path.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(Outcome::Success)
+}
+
+/// Writes `dir/model.safetensors`: the published shapes of `variant`, or the tiny test
+/// model, with the random matte made decisive ([`RANDOM_MATTE_CONTRAST`]).
+fn write_birefnet(
+    dir: &std::path::Path,
+    variant: BirefnetVariant,
+    size: Size,
+    dtype: splatforge_diffusion::DType,
+    seed: u64,
+) -> Result<PathBuf> {
+    let config = match (size, variant) {
+        (Size::Tiny, _) => BiRefNetConfig::tiny(),
+        (Size::Full, BirefnetVariant::Full) => BiRefNetConfig::birefnet(),
+        (Size::Full, BirefnetVariant::Lite) => BiRefNetConfig::birefnet_lite(),
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("model.safetensors");
+    write_random_birefnet_with_contrast(&config, seed, dtype, &path, RANDOM_MATTE_CONTRAST)
+        .with_context(|| format!("writing random BiRefNet to {}", path.display()))?;
+    Ok(path)
 }
 
 /// Writes the first of `images` (text-to-image models make one) as PNG.

@@ -14,7 +14,7 @@ use super::fleet::FleetArgs;
 use super::flux_trellis::{flux_source, FluxTrellisGenerator, FluxTrellisRunner};
 use super::generate::ConfigArgs;
 use super::pipeline_generator::{generation_error, PipelineGenerator};
-use super::trellis_generator::{TrellisGenerator, TrellisModels, TrellisRunner};
+use super::trellis_generator::{matte_weights_set, TrellisGenerator, TrellisModels, TrellisRunner};
 use crate::Outcome;
 
 #[derive(clap::Args, Debug)]
@@ -68,6 +68,12 @@ pub struct Args {
     /// (TRELLIS comes from --models).
     #[arg(long, value_name = "DIR")]
     flux: Option<String>,
+    /// With an image or text-via-image profile: the matte network's weights (sets matte.weights): a .safetensors/.pth file, a folder with model.safetensors, or hf:ORG/NAME (e.g. hf:ZhengPeng7/BiRefNet_lite). Default: birefnet/ (birefnet_lite/) in the TRELLIS folder, else hf:ZhengPeng7/BiRefNet (_lite).
+    #[arg(long, value_name = "SPEC")]
+    matte: Option<String>,
+    /// Time budget in milliseconds of a competition request (`POST /generate` on an image server) that carries no `X-Deadline-Ms` header: the server degrades the run (fewer sampler steps, the threshold matte) to answer within it; e.g. 30000 for 404's competition 0.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    deadline_ms: Option<u64>,
     /// Generation profile and overrides (as for `generate`).
     #[command(flatten)]
     config: ConfigArgs,
@@ -199,6 +205,7 @@ fn config(args: &Args) -> Result<ServerConfig> {
         header_read_timeout: seconds("header-timeout", args.header_timeout)?,
         body_read_timeout: seconds("body-timeout", args.body_timeout)?,
         max_connections: args.max_connections,
+        default_deadline: args.deadline_ms.map(Duration::from_millis),
         ..ServerConfig::default()
     };
     config.validate()?;
@@ -209,8 +216,17 @@ pub fn run(args: Args) -> Result<Outcome> {
     let mut config = config(&args)?;
     // Check the generation config and find the models before binding, so
     // that a typo fails before the port opens.
-    let sources = args.config.sources();
+    let mut sources = args.config.sources();
+    if let Some(spec) = &args.matte {
+        sources.sets.push(matte_weights_set(spec));
+    }
     let (profile, resolved) = sources.resolve()?;
+    if args.matte.is_some() && !resolved.pipeline.runs_trellis() {
+        bail!(
+            "--matte is for image and text-via-image profiles; profile {profile} runs {}",
+            resolved.pipeline.name()
+        );
+    }
     if args.flux.is_some() && resolved.pipeline != PipelineKind::FluxTrellis {
         bail!(
             "--flux is for text-via-image profiles (pipeline: flux-trellis, e.g. text-image-quality); profile {profile} runs {}",

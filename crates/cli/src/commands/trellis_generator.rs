@@ -9,22 +9,37 @@
 //! folder (`dinov2_vitl14_reg4_pretrain.{safetensors,pth}` or `dinov2/model.safetensors`,
 //! as `make-random` writes it), else from torch hub's cache or
 //! `hf:facebook/dinov2-with-registers-large` (the published folder has no DINOv2).
+//!
+//! The matte (profile section `matte:`) cuts the object out of pictures without a real
+//! alpha: BiRefNet from `matte.weights` (`--matte`), else [`BIREFNET_FOLDER`] (or
+//! [`BIREFNET_LITE_FOLDER`] for `birefnet-lite`) inside the TRELLIS folder, else
+//! `hf:ZhengPeng7/BiRefNet` (`_lite`); or the plain-background threshold.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+
+use super::deadline::{RunShape, StageEstimates};
 use splatforge_diffusion::Device;
+use splatforge_matte::loading::{BIREFNET_LITE_REPO, BIREFNET_REPO};
+use splatforge_matte::Matte;
 use splatforge_nn::hub::HubConfig;
+use splatforge_pipeline::config::{MatteConfig, MatteMethod};
 use splatforge_pipeline::pipeline::ensure_min_count;
 use splatforge_pipeline::{DeviceMemory, PipelineConfig};
-use splatforge_server::{CancelToken, Generation, GenerationError, GenerationRequest, Generator};
+use splatforge_server::{
+    BudgetedGeneration, CancelToken, Generation, GenerationError, GenerationRequest, Generator,
+};
 use splatforge_splat::normalize::{fit_to_box, y_down_to_y_up};
 use splatforge_splat::Gaussians;
 use splatforge_trellis::config::{
     Checkpoint, PipelineConfig as TrellisPipelineJson, TrellisSource, REQUIRED_MODELS,
     TRELLIS_IMAGE_LARGE_REPO,
+};
+use splatforge_trellis::foreground::{
+    AlphaSource, ForegroundMatte, BIREFNET_FOLDER, BIREFNET_LITE_FOLDER,
 };
 use splatforge_trellis::pipeline::{
     dinov2_in_folder, Progress, SamplerOverrides, TrellisImageTo3d, TrellisOutput, TrellisRequest,
@@ -75,20 +90,99 @@ impl TrellisModels {
     }
 }
 
-/// The profile's sampler overrides as the pipeline's request.
-fn request(config: &PipelineConfig, seed: u64) -> TrellisRequest {
+/// What one run changes from its profile to meet a deadline (see [`super::deadline`]);
+/// the default changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunOverrides {
+    /// Stage-1 sampler steps instead of the profile's.
+    pub sparse_structure_steps: Option<usize>,
+    /// Stage-2 sampler steps instead of the profile's.
+    pub slat_steps: Option<usize>,
+    /// A lighter matte than the profile's.
+    pub matte: Option<MatteStep>,
+    /// FLUX steps instead of the profile's (text via an image).
+    pub flux_steps: Option<usize>,
+}
+
+/// The matte a deadline switches to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatteStep {
+    /// The profile's `matte.fallback` (the lite network).
+    Fallback,
+    /// The plain-background threshold.
+    Threshold,
+}
+
+/// The profile's sampler overrides, with the run's, as the pipeline's request.
+fn request(config: &PipelineConfig, seed: u64, overrides: &RunOverrides) -> TrellisRequest {
     let t = &config.trellis;
     TrellisRequest {
         seed,
         sparse_structure: SamplerOverrides {
-            steps: t.sparse_structure_steps,
+            steps: overrides
+                .sparse_structure_steps
+                .or(t.sparse_structure_steps),
             cfg_strength: t.sparse_structure_cfg,
         },
         slat: SamplerOverrides {
-            steps: t.slat_steps,
+            steps: overrides.slat_steps.or(t.slat_steps),
             cfg_strength: t.slat_cfg,
         },
     }
+}
+
+/// The weights of the matte `method` (see the module docs): `weights` when given, else
+/// its folder inside `trellis_dir`, else its hub repository; `None` for the threshold.
+pub fn matte_weights(
+    method: MatteMethod,
+    weights: Option<&String>,
+    trellis_dir: &std::path::Path,
+) -> Option<String> {
+    let (folder, repo) = match method {
+        MatteMethod::Threshold => return None,
+        MatteMethod::Birefnet => (BIREFNET_FOLDER, BIREFNET_REPO),
+        MatteMethod::BirefnetLite => (BIREFNET_LITE_FOLDER, BIREFNET_LITE_REPO),
+    };
+    if let Some(spec) = weights {
+        return Some(spec.clone());
+    }
+    let inside = trellis_dir.join(folder);
+    Some(if inside.join("model.safetensors").is_file() {
+        inside.display().to_string()
+    } else {
+        format!("hf:{repo}")
+    })
+}
+
+/// `--matte SPEC` as a `--set` of `matte.weights` (quoted: a path may hold YAML syntax).
+pub fn matte_weights_set(spec: &str) -> String {
+    let quoted = serde_json::to_string(spec).expect("a string serialises");
+    format!("matte.weights={quoted}")
+}
+
+/// Loads the matte `method` from `weights` (see [`matte_weights`]) on `device`
+/// (`matte.precision` on a GPU, f32 on the CPU).
+fn load_matte(
+    method: MatteMethod,
+    weights: Option<&String>,
+    matte: &MatteConfig,
+    trellis_dir: &std::path::Path,
+    device: &Device,
+) -> Result<ForegroundMatte> {
+    let Some(spec) = matte_weights(method, weights, trellis_dir) else {
+        return Ok(ForegroundMatte::Threshold);
+    };
+    let dtype = if device.is_cpu() {
+        splatforge_diffusion::DType::F32
+    } else {
+        matte.precision.dtype()
+    };
+    let network = Matte::load_native(&spec, dtype, device)
+        .with_context(|| format!("loading the {} matte from {spec}", method.name()))?;
+    Ok(ForegroundMatte::Network {
+        matte: Box::new(network),
+        name: method.name(),
+    })
 }
 
 /// One image → Gaussians run.
@@ -97,6 +191,9 @@ pub struct ImageGenerated {
     pub gaussians: Gaussians,
     /// The 518² RGBA cut-out the 3D stage saw.
     pub cutout: image::RgbaImage,
+    /// Where the alpha came from, and which matte ran (`image` when the picture had one).
+    pub alpha_source: AlphaSource,
+    pub matte: &'static str,
     /// Occupied voxels of the sparse structure.
     pub voxels: usize,
     /// The sampler parameters each stage ran with.
@@ -111,19 +208,32 @@ impl ImageGenerated {
     pub fn total(&self) -> Duration {
         self.timings.iter().map(|(_, d)| *d).sum()
     }
+
+    /// What this run did, as the deadline estimates count it (`flux_steps` for text).
+    pub fn shape(&self, flux_steps: Option<usize>) -> RunShape {
+        RunShape {
+            sparse_structure_steps: self.sparse_structure_params.steps,
+            slat_steps: self.slat_params.steps,
+            matte: self.matte,
+            flux_steps,
+        }
+    }
 }
 
 /// TRELLIS loaded once, with the profile it runs.
 pub struct TrellisRunner {
     pipe: TrellisImageTo3d,
+    matte: ForegroundMatte,
+    /// `matte.fallback`, loaded beside it for deadlines.
+    fallback_matte: Option<ForegroundMatte>,
     config: PipelineConfig,
     profile: String,
     models: TrellisModels,
 }
 
 impl TrellisRunner {
-    /// Loads `models` on `device` for the TRELLIS profile `config` (weights in its
-    /// `trellis.precision` on a GPU, f32 on the CPU).
+    /// Loads `models` and the matte on `device` for the TRELLIS profile `config` (weights
+    /// in its `trellis.precision` / `matte.precision` on a GPU, f32 on the CPU).
     pub fn load(
         models: TrellisModels,
         device: &Device,
@@ -142,8 +252,18 @@ impl TrellisRunner {
         };
         let pipe = TrellisImageTo3d::load(&models.dir, &models.dinov2, dtype, device)
             .with_context(|| format!("loading TRELLIS from {}", models.dir.display()))?;
+        let m = &config.matte;
+        let matte = load_matte(m.method, m.weights.as_ref(), m, &models.dir, device)?;
+        // A fallback lighter than the profile's network: behind the full BiRefNet only.
+        let fallback_matte = m
+            .fallback
+            .filter(|_| m.method == MatteMethod::Birefnet)
+            .map(|method| load_matte(method, m.fallback_weights.as_ref(), m, &models.dir, device))
+            .transpose()?;
         Ok(Self {
             pipe,
+            matte,
+            fallback_matte,
             config,
             profile: profile.to_string(),
             models,
@@ -166,6 +286,44 @@ impl TrellisRunner {
         self.pipe.device()
     }
 
+    /// The matte opaque pictures get.
+    pub fn matte(&self) -> &ForegroundMatte {
+        &self.matte
+    }
+
+    /// The lighter matte a deadline may switch to (`matte.fallback`).
+    pub fn fallback_matte(&self) -> Option<&ForegroundMatte> {
+        self.fallback_matte.as_ref()
+    }
+
+    /// Runs each matte (the profile's, its fallback, the threshold) once on an opaque
+    /// picture, timed into `estimates`: the warm-up, which also loads their kernels.
+    pub fn warm_up_mattes(
+        &self,
+        estimates: &StageEstimates,
+    ) -> std::result::Result<(), TrellisError> {
+        let opaque = warm_up_disc(true);
+        let mattes = [Some(&self.matte), self.fallback_matte.as_ref()];
+        for matte in mattes
+            .into_iter()
+            .flatten()
+            .chain([&ForegroundMatte::Threshold])
+        {
+            let t0 = Instant::now();
+            matte.apply(&opaque)?;
+            estimates.record_matte(matte.name(), t0.elapsed());
+        }
+        Ok(())
+    }
+
+    /// The sampler steps a run with `overrides` takes: (stage 1, stage 2).
+    pub fn sampler_steps(&self, overrides: &RunOverrides) -> (usize, usize) {
+        let (ss, slat) = self
+            .pipe
+            .sampler_params(&request(&self.config, 0, overrides));
+        (ss.steps, slat.steps)
+    }
+
     pub fn device_memory(&self) -> Option<DeviceMemory> {
         splatforge_pipeline::device_memory(self.pipe.device())
     }
@@ -178,24 +336,45 @@ impl TrellisRunner {
         seed: Option<u64>,
         progress: impl FnMut(Progress) -> ControlFlow<()>,
     ) -> std::result::Result<ImageGenerated, TrellisError> {
-        self.generate_decoded(&decode_image(image)?, seed, progress)
+        self.generate_with(image, seed, &RunOverrides::default(), progress)
     }
 
-    /// [`Self::generate`] on a decoded picture (an opaque one gets the plain-background
-    /// matte in the `preprocess` stage).
+    /// [`Self::generate`] with `overrides` (a deadline's degradations).
+    pub fn generate_with(
+        &self,
+        image: &[u8],
+        seed: Option<u64>,
+        overrides: &RunOverrides,
+        progress: impl FnMut(Progress) -> ControlFlow<()>,
+    ) -> std::result::Result<ImageGenerated, TrellisError> {
+        self.generate_decoded(&decode_image(image)?, seed, overrides, progress)
+    }
+
+    /// [`Self::generate_with`] on a decoded picture (an opaque one gets the profile's matte
+    /// in the `matte` stage, or the threshold when `overrides` say so).
     pub fn generate_decoded(
         &self,
         image: &image::RgbaImage,
         seed: Option<u64>,
+        overrides: &RunOverrides,
         progress: impl FnMut(Progress) -> ControlFlow<()>,
     ) -> std::result::Result<ImageGenerated, TrellisError> {
         let seed = seed.unwrap_or(self.config.seed);
-        let out = self
-            .pipe
-            .run(image, &request(&self.config, seed), progress)?;
+        let matte = match (overrides.matte, &self.fallback_matte) {
+            (None, _) => &self.matte,
+            (Some(MatteStep::Fallback), Some(fallback)) => fallback,
+            (Some(_), _) => &ForegroundMatte::Threshold,
+        };
+        let out = self.pipe.run(
+            image,
+            &request(&self.config, seed, overrides),
+            matte,
+            progress,
+        )?;
         let TrellisOutput {
             mut gaussians,
             cutout,
+            alpha_source,
             voxels,
             sparse_structure_params,
             slat_params,
@@ -216,6 +395,11 @@ impl TrellisRunner {
         Ok(ImageGenerated {
             gaussians,
             cutout,
+            alpha_source,
+            matte: match alpha_source {
+                AlphaSource::Image => "image",
+                _ => matte.name(),
+            },
             voxels,
             sparse_structure_params,
             slat_params,
@@ -241,36 +425,41 @@ pub fn generation_error(e: TrellisError) -> GenerationError {
 }
 
 /// [`TrellisRunner`] as the service's generator: the request's image (its prompt is not
-/// read), cancelled between stages and at every sampler step.
+/// read), cancelled between stages and at every sampler step; with a deadline, degraded
+/// to fit it ([`super::deadline`]).
 pub struct TrellisGenerator {
     runner: TrellisRunner,
     name: String,
+    estimates: StageEstimates,
 }
 
 impl TrellisGenerator {
     pub fn new(runner: TrellisRunner) -> Self {
         let name = format!("trellis:{}", runner.profile());
-        Self { runner, name }
+        Self {
+            runner,
+            name,
+            estimates: StageEstimates::default(),
+        }
     }
-}
 
-/// A transparent 64² picture with an opaque disc: the warm-up input.
-fn warm_up_png() -> Vec<u8> {
-    let image = image::RgbaImage::from_fn(64, 64, |x, y| {
-        let (dx, dy) = (x as f32 - 32.0, y as f32 - 32.0);
-        image::Rgba(if dx * dx + dy * dy < 400.0 {
-            [200, 200, 210, 255]
-        } else {
-            [0, 0, 0, 0]
-        })
-    });
-    super::encode_png(image).expect("a 64² PNG encodes")
-}
+    /// What a run of the profile does, as the estimates count it.
+    fn full_shape(&self) -> RunShape {
+        let (sparse_structure_steps, slat_steps) =
+            self.runner.sampler_steps(&RunOverrides::default());
+        RunShape {
+            sparse_structure_steps,
+            slat_steps,
+            matte: self.runner.matte().name(),
+            flux_steps: None,
+        }
+    }
 
-impl Generator for TrellisGenerator {
-    fn generate(
+    /// One request with `overrides`; its stage times feed the estimates.
+    fn run(
         &self,
         request: &GenerationRequest,
+        overrides: &RunOverrides,
         cancel: &CancelToken,
     ) -> std::result::Result<Generation, GenerationError> {
         let image = request.image.as_deref().ok_or_else(|| {
@@ -287,8 +476,10 @@ impl Generator for TrellisGenerator {
         };
         let mut out = self
             .runner
-            .generate(image, request.seed, go_on)
+            .generate_with(image, request.seed, overrides, go_on)
             .map_err(generation_error)?;
+        self.estimates
+            .record(&out.timings, &out.shape(None), out.alpha_source, true);
         if request.y_up {
             y_down_to_y_up(&mut out.gaussians);
         }
@@ -301,14 +492,65 @@ impl Generator for TrellisGenerator {
                 .collect(),
         })
     }
+}
 
+/// A 64² picture with a disc: on transparent black (`opaque` false: no matte runs) or on
+/// white (the matte runs); the warm-up inputs.
+fn warm_up_disc(opaque: bool) -> image::RgbaImage {
+    image::RgbaImage::from_fn(64, 64, |x, y| {
+        let (dx, dy) = (x as f32 - 32.0, y as f32 - 32.0);
+        image::Rgba(match (dx * dx + dy * dy < 400.0, opaque) {
+            (true, _) => [200, 200, 210, 255],
+            (false, true) => [255, 255, 255, 255],
+            (false, false) => [0, 0, 0, 0],
+        })
+    })
+}
+
+impl Generator for TrellisGenerator {
+    fn generate(
+        &self,
+        request: &GenerationRequest,
+        cancel: &CancelToken,
+    ) -> std::result::Result<Generation, GenerationError> {
+        self.run(request, &RunOverrides::default(), cancel)
+    }
+
+    fn generate_by(
+        &self,
+        request: &GenerationRequest,
+        deadline: Instant,
+        cancel: &CancelToken,
+    ) -> std::result::Result<BudgetedGeneration, GenerationError> {
+        let fallback = self.runner.fallback_matte().map(ForegroundMatte::name);
+        let plan = self
+            .estimates
+            .plan_by(&self.full_shape(), fallback, deadline);
+        Ok(BudgetedGeneration {
+            generation: self.run(request, &plan.overrides, cancel)?,
+            degradations: plan.degradations,
+        })
+    }
+
+    /// Every matte alone on an opaque picture (random weights may find no object in it),
+    /// then the whole pipeline on a transparent one; all timed for the deadline estimates.
     fn warm_up(&self) -> std::result::Result<(), GenerationError> {
+        self.runner
+            .warm_up_mattes(&self.estimates)
+            .map_err(generation_error)?;
+        let disc = super::encode_png(warm_up_disc(false))
+            .map_err(|e| GenerationError::Failed(e.to_string()))?;
         match self
             .runner
-            .generate(&warm_up_png(), None, |_| ControlFlow::Continue(()))
+            .generate(&disc, None, |_| ControlFlow::Continue(()))
         {
+            Ok(out) => {
+                self.estimates
+                    .record(&out.timings, &out.shape(None), out.alpha_source, false);
+                Ok(())
+            }
             // Random or real weights may see no object in the disc: the models ran.
-            Ok(_) | Err(TrellisError::EmptyStructure) => Ok(()),
+            Err(TrellisError::EmptyStructure) => Ok(()),
             Err(e) => Err(generation_error(e)),
         }
     }

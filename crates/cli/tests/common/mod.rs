@@ -63,8 +63,23 @@ pub fn post(addr: SocketAddr, content_type: &str, body: &[u8]) -> Response {
 }
 
 pub fn post_to(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> Response {
+    post_with_headers(addr, path, content_type, &[], body)
+}
+
+/// [`post_to`] with extra request headers (`name`, `value`).
+pub fn post_with_headers(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\n{extra}Content-Length: {}\r\n\r\n",
         body.len()
     );
     request(addr, &[head.as_bytes(), body].concat())
