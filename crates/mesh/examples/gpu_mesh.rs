@@ -17,8 +17,9 @@
 //!    largest relative difference where the CPU value is at least 1e-3 in
 //!    magnitude, and how many samples are on the other side of the surface
 //!    level. Exit status 1 when the largest difference exceeds 1e-4.
-//! 2. **Speed**: the whole pipeline with the CUDA rasterizer and the kernel,
-//!    run once untimed (first-use costs), then timed stage by stage.
+//! 2. **Speed**: the whole pipeline with the CUDA rasterizer and the kernel
+//!    ([`cuda::mesh_splat_cuda`], what `splatforge mesh` runs on a GPU), run
+//!    once untimed (first-use costs), then timed stage by stage.
 
 use std::error::Error;
 use std::path::PathBuf;
@@ -27,9 +28,7 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 use splatforge_mesh::depth::{render_views, ViewRender};
 use splatforge_mesh::glb::encode_glb;
-use splatforge_mesh::{cuda, surface_from_volume, tsdf, FusionPlan, MeshOptions, StageTimings};
-use splatforge_render::cuda::{CudaRasterizer, GaussianTensors};
-use splatforge_render::{GaussianBuffers, RenderOptions};
+use splatforge_mesh::{cuda, tsdf, FusionPlan, MeshOptions};
 use splatforge_splat::read_splat_file;
 
 type Res<T> = Result<T, Box<dyn Error>>;
@@ -116,40 +115,10 @@ fn main() -> Res<()> {
         cpu.sdf.len()
     );
 
-    // 2. The pipeline with rendering and fusion on the GPU.
-    let buffers = GaussianBuffers::from(&g);
-    let rasterizer = CudaRasterizer::new(&dev)?;
-    let render_options = RenderOptions {
-        background: [0.0; 3],
-        normalize_depth: true,
-        sh_degree: Some(0),
-        ..Default::default()
-    };
-    let stream = dev.as_cuda_device()?.cuda_stream();
+    // 2. The pipeline with rendering and fusion on the GPU (what `splatforge mesh` runs).
     let mut report = String::new();
     for run in 0..2 {
-        let mut timings = StageTimings::default();
-        let mut stage = |name: &'static str, t: Instant| timings.stages.push((name, t.elapsed()));
-        let t = Instant::now();
-        let plan = FusionPlan::new(&g, &options)?;
-        let tensors = GaussianTensors::from_params(&buffers.params(), &dev)?;
-        stream.synchronize()?;
-        stage("views + upload", t);
-        let t = Instant::now();
-        let (images, _state) = rasterizer.forward(&tensors, &plan.cameras, &render_options)?;
-        stream.synchronize()?;
-        stage("render (GPU)", t);
-        let t = Instant::now();
-        let volume = cuda::fuse_cuda(&plan.grid, &plan.cameras, &images.alpha, &images.depth)?;
-        stage("tsdf (GPU) + download", t);
-        let t = Instant::now();
-        let renders: Vec<ViewRender> = images
-            .to_images()?
-            .into_iter()
-            .map(ViewRender::from)
-            .collect();
-        stage("download renders", t);
-        let mesh = surface_from_volume(&volume, &plan, &renders, &options, &mut timings)?;
+        let (mesh, mut timings) = cuda::mesh_splat_cuda(&g, &options, &dev)?;
         let t = Instant::now();
         let glb = encode_glb(&mesh)?;
         timings.stages.push(("encode GLB", t.elapsed()));

@@ -1,19 +1,74 @@
 //! TSDF fusion on the GPU (cargo feature `cuda`): [`fuse_cuda`] computes
 //! what [`crate::tsdf::fuse`] computes, one thread per voxel sample, from
 //! alpha and depth images already on the device (e.g. the CUDA
-//! rasterizer's output), so the renders never travel to the host.
+//! rasterizer's output), so the renders never travel to the host for it;
+//! [`mesh_splat_cuda`] is [`crate::mesh_splat`] with rendering and fusion on
+//! the GPU (what `splatforge mesh` runs in a CUDA build on a GPU).
 //! The kernel is `cuda/tsdf.cu`; `examples/gpu_mesh.rs` checks it against
-//! the CPU path and times the GPU pipeline.
+//! the CPU path and times [`mesh_splat_cuda`].
 
 use std::ffi::{c_int, c_void};
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use splatforge_cuda::{alloc, driver_error, slice_address, slice_address_mut, tensor_address};
-use splatforge_render::Camera;
+use splatforge_render::cuda::{CudaRasterizer, GaussianTensors};
+use splatforge_render::{Camera, GaussianBuffers, RenderOptions};
+use splatforge_splat::Gaussians;
 
-use crate::depth::SURFACE_ALPHA;
+use crate::depth::{ViewRender, SURFACE_ALPHA};
 use crate::tsdf::{GridSpec, Volume};
-use crate::MeshError;
+use crate::{surface_from_volume, FusionPlan, Mesh, MeshError, MeshOptions, StageTimings};
+
+/// [`crate::mesh_splat`] with the views rendered by the CUDA rasterizer and fused by
+/// [`fuse_cuda`] on `device` (a CUDA device); the renders then come to the host for the
+/// colours, and the later stages run on the CPU. Stage times are taken after a device
+/// synchronisation, so each is the stage's own.
+pub fn mesh_splat_cuda(
+    g: &Gaussians,
+    options: &MeshOptions,
+    device: &Device,
+) -> Result<(Mesh, StageTimings), MeshError> {
+    let mut timings = StageTimings::default();
+    let plan = timings.time("views", || FusionPlan::new(g, options))?;
+    let sync = || device.synchronize().map_err(cuda_error);
+    let (rasterizer, tensors) = timings.time("upload", || {
+        let rasterizer = CudaRasterizer::new(device).map_err(cuda_error)?;
+        let tensors = GaussianTensors::from_params(&GaussianBuffers::from(g).params(), device)
+            .map_err(cuda_error)?;
+        sync()?;
+        Ok::<_, MeshError>((rasterizer, tensors))
+    })?;
+    // As `depth::render_views`: black background, expected depth normalised by alpha,
+    // the colour of SH degree 0.
+    let render_options = RenderOptions {
+        background: [0.0; 3],
+        normalize_depth: true,
+        sh_degree: Some(0),
+        ..Default::default()
+    };
+    let images = timings.time("render", || {
+        let (images, _) = rasterizer
+            .forward(&tensors, &plan.cameras, &render_options)
+            .map_err(cuda_error)?;
+        sync()?;
+        Ok::<_, MeshError>(images)
+    })?;
+    let volume = timings.time("tsdf", || {
+        fuse_cuda(&plan.grid, &plan.cameras, &images.alpha, &images.depth)
+    })?;
+    let renders: Vec<ViewRender> = timings.time("download renders", || {
+        Ok::<_, MeshError>(
+            images
+                .to_images()
+                .map_err(cuda_error)?
+                .into_iter()
+                .map(ViewRender::from)
+                .collect(),
+        )
+    })?;
+    let mesh = surface_from_volume(&volume, &plan, &renders, options, &mut timings)?;
+    Ok((mesh, timings))
+}
 
 /// `#[repr(C)]` mirror of `SmView` in `cuda/api.h`.
 #[repr(C)]

@@ -73,8 +73,21 @@ pub fn check_output_name(path: &Path) -> Result<()> {
 /// Meshes `g` with the default options and writes the GLB atomically:
 /// the `.glb` output of the commands that write splats.
 pub fn write_default_glb(g: &Gaussians, output: &Path) -> Result<()> {
-    let (mesh, _) = mesh_splat(g, &MeshOptions::default())?;
+    let (mesh, _) = mesh_on_best_device(g, &MeshOptions::default())?;
     Ok(write_atomic(output, &encode_glb(&mesh)?)?)
+}
+
+/// The mesh pipeline on the best device: rendering and TSDF fusion on the GPU in a CUDA
+/// build with a GPU (`splatforge_mesh::cuda::mesh_splat_cuda`), else everything on the CPU.
+fn mesh_on_best_device(g: &Gaussians, options: &MeshOptions) -> Result<(Mesh, StageTimings)> {
+    #[cfg(feature = "cuda")]
+    {
+        let device = splatforge_nn::best_device(0);
+        if device.is_cuda() {
+            return Ok(splatforge_mesh::cuda::mesh_splat_cuda(g, options, &device)?);
+        }
+    }
+    Ok(mesh_splat(g, options)?)
 }
 
 pub fn run(args: Args) -> Result<Outcome> {
@@ -103,7 +116,7 @@ pub fn run(args: Args) -> Result<Outcome> {
         views: args.views,
         texture_size: args.texture,
     };
-    let (mut mesh, mut timings) = mesh_splat(&g, &options)?;
+    let (mut mesh, mut timings) = mesh_on_best_device(&g, &options)?;
     timings.stages.insert(0, ("read", read_time));
     let comparison = if args.report {
         let t = Instant::now();
