@@ -97,9 +97,15 @@ impl Drop for Server {
     }
 }
 
+/// Waits for `/health` to turn 200; until then it must answer 503 (loading, warming up).
 pub fn wait_healthy(addr: SocketAddr) {
     let t0 = Instant::now();
-    while get(addr, "/health").status != 200 {
+    loop {
+        let r = get(addr, "/health");
+        if r.status == 200 {
+            return;
+        }
+        assert_eq!(r.status, 503, "{}", r.head);
         assert!(
             t0.elapsed() < Duration::from_secs(300),
             "never became healthy"
