@@ -396,12 +396,7 @@ fn text_case(
             .collect();
         Ok((stages, out.gaussians.len()))
     };
-    let t0 = Instant::now();
-    run(u64::MAX)?;
-    let warm_up = t0.elapsed();
-    let runs = (0..args.repeat as u64)
-        .map(run)
-        .collect::<Result<Vec<_>>>()?;
+    let (warm_up, runs) = warm_up_and_repeat(args.repeat, run)?;
     Ok(case_report(
         name,
         PipelineKind::Mvdream,
@@ -437,12 +432,7 @@ fn image_case(
             .collect();
         Ok((stages, out.gaussians.len()))
     };
-    let t0 = Instant::now();
-    run(u64::MAX)?;
-    let warm_up = t0.elapsed();
-    let runs = (0..args.repeat as u64)
-        .map(run)
-        .collect::<Result<Vec<_>>>()?;
+    let (warm_up, runs) = warm_up_and_repeat(args.repeat, run)?;
     Ok(case_report(
         name,
         PipelineKind::Trellis,
@@ -470,12 +460,7 @@ fn text_image_case(
             .collect();
         Ok((stages, out.out.gaussians.len()))
     };
-    let t0 = Instant::now();
-    run(u64::MAX)?;
-    let warm_up = t0.elapsed();
-    let runs = (0..args.repeat as u64)
-        .map(run)
-        .collect::<Result<Vec<_>>>()?;
+    let (warm_up, runs) = warm_up_and_repeat(args.repeat, run)?;
     let trellis = runner.trellis();
     Ok(case_report(
         name,
@@ -505,6 +490,19 @@ fn disc_image() -> RgbaImage {
 }
 
 /// The report of one case from its timed runs (each: stage times, Gaussians out).
+/// One untimed run (seed `u64::MAX`; first-use costs), then `repeat` runs with seeds
+/// 0..repeat: the warm-up's time and each run's stage times and Gaussian count.
+fn warm_up_and_repeat(
+    repeat: usize,
+    run: impl Fn(u64) -> Result<(StageTimes, usize)>,
+) -> Result<(Duration, Vec<(StageTimes, usize)>)> {
+    let t0 = Instant::now();
+    run(u64::MAX)?;
+    let warm_up = t0.elapsed();
+    let runs = (0..repeat as u64).map(run).collect::<Result<Vec<_>>>()?;
+    Ok((warm_up, runs))
+}
+
 fn case_report(
     name: &str,
     pipeline: PipelineKind,
