@@ -12,7 +12,8 @@
 #   tools/gpu-suite.sh --pack       # strip + xz the binaries into .gpu-bin/
 # Device: run 'SUITES="trellis raster fit" tools/gpu-suite.sh' with carry
 #   [".gpu-bin", ".whl", ".gpu-ref"].
-# Suites: mesh (tools/gpu-mesh.sh), ops (TRELLIS' cuDNN 3-D convolution and fused LayerNorm + modulation vs the CPU paths), trellis-kernels (per-kernel times of a short image → PLY run, ncu), raster (tools/gpu-raster.sh), fit (tools/gpu-fit.sh, parity only unless FIT_FULL=1),
+# Suites: mesh (tools/gpu-mesh.sh), image (an opaque 1024² RGB picture → matte → TRELLIS → PLY,
+# image-quality and image-speed, and image → GLB, on full-size random weights calibrated to VOXELS), ops (TRELLIS' cuDNN 3-D convolution and fused LayerNorm + modulation vs the CPU paths), trellis-kernels (per-kernel times of a short image → PLY run, ncu), raster (tools/gpu-raster.sh), fit (tools/gpu-fit.sh, parity only unless FIT_FULL=1),
 # diffusion (tools/diffusion_parity.py: ops, unet, vae unless PARITY_SECTIONS is set),
 # pipeline (tools/gpu-pipeline.sh, PROFILES default "speed quality"),
 # trellis (tools/gpu-trellis-parity.sh), matte (tools/gpu-matte-parity.sh),
@@ -122,6 +123,34 @@ for s in $SUITES; do
     ops)  # TRELLIS' GPU-only op paths against the CPU paths; f32 without TF32, as the parity runs.
       unxz_to .gpu-bin/ops_parity.xz /tmp/ops_parity; chmod +x /tmp/ops_parity
       suite ops env NVIDIA_TF32_OVERRIDE=0 /tmp/ops_parity ;;
+    image)
+      unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge
+      # An opaque picture (ghost_rgba.png on white, 1024²) so that the matte network runs; the
+      # random structure decoder is calibrated on the cut-out the random matte makes of it (a
+      # first short run saves it), so that the timed runs see VOXELS voxels.
+      python3 - <<'PY'
+from PIL import Image
+im = Image.open(".gpu-bin/ghost_rgba.png").convert("RGBA")
+bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+bg.alpha_composite(im)
+bg.convert("RGB").resize((1024, 1024), Image.LANCZOS).save("/tmp/photo_1024.png")
+PY
+      suite image bash -c 'set -e; M=/tmp/trellis-photo; P=/tmp/photo_1024.png
+        rm -rf $M /tmp/trellis-uncalibrated
+        /tmp/splatforge models make-random --family trellis --size full /tmp/trellis-uncalibrated
+        /tmp/splatforge generate --image $P --models /tmp/trellis-uncalibrated --profile image-speed \
+          --ss-steps 1 --slat-steps 1 --save-views /tmp/cut -o /tmp/cut.ply > /dev/null
+        rm -rf /tmp/trellis-uncalibrated
+        /tmp/splatforge models make-random --family trellis --size full $M \
+          --voxels "${VOXELS:-20000}" --calibration-image /tmp/cut/cutout.png
+        for profile in image-quality image-speed; do
+          /tmp/splatforge generate --image $P --models $M --profile $profile --repeat "${OURS_REPEAT:-4}" \
+            --json -o /tmp/photo.ply > "$OUT/$profile.jsonl" 2> "$OUT/$profile.stderr"
+          tail -3 "$OUT/$profile.stderr"
+        done
+        /usr/bin/time -v /tmp/splatforge generate --image $P --models $M --profile image-speed --json \
+          -o "$OUT/photo.glb" > "$OUT/glb.jsonl" 2> "$OUT/glb.stderr"
+        tail -25 "$OUT/glb.stderr"; ls -la "$OUT"' ;;
     trellis-e2e)
       python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/easydict-*.whl .whl/plyfile-*.whl
       unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge
