@@ -86,6 +86,17 @@ FLUX_SCHNELL = dict(
     axes_dims_rope=(16, 56, 56),
 )
 
+# Attention timings: (name, batch, queries, keys, heads, head dim), in step with
+# ATTENTION_SHAPES of crates/diffusion/examples/parity.rs (which says what each is).
+ATTENTION_SHAPES = [
+    ("op_attention_24x4352x128", 1, 4352, 4352, 24, 128),
+    ("op_attention_mvdream_2x4096x5x64", 2, 4096, 4096, 5, 64),
+    ("op_attention_trellis_ss_2x4096x16x64", 2, 4096, 4096, 16, 64),
+    ("op_attention_trellis_cross_2x4096x1374x16x64", 2, 4096, 1374, 16, 64),
+    ("op_attention_trellis_slat_2x5000x16x64", 2, 5000, 5000, 16, 64),
+    ("op_attention_trellis_slat_2x17000x16x64", 2, 17000, 17000, 16, 64),
+    ("op_attention_dinov2_1x1374x16x64", 1, 1374, 1374, 16, 64),
+]
 RESULTS = {"diffusers": diffusers.__version__, "torch": torch.__version__, "py_time_ms": {}, "py_bf16_rel_l2": {}, "errors": []}
 
 
@@ -287,7 +298,6 @@ def main():
         w5 = r(512, 512, 3, 3)
         gw, gb = r(128), r(128)
         xu = r(4, 128, 128, 128)
-        q, k, v = r(1, 24, 4352, 128), r(1, 24, 4352, 128), r(1, 24, 4352, 128)
         a, b = r(4352, 3072), r(3072, 12288)
         P = RESULTS["py_time_ms"]
         P["op_conv3x3_4x128x256"] = bench(lambda: F.conv2d(x, w, padding=1))
@@ -298,11 +308,11 @@ def main():
         P["op_group_norm_4x128x256+silu"] = bench(lambda: F.silu(F.group_norm(x, 32, gw, gb, 1e-6)))
         P["op_silu_4x128x256"] = bench(lambda: F.silu(x))
         P["op_upsample2x_4x128x128"] = bench(lambda: F.interpolate(xu, scale_factor=2.0, mode="nearest"))
-        P["op_attention_24x4352x128"] = bench(lambda: F.scaled_dot_product_attention(q, k, v))
         vq, vk, vv = r(1, 1, 16384, 512), r(1, 1, 16384, 512), r(1, 1, 16384, 512)
         P["op_attention_vae_1x16384x512"] = bench(lambda: F.scaled_dot_product_attention(vq, vk, vv))
-        mq, mk, mv = r(2, 5, 4096, 64), r(2, 5, 4096, 64), r(2, 5, 4096, 64)
-        P["op_attention_mvdream_2x4096x5x64"] = bench(lambda: F.scaled_dot_product_attention(mq, mk, mv))
+        for name, b_, nq, nk, h, d in ATTENTION_SHAPES:
+            aq, ak, av = r(b_, h, nq, d), r(b_, h, nk, d), r(b_, h, nk, d)
+            P[name] = bench(lambda: F.scaled_dot_product_attention(aq, ak, av))
         P["op_matmul_4352x3072x12288"] = bench(lambda: a @ b)
         xl, wl, bl = r(8, 1024, 320), r(1280, 320), r(1280)
         P["op_linear_8x1024x320x1280"] = bench(lambda: F.linear(xl, wl, bl))

@@ -493,7 +493,7 @@ fn main() -> R<()> {
     if want("ops") && !dev.is_cpu() {
         fused_ops(&dev, &mut rep)?;
     }
-    for plan in splatforge_nn::ops::conv_plan_summary() {
+    for plan in splatforge_nn::ops::cudnn_plan_summary() {
         rep.text("cudnn_plan", &plan);
     }
 
@@ -509,7 +509,9 @@ fn main() -> R<()> {
 /// own op next to ours.
 fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
     use candle_core::Module;
-    use splatforge_nn::ops::{attention, attention_reference, attention_with_variant, GroupNorm};
+    use splatforge_nn::ops::{
+        attention, attention_reference, attention_with, AttentionKernel, GroupNorm,
+    };
     let cpu = Device::Cpu;
     let r = |s: &[usize], dt: DType| -> R<Tensor> {
         Ok(Tensor::randn(0f32, 1., s, dev)?.to_dtype(dt)?)
@@ -537,19 +539,25 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
         let q = r(&[b, nq, h * d], dt)?;
         let k = r(&[b, nk, h * d], dt)?;
         let v = r(&[b, nk, h * d], dt)?;
-        let ours = attention(&q, &k, &v, h)?;
         let want = attention_reference(&f32_cpu(&q)?, &f32_cpu(&k)?, &f32_cpu(&v)?, h)?;
-        rep.parity(
-            &format!("op attention {label} [{b},{nq},{nk},{h}x{d}]"),
-            &format!("{dt:?}"),
-            rel(&ours, &want)?,
-            1e-2,
-        );
+        // Both GPU implementations, each against the same reference.
+        for (kernel, name) in [
+            (AttentionKernel::Fused(0), "fused"),
+            (AttentionKernel::Cudnn, "cudnn"),
+        ] {
+            let ours = attention_with(&q, &k, &v, h, kernel)?;
+            rep.parity(
+                &format!("op attention {label} [{b},{nq},{nk},{h}x{d}] {name}"),
+                &format!("{dt:?}"),
+                rel(&ours, &want)?,
+                1e-2,
+            );
+        }
         // Every block shape of the kernel (cuda/api.h `variant`) computes the
         // same values; the ragged case exercises their tails.
         if label.contains("ragged") {
             for variant in ATTENTION_VARIANTS {
-                let ours = attention_with_variant(&q, &k, &v, h, variant)?;
+                let ours = attention_with(&q, &k, &v, h, AttentionKernel::Fused(variant))?;
                 rep.parity(
                     &format!("op attention {label} variant {variant}"),
                     &format!("{dt:?}"),
@@ -887,16 +895,8 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
             Box::new(|| Ok(attention_reference(&fl[0], &fl[1], &fl[2], 24)?)),
         ),
         (
-            "op_attention_24x4352x128 (fused)",
-            Box::new(|| Ok(attention(&fl[0], &fl[1], &fl[2], 24)?)),
-        ),
-        (
             "op_attention_mvdream_2x4096x5x64 (materialised)",
             Box::new(|| Ok(attention_reference(&mv[0], &mv[1], &mv[2], 5)?)),
-        ),
-        (
-            "op_attention_mvdream_2x4096x5x64 (fused)",
-            Box::new(|| Ok(attention(&mv[0], &mv[1], &mv[2], 5)?)),
         ),
         ("op_matmul_4352x3072x12288", Box::new(|| Ok(a.matmul(&b)?))),
         (
@@ -933,10 +933,32 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
         let ms = bench(dev, 3, 10, &f)?;
         rep.time(name, ms, ",\"dtype\":\"bf16\"");
     }
+    // Both GPU attentions at the shapes of the models (tools/diffusion_parity.py
+    // times torch's SDPA at the same names).
+    for (name, b, nq, nk, h, d) in ATTENTION_SHAPES {
+        let q = r(&[b, nq, h * d], bf)?;
+        let (k, v) = (r(&[b, nk, h * d], bf)?, r(&[b, nk, h * d], bf)?);
+        for (kernel, label) in [
+            (AttentionKernel::Fused(0), "fused"),
+            (AttentionKernel::Cudnn, "cudnn"),
+        ] {
+            let ms = bench(dev, 3, 10, || Ok(attention_with(&q, &k, &v, h, kernel)?))?;
+            rep.time(&format!("{name} ({label})"), ms, ",\"dtype\":\"bf16\"");
+        }
+    }
+    for line in splatforge_nn::ops::cudnn_plan_summary() {
+        rep.text("cudnn plan", &line);
+    }
     // The block shapes against each other (the default is tuned from these).
     for variant in ATTENTION_VARIANTS {
         let flux = bench(dev, 3, 10, || {
-            Ok(attention_with_variant(&fl[0], &fl[1], &fl[2], 24, variant)?)
+            Ok(attention_with(
+                &fl[0],
+                &fl[1],
+                &fl[2],
+                24,
+                AttentionKernel::Fused(variant),
+            )?)
         })?;
         rep.time(
             &format!("op_attention_24x4352x128 (fused, variant {variant})"),
@@ -944,7 +966,13 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
             ",\"dtype\":\"bf16\"",
         );
         let mvd = bench(dev, 3, 10, || {
-            Ok(attention_with_variant(&mv[0], &mv[1], &mv[2], 5, variant)?)
+            Ok(attention_with(
+                &mv[0],
+                &mv[1],
+                &mv[2],
+                5,
+                AttentionKernel::Fused(variant),
+            )?)
         })?;
         rep.time(
             &format!("op_attention_mvdream_2x4096x5x64 (fused, variant {variant})"),
@@ -957,3 +985,47 @@ fn fused_ops(dev: &Device, rep: &mut Report) -> R<()> {
 
 /// The attention kernel's forced block shapes (`variant` in cuda/api.h).
 const ATTENTION_VARIANTS: [u32; 4] = [1, 2, 3, 4];
+
+/// Attention timings: (name, batch, queries, keys, heads, head dim). FLUX at
+/// 1024² (4096 image + 256 text tokens), MVDream's 4-view self-attention at
+/// 32² with CFG, TRELLIS' stage-1 self- and cross-attention (16³ tokens, the
+/// 1374 DINOv2 tokens) and stage-2 self-attention at a real object's ~5k
+/// coarse tokens and the scattered random structure's ~17k, DINOv2 itself.
+/// Keep in step with `ATTENTION_SHAPES` in tools/diffusion_parity.py.
+const ATTENTION_SHAPES: [(&str, usize, usize, usize, usize, usize); 7] = [
+    ("op_attention_24x4352x128", 1, 4352, 4352, 24, 128),
+    ("op_attention_mvdream_2x4096x5x64", 2, 4096, 4096, 5, 64),
+    (
+        "op_attention_trellis_ss_2x4096x16x64",
+        2,
+        4096,
+        4096,
+        16,
+        64,
+    ),
+    (
+        "op_attention_trellis_cross_2x4096x1374x16x64",
+        2,
+        4096,
+        1374,
+        16,
+        64,
+    ),
+    (
+        "op_attention_trellis_slat_2x5000x16x64",
+        2,
+        5000,
+        5000,
+        16,
+        64,
+    ),
+    (
+        "op_attention_trellis_slat_2x17000x16x64",
+        2,
+        17000,
+        17000,
+        16,
+        64,
+    ),
+    ("op_attention_dinov2_1x1374x16x64", 1, 1374, 1374, 16, 64),
+];

@@ -262,6 +262,8 @@ impl FusedAttention {
             dtype,
             variant: small("attention variant", self.variant as usize)?,
         };
+        // SAFETY: the args hold device addresses of live buffers of the shapes the kernel
+        // reads and writes (checked above), and the launch is on candle's stream of them.
         check("attention", unsafe {
             sf_attention(&args, stream.cu_stream() as *mut c_void)
         })?;
@@ -362,6 +364,7 @@ impl GroupNormGeometry {
             channels,
             groups,
             spatial: spatial as i64,
+            // SAFETY: a pure function of its integer arguments.
             scratch_floats: unsafe { sf_group_norm_scratch_floats(n, groups, group_size) },
         })
     }
@@ -416,6 +419,8 @@ impl FusedGroupNormBackward {
             silu: self.0.silu as c_int,
             dtype,
         };
+        // SAFETY: the args hold device addresses of live buffers of the shapes the kernel
+        // reads and writes (checked above), and the launch is on candle's stream of them.
         check("group_norm_backward", unsafe {
             sf_group_norm_backward(&args, stream.cu_stream() as *mut c_void)
         })?;
@@ -490,6 +495,8 @@ impl FusedGroupNorm {
             silu: self.silu as c_int,
             dtype,
         };
+        // SAFETY: the args hold device addresses of live buffers of the shapes the kernel
+        // reads and writes (checked above), and the launch is on candle's stream of them.
         check("group_norm", unsafe {
             sf_group_norm(&args, stream.cu_stream() as *mut c_void)
         })?;
@@ -603,6 +610,8 @@ impl Upsample2x {
             dtype: sf_dtype(T::DTYPE)?,
         };
         let stream = dev.cuda_stream();
+        // SAFETY: the args hold device addresses of live buffers of the shapes the kernel
+        // reads and writes (checked above), and the launch is on candle's stream of them.
         check("upsample", unsafe {
             sf_upsample_nearest2x(&args, stream.cu_stream() as *mut c_void)
         })?;
@@ -695,6 +704,8 @@ impl EpilogueTerms {
             dtype: sf_dtype(T::DTYPE)?,
         };
         let stream = dev.cuda_stream();
+        // SAFETY: the args hold device addresses of live buffers of the shapes the kernel
+        // reads and writes (checked above), and the launch is on candle's stream of them.
         check("linear epilogue", unsafe {
             sf_linear_epilogue(&args, stream.cu_stream() as *mut c_void)
         })?;
@@ -778,6 +789,8 @@ impl RmsNormRope {
             dtype: sf_dtype(T::DTYPE)?,
         };
         let stream = dev.cuda_stream();
+        // SAFETY: the args hold device addresses of live buffers of the shapes the kernel
+        // reads and writes (checked above), and the launch is on candle's stream of them.
         check("RMSNorm + RoPE", unsafe {
             sf_rms_norm_rope(&args, stream.cu_stream() as *mut c_void)
         })?;
@@ -871,6 +884,8 @@ impl LayerNormModulate {
             dtype: sf_dtype(T::DTYPE)?,
         };
         let stream = dev.cuda_stream();
+        // SAFETY: the args hold device addresses of live buffers of the shapes the kernel
+        // reads and writes (checked above), and the launch is on candle's stream of them.
         check("LayerNorm + modulation", unsafe {
             sf_layer_norm_modulate(&args, stream.cu_stream() as *mut c_void)
         })?;

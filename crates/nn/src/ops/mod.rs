@@ -3,7 +3,7 @@
 //!
 //! | op | fused CUDA kernel (feature `cuda`) | composite path |
 //! |---|---|---|
-//! | [`attention`] | `cuda/attention.cu`: flash-style, f16/bf16, head dim 64 or 128 | scores materialised, softmax in f32 |
+//! | [`attention`] | cuDNN's fused attention (feature `cudnn`, graph API, `ops/cudnn/attention.rs`), else `cuda/attention.cu`: flash-style, f16/bf16, head dim 64 or 128 | scores materialised, softmax in f32 |
 //! | [`GroupNorm::forward`] / [`GroupNorm::forward_silu`] | `cuda/group_norm.cu`: statistics + normalise + SiLU in three launches | candle ops, statistics in f32 |
 //! | [`linear`] | cuBLAS product, then `cuda/elementwise.cu`: bias, GELU, gated residual in one pass | candle-nn's `Linear`, then candle ops |
 //! | [`rms_norm_rope`] | `cuda/elementwise.cu`: FLUX's per-head RMSNorm and rotary embedding in one pass | candle-nn's `rms_norm`, `rope_i` |
@@ -36,7 +36,7 @@ macro_rules! cuda_only {
 #[cfg(feature = "cuda")]
 mod cuda;
 #[cfg(feature = "cudnn")]
-mod cudnn_conv;
+mod cudnn;
 
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -44,25 +44,57 @@ use candle_nn::VarBuilder;
 /// Multi-head softmax attention: `q [B, Nq, H·D]`, `k, v [B, Nk, H·D]` →
 /// `[B, Nq, H·D]`, scale `D^−½`, softmax in f32.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
-    attention_with_variant(q, k, v, heads, 0)
+    attention_with(q, k, v, heads, AttentionKernel::Auto)
 }
 
-/// [`attention`] for benchmarks and parity checks: force one kernel
-/// configuration (`variant` of `SfAttentionArgs` in `cuda/api.h`; 0 is the
-/// tuned default, unknown ones fail). CPU tensors / unsupported shapes take
-/// the composite path exactly as `attention` does.
-pub fn attention_with_variant(
+/// Which implementation runs [`attention`] on the GPU (benchmarks and parity
+/// checks force one; everything else takes `Auto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// cuDNN's fused attention where the build has `cudnn` and an engine
+    /// takes the shape, else our kernel with its default block shape.
+    Auto,
+    /// Our flash-attention kernel (`cuda/attention.cu`) with block shape
+    /// `variant` (`SfAttentionArgs` in `cuda/api.h`; 0 is the tuned default,
+    /// unknown ones fail).
+    Fused(u32),
+    /// cuDNN's fused attention (`ops/cudnn/attention.rs`); fails without the
+    /// `cudnn` feature or where no engine takes the shape.
+    Cudnn,
+}
+
+/// [`attention`] on the implementation `kernel` picks. CPU tensors, autograd
+/// and shapes no kernel covers take the composite path whatever `kernel` says.
+pub fn attention_with(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     heads: usize,
-    variant: u32,
+    kernel: AttentionKernel,
 ) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if let Some(out) = cuda::attention(q, k, v, heads, variant)? {
-        return Ok(out);
+    #[cfg(feature = "cudnn")]
+    if matches!(kernel, AttentionKernel::Auto | AttentionKernel::Cudnn) {
+        if let Some(out) = cudnn::attention::attention(q, k, v, heads)? {
+            return Ok(out);
+        }
     }
-    let _ = variant;
+    #[cfg(feature = "cuda")]
+    {
+        let variant = match kernel {
+            AttentionKernel::Fused(variant) => variant,
+            AttentionKernel::Auto => 0,
+            AttentionKernel::Cudnn if fusable(q) => {
+                candle_core::bail!(
+                    "cuDNN attention does not take this shape (or the build has no cudnn)"
+                )
+            }
+            AttentionKernel::Cudnn => 0,
+        };
+        if let Some(out) = cuda::attention(q, k, v, heads, variant)? {
+            return Ok(out);
+        }
+    }
+    let _ = kernel;
     attention_reference(q, k, v, heads)
 }
 
@@ -197,7 +229,7 @@ pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> R
 /// Why not candle's own cuDNN path: it sets no math type on the convolution,
 /// and cuDNN then runs bf16/f16 convolutions without tensor cores (measured
 /// ≈ 25 TFLOP/s on an H200, 10–40× torch's time), and it asks cuDNN's
-/// heuristics at every call. Ours uses the graph API (`ops/cudnn_conv.rs`).
+/// heuristics at every call. Ours uses the graph API (`ops/cudnn/conv.rs`).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     inner: candle_nn::Conv2d,
@@ -210,7 +242,7 @@ impl Conv2d {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         #[cfg(feature = "cudnn")]
-        if let Some(y) = cudnn_conv::conv2d(
+        if let Some(y) = cudnn::conv::conv2d(
             x,
             self.inner.weight(),
             self.inner.bias(),
@@ -235,7 +267,7 @@ pub fn conv3d(
     stride: usize,
 ) -> Result<Option<Tensor>> {
     #[cfg(feature = "cudnn")]
-    return cudnn_conv::conv3d(x, weight, bias, padding, stride);
+    return cudnn::conv::conv3d(x, weight, bias, padding, stride);
     #[cfg(not(feature = "cudnn"))]
     {
         let _ = (x, weight, bias, padding, stride);
@@ -496,12 +528,12 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
     x.upsample_nearest2d(2 * h, 2 * w)
 }
 
-/// The cuDNN convolution plans this thread has made, a line each (shape,
-/// engine, workspace; for benchmark reports). Empty without the `cudnn`
-/// feature or before the first convolution on a GPU.
-pub fn conv_plan_summary() -> Vec<String> {
+/// The cuDNN plans this thread has made (convolutions, then attention), a
+/// line each (shape, engine, workspace; for benchmark reports). Empty without
+/// the `cudnn` feature or before the first such op on a GPU.
+pub fn cudnn_plan_summary() -> Vec<String> {
     #[cfg(feature = "cudnn")]
-    return cudnn_conv::plan_summary();
+    return cudnn::plan_summary();
     #[cfg(not(feature = "cudnn"))]
     Vec::new()
 }

@@ -1,17 +1,12 @@
-//! Convolutions (2-D and 3-D) through cuDNN's graph (backend) API, on
-//! cudarc's raw bindings; candle's own `cudnn` feature stays off (see
-//! [`crate::ops::Conv2d`] and [`crate::ops::conv3d`]).
+//! Convolutions (2-D and 3-D) through cuDNN's graph API (see [`super`]);
+//! [`crate::ops::Conv2d`] and [`crate::ops::conv3d`] call them.
 //!
 //! Per shape, pass and thread a plan is made once and cached: a one-node
-//! operation graph (forward, or backward-data for the input gradient), the
-//! engine configurations cuDNN's heuristics rank for it, and the execution
-//! plan of the first one that finalizes and whose numerics we accept. With
-//! `SPLATFORGE_CUDNN_BENCHMARK=1` the first [`BENCHMARK_CANDIDATES`] such
-//! plans are run and the fastest is kept instead, as torch's
-//! `cudnn.benchmark` does. A call is then one cuDNN execution. The legacy
-//! API (`cudnnConvolutionForward` with `Find`'s algorithm) ran the VAE's
-//! 4×128×256² bf16 convolution in 1.7 ms on an H100, torch's graph-API plan
-//! in 0.28 ms; the legacy API does not reach the newer engines.
+//! operation graph (forward, or backward-data for the input gradient) and the
+//! plan of [`super::make_plan`]. The legacy API (`cudnnConvolutionForward`
+//! with `Find`'s algorithm) ran the VAE's 4×128×256² bf16 convolution in
+//! 1.7 ms on an H100, torch's graph-API plan in 0.28 ms; the legacy API does
+//! not reach the newer engines.
 //!
 //! Numerics: accumulation in f32; no engine that reduces in lower precision
 //! or is nondeterministic (the pipeline's outputs depend only on the seed).
@@ -25,7 +20,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::rc::Rc;
-use std::time::Instant;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cudnn::{sys, CudnnDataType};
@@ -39,29 +33,23 @@ use candle_nn::Conv2dConfig;
 
 use splatforge_cuda::{layout_address, slice_address_mut, Plain};
 
-use super::cuda::{
+use super::super::cuda::{
     aligned, alloc, check, sf_channel_bias, sf_dtype, storage_address, SfChannelBiasArgs,
 };
-use super::fusable;
+use super::super::fusable;
+use super::{
+    execute_with_workspace, handle, make_plan, numerical_notes, operation_graph, packed_strides,
+    tensor, Binding, Desc, Handle, Plan, Variant,
+};
 
 use sys::cudnnBackendAttributeName_t as A;
 use sys::cudnnBackendAttributeType_t as T;
 use sys::cudnnBackendDescriptorType_t as K;
 
-/// Engine configurations timed per shape when `SPLATFORGE_CUDNN_BENCHMARK=1`.
-const BENCHMARK_CANDIDATES: usize = 8;
 /// Tensor ids in the graphs and variant packs.
 const UID_IN: i64 = 1;
 const UID_FILTER: i64 = 2;
 const UID_OUT: i64 = 3;
-
-fn ok(what: &str, status: sys::cudnnStatus_t) -> Result<()> {
-    if status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-        Ok(())
-    } else {
-        candle_core::bail!("cuDNN {what}: {status:?}")
-    }
-}
 
 /// Which operation a plan is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,134 +71,13 @@ type Key = (
     DeviceId,
 );
 
-/// A backend descriptor, destroyed on drop.
-struct Desc(sys::cudnnBackendDescriptor_t);
-
-impl Desc {
-    fn new(kind: K) -> Result<Self> {
-        let mut raw = std::ptr::null_mut();
-        ok("create descriptor", unsafe {
-            sys::cudnnBackendCreateDescriptor(kind, &mut raw)
-        })?;
-        Ok(Self(raw))
-    }
-
-    fn set<V>(&self, name: A, ty: T, values: &[V]) -> Result<()> {
-        let status = unsafe {
-            sys::cudnnBackendSetAttribute(
-                self.0,
-                name,
-                ty,
-                values.len() as i64,
-                values.as_ptr() as *const c_void,
-            )
-        };
-        ok(&format!("set {name:?}"), status)
-    }
-
-    /// Reads up to `out.len()` values; returns how many there were.
-    fn get<V>(&self, name: A, ty: T, out: &mut [V]) -> Result<usize> {
-        let mut count = 0i64;
-        let status = unsafe {
-            sys::cudnnBackendGetAttribute(
-                self.0,
-                name,
-                ty,
-                out.len() as i64,
-                &mut count,
-                out.as_mut_ptr() as *mut c_void,
-            )
-        };
-        ok(&format!("get {name:?}"), status)?;
-        Ok(count.max(0) as usize)
-    }
-
-    fn finalize(self) -> Result<Self> {
-        ok("finalize", unsafe { sys::cudnnBackendFinalize(self.0) })?;
-        Ok(self)
-    }
-}
-
-impl Drop for Desc {
-    fn drop(&mut self) {
-        unsafe {
-            sys::cudnnBackendDestroyDescriptor(self.0);
-        }
-    }
-}
-
-/// A packed (row-major) NCHW or NCDHW tensor of the graph.
-fn tensor(uid: i64, dims: &[usize], dtype: sys::cudnnDataType_t) -> Result<Desc> {
-    let d: Vec<i64> = dims.iter().map(|&v| v as i64).collect();
-    let mut strides = vec![1i64; d.len()];
-    for i in (0..d.len().saturating_sub(1)).rev() {
-        strides[i] = strides[i + 1] * d[i + 1];
-    }
-    let t = Desc::new(K::CUDNN_BACKEND_TENSOR_DESCRIPTOR)?;
-    t.set(
-        A::CUDNN_ATTR_TENSOR_DATA_TYPE,
-        T::CUDNN_TYPE_DATA_TYPE,
-        &[dtype],
-    )?;
-    t.set(A::CUDNN_ATTR_TENSOR_DIMENSIONS, T::CUDNN_TYPE_INT64, &d)?;
-    t.set(A::CUDNN_ATTR_TENSOR_STRIDES, T::CUDNN_TYPE_INT64, &strides)?;
-    t.set(A::CUDNN_ATTR_TENSOR_UNIQUE_ID, T::CUDNN_TYPE_INT64, &[uid])?;
-    // run() hands cuDNN 16-byte aligned pointers only.
-    t.set(
-        A::CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT,
-        T::CUDNN_TYPE_INT64,
-        &[16i64],
-    )?;
-    t.finalize()
-}
-
-/// A finalized execution plan and what running it needs.
-struct Plan {
-    plan: Desc,
-    workspace: usize,
-    /// The engine's global index (for reports).
-    engine: i64,
-    /// Milliseconds per run when the plan was picked by timing.
-    measured_ms: Option<f64>,
-}
-
-struct Handle(sys::cudnnHandle_t);
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        unsafe {
-            sys::cudnnDestroy(self.0);
-        }
-    }
-}
-
 thread_local! {
-    // cuDNN handles are not thread-safe: one per thread and device, on the
-    // device's (candle's) stream.
-    static HANDLES: RefCell<HashMap<DeviceId, Rc<Handle>>> = RefCell::new(HashMap::new());
     static PLANS: RefCell<HashMap<Key, Rc<Plan>>> = RefCell::new(HashMap::new());
-}
-
-fn handle(dev: &CudaDevice) -> Result<Rc<Handle>> {
-    let id = dev.id();
-    if let Some(h) = HANDLES.with(|m| m.borrow().get(&id).cloned()) {
-        return Ok(h);
-    }
-    let stream = dev.cuda_stream();
-    stream.context().bind_to_thread().map_err(E::wrap)?;
-    let mut raw = std::ptr::null_mut();
-    ok("create", unsafe { sys::cudnnCreate(&mut raw) })?;
-    let h = Rc::new(Handle(raw));
-    ok("set stream", unsafe {
-        sys::cudnnSetStream(raw, stream.cu_stream() as _)
-    })?;
-    HANDLES.with(|m| m.borrow_mut().insert(id, h.clone()));
-    Ok(h)
 }
 
 /// One line per plan this thread has made: shape, pass, engine, workspace,
 /// and the measured time when it was picked by timing (benchmark reports).
-pub fn plan_summary() -> Vec<String> {
+pub(super) fn plan_summary() -> Vec<String> {
     PLANS.with(|m| {
         let mut lines: Vec<String> = m
             .borrow()
@@ -228,28 +95,11 @@ pub fn plan_summary() -> Vec<String> {
     })
 }
 
-fn benchmark_mode() -> bool {
-    std::env::var("SPLATFORGE_CUDNN_BENCHMARK").is_ok_and(|v| v == "1")
-}
-
 /// Whether the engine of `cfg` has numerics we accept (module docs).
 fn acceptable(cfg: &Desc, dtype: DType) -> Result<bool> {
-    let engine = Desc::new(K::CUDNN_BACKEND_ENGINE_DESCRIPTOR)?;
-    let mut raw = [engine.0];
-    cfg.get(
-        A::CUDNN_ATTR_ENGINECFG_ENGINE,
-        T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-        &mut raw,
-    )?;
-    // Read as u32: cuDNN may report notes newer than these bindings.
-    let mut notes = [0u32; 16];
-    let n = engine.get(
-        A::CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
-        T::CUDNN_TYPE_NUMERICAL_NOTE,
-        &mut notes,
-    )?;
+    let notes = numerical_notes(cfg)?;
     use sys::cudnnBackendNumericalNote_t as N;
-    let has = |note: N| notes[..n.min(notes.len())].contains(&(note as u32));
+    let has = |note: N| notes.contains(&(note as u32));
     let tf32_ok =
         dtype != DType::F32 || std::env::var("NVIDIA_TF32_OVERRIDE").map_or(true, |v| v != "0");
     Ok(!has(N::CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION)
@@ -259,50 +109,11 @@ fn acceptable(cfg: &Desc, dtype: DType) -> Result<bool> {
                 || has(N::CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS))))
 }
 
-fn engine_index(cfg: &Desc) -> Result<i64> {
-    let engine = Desc::new(K::CUDNN_BACKEND_ENGINE_DESCRIPTOR)?;
-    let mut raw = [engine.0];
-    cfg.get(
-        A::CUDNN_ATTR_ENGINECFG_ENGINE,
-        T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-        &mut raw,
-    )?;
-    let mut index = [-1i64];
-    engine.get(
-        A::CUDNN_ATTR_ENGINE_GLOBAL_INDEX,
-        T::CUDNN_TYPE_INT64,
-        &mut index,
-    )?;
-    Ok(index[0])
-}
-
+/// Tensor ids of one call's buffers, in the order of [`Pointers`].
+const UIDS: [i64; 3] = [UID_IN, UID_FILTER, UID_OUT];
 /// Device pointers of one call, in the order of [`UID_IN`], [`UID_FILTER`],
 /// [`UID_OUT`].
-type Pointers = [u64; 3];
-
-fn execute(h: &Handle, plan: &Desc, ptrs: &Pointers, workspace: u64) -> Result<()> {
-    let pack = Desc::new(K::CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR)?;
-    let data: [*mut c_void; 3] = ptrs.map(|p| p as *mut c_void);
-    pack.set(
-        A::CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS,
-        T::CUDNN_TYPE_INT64,
-        &[UID_IN, UID_FILTER, UID_OUT],
-    )?;
-    pack.set(
-        A::CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS,
-        T::CUDNN_TYPE_VOID_PTR,
-        &data,
-    )?;
-    pack.set(
-        A::CUDNN_ATTR_VARIANT_PACK_WORKSPACE,
-        T::CUDNN_TYPE_VOID_PTR,
-        &[workspace as *mut c_void],
-    )?;
-    let pack = pack.finalize()?;
-    ok("execute", unsafe {
-        sys::cudnnBackendExecute(h.0, plan.0, pack.0)
-    })
-}
+type Pointers = [*mut c_void; 3];
 
 /// The cached plan of `key`, made on first use (module docs). `ptrs` are the
 /// call's buffers: benchmark mode times the candidates on them.
@@ -363,9 +174,21 @@ fn plan<V: CudnnDataType + WithDType>(
         Pass::Forward => (x.as_slice(), y),
         Pass::BackwardData => (y, x.as_slice()),
     };
-    let t_in = tensor(UID_IN, in_dims, dt)?;
-    let t_w = tensor(UID_FILTER, w, dt)?;
-    let t_out = tensor(UID_OUT, out_dims, dt)?;
+    let t_in = tensor(
+        UID_IN,
+        in_dims,
+        &packed_strides(in_dims),
+        dt,
+        Binding::Memory,
+    )?;
+    let t_w = tensor(UID_FILTER, w, &packed_strides(w), dt, Binding::Memory)?;
+    let t_out = tensor(
+        UID_OUT,
+        out_dims,
+        &packed_strides(out_dims),
+        dt,
+        Binding::Memory,
+    )?;
     let (alpha, beta) = (1f32, 0f32);
     let op = match pass {
         Pass::Forward => {
@@ -423,126 +246,12 @@ fn plan<V: CudnnDataType + WithDType>(
             op
         }
     };
-    let op = op.finalize()?;
-    let graph = Desc::new(K::CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR)?;
-    graph.set(
-        A::CUDNN_ATTR_OPERATIONGRAPH_OPS,
-        T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-        &[op.0],
-    )?;
-    graph.set(
-        A::CUDNN_ATTR_OPERATIONGRAPH_HANDLE,
-        T::CUDNN_TYPE_HANDLE,
-        &[h.0],
-    )?;
-    let graph = graph.finalize()?;
-
-    // Heuristics rank the engine configurations; the fallback list covers
-    // shapes the ranked engines refuse.
-    let mut configs = Vec::new();
-    for mode in [
-        sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A,
-        sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_FALLBACK,
-    ] {
-        let heur = Desc::new(K::CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR)?;
-        heur.set(
-            A::CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH,
-            T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-            &[graph.0],
-        )?;
-        heur.set(
-            A::CUDNN_ATTR_ENGINEHEUR_MODE,
-            T::CUDNN_TYPE_HEUR_MODE,
-            &[mode],
-        )?;
-        let Ok(heur) = heur.finalize() else { continue };
-        let cfgs = (0..32)
-            .map(|_| Desc::new(K::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR))
-            .collect::<Result<Vec<_>>>()?;
-        let mut raw: Vec<_> = cfgs.iter().map(|c| c.0).collect();
-        let n = heur.get(
-            A::CUDNN_ATTR_ENGINEHEUR_RESULTS,
-            T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-            &mut raw,
-        )?;
-        configs.extend(cfgs.into_iter().take(n));
-    }
-
-    let benchmark = benchmark_mode();
-    // The fastest engines transpose to NHWC in their workspace, which grows
-    // with the tensors (1 GiB for a 256-channel 1024² bf16 convolution, where
-    // the fallback engine takes 20× longer): allow up to half the free memory.
-    let (free, _) =
-        candle_core::cuda_backend::cudarc::driver::result::mem_get_info().map_err(E::wrap)?;
-    let max_workspace = (free / 2) as i64;
-    let mut candidates = Vec::new();
-    for cfg in &configs {
-        if !acceptable(cfg, V::DTYPE)? {
-            continue;
-        }
-        let ex = Desc::new(K::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
-        ex.set(
-            A::CUDNN_ATTR_EXECUTION_PLAN_HANDLE,
-            T::CUDNN_TYPE_HANDLE,
-            &[h.0],
-        )?;
-        ex.set(
-            A::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
-            T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-            &[cfg.0],
-        )?;
-        // Engines refuse shapes they do not support here; try the next one.
-        let Ok(ex) = ex.finalize() else { continue };
-        let mut ws = [0i64];
-        ex.get(
-            A::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-            T::CUDNN_TYPE_INT64,
-            &mut ws,
-        )?;
-        if ws[0] > max_workspace {
-            continue;
-        }
-        candidates.push(Plan {
-            plan: ex,
-            workspace: ws[0].max(0) as usize,
-            engine: engine_index(cfg)?,
-            measured_ms: None,
-        });
-        if !benchmark || candidates.len() == BENCHMARK_CANDIDATES {
-            break;
-        }
-    }
-    let chosen = if benchmark && candidates.len() > 1 {
-        let stream = dev.cuda_stream();
-        let mut best: Option<Plan> = None;
-        for mut c in candidates {
-            let mut ws = (c.workspace > 0)
-                .then(|| alloc::<u8>(dev, c.workspace))
-                .transpose()?;
-            let ws_ptr = ws.as_mut().map_or(0, |w| slice_address_mut(w, &stream));
-            // The first run pays lazy initialisation; time the next three.
-            if execute(h, &c.plan, ptrs, ws_ptr).is_err() {
-                continue;
-            }
-            stream.synchronize().map_err(E::wrap)?;
-            let t0 = Instant::now();
-            for _ in 0..3 {
-                execute(h, &c.plan, ptrs, ws_ptr)?;
-            }
-            stream.synchronize().map_err(E::wrap)?;
-            let ms = t0.elapsed().as_secs_f64() * 1e3 / 3.0;
-            c.measured_ms = Some(ms);
-            if best
-                .as_ref()
-                .is_none_or(|b| b.measured_ms.is_some_and(|b| ms < b))
-            {
-                best = Some(c);
-            }
-        }
-        best
-    } else {
-        candidates.into_iter().next()
+    let graph = operation_graph(h, &[op.finalize()?])?;
+    let variant = Variant {
+        uids: &UIDS,
+        pointers: ptrs,
     };
+    let chosen = make_plan(h, dev, &graph, |cfg| acceptable(cfg, V::DTYPE), &variant)?;
     let pl = Rc::new(chosen.ok_or_else(|| {
         E::Msg(format!(
             "cuDNN has no {pass:?} plan for x {x:?}, w {w:?} ({:?})",
@@ -555,7 +264,7 @@ fn plan<V: CudnnDataType + WithDType>(
 
 /// The cuDNN convolution when it applies (CUDA, f32/f16/bf16, one group,
 /// weights without gradient); `None` sends the caller to candle's `conv2d`.
-pub(super) fn conv2d(
+pub(in crate::ops) fn conv2d(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
@@ -584,7 +293,7 @@ pub(super) fn conv2d(
 /// The cuDNN 3-D convolution when it applies (CUDA, f32/f16/bf16, `x [N, C, D, H, W]`,
 /// `weight [K, C, T, R, S]` without gradient, same padding and stride on every axis);
 /// `None` sends the caller to its composite path.
-pub(super) fn conv3d(
+pub(in crate::ops) fn conv3d(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
@@ -688,9 +397,9 @@ where
     let stream = dev.cuda_stream();
     let mut out = alloc::<V>(dev, out_dims.iter().product())?;
     let ptrs: Pointers = [
-        layout_address(a, la, &stream),
-        layout_address(w, lw, &stream),
-        slice_address_mut(&mut out, &stream),
+        layout_address(a, la, &stream) as *mut c_void,
+        layout_address(w, lw, &stream) as *mut c_void,
+        slice_address_mut(&mut out, &stream) as *mut c_void,
     ];
     let key: Key = (
         pass,
@@ -703,23 +412,22 @@ where
         dev.id(),
     );
     let pl = plan::<V>(&hd, dev, key, p, &y_dims, &ptrs)?;
-    // No allocation when the plan needs no workspace (cuDNN takes null then).
-    let mut workspace = (pl.workspace > 0)
-        .then(|| alloc::<u8>(dev, pl.workspace))
-        .transpose()?;
-    let ws_ptr = workspace
-        .as_mut()
-        .map_or(0, |w| slice_address_mut(w, &stream));
-    execute(&hd, &pl.plan, &ptrs, ws_ptr)?;
+    let variant = Variant {
+        uids: &UIDS,
+        pointers: &ptrs,
+    };
+    execute_with_workspace(&hd, dev, &pl, &variant)?;
     if let Some(bias) = bias {
         let args = SfChannelBiasArgs {
-            y: ptrs[2],
+            y: ptrs[2] as u64,
             bias,
             planes: (n * k) as i64,
             channels: k as i32,
             plane: y_dims[2..].iter().product::<usize>() as i64,
             dtype: sf_dtype(V::DTYPE)?,
         };
+        // SAFETY: `y` is the plan's output buffer of `planes × plane` values and `bias`
+        // holds `channels` values (checked in `dispatch`), on candle's stream.
         check("conv2d bias", unsafe {
             sf_channel_bias(&args, stream.cu_stream() as *mut c_void)
         })?;
