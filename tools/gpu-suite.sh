@@ -20,7 +20,9 @@
 # trellis-e2e (image → PLY on full-size random weights, calibrated to VOXELS occupied voxels:
 # `splatforge generate --image` against the official pipeline, tools/trellis_reference.py, same
 # folder and steps; then, unless SHIMS=0, the official run again with --time-shims for the
-# shims' own cost).
+# shims' own cost), text (tools/gpu-text.sh: `generate --prompt --profile text-image-quality`, FLUX.1-schnell
+# 4 steps → matte → TRELLIS on full-size random weights, FLUX 33.7 GB written here first and its write
+# timed; TEXT_SIDES default "512 1024", TEXT_REPEAT 3, TRELLIS calibrated to VOXELS per side).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=tools/gpu-common.sh
@@ -164,6 +166,9 @@ PY
           --ours "$OUT/ours.jsonl" --json "$OUT/reference.json" 2> "$OUT/reference.stderr"
         [[ "${SHIMS:-1}" == 0 ]] || python3 tools/trellis_reference.py $M --image .gpu-bin/ghost_rgba.png --repeat 2 \
           --ours "$OUT/ours.jsonl" --time-shims --json "$OUT/reference_shims.json" 2>> "$OUT/reference.stderr" | tail -12' ;;
+    text)
+      unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge
+      suite text env SPLATFORGE=/tmp/splatforge SIZE=full WORKDIR=/tmp tools/gpu-text.sh ;;
     *) echo "unknown suite $s" | tee -a "$WORK/summary.txt"; status=1 ;;
   esac
 done

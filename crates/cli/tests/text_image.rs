@@ -213,3 +213,76 @@ fn bad_flux_inputs_fail_with_one_line() {
     ]);
     assert!(err.contains("--prompt is empty"), "{err}");
 }
+
+/// `models make-random --family flux --size tiny` (the streaming writer of the full-size
+/// model, at the tiny size) gives a folder `generate --flux` runs, as the GPU `text` suite does.
+#[test]
+fn make_random_flux_tiny_runs_through_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    let flux = dir.path().join("flux");
+    let out = splatforge(&[
+        "models",
+        "make-random",
+        "--family",
+        "flux",
+        "--size",
+        "tiny",
+        s(&flux),
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("parameters: transformer"), "{stdout}");
+    assert!(flux
+        .join("transformer/diffusion_pytorch_model.safetensors.index.json")
+        .is_file());
+    // The folder must be new or empty.
+    let again = splatforge(&[
+        "models",
+        "make-random",
+        "--family",
+        "flux",
+        "--size",
+        "tiny",
+        s(&flux),
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("not empty"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    let trellis = dir.path().join("trellis");
+    let out = splatforge(&[
+        "models",
+        "make-random",
+        "--family",
+        "trellis",
+        "--size",
+        "tiny",
+        s(&trellis),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ply = dir.path().join("chair.ply");
+    let out = splatforge(&[
+        "generate",
+        "--prompt",
+        "a red chair",
+        "--flux",
+        s(&flux),
+        "--models",
+        s(&trellis),
+        "--profile",
+        "text-image-development",
+        "-o",
+        s(&ply),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = splatforge(&["validate", s(&ply), "--min-gaussians", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}

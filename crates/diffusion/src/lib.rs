@@ -48,7 +48,8 @@ pub use flux::{load_flux, FluxOutput, FluxPipeline, FluxRequest, FluxText};
 pub use loading::{LoadOptions, ModelSource};
 pub use mvdream::{load_mvdream, LdmConfig, MvDreamOutput, MvDreamPipeline, MvDreamRequest};
 pub use random_models::{
-    make_random_mvdream, make_tiny, ModelSize, RandomMvDream, TinyModels, TinyOptions,
+    make_random_flux, make_random_mvdream, make_tiny, ModelSize, RandomFlux, RandomMvDream,
+    TinyModels, TinyOptions,
 };
 pub use sd::{load_sd, SdOutput, SdPipeline, SdRequest};
 pub use sds::{sds_gradient, SdsConditioning, SdsOptions, SdsOutput, SdsTimestep, SdsWeighting};

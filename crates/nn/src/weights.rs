@@ -470,6 +470,57 @@ impl RandomTensor {
         &self.dims
     }
 
+    /// The two halves of dim 0 swapped (diffusers' `(scale, shift)` ↔ the
+    /// original `(shift, scale)`): given values are reordered; drawn ones are
+    /// kept, every row being drawn alike, so the swap changes no statistic.
+    pub fn swap_halves(&self) -> Result<Self> {
+        let rows = self.dims.first().copied().unwrap_or(0);
+        if rows % 2 != 0 {
+            return Err(NnError::InvalidArgument(format!(
+                "cannot swap the halves of a tensor of shape {:?}",
+                self.dims
+            )));
+        }
+        let Some(v) = &self.given else {
+            return Ok(self.clone());
+        };
+        let half = v.len() / 2;
+        Ok(Self {
+            given: Some(v[half..].iter().chain(&v[..half]).copied().collect()),
+            ..self.clone()
+        })
+    }
+
+    /// Rows `start..start + len` (along dim 0) as the recipe of the tensor
+    /// `name`: given values are sliced; drawn ones are drawn afresh (seeded
+    /// from this tensor's seed and `name`) at this tensor's scale, which
+    /// depends only on the other dimensions. Splitting a fused weight (FLUX's
+    /// `qkv` into diffusers' `to_q`, `to_k`, `to_v`) so keeps its
+    /// initialisation, whatever the fused tensor's size.
+    pub fn narrow_rows(&self, name: &str, start: usize, len: usize) -> Result<Self> {
+        let rows = self.dims.first().copied().unwrap_or(0);
+        if start + len > rows {
+            return Err(NnError::InvalidArgument(format!(
+                "rows {start}..{} of a tensor of shape {:?}",
+                start + len,
+                self.dims
+            )));
+        }
+        let mut dims = self.dims.clone();
+        dims[0] = len;
+        let row: usize = self.dims[1..].iter().product();
+        Ok(Self {
+            seed: self.seed ^ hash_name(name),
+            dims,
+            offset: self.offset,
+            scale: self.scale,
+            given: self
+                .given
+                .as_ref()
+                .map(|v| v[start * row..(start + len) * row].into()),
+        })
+    }
+
     pub fn elem_count(&self) -> usize {
         self.dims.iter().product()
     }
@@ -682,6 +733,103 @@ pub fn save_random(
         .map_err(|e| NnError::bad_file(path, format!("cannot write: {e}")))
 }
 
+/// Bytes of `recipe` stored as `dtype`.
+fn stored_bytes(recipe: &RandomTensor, dtype: DType) -> u64 {
+    recipe.elem_count() as u64 * dtype.size_in_bytes() as u64
+}
+
+/// Writes `{stem}.safetensors.index.json` in `dir`, as transformers and
+/// diffusers do for a sharded checkpoint: `weight_map` (tensor → shard file)
+/// and `metadata.total_size` (bytes of all tensors).
+pub fn write_shard_index(
+    dir: &Path,
+    stem: &str,
+    weight_map: &BTreeMap<String, String>,
+    total_size: u64,
+) -> Result<PathBuf> {
+    let path = dir.join(format!("{stem}.safetensors.index.json"));
+    let json = serde_json::json!({
+        "metadata": { "total_size": total_size },
+        "weight_map": weight_map,
+    });
+    let text = serde_json::to_string_pretty(&json).expect("a JSON value serialises");
+    std::fs::write(&path, text).map_err(|e| NnError::io(&path, e))?;
+    Ok(path)
+}
+
+/// How [`save_random_sharded`] splits `recipes` stored as `dtype`: shards of
+/// at most `max_shard_bytes` filled in name order, a larger tensor alone.
+pub fn plan_shards(
+    recipes: &BTreeMap<String, RandomTensor>,
+    dtype: DType,
+    max_shard_bytes: u64,
+) -> Vec<BTreeMap<String, RandomTensor>> {
+    let mut plan: Vec<BTreeMap<String, RandomTensor>> = vec![];
+    let mut current_bytes = 0u64;
+    for (name, recipe) in recipes {
+        let bytes = stored_bytes(recipe, dtype);
+        if plan.is_empty() || current_bytes + bytes > max_shard_bytes {
+            plan.push(BTreeMap::new());
+            current_bytes = 0;
+        }
+        current_bytes += bytes;
+        plan.last_mut()
+            .expect("a shard was pushed")
+            .insert(name.clone(), recipe.clone());
+    }
+    plan
+}
+
+/// What [`save_random_sharded`] wrote.
+#[derive(Debug, Clone)]
+pub struct Shards {
+    /// The shard files, in order.
+    pub files: Vec<PathBuf>,
+    /// The index (`{stem}.safetensors.index.json`).
+    pub index: PathBuf,
+    /// Bytes of all tensors (the index's `total_size`).
+    pub total_size: u64,
+}
+
+/// Writes the values of `recipes` as the sharded checkpoint `stem` in `dir`:
+/// `{stem}-0000i-of-0000n.safetensors` files of at most `max_shard_bytes`
+/// of tensors each (filled in name order; a tensor larger than that gets a
+/// shard of its own, as transformers' `max_shard_size` does), then
+/// `{stem}.safetensors.index.json` ([`write_shard_index`]) naming each tensor's shard.
+///
+/// The plan (which tensor goes where, hence `n`) is computed from the shapes
+/// alone, and each shard is written by [`save_random`]: one tensor at a time,
+/// so memory peaks at the largest tensor whatever the checkpoint's size, and
+/// no shard is ever half-written. The index comes last: a folder with an
+/// index has all its shards.
+pub fn save_random_sharded(
+    recipes: &BTreeMap<String, RandomTensor>,
+    dtype: DType,
+    dir: &Path,
+    stem: &str,
+    max_shard_bytes: u64,
+) -> Result<Shards> {
+    let plan = plan_shards(recipes, dtype, max_shard_bytes);
+    let n = plan.len();
+    let mut files = Vec::with_capacity(n);
+    let mut weight_map = BTreeMap::new();
+    for (i, shard) in plan.iter().enumerate() {
+        let file = format!("{stem}-{:05}-of-{n:05}.safetensors", i + 1);
+        save_random(shard, dtype, &dir.join(&file))?;
+        for name in shard.keys() {
+            weight_map.insert(name.clone(), file.clone());
+        }
+        files.push(dir.join(file));
+    }
+    let total_size = recipes.values().map(|r| stored_bytes(r, dtype)).sum();
+    let index = write_shard_index(dir, stem, &weight_map, total_size)?;
+    Ok(Shards {
+        files,
+        index,
+        total_size,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -742,5 +890,80 @@ mod tests {
         }
         let e = save_random(&recipes, DType::U8, &dir.path().join("x.safetensors")).unwrap_err();
         assert!(e.to_string().contains("bf16"), "{e}");
+    }
+
+    #[test]
+    fn sharded_random_weights_list_each_tensor_once_and_load() {
+        let rec = RandomRecorder::new(5);
+        let vb = rec.var_builder();
+        for i in 0..5 {
+            candle_nn::linear(8, 16, vb.pp(format!("l{i}"))).unwrap();
+        }
+        let recipes = rec.recipes();
+        let dir = tempfile::tempdir().unwrap();
+        // 16 × 8 f32 weights are 512 bytes: two (with their 64-byte biases) per 1200-byte shard.
+        let shards = save_random_sharded(&recipes, DType::F32, dir.path(), "m", 1200).unwrap();
+        assert_eq!(shards.files.len(), 3);
+        assert_eq!(shards.total_size, 5 * (512 + 64));
+        let text = std::fs::read_to_string(&shards.index).unwrap();
+        for name in recipes.keys() {
+            assert_eq!(text.matches(&format!("\"{name}\":")).count(), 1, "{name}");
+        }
+        let mut in_files = 0;
+        for f in &shards.files {
+            let shard = TensorFile::open(f).unwrap();
+            let bytes: usize = shard
+                .names()
+                .iter()
+                .map(|n| shard.load(n).unwrap().unwrap().elem_count() * 4)
+                .sum();
+            assert!(bytes > 0 && bytes <= 1200, "{f:?}: {bytes}");
+            in_files += shard.names().len();
+        }
+        assert_eq!(in_files, recipes.len());
+        let file = TensorFile::open_sharded(&shards.index, &shards.files).unwrap();
+        assert_eq!(file.names().len(), recipes.len());
+        for (name, r) in &recipes {
+            let d = (file.load(name).unwrap().unwrap() - r.tensor().unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(d, 0.0, "{name}");
+        }
+        // A tensor larger than a shard gets one of its own.
+        let one = save_random_sharded(&recipes, DType::F32, dir.path(), "big", 100).unwrap();
+        assert_eq!(one.files.len(), recipes.len());
+    }
+
+    #[test]
+    fn narrow_rows_keeps_the_scale_or_slices_given_values() {
+        let w = RandomTensor::new(1, "qkv", &[300, 400], Init::Const(0.0));
+        let w = RandomTensor {
+            offset: 0.0,
+            scale: 0.05,
+            ..w
+        };
+        let q = w.narrow_rows("to_q", 0, 100).unwrap();
+        assert_eq!(q.dims(), &[100, 400]);
+        let v = q.values();
+        let std = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+        assert!((std - 0.05).abs() < 0.002, "{std}");
+        assert_ne!(
+            q.values(),
+            w.narrow_rows("to_k", 100, 100).unwrap().values()
+        );
+        assert!(w.narrow_rows("x", 250, 100).is_err());
+        let g = RandomTensor::given(&[3, 2], vec![0., 1., 2., 3., 4., 5.]).unwrap();
+        assert_eq!(
+            g.narrow_rows("g", 1, 2).unwrap().values(),
+            vec![2., 3., 4., 5.]
+        );
+        let g = RandomTensor::given(&[2, 2], vec![0., 1., 2., 3.]).unwrap();
+        assert_eq!(g.swap_halves().unwrap().values(), vec![2., 3., 0., 1.]);
+        assert!(g.narrow_rows("odd", 0, 1).unwrap().swap_halves().is_err());
     }
 }

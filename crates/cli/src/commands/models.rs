@@ -1,5 +1,5 @@
 //! `splatforge models …`: model utilities (tiny test models, full-size
-//! random MVDream and TRELLIS for timing, MVDream views).
+//! random MVDream, FLUX.1-schnell and TRELLIS for timing, MVDream views).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -25,7 +25,7 @@ pub struct Args {
 enum Command {
     /// Write tiny random-weight models with the real tensor names: MVDream (diffusers layout and LDM checkpoint), SD-Turbo, FLUX.1-schnell.
     MakeTiny(MakeTinyArgs),
-    /// Write a model with seeded random weights and the real tensor names, at the real size for timing runs, or tiny: MVDream (diffusers layout, sd-v2.1-base-4view ~1.3 B parameters), TRELLIS-image-large (its folder layout, with DINOv2 and both BiRefNets inside) or BiRefNet (model.safetensors, the Hugging Face layout).
+    /// Write a model with seeded random weights and the real tensor names, at the real size for timing runs, or tiny: MVDream (diffusers layout, sd-v2.1-base-4view ~1.3 B parameters), FLUX.1-schnell (diffusers layout, ~16.9 B parameters, 33.7 GB in bf16, streamed with bounded memory), TRELLIS-image-large (its folder layout, with DINOv2 and both BiRefNets inside) or BiRefNet (model.safetensors, the Hugging Face layout).
     MakeRandom(MakeRandomArgs),
     /// Text → 4 MVDream views (PNG) and their cameras (JSON).
     Mvdream(MvdreamArgs),
@@ -122,16 +122,16 @@ struct MakeTinyArgs {
 struct MakeRandomArgs {
     /// Output folder: the model's own layout (`generate --models DIR` loads it). Must not exist or be empty.
     dir: PathBuf,
-    /// mvdream: text → views (diffusers layout); trellis: image → 3D (pipeline.json, ckpts/, DINOv2 as dinov2_vitl14_reg4_pretrain.safetensors, the mattes as birefnet/ and birefnet_lite/); birefnet: background removal (model.safetensors).
+    /// mvdream: text → views (diffusers layout); flux: FLUX.1-schnell text → image (black-forest-labs/FLUX.1-schnell's diffusers layout: sharded transformer/ and T5 text_encoder_2/, CLIP-L text_encoder/, 16-channel vae/; `generate --flux DIR` loads it); trellis: image → 3D (pipeline.json, ckpts/, DINOv2 as dinov2_vitl14_reg4_pretrain.safetensors, the mattes as birefnet/ and birefnet_lite/); birefnet: background removal (model.safetensors).
     #[arg(long, value_enum, default_value_t = Family::Mvdream)]
     family: Family,
     /// With --family birefnet: full (Swin-L, ZhengPeng7/BiRefNet) or lite (Swin-T, ZhengPeng7/BiRefNet_lite); tiny sizes are one tiny model either way.
     #[arg(long, value_enum, default_value_t = BirefnetVariant::Full)]
     variant: BirefnetVariant,
-    /// full: the published architecture (MVDream sd-v2.1-base-4view: UNet 868 M, VAE 84 M, OpenCLIP ViT-H text tower 340 M parameters; TRELLIS-image-large: both flows 24 blocks 1024 wide, DINOv2 ViT-L/14); tiny: CPU test sizes (MVDream: make-tiny's; TRELLIS: 16³ occupancy, 32-wide).
+    /// full: the published architecture (MVDream sd-v2.1-base-4view: UNet 868 M, VAE 84 M, OpenCLIP ViT-H text tower 340 M parameters; FLUX.1-schnell: transformer 11.9 B, T5 v1.1 XXL encoder 4.76 B, CLIP-L 123 M, VAE 84 M; TRELLIS-image-large: both flows 24 blocks 1024 wide, DINOv2 ViT-L/14); tiny: CPU test sizes (MVDream and FLUX: make-tiny's; TRELLIS: 16³ occupancy, 32-wide).
     #[arg(long, value_enum, default_value_t = Size::Full)]
     size: Size,
-    /// Stored precision of the weights (default: bf16 for MVDream, full size 2.6 GB, 5.2 GB in f32; fp16 for TRELLIS, as published, its DINOv2 in fp32 and its BiRefNets in fp16; fp32 for BiRefNet alone, as published).
+    /// Stored precision of the weights (default: bf16 for MVDream, full size 2.6 GB, 5.2 GB in f32; bf16 for FLUX, as published, full size 33.7 GB; fp16 for TRELLIS, as published, its DINOv2 in fp32 and its BiRefNets in fp16; fp32 for BiRefNet alone, as published).
     #[arg(long)]
     dtype: Option<Precision>,
     /// Seed of the random weights.
@@ -157,6 +157,7 @@ enum Size {
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Family {
     Mvdream,
+    Flux,
     Trellis,
     Birefnet,
 }
@@ -251,7 +252,7 @@ fn make_random(a: MakeRandomArgs) -> Result<Outcome> {
     match a.family {
         Family::Trellis => return make_random_trellis(a),
         Family::Birefnet => return make_random_birefnet(a),
-        Family::Mvdream => {}
+        Family::Mvdream | Family::Flux => {}
     }
     if a.voxels.is_some() {
         bail!("--voxels is for --family trellis");
@@ -260,6 +261,9 @@ fn make_random(a: MakeRandomArgs) -> Result<Outcome> {
         Size::Tiny => ModelSize::Tiny,
         Size::Full => ModelSize::Full,
     };
+    if let Family::Flux = a.family {
+        return make_random_flux(&a, size);
+    }
     let t0 = Instant::now();
     let m = diffusion::make_random_mvdream(
         &a.dir,
@@ -277,6 +281,35 @@ fn make_random(a: MakeRandomArgs) -> Result<Outcome> {
         m.vae_params,
         m.text_params,
         (m.unet_params + m.vae_params + m.text_params) as f64 * 1e-9
+    );
+    println!(
+        "weights: {:.2} GB in {:.1} s",
+        m.weight_bytes as f64 * 1e-9,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(Outcome::Success)
+}
+
+/// FLUX.1-schnell with random weights (`make-random --family flux`), streamed to disk.
+fn make_random_flux(a: &MakeRandomArgs, size: ModelSize) -> Result<Outcome> {
+    let t0 = Instant::now();
+    let m = diffusion::make_random_flux(
+        &a.dir,
+        size,
+        &TinyOptions {
+            seed: a.seed,
+            dtype: a.dtype.unwrap_or(Precision::Bf16).dtype(),
+        },
+    )
+    .with_context(|| format!("writing random FLUX.1-schnell to {}", a.dir.display()))?;
+    println!("diffusers layout: {}", m.dir.display());
+    println!(
+        "parameters: transformer {}, T5 {}, CLIP {}, vae {} ({:.3} B in all)",
+        m.transformer_params,
+        m.t5_params,
+        m.clip_params,
+        m.vae_params,
+        (m.transformer_params + m.t5_params + m.clip_params + m.vae_params) as f64 * 1e-9
     );
     println!(
         "weights: {:.2} GB in {:.1} s",

@@ -25,6 +25,8 @@
 //! [`make_random_mvdream`] writes only the diffusers layout, at the tiny size or
 //! at MVDream's real size ([`ModelSize::Full`], for timing runs without the
 //! real weights), through the same code as [`make_tiny`].
+//! [`make_random_flux`] writes FLUX.1-schnell's diffusers layout at the tiny
+//! size or the real one (33.7 GB in bf16), streamed to disk with bounded memory.
 //!
 //! Dimensions: UNet `model_channels 32, channel_mult [1, 2], 1 res block per
 //! level, head dim 8, context 32, camera_dim 16`; VAE 4 levels of 32 channels
@@ -40,7 +42,10 @@ use candle_core::{DType, Tensor};
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use splatforge_nn::hub::parent_or_dot;
 use splatforge_nn::rng::hash_name;
-use splatforge_nn::weights::{save_random, RandomRecorder, RandomTensor, SeededInit, Source};
+use splatforge_nn::weights::{
+    save_random, save_random_sharded, write_shard_index, RandomRecorder, RandomTensor, SeededInit,
+    Source,
+};
 
 use crate::clip_text::{ClipTextConfig, ClipTextModel};
 use crate::error::{DiffusionError, Result};
@@ -59,8 +64,8 @@ mod flux;
 mod sd;
 
 pub use flux::{
-    flux_bfl_to_diffusers, make_tiny_flux, tiny_flux_config, tiny_t5_config, tiny_t5_pieces,
-    FLUX_BFL_FILE, FLUX_DIR,
+    flux_bfl_to_diffusers, make_random_flux, make_tiny_flux, tiny_flux_config, tiny_t5_config,
+    tiny_t5_pieces, FluxWeight, RandomFlux, FLUX_BFL_FILE, FLUX_DIR,
 };
 pub use sd::{make_tiny_sd, tiny_sd_unet_config, SD_DIR};
 
@@ -226,7 +231,9 @@ fn mkdir(p: &Path) -> Result<()> {
     std::fs::create_dir_all(p).map_err(|e| DiffusionError::io(p, e))
 }
 
-/// The sizes of MVDream that [`make_random_mvdream`] writes.
+/// The sizes of MVDream that [`make_random_mvdream`] writes (and of FLUX.1-schnell
+/// that [`make_random_flux`] writes: the tiny configurations of [`make_tiny_flux`],
+/// or the published one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelSize {
     /// [`tiny_config`]: the MVDream of [`make_tiny`].
@@ -275,22 +282,7 @@ impl MvDreamRecipes {
         let unet = recorder("unet");
         MultiViewUNet::new(unet.var_builder(), &cfg.unet)?;
 
-        let vae = recorder("vae");
-        Vae::new(vae.var_builder(), &cfg.vae)?;
-        // Modern diffusers names for the VAE attention (candle asks for the old
-        // ones when nothing exists yet).
-        let vae = vae
-            .recipes()
-            .into_iter()
-            .map(|(k, t)| {
-                let k = k
-                    .replace(".attentions.0.query.", ".attentions.0.to_q.")
-                    .replace(".attentions.0.key.", ".attentions.0.to_k.")
-                    .replace(".attentions.0.value.", ".attentions.0.to_v.")
-                    .replace(".attentions.0.proj_attn.", ".attentions.0.to_out.0.");
-                (k, t)
-            })
-            .collect();
+        let vae = vae_recipes(&cfg.vae, seed ^ hash_name("vae"))?;
 
         let text = recorder("text_encoder");
         let mut full_text = cfg.text_encoder.clone();
@@ -313,6 +305,25 @@ impl MvDreamRecipes {
             text_used,
         })
     }
+}
+
+/// The recipes of a random VAE of `cfg`, in modern diffusers names (candle
+/// asks for the old attention names when nothing exists yet).
+fn vae_recipes(cfg: &VaeConfig, seed: u64) -> Result<BTreeMap<String, RandomTensor>> {
+    let vae = RandomRecorder::new(seed);
+    Vae::new(vae.var_builder(), cfg)?;
+    Ok(vae
+        .recipes()
+        .into_iter()
+        .map(|(k, t)| {
+            let k = k
+                .replace(".attentions.0.query.", ".attentions.0.to_q.")
+                .replace(".attentions.0.key.", ".attentions.0.to_k.")
+                .replace(".attentions.0.value.", ".attentions.0.to_v.")
+                .replace(".attentions.0.proj_attn.", ".attentions.0.to_out.0.");
+            (k, t)
+        })
+        .collect())
 }
 
 fn count_recipes(ts: &BTreeMap<String, RandomTensor>) -> usize {
@@ -447,6 +458,33 @@ pub fn make_random_mvdream(
     cfg: &LdmConfig,
     opts: &TinyOptions,
 ) -> Result<RandomMvDream> {
+    let (vocab, merges) = tiny_vocab();
+    let params = write_folder_atomically(dir, |tmp| {
+        let recipes = MvDreamRecipes::new(cfg, opts.seed)?;
+        write_mvdream_diffusers(tmp, cfg, &recipes, &vocab, &merges, opts.dtype)?;
+        Ok([&recipes.unet, &recipes.vae, &recipes.text_used].map(count_recipes))
+    })?;
+    let weight_bytes = [
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+    ]
+    .iter()
+    .map(|f| std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0))
+    .sum();
+    Ok(RandomMvDream {
+        dir: dir.to_path_buf(),
+        unet_params: params[0],
+        vae_params: params[1],
+        text_params: params[2],
+        weight_bytes,
+    })
+}
+
+/// Runs `write` on a temporary sibling folder of `dir` and renames it to
+/// `dir` when `write` succeeds (removing it when it fails): an interrupted
+/// run leaves no half-written model. `dir` must not exist or be empty.
+fn write_folder_atomically<T>(dir: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let not_empty = match std::fs::read_dir(dir) {
         Ok(mut entries) => entries.next().is_some(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
@@ -470,15 +508,8 @@ pub fn make_random_mvdream(
     ));
     // A leftover of an interrupted run that had the same process id.
     let _ = std::fs::remove_dir_all(&tmp);
-
-    let (vocab, merges) = tiny_vocab();
-    let written = MvDreamRecipes::new(cfg, opts.seed).and_then(|recipes| {
-        write_mvdream_diffusers(&tmp, cfg, &recipes, &vocab, &merges, opts.dtype)?;
-        let params = [&recipes.unet, &recipes.vae, &recipes.text_used].map(count_recipes);
-        Ok(params)
-    });
-    let params = match written {
-        Ok(p) => p,
+    let out = match write(&tmp) {
+        Ok(out) => out,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
@@ -489,21 +520,7 @@ pub fn make_random_mvdream(
         std::fs::remove_dir(dir).map_err(|e| DiffusionError::io(dir, e))?;
     }
     std::fs::rename(&tmp, dir).map_err(|e| DiffusionError::io(dir, e))?;
-    let weight_bytes = [
-        "unet/diffusion_pytorch_model.safetensors",
-        "vae/diffusion_pytorch_model.safetensors",
-        "text_encoder/model.safetensors",
-    ]
-    .iter()
-    .map(|f| std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0))
-    .sum();
-    Ok(RandomMvDream {
-        dir: dir.to_path_buf(),
-        unet_params: params[0],
-        vae_params: params[1],
-        text_params: params[2],
-        weight_bytes,
-    })
+    Ok(out)
 }
 
 /// Writes the tiny models (see the module docs) under `dir`.
@@ -672,7 +689,7 @@ fn save_sharded(
 ) -> Result<()> {
     let names: Vec<&String> = tensors.keys().collect();
     let per = names.len().div_ceil(n);
-    let mut weight_map = serde_json::Map::new();
+    let mut weight_map = BTreeMap::new();
     for (i, chunk) in names.chunks(per).enumerate() {
         let file = format!("{stem}-{:05}-of-{n:05}.safetensors", i + 1);
         let part: BTreeMap<String, Tensor> = chunk
@@ -681,13 +698,15 @@ fn save_sharded(
             .collect();
         save(&part, dtype, &dir.join(&file))?;
         for k in chunk {
-            weight_map.insert((*k).clone(), file.clone().into());
+            weight_map.insert((*k).clone(), file.clone());
         }
     }
-    write_json(
-        &dir.join(format!("{stem}.safetensors.index.json")),
-        &serde_json::json!({ "metadata": { "total_size": 0 }, "weight_map": weight_map }),
-    )
+    let total_size = tensors
+        .values()
+        .map(|t| (t.elem_count() * dtype.size_in_bytes()) as u64)
+        .sum();
+    write_shard_index(dir, stem, &weight_map, total_size)?;
+    Ok(())
 }
 
 fn tiny_clip_text(vocab: usize, act: &str) -> ClipTextConfig {
@@ -707,20 +726,22 @@ fn write_clip_text_encoder(
     mkdir(dir)?;
     let init = SeededInit::new(seed);
     ClipTextModel::new(init.var_builder(), cfg)?;
-    write_json(
-        &dir.join("config.json"),
-        &with_class(
-            cfg,
-            &[
-                ("architectures", serde_json::json!(["CLIPTextModel"])),
-                ("model_type", "clip_text_model".into()),
-                ("projection_dim", cfg.hidden_size.into()),
-                ("bos_token_id", 0.into()),
-                ("eos_token_id", 2.into()),
-            ],
-        ),
-    )?;
+    write_json(&dir.join("config.json"), &clip_text_json(cfg))?;
     save(&init.tensors(), dtype, &dir.join("model.safetensors"))
+}
+
+/// The transformers `text_encoder/config.json` of a `CLIPTextModel` of `cfg`.
+fn clip_text_json(cfg: &ClipTextConfig) -> serde_json::Value {
+    with_class(
+        cfg,
+        &[
+            ("architectures", serde_json::json!(["CLIPTextModel"])),
+            ("model_type", "clip_text_model".into()),
+            ("projection_dim", cfg.hidden_size.into()),
+            ("bos_token_id", 0.into()),
+            ("eos_token_id", 2.into()),
+        ],
+    )
 }
 
 /// The diffusers `vae/config.json` of `cfg`.
