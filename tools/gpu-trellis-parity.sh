@@ -14,7 +14,8 @@
 #   git -C <EasternJournalist/utils3d> archive 9a4eb15e4021b67b12c460c7057d642626897ec8 utils3d | tar -x -C .gpu-ref/utils3d
 #   pip download easydict, plyfile into .whl/ (see /work/.library/device/README.md's wheel notes)
 # Device: run "tools/gpu-trellis-parity.sh" with carry [".gpu-bin", ".gpu-ref", ".whl"].
-# PARTS (default "stage1 stage2 decoder") picks the comparisons; DECODER_DTYPES (default "f32 f16").
+# PARTS (default "stage1 stage2 decoder") picks the comparisons; STAGE1_DTYPES (default "f32 bf16"),
+# DECODER_DTYPES (default "f32 f16").
 # Writes $OUT/trellis_parity.log; exit status 0 when every comparison is within tolerance.
 set -uo pipefail
 source tools/gpu-common.sh
@@ -37,10 +38,11 @@ PARTS="${PARTS:-stage1 stage2 decoder}"
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 # Stage 1: ours writes weights, inputs and outputs; the official modules run on them.
 if has stage1; then
-run /tmp/stage1_parity /tmp/s1-f32 --size full --dtype f32
-run python3 crates/trellis/scripts/parity_stage1.py /tmp/s1-f32 --trellis $REF/trellis-ref --dinov2 $REF/dinov2-ref
-run /tmp/stage1_parity /tmp/s1-bf16 --size full --dtype bf16
-run python3 crates/trellis/scripts/parity_stage1.py /tmp/s1-bf16 --trellis $REF/trellis-ref --dinov2 $REF/dinov2-ref --fp16
+for dt in ${STAGE1_DTYPES:-f32 bf16}; do
+  run /tmp/stage1_parity /tmp/s1-$dt --size full --dtype $dt
+  if [[ $dt == f32 ]]; then half=(); else half=(--fp16); fi
+  run python3 crates/trellis/scripts/parity_stage1.py /tmp/s1-$dt --trellis $REF/trellis-ref --dinov2 $REF/dinov2-ref "${half[@]}"
+done
 fi
 # Stage 2: the official script writes weights and outputs; ours loads and compares.
 if has stage2; then
