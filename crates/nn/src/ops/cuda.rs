@@ -67,6 +67,8 @@ struct SfGroupNormBwdArgs {
 }
 
 #[repr(C)]
+// Used by the cuDNN convolution only.
+#[cfg_attr(not(feature = "cudnn"), allow(dead_code))]
 pub(super) struct SfChannelBiasArgs {
     pub y: u64,
     pub bias: u64,
@@ -135,6 +137,7 @@ extern "C" {
     fn sf_layer_norm_modulate(args: *const SfLayerNormModulateArgs, stream: *mut c_void) -> c_int;
     fn sf_rms_norm_rope(args: *const SfRmsNormRopeArgs, stream: *mut c_void) -> c_int;
     fn sf_linear_epilogue(args: *const SfLinearEpilogueArgs, stream: *mut c_void) -> c_int;
+    #[cfg_attr(not(feature = "cudnn"), allow(dead_code))]
     pub(super) fn sf_channel_bias(args: *const SfChannelBiasArgs, stream: *mut c_void) -> c_int;
     fn sf_upsample_nearest2x(args: *const SfUpsampleArgs, stream: *mut c_void) -> c_int;
     fn sf_attention(args: *const SfAttentionArgs, stream: *mut c_void) -> c_int;
@@ -235,14 +238,14 @@ struct FusedAttention {
     variant: u32,
 }
 
-impl FusedAttention {
+impl HalfAttention for FusedAttention {
     fn launch<T: CudaDType + Plain>(
         &self,
         (q, lq): (&CudaSlice<T>, &Layout),
         (k, lk): (&CudaSlice<T>, &Layout),
         (v, lv): (&CudaSlice<T>, &Layout),
         dev: &CudaDevice,
-        dtype: c_int,
+        dtype: DType,
     ) -> Result<CudaStorage> {
         let (b, nq, inner) = lq.shape().dims3()?;
         let nk = lk.shape().dims3()?.1;
@@ -259,7 +262,7 @@ impl FusedAttention {
             nq: small("queries", nq)?,
             nk: small("keys", nk)?,
             scale: ((inner / self.heads) as f32).powf(-0.5),
-            dtype,
+            dtype: sf_dtype(dtype)?,
             variant: small("attention variant", self.variant as usize)?,
         };
         // SAFETY: the args hold device addresses of live buffers of the shapes the kernel
@@ -287,21 +290,47 @@ impl CustomOp3 for FusedAttention {
         v: &CudaStorage,
         lv: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        if !(lq.is_contiguous() && lk.is_contiguous() && lv.is_contiguous()) {
-            candle_core::bail!("fused attention needs contiguous q, k, v");
-        }
-        let dev = &q.device;
-        let out = match (&q.slice, &k.slice, &v.slice) {
-            (CudaStorageSlice::BF16(q), CudaStorageSlice::BF16(k), CudaStorageSlice::BF16(v)) => {
-                self.launch((q, lq), (k, lk), (v, lv), dev, SF_DTYPE_BF16)?
-            }
-            (CudaStorageSlice::F16(q), CudaStorageSlice::F16(k), CudaStorageSlice::F16(v)) => {
-                self.launch((q, lq), (k, lk), (v, lv), dev, SF_DTYPE_F16)?
-            }
-            _ => candle_core::bail!("fused attention takes f16 or bf16 q, k, v of one dtype"),
-        };
-        Ok((out, lq.shape().clone()))
+        attention_fwd(self, (q, lq), (k, lk), (v, lv))
     }
+}
+
+/// An attention implementation on device buffers `q [B, Nq, H·D]`, `k, v
+/// [B, Nk, H·D]` of one half-precision dtype: ours and cuDNN's.
+pub(super) trait HalfAttention {
+    /// Runs on contiguous buffers; returns `[B, Nq, H·D]`.
+    fn launch<T: CudaDType + Plain>(
+        &self,
+        q: (&CudaSlice<T>, &Layout),
+        k: (&CudaSlice<T>, &Layout),
+        v: (&CudaSlice<T>, &Layout),
+        dev: &CudaDevice,
+        dtype: DType,
+    ) -> Result<CudaStorage>;
+}
+
+/// The `cuda_fwd` of an attention op: checks the layouts, then launches on
+/// the f16 or bf16 slices.
+pub(super) fn attention_fwd(
+    op: &impl HalfAttention,
+    (q, lq): (&CudaStorage, &Layout),
+    (k, lk): (&CudaStorage, &Layout),
+    (v, lv): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    if !(lq.is_contiguous() && lk.is_contiguous() && lv.is_contiguous()) {
+        candle_core::bail!("attention needs contiguous q, k, v");
+    }
+    let dev = &q.device;
+    use CudaStorageSlice as S;
+    let out = match (&q.slice, &k.slice, &v.slice) {
+        (S::BF16(q), S::BF16(k), S::BF16(v)) => {
+            op.launch((q, lq), (k, lk), (v, lv), dev, DType::BF16)?
+        }
+        (S::F16(q), S::F16(k), S::F16(v)) => {
+            op.launch((q, lq), (k, lk), (v, lv), dev, DType::F16)?
+        }
+        _ => candle_core::bail!("attention takes f16 or bf16 q, k, v of one dtype"),
+    };
+    Ok((out, lq.shape().clone()))
 }
 
 /// The fused GroupNorm (+ SiLU) when it applies (CUDA, f32/f16/bf16, no

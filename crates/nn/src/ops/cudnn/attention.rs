@@ -23,15 +23,14 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::rc::Rc;
 
-use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cudnn::sys;
 use candle_core::cuda_backend::cudarc::driver::CudaSlice;
-use candle_core::cuda_backend::{CudaStorageSlice, DeviceId};
+use candle_core::cuda_backend::{CudaDType, DeviceId};
 use candle_core::{CudaDevice, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use splatforge_cuda::{layout_address, slice_address_mut, Plain};
 
-use super::super::cuda::{aligned, alloc};
+use super::super::cuda::{aligned, alloc, attention_fwd, HalfAttention};
 use super::{
     execute_with_workspace, handle, make_plan, numerical_notes, operation_graph, packed_strides,
     tensor, Binding, Desc, Plan, Variant,
@@ -268,16 +267,19 @@ fn acceptable(cfg: &Desc) -> Result<bool> {
     Ok(!numerical_notes(cfg)?.contains(&(N::CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC as u32)))
 }
 
-impl CudnnAttention {
-    fn launch<V: Plain + candle_core::cuda_backend::CudaDType>(
+impl HalfAttention for CudnnAttention {
+    fn launch<V: Plain + CudaDType>(
         &self,
         (q, lq): (&CudaSlice<V>, &Layout),
         (k, lk): (&CudaSlice<V>, &Layout),
         (v, lv): (&CudaSlice<V>, &Layout),
         dev: &CudaDevice,
         dtype: DType,
-        io: sys::cudnnDataType_t,
     ) -> Result<CudaStorage> {
+        let io = match dtype {
+            DType::F16 => sys::cudnnDataType_t::CUDNN_DATA_HALF,
+            _ => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+        };
         let (b, nq, inner) = lq.shape().dims3()?;
         let nk = lk.shape().dims3()?.1;
         let (h, d) = (self.heads, inner / self.heads);
@@ -338,33 +340,6 @@ impl CustomOp3 for CudnnAttention {
         v: &CudaStorage,
         lv: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        if !(lq.is_contiguous() && lk.is_contiguous() && lv.is_contiguous()) {
-            candle_core::bail!("cuDNN attention needs contiguous q, k, v");
-        }
-        let dev = q.device();
-        use sys::cudnnDataType_t as D;
-        let out = match (&q.slice, &k.slice, &v.slice) {
-            (CudaStorageSlice::F16(q), CudaStorageSlice::F16(k), CudaStorageSlice::F16(v)) => self
-                .launch(
-                    (q, lq),
-                    (k, lk),
-                    (v, lv),
-                    dev,
-                    DType::F16,
-                    D::CUDNN_DATA_HALF,
-                )?,
-            (CudaStorageSlice::BF16(q), CudaStorageSlice::BF16(k), CudaStorageSlice::BF16(v)) => {
-                self.launch(
-                    (q, lq),
-                    (k, lk),
-                    (v, lv),
-                    dev,
-                    DType::BF16,
-                    D::CUDNN_DATA_BFLOAT16,
-                )?
-            }
-            _ => candle_core::bail!("cuDNN attention takes f16 or bf16 tensors of one dtype"),
-        };
-        Ok((out, lq.shape().clone()))
+        attention_fwd(self, (q, lq), (k, lk), (v, lv))
     }
 }
