@@ -198,19 +198,24 @@ def main():
     ap.add_argument("--repeat", type=int, default=3, help="timed runs after one warm-up run")
     ap.add_argument("--time-shims", action="store_true", help="add up the time inside the spconv / flash-attn shims (perturbs the stage times)")
     ap.add_argument("--json", type=Path, help="write the report here")
-    ap.add_argument("--ours", type=Path, help="`splatforge generate --image --json --repeat N` output (one JSON line a run; "
-                    "the first is taken as its warm-up): print ours/theirs per stage, and run its steps unless given")
+    ap.add_argument("--ours", type=Path, action="append", default=[],
+                    help="`splatforge generate --image --json --repeat N` output (one JSON line a run; the first is "
+                    "taken as its warm-up): print ours/theirs per stage, and run the first file's steps unless given; "
+                    "repeatable (e.g. one file per attention kernel), a table each")
     ap.add_argument("--trellis", type=Path, default=ROOT / ".gpu-ref" / "trellis-ref", help="folder holding the official trellis/")
     ap.add_argument("--dinov2", type=Path, default=ROOT / ".gpu-ref" / "dinov2-ref", help="folder holding dinov2/")
     ap.add_argument("--utils3d", type=Path, default=ROOT / ".gpu-ref" / "utils3d", help="folder holding utils3d/")
     a = ap.parse_args()
     assert a.repeat >= 1
     device = torch.device(a.device)
-    ours = [json.loads(l) for l in a.ours.read_text().splitlines() if l.startswith("{")] if a.ours else None
-    if ours:
-        ours = ours[1:] or ours
-        a.ss_steps = a.ss_steps or ours[-1]["sparse_structure_sampler"]["steps"]
-        a.slat_steps = a.slat_steps or ours[-1]["slat_sampler"]["steps"]
+    ours_runs = []
+    for path in a.ours:
+        runs = [json.loads(l) for l in path.read_text().splitlines() if l.startswith("{")]
+        ours_runs.append((path, runs[1:] or runs))
+    if ours_runs:
+        first = ours_runs[0][1]
+        a.ss_steps = a.ss_steps or first[-1]["sparse_structure_sampler"]["steps"]
+        a.slat_steps = a.slat_steps or first[-1]["slat_sampler"]["steps"]
     model_dir = a.models.resolve()
     report = {"models": str(model_dir), "image": str(a.image), "device": a.device,
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
@@ -325,7 +330,8 @@ def main():
     print("\n| stage | median ms | p90 ms |\n|---|---:|---:|")
     for s, v in summary.items():
         print(f"| {s} | {v['median_ms']:.1f} | {v['p90_ms']:.1f} |")
-    if ours:
+    for path, ours in ours_runs:
+        print(f"\nours from {path}:")
         compare(ours, report)
 
 

@@ -51,8 +51,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
 /// checks force one; everything else takes `Auto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKernel {
-    /// cuDNN's fused attention where the build has `cudnn` and an engine
-    /// takes the shape, else our kernel with its default block shape.
+    /// What `SPLATFORGE_ATTENTION` says: `fused` (the default) is our kernel
+    /// with its default block shape; `cudnn` is cuDNN's fused attention where
+    /// the build has `cudnn` and an engine takes the shape, else ours. The
+    /// default stays ours until cuDNN's has passed the GPU parity check
+    /// (issue 12); the variable lets one run time both end to end.
     Auto,
     /// Our flash-attention kernel (`cuda/attention.cu`) with block shape
     /// `variant` (`SfAttentionArgs` in `cuda/api.h`; 0 is the tuned default,
@@ -61,6 +64,28 @@ pub enum AttentionKernel {
     /// cuDNN's fused attention (`ops/cudnn/attention.rs`); fails without the
     /// `cudnn` feature or where no engine takes the shape.
     Cudnn,
+}
+
+impl AttentionKernel {
+    /// `Auto` resolved through `SPLATFORGE_ATTENTION` (read once); an unknown
+    /// value is an error, not a silent default.
+    fn resolve(self) -> Result<Self> {
+        if self != Self::Auto {
+            return Ok(self);
+        }
+        static CHOICE: std::sync::OnceLock<std::result::Result<AttentionKernel, String>> =
+            std::sync::OnceLock::new();
+        CHOICE
+            .get_or_init(|| match std::env::var("SPLATFORGE_ATTENTION").as_deref() {
+                Err(_) | Ok("fused") => Ok(Self::Fused(0)),
+                Ok("cudnn") => Ok(Self::Auto),
+                Ok(other) => Err(format!(
+                    "SPLATFORGE_ATTENTION={other}: expected fused or cudnn"
+                )),
+            })
+            .clone()
+            .map_err(candle_core::Error::Msg)
+    }
 }
 
 /// [`attention`] on the implementation `kernel` picks. CPU tensors, autograd
@@ -72,6 +97,8 @@ pub fn attention_with(
     heads: usize,
     kernel: AttentionKernel,
 ) -> Result<Tensor> {
+    // After `resolve`, `Auto` means "cuDNN where it takes the shape, else ours".
+    let kernel = kernel.resolve()?;
     #[cfg(feature = "cudnn")]
     if matches!(kernel, AttentionKernel::Auto | AttentionKernel::Cudnn) {
         if let Some(out) = cudnn::attention::attention(q, k, v, heads)? {
