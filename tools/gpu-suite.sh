@@ -22,7 +22,13 @@
 # folder and steps; then, unless SHIMS=0, the official run again with --time-shims for the
 # shims' own cost), text (tools/gpu-text.sh: `generate --prompt --profile text-image-quality`, FLUX.1-schnell
 # 4 steps → matte → TRELLIS on full-size random weights, FLUX 33.7 GB written here first and its write
-# timed; TEXT_SIDES default "512 1024", TEXT_REPEAT 3, TRELLIS calibrated to VOXELS per side).
+# timed; TEXT_SIDES default "512 1024", TEXT_REPEAT 3, TRELLIS calibrated to VOXELS per side),
+# service (`splatforge bench --suite service`: results per hour and p50/p90/p99 latency of
+# `serve` with 4 clients in a closed loop, `speed` on full-size random MVDream and `image-speed`
+# on the image suite's calibrated TRELLIS folder, 1, 2 and 4 workers per device, SERVICE_S
+# seconds a case (default 30: the six cases with their server starts, warm-ups and the model
+# writes take about 8 minutes); SERVICE_WORKERS default "1,2,4", SERVICE_PROFILES default
+# "speed image-speed"; $OUT/service/service.{json,md}).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=tools/gpu-common.sh
@@ -78,6 +84,34 @@ use_cuda_runtime
 export PYTHONUNBUFFERED=1
 status=0
 left() { echo $((DEADLINE_S - (SECONDS - START))); }
+# photo_1024: an opaque picture (ghost_rgba.png on white, 1024², /tmp/photo_1024.png), like
+# the ones 404's orchestrator sends, so that the matte network runs.
+photo_1024() {
+  python3 - <<'PY'
+from PIL import Image
+im = Image.open(".gpu-bin/ghost_rgba.png").convert("RGBA")
+bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+bg.alpha_composite(im)
+bg.convert("RGB").resize((1024, 1024), Image.LANCZOS).save("/tmp/photo_1024.png")
+PY
+}
+# calibrated_trellis DIR PICTURE: full-size random TRELLIS whose structure decoder is
+# calibrated on the cut-out the random matte makes of PICTURE (a first short run saves it), so
+# that runs on PICTURE see VOXELS voxels. Written next to DIR and renamed at the end: DIR exists
+# only complete. Exported for the suites' `bash -c`.
+calibrated_trellis() {
+  # Each step checked here: `set -e` does not reach into a function called in a condition.
+  local m=$1 p=$2
+  rm -rf "$m" "$m.part" /tmp/trellis-uncalibrated /tmp/cut
+  /tmp/splatforge models make-random --family trellis --size full /tmp/trellis-uncalibrated || return
+  /tmp/splatforge generate --image "$p" --models /tmp/trellis-uncalibrated --profile image-speed \
+    --ss-steps 1 --slat-steps 1 --save-views /tmp/cut -o /tmp/cut.ply > /dev/null || return
+  rm -rf /tmp/trellis-uncalibrated
+  /tmp/splatforge models make-random --family trellis --size full "$m.part" \
+    --voxels "${VOXELS:-20000}" --calibration-image /tmp/cut/cutout.png || return
+  mv "$m.part" "$m"
+}
+export -f calibrated_trellis
 suite() {  # name, command...
   local name=$1; shift
   local budget; budget=$(left)
@@ -127,24 +161,9 @@ for s in $SUITES; do
       suite ops env NVIDIA_TF32_OVERRIDE=0 /tmp/ops_parity ;;
     image)
       unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge
-      # An opaque picture (ghost_rgba.png on white, 1024²) so that the matte network runs; the
-      # random structure decoder is calibrated on the cut-out the random matte makes of it (a
-      # first short run saves it), so that the timed runs see VOXELS voxels.
-      python3 - <<'PY'
-from PIL import Image
-im = Image.open(".gpu-bin/ghost_rgba.png").convert("RGBA")
-bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-bg.alpha_composite(im)
-bg.convert("RGB").resize((1024, 1024), Image.LANCZOS).save("/tmp/photo_1024.png")
-PY
+      photo_1024
       suite image bash -c 'set -e; M=/tmp/trellis-photo; P=/tmp/photo_1024.png
-        rm -rf $M /tmp/trellis-uncalibrated
-        /tmp/splatforge models make-random --family trellis --size full /tmp/trellis-uncalibrated
-        /tmp/splatforge generate --image $P --models /tmp/trellis-uncalibrated --profile image-speed \
-          --ss-steps 1 --slat-steps 1 --save-views /tmp/cut -o /tmp/cut.ply > /dev/null
-        rm -rf /tmp/trellis-uncalibrated
-        /tmp/splatforge models make-random --family trellis --size full $M \
-          --voxels "${VOXELS:-20000}" --calibration-image /tmp/cut/cutout.png
+        calibrated_trellis $M $P
         for profile in image-quality image-speed; do
           /tmp/splatforge generate --image $P --models $M --profile $profile --repeat "${OURS_REPEAT:-4}" \
             --json -o /tmp/photo.ply > "$OUT/$profile.jsonl" 2> "$OUT/$profile.stderr"
@@ -173,6 +192,20 @@ PY
     text)
       unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge
       suite text env SPLATFORGE=/tmp/splatforge SIZE=full WORKDIR=/tmp tools/gpu-text.sh ;;
+    service)
+      unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge
+      photo_1024
+      # The models of the pipeline suite (MVDream, bf16) and of the image suite (TRELLIS
+      # calibrated on the same picture), reused when an earlier suite of this call wrote them.
+      # The table is printed at the end; $OUT/service.md has the cases done so far if cut off.
+      suite service bash -c 'set -e; MV=/tmp/splatforge-models/mvdream-full-bf16; M=/tmp/trellis-photo
+        P=/tmp/photo_1024.png
+        [[ -f $MV/model_index.json ]] || /tmp/splatforge models make-random $MV --size full --dtype bf16
+        [[ -d $M ]] || calibrated_trellis $M $P
+        profiles=(); for p in ${SERVICE_PROFILES:-speed image-speed}; do profiles+=(--profile "$p"); done
+        /tmp/splatforge bench --suite service "${profiles[@]}" --models $MV --trellis $M --image $P \
+          --workers "${SERVICE_WORKERS:-1,2,4}" --concurrency 4 --duration "${SERVICE_S:-30}" \
+          --device cuda:0 --json "$OUT/service.json" --md "$OUT/service.md"' ;;
     *) echo "unknown suite $s" | tee -a "$WORK/summary.txt"; status=1 ;;
   esac
 done

@@ -43,7 +43,7 @@ enum Command {
     Submit(commands::fleet::SubmitArgs),
     /// Splat → GLB mesh (TSDF fusion of renders, marching cubes, QEM decimation, vertex colours); --report compares it with the splat.
     Mesh(commands::mesh::Args),
-    /// Time every pipeline path (per stage median and p90, load, memory); compare with a previous run.
+    /// Time every pipeline path (per stage median and p90, load, memory); compare with a previous run; --suite service: the HTTP service under load.
     Bench(commands::bench::Args),
 }
 

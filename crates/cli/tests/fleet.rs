@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 
 use splatforge_fleet::test_redis::TestRedis;
 
+mod common;
+use common::make_models;
+
 const BIN: &str = env!("CARGO_BIN_EXE_splatforge");
 
 /// A child process, killed when dropped; its stderr lines are echoed and
@@ -164,23 +167,6 @@ fn wait_healthy(addr: SocketAddr) {
         assert!(t0.elapsed() < Duration::from_secs(120), "never healthy");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// `splatforge models ARGS… DIR/NAME`, which must succeed; returns the folder.
-fn make_models(dir: &Path, name: &str, args: &[&str]) -> std::path::PathBuf {
-    let models = dir.join(name);
-    let out = Command::new(BIN)
-        .arg("models")
-        .args(args)
-        .arg(&models)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    models
 }
 
 /// `splatforge submit ITEMS -o OUT --profile PROFILE` on the tests' fleet.

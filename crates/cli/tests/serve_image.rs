@@ -13,7 +13,9 @@ use base64::Engine;
 use splatforge_splat::read_splat_bytes;
 
 mod common;
-use common::{get, post, post_to, post_with_headers, request, wait_healthy, Response, Server};
+use common::{
+    get, make_models, post, post_to, post_with_headers, request, wait_healthy, Response, Server,
+};
 
 /// A multipart body of `(name, file name, value)` parts.
 fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
@@ -47,28 +49,6 @@ fn multipart_image(image: &[u8]) -> (String, Vec<u8>) {
             .as_bytes(),
     );
     (format!("multipart/form-data; boundary={boundary}"), body)
-}
-
-fn make_tiny_trellis(dir: &Path) -> std::path::PathBuf {
-    let models = dir.join("trellis");
-    let out = Command::new(env!("CARGO_BIN_EXE_splatforge"))
-        .args([
-            "models",
-            "make-random",
-            "--family",
-            "trellis",
-            "--size",
-            "tiny",
-        ])
-        .arg(&models)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    models
 }
 
 fn ghost() -> Vec<u8> {
@@ -123,7 +103,11 @@ fn start_with(models: &Path, options: &[&str]) -> Server {
 #[test]
 fn tiny_trellis_behind_the_real_service() {
     let dir = tempfile::tempdir().unwrap();
-    let models = make_tiny_trellis(dir.path());
+    let models = make_models(
+        dir.path(),
+        "trellis",
+        &["make-random", "--family", "trellis", "--size", "tiny"],
+    );
     let ghost = ghost();
 
     let server = start(&models);
@@ -237,7 +221,11 @@ fn crc32(bytes: &[u8]) -> u32 {
 #[test]
 fn competition_generate_takes_prompt_image_file_and_seed() {
     let dir = tempfile::tempdir().unwrap();
-    let models = make_tiny_trellis(dir.path());
+    let models = make_models(
+        dir.path(),
+        "trellis",
+        &["make-random", "--family", "trellis", "--size", "tiny"],
+    );
     let ghost = ghost();
     let server = start(&models);
     let addr = server.addr;
@@ -426,7 +414,11 @@ fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
 #[test]
 fn rgb_pictures_get_the_matte_and_short_deadlines_degrade() {
     let dir = tempfile::tempdir().unwrap();
-    let models = make_tiny_trellis(dir.path());
+    let models = make_models(
+        dir.path(),
+        "trellis",
+        &["make-random", "--family", "trellis", "--size", "tiny"],
+    );
     let jpeg = disc_jpeg();
     // 250 ms: far less than a tiny run in a debug build (the warm-up's times × 1.5), so
     // every step of the ladder is taken; the job itself starts within milliseconds.

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{get, post, wait_healthy, Response, Server};
+use common::{get, make_models, post, wait_healthy, Response, Server};
 use splatforge_splat::read_splat_bytes;
 use splatforge_splat::validate::{validate, ValidationConfig};
 
@@ -76,17 +76,7 @@ fn start(models: &std::path::Path) -> Server {
 #[test]
 fn tiny_models_behind_the_real_service() {
     let dir = tempfile::tempdir().unwrap();
-    let models = dir.path().join("models");
-    let out = Command::new(env!("CARGO_BIN_EXE_splatforge"))
-        .args(["models", "make-tiny"])
-        .arg(&models)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let models = make_models(dir.path(), "models", &["make-tiny"]);
 
     let mut server = start(&models);
     let addr = server.addr;

@@ -24,6 +24,12 @@
 //! (this run / base, per stage and in total) and fails when a total
 //! median grew by more than `--threshold` (default 1.25×); `--input
 //! RUN.json` compares a saved report instead of running.
+//!
+//! `--suite service` measures the HTTP service under load instead: results per
+//! hour and latency of `splatforge serve` at a fixed concurrency, per profile
+//! and workers per device (see [`service`]).
+
+mod service;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -49,6 +55,9 @@ pub enum Suite {
     Quick,
     /// Every other built-in profile of each path whose models are given.
     Full,
+    /// `splatforge serve` under load: results per hour and latency per workers count
+    /// (`speed` and `image-speed` unless --profile; their models must be given).
+    Service,
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,9 +85,21 @@ pub struct Args {
     /// The prompt of the text cases.
     #[arg(long, default_value = "a red chair")]
     prompt: String,
-    /// Timed runs per case (after one untimed run).
+    /// Timed runs per case (after one untimed run); quick and full suites.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Service suite: workers per device to measure, one server each (default 1,2,4).
+    #[arg(long, value_delimiter = ',')]
+    workers: Vec<usize>,
+    /// Service suite: clients sending at once, each its next request when answered (default 4).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Service suite: seconds of timed requests per case (default 60).
+    #[arg(long, value_name = "SECONDS", conflicts_with = "requests")]
+    duration: Option<f64>,
+    /// Service suite: timed requests per case, instead of --duration.
+    #[arg(long)]
+    requests: Option<usize>,
     /// cpu or cuda:N (default: the first GPU in a CUDA build, else the CPU).
     #[arg(long)]
     device: Option<String>,
@@ -117,12 +138,19 @@ impl Spread {
         } else {
             0.5 * (v[n / 2 - 1] + v[n / 2])
         };
-        let rank = ((0.9 * n as f64).ceil() as usize).clamp(1, n);
         Spread {
             median_ms,
-            p90_ms: v[rank - 1],
+            p90_ms: nearest_rank(&v, 0.9),
         }
     }
+}
+
+/// The `q` quantile (0 < q ≤ 1) of sorted, non-empty values by nearest rank: the smallest
+/// value with at least a fraction `q` of the values at or below it.
+fn nearest_rank(sorted: &[f64], q: f64) -> f64 {
+    let n = sorted.len();
+    let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
+    sorted[rank - 1]
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,6 +190,10 @@ pub struct Report {
 type StageTimes = Vec<(String, Duration)>;
 
 pub fn run(args: Args) -> Result<Outcome> {
+    if args.suite == Suite::Service {
+        return service::run(&args);
+    }
+    service::refuse_service_flags(&args)?;
     if args.repeat == 0 {
         bail!("--repeat must be at least 1");
     }
@@ -222,6 +254,7 @@ fn profiles(args: &Args) -> Vec<String> {
             .map(|(name, _)| name.to_string())
             .filter(|name| !name.contains("development"))
             .collect(),
+        Suite::Service => vec!["speed".into(), "image-speed".into()],
     }
 }
 
@@ -316,7 +349,7 @@ impl TinyModels {
     fn new(suite: Suite) -> Result<Self> {
         let scratch = match suite {
             Suite::Quick => Some(tempfile::tempdir().context("creating a temporary folder")?),
-            Suite::Full => None,
+            Suite::Full | Suite::Service => None,
         };
         Ok(Self {
             scratch,

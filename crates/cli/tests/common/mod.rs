@@ -1,10 +1,33 @@
-//! What the HTTP tests of `splatforge serve` share: raw HTTP/1.1 requests over a
-//! socket (chunked answers decoded) and a served process killed when dropped.
+//! What the tests that start `splatforge` share: tiny models written by the real
+//! binary, raw HTTP/1.1 requests over a socket (chunked answers decoded) and a served
+//! process killed when dropped.
+
+// Each test crate compiles its own copy of this module and uses only some of it.
+#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Child;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+
+/// `splatforge models ARGS… DIR/NAME` (e.g. `make-tiny`, or `make-random --family trellis
+/// --size tiny`); fails the test when it fails. Returns the folder.
+pub fn make_models(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let models = dir.join(name);
+    let out = Command::new(env!("CARGO_BIN_EXE_splatforge"))
+        .arg("models")
+        .args(args)
+        .arg(&models)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    models
+}
 
 pub struct Response {
     pub status: u16,
