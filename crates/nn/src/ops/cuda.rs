@@ -274,25 +274,39 @@ impl HalfAttention for FusedAttention {
     }
 }
 
-impl CustomOp3 for FusedAttention {
-    fn name(&self) -> &'static str {
-        "splatforge-fused-attention"
-    }
+/// The candle op (`CustomOp3`) of a [`HalfAttention`]: CUDA-only, its
+/// `cuda_fwd` through [`attention_fwd`].
+macro_rules! attention_op {
+    ($op:ty, $name:literal, $cpu_error:literal) => {
+        impl CustomOp3 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
 
-    cuda_only!("fused attention is CUDA-only (CPU tensors take ops::attention_reference)"; (_a, _la), (_b, _lb), (_c, _lc));
+            cuda_only!($cpu_error; (_a, _la), (_b, _lb), (_c, _lc));
 
-    fn cuda_fwd(
-        &self,
-        q: &CudaStorage,
-        lq: &Layout,
-        k: &CudaStorage,
-        lk: &Layout,
-        v: &CudaStorage,
-        lv: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        attention_fwd(self, (q, lq), (k, lk), (v, lv))
-    }
+            fn cuda_fwd(
+                &self,
+                q: &CudaStorage,
+                lq: &Layout,
+                k: &CudaStorage,
+                lk: &Layout,
+                v: &CudaStorage,
+                lv: &Layout,
+            ) -> Result<(CudaStorage, Shape)> {
+                attention_fwd(self, (q, lq), (k, lk), (v, lv))
+            }
+        }
+    };
 }
+#[cfg_attr(not(feature = "cudnn"), allow(unused_imports))] // cuDNN's attention uses it too
+pub(super) use attention_op;
+
+attention_op!(
+    FusedAttention,
+    "splatforge-fused-attention",
+    "fused attention is CUDA-only (CPU tensors take ops::attention_reference)"
+);
 
 /// An attention implementation on device buffers `q [B, Nq, H·D]`, `k, v
 /// [B, Nk, H·D]` of one half-precision dtype: ours and cuDNN's.

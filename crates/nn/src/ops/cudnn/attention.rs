@@ -30,7 +30,7 @@ use candle_core::{CudaDevice, CudaStorage, CustomOp3, DType, Layout, Result, Sha
 
 use splatforge_cuda::{layout_address, slice_address_mut, Plain};
 
-use super::super::cuda::{aligned, alloc, attention_fwd, HalfAttention};
+use super::super::cuda::{aligned, alloc, attention_fwd, attention_op, HalfAttention};
 use super::{
     execute_with_workspace, handle, make_plan, numerical_notes, operation_graph, packed_strides,
     tensor, Binding, Desc, Plan, Variant,
@@ -324,22 +324,8 @@ impl HalfAttention for CudnnAttention {
     }
 }
 
-impl CustomOp3 for CudnnAttention {
-    fn name(&self) -> &'static str {
-        "splatforge-cudnn-attention"
-    }
-
-    cuda_only!("cuDNN attention is CUDA-only (CPU tensors take ops::attention_reference)"; (_a, _la), (_b, _lb), (_c, _lc));
-
-    fn cuda_fwd(
-        &self,
-        q: &CudaStorage,
-        lq: &Layout,
-        k: &CudaStorage,
-        lk: &Layout,
-        v: &CudaStorage,
-        lv: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        attention_fwd(self, (q, lq), (k, lk), (v, lv))
-    }
-}
+attention_op!(
+    CudnnAttention,
+    "splatforge-cudnn-attention",
+    "cuDNN attention is CUDA-only (CPU tensors take ops::attention_reference)"
+);
