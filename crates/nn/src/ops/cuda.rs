@@ -6,7 +6,7 @@ use std::ffi::{c_int, c_void};
 use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::cuda_backend::{CudaDType, CudaStorageSlice};
 use candle_core::{
-    CudaDevice, CudaStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor,
+    CudaDevice, CudaStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
 };
 
 use splatforge_cuda::{layout_address, Plain};
@@ -238,14 +238,16 @@ struct FusedAttention {
     variant: u32,
 }
 
-impl HalfAttention for FusedAttention {
-    fn launch<T: CudaDType + Plain>(
+impl TernaryKernel for FusedAttention {
+    const WHAT: &'static str = "fused attention";
+    const F32: bool = false;
+
+    fn launch<T: CudaDType + Plain + WithDType>(
         &self,
         (q, lq): (&CudaSlice<T>, &Layout),
         (k, lk): (&CudaSlice<T>, &Layout),
         (v, lv): (&CudaSlice<T>, &Layout),
         dev: &CudaDevice,
-        dtype: DType,
     ) -> Result<CudaStorage> {
         let (b, nq, inner) = lq.shape().dims3()?;
         let nk = lk.shape().dims3()?.1;
@@ -262,7 +264,7 @@ impl HalfAttention for FusedAttention {
             nq: small("queries", nq)?,
             nk: small("keys", nk)?,
             scale: ((inner / self.heads) as f32).powf(-0.5),
-            dtype: sf_dtype(dtype)?,
+            dtype: sf_dtype(T::DTYPE)?,
             variant: small("attention variant", self.variant as usize)?,
         };
         // SAFETY: the args hold device addresses of live buffers of the shapes the kernel
@@ -274,10 +276,55 @@ impl HalfAttention for FusedAttention {
     }
 }
 
-/// The candle op (`CustomOp3`) of a [`HalfAttention`]: CUDA-only, its
-/// `cuda_fwd` through [`attention_fwd`].
-macro_rules! attention_op {
-    ($op:ty, $name:literal, $cpu_error:literal) => {
+/// A kernel with three inputs of one dtype (contiguous) and one new output
+/// of the first input's shape: both attentions (q, k, v) and GroupNorm's
+/// passes; [`ternary_op!`] writes its `CustomOp3`.
+pub(super) trait TernaryKernel {
+    /// The kernel's name in errors.
+    const WHAT: &'static str;
+    /// Whether it takes f32 (else only f16 and bf16).
+    const F32: bool;
+
+    /// Runs on the three slices; returns `[a's shape]`.
+    fn launch<T: CudaDType + Plain + WithDType>(
+        &self,
+        a: (&CudaSlice<T>, &Layout),
+        b: (&CudaSlice<T>, &Layout),
+        c: (&CudaSlice<T>, &Layout),
+        dev: &CudaDevice,
+    ) -> Result<CudaStorage>;
+}
+
+/// The `cuda_fwd` of a [`TernaryKernel`]: checks the layouts and dtypes, then
+/// launches on the slices.
+pub(super) fn ternary_fwd<K: TernaryKernel>(
+    op: &K,
+    (a, la): (&CudaStorage, &Layout),
+    (b, lb): (&CudaStorage, &Layout),
+    (c, lc): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    if !(la.is_contiguous() && lb.is_contiguous() && lc.is_contiguous()) {
+        candle_core::bail!("the {} kernel needs contiguous inputs", K::WHAT);
+    }
+    let dev = &a.device;
+    use CudaStorageSlice as S;
+    let out = match (&a.slice, &b.slice, &c.slice) {
+        (S::F32(a), S::F32(b), S::F32(c)) if K::F32 => op.launch((a, la), (b, lb), (c, lc), dev)?,
+        (S::F16(a), S::F16(b), S::F16(c)) => op.launch((a, la), (b, lb), (c, lc), dev)?,
+        (S::BF16(a), S::BF16(b), S::BF16(c)) => op.launch((a, la), (b, lb), (c, lc), dev)?,
+        _ => candle_core::bail!(
+            "the {} kernel takes {}f16 or bf16 inputs of one dtype",
+            K::WHAT,
+            if K::F32 { "f32, " } else { "" }
+        ),
+    };
+    Ok((out, la.shape().clone()))
+}
+
+/// The candle op (`CustomOp3`) of a [`TernaryKernel`]: CUDA-only, its
+/// `cuda_fwd` through [`ternary_fwd`]; more items (a `bwd`) may follow.
+macro_rules! ternary_op {
+    ($op:ty, $name:literal, $cpu_error:literal $(, $extra:item)*) => {
         impl CustomOp3 for $op {
             fn name(&self) -> &'static str {
                 $name
@@ -287,65 +334,28 @@ macro_rules! attention_op {
 
             fn cuda_fwd(
                 &self,
-                q: &CudaStorage,
-                lq: &Layout,
-                k: &CudaStorage,
-                lk: &Layout,
-                v: &CudaStorage,
-                lv: &Layout,
+                a: &CudaStorage,
+                la: &Layout,
+                b: &CudaStorage,
+                lb: &Layout,
+                c: &CudaStorage,
+                lc: &Layout,
             ) -> Result<(CudaStorage, Shape)> {
-                attention_fwd(self, (q, lq), (k, lk), (v, lv))
+                ternary_fwd(self, (a, la), (b, lb), (c, lc))
             }
+
+            $($extra)*
         }
     };
 }
 #[cfg_attr(not(feature = "cudnn"), allow(unused_imports))] // cuDNN's attention uses it too
-pub(super) use attention_op;
+pub(super) use ternary_op;
 
-attention_op!(
+ternary_op!(
     FusedAttention,
     "splatforge-fused-attention",
     "fused attention is CUDA-only (CPU tensors take ops::attention_reference)"
 );
-
-/// An attention implementation on device buffers `q [B, Nq, H·D]`, `k, v
-/// [B, Nk, H·D]` of one half-precision dtype: ours and cuDNN's.
-pub(super) trait HalfAttention {
-    /// Runs on contiguous buffers; returns `[B, Nq, H·D]`.
-    fn launch<T: CudaDType + Plain>(
-        &self,
-        q: (&CudaSlice<T>, &Layout),
-        k: (&CudaSlice<T>, &Layout),
-        v: (&CudaSlice<T>, &Layout),
-        dev: &CudaDevice,
-        dtype: DType,
-    ) -> Result<CudaStorage>;
-}
-
-/// The `cuda_fwd` of an attention op: checks the layouts, then launches on
-/// the f16 or bf16 slices.
-pub(super) fn attention_fwd(
-    op: &impl HalfAttention,
-    (q, lq): (&CudaStorage, &Layout),
-    (k, lk): (&CudaStorage, &Layout),
-    (v, lv): (&CudaStorage, &Layout),
-) -> Result<(CudaStorage, Shape)> {
-    if !(lq.is_contiguous() && lk.is_contiguous() && lv.is_contiguous()) {
-        candle_core::bail!("attention needs contiguous q, k, v");
-    }
-    let dev = &q.device;
-    use CudaStorageSlice as S;
-    let out = match (&q.slice, &k.slice, &v.slice) {
-        (S::BF16(q), S::BF16(k), S::BF16(v)) => {
-            op.launch((q, lq), (k, lk), (v, lv), dev, DType::BF16)?
-        }
-        (S::F16(q), S::F16(k), S::F16(v)) => {
-            op.launch((q, lq), (k, lk), (v, lv), dev, DType::F16)?
-        }
-        _ => candle_core::bail!("attention takes f16 or bf16 q, k, v of one dtype"),
-    };
-    Ok((out, lq.shape().clone()))
-}
 
 /// The fused GroupNorm (+ SiLU) when it applies (CUDA, f32/f16/bf16, no
 /// autograd); `None` sends the caller to the composite path.
@@ -423,14 +433,16 @@ struct FusedGroupNorm {
 /// `dx` of [`FusedGroupNorm`] from `(x, dy, [gamma; beta])`.
 struct FusedGroupNormBackward(FusedGroupNorm);
 
-impl FusedGroupNormBackward {
-    fn launch<T: CudaDType + Plain>(
+impl TernaryKernel for FusedGroupNormBackward {
+    const WHAT: &'static str = "fused GroupNorm backward";
+    const F32: bool = true;
+
+    fn launch<T: CudaDType + Plain + WithDType>(
         &self,
         (x, lx): (&CudaSlice<T>, &Layout),
         (dy, ly): (&CudaSlice<T>, &Layout),
         (gb, lgb): (&CudaSlice<T>, &Layout),
         dev: &CudaDevice,
-        dtype: c_int,
     ) -> Result<CudaStorage> {
         let geo = GroupNormGeometry::of(lx, self.0.groups)?;
         if ly.shape() != lx.shape() || lgb.shape().elem_count() != 2 * geo.channels as usize {
@@ -460,7 +472,7 @@ impl FusedGroupNormBackward {
             spatial: geo.spatial,
             eps: self.0.eps,
             silu: self.0.silu as c_int,
-            dtype,
+            dtype: sf_dtype(T::DTYPE)?,
         };
         // SAFETY: the args hold device addresses of live buffers of the shapes the kernel
         // reads and writes (checked above), and the launch is on candle's stream of them.
@@ -471,53 +483,22 @@ impl FusedGroupNormBackward {
     }
 }
 
-impl CustomOp3 for FusedGroupNormBackward {
-    fn name(&self) -> &'static str {
-        "splatforge-fused-group-norm-backward"
-    }
+ternary_op!(
+    FusedGroupNormBackward,
+    "splatforge-fused-group-norm-backward",
+    "fused GroupNorm backward is CUDA-only"
+);
 
-    cuda_only!("fused GroupNorm backward is CUDA-only"; (_a, _la), (_b, _lb), (_c, _lc));
+impl TernaryKernel for FusedGroupNorm {
+    const WHAT: &'static str = "fused GroupNorm";
+    const F32: bool = true;
 
-    fn cuda_fwd(
-        &self,
-        x: &CudaStorage,
-        lx: &Layout,
-        dy: &CudaStorage,
-        ly: &Layout,
-        gb: &CudaStorage,
-        lgb: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        if !(lx.is_contiguous() && ly.is_contiguous() && lgb.is_contiguous()) {
-            candle_core::bail!("fused GroupNorm backward needs contiguous tensors");
-        }
-        let dev = &x.device;
-        use CudaStorageSlice as S;
-        let dx = match (&x.slice, &dy.slice, &gb.slice) {
-            (S::F32(x), S::F32(d), S::F32(g)) => {
-                self.launch((x, lx), (d, ly), (g, lgb), dev, SF_DTYPE_F32)?
-            }
-            (S::F16(x), S::F16(d), S::F16(g)) => {
-                self.launch((x, lx), (d, ly), (g, lgb), dev, SF_DTYPE_F16)?
-            }
-            (S::BF16(x), S::BF16(d), S::BF16(g)) => {
-                self.launch((x, lx), (d, ly), (g, lgb), dev, SF_DTYPE_BF16)?
-            }
-            _ => candle_core::bail!(
-                "fused GroupNorm backward takes f32, f16 or bf16 tensors of one dtype"
-            ),
-        };
-        Ok((dx, lx.shape().clone()))
-    }
-}
-
-impl FusedGroupNorm {
-    fn launch<T: CudaDType + Plain>(
+    fn launch<T: CudaDType + Plain + WithDType>(
         &self,
         (x, lx): (&CudaSlice<T>, &Layout),
         (g, lg): (&CudaSlice<T>, &Layout),
         (b, lb): (&CudaSlice<T>, &Layout),
         dev: &CudaDevice,
-        dtype: c_int,
     ) -> Result<CudaStorage> {
         let geo = GroupNormGeometry::of(lx, self.groups)?;
         let scratch_len = geo.scratch_floats;
@@ -536,7 +517,7 @@ impl FusedGroupNorm {
             spatial: geo.spatial,
             eps: self.eps,
             silu: self.silu as c_int,
-            dtype,
+            dtype: sf_dtype(T::DTYPE)?,
         };
         // SAFETY: the args hold device addresses of live buffers of the shapes the kernel
         // reads and writes (checked above), and the launch is on candle's stream of them.
@@ -547,11 +528,10 @@ impl FusedGroupNorm {
     }
 }
 
-impl CustomOp3 for FusedGroupNorm {
-    fn name(&self) -> &'static str {
-        "splatforge-fused-group-norm"
-    }
-
+ternary_op!(
+    FusedGroupNorm,
+    "splatforge-fused-group-norm",
+    "fused GroupNorm is CUDA-only (CPU tensors take GroupNorm::reference)",
     /// The gradient of `x` only: the pipeline never trains the affine.
     fn bwd(
         &self,
@@ -566,37 +546,62 @@ impl CustomOp3 for FusedGroupNorm {
         let dx = x.apply_op3_no_bwd(&dy, &gb, &FusedGroupNormBackward(self.clone()))?;
         Ok((Some(dx), None, None))
     }
+);
 
-    cuda_only!("fused GroupNorm is CUDA-only (CPU tensors take GroupNorm::reference)"; (_a, _la), (_b, _lb), (_c, _lc));
+/// A kernel with one input (f32, f16 or bf16, contiguous) and one new output
+/// tensor; [`unary_op!`] writes its `CustomOp1`.
+trait UnaryKernel {
+    /// The kernel's name in errors.
+    const WHAT: &'static str;
 
-    fn cuda_fwd(
-        &self,
-        x: &CudaStorage,
-        lx: &Layout,
-        g: &CudaStorage,
-        lg: &Layout,
-        b: &CudaStorage,
-        lb: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        if !(lx.is_contiguous() && lg.is_contiguous() && lb.is_contiguous()) {
-            candle_core::bail!("fused GroupNorm needs contiguous tensors");
-        }
-        let dev = &x.device;
-        use CudaStorageSlice as S;
-        let y = match (&x.slice, &g.slice, &b.slice) {
-            (S::F32(x), S::F32(g), S::F32(b)) => {
-                self.launch((x, lx), (g, lg), (b, lb), dev, SF_DTYPE_F32)?
-            }
-            (S::F16(x), S::F16(g), S::F16(b)) => {
-                self.launch((x, lx), (g, lg), (b, lb), dev, SF_DTYPE_F16)?
-            }
-            (S::BF16(x), S::BF16(g), S::BF16(b)) => {
-                self.launch((x, lx), (g, lg), (b, lb), dev, SF_DTYPE_BF16)?
-            }
-            _ => candle_core::bail!("fused GroupNorm takes f32, f16 or bf16 tensors of one dtype"),
-        };
-        Ok((y, lx.shape().clone()))
+    /// The output's shape for an input of shape `x` (the input's by default).
+    fn out_shape(&self, x: &Shape) -> Result<Shape> {
+        Ok(x.clone())
     }
+
+    /// Runs on the input's slice; returns the output (`out_shape` elements).
+    fn launch<T: CudaDType + Plain + WithDType>(
+        &self,
+        x: &CudaSlice<T>,
+        lx: &Layout,
+        out_shape: &Shape,
+        dev: &CudaDevice,
+    ) -> Result<CudaStorage>;
+}
+
+/// The `cuda_fwd` of a [`UnaryKernel`]: checks the layout, then launches on
+/// the input's f32, f16 or bf16 slice.
+fn unary_fwd<K: UnaryKernel>(op: &K, x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
+    if !lx.is_contiguous() {
+        candle_core::bail!("the {} kernel needs a contiguous input", K::WHAT);
+    }
+    let out_shape = op.out_shape(lx.shape())?;
+    use CudaStorageSlice as S;
+    let out = match &x.slice {
+        S::F32(v) => op.launch(v, lx, &out_shape, &x.device)?,
+        S::F16(v) => op.launch(v, lx, &out_shape, &x.device)?,
+        S::BF16(v) => op.launch(v, lx, &out_shape, &x.device)?,
+        _ => candle_core::bail!("the {} kernel takes f32, f16 or bf16", K::WHAT),
+    };
+    Ok((out, out_shape))
+}
+
+/// The candle op (`CustomOp1`) of a [`UnaryKernel`]: CUDA-only, its
+/// `cuda_fwd` through [`unary_fwd`].
+macro_rules! unary_op {
+    ($op:ty, $name:literal, $cpu_error:literal) => {
+        impl CustomOp1 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            cuda_only!($cpu_error; (_x, _lx));
+
+            fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
+                unary_fwd(self, x, lx)
+            }
+        }
+    };
 }
 
 /// Nearest-neighbour 2× upsampling of `[N, C, H, W]` when the kernel applies
@@ -611,32 +616,22 @@ pub(super) fn upsample_nearest2x(x: &Tensor) -> Result<Option<Tensor>> {
 
 struct Upsample2x;
 
-impl CustomOp1 for Upsample2x {
-    fn name(&self) -> &'static str {
-        "splatforge-upsample-nearest2x"
+unary_op!(
+    Upsample2x,
+    "splatforge-upsample-nearest2x",
+    "the upsampling kernel is CUDA-only (CPU tensors take candle's upsample_nearest2d)"
+);
+
+impl UnaryKernel for Upsample2x {
+    const WHAT: &'static str = "upsampling";
+
+    fn out_shape(&self, x: &Shape) -> Result<Shape> {
+        let (n, c, h, w) = x.dims4()?;
+        Ok(Shape::from((n, c, 2 * h, 2 * w)))
     }
 
-    cuda_only!("the upsampling kernel is CUDA-only (CPU tensors take candle's upsample_nearest2d)"; (_x, _lx));
-
-    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
-        if !lx.is_contiguous() {
-            candle_core::bail!("the upsampling kernel needs a contiguous input");
-        }
-        let (n, c, h, w) = lx.shape().dims4()?;
-        let out_shape = Shape::from((n, c, 2 * h, 2 * w));
-        use CudaStorageSlice as S;
-        let out = match &x.slice {
-            S::F32(v) => Self::launch(v, lx, &out_shape, &x.device)?,
-            S::F16(v) => Self::launch(v, lx, &out_shape, &x.device)?,
-            S::BF16(v) => Self::launch(v, lx, &out_shape, &x.device)?,
-            _ => candle_core::bail!("the upsampling kernel takes f32, f16 or bf16"),
-        };
-        Ok((out, out_shape))
-    }
-}
-
-impl Upsample2x {
-    fn launch<T: CudaDType + Plain + candle_core::WithDType>(
+    fn launch<T: CudaDType + Plain + WithDType>(
+        &self,
         x: &CudaSlice<T>,
         lx: &Layout,
         out_shape: &Shape,
@@ -691,38 +686,23 @@ fn tensor_address(t: Option<&Tensor>) -> Result<u64> {
     storage_address(s, layout)
 }
 
-impl CustomOp1 for EpilogueTerms {
-    fn name(&self) -> &'static str {
-        "splatforge-linear-epilogue"
-    }
+unary_op!(
+    EpilogueTerms,
+    "splatforge-linear-epilogue",
+    "the linear epilogue kernel is CUDA-only (CPU tensors take the composite path)"
+);
 
-    cuda_only!("the linear epilogue kernel is CUDA-only (CPU tensors take the composite path)"; (_x, _lx));
+impl UnaryKernel for EpilogueTerms {
+    const WHAT: &'static str = "linear epilogue";
 
-    fn cuda_fwd(&self, y: &CudaStorage, ly: &Layout) -> Result<(CudaStorage, Shape)> {
-        if !ly.is_contiguous() {
-            candle_core::bail!("the linear epilogue needs a contiguous product");
-        }
-        let (rows, cols) = ly.shape().dims2()?;
-        use CudaStorageSlice as S;
-        let out = match &y.slice {
-            S::F32(v) => self.launch(v, ly, rows, cols, &y.device)?,
-            S::F16(v) => self.launch(v, ly, rows, cols, &y.device)?,
-            S::BF16(v) => self.launch(v, ly, rows, cols, &y.device)?,
-            _ => candle_core::bail!("the linear epilogue takes f32, f16 or bf16"),
-        };
-        Ok((out, ly.shape().clone()))
-    }
-}
-
-impl EpilogueTerms {
-    fn launch<T: CudaDType + Plain + candle_core::WithDType>(
+    fn launch<T: CudaDType + Plain + WithDType>(
         &self,
         y: &CudaSlice<T>,
         ly: &Layout,
-        rows: usize,
-        cols: usize,
+        _out_shape: &Shape,
         dev: &CudaDevice,
     ) -> Result<CudaStorage> {
+        let (rows, cols) = ly.shape().dims2()?;
         let terms = [
             self.bias.as_ref(),
             self.extra.as_ref(),
@@ -768,33 +748,20 @@ pub(super) struct RmsNormRope {
     pub eps: f32,
 }
 
-impl CustomOp1 for RmsNormRope {
-    fn name(&self) -> &'static str {
-        "splatforge-rms-norm-rope"
-    }
+unary_op!(
+    RmsNormRope,
+    "splatforge-rms-norm-rope",
+    "the RMSNorm + RoPE kernel is CUDA-only (CPU tensors take the composite path)"
+);
 
-    cuda_only!("the RMSNorm + RoPE kernel is CUDA-only (CPU tensors take the composite path)"; (_x, _lx));
+impl UnaryKernel for RmsNormRope {
+    const WHAT: &'static str = "RMSNorm + RoPE";
 
-    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
-        if !lx.is_contiguous() {
-            candle_core::bail!("the RMSNorm + RoPE kernel needs a contiguous input");
-        }
-        use CudaStorageSlice as S;
-        let out = match &x.slice {
-            S::F32(v) => self.launch(v, lx, &x.device)?,
-            S::F16(v) => self.launch(v, lx, &x.device)?,
-            S::BF16(v) => self.launch(v, lx, &x.device)?,
-            _ => candle_core::bail!("the RMSNorm + RoPE kernel takes f32, f16 or bf16"),
-        };
-        Ok((out, lx.shape().clone()))
-    }
-}
-
-impl RmsNormRope {
-    fn launch<T: CudaDType + Plain + candle_core::WithDType>(
+    fn launch<T: CudaDType + Plain + WithDType>(
         &self,
         x: &CudaSlice<T>,
         lx: &Layout,
+        _out_shape: &Shape,
         dev: &CudaDevice,
     ) -> Result<CudaStorage> {
         let (tokens, heads, d) = lx.shape().dims3()?;
@@ -852,33 +819,20 @@ pub(super) struct LayerNormModulate {
     pub eps: f32,
 }
 
-impl CustomOp1 for LayerNormModulate {
-    fn name(&self) -> &'static str {
-        "splatforge-layer-norm-modulate"
-    }
+unary_op!(
+    LayerNormModulate,
+    "splatforge-layer-norm-modulate",
+    "the LayerNorm + modulation kernel is CUDA-only (CPU tensors take the composite path)"
+);
 
-    cuda_only!("the LayerNorm + modulation kernel is CUDA-only (CPU tensors take the composite path)"; (_x, _lx));
+impl UnaryKernel for LayerNormModulate {
+    const WHAT: &'static str = "LayerNorm + modulation";
 
-    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
-        if !lx.is_contiguous() {
-            candle_core::bail!("the LayerNorm + modulation kernel needs a contiguous input");
-        }
-        use CudaStorageSlice as S;
-        let out = match &x.slice {
-            S::F32(v) => self.launch(v, lx, &x.device)?,
-            S::F16(v) => self.launch(v, lx, &x.device)?,
-            S::BF16(v) => self.launch(v, lx, &x.device)?,
-            _ => candle_core::bail!("the LayerNorm + modulation kernel takes f32, f16 or bf16"),
-        };
-        Ok((out, lx.shape().clone()))
-    }
-}
-
-impl LayerNormModulate {
-    fn launch<T: CudaDType + Plain + candle_core::WithDType>(
+    fn launch<T: CudaDType + Plain + WithDType>(
         &self,
         x: &CudaSlice<T>,
         lx: &Layout,
+        _out_shape: &Shape,
         dev: &CudaDevice,
     ) -> Result<CudaStorage> {
         let (rows, c) = lx.shape().dims2()?;

@@ -26,11 +26,13 @@ use std::rc::Rc;
 use candle_core::cuda_backend::cudarc::cudnn::sys;
 use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::cuda_backend::{CudaDType, DeviceId};
-use candle_core::{CudaDevice, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CudaDevice, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
+};
 
 use splatforge_cuda::{layout_address, slice_address_mut, Plain};
 
-use super::super::cuda::{aligned, alloc, attention_fwd, attention_op, HalfAttention};
+use super::super::cuda::{aligned, alloc, ternary_fwd, ternary_op, TernaryKernel};
 use super::{
     execute_with_workspace, handle, make_plan, numerical_notes, operation_graph, packed_strides,
     tensor, Binding, Desc, Plan, Variant,
@@ -267,15 +269,18 @@ fn acceptable(cfg: &Desc) -> Result<bool> {
     Ok(!numerical_notes(cfg)?.contains(&(N::CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC as u32)))
 }
 
-impl HalfAttention for CudnnAttention {
-    fn launch<V: Plain + CudaDType>(
+impl TernaryKernel for CudnnAttention {
+    const WHAT: &'static str = "cuDNN attention";
+    const F32: bool = false;
+
+    fn launch<V: Plain + CudaDType + WithDType>(
         &self,
         (q, lq): (&CudaSlice<V>, &Layout),
         (k, lk): (&CudaSlice<V>, &Layout),
         (v, lv): (&CudaSlice<V>, &Layout),
         dev: &CudaDevice,
-        dtype: DType,
     ) -> Result<CudaStorage> {
+        let dtype = V::DTYPE;
         let io = match dtype {
             DType::F16 => sys::cudnnDataType_t::CUDNN_DATA_HALF,
             _ => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
@@ -324,7 +329,7 @@ impl HalfAttention for CudnnAttention {
     }
 }
 
-attention_op!(
+ternary_op!(
     CudnnAttention,
     "splatforge-cudnn-attention",
     "cuDNN attention is CUDA-only (CPU tensors take ops::attention_reference)"
