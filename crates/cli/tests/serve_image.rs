@@ -3,10 +3,7 @@
 //! `prompt` (the 404 miner's image tasks) and answers a PLY with the TRELLIS stage timings;
 //! text and broken images get 400; the stage metrics cover the new stages.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -64,40 +61,14 @@ fn start(models: &Path) -> Server {
 
 /// [`start`] with more `serve` options.
 fn start_with(models: &Path, options: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_splatforge"))
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--profile",
-            "image-development",
-            "--models",
-        ])
-        .arg(models)
-        .args(options)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(a) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(a.trim().to_string());
-            }
-            eprintln!("[serve] {line}");
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("the server prints its address");
-    Server {
-        child,
-        addr: addr.parse().unwrap(),
-    }
+    let mut args = vec![
+        "--profile".into(),
+        "image-development".into(),
+        "--models".into(),
+        models.as_os_str().to_owned(),
+    ];
+    args.extend(options.iter().map(std::ffi::OsString::from));
+    Server::start(args, |_| {})
 }
 
 #[test]

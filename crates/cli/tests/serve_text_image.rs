@@ -3,11 +3,8 @@
 //! `/generate/` takes a text prompt and answers a PLY with the FLUX and TRELLIS stage
 //! timings; the same seed gives the same bytes; the stage metrics cover FLUX.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
 use splatforge_splat::read_splat_bytes;
 
@@ -15,41 +12,17 @@ mod common;
 use common::{get, post, post_with_headers, wait_healthy, Server};
 
 fn start(flux: &Path, trellis: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_splatforge"))
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--profile",
-            "text-image-development",
-            "--flux",
-        ])
-        .arg(flux)
-        .arg("--models")
-        .arg(trellis)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(a) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(a.trim().to_string());
-            }
-            eprintln!("[serve] {line}");
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("the server prints its address");
-    Server {
-        child,
-        addr: addr.parse().unwrap(),
-    }
+    let flux = flux.as_os_str();
+    let trellis = trellis.as_os_str();
+    let args: [&std::ffi::OsStr; 6] = [
+        "--profile".as_ref(),
+        "text-image-development".as_ref(),
+        "--flux".as_ref(),
+        flux,
+        "--models".as_ref(),
+        trellis,
+    ];
+    Server::start(args, |_| {})
 }
 
 /// The tiny FLUX (`models make-tiny`) and TRELLIS (`models make-random --size tiny`) folders.

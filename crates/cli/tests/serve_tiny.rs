@@ -8,9 +8,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -31,46 +30,22 @@ fn post_prompt(addr: SocketAddr, prompt: &str) -> Response {
 }
 
 fn start(models: &std::path::Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_splatforge"))
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--queue-size",
-            "3",
-            "--models",
-        ])
-        .arg(models)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
     let (profile_tx, profile_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(a) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(a.trim().to_string());
-            }
-            if line.contains("tiny test models; using --profile development") {
-                let _ = profile_tx.send(());
-            }
-            eprintln!("[serve] {line}");
+    let args: [&std::ffi::OsStr; 4] = [
+        "--queue-size".as_ref(),
+        "3".as_ref(),
+        "--models".as_ref(),
+        models.as_os_str(),
+    ];
+    let server = Server::start(args, move |line| {
+        if line.contains("tiny test models; using --profile development") {
+            let _ = profile_tx.send(());
         }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server prints its address");
     profile_rx
         .recv_timeout(Duration::from_secs(60))
         .expect("tiny models without --profile serve the development profile");
-    Server {
-        child,
-        addr: addr.parse().unwrap(),
-    }
+    server
 }
 
 #[test]

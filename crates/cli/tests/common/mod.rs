@@ -5,10 +5,12 @@
 // Each test crate compiles its own copy of this module and uses only some of it.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// `splatforge models ARGS… DIR/NAME` (e.g. `make-tiny`, or `make-random --family trellis
@@ -111,6 +113,43 @@ pub fn post_with_headers(
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+}
+
+impl Server {
+    /// `splatforge serve --host 127.0.0.1 --port 0 ARGS…`, once it has printed the address it
+    /// listens on (≤ 120 s). `on_line` sees every line of its stderr, which is also echoed
+    /// as `[serve] …`.
+    pub fn start<I, S>(args: I, mut on_line: impl FnMut(&str) + Send + 'static) -> Server
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_splatforge"))
+            .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("serve starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(a) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(a.trim().to_string());
+                }
+                on_line(&line);
+                eprintln!("[serve] {line}");
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the server prints its address");
+        Server {
+            child,
+            addr: addr.parse().unwrap(),
+        }
+    }
 }
 
 impl Drop for Server {
