@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::make_models;
+
 fn splatforge(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_splatforge"))
         .args(args)
@@ -50,17 +53,11 @@ fn ghost() -> PathBuf {
 }
 
 fn tiny_trellis(dir: &Path) -> PathBuf {
-    let models = dir.join("trellis");
-    let out = splatforge(&[
-        "models",
-        "make-random",
-        "--family",
+    let models = make_models(
+        dir,
         "trellis",
-        "--size",
-        "tiny",
-        s(&models),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+        &["make-random", "--family", "trellis", "--size", "tiny"],
+    );
     assert!(models.join("pipeline.json").is_file());
     assert!(models
         .join("dinov2_vitl14_reg4_pretrain.safetensors")

@@ -5,6 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::make_models;
+
+/// `models` arguments of a tiny random TRELLIS folder.
+const TINY_TRELLIS: [&str; 5] = ["make-random", "--family", "trellis", "--size", "tiny"];
+
 fn splatforge(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_splatforge"))
         .args(args)
@@ -25,17 +31,7 @@ fn tiny_models(dir: &Path) -> (PathBuf, PathBuf) {
     let tiny = dir.join("tiny");
     let out = splatforge(&["models", "make-tiny", s(&tiny)]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let trellis = dir.join("trellis");
-    let out = splatforge(&[
-        "models",
-        "make-random",
-        "--family",
-        "trellis",
-        "--size",
-        "tiny",
-        s(&trellis),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let trellis = make_models(dir, "trellis", &TINY_TRELLIS);
     (tiny.join("flux-schnell-diffusers"), trellis)
 }
 
@@ -163,17 +159,7 @@ fn bad_flux_inputs_fail_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let trellis = dir.path().join("trellis");
-    let out = splatforge(&[
-        "models",
-        "make-random",
-        "--family",
-        "trellis",
-        "--size",
-        "tiny",
-        s(&trellis),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let trellis = make_models(dir.path(), "trellis", &TINY_TRELLIS);
     let run = |extra: &[&str]| {
         let mut args = vec!["generate", "-o", "x.ply", "--models", s(&trellis)];
         args.extend_from_slice(extra);
@@ -252,17 +238,7 @@ fn make_random_flux_tiny_runs_through_generate() {
         text(&again.stderr)
     );
 
-    let trellis = dir.path().join("trellis");
-    let out = splatforge(&[
-        "models",
-        "make-random",
-        "--family",
-        "trellis",
-        "--size",
-        "tiny",
-        s(&trellis),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let trellis = make_models(dir.path(), "trellis", &TINY_TRELLIS);
     let ply = dir.path().join("chair.ply");
     let out = splatforge(&[
         "generate",
