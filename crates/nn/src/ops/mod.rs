@@ -112,7 +112,8 @@ pub fn attention_with(
             AttentionKernel::Auto => 0,
             AttentionKernel::Cudnn if fusable(q) => {
                 candle_core::bail!(
-                    "cuDNN attention does not take this shape (or the build has no cudnn)"
+                    "cuDNN attention does not take this shape (or the build has no cudnn): {}",
+                    cudnn_plan_summary().join("; ")
                 )
             }
             AttentionKernel::Cudnn => 0,

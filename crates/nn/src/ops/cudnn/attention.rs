@@ -14,9 +14,11 @@
 //! stay in our token-major `[B, N, H·D]` layout, described to cuDNN by
 //! strides as `[B, H, N, D]`. Plans are made once per shape and thread;
 //! a shape no engine takes is remembered, and the caller falls back to our
-//! kernel. Numerics: f32 accumulation and softmax, P rounded to the input
-//! dtype before `P·V` (as in our kernel and flash-attention); no
-//! nondeterministic engine.
+//! kernel, and the reason is kept for [`plan_summary`]. Numerics: f32
+//! accumulation and softmax, P in the input dtype before `P·V` (the backend
+//! requires `P·V`'s A operand in the I/O type, as cudnn-frontend notes; our
+//! kernel and flash-attention round P the same way); no nondeterministic
+//! engine.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -54,9 +56,15 @@ const UIDS: [i64; 5] = [UID_Q, UID_K, UID_V, UID_O, UID_SCALE];
 /// (batch, heads, query rows, key rows, head dim, dtype, device).
 type Key = (usize, usize, usize, usize, usize, DType, DeviceId);
 
+/// A plan, or why cuDNN refused the shape (our kernel runs it).
+type Planned = std::result::Result<Rc<Plan>, String>;
+
 thread_local! {
-    /// `None`: no cuDNN engine takes the shape (our kernel runs it).
-    static PLANS: RefCell<HashMap<Key, Option<Rc<Plan>>>> = RefCell::new(HashMap::new());
+    static PLANS: RefCell<HashMap<Key, Planned>> = RefCell::new(HashMap::new());
+}
+
+fn refused(key: &Key) -> bool {
+    PLANS.with(|m| matches!(m.borrow().get(key), Some(Err(_))))
 }
 
 /// One line per attention shape this thread has planned (benchmark reports).
@@ -66,11 +74,11 @@ pub(super) fn plan_summary() -> Vec<String> {
             .borrow()
             .iter()
             .map(|((b, h, nq, nk, d, dt, _), pl)| match pl {
-                Some(pl) => format!(
+                Ok(pl) => format!(
                     "attention [{b}, {h} × {d}] {nq} × {nk} {dt:?}: engine {}, workspace {} B",
                     pl.engine, pl.workspace
                 ),
-                None => format!("attention [{b}, {h} × {d}] {nq} × {nk} {dt:?}: no cuDNN engine"),
+                Err(why) => format!("attention [{b}, {h} × {d}] {nq} × {nk} {dt:?}: {why}"),
             })
             .collect();
         lines.sort();
@@ -108,7 +116,7 @@ pub(in crate::ops) fn attention(
         return Ok(None);
     };
     let key: Key = (b, heads, nq, nk, d, q.dtype(), dev.id());
-    if PLANS.with(|m| matches!(m.borrow().get(&key), Some(None))) {
+    if refused(&key) {
         return Ok(None);
     }
     let (q, k, v) = (aligned(q)?, aligned(k)?, aligned(v)?);
@@ -117,7 +125,7 @@ pub(in crate::ops) fn attention(
         Ok(out) => Ok(Some(out)),
         // The op fails only where planning found no engine (remembered in
         // PLANS); the caller's kernel takes the shape.
-        Err(_) if PLANS.with(|m| matches!(m.borrow().get(&key), Some(None))) => Ok(None),
+        Err(_) if refused(&key) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -226,21 +234,21 @@ fn graph(
     let o = tensor(UID_O, &q_dims, &q_strides, io, Memory)?;
     let scale = tensor(UID_SCALE, &[1, 1, 1, 1], &[1, 1, 1, 1], f32, ByValue)?;
     let mut next = UID_VIRTUAL;
-    let mut virtual_tensor = |dims: &[usize]| {
+    let mut virtual_tensor = |dims: &[usize], dtype| {
         next += 1;
-        tensor(next, dims, &packed_strides(dims), f32, Virtual)
+        tensor(next, dims, &packed_strides(dims), dtype, Virtual)
     };
     let scores = [b, h, nq, nk];
     let per_row = [b, h, nq, 1];
-    let s = virtual_tensor(&scores)?;
-    let s_scaled = virtual_tensor(&scores)?;
-    let row_max = virtual_tensor(&per_row)?;
-    let shifted = virtual_tensor(&scores)?;
-    let e = virtual_tensor(&scores)?;
-    let row_sum = virtual_tensor(&per_row)?;
-    let log_sum = virtual_tensor(&per_row)?;
-    let stats = virtual_tensor(&per_row)?;
-    let p = virtual_tensor(&scores)?;
+    let s = virtual_tensor(&scores, f32)?;
+    let s_scaled = virtual_tensor(&scores, f32)?;
+    let row_max = virtual_tensor(&per_row, f32)?;
+    let shifted = virtual_tensor(&scores, f32)?;
+    let e = virtual_tensor(&scores, f32)?;
+    let row_sum = virtual_tensor(&per_row, f32)?;
+    let log_sum = virtual_tensor(&per_row, f32)?;
+    let stats = virtual_tensor(&per_row, f32)?;
+    let p = virtual_tensor(&scores, io)?;
     use sys::cudnnReduceTensorOp_t as R;
     let ops = vec![
         matmul(&q, &kt, &s)?,
@@ -312,18 +320,20 @@ impl TernaryKernel for CudnnAttention {
             None => {
                 // A graph cuDNN rejects while building is a shape it doesn't
                 // take, like one with no engine.
-                let made = graph(b, h, nq, nk, d, io).and_then(|g| {
+                let plan: Planned = match graph(b, h, nq, nk, d, io).and_then(|g| {
                     let graph = operation_graph(&hd, &g.ops)?;
                     make_plan(&hd, dev, &graph, acceptable, &variant)
-                });
-                let plan = made.ok().flatten().map(Rc::new);
+                }) {
+                    Ok(Some(plan)) => Ok(Rc::new(plan)),
+                    Ok(None) => Err("no cuDNN engine takes the graph".into()),
+                    Err(e) => Err(format!("cuDNN refused the graph: {e}")),
+                };
                 PLANS.with(|m| m.borrow_mut().insert(key, plan.clone()));
                 plan
             }
         };
-        let Some(plan) = plan else {
-            candle_core::bail!("cuDNN has no attention engine for this shape");
-        };
+        let plan =
+            plan.map_err(|why| candle_core::Error::Msg(format!("cuDNN attention: {why}")))?;
         execute_with_workspace(&hd, dev, &plan, &variant)?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
