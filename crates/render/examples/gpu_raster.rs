@@ -3,7 +3,7 @@
 //! ```text
 //! cargo build --release -p splatforge-render --features cuda --example gpu_raster
 //! gpu_raster parity [--json FILE]   # CPU vs CUDA, forward and every gradient
-//! gpu_raster bench  [--json FILE] [--iters 50] [--warmup 10]
+//! gpu_raster bench  [--json FILE] [--iters 50] [--warmup 10] [--training-scale]
 //! gpu_raster profile               # a few iterations, for ncu
 //! ```
 //! `parity` renders random scenes (several sizes, SH degrees 0–3, classic and
@@ -12,7 +12,9 @@
 //! max relative error `max|gpu − cpu| / max|cpu|`; it exits with status 1
 //! when any exceeds 1e-4. `bench` times forward + backward of `rgb.sum()` on
 //! the scenes of `tools/bench/gsplat_raster.py` (median of `--iters` after
-//! `--warmup`, one synchronisation per iteration).
+//! `--warmup`, one synchronisation per iteration); `--training-scale` times
+//! the default kernels on 1 M and 3 M Gaussians of SH degree 3 at 1920×1080
+//! instead (issue 18: the sizes a 3DGS training run renders).
 
 use std::time::Instant;
 
@@ -34,8 +36,9 @@ fn seeded_rng(seed: u64) -> SplitMix64 {
 }
 
 /// The camera of gsplat_raster.py: on a circle of radius 3 around the
-/// origin, looking at it, OpenCV axes, fx = fy = 600·size/512.
-fn bench_camera(i: usize, cams: usize, size: u32) -> Camera {
+/// origin, looking at it, OpenCV axes, fx = fy = 600·width/512, the
+/// principal point at the centre.
+fn bench_camera(i: usize, cams: usize, width: u32, height: u32) -> Camera {
     let a = 2.0 * std::f64::consts::PI * i as f64 / cams as f64;
     let eye = [3.0 * a.sin(), 0.0, 3.0 * a.cos()];
     let n = (eye[0] * eye[0] + eye[1] * eye[1] + eye[2] * eye[2]).sqrt();
@@ -61,14 +64,14 @@ fn bench_camera(i: usize, cams: usize, size: u32) -> Camera {
         m[r][3] = -(rows[r][0] * eye[0] + rows[r][1] * eye[1] + rows[r][2] * eye[2]) as f32;
     }
     m[3][3] = 1.0;
-    let f = 600.0 * size as f32 / 512.0;
+    let f = 600.0 * width as f32 / 512.0;
     Camera {
-        width: size,
-        height: size,
+        width,
+        height,
         fx: f,
         fy: f,
-        cx: size as f32 / 2.0,
-        cy: size as f32 / 2.0,
+        cx: width as f32 / 2.0,
+        cy: height as f32 / 2.0,
         world_to_camera: m,
         near: 0.01,
         far: 1e10,
@@ -76,12 +79,14 @@ fn bench_camera(i: usize, cams: usize, size: u32) -> Camera {
 }
 
 /// gsplat_raster.py's scene: means U(-1,1)³, scales U(0, 0.02), random
-/// quaternions, opacity U(0,1), RGB U(0,1) as SH degree 0.
-fn bench_scene(n: usize, seed: u64) -> GaussianBuffers<f32> {
+/// quaternions, opacity U(0,1), RGB U(0,1) as the SH DC term, higher SH
+/// coefficients (degree `sh_degree`) U(−0.1, 0.1).
+fn bench_scene(n: usize, sh_degree: u8, seed: u64) -> GaussianBuffers<f32> {
     let mut r = seeded_rng(seed);
     let c0 = 0.282_094_791_773_878_14;
+    let rest = 3 * (((sh_degree as usize) + 1).pow(2) - 1);
     let mut b = GaussianBuffers::<f32> {
-        sh_degree: 0,
+        sh_degree,
         ..Default::default()
     };
     for _ in 0..n {
@@ -93,6 +98,9 @@ fn bench_scene(n: usize, seed: u64) -> GaussianBuffers<f32> {
         b.opacity_logits.push((o / (1.0 - o)).ln() as f32);
         for _ in 0..3 {
             b.sh.push(((r.unit() - 0.5) / c0) as f32);
+        }
+        for _ in 0..rest {
+            b.sh.push(r.uniform(-0.1, 0.1) as f32);
         }
     }
     b
@@ -206,13 +214,13 @@ fn run_case(
     seed: u64,
 ) -> Res<CaseResult> {
     let buf = if case.bench_scene {
-        bench_scene(case.n, seed)
+        bench_scene(case.n, case.sh_degree, seed)
     } else {
         parity_scene(case.n, case.sh_degree, seed)
     };
     let cams = if case.bench_scene {
         (0..case.cams)
-            .map(|i| bench_camera(i, case.cams, case.w))
+            .map(|i| bench_camera(i, case.cams, case.w, case.h))
             .collect()
     } else {
         parity_cameras(case.cams, case.w, case.h)
@@ -539,13 +547,67 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn bench(json: Option<String>, iters: usize, warmup: usize, profile: bool) -> Res<()> {
+/// One benchmark scene: Gaussians, image width and height, cameras, SH degree.
+#[derive(Clone, Copy)]
+struct BenchCase {
+    n: usize,
+    width: u32,
+    height: u32,
+    cams: usize,
+    sh_degree: u8,
+}
+
+/// gsplat_raster.py's default scenes.
+const SMALL_CASES: [BenchCase; 2] = [
+    BenchCase {
+        n: 200_000,
+        width: 512,
+        height: 512,
+        cams: 1,
+        sh_degree: 0,
+    },
+    BenchCase {
+        n: 50_000,
+        width: 256,
+        height: 256,
+        cams: 4,
+        sh_degree: 0,
+    },
+];
+
+/// Training scale (issue 18): 1 M and 3 M Gaussians, SH degree 3, 1080p.
+const TRAINING_CASES: [BenchCase; 2] = [
+    BenchCase {
+        n: 1_000_000,
+        width: 1920,
+        height: 1080,
+        cams: 1,
+        sh_degree: 3,
+    },
+    BenchCase {
+        n: 3_000_000,
+        width: 1920,
+        height: 1080,
+        cams: 1,
+        sh_degree: 3,
+    },
+];
+
+fn bench(
+    json: Option<String>,
+    iters: usize,
+    warmup: usize,
+    profile: bool,
+    training_scale: bool,
+) -> Res<()> {
     let dev = Device::new_cuda(0)?;
     let default_ppt = splatforge_render::cuda::DEFAULT_PIXELS_PER_THREAD;
     // The default first ("splatforge-cuda"), then variants: (name, backward
     // pixels per thread, fast exp, full sort).
     let mut variants = vec![("splatforge-cuda".to_string(), default_ppt, false, false)];
-    if !profile {
+    // The variants are a tuning aid for the small scenes; at training scale
+    // the default alone is compared with gsplat.
+    if !profile && !training_scale {
         let other_ppt = if default_ppt == 1 { 2 } else { 1 };
         variants.push((
             format!("variant bwd-ppt{other_ppt}"),
@@ -559,16 +621,29 @@ fn bench(json: Option<String>, iters: usize, warmup: usize, profile: bool) -> Re
     let cdev = dev.as_cuda_device()?.clone();
     let stream = cdev.cuda_stream();
     let ctx = stream.context().clone();
-    let configs = [(200_000usize, 512u32, 1usize), (50_000, 256, 4)];
+    let cases = if training_scale {
+        TRAINING_CASES
+    } else {
+        SMALL_CASES
+    };
     let mut results = Vec::new();
     for (vname, ppt, fast, full_sort) in &variants {
         let gpu = CudaRasterizer::with_kernel_variant(&dev, *ppt, *fast, *full_sort)?;
-        for &(n, size, ncam) in &configs {
-            let buf = bench_scene(n, 0);
-            let cams: Vec<Camera> = (0..ncam).map(|i| bench_camera(i, ncam, size)).collect();
+        for case in cases {
+            let BenchCase {
+                n,
+                width,
+                height,
+                cams: ncam,
+                sh_degree,
+            } = case;
+            let buf = bench_scene(n, sh_degree, 0);
+            let cams: Vec<Camera> = (0..ncam)
+                .map(|i| bench_camera(i, ncam, width, height))
+                .collect();
             let opts = RenderOptions::default();
             let gt = GaussianTensors::from_params(&buf.params(), &dev)?;
-            let ones = Tensor::ones((ncam, size as usize, size as usize, 3), DType::F32, &dev)?;
+            let ones = Tensor::ones((ncam, height as usize, width as usize, 3), DType::F32, &dev)?;
             let grads = ImageGradTensors {
                 rgb: Some(ones),
                 alpha: None,
@@ -628,7 +703,7 @@ fn bench(json: Option<String>, iters: usize, warmup: usize, profile: bool) -> Re
             let wall = median(&mut wall_ms);
             let fwd = median(&mut fwd_ms);
             let line = format!(
-            "{{\"impl\": \"{vname}\", \"n\": {n}, \"size\": {size}, \"cams\": {ncam}, \"iters\": {iters}, \"first_call_s\": {first_s:.4}, \"fwd_bwd_ms_median\": {med:.4}, \"fwd_bwd_ms_min\": {min:.4}, \"fwd_bwd_wall_ms_median\": {wall:.4}, \"fwd_ms_median\": {fwd:.4}, \"intersections\": {isect}}}"
+            "{{\"impl\": \"{vname}\", \"n\": {n}, \"width\": {width}, \"height\": {height}, \"sh_degree\": {sh_degree}, \"cams\": {ncam}, \"iters\": {iters}, \"first_call_s\": {first_s:.4}, \"fwd_bwd_ms_median\": {med:.4}, \"fwd_bwd_ms_min\": {min:.4}, \"fwd_bwd_wall_ms_median\": {wall:.4}, \"fwd_ms_median\": {fwd:.4}, \"intersections\": {isect}}}"
         );
             println!("{line}");
             results.push(line);
@@ -656,11 +731,17 @@ fn main() -> Res<()> {
                 std::process::exit(1);
             }
         }
-        Some("bench") => bench(json, iters, warmup, false)?,
-        Some("profile") => bench(None, 0, 0, true)?,
+        Some("bench") => bench(
+            json,
+            iters,
+            warmup,
+            false,
+            args.iter().any(|a| a == "--training-scale"),
+        )?,
+        Some("profile") => bench(None, 0, 0, true, false)?,
         _ => {
             eprintln!(
-                "usage: gpu_raster parity|bench|profile [--json FILE] [--iters N] [--warmup N]"
+                "usage: gpu_raster parity|bench|profile [--json FILE] [--iters N] [--warmup N] [--training-scale]"
             );
             std::process::exit(2);
         }
