@@ -46,6 +46,8 @@ impl CudaBackend {
             totals: slice_address_mut(&mut totals, &stream),
             totals_host: host.as_mut_ptr(),
         };
+        // SAFETY: `a`'s flag, offset and total buffers were allocated above
+        // for `n` Gaussians on this stream; `host` outlives the call.
         check("densify classify", unsafe {
             ffi::sff_densify_classify(&a, cs)
         })?;
@@ -92,6 +94,8 @@ impl CudaBackend {
             m_new: slice_address_mut(&mut m_new, &stream),
             v_new: slice_address_mut(&mut v_new, &stream),
         };
+        // SAFETY: the new parameter and moment buffers hold the classify
+        // pass's total; the old ones are this optimiser's live buffers.
         check("densify scatter", unsafe {
             ffi::sff_densify_scatter(&sa, cs)
         })?;
@@ -152,6 +156,8 @@ impl CudaBackend {
             n: n as i64,
             cap: logit(0.01),
         };
+        // SAFETY: the pointers address the opacity rows of this optimiser's
+        // live parameter and moment buffers, `n` entries each.
         check("reset opacity", unsafe { ffi::sff_reset_opacity(&a, cs) })
     }
 }

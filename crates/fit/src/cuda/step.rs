@@ -145,6 +145,8 @@ impl CudaBackend {
                 sums: ring_ptr + ((slot * MAX_VIEWS_PER_SLOT + ci) * SUMS_PER_VIEW * 8) as u64,
                 scratch,
             };
+            // SAFETY: the image, gradient and ring pointers address view
+            // `ci` inside buffers sized for every view of this step.
             check("loss", unsafe { ffi::sff_view_loss(&a, cs) })?;
         }
         self.pending.push(pend);
@@ -187,6 +189,8 @@ impl CudaBackend {
             eps: cfg.eps,
             group,
         };
+        // SAFETY: parameters, gradients and moments are this optimiser's
+        // live buffers of the same length.
         check("adam", unsafe { ffi::sff_adam(&a, cs) })
     }
 
@@ -264,6 +268,8 @@ impl CudaBackend {
                 n: n as i64,
                 scale: ndc_scale(w as u32, h as u32) * c as f32,
             };
+            // SAFETY: the statistics buffers hold `n` entries and live as
+            // long as the optimiser; the screen gradients are the backward's.
             check("statistics", unsafe { ffi::sff_accumulate_stats(&a, cs) })?;
         }
 
@@ -495,6 +501,8 @@ pub fn view_loss_on_gpu(
         sums: slice_address_mut(&mut sums, &stream),
         scratch: scratch.ensure(&stream, 4 * 11 * 3 * px)?,
     };
+    // SAFETY: `sums` and `scratch` were sized for one view of `px` pixels
+    // just above; the images are live tensors of that size.
     check("loss", unsafe { ffi::sff_view_loss(&a, cs) })?;
     let s = stream
         .clone_dtoh(&sums)

@@ -33,7 +33,7 @@ impl SfCamera {
     pub const FLOATS: usize = 28;
 
     /// The fields in declaration (= memory) order, as the kernels read them.
-    pub fn to_floats(&self) -> [f32; Self::FLOATS] {
+    pub fn to_floats(self) -> [f32; Self::FLOATS] {
         let scalars = [
             self.fx,
             self.fy,

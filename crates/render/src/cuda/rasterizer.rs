@@ -256,6 +256,8 @@ impl CudaRasterizer {
                 depth_keys: dkeys[0],
                 depth_ids: dvals[0],
             };
+            // SAFETY: every pointer in `a` is a live device buffer of this
+            // stream sized for `c` cameras × `n` Gaussians above.
             check("projection", unsafe { ffi::sf_project_fwd(&a, cs) })?;
         }
         let cam_bits = if c <= 1 {
@@ -263,6 +265,7 @@ impl CudaRasterizer {
         } else {
             32 - ((c - 1) as u32).leading_zeros() as c_int
         };
+        // SAFETY: a size query; no memory is touched.
         let scan_bytes =
             unsafe { ffi::sf_scan_temp_bytes((c * n) as i64, presort as c_int, cam_bits) };
         let scan_temp = ws.scan_temp.ensure(&stream, scan_bytes)?;
@@ -281,10 +284,14 @@ impl CudaRasterizer {
             dvals,
             out_selector: &mut dsel,
         };
+        // SAFETY: `sa`'s buffers are live on this stream; the temporary has
+        // the size the query above returned.
         check("tile count scan", unsafe { ffi::sf_scan_counts(&sa, cs) })?;
         let order = if presort { dvals[dsel as usize] } else { 0 };
         // The one host synchronisation of the call.
         ws.totals_host.resize(c, 0);
+        // SAFETY: `totals` holds `c` device counts and the host vector was
+        // just resized to `c`; the call synchronises the stream.
         check("intersection count readback", unsafe {
             ffi::sf_read_totals(totals, ws.totals_host.as_mut_ptr(), c as c_int, cs)
         })?;
@@ -321,6 +328,7 @@ impl CudaRasterizer {
         let key_size = if presort { 4 } else { 8 };
         let keys0 = ws.keys0.ensure(&stream, m * key_size)?;
         let keys1 = ws.keys1.ensure(&stream, m * key_size)?;
+        // SAFETY: a size query; no memory is touched.
         let sort_bytes = unsafe { ffi::sf_sort_temp_bytes(m as u64, key_bits, presort as c_int) };
         let sort_temp = ws.sort_temp.ensure(&stream, sort_bytes)?;
         let mut selector: c_int = 0;
@@ -343,6 +351,8 @@ impl CudaRasterizer {
                 tile_start: isect_ptr + 4 * tile_start_offset as u64,
                 out_selector: &mut selector,
             };
+            // SAFETY: `ia`'s key, id and temporary buffers hold `m`
+            // intersections (the readback's total) and live on this stream.
             check("tile intersection", unsafe { ffi::sf_intersect(&ia, cs) })?;
         }
         let sorted_offset = if selector == 0 { 0 } else { m };
@@ -372,6 +382,8 @@ impl CudaRasterizer {
                 last: at(7),
                 variant: self.variant,
             };
+            // SAFETY: `ra`'s images and per-pixel state were allocated for
+            // `c` cameras at this size; its inputs are the buffers above.
             check("rasterize forward", unsafe {
                 ffi::sf_rasterize_fwd(&ra, cs)
             })?;
@@ -463,11 +475,11 @@ impl CudaRasterizer {
         let frame_ptr = tensor_address::<f32>(&state.frame, &stream)?;
         let at = |i: usize| frame_ptr + (i * p * 4) as u64;
         {
-            let p_grgb = tensor_address::<f32>(&g_rgb.as_ref().unwrap_or(&state.frame), &stream)?;
+            let p_grgb = tensor_address::<f32>(g_rgb.as_ref().unwrap_or(&state.frame), &stream)?;
             let p_galpha =
-                tensor_address::<f32>(&g_alpha.as_ref().unwrap_or(&state.frame), &stream)?;
+                tensor_address::<f32>(g_alpha.as_ref().unwrap_or(&state.frame), &stream)?;
             let p_gdepth =
-                tensor_address::<f32>(&g_depth.as_ref().unwrap_or(&state.frame), &stream)?;
+                tensor_address::<f32>(g_depth.as_ref().unwrap_or(&state.frame), &stream)?;
             let ba = ffi::SfRasterBwdArgs {
                 splats: splats_ptr,
                 sorted_ids: isect_ptr + 4 * state.sorted_offset as u64,
@@ -489,6 +501,8 @@ impl CudaRasterizer {
                 screen_grads_len: screen_len as u64,
                 variant: self.variant,
             };
+            // SAFETY: `ba` points at the forward pass's state (kept alive by
+            // `state`) and at gradient buffers sized like it.
             check("rasterize backward", unsafe {
                 ffi::sf_rasterize_bwd(&ba, cs)
             })?;
@@ -541,6 +555,8 @@ impl CudaRasterizer {
                 max_radius: at(7),
                 visible_count: vp,
             };
+            // SAFETY: `pa`'s gradient outputs are `n`-sized device buffers
+            // allocated above; its inputs are the forward pass's.
             check("projection backward", unsafe {
                 ffi::sf_project_bwd(&pa, cs)
             })?;
