@@ -14,6 +14,7 @@
 //! | [`sampler`] | flow-Euler sampling with classifier-free guidance inside an interval, rescaled time |
 //! | [`ss_flow`] | stage 1: `SparseStructureFlowModel` |
 //! | [`ss_decoder`] | stage 1: `SparseStructureDecoder` (dense 3D convolutions) and the occupied voxels |
+//! | [`noise`] | both stages' initial noise from a file instead of the seed (parity runs against the official code), a run's latents written to one |
 //! | [`pipeline`] | the whole `TrellisImageTo3DPipeline` for Gaussians: image → Gaussians with per-stage progress and timings; random-weight TRELLIS folders |
 //! | [`stage1`] | image → occupied voxels (`preprocess_image`, `get_cond`, `sample_sparse_structure`), random-weight stage-1 folders |
 //! | [`slat_flow`] | stage 2: the structured-latent flow model over sparse voxels (io res blocks with sparse convolutions and down/upsampling, modulated cross-attention blocks), undoing the latent's normalisation |
@@ -60,6 +61,7 @@ pub mod error;
 pub mod foreground;
 pub mod gaussians;
 pub mod gs_decoder;
+pub mod noise;
 pub mod pipeline;
 pub mod preprocess;
 pub mod sampler;

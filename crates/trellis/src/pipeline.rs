@@ -21,7 +21,9 @@
 //!   ([`splatforge_nn::rng`]). As in the official code one stream serves both stages, in
 //!   the same order: the stage-1 noise is its first values, the stage-2 noise continues it
 //!   ([`slat_noise_seed`]). The same seed gives the same splat on every device here; a
-//!   parity run against the official code must hand it this noise.
+//!   parity run against the official code hands both stages the noise torch drew instead
+//!   ([`TrellisRequest::noise`], a file of [`crate::noise`]): everything after the initial
+//!   noise is the same code either way.
 //! * Opaque pictures: TRELLIS runs `rembg`; we run the caller's [`ForegroundMatte`]
 //!   (BiRefNet, or the plain-background threshold) in a stage of its own, `matte`.
 //! * One sample per run (`num_samples = 1`); no mesh or radiance-field decoders.
@@ -30,6 +32,7 @@
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
@@ -43,6 +46,7 @@ use crate::config::{bad_file, checkpoint_weights, write_checkpoint, Checkpoint, 
 use crate::dinov2::{Dinov2Config, DINOV2_HUB_CHECKPOINT};
 use crate::foreground::{AlphaSource, ForegroundMatte, BIREFNET_FOLDER, BIREFNET_LITE_FOLDER};
 use crate::gs_decoder::{self, GaussianDecoder, GaussianDecoderConfig};
+use crate::noise::{GivenNoise, RunLatents};
 use crate::preprocess::{cutout, on_black};
 use crate::sampler::SamplerParams;
 use crate::slat_flow::{self, denormalize_slat, SLatFlowConfig, SLatFlowModel, SlatVelocity};
@@ -143,7 +147,7 @@ impl SamplerOverrides {
 }
 
 /// One run's choices.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct TrellisRequest {
     /// The noise seed of both stages (the official `seed`, default 42 there).
     pub seed: u64,
@@ -151,6 +155,10 @@ pub struct TrellisRequest {
     pub sparse_structure: SamplerOverrides,
     /// `slat_sampler_params`.
     pub slat: SamplerOverrides,
+    /// Both stages' initial noise, given instead of drawn from `seed` (a parity run).
+    pub noise: Option<Arc<GivenNoise>>,
+    /// Keep what the run sampled in [`TrellisOutput::latents`].
+    pub keep_latents: bool,
 }
 
 /// A finished run.
@@ -172,6 +180,8 @@ pub struct TrellisOutput {
     pub slat_params: SamplerParams,
     /// Wall time of each stage, in order.
     pub timings: Vec<(TrellisStage, Duration)>,
+    /// The noise, latents and voxels of the run, when the request kept them.
+    pub latents: Option<RunLatents>,
 }
 
 impl TrellisOutput {
@@ -377,9 +387,13 @@ impl TrellisImageTo3d {
         clock.finish()?;
 
         clock.start(TrellisStage::SparseStructure, ss_params.steps)?;
+        let ss_noise = match &request.noise {
+            Some(given) => given.sparse_structure(&self.stage1.latent_shape(), &self.device)?,
+            None => self.stage1.noise(request.seed)?,
+        };
         let latent = self.stage1.sample_latent(
             &conditioning,
-            request.seed,
+            &ss_noise,
             &ss_params,
             clock.steps(TrellisStage::SparseStructure),
         )?;
@@ -387,18 +401,19 @@ impl TrellisImageTo3d {
 
         clock.start(TrellisStage::SsDecoder, 0)?;
         let coords = self.stage1.decode_structure(&latent)?;
-        drop(latent);
+        // Freed here unless the run keeps its latents.
+        let stage1_kept = request.keep_latents.then_some((ss_noise, latent));
         clock.finish()?;
         if coords.is_empty() {
             return Err(TrellisError::EmptyStructure);
         }
 
         clock.start(TrellisStage::Slat, slat_params.steps)?;
-        let stage1_values = self.stage1.latent_shape().iter().product();
+        let slat_noise = self.slat_noise(request, &coords)?;
         let slat = self.sample_slat(
             &conditioning,
             &coords,
-            slat_noise_seed(request.seed, stage1_values),
+            &slat_noise,
             &slat_params,
             clock.steps(TrellisStage::Slat),
         )?;
@@ -413,35 +428,60 @@ impl TrellisImageTo3d {
             .ok_or(TrellisError::EmptyStructure)?;
         clock.finish()?;
 
+        let voxels = coords.len();
+        let latents = stage1_kept.map(|(ss_noise, ss_latent)| RunLatents {
+            coords,
+            ss_noise,
+            ss_latent,
+            slat_noise,
+            slat: slat.feats,
+        });
         Ok(TrellisOutput {
             gaussians,
             cutout,
             alpha_source,
-            voxels: coords.len(),
+            voxels,
             sparse_structure_params: ss_params,
             slat_params,
             timings: clock.timings,
+            latents,
         })
     }
 
-    /// `sample_slat`: noise `[N, in_channels]` from `seed` on the voxels `coords`
-    /// (`(0, x, y, z)`), flow-Euler with `params`, de-normalised → the structured latent.
+    /// The stage-2 noise `[N, in_channels]` of a run of `request` on the voxels `coords`:
+    /// the request's given noise for those voxels, else drawn from the stream that continues
+    /// the stage-1 noise of its seed ([`slat_noise_seed`]).
+    fn slat_noise(&self, request: &TrellisRequest, coords: &[[u32; 4]]) -> Result<Tensor> {
+        let channels = self.slat_flow.config().in_channels;
+        if let Some(given) = &request.noise {
+            return given.slat(coords, channels, &self.device);
+        }
+        let stage1_values = self.stage1.latent_shape().iter().product();
+        let seed = slat_noise_seed(request.seed, stage1_values);
+        Ok(splatforge_nn::rng::randn(
+            seed,
+            &[coords.len(), channels],
+            DType::F32,
+            &self.device,
+        )?)
+    }
+
+    /// `sample_slat`: from `noise` (`[N, in_channels]` f32, row `i` for voxel `i`) on the
+    /// voxels `coords` (`(0, x, y, z)`), flow-Euler with `params`, de-normalised → the
+    /// structured latent.
     pub fn sample_slat(
         &self,
         conditioning: &crate::stage1::Conditioning,
         coords: &[[u32; 4]],
-        seed: u64,
+        noise: &Tensor,
         params: &SamplerParams,
         progress: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<SparseTensor> {
-        let channels = self.slat_flow.config().in_channels;
-        let noise =
-            splatforge_nn::rng::randn(seed, &[coords.len(), channels], DType::F32, &self.device)?;
         let velocity = SlatVelocity::new(&self.slat_flow, coords, &self.device)?;
         let a = &self.pipeline().args;
         let feats: Tensor = a.slat_sampler.args.sample(
             &velocity,
-            &noise,
+            noise,
             &conditioning.cond,
             &conditioning.neg_cond,
             params,
@@ -595,6 +635,7 @@ mod tests {
             seed: 3,
             sparse_structure: steps,
             slat: steps,
+            ..Default::default()
         }
     }
 
@@ -704,6 +745,46 @@ mod tests {
             |_| ControlFlow::Continue(()),
         );
         assert!(clear.unwrap_err().to_string().contains("transparent"));
+    }
+
+    #[test]
+    fn given_noise_runs_the_same_code_as_the_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dinov2 = write_random_trellis(dir.path(), ModelSize::Tiny, DType::F32, 11).unwrap();
+        let pipe = TrellisImageTo3d::load(dir.path(), &dinov2, DType::F32, &Device::Cpu).unwrap();
+        let run = |request: &TrellisRequest| {
+            pipe.run(&ghost(), request, &ForegroundMatte::Threshold, |_| {
+                ControlFlow::Continue(())
+            })
+        };
+        let seeded = run(&TrellisRequest {
+            keep_latents: true,
+            ..quick()
+        })
+        .unwrap();
+        let kept = seeded.latents.as_ref().expect("kept latents");
+        assert_eq!(kept.coords.len(), seeded.voxels);
+        let host = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(
+            host(&kept.ss_noise),
+            host(&pipe.stage1().noise(quick().seed).unwrap())
+        );
+        assert_eq!(kept.slat.dims(), kept.slat_noise.dims());
+        assert_eq!(kept.slat.dims()[0], seeded.voxels);
+
+        // The kept noise, written and read back as a noise file, replaces another seed's:
+        // the same splat, since only the initial noise differs between the two paths.
+        let file = dir.path().join("latents.safetensors");
+        kept.save(&file).unwrap();
+        let given = Arc::new(GivenNoise::read(&file).unwrap());
+        let replay = run(&TrellisRequest {
+            seed: 99,
+            noise: Some(given),
+            ..quick()
+        })
+        .unwrap();
+        assert_eq!(replay.gaussians, seeded.gaussians);
+        assert!(replay.latents.is_none(), "not asked to keep them");
     }
 
     #[test]

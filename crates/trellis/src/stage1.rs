@@ -132,7 +132,7 @@ impl Stage1 {
         params: &SamplerParams,
         progress: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Vec<[u32; 4]>> {
-        let latent = self.sample_latent(conditioning, seed, params, progress)?;
+        let latent = self.sample_latent(conditioning, &self.noise(seed)?, params, progress)?;
         self.decode_structure(&latent)
     }
 
@@ -143,22 +143,31 @@ impl Stage1 {
         [1, c.in_channels, r, r, r]
     }
 
-    /// The sampling half of [`Self::sample_structure`]: noise of
-    /// [`Self::latent_shape`] from `seed`, flow-Euler → the structure latent
+    /// The structure latent's noise drawn from `seed`: [`Self::latent_shape`], f32, the
+    /// first values of `seed`'s stream (see [`crate::pipeline::slat_noise_seed`]).
+    pub fn noise(&self, seed: u64) -> Result<Tensor> {
+        Ok(splatforge_nn::rng::randn(
+            seed,
+            &self.latent_shape(),
+            DType::F32,
+            &self.device,
+        )?)
+    }
+
+    /// The sampling half of [`Self::sample_structure`]: from `noise` (f32 of
+    /// [`Self::latent_shape`], e.g. [`Self::noise`]), flow-Euler → the structure latent
     /// `[1, C, R, R, R]`.
     pub fn sample_latent(
         &self,
         conditioning: &Conditioning,
-        seed: u64,
+        noise: &Tensor,
         params: &SamplerParams,
         progress: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Tensor> {
-        let noise =
-            splatforge_nn::rng::randn(seed, &self.latent_shape(), DType::F32, &self.device)?;
         let sampler = &self.pipeline.args.sparse_structure_sampler.args;
         sampler.sample(
             &self.flow,
-            &noise,
+            noise,
             &conditioning.cond,
             &conditioning.neg_cond,
             params,
@@ -362,7 +371,8 @@ pub fn calibrate_random_occupancy(
         let stage1 = Stage1::load(dir, dinov2, run_dtype, device)?;
         let conditioning = stage1.condition(image)?;
         let params = stage1.pipeline().args.sparse_structure_sampler.params;
-        let latent = stage1.sample_latent(&conditioning, sample_seed, &params, |_, _| {
+        let noise = stage1.noise(sample_seed)?;
+        let latent = stage1.sample_latent(&conditioning, &noise, &params, |_, _| {
             ControlFlow::Continue(())
         })?;
         Ok(stage1

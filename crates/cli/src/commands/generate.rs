@@ -80,6 +80,12 @@ pub struct Args {
     /// With --image: guidance strength of stage 2 (sets trellis.slat_cfg).
     #[arg(long, value_name = "CFG")]
     pub(super) slat_cfg: Option<f64>,
+    /// With --image: both sampling stages' initial noise from this safetensors file instead of the seed, for parity runs against the official pipeline (`tools/trellis_reference.py --dump-noise` records its torch.randn draws): `ss_noise` [1, C, R, R, R] f32, `slat_noise` [N, C] f32 with one row per voxel in (batch, x, y, z) order, optional `coords` [N, 4] i32 (then rows are matched by voxel). The voxels this noise decodes to must be the file's.
+    #[arg(long, value_name = "FILE")]
+    pub(super) noise: Option<PathBuf>,
+    /// With --image: write what the last run sampled as safetensors: `coords` [N, 4] i32 (the voxels, in the order of the latent rows and of the Gaussians), `ss_noise`, `ss_latent`, `slat_noise`, `slat` (de-normalised) in f32; --noise reads such a file back.
+    #[arg(long, value_name = "FILE")]
+    pub(super) save_latents: Option<PathBuf>,
     /// cpu, cuda or cuda:N (default: the first GPU when built with CUDA, else the CPU).
     #[arg(long)]
     pub(super) device: Option<String>,
@@ -401,6 +407,9 @@ fn text_via_image(args: &Args) -> bool {
 pub fn run(args: Args) -> Result<Outcome> {
     if args.image.is_some() {
         return super::generate_image::run(args);
+    }
+    if args.noise.is_some() || args.save_latents.is_some() {
+        bail!("--noise and --save-latents are for --image (TRELLIS)");
     }
     if text_via_image(&args) {
         return super::generate_image::run_text(args);

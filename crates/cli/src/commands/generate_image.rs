@@ -21,6 +21,7 @@ use crate::Outcome;
 use anyhow::{bail, Context, Result};
 use splatforge_nn::hub::HubConfig;
 use splatforge_pipeline::{device_name, ConfigSources, PipelineKind};
+use splatforge_trellis::noise::GivenNoise;
 
 /// `sources` with the profile for `models` when none is named (tiny random-weight models:
 /// [`TINY_TRELLIS_PROFILE`], with a note; else [`DEFAULT_IMAGE_PROFILE`]), and the
@@ -136,16 +137,23 @@ pub fn run(args: Args) -> Result<Outcome> {
         print!("# profile: {profile}\n{}", config.to_yaml());
         return Ok(Outcome::Success);
     }
-    // Fail on a bad output name or an unreadable image before loading models.
+    // Fail on a bad output name, an unreadable image or noise file before loading models.
     super::mesh::check_output_name(&args.output)?;
     let image =
         std::fs::read(&image_path).with_context(|| format!("reading {}", image_path.display()))?;
     splatforge_trellis::preprocess::decode_image(&image)
         .with_context(|| image_path.display().to_string())?;
+    let noise = args
+        .noise
+        .as_deref()
+        .map(GivenNoise::read)
+        .transpose()
+        .context("--noise")?;
     let device = device(args.device.as_deref(), 0)?;
 
     let t0 = Instant::now();
-    let runner = TrellisRunner::load(models, &device, &profile, config)?;
+    let runner = TrellisRunner::load(models, &device, &profile, config)?
+        .for_parity(noise, args.save_latents.is_some());
     let load = t0.elapsed();
     eprintln!(
         "loaded TRELLIS {} on {:?} in {:.1} s (profile {profile})",
@@ -163,7 +171,11 @@ pub fn run(args: Args) -> Result<Outcome> {
                 .with_context(|| format!("generating from {}", image_path.display()))?;
             Ok((out, None))
         },
-        |out, run, write| json(&runner, load, run, out, write),
+        |out, run, write| {
+            let mut v = json(&runner, load, run, out, write);
+            v["noise"] = args.noise.as_ref().map(|p| p.display().to_string()).into();
+            v
+        },
     )
 }
 
@@ -247,7 +259,7 @@ pub fn run_text(args: Args) -> Result<Outcome> {
 
 /// `--repeat` runs of `generate(seed, progress)` → the table or JSON (`json(out, (run,
 /// runs), write)`) of each, the last one written, with `--save-views` its FLUX image
-/// (`flux.png`, when there is one) and cut-out.
+/// (`flux.png`, when there is one) and cut-out, with `--save-latents` its latents.
 fn runs(
     args: &Args,
     first_seed: u64,
@@ -281,6 +293,9 @@ fn runs(
                 super::write_png(&dir.join("flux.png"), image)?;
             }
         }
+        if let (true, Some(path), Some(latents)) = (last, &args.save_latents, &out.latents) {
+            latents.save(path)?;
+        }
         let write = if last {
             let t0 = Instant::now();
             args.encoding.write(&out.gaussians, &args.output)?;
@@ -304,12 +319,15 @@ fn runs(
         }
         print!("{}", named_timing_table(&rows));
         if last {
+            let noise = match &args.noise {
+                Some(file) => format!("noise from {}", file.display()),
+                None => format!("seed {}", out.seed),
+            };
             println!(
-                "wrote {} ({} Gaussians from {} voxels, seed {})",
+                "wrote {} ({} Gaussians from {} voxels, {noise})",
                 args.output.display(),
                 out.gaussians.len(),
                 out.voxels,
-                out.seed
             );
         }
     }

@@ -17,6 +17,7 @@
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -41,6 +42,7 @@ use splatforge_trellis::config::{
 use splatforge_trellis::foreground::{
     AlphaSource, ForegroundMatte, BIREFNET_FOLDER, BIREFNET_LITE_FOLDER,
 };
+use splatforge_trellis::noise::{GivenNoise, RunLatents};
 use splatforge_trellis::pipeline::{
     dinov2_in_folder, Progress, SamplerOverrides, TrellisImageTo3d, TrellisOutput, TrellisRequest,
 };
@@ -111,24 +113,6 @@ pub enum MatteStep {
     Fallback,
     /// The plain-background threshold.
     Threshold,
-}
-
-/// The profile's sampler overrides, with the run's, as the pipeline's request.
-fn request(config: &PipelineConfig, seed: u64, overrides: &RunOverrides) -> TrellisRequest {
-    let t = &config.trellis;
-    TrellisRequest {
-        seed,
-        sparse_structure: SamplerOverrides {
-            steps: overrides
-                .sparse_structure_steps
-                .or(t.sparse_structure_steps),
-            cfg_strength: t.sparse_structure_cfg,
-        },
-        slat: SamplerOverrides {
-            steps: overrides.slat_steps.or(t.slat_steps),
-            cfg_strength: t.slat_cfg,
-        },
-    }
 }
 
 /// The weights of the matte `method` (see the module docs): `weights` when given, else
@@ -202,6 +186,8 @@ pub struct ImageGenerated {
     /// The pipeline's stages, then `normalize` when `output:` changes the splat.
     pub timings: Vec<(&'static str, Duration)>,
     pub seed: u64,
+    /// What the run sampled, when the runner keeps it ([`TrellisRunner::for_parity`]).
+    pub latents: Option<RunLatents>,
 }
 
 impl ImageGenerated {
@@ -229,6 +215,10 @@ pub struct TrellisRunner {
     config: PipelineConfig,
     profile: String,
     models: TrellisModels,
+    /// Every run's initial noise instead of its seed's (`generate --noise`).
+    noise: Option<Arc<GivenNoise>>,
+    /// Whether runs keep their latents (`generate --save-latents`).
+    keep_latents: bool,
 }
 
 impl TrellisRunner {
@@ -267,7 +257,40 @@ impl TrellisRunner {
             config,
             profile: profile.to_string(),
             models,
+            noise: None,
+            keep_latents: false,
         })
+    }
+
+    /// For a parity run against the official pipeline: every run starts from `noise` (read
+    /// by [`GivenNoise::read`]) instead of its seed's when given, and keeps what it sampled
+    /// in [`ImageGenerated::latents`] when `keep_latents`.
+    pub fn for_parity(self, noise: Option<GivenNoise>, keep_latents: bool) -> Self {
+        Self {
+            noise: noise.map(Arc::new),
+            keep_latents,
+            ..self
+        }
+    }
+
+    /// The profile's sampler overrides, with the run's, as the pipeline's request.
+    fn request(&self, seed: u64, overrides: &RunOverrides) -> TrellisRequest {
+        let t = &self.config.trellis;
+        TrellisRequest {
+            seed,
+            sparse_structure: SamplerOverrides {
+                steps: overrides
+                    .sparse_structure_steps
+                    .or(t.sparse_structure_steps),
+                cfg_strength: t.sparse_structure_cfg,
+            },
+            slat: SamplerOverrides {
+                steps: overrides.slat_steps.or(t.slat_steps),
+                cfg_strength: t.slat_cfg,
+            },
+            noise: self.noise.clone(),
+            keep_latents: self.keep_latents,
+        }
     }
 
     pub fn config(&self) -> &PipelineConfig {
@@ -318,9 +341,7 @@ impl TrellisRunner {
 
     /// The sampler steps a run with `overrides` takes: (stage 1, stage 2).
     pub fn sampler_steps(&self, overrides: &RunOverrides) -> (usize, usize) {
-        let (ss, slat) = self
-            .pipe
-            .sampler_params(&request(&self.config, 0, overrides));
+        let (ss, slat) = self.pipe.sampler_params(&self.request(0, overrides));
         (ss.steps, slat.steps)
     }
 
@@ -365,12 +386,9 @@ impl TrellisRunner {
             (Some(MatteStep::Fallback), Some(fallback)) => fallback,
             (Some(_), _) => &ForegroundMatte::Threshold,
         };
-        let out = self.pipe.run(
-            image,
-            &request(&self.config, seed, overrides),
-            matte,
-            progress,
-        )?;
+        let out = self
+            .pipe
+            .run(image, &self.request(seed, overrides), matte, progress)?;
         let TrellisOutput {
             mut gaussians,
             cutout,
@@ -379,6 +397,7 @@ impl TrellisRunner {
             sparse_structure_params,
             slat_params,
             timings,
+            latents,
         } = out;
         let mut timings: Vec<(&'static str, Duration)> =
             timings.iter().map(|(s, d)| (s.name(), *d)).collect();
@@ -405,6 +424,7 @@ impl TrellisRunner {
             slat_params,
             timings,
             seed,
+            latents,
         })
     }
 }
