@@ -41,10 +41,23 @@ own methods, so `pipeline.run` follows the official code path unchanged. One war
 load excluded; reported apart), the Gaussian count, peak `torch.cuda.max_memory_allocated`
 (reset after load), device, torch version. --time-shims also adds up the time inside the shims
 (synchronising around each shim call, which slows the run: use it in a separate invocation).
+--repeat 0 makes the first run the only one (no warm-up; its times are a cold run's).
+
+End-to-end parity (issue 12: same noise → same voxels, Gaussians within tolerance): --dump-noise
+FILE.safetensors records, for the first run (seed --seed), the tensors `torch.randn` returned
+inside the official `sample_sparse_structure` (`ss_noise` [1, 8, 16, 16, 16]) and `sample_slat`
+(`slat_noise` [N, 8], row i for voxel i), by swapping torch.randn for a recording wrapper while
+those two methods run (each draws exactly once; asserted), and writes them with the voxels
+`coords` (int32 [N, 4], `argwhere(decoder(z_s) > 0)[:, [0, 2, 3, 4]]`: lexicographic (batch, x,
+y, z)), the sampled structure latent `ss_latent` and the de-normalised structured latent `slat`
+(f32, contiguous; the names `splatforge generate --noise` reads and `--save-latents` writes).
+--dump-ply FILE.ply writes that run's `save_ply` there (FILE.ply.npy when plyfile is absent, see
+official_shims.install_plyfile_standin). tools/trellis_e2e_parity.py compares the two sides.
 
 Usage:
     python3 tools/trellis_reference.py DIR [--device cuda|cpu] [--image ../shared/fixtures/ghost_rgba.png]
         [--seed 0] [--ss-steps N] [--slat-steps N] [--repeat 3] [--time-shims] [--json OUT]
+        [--dump-noise NOISE.safetensors] [--dump-ply OFFICIAL.ply]
         [--ours OURS.jsonl]   (`splatforge generate --image … --json --repeat N` output: adds an
         ours/official table per stage and runs our steps unless --ss-steps/--slat-steps say otherwise)
 CPU test (tiny models; the official Gaussian hard-codes CUDA, so on the CPU only its device is
@@ -183,6 +196,63 @@ class StageTimer:
         setattr(owner, method, timed)
 
 
+class NoiseRecorder:
+    """Wraps pipeline methods so that, while `active`, the tensor the one `torch.randn` call inside
+    each returns lands in `self.drawn[name]` (torch.randn is swapped for a recording wrapper for
+    the call's duration; the official module looks `torch.randn` up at call time)."""
+
+    def __init__(self):
+        self.active = False
+        self.drawn = {}
+
+    def wrap(self, owner, method, name):
+        inner = getattr(owner, method)
+
+        def recorded(*args, **kwargs):
+            if not self.active:
+                return inner(*args, **kwargs)
+            calls = []
+            randn = torch.randn
+
+            def recording_randn(*a, **k):
+                out = randn(*a, **k)
+                calls.append(out)
+                return out
+
+            torch.randn = recording_randn
+            try:
+                out = inner(*args, **kwargs)
+            finally:
+                torch.randn = randn
+            assert len(calls) == 1, f"{method} called torch.randn {len(calls)} times, expected once"
+            self.drawn[name] = calls[0]
+            return out
+
+        setattr(owner, method, recorded)
+
+
+def save_dump(path, drawn, returned):
+    """The noise file of one run (see the module docs) from the recorder's draws and the stage
+    timer's return values; returns the shapes written."""
+    from safetensors.torch import save_file
+
+    coords = returned["stage1_total"]
+    slat = returned["slat"]
+    # sample_slat builds its noise SparseTensor on `coords` and every op after keeps them, so the
+    # rows of slat_noise and slat are voxel i's in coords' order; checked, not assumed.
+    assert torch.equal(slat.coords.cpu(), coords.cpu()), "sample_slat returned its voxels in another order"
+    tensors = {
+        "ss_noise": drawn["ss_noise"].float(),
+        "slat_noise": drawn["slat_noise"].float(),
+        "coords": coords.to(torch.int32),
+        "ss_latent": returned["sparse_structure"].samples.float(),
+        "slat": slat.feats.float(),
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    save_file(tensors, str(path))
+    return {k: list(v.shape) for k, v in tensors.items()}
+
+
 def percentile(values, q):
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
@@ -195,9 +265,11 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ss-steps", type=int, help="stage-1 sampler steps (default: pipeline.json)")
     ap.add_argument("--slat-steps", type=int, help="stage-2 sampler steps (default: pipeline.json)")
-    ap.add_argument("--repeat", type=int, default=3, help="timed runs after one warm-up run")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs after one warm-up run (0: the first run only)")
     ap.add_argument("--time-shims", action="store_true", help="add up the time inside the spconv / flash-attn shims (perturbs the stage times)")
     ap.add_argument("--json", type=Path, help="write the report here")
+    ap.add_argument("--dump-noise", type=Path, help="write the first run's noise, voxels and latents here (safetensors)")
+    ap.add_argument("--dump-ply", type=Path, help="write the first run's save_ply here")
     ap.add_argument("--ours", type=Path, action="append", default=[],
                     help="`splatforge generate --image --json --repeat N` output (one JSON line a run; the first is "
                     "taken as its warm-up): print ours/theirs per stage, and run the first file's steps unless given; "
@@ -206,7 +278,7 @@ def main():
     ap.add_argument("--dinov2", type=Path, default=ROOT / ".gpu-ref" / "dinov2-ref", help="folder holding dinov2/")
     ap.add_argument("--utils3d", type=Path, default=ROOT / ".gpu-ref" / "utils3d", help="folder holding utils3d/")
     a = ap.parse_args()
-    assert a.repeat >= 1
+    assert a.repeat >= 0
     device = torch.device(a.device)
     ours_runs = []
     for path in a.ours:
@@ -269,6 +341,9 @@ def main():
                               ("decode_slat", "gs_decoder")]:
             timer.wrap(pipeline, method, stage)
         timer.wrap(pipeline.sparse_structure_sampler, "sample", "sparse_structure")
+        recorder = NoiseRecorder()
+        recorder.wrap(pipeline, "sample_sparse_structure", "ss_noise")
+        recorder.wrap(pipeline, "sample_slat", "slat_noise")
         ss_params = {} if a.ss_steps is None else {"steps": a.ss_steps}
         slat_params = {} if a.slat_steps is None else {"steps": a.slat_steps}
         report["sparse_structure_sampler"] = {**pipeline.sparse_structure_sampler_params, **ss_params}
@@ -283,15 +358,22 @@ def main():
             official_shims.TIME_SHIMS[0] = a.time_shims and i > 0
             official_shims.SHIM_SECONDS[0] = 0.0
             official_shims.SHIM_SECONDS_BY_NAME.clear()
+            recorder.active = a.dump_noise is not None and i == 0
             sync(device)
             start = time.perf_counter()
             out = pipeline.run(image, seed=a.seed + max(i - 1, 0), formats=["gaussian"],
                                sparse_structure_sampler_params=ss_params, slat_sampler_params=slat_params)
             gaussian = out["gaussian"][0]
             t = time.perf_counter()
-            gaussian.save_ply(str(Path(tmp) / "out.ply"))
+            gaussian.save_ply(str(a.dump_ply if a.dump_ply is not None and i == 0 else Path(tmp) / "out.ply"))
             sync(device)
             end = time.perf_counter()
+            if recorder.active:
+                shapes = save_dump(a.dump_noise, recorder.drawn, timer.returned)
+                report["dump"] = {"seed": a.seed, "noise": str(a.dump_noise), "shapes": shapes,
+                                  "ply": None if a.dump_ply is None else str(a.dump_ply)}
+                print(f"dumped seed {a.seed}'s noise, voxels and latents {shapes} to {a.dump_noise}"
+                      + ("" if a.dump_ply is None else f"; its save_ply to {a.dump_ply}"))
             stages = dict(timer.run)
             stages["write"] = end - t
             stages["ss_decoder"] = stages.pop("stage1_total") - stages["sparse_structure"]
@@ -305,6 +387,8 @@ def main():
             (runs if i > 0 else report.setdefault("warm_up", [])).append(run)
         official_shims.TIME_SHIMS[0] = False
 
+    # --repeat 0: the first run is the only one.
+    runs = runs or report["warm_up"]
     report["runs"] = runs
     summary = {}
     for s in STAGES + ["total"]:
@@ -320,10 +404,11 @@ def main():
     if a.json:
         a.json.write_text(json.dumps(report, indent=1))
 
-    print(f"\nofficial TRELLIS on {report['device_name']} (torch {report['torch']}), {a.repeat} runs after a warm-up, "
+    runs_said = f"{a.repeat} runs after a warm-up" if a.repeat else "1 run (no warm-up)"
+    print(f"\nofficial TRELLIS on {report['device_name']} (torch {report['torch']}), {runs_said}, "
           f"load {report['load_ms']:.0f} ms, {report['gaussians']} Gaussians, "
           f"peak {report['peak_memory_bytes'] / 2**20:.0f} MiB" if report["peak_memory_bytes"] is not None else
-          f"\nofficial TRELLIS on {report['device_name']} (torch {report['torch']}), {a.repeat} runs after a warm-up, "
+          f"\nofficial TRELLIS on {report['device_name']} (torch {report['torch']}), {runs_said}, "
           f"load {report['load_ms']:.0f} ms, {report['gaussians']} Gaussians")
     print(f"backends: conv {report['conv']}; sparse attention {report['attention']}; {report['attention_dense']}; "
           f"{report['attention_dinov2']}; precision {report['precision']}; skipped {report['models_skipped']}")
