@@ -20,7 +20,12 @@
 # trellis-e2e (image → PLY on full-size random weights, calibrated to VOXELS occupied voxels:
 # `splatforge generate --image` against the official pipeline, tools/trellis_reference.py, same
 # folder and steps; then, unless SHIMS=0, the official run again with --time-shims for the
-# shims' own cost), text (tools/gpu-text.sh: `generate --prompt --profile text-image-quality`, FLUX.1-schnell
+# shims' own cost), trellis-e2e-parity (issue 12's end-to-end parity on the same folder: the
+# official pipeline runs once with seed 0 and dumps the noise torch.randn drew, its voxels, latents
+# and PLY (tools/trellis_reference.py --dump-noise --dump-ply); `splatforge generate --image
+# --noise` runs ours from that noise (--save-latents); tools/trellis_e2e_parity.py compares voxel
+# sets and every PLY property, PASS at relative L2 ≤ PARITY_BOUND, default 2e-2 for the fp16
+# torsos of image-quality), text (tools/gpu-text.sh: `generate --prompt --profile text-image-quality`, FLUX.1-schnell
 # 4 steps → matte → TRELLIS on full-size random weights, FLUX 33.7 GB written here first and its write
 # timed; TEXT_SIDES default "512 1024", TEXT_REPEAT 3, TRELLIS calibrated to VOXELS per side),
 # service (`splatforge bench --suite service`: results per hour and p50/p90/p99 latency of
@@ -189,6 +194,24 @@ for s in $SUITES; do
           --ours "$OUT/ours.jsonl" --ours "$OUT/ours_cudnn.jsonl" --json "$OUT/reference.json" 2> "$OUT/reference.stderr"
         [[ "${SHIMS:-1}" == 0 ]] || python3 tools/trellis_reference.py $M --image .gpu-bin/ghost_rgba.png --repeat 2 \
           --ours "$OUT/ours.jsonl" --time-shims --json "$OUT/reference_shims.json" 2>> "$OUT/reference.stderr" | tail -12' ;;
+    trellis-e2e-parity)
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/easydict-*.whl .whl/plyfile-*.whl
+      unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge
+      # The trellis-e2e suite's folder when it ran before in this call; both sides at the
+      # pipeline.json samplers (image-quality's, the official default). A failing side shows
+      # its last lines (ours names the voxel counts when the structures differ).
+      PYTHONPATH=/tmp/site suite trellis-e2e-parity bash -c 'set -e; M=/tmp/trellis-full
+        [[ -d $M ]] || /tmp/splatforge models make-random --family trellis --size full $M \
+          --voxels "${VOXELS:-20000}" --calibration-image .gpu-bin/ghost_rgba.png
+        python3 tools/trellis_reference.py $M --image .gpu-bin/ghost_rgba.png --seed 0 --repeat 0 \
+          --dump-noise /tmp/e2e-noise.safetensors --dump-ply /tmp/e2e-official.ply \
+          --json "$OUT/reference.json" 2> "$OUT/reference.stderr" || { tail -5 "$OUT/reference.stderr"; exit 1; }
+        /tmp/splatforge generate --image .gpu-bin/ghost_rgba.png --models $M --profile image-quality \
+          --noise /tmp/e2e-noise.safetensors --save-latents /tmp/e2e-ours.safetensors --json \
+          -o /tmp/e2e-ours.ply > "$OUT/ours.jsonl" 2> "$OUT/ours.stderr" || { tail -3 "$OUT/ours.stderr"; exit 1; }
+        python3 tools/trellis_e2e_parity.py --official /tmp/e2e-noise.safetensors \
+          --official-ply /tmp/e2e-official.ply --ours /tmp/e2e-ours.ply \
+          --ours-latents /tmp/e2e-ours.safetensors --bound "${PARITY_BOUND:-2e-2}" --json "$OUT/parity.json"' ;;
     text)
       unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge
       suite text env SPLATFORGE=/tmp/splatforge SIZE=full WORKDIR=/tmp tools/gpu-text.sh ;;
