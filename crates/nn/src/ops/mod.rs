@@ -51,11 +51,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
 /// checks force one; everything else takes `Auto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKernel {
-    /// What `SPLATFORGE_ATTENTION` says: `fused` (the default) is our kernel
-    /// with its default block shape; `cudnn` is cuDNN's fused attention where
-    /// the build has `cudnn` and an engine takes the shape, else ours. The
-    /// default stays ours until cuDNN's has passed the GPU parity check
-    /// (issue 12); the variable lets one run time both end to end.
+    /// What `SPLATFORGE_ATTENTION` says (read once):
+    /// - unset or `auto`: cuDNN's fused attention for shapes of at least
+    ///   [`CUDNN_MIN_SCORES`] scores per head where the build has `cudnn` and
+    ///   an engine takes the shape, our kernel for the rest;
+    /// - `cudnn`: cuDNN wherever an engine takes the shape, however small;
+    /// - `fused`: our kernel only.
     Auto,
     /// Our flash-attention kernel (`cuda/attention.cu`) with block shape
     /// `variant` (`SfAttentionArgs` in `cuda/api.h`; 0 is the tuned default,
@@ -66,25 +67,67 @@ pub enum AttentionKernel {
     Cudnn,
 }
 
+/// The smallest `Nq · Nk` that `Auto` sends to cuDNN. Measured on an H100
+/// (BENCHMARKS.md, TRELLIS, fifth session): cuDNN's attention is 0.72–0.95×
+/// torch's SDPA and 1.2–2.4× faster than our kernel at every model shape from
+/// 1374² (DINOv2) up; but each new shape costs a plan, and TRELLIS' windowed
+/// attention makes hundreds of small per-run shapes (up to 512² each): with
+/// cuDNN for all of them the Gaussian decoder took 3.7 s instead of 0.27 s.
+pub const CUDNN_MIN_SCORES: usize = 1 << 20;
+
+/// [`AttentionKernel`] after `SPLATFORGE_ATTENTION`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolved {
+    Fused(u32),
+    /// cuDNN for shapes of at least `min_scores` scores per head; `strict`:
+    /// a shape it doesn't take is an error instead of our kernel.
+    Cudnn {
+        min_scores: usize,
+        strict: bool,
+    },
+}
+
 impl AttentionKernel {
     /// `Auto` resolved through `SPLATFORGE_ATTENTION` (read once); an unknown
     /// value is an error, not a silent default.
-    fn resolve(self) -> Result<Self> {
-        if self != Self::Auto {
-            return Ok(self);
+    fn resolve(self) -> Result<Resolved> {
+        match self {
+            Self::Fused(variant) => Ok(Resolved::Fused(variant)),
+            Self::Cudnn => Ok(Resolved::Cudnn {
+                min_scores: 0,
+                strict: true,
+            }),
+            Self::Auto => {
+                static CHOICE: std::sync::OnceLock<std::result::Result<Resolved, String>> =
+                    std::sync::OnceLock::new();
+                CHOICE
+                    .get_or_init(|| {
+                        Resolved::from_env(std::env::var("SPLATFORGE_ATTENTION").ok().as_deref())
+                    })
+                    .clone()
+                    .map_err(candle_core::Error::Msg)
+            }
         }
-        static CHOICE: std::sync::OnceLock<std::result::Result<AttentionKernel, String>> =
-            std::sync::OnceLock::new();
-        CHOICE
-            .get_or_init(|| match std::env::var("SPLATFORGE_ATTENTION").as_deref() {
-                Err(_) | Ok("fused") => Ok(Self::Fused(0)),
-                Ok("cudnn") => Ok(Self::Auto),
-                Ok(other) => Err(format!(
-                    "SPLATFORGE_ATTENTION={other}: expected fused or cudnn"
-                )),
-            })
-            .clone()
-            .map_err(candle_core::Error::Msg)
+    }
+}
+
+impl Resolved {
+    /// `Auto`'s meaning for a value of `SPLATFORGE_ATTENTION` (`None`: unset).
+    fn from_env(value: Option<&str>) -> std::result::Result<Self, String> {
+        match value {
+            None | Some("auto") => Ok(Self::Cudnn {
+                min_scores: CUDNN_MIN_SCORES,
+                strict: false,
+            }),
+            Some("fused") => Ok(Self::Fused(0)),
+            Some("cudnn") => Ok(Self::Cudnn {
+                min_scores: 0,
+                strict: false,
+            }),
+            Some(other) => Err(format!(
+                "SPLATFORGE_ATTENTION={other}: expected auto, fused or cudnn"
+            )),
+        }
     }
 }
 
@@ -97,32 +140,32 @@ pub fn attention_with(
     heads: usize,
     kernel: AttentionKernel,
 ) -> Result<Tensor> {
-    // After `resolve`, `Auto` means "cuDNN where it takes the shape, else ours".
-    let kernel = kernel.resolve()?;
+    let resolved = kernel.resolve()?;
     #[cfg(feature = "cudnn")]
-    if matches!(kernel, AttentionKernel::Auto | AttentionKernel::Cudnn) {
-        if let Some(out) = cudnn::attention::attention(q, k, v, heads)? {
-            return Ok(out);
+    if let Resolved::Cudnn { min_scores, .. } = resolved {
+        if q.dim(1)? * k.dim(1)? >= min_scores {
+            if let Some(out) = cudnn::attention::attention(q, k, v, heads)? {
+                return Ok(out);
+            }
         }
     }
     #[cfg(feature = "cuda")]
     {
-        let variant = match kernel {
-            AttentionKernel::Fused(variant) => variant,
-            AttentionKernel::Auto => 0,
-            AttentionKernel::Cudnn if fusable(q) => {
+        let variant = match resolved {
+            Resolved::Fused(variant) => variant,
+            Resolved::Cudnn { strict: true, .. } if fusable(q) => {
                 candle_core::bail!(
                     "cuDNN attention does not take this shape (or the build has no cudnn): {}",
                     cudnn_plan_summary().join("; ")
                 )
             }
-            AttentionKernel::Cudnn => 0,
+            Resolved::Cudnn { .. } => 0,
         };
         if let Some(out) = cuda::attention(q, k, v, heads, variant)? {
             return Ok(out);
         }
     }
-    let _ = kernel;
+    let _ = resolved;
     attention_reference(q, k, v, heads)
 }
 
@@ -585,6 +628,38 @@ mod tests {
             .unwrap()
             .to_vec1()
             .unwrap()
+    }
+
+    #[test]
+    fn attention_setting_parses_and_rejects_unknown_values() {
+        let auto = Resolved::Cudnn {
+            min_scores: CUDNN_MIN_SCORES,
+            strict: false,
+        };
+        assert_eq!(Resolved::from_env(None), Ok(auto));
+        assert_eq!(Resolved::from_env(Some("auto")), Ok(auto));
+        assert_eq!(Resolved::from_env(Some("fused")), Ok(Resolved::Fused(0)));
+        assert_eq!(
+            Resolved::from_env(Some("cudnn")),
+            Ok(Resolved::Cudnn {
+                min_scores: 0,
+                strict: false
+            })
+        );
+        let err = Resolved::from_env(Some("flash")).unwrap_err();
+        assert!(err.contains("SPLATFORGE_ATTENTION=flash"), "{err}");
+        // Forcing a kernel ignores the variable.
+        assert_eq!(
+            AttentionKernel::Fused(3).resolve().unwrap(),
+            Resolved::Fused(3)
+        );
+        assert_eq!(
+            AttentionKernel::Cudnn.resolve().unwrap(),
+            Resolved::Cudnn {
+                min_scores: 0,
+                strict: true
+            }
+        );
     }
 
     fn gelu_tanh(v: f64) -> f64 {
