@@ -4,6 +4,7 @@
 //! left out), and a request the server refuses is counted as failed, with a non-zero exit.
 
 mod common;
+use common::path_arg;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -16,10 +17,6 @@ fn bench(args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn read_json(path: &Path) -> serde_json::Value {
@@ -39,7 +36,7 @@ fn text_route_with_one_and_two_workers_counts_every_request() {
         "--profile",
         "development",
         "--models",
-        s(&models),
+        path_arg(&models),
         "--workers",
         "1,2",
         "--concurrency",
@@ -47,9 +44,9 @@ fn text_route_with_one_and_two_workers_counts_every_request() {
         "--requests",
         "3",
         "--json",
-        s(&json),
+        path_arg(&json),
         "--md",
-        s(&md),
+        path_arg(&md),
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -148,9 +145,9 @@ fn image_route_completes_and_refused_requests_are_counted_as_failed() {
             "--profile",
             "image-development",
             "--trellis",
-            s(&trellis),
+            path_arg(&trellis),
             "--image",
-            s(image),
+            path_arg(image),
             "--workers",
             "1",
             "--concurrency",
@@ -158,7 +155,7 @@ fn image_route_completes_and_refused_requests_are_counted_as_failed() {
             "--requests",
             requests,
             "--json",
-            s(&json),
+            path_arg(&json),
         ]);
         let report = read_json(&json);
         (out, report["cases"][0].clone())

@@ -4,17 +4,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
+mod common;
+use common::{path_arg, splatforge};
+
 use splatforge_mesh::evaluate::compare_in_views;
 use splatforge_mesh::Mesh;
 use splatforge_render::Camera;
 use splatforge_splat::{read_splat_file, write_splat_file, EncodeOptions, Gaussians, SplatFormat};
-
-fn splatforge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_splatforge"))
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
 
 fn fixture(name: &str) -> Option<PathBuf> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -26,10 +22,6 @@ fn fixture(name: &str) -> Option<PathBuf> {
         eprintln!("skipping: {} not found", path.display());
         None
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn stdout(o: &Output) -> String {
@@ -64,9 +56,13 @@ fn hamburger_through_spz_and_back() {
     };
     let dir = tempfile::tempdir().unwrap();
     let (spz, back) = (dir.path().join("h.spz"), dir.path().join("h.ply"));
-    assert!(splatforge(&["convert", s(&ply), s(&spz)]).status.success());
-    assert!(splatforge(&["convert", s(&spz), s(&back)]).status.success());
-    let out = splatforge(&["inspect", s(&back)]);
+    assert!(splatforge(&["convert", path_arg(&ply), path_arg(&spz)])
+        .status
+        .success());
+    assert!(splatforge(&["convert", path_arg(&spz), path_arg(&back)])
+        .status
+        .success());
+    let out = splatforge(&["inspect", path_arg(&back)]);
     assert!(out.status.success());
     assert!(
         stdout(&out).contains("splats      52709"),
@@ -79,7 +75,7 @@ fn hamburger_through_spz_and_back() {
     );
     assert!(max_position_error(&a, &b) <= 1.0 / 4096.0);
 
-    let json = splatforge(&["inspect", "--json", s(&back)]);
+    let json = splatforge(&["inspect", "--json", path_arg(&back)]);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["gaussians"], 52709);
     assert_eq!(v["sh_degree"], 0);
@@ -90,7 +86,7 @@ fn validate_passes_the_fixture_and_fails_a_truncated_copy() {
     let Some(ply) = fixture("hamburger.ply") else {
         return;
     };
-    let out = splatforge(&["validate", s(&ply)]);
+    let out = splatforge(&["validate", path_arg(&ply)]);
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(stdout(&out).contains("valid"));
 
@@ -98,9 +94,15 @@ fn validate_passes_the_fixture_and_fails_a_truncated_copy() {
     let half = dir.path().join("half.ply");
     let bytes = std::fs::read(&ply).unwrap();
     std::fs::write(&half, &bytes[..bytes.len() / 2]).unwrap();
-    assert_clean_error(&splatforge(&["validate", s(&half)]), "truncated");
+    assert_clean_error(&splatforge(&["validate", path_arg(&half)]), "truncated");
 
-    let out = splatforge(&["validate", "--min-gaussians", "100000", "--json", s(&ply)]);
+    let out = splatforge(&[
+        "validate",
+        "--min-gaussians",
+        "100000",
+        "--json",
+        path_arg(&ply),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["passed"], false);
@@ -119,7 +121,7 @@ fn robocop_404_spz_to_ply_to_niantic_spz_to_ply() {
         (p("b.spz"), p("c.ply"), vec![]),
         (p("c.ply"), p("d.spz"), vec!["--spz-flavor", "404"]),
     ] {
-        let mut args = vec!["convert", s(&from), s(&to)];
+        let mut args = vec!["convert", path_arg(&from), path_arg(&to)];
         args.extend(extra);
         let out = splatforge(&args);
         assert!(out.status.success(), "{}", stderr(&out));
@@ -150,8 +152,8 @@ fn base64_output_decodes_to_the_same_splat() {
         "--spz-flavor",
         "404",
         "--base64",
-        s(&ply),
-        s(&b64)
+        path_arg(&ply),
+        path_arg(&b64)
     ])
     .status
     .success());
@@ -178,8 +180,8 @@ fn normalize_fits_the_box_and_converts_axes() {
         "--up",
         "z-to-y",
         "--no-normals",
-        s(&ply),
-        s(&out),
+        path_arg(&ply),
+        path_arg(&out),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let (lo, hi) = read_splat_file(&out).unwrap().bounds().unwrap();
@@ -194,7 +196,7 @@ fn normalize_fits_the_box_and_converts_axes() {
 
     // By default the validators' transform: the mean of all coordinates
     // goes to 0 (not each axis's), the longest side to 1.5.
-    let o = splatforge(&["normalize", s(&ply), s(&out)]);
+    let o = splatforge(&["normalize", path_arg(&ply), path_arg(&out)]);
     assert!(o.status.success(), "{}", stderr(&o));
     let g = read_splat_file(&out).unwrap();
     let (lo, hi) = g.bounds().unwrap();
@@ -232,8 +234,8 @@ fn inspect_reads_base64_of_ply_404_spz_and_niantic_spz() {
             "--base64",
             "--spz-flavor",
             flavor,
-            s(&ply),
-            s(&out),
+            path_arg(&ply),
+            path_arg(&out),
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
         assert!(
@@ -243,7 +245,7 @@ fn inspect_reads_base64_of_ply_404_spz_and_niantic_spz() {
                 .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(b)),
             "{name}"
         );
-        let o = splatforge(&["inspect", s(&out)]);
+        let o = splatforge(&["inspect", path_arg(&out)]);
         assert!(o.status.success(), "{name}: {}", stderr(&o));
         assert!(
             stdout(&o).contains("splats      52709"),
@@ -254,7 +256,7 @@ fn inspect_reads_base64_of_ply_404_spz_and_niantic_spz() {
     let not_base64 = dir.path().join("text.ply");
     std::fs::write(&not_base64, "this is no splat\n").unwrap();
     assert_clean_error(
-        &splatforge(&["inspect", s(&not_base64)]),
+        &splatforge(&["inspect", path_arg(&not_base64)]),
         "not PLY, not SPZ (gzip, zstd or NGSP), not base64 of either",
     );
 }
@@ -300,12 +302,12 @@ fn validator_transform_render_matches_numpy() {
     let p = |n: &str| dir.path().join(n);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/validator_transform.py");
     let o = Command::new("python3")
-        .args([s(&script), s(&ply), s(&p("numpy.ply"))])
+        .args([path_arg(&script), path_arg(&ply), path_arg(&p("numpy.ply"))])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let render = |input: &Path, extra: &[&str], output: &Path| {
-        let mut args = vec!["render", s(input), "-o", s(output)];
+        let mut args = vec!["render", path_arg(input), "-o", path_arg(output)];
         args.extend(extra);
         let o = splatforge(&args);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -341,7 +343,7 @@ fn render_refuses_an_extension_that_is_not_its_format() {
         (&[][..], "noext", "name the output .png"),
     ] {
         let out = dir.path().join(output);
-        let mut args = vec!["render", s(&input), "-o", s(&out)];
+        let mut args = vec!["render", path_arg(&input), "-o", path_arg(&out)];
         args.extend(extra);
         assert_clean_error(&splatforge(&args), expect);
         assert!(!out.exists(), "{output}");
@@ -375,7 +377,7 @@ fn bad_inputs_give_one_error_line_and_leave_no_output() {
     for (name, bytes, expect) in cases {
         let input = dir.path().join(name);
         std::fs::write(&input, bytes).unwrap();
-        let o = splatforge(&["convert", s(&input), s(&out)]);
+        let o = splatforge(&["convert", path_arg(&input), path_arg(&out)]);
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{name}: {err}");
         assert!(
@@ -397,7 +399,7 @@ fn bad_inputs_give_one_error_line_and_leave_no_output() {
         return;
     };
     assert_clean_error(
-        &splatforge(&["convert", s(&ply), s(&unknown_ext)]),
+        &splatforge(&["convert", path_arg(&ply), path_arg(&unknown_ext)]),
         "extension",
     );
     assert_eq!(
@@ -414,7 +416,13 @@ fn render_writes_the_validator_contact_sheet_one_view_and_a_turntable() {
     };
     let dir = tempfile::tempdir().unwrap();
     let sheet = dir.path().join("sheet.png");
-    let o = splatforge(&["render", s(&ply), "--validator-views", "-o", s(&sheet)]);
+    let o = splatforge(&[
+        "render",
+        path_arg(&ply),
+        "--validator-views",
+        "-o",
+        path_arg(&sheet),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let img = image::open(&sheet).unwrap().to_rgb8();
     assert_eq!(img.dimensions(), (2072, 2072));
@@ -436,7 +444,7 @@ fn render_writes_the_validator_contact_sheet_one_view_and_a_turntable() {
     let one = dir.path().join("one.png");
     let o = splatforge(&[
         "render",
-        s(&ply),
+        path_arg(&ply),
         "--size",
         "64",
         "--elevation",
@@ -444,7 +452,7 @@ fn render_writes_the_validator_contact_sheet_one_view_and_a_turntable() {
         "--background",
         "0,0,0",
         "-o",
-        s(&one),
+        path_arg(&one),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let img = image::open(&one).unwrap().to_rgb8();
@@ -456,23 +464,37 @@ fn render_writes_the_validator_contact_sheet_one_view_and_a_turntable() {
     let gif = dir.path().join("turn.gif");
     let o = splatforge(&[
         "render",
-        s(&ply),
+        path_arg(&ply),
         "--turntable",
         "4",
         "--size",
         "48",
         "-o",
-        s(&gif),
+        path_arg(&gif),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(&std::fs::read(&gif).unwrap()[..6], b"GIF89a");
 
     assert_clean_error(
-        &splatforge(&["render", s(&ply), "--size", "100000", "-o", s(&one)]),
+        &splatforge(&[
+            "render",
+            path_arg(&ply),
+            "--size",
+            "100000",
+            "-o",
+            path_arg(&one),
+        ]),
         "",
     );
     assert_clean_error(
-        &splatforge(&["render", s(&ply), "--turntable", "0", "-o", s(&gif)]),
+        &splatforge(&[
+            "render",
+            path_arg(&ply),
+            "--turntable",
+            "0",
+            "-o",
+            path_arg(&gif),
+        ]),
         "turntable",
     );
 }
@@ -508,9 +530,9 @@ fn mesh_of_the_hamburger_reads_back_and_matches_its_silhouettes() {
     let t0 = Instant::now();
     let out = splatforge(&[
         "mesh",
-        s(&ply),
+        path_arg(&ply),
         "-o",
-        s(&glb),
+        path_arg(&glb),
         "--resolution",
         "48",
         "--faces",
@@ -560,9 +582,9 @@ fn mesh_of_the_hamburger_reads_back_and_matches_its_silhouettes() {
     let cube = dir.path().join("cube.glb");
     let out = splatforge(&[
         "mesh",
-        s(&ply),
+        path_arg(&ply),
         "-o",
-        s(&cube),
+        path_arg(&cube),
         "--resolution",
         "24",
         "--faces",
@@ -605,7 +627,11 @@ fn mesh_refuses_bad_inputs_with_one_line_and_no_file() {
         path
     };
     let empty = ply("empty.ply", &Gaussians::default());
-    assert_refused(&["mesh", s(&empty), "-o", s(&out)], &out, "empty");
+    assert_refused(
+        &["mesh", path_arg(&empty), "-o", path_arg(&out)],
+        &out,
+        "empty",
+    );
 
     let mut faint = Gaussians::with_capacity(3, 0);
     for i in 0..3 {
@@ -616,17 +642,39 @@ fn mesh_refuses_bad_inputs_with_one_line_and_no_file() {
         faint.sh_dc.push([0.0; 3]);
     }
     let faint = ply("faint.ply", &faint);
-    assert_refused(&["mesh", s(&faint), "-o", s(&out)], &out, "opaque");
     assert_refused(
-        &["mesh", s(&faint), "-o", s(&out), "--faces", "0"],
+        &["mesh", path_arg(&faint), "-o", path_arg(&out)],
+        &out,
+        "opaque",
+    );
+    assert_refused(
+        &[
+            "mesh",
+            path_arg(&faint),
+            "-o",
+            path_arg(&out),
+            "--faces",
+            "0",
+        ],
         &out,
         "--faces 0",
     );
     assert_refused(
-        &["mesh", s(&faint), "-o", s(&out), "--resolution", "100000"],
+        &[
+            "mesh",
+            path_arg(&faint),
+            "-o",
+            path_arg(&out),
+            "--resolution",
+            "100000",
+        ],
         &out,
         "--resolution",
     );
     let ply_out = dir.path().join("out.ply");
-    assert_refused(&["mesh", s(&faint), "-o", s(&ply_out)], &ply_out, ".glb");
+    assert_refused(
+        &["mesh", path_arg(&faint), "-o", path_arg(&ply_out)],
+        &ply_out,
+        ".glb",
+    );
 }

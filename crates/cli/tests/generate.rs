@@ -1,19 +1,14 @@
 //! `splatforge generate` end to end on the tiny random-weight models:
 //! `models make-tiny DIR`, then `generate --models DIR --profile development`.
 
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{path_arg, splatforge, text};
+
 use splatforge_splat::read_splat_file;
 use splatforge_splat::validate::{validate, ValidationConfig};
-
-fn splatforge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_splatforge"))
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
 
 /// Runs the binary, killing it and failing the test after `limit`.
 fn splatforge_within(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
@@ -35,19 +30,11 @@ fn splatforge_within(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Ou
     child.wait_with_output().unwrap()
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 #[test]
 fn make_tiny_then_generate_writes_a_valid_splat_and_the_timing_table() {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
-    let out = splatforge(&["models", "make-tiny", s(&models)]);
+    let out = splatforge(&["models", "make-tiny", path_arg(&models)]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     let ply = dir.path().join("chair.ply");
@@ -57,15 +44,15 @@ fn make_tiny_then_generate_writes_a_valid_splat_and_the_timing_table() {
         "--prompt",
         "a red chair",
         "-o",
-        s(&ply),
+        path_arg(&ply),
         "--models",
-        s(&models),
+        path_arg(&models),
         "--profile",
         "development",
         "--seed",
         "5",
         "--save-views",
-        s(&views),
+        path_arg(&views),
     ]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}\n{}", stdout, text(&out.stderr));
@@ -110,9 +97,9 @@ fn make_tiny_then_generate_writes_a_valid_splat_and_the_timing_table() {
         "--prompt",
         "a red chair",
         "-o",
-        s(&spz),
+        path_arg(&spz),
         "--models",
-        s(&models),
+        path_arg(&models),
         "--profile",
         "development",
         "--set",
@@ -150,7 +137,7 @@ fn bad_configs_are_one_error_line_naming_the_key() {
             "/no/such/models",
         ),
     ] {
-        let mut argv = vec!["generate", "--prompt", "a cat", "-o", s(&ply)];
+        let mut argv = vec!["generate", "--prompt", "a cat", "-o", path_arg(&ply)];
         argv.extend(args);
         let out = splatforge(&argv);
         let err = text(&out.stderr);
@@ -168,11 +155,11 @@ fn bad_configs_are_one_error_line_naming_the_key() {
         "--prompt",
         "a cat",
         "-o",
-        s(&ply),
+        path_arg(&ply),
         "--profile",
         "speed",
         "--config",
-        s(&cfg),
+        path_arg(&cfg),
         "--print-config",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -191,7 +178,7 @@ fn make_random_then_repeated_generations_print_one_json_object_each() {
     let out = splatforge(&[
         "models",
         "make-random",
-        s(&models),
+        path_arg(&models),
         "--size",
         "tiny",
         "--dtype",
@@ -206,7 +193,7 @@ fn make_random_then_repeated_generations_print_one_json_object_each() {
         text(&out.stdout)
     );
     assert!(models.join("model_index.json").is_file());
-    let again = splatforge(&["models", "make-random", s(&models), "--size", "tiny"]);
+    let again = splatforge(&["models", "make-random", path_arg(&models), "--size", "tiny"]);
     let err = text(&again.stderr);
     assert_eq!(again.status.code(), Some(2), "{err}");
     assert!(
@@ -220,9 +207,9 @@ fn make_random_then_repeated_generations_print_one_json_object_each() {
         "--prompt",
         "a red chair",
         "-o",
-        s(&ply),
+        path_arg(&ply),
         "--models",
-        s(&models),
+        path_arg(&models),
         "--profile",
         "development",
         "--seed",
@@ -269,7 +256,7 @@ fn make_random_then_repeated_generations_print_one_json_object_each() {
         );
     }
     assert!(runs[0]["output"].is_null());
-    assert_eq!(runs[1]["output"], s(&ply));
+    assert_eq!(runs[1]["output"], path_arg(&ply));
     assert_eq!(
         read_splat_file(&ply).unwrap().len() as u64,
         runs[1]["gaussians"].as_u64().unwrap()
@@ -280,9 +267,9 @@ fn make_random_then_repeated_generations_print_one_json_object_each() {
         "--prompt",
         "a cat",
         "-o",
-        s(&ply),
+        path_arg(&ply),
         "--models",
-        s(&models),
+        path_arg(&models),
         "--repeat",
         "0",
     ]);
@@ -298,7 +285,7 @@ fn make_random_then_repeated_generations_print_one_json_object_each() {
 fn tiny_models_pick_their_profile_and_every_command_shares_the_flag_names() {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
-    let out = splatforge(&["models", "make-tiny", s(&models)]);
+    let out = splatforge(&["models", "make-tiny", path_arg(&models)]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     let ply = dir.path().join("x.ply");
@@ -308,9 +295,9 @@ fn tiny_models_pick_their_profile_and_every_command_shares_the_flag_names() {
             "--prompt",
             "a cat",
             "-o",
-            s(&ply),
+            path_arg(&ply),
             "--models",
-            s(&models),
+            path_arg(&models),
         ],
         &[],
         Duration::from_secs(240),
@@ -326,9 +313,9 @@ fn tiny_models_pick_their_profile_and_every_command_shares_the_flag_names() {
         "--prompt",
         "a cat",
         "-o",
-        s(&ply),
+        path_arg(&ply),
         "--models",
-        s(&models),
+        path_arg(&models),
         "--profile",
         "speed",
         "--print-config",
@@ -347,11 +334,11 @@ fn tiny_models_pick_their_profile_and_every_command_shares_the_flag_names() {
             "models",
             "flux",
             models_flag,
-            s(&flux),
+            path_arg(&flux),
             "--prompt",
             "a cat",
             output_flag,
-            s(&png),
+            path_arg(&png),
             "--steps",
             "1",
             "--width",
@@ -372,11 +359,11 @@ fn tiny_models_pick_their_profile_and_every_command_shares_the_flag_names() {
             "models",
             "sd",
             "--models",
-            s(&flux),
+            path_arg(&flux),
             "--prompt",
             "a cat",
             "-o",
-            s(&png),
+            path_arg(&png),
             "--width",
             "64",
             "--height",
@@ -402,7 +389,7 @@ fn tiny_models_pick_their_profile_and_every_command_shares_the_flag_names() {
             "--port",
             &port,
             "--models",
-            s(&models),
+            path_arg(&models),
             "--profile",
             "development",
         ],

@@ -3,25 +3,10 @@
 //! that `splatforge validate --min-gaussians 1` accepts; bad images fail with one line.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 mod common;
 use common::make_models;
-
-fn splatforge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_splatforge"))
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{path_arg, splatforge, text};
 
 /// `splatforge generate --image IMAGE -o OUT --models MODELS [more…] --json` → its report.
 fn generate_json(image: &Path, out: &Path, models: &Path, more: &[&str]) -> serde_json::Value {
@@ -29,11 +14,11 @@ fn generate_json(image: &Path, out: &Path, models: &Path, more: &[&str]) -> serd
         &[
             "generate",
             "--image",
-            s(image),
+            path_arg(image),
             "-o",
-            s(out),
+            path_arg(out),
             "--models",
-            s(models),
+            path_arg(models),
         ],
         more,
         &["--json"],
@@ -75,11 +60,11 @@ fn tiny_trellis_turns_the_ghost_into_a_valid_ply() {
     let out = splatforge(&[
         "generate",
         "--image",
-        s(&ghost),
+        path_arg(&ghost),
         "-o",
         "x.ply",
         "--models",
-        s(&models),
+        path_arg(&models),
         "--print-config",
         "--slat-steps",
         "3",
@@ -97,11 +82,11 @@ fn tiny_trellis_turns_the_ghost_into_a_valid_ply() {
     let out = splatforge(&[
         "generate",
         "--image",
-        s(&ghost),
+        path_arg(&ghost),
         "-o",
-        s(&ply),
+        path_arg(&ply),
         "--models",
-        s(&models),
+        path_arg(&models),
         "--seed",
         "5",
     ]);
@@ -120,7 +105,7 @@ fn tiny_trellis_turns_the_ghost_into_a_valid_ply() {
     ] {
         assert!(stdout.contains(stage), "no {stage} in\n{stdout}");
     }
-    let out = splatforge(&["validate", s(&ply), "--min-gaussians", "1"]);
+    let out = splatforge(&["validate", path_arg(&ply), "--min-gaussians", "1"]);
     assert!(
         out.status.success(),
         "{}{}",
@@ -133,11 +118,11 @@ fn tiny_trellis_turns_the_ghost_into_a_valid_ply() {
     let out = splatforge(&[
         "generate",
         "--image",
-        s(&ghost),
+        path_arg(&ghost),
         "-o",
-        s(&again),
+        path_arg(&again),
         "--models",
-        s(&models),
+        path_arg(&models),
         "--seed",
         "5",
         "--json",
@@ -173,7 +158,12 @@ fn tiny_trellis_turns_the_ghost_into_a_valid_ply() {
     assert!(models.join("birefnet_lite/model.safetensors").is_file());
     let views = dir.path().join("views");
     let disc_ply = dir.path().join("disc.ply");
-    let report = generate_json(&photo, &disc_ply, &models, &["--save-views", s(&views)]);
+    let report = generate_json(
+        &photo,
+        &disc_ply,
+        &models,
+        &["--save-views", path_arg(&views)],
+    );
     assert_eq!(report["matte"], "birefnet", "{report}");
     assert!(report["stages_ms"]["matte"].is_number(), "{report}");
     assert!(disc_ply.is_file());
@@ -187,7 +177,7 @@ fn tiny_trellis_turns_the_ghost_into_a_valid_ply() {
     );
     // --matte names the weights (here the lite folder); the ghost's own alpha wins over it.
     let lite = models.join("birefnet_lite");
-    let report = generate_json(&ghost, &disc_ply, &models, &["--matte", s(&lite)]);
+    let report = generate_json(&ghost, &disc_ply, &models, &["--matte", path_arg(&lite)]);
     assert_eq!(report["matte"], "image", "{report}");
     // A BiRefNet alone (`make-random --family birefnet`), given by --matte, cuts the JPEG.
     let alone = dir.path().join("birefnet-tiny");
@@ -201,19 +191,24 @@ fn tiny_trellis_turns_the_ghost_into_a_valid_ply() {
             "lite",
             "--size",
             "tiny",
-            s(dir),
+            path_arg(dir),
         ])
     };
     let out = make(&alone);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(alone.join("model.safetensors").is_file());
-    let report = generate_json(&photo, &disc_ply, &models, &["--matte", s(&alone)]);
+    let report = generate_json(&photo, &disc_ply, &models, &["--matte", path_arg(&alone)]);
     assert_eq!(report["matte"], "birefnet", "{report}");
     let again = make(&alone);
     assert!(!again.status.success() && text(&again.stderr).contains("not empty"));
 
     // The threshold, chosen explicitly: transparent margin, the opaque red disc centred.
-    let threshold = ["--set", "matte.method=threshold", "--save-views", s(&views)];
+    let threshold = [
+        "--set",
+        "matte.method=threshold",
+        "--save-views",
+        path_arg(&views),
+    ];
     let report = generate_json(&photo, &disc_ply, &models, &threshold);
     assert_eq!(report["matte"], "threshold", "{report}");
     let cutout = image::open(views.join("cutout.png")).unwrap().to_rgba8();
@@ -245,11 +240,11 @@ fn bad_images_and_wrong_profiles_fail_with_one_line() {
         let out = splatforge(&[
             "generate",
             "--image",
-            s(image),
+            path_arg(image),
             "-o",
-            s(&out_ply),
+            path_arg(&out_ply),
             "--models",
-            s(&models),
+            path_arg(&models),
         ]);
         let stderr = text(&out.stderr);
         assert!(!out.status.success(), "{}", image.display());
@@ -264,13 +259,13 @@ fn bad_images_and_wrong_profiles_fail_with_one_line() {
     let out = splatforge(&[
         "generate",
         "--image",
-        s(&ghost),
+        path_arg(&ghost),
         "-o",
-        s(&out_ply),
+        path_arg(&out_ply),
         "--models",
-        s(&models),
+        path_arg(&models),
         "--matte",
-        s(&missing),
+        path_arg(&missing),
     ]);
     let stderr = text(&out.stderr);
     assert!(!out.status.success());
@@ -284,11 +279,11 @@ fn bad_images_and_wrong_profiles_fail_with_one_line() {
     let out = splatforge(&[
         "generate",
         "--image",
-        s(&ghost),
+        path_arg(&ghost),
         "-o",
-        s(&out_ply),
+        path_arg(&out_ply),
         "--models",
-        s(&models),
+        path_arg(&models),
         "--profile",
         "development",
     ]);
@@ -303,7 +298,7 @@ fn bad_images_and_wrong_profiles_fail_with_one_line() {
         "--prompt",
         "a chair",
         "-o",
-        s(&out_ply),
+        path_arg(&out_ply),
         "--profile",
         "image-speed",
     ]);

@@ -7,28 +7,13 @@
 //! one-line error saying the voxel sets differ.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 mod common;
 use common::make_models;
+use common::{path_arg, splatforge, text};
 use splatforge_nn::rng::{normals, SplitMix64};
 use splatforge_trellis::pipeline::{slat_noise_seed, trellis_configs};
 use splatforge_trellis::stage1::ModelSize;
-
-fn splatforge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_splatforge"))
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// One tensor of a safetensors file: name, dtype (`F32`, `F64`, …), shape, little-endian bytes.
 type Entry<'a> = (&'a str, &'a str, Vec<usize>, Vec<u8>);
@@ -136,11 +121,11 @@ fn noise_files_drive_both_stages_through_the_seed_path() {
         let base = [
             "generate",
             "--image",
-            s(&image),
+            path_arg(&image),
             "-o",
-            s(&ply),
+            path_arg(&ply),
             "--models",
-            s(&models),
+            path_arg(&models),
             "--ss-steps",
             "1",
             "--slat-steps",
@@ -159,7 +144,7 @@ fn noise_files_drive_both_stages_through_the_seed_path() {
     let latents = dir.path().join("latents.safetensors");
     let (seeded, report) = generate(
         "seeded.ply",
-        &["--seed", "5", "--save-latents", s(&latents)],
+        &["--seed", "5", "--save-latents", path_arg(&latents)],
     )
     .expect("the seed's run");
     let voxels = report["voxels"].as_u64().unwrap() as usize;
@@ -174,16 +159,16 @@ fn noise_files_drive_both_stages_through_the_seed_path() {
         &ss,
         &seeded_slat_noise(5, voxels),
     );
-    let (from_file, report) =
-        generate("drawn.ply", &["--noise", s(&drawn), "--seed", "6"]).expect("the file's run");
-    assert_eq!(report["noise"], s(&drawn));
+    let (from_file, report) = generate("drawn.ply", &["--noise", path_arg(&drawn), "--seed", "6"])
+        .expect("the file's run");
+    assert_eq!(report["noise"], path_arg(&drawn));
     assert_eq!(report["voxels"].as_u64(), Some(voxels as u64));
     assert!(
         from_file == seeded,
         "the seed's noise from a file: the seed's splat"
     );
     // What --save-latents wrote (with its voxels) reads back as noise: the same splat.
-    let (replayed, _) = generate("replayed.ply", &["--noise", s(&latents)]).expect("replay");
+    let (replayed, _) = generate("replayed.ply", &["--noise", path_arg(&latents)]).expect("replay");
     assert!(replayed == seeded, "the saved latents replay the run");
 
     // (a) + (b) Another stage-2 noise on the same structure: another splat, the same one
@@ -193,8 +178,8 @@ fn noise_files_drive_both_stages_through_the_seed_path() {
         &ss,
         &seeded_slat_noise(77, voxels),
     );
-    let (first, _) = generate("other1.ply", &["--noise", s(&other)]).expect("other noise");
-    let (second, _) = generate("other2.ply", &["--noise", s(&other)]).expect("other again");
+    let (first, _) = generate("other1.ply", &["--noise", path_arg(&other)]).expect("other noise");
+    let (second, _) = generate("other2.ply", &["--noise", path_arg(&other)]).expect("other again");
     assert!(first == second, "the same file twice: the same bytes");
     assert!(first != seeded, "another stage-2 noise: another splat");
 
@@ -204,7 +189,7 @@ fn noise_files_drive_both_stages_through_the_seed_path() {
         &ss,
         &seeded_slat_noise(5, voxels + 1),
     );
-    let err = generate("wrong.ply", &["--noise", s(&wrong)]).unwrap_err();
+    let err = generate("wrong.ply", &["--noise", path_arg(&wrong)]).unwrap_err();
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(lines.len(), 1, "{err}");
     assert!(
@@ -219,7 +204,7 @@ fn noise_files_drive_both_stages_through_the_seed_path() {
     let (shape, _) = noise_shapes();
     let bad = dir.path().join("bad.safetensors");
     write_safetensors(&bad, &[("ss_noise", "F32", shape.clone(), f32_bytes(&ss))]);
-    let err = generate("bad.ply", &["--noise", s(&bad)]).unwrap_err();
+    let err = generate("bad.ply", &["--noise", path_arg(&bad)]).unwrap_err();
     assert!(err.contains("no tensor \"slat_noise\""), "{err}");
     assert!(!err.contains("loaded TRELLIS"), "{err}");
     let doubles: Vec<u8> = ss.iter().flat_map(|v| (*v as f64).to_le_bytes()).collect();
@@ -230,7 +215,7 @@ fn noise_files_drive_both_stages_through_the_seed_path() {
             ("slat_noise", "F32", vec![1, 1], f32_bytes(&[0.0])),
         ],
     );
-    let err = generate("bad.ply", &["--noise", s(&bad)]).unwrap_err();
+    let err = generate("bad.ply", &["--noise", path_arg(&bad)]).unwrap_err();
     assert!(err.contains("ss_noise is F64, not F32"), "{err}");
 
     // Only --image takes them.
@@ -239,9 +224,9 @@ fn noise_files_drive_both_stages_through_the_seed_path() {
         "--prompt",
         "a chair",
         "-o",
-        s(&dir.path().join("chair.ply")),
+        path_arg(&dir.path().join("chair.ply")),
         "--noise",
-        s(&drawn),
+        path_arg(&drawn),
     ]);
     assert!(!out.status.success());
     assert!(

@@ -3,33 +3,18 @@
 //! models and writes a PLY that `splatforge validate --min-gaussians 1` accepts.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 mod common;
 use common::make_models;
+use common::{path_arg, splatforge, text};
 
 /// `models` arguments of a tiny random TRELLIS folder.
 const TINY_TRELLIS: [&str; 5] = ["make-random", "--family", "trellis", "--size", "tiny"];
 
-fn splatforge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_splatforge"))
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// The tiny FLUX (`models make-tiny`) and TRELLIS (`models make-random --size tiny`) folders.
 fn tiny_models(dir: &Path) -> (PathBuf, PathBuf) {
     let tiny = dir.join("tiny");
-    let out = splatforge(&["models", "make-tiny", s(&tiny)]);
+    let out = splatforge(&["models", "make-tiny", path_arg(&tiny)]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let trellis = make_models(dir, "trellis", &TINY_TRELLIS);
     (tiny.join("flux-schnell-diffusers"), trellis)
@@ -72,15 +57,15 @@ fn a_prompt_through_tiny_flux_and_trellis_makes_a_valid_ply() {
         "--prompt",
         "a red chair",
         "--flux",
-        s(&flux),
+        path_arg(&flux),
         "--models",
-        s(&trellis),
+        path_arg(&trellis),
         "-o",
-        s(&ply),
+        path_arg(&ply),
         "--seed",
         "3",
         "--save-views",
-        s(&views),
+        path_arg(&views),
     ]);
     let stdout = text(&out.stdout);
     let stderr = text(&out.stderr);
@@ -104,7 +89,7 @@ fn a_prompt_through_tiny_flux_and_trellis_makes_a_valid_ply() {
     assert_eq!((flux_png.width(), flux_png.height()), (64, 64));
     let cutout = image::open(views.join("cutout.png")).unwrap();
     assert_eq!((cutout.width(), cutout.height()), (518, 518));
-    let out = splatforge(&["validate", s(&ply), "--min-gaussians", "1"]);
+    let out = splatforge(&["validate", path_arg(&ply), "--min-gaussians", "1"]);
     assert!(
         out.status.success(),
         "{}{}",
@@ -122,11 +107,11 @@ fn a_prompt_through_tiny_flux_and_trellis_makes_a_valid_ply() {
         "--profile",
         "text-image-development",
         "--flux",
-        s(&flux),
+        path_arg(&flux),
         "--models",
-        s(&trellis),
+        path_arg(&trellis),
         "-o",
-        s(&again),
+        path_arg(&again),
         "--seed",
         "3",
         "--json",
@@ -161,7 +146,7 @@ fn bad_flux_inputs_fail_with_one_line() {
     std::fs::create_dir(&empty).unwrap();
     let trellis = make_models(dir.path(), "trellis", &TINY_TRELLIS);
     let run = |extra: &[&str]| {
-        let mut args = vec!["generate", "-o", "x.ply", "--models", s(&trellis)];
+        let mut args = vec!["generate", "-o", "x.ply", "--models", path_arg(&trellis)];
         args.extend_from_slice(extra);
         let out = splatforge(&args);
         assert!(!out.status.success(), "{extra:?} succeeded");
@@ -173,7 +158,7 @@ fn bad_flux_inputs_fail_with_one_line() {
         "--prompt",
         "a chair",
         "--flux",
-        s(&empty),
+        path_arg(&empty),
         "--profile",
         "text-image-development",
     ]);
@@ -182,12 +167,12 @@ fn bad_flux_inputs_fail_with_one_line() {
         "--prompt",
         "a chair",
         "--flux",
-        s(&empty),
+        path_arg(&empty),
         "--profile",
         "speed",
     ]);
     assert!(err.contains("text-image-quality"), "{err}");
-    let err = run(&["--image", s(&empty), "--flux", s(&empty)]);
+    let err = run(&["--image", path_arg(&empty), "--flux", path_arg(&empty)]);
     assert!(err.contains("--flux is for --prompt"), "{err}");
     let err = run(&[
         "--prompt",
@@ -195,7 +180,7 @@ fn bad_flux_inputs_fail_with_one_line() {
         "--profile",
         "text-image-development",
         "--flux",
-        s(&empty),
+        path_arg(&empty),
     ]);
     assert!(err.contains("--prompt is empty"), "{err}");
 }
@@ -213,7 +198,7 @@ fn make_random_flux_tiny_runs_through_generate() {
         "flux",
         "--size",
         "tiny",
-        s(&flux),
+        path_arg(&flux),
     ]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -229,7 +214,7 @@ fn make_random_flux_tiny_runs_through_generate() {
         "flux",
         "--size",
         "tiny",
-        s(&flux),
+        path_arg(&flux),
     ]);
     assert!(!again.status.success());
     assert!(
@@ -245,13 +230,13 @@ fn make_random_flux_tiny_runs_through_generate() {
         "--prompt",
         "a red chair",
         "--flux",
-        s(&flux),
+        path_arg(&flux),
         "--models",
-        s(&trellis),
+        path_arg(&trellis),
         "--profile",
         "text-image-development",
         "-o",
-        s(&ply),
+        path_arg(&ply),
     ]);
     assert!(
         out.status.success(),
@@ -259,6 +244,6 @@ fn make_random_flux_tiny_runs_through_generate() {
         text(&out.stdout),
         text(&out.stderr)
     );
-    let out = splatforge(&["validate", s(&ply), "--min-gaussians", "1"]);
+    let out = splatforge(&["validate", path_arg(&ply), "--min-gaussians", "1"]);
     assert!(out.status.success(), "{}", text(&out.stdout));
 }

@@ -175,3 +175,21 @@ pub fn wait_healthy(addr: SocketAddr) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// `splatforge ARGS…`, run to completion.
+pub fn splatforge(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_splatforge"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+/// A test's path as the `&str` an argument list takes.
+pub fn path_arg(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A process's output bytes as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
