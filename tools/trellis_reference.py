@@ -69,131 +69,22 @@ On the GPU machine it runs from tools/gpu-suite.sh's `trellis-e2e` case (device 
 --image` on the same random-weight folder first and prints ours/theirs per stage.
 """
 import argparse
-import contextlib
 import json
-import os
 import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-# Read by the official attention modules and by dinov2 at import time.
-os.environ.setdefault("ATTN_BACKEND", "sdpa")
-os.environ.setdefault("XFORMERS_DISABLED", "1")
+# official_trellis sets ATTN_BACKEND / XFORMERS_DISABLED before anything official is imported.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from official_trellis import (  # noqa: E402
+    ROOT, STAGES, official_shims, import_official, load_pipeline, ours_median_ms, percentile,
+    read_ours, stage_ms, summarise, sync, time_stages)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "crates" / "trellis" / "scripts"))
-import official_shims  # noqa: E402
-
-STAGES = ["preprocess", "dinov2", "sparse_structure", "ss_decoder", "slat", "gs_decoder", "write"]
-GAUSSIAN_PATH = ["sparse_structure_flow_model", "sparse_structure_decoder", "slat_flow_model", "slat_decoder_gs"]
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def import_official(trellis_src, utils3d_src, report):
-    """The official TrellisImageTo3DPipeline with the shims in place."""
-    import importlib
-
-    official_shims.install_shims(report)
-    official_shims.install_plyfile_standin(report)
-    official_shims.install_rembg_stub()
-    sys.path.insert(0, str(utils3d_src))
-    sys.path.insert(0, str(trellis_src))
-    official_shims.skip_package_inits(trellis_src, [
-        "trellis", "trellis.pipelines", "trellis.models.structured_latent_vae", "trellis.representations"])
-    # What the skipped __init__s would have exported and the Gaussian path looks up by name:
-    # decoder_gs imports `Gaussian` from trellis.representations, trellis.models.from_pretrained
-    # resolves SLatGaussianDecoder through trellis.models.structured_latent_vae.
-    gaussian = importlib.import_module("trellis.representations.gaussian.gaussian_model")
-    sys.modules["trellis.representations"].Gaussian = gaussian.Gaussian
-    decoder_gs = importlib.import_module("trellis.models.structured_latent_vae.decoder_gs")
-    sys.modules["trellis.models.structured_latent_vae"].SLatGaussianDecoder = decoder_gs.SLatGaussianDecoder
-    return importlib.import_module("trellis.pipelines.trellis_image_to_3d").TrellisImageTo3DPipeline
-
-
-def gaussian_view(model_dir, view_dir, report):
-    """view_dir: model_dir's pipeline.json without the models `formats=['gaussian']` never calls,
-    the other files linked. Returns the pipeline args."""
-    config = json.loads((model_dir / "pipeline.json").read_text())
-    models = config["args"]["models"]
-    report["models_skipped"] = sorted(k for k in models if k not in GAUSSIAN_PATH)
-    config["args"]["models"] = {k: v for k, v in models.items() if k in GAUSSIAN_PATH}
-    (view_dir / "pipeline.json").write_text(json.dumps(config, indent=2))
-    for entry in model_dir.iterdir():
-        if entry.name != "pipeline.json":
-            (view_dir / entry.name).symlink_to(entry.resolve())
-    return config["args"]
-
-
-@contextlib.contextmanager
-def constructor_buffers_for_missing(filled):
-    """load_state_dict, taking persistent buffers a file lacks from the module itself (the stage-1
-    flow's `pos_emb`, which its constructor computes from the config); parameters and unexpected
-    names still fail as in the official strict load."""
-    original = torch.nn.Module.load_state_dict
-
-    def load(self, state_dict, *args, **kwargs):
-        buffers = dict(self.named_buffers())
-        missing = [k for k in self.state_dict() if k not in state_dict and k in buffers]
-        if missing:
-            filled.extend(f"{type(self).__name__}.{k}" for k in missing)
-            state_dict = {**state_dict, **{k: buffers[k] for k in missing}}
-        return original(self, state_dict, *args, **kwargs)
-
-    torch.nn.Module.load_state_dict = load
-    try:
-        yield
-    finally:
-        torch.nn.Module.load_state_dict = original
-
-
-@contextlib.contextmanager
-def local_dinov2(model_dir, dinov2_src):
-    """torch.hub.load for the pipeline's DINOv2, built from local sources and DIR's weights."""
-    original = torch.hub.load
-
-    def load(repo, name, *args, **kwargs):
-        assert repo == "facebookresearch/dinov2" and name == "dinov2_vitl14_reg", (repo, name)
-        return official_shims.build_dinov2(model_dir, dinov2_src)
-
-    torch.hub.load = load
-    try:
-        yield
-    finally:
-        torch.hub.load = original
-
-
-class StageTimer:
-    """Wraps pipeline methods so each call's synchronised wall time lands in `self.run[stage]`."""
-
-    def __init__(self, device):
-        self.device = device
-        self.run = {}
-        self.returned = {}
-
-    def wrap(self, owner, method, stage):
-        inner = getattr(owner, method)
-
-        def timed(*args, **kwargs):
-            sync(self.device)
-            start = time.perf_counter()
-            out = inner(*args, **kwargs)
-            sync(self.device)
-            self.run[stage] = self.run.get(stage, 0.0) + time.perf_counter() - start
-            self.returned[stage] = out
-            return out
-
-        # An instance attribute: the pipeline's own `self.method(...)` calls find it first.
-        setattr(owner, method, timed)
 
 
 class NoiseRecorder:
@@ -253,10 +144,6 @@ def save_dump(path, drawn, returned):
     return {k: list(v.shape) for k, v in tensors.items()}
 
 
-def percentile(values, q):
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("models", type=Path, help="TRELLIS folder (official layout)")
@@ -282,8 +169,7 @@ def main():
     device = torch.device(a.device)
     ours_runs = []
     for path in a.ours:
-        runs = [json.loads(l) for l in path.read_text().splitlines() if l.startswith("{")]
-        ours_runs.append((path, runs[1:] or runs))
+        ours_runs.append((path, read_ours(path)))
     if ours_runs:
         first = ours_runs[0][1]
         a.ss_steps = a.ss_steps or first[-1]["sparse_structure_sampler"]["steps"]
@@ -319,28 +205,11 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         view = Path(tmp) / "model"
         view.mkdir()
-        args = gaussian_view(model_dir, view, report)
-        filled = []
-        sync(device)
-        start = time.perf_counter()
-        with constructor_buffers_for_missing(filled), local_dinov2(model_dir, a.dinov2.resolve()):
-            pipeline = Pipeline.from_pretrained(str(view))
-        pipeline.to(device)
-        sync(device)
-        report["load_ms"] = (time.perf_counter() - start) * 1e3
-        report["buffers_from_constructor"] = filled
-        report["precision"] = {k: "fp16 torso (use_fp16)" if json.loads((model_dir / f"{v}.json").read_text())["args"].get("use_fp16") else "f32"
-                               for k, v in args["models"].items()}
-        report["precision"]["image_cond_model"] = "f32"
+        pipeline, args = load_pipeline(Pipeline, model_dir, view, device, a.dinov2.resolve(), report)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
-        timer = StageTimer(device)
-        for method, stage in [("preprocess_image", "preprocess"), ("get_cond", "dinov2"),
-                              ("sample_sparse_structure", "stage1_total"), ("sample_slat", "slat"),
-                              ("decode_slat", "gs_decoder")]:
-            timer.wrap(pipeline, method, stage)
-        timer.wrap(pipeline.sparse_structure_sampler, "sample", "sparse_structure")
+        timer = time_stages(pipeline, device)
         recorder = NoiseRecorder()
         recorder.wrap(pipeline, "sample_sparse_structure", "ss_noise")
         recorder.wrap(pipeline, "sample_slat", "slat_noise")
@@ -374,11 +243,8 @@ def main():
                                   "ply": None if a.dump_ply is None else str(a.dump_ply)}
                 print(f"dumped seed {a.seed}'s noise, voxels and latents {shapes} to {a.dump_noise}"
                       + ("" if a.dump_ply is None else f"; its save_ply to {a.dump_ply}"))
-            stages = dict(timer.run)
-            stages["write"] = end - t
-            stages["ss_decoder"] = stages.pop("stage1_total") - stages["sparse_structure"]
             run = {"seed": a.seed + max(i - 1, 0), "total_ms": (end - start) * 1e3,
-                   "stages_ms": {s: stages[s] * 1e3 for s in STAGES},
+                   "stages_ms": stage_ms(timer.run, end - t),
                    "voxels": int(timer.returned["stage1_total"].shape[0]),
                    "gaussians": int(gaussian.get_xyz.shape[0])}
             if a.time_shims and i > 0:
@@ -390,10 +256,7 @@ def main():
     # --repeat 0: the first run is the only one.
     runs = runs or report["warm_up"]
     report["runs"] = runs
-    summary = {}
-    for s in STAGES + ["total"]:
-        values = [r["total_ms"] if s == "total" else r["stages_ms"][s] for r in runs]
-        summary[s] = {"median_ms": float(np.median(values)), "p90_ms": percentile(values, 90)}
+    summary = summarise(runs, STAGES)
     if a.time_shims:
         values = [r["shim_ms"] for r in runs]
         summary["in_shims"] = {"median_ms": float(np.median(values)), "p90_ms": percentile(values, 90)}
@@ -423,13 +286,7 @@ def main():
 def compare(ours, report):
     """ours/theirs per stage (medians), from our --json lines and this run's report."""
     def ours_ms(stage):
-        # Ours writes the file on its last run only: its total is the median of the runs without
-        # the write, plus that one write (the official total includes save_ply on every run).
-        if stage == "total":
-            unwritten = [r["total_ms"] - r["stages_ms"].get("write", 0.0) for r in ours]
-            return float(np.median(unwritten)) + (ours_ms("write") or 0.0)
-        values = [r["stages_ms"][stage] for r in ours if stage in r["stages_ms"]]
-        return float(np.median(values)) if values else None
+        return ours_median_ms(ours, stage)
 
     print(f"\nours: {len(ours)} runs on {ours[-1]['device']} (profile {ours[-1]['profile']}), {ours[-1]['voxels']} voxels, "
           f"{ours[-1]['gaussians']} Gaussians; official: {report['voxels']} voxels, {report['gaussians']} Gaussians "
