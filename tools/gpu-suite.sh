@@ -28,6 +28,12 @@
 # torsos of image-quality), text (tools/gpu-text.sh: `generate --prompt --profile text-image-quality`, FLUX.1-schnell
 # 4 steps → matte → TRELLIS on full-size random weights, FLUX 33.7 GB written here first and its write
 # timed; TEXT_SIDES default "512 1024", TEXT_REPEAT 3, TRELLIS calibrated to VOXELS per side),
+# python-chain (tools/gpu-python-chain.sh, issue 13: ours against the Python chain 404's base miner
+# runs, tools/python_chain_reference.py: diffusers FLUX.1-schnell bf16 → official BiRefNet fp16 →
+# official TRELLIS → save_ply, per stage and total as ours/chain; image → PLY on the image suite's
+# photo and folder, then text → PLY at CHAIN_SIDE (default 1024) on gpu-text.sh's FLUX and
+# calibrated folder, written unless there; CHAIN_PARTS default "image text", CHAIN_REPEAT 2,
+# OURS_REPEAT 3),
 # service (`splatforge bench --suite service`: results per hour and p50/p90/p99 latency of
 # `serve` with 4 clients in a closed loop, `speed` on full-size random MVDream and `image-speed`
 # on the image suite's calibrated TRELLIS folder, 1, 2 and 4 workers per device, SERVICE_S
@@ -215,6 +221,12 @@ for s in $SUITES; do
     text)
       unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge
       suite text env SPLATFORGE=/tmp/splatforge SIZE=full WORKDIR=/tmp tools/gpu-text.sh ;;
+    python-chain)
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/diffusers-*.whl \
+        .whl/importlib_metadata-*.whl .whl/easydict-*.whl .whl/plyfile-*.whl .whl/einops-*.whl .whl/timm-*.whl
+      unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge
+      photo_1024
+      PYTHONPATH=/tmp/site suite python-chain tools/gpu-python-chain.sh ;;
     service)
       unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge
       photo_1024

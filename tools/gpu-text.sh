@@ -9,16 +9,18 @@
 #     sides can be split over calls (TEXT_SIDES=512, then TEXT_SIDES=1024) when one call's 10 minutes are
 #     too few. The write's time is printed and saved in $OUT/flux-write.txt.
 #  2. Per side: a TRELLIS folder calibrated so that TRELLIS sees about VOXELS occupied voxels on
-#     this prompt. Random weights occupy about half of the 64³ grid, real assets a few percent, and
-#     stage 2's cost follows the count. The calibration image is the cut-out the random matte makes
+#     this prompt, kept as $WORKDIR/trellis-text-$SIDE until another side starts (one kept at a
+#     time; reused when a finished one is there, and by tools/gpu-python-chain.sh). Random
+#     weights occupy about half of the 64³ grid, real assets a few percent, and stage 2's cost
+#     follows the count. The calibration image is the cut-out the random matte makes
 #     of FLUX's picture at this side (seed 42, the profile's), which a first short run (1 + 1
 #     TRELLIS steps, uncalibrated TRELLIS) saves; it differs per side, hence one folder per side.
 #  3. TEXT_REPEAT runs after one load, --json, into $OUT/text-$SIDE.jsonl; then per-stage medians.
 #     `--repeat` gives run k the seed 42 + k − 1, so the FLUX picture (and the voxel count, shown
 #     per run) differs between runs.
 #
-# Disk: FLUX 33.7 GB + two TRELLIS folders of ~4 GB (the uncalibrated one is removed at the end);
-# the other suites' TRELLIS folders are removed first.
+# Disk: FLUX 33.7 GB + two TRELLIS folders of ~4 GB (the uncalibrated one is removed at the end,
+# the calibrated one of the last side kept); the other suites' TRELLIS folders are removed first.
 #
 # Env: SPLATFORGE (default /tmp/splatforge), SIZE (full; tiny tries these command lines on the
 # CPU in minutes, with VOXELS small: the tiny grid is 16³), TEXT_SIDES ("512 1024"), TEXT_REPEAT (3),
@@ -59,20 +61,28 @@ else
   echo "FLUX write: $((SECONDS - t0)) s wall" | tee -a "$OUT/flux-write.txt"
 fi
 du -sh "$F"
-"$SF" models make-random --family trellis --size "$SIZE" "$U" | tail -1
 for side in ${TEXT_SIDES:-512 1024}; do
   flux_side=(--set "flux.width=$side" --set "flux.height=$side")
-  rm -rf "$M" "$W/cut-$side"
-  "$SF" generate --prompt "$PROMPT" --flux "$F" --models "$U" --profile text-image-quality \
-    "${flux_side[@]}" --ss-steps 1 --slat-steps 1 --save-views "$W/cut-$side" -o "$W/cut.ply" > /dev/null
-  cp "$W/cut-$side/flux.png" "$OUT/flux-$side.png"
-  cp "$W/cut-$side/cutout.png" "$OUT/cutout-$side.png"
-  "$SF" models make-random --family trellis --size "$SIZE" "$M" --voxels "${VOXELS:-20000}" \
-    --calibration-image "$W/cut-$side/cutout.png" | tail -1
-  "$SF" generate --prompt "$PROMPT" --flux "$F" --models "$M" --profile text-image-quality \
+  K="$W/trellis-text-$side"
+  # One kept folder at a time: another side's goes (disk).
+  for kept in "$W"/trellis-text-[0-9]*; do [[ "$kept" == "$K" || ! -d "$kept" ]] || rm -rf "$kept"; done
+  if [[ -d "$K" ]]; then
+    echo "reusing $K"
+  else
+    [[ -d "$U" ]] || "$SF" models make-random --family trellis --size "$SIZE" "$U" | tail -1
+    rm -rf "$M" "$W/cut-$side"
+    "$SF" generate --prompt "$PROMPT" --flux "$F" --models "$U" --profile text-image-quality \
+      "${flux_side[@]}" --ss-steps 1 --slat-steps 1 --save-views "$W/cut-$side" -o "$W/cut.ply" > /dev/null
+    cp "$W/cut-$side/flux.png" "$OUT/flux-$side.png"
+    cp "$W/cut-$side/cutout.png" "$OUT/cutout-$side.png"
+    "$SF" models make-random --family trellis --size "$SIZE" "$M" --voxels "${VOXELS:-20000}" \
+      --calibration-image "$W/cut-$side/cutout.png" | tail -1
+    mv "$M" "$K"  # exists only complete
+  fi
+  "$SF" generate --prompt "$PROMPT" --flux "$F" --models "$K" --profile text-image-quality \
     "${flux_side[@]}" --repeat "${TEXT_REPEAT:-3}" --json -o "$W/text.ply" \
     > "$OUT/text-$side.jsonl" 2> "$OUT/text-$side.stderr"
   summarise "$OUT/text-$side.jsonl"
   df -h "$W" | tail -1
 done
-rm -rf "$U" "$M"
+rm -rf "$U"
