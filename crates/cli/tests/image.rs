@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 mod common;
 use common::make_models;
-use common::{path_arg, splatforge, text};
+use common::{ghost_fixture, path_arg, splatforge, text};
 
 /// `splatforge generate --image IMAGE -o OUT --models MODELS [more…] --json` → its report.
 fn generate_json(image: &Path, out: &Path, models: &Path, more: &[&str]) -> serde_json::Value {
@@ -29,14 +29,6 @@ fn generate_json(image: &Path, out: &Path, models: &Path, more: &[&str]) -> serd
     serde_json::from_slice(&run.stdout).unwrap()
 }
 
-/// The shared fixture (`../shared/fixtures` from the repository root).
-fn ghost() -> PathBuf {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/ghost_rgba.png");
-    assert!(path.is_file(), "{} is missing", path.display());
-    path
-}
-
 fn tiny_trellis(dir: &Path) -> PathBuf {
     let models = make_models(
         dir,
@@ -54,7 +46,7 @@ fn tiny_trellis(dir: &Path) -> PathBuf {
 fn tiny_trellis_turns_the_ghost_into_a_valid_ply() {
     let dir = tempfile::tempdir().unwrap();
     let models = tiny_trellis(dir.path());
-    let ghost = ghost();
+    let ghost = ghost_fixture();
 
     // Without --profile, tiny models get image-development; --print-config says so.
     let out = splatforge(&[
@@ -254,7 +246,7 @@ fn bad_images_and_wrong_profiles_fail_with_one_line() {
         assert!(!out_ply.exists(), "no output for a bad image");
     }
     // Matte weights that are not there: one line naming them, before any generation.
-    let ghost = ghost();
+    let ghost = ghost_fixture();
     let missing = dir.path().join("no-birefnet.safetensors");
     let out = splatforge(&[
         "generate",

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 mod common;
 use common::make_models;
-use common::{path_arg, splatforge, text};
+use common::{ghost_fixture, path_arg, splatforge, text};
 use splatforge_nn::rng::{normals, SplitMix64};
 use splatforge_trellis::pipeline::{slat_noise_seed, trellis_configs};
 use splatforge_trellis::stage1::ModelSize;
@@ -84,27 +84,6 @@ fn noise_file(path: &Path, ss: &[f32], slat: &[f32]) -> PathBuf {
     path.to_path_buf()
 }
 
-/// A pale blob with two dark eyes on a transparent background.
-fn ghost(dir: &Path) -> PathBuf {
-    let path = dir.join("ghost.png");
-    image::RgbaImage::from_fn(80, 96, |x, y| {
-        let (dx, dy) = (x as f32 - 40.0, y as f32 - 44.0);
-        let head = dx * dx + dy * dy < 28.0 * 28.0;
-        let body = dx.abs() < 28.0 && (44.0..84.0).contains(&(y as f32));
-        let eye = [(-10.0f32, -6.0f32), (10.0, -6.0)]
-            .iter()
-            .any(|(ex, ey)| (dx - ex).powi(2) + (dy - ey).powi(2) < 16.0);
-        image::Rgba(match (head || body, eye) {
-            (true, true) => [20, 20, 30, 255],
-            (true, false) => [235, 235, 245, 255],
-            _ => [0, 0, 0, 0],
-        })
-    })
-    .save(&path)
-    .unwrap();
-    path
-}
-
 #[test]
 fn noise_files_drive_both_stages_through_the_seed_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -113,7 +92,7 @@ fn noise_files_drive_both_stages_through_the_seed_path() {
         "trellis",
         &["make-random", "--family", "trellis", "--size", "tiny"],
     );
-    let image = ghost(dir.path());
+    let image = ghost_fixture();
     // `generate --image` with one sampler step a stage (fast), `more` flags, → (PLY bytes, report)
     // or the failure's stderr.
     let generate = |name: &str, more: &[&str]| -> Result<(Vec<u8>, serde_json::Value), String> {

@@ -11,7 +11,8 @@ use splatforge_splat::read_splat_bytes;
 
 mod common;
 use common::{
-    get, make_models, post, post_to, post_with_headers, request, wait_healthy, Response, Server,
+    get, ghost_fixture, make_models, post, post_to, post_with_headers, request, wait_healthy,
+    Response, Server,
 };
 
 /// A multipart body of `(name, file name, value)` parts.
@@ -49,10 +50,7 @@ fn multipart_image(image: &[u8]) -> (String, Vec<u8>) {
 }
 
 fn ghost() -> Vec<u8> {
-    std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/ghost_rgba.png"),
-    )
-    .expect("the shared ghost fixture")
+    std::fs::read(ghost_fixture()).expect("the shared ghost fixture")
 }
 
 fn start(models: &Path) -> Server {

@@ -193,3 +193,11 @@ pub fn path_arg(p: &Path) -> &str {
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// The shared fixture `ghost_rgba.png` (`../shared/fixtures` beside the repository).
+pub fn ghost_fixture() -> PathBuf {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/ghost_rgba.png");
+    assert!(path.is_file(), "{} is missing", path.display());
+    path
+}
