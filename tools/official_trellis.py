@@ -204,3 +204,20 @@ def ours_median_ms(ours, stage):
         return float(np.median(unwritten)) + (ours_median_ms(ours, "write") or 0.0)
     values = [r["stages_ms"][stage] for r in ours if stage in r["stages_ms"]]
     return float(np.median(values)) if values else None
+
+
+def print_stage_table(ours, report, names, theirs):
+    """The markdown table ours / `theirs` per stage in `names` (medians, ms; "-" where a side has
+    no such stage), then the two memory figures."""
+    print(f"\n| stage | ours ms | {theirs} ms | ours/{theirs} |\n|---|---:|---:|---:|")
+    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    for stage in names:
+        mine = ours_median_ms(ours, stage)
+        other = report["summary"][stage]["median_ms"] if stage in report["summary"] else None
+        ratio = f"{mine / other:.2f}" if mine is not None and other else "-"
+        print(f"| {stage} | {fmt(mine)} | {fmt(other)} | {ratio} |")
+    used = ours[-1].get("device_memory_used_bytes")
+    if used is not None and report["peak_memory_bytes"] is not None:
+        print(f"\nmemory: ours {used / 2**20:.0f} MiB in use on the device after the last run (whole process, driver view); "
+              f"{theirs} peak torch.cuda.max_memory_allocated {report['peak_memory_bytes'] / 2**20:.0f} MiB "
+              "(allocator view; add the CUDA context and allocator cache for the process footprint)")

@@ -341,19 +341,8 @@ def compare(path, ours, report, stages):
     print(f"\nours from {path}: {len(ours)} runs on {last['device']} (profile {last['profile']}, matte {last.get('matte')}), "
           f"voxels {[r['voxels'] for r in ours]}; chain voxels {report['voxels']} "
           "(random weights, different pictures or noise: counts differ, and stage 2 follows them)")
-    print("\n| stage | ours ms | chain ms | ours/chain |\n|---|---:|---:|---:|")
     names = stages + [s for s in last["stages_ms"] if s not in stages] + ["total"]
-    for stage in names:
-        mine = ot.ours_median_ms(ours, stage)
-        theirs = report["summary"][stage]["median_ms"] if stage in report["summary"] else None
-        ratio = f"{mine / theirs:.2f}" if mine is not None and theirs else "-"
-        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-        print(f"| {stage} | {fmt(mine)} | {fmt(theirs)} | {ratio} |")
-    used = last.get("device_memory_used_bytes")
-    if used is not None and report["peak_memory_bytes"] is not None:
-        print(f"\nmemory: ours {used / 2**20:.0f} MiB in use on the device after the last run (whole process, driver view); "
-              f"chain peak torch.cuda.max_memory_allocated {report['peak_memory_bytes'] / 2**20:.0f} MiB "
-              "(allocator view; add the CUDA context and allocator cache for the process footprint)")
+    ot.print_stage_table(ours, report, names, "chain")
 
 
 if __name__ == "__main__":

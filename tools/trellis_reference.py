@@ -79,7 +79,7 @@ from pathlib import Path
 # official_trellis sets ATTN_BACKEND / XFORMERS_DISABLED before anything official is imported.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from official_trellis import (  # noqa: E402
-    ROOT, STAGES, official_shims, import_official, load_pipeline, ours_median_ms, percentile,
+    ROOT, STAGES, official_shims, import_official, load_pipeline, percentile, print_stage_table,
     read_ours, stage_ms, summarise, sync, time_stages)
 
 import numpy as np  # noqa: E402
@@ -285,22 +285,10 @@ def main():
 
 def compare(ours, report):
     """ours/theirs per stage (medians), from our --json lines and this run's report."""
-    def ours_ms(stage):
-        return ours_median_ms(ours, stage)
-
     print(f"\nours: {len(ours)} runs on {ours[-1]['device']} (profile {ours[-1]['profile']}), {ours[-1]['voxels']} voxels, "
           f"{ours[-1]['gaussians']} Gaussians; official: {report['voxels']} voxels, {report['gaussians']} Gaussians "
           f"(random weights, different noise: counts differ)")
-    print("\n| stage | ours ms | official ms | ours/official |\n|---|---:|---:|---:|")
-    for stage in STAGES + ["total"]:
-        mine, theirs = ours_ms(stage), report["summary"][stage]["median_ms"]
-        ratio = f"{mine / theirs:.2f}" if mine is not None and theirs > 0 else "-"
-        print(f"| {stage} | {'-' if mine is None else f'{mine:.1f}'} | {theirs:.1f} | {ratio} |")
-    used = ours[-1].get("device_memory_used_bytes")
-    if used is not None and report["peak_memory_bytes"] is not None:
-        print(f"\nmemory: ours {used / 2**20:.0f} MiB in use on the device after the last run (whole process, driver view); "
-              f"official peak torch.cuda.max_memory_allocated {report['peak_memory_bytes'] / 2**20:.0f} MiB "
-              "(allocator view; add the CUDA context and allocator cache for the process footprint)")
+    print_stage_table(ours, report, STAGES + ["total"], "official")
 
 
 if __name__ == "__main__":
