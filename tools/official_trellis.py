@@ -217,7 +217,21 @@ def print_stage_table(ours, report, names, theirs):
         ratio = f"{mine / other:.2f}" if mine is not None and other else "-"
         print(f"| {stage} | {fmt(mine)} | {fmt(other)} | {ratio} |")
     used = ours[-1].get("device_memory_used_bytes")
-    if used is not None and report["peak_memory_bytes"] is not None:
-        print(f"\nmemory: ours {used / 2**20:.0f} MiB in use on the device after the last run (whole process, driver view); "
-              f"{theirs} peak torch.cuda.max_memory_allocated {report['peak_memory_bytes'] / 2**20:.0f} MiB "
-              "(allocator view; add the CUDA context and allocator cache for the process footprint)")
+    if used is not None and report.get("device_memory_used_bytes") is not None:
+        theirs_used = report["device_memory_used_bytes"]
+        print(f"\nmemory in use on the device after the last run (driver view, cuMemGetInfo; both sides keep "
+              f"freed memory cached, so this is peak pool + context): ours {used / 2**20:.0f} MiB, "
+              f"{theirs} {theirs_used / 2**20:.0f} MiB, ours/{theirs} {used / theirs_used:.2f}")
+    if report["peak_memory_bytes"] is not None:
+        print(f"{theirs} peak torch.cuda.max_memory_allocated {report['peak_memory_bytes'] / 2**20:.0f} MiB "
+              "(allocator view, without context and cache)")
+
+
+def device_memory_used_bytes(device):
+    """Bytes in use on `device` from the driver (total − free of `cudaMemGetInfo`), the measure
+    ours reports as `device_memory_used_bytes`; None off the GPU. Taken after the runs: torch's
+    caching allocator holds its peak reservation, as our memory pool does."""
+    if device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    return total - free

@@ -314,6 +314,7 @@ def main():
     report["voxels"] = [r["voxels"] for r in runs]
     report["gaussians"] = runs[-1]["gaussians"]
     report["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    report["device_memory_used_bytes"] = ot.device_memory_used_bytes(device)
     if a.json:
         a.json.write_text(json.dumps(report, indent=1))
 

@@ -79,8 +79,8 @@ from pathlib import Path
 # official_trellis sets ATTN_BACKEND / XFORMERS_DISABLED before anything official is imported.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from official_trellis import (  # noqa: E402
-    ROOT, STAGES, official_shims, import_official, load_pipeline, percentile, print_stage_table,
-    read_ours, stage_ms, summarise, sync, time_stages)
+    ROOT, STAGES, device_memory_used_bytes, official_shims, import_official, load_pipeline, percentile,
+    print_stage_table, read_ours, stage_ms, summarise, sync, time_stages)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -264,6 +264,7 @@ def main():
     report["gaussians"] = runs[-1]["gaussians"]
     report["voxels"] = runs[-1]["voxels"]
     report["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    report["device_memory_used_bytes"] = device_memory_used_bytes(device)
     if a.json:
         a.json.write_text(json.dumps(report, indent=1))
 
