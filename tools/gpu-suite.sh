@@ -39,7 +39,15 @@
 # on the image suite's calibrated TRELLIS folder, 1, 2 and 4 workers per device, SERVICE_S
 # seconds a case (default 30: the six cases with their server starts, warm-ups and the model
 # writes take about 8 minutes); SERVICE_WORKERS default "1,2,4", SERVICE_PROFILES default
-# "speed image-speed"; $OUT/service/service.{json,md}).
+# "speed image-speed"; $OUT/service/service.{json,md}),
+# reference-miner (tools/gpu-reference-miner.sh, issue 18: ours against the 404 reference miner's
+# text → 3D, its own DreamGaussian + MVDream SDS code from .gpu-ref/three-gen
+# (tools/three-gen-ref.sh) run by tools/reference_miner.py as its serve.py runs it, on full-size
+# random MVDream: ours `generate --profile reference-fast` (or reference-text-mv) in fp32 and
+# fp16, theirs the same settings in fp32, ours/theirs per stage and in total; MINER_VARIANTS
+# default "fast" (the seeds' text_mv_fast: 250 iterations, batch 4, 4000 points, guidance 50),
+# "text_mv" the shipped config (1000 iterations; about as long again: one variant a call on a
+# cold machine), MINER_REPEAT 2, OURS_REPEAT 3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=tools/gpu-common.sh
@@ -63,8 +71,14 @@ case "${1:-}" in
     mkdir -p .whl
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-      -d .whl gsplat==1.5.3 diffusers==0.42.1 importlib_metadata easydict plyfile einops==0.8.1 timm==1.0.15
-    echo "Official sources go in .gpu-ref/ (see tools/gpu-trellis-parity.sh and tools/gpu-matte-parity.sh)."
+      -d .whl gsplat==1.5.3 diffusers==0.42.1 importlib_metadata easydict plyfile einops==0.8.1 timm==1.0.15 \
+      omegaconf==2.3.0 loguru==0.7.2 open_clip_torch==2.24.0 ftfy==6.3.1 wcwidth==0.9.5
+    # omegaconf's parser runtime has no wheel on PyPI: built here (pure Python).
+    ls .whl/antlr4_python3_runtime-4.9.3-*.whl > /dev/null 2>&1 \
+      || python3 -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
+    # The 404 reference miner's code (suite reference-miner), when its clone is here.
+    [[ -d "${THREE_GEN_GIT:-/work/.mirror/404-Repo+three-gen-subnet/repo}" ]] && tools/three-gen-ref.sh
+    echo "Official sources go in .gpu-ref/ (see tools/gpu-trellis-parity.sh, tools/gpu-matte-parity.sh and tools/three-gen-ref.sh)."
     exit 0
     ;;
   --pack)
@@ -227,6 +241,13 @@ for s in $SUITES; do
       unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge
       photo_1024
       PYTHONPATH=/tmp/site suite python-chain tools/gpu-python-chain.sh ;;
+    reference-miner)
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/diffusers-*.whl \
+        .whl/importlib_metadata-*.whl .whl/plyfile-*.whl .whl/omegaconf-*.whl .whl/antlr4_python3_runtime-*.whl \
+        .whl/loguru-*.whl .whl/open_clip_torch-*.whl .whl/ftfy-*.whl .whl/wcwidth-*.whl
+      install_gsplat  # exports PYTHONPATH=/tmp/site
+      unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge
+      suite reference-miner tools/gpu-reference-miner.sh ;;
     service)
       unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge
       photo_1024

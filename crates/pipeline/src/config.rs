@@ -114,8 +114,10 @@
 //! | `lambda_sds` | 1.0 | weight of the SDS loss |
 //! | `lambda_views` | 1.0 | weight of the fit loss to the generated views during SDS (0: pure SDS) |
 //! | `elevation_range` | [-30, 30] | random camera elevation, degrees |
-//! | `lr_scale` | 1.0 | learning rates are the fit's final ones times this |
+//! | `lr_scale` | 1.0 | learning rates are the fit's final ones times this (with `from_scratch`: the fit's schedule at the SDS step, times this) |
 //! | `random_background` | true | white or black at random per step (DreamGaussian) |
+//! | `batch_size` | 1 | orbits per step (DreamGaussian's `batch_size`): `batch_size × diffusion.n_views` renders scored in one MVDream batch, one background per step |
+//! | `from_scratch` | false | SDS alone from DreamGaussian's random ball (`fit.num_pts`), as `text_mv` and the 404 reference miner train: the `diffusion`, `alpha` and `fit` stages are skipped; needs `init.method: random`, `lambda_views: 0` and `sds_iters > 0`; `fit.iters` is then unused |
 //!
 //! `output:`
 //! | key | default | meaning |

@@ -169,6 +169,8 @@ impl<'o> StageClock<'o> {
 struct FitStages<'a> {
     views: &'a Views,
     fit: &'a FitConfig,
+    /// `sds.from_scratch`: no fit; the SDS stage is already started.
+    from_scratch: bool,
     /// `None`: no SDS stage.
     sds: Option<SdsInputs<'a>>,
     cancelled: &'a (dyn Fn() -> bool + Sync),
@@ -191,35 +193,50 @@ fn go_on(cancelled: &(dyn Fn() -> bool + Sync)) -> ControlFlow<()> {
 }
 
 /// The fit stage (already started on `clock`), then the SDS stage (when
-/// configured) on the same backend.
+/// configured) on the same backend; with `from_scratch`, the SDS stage
+/// alone (already started).
 fn fit_and_refine(
     mut backend: Box<dyn FitBackend>,
     s: &FitStages<'_>,
     clock: &mut StageClock<'_>,
 ) -> Result<Fitted, PipelineError> {
-    let fit = fit_with(backend.as_mut(), s.views, s.fit, &mut |p| {
-        clock
-            .obs
-            .step(Stage::Fit, p.iteration as u64, p.iters as u64, Some(p.loss));
-        go_on(s.cancelled)
-    })
-    .map_err(|e| match e {
-        FitError::Cancelled => PipelineError::Cancelled,
-        e => PipelineError::stage(Stage::Fit, e),
-    })?;
-    clock.finish();
+    let (fit_loss, fit_psnr) = if s.from_scratch {
+        (f64::NAN, f64::NAN)
+    } else {
+        let fit = fit_with(backend.as_mut(), s.views, s.fit, &mut |p| {
+            clock
+                .obs
+                .step(Stage::Fit, p.iteration as u64, p.iters as u64, Some(p.loss));
+            go_on(s.cancelled)
+        })
+        .map_err(|e| match e {
+            FitError::Cancelled => PipelineError::Cancelled,
+            e => PipelineError::stage(Stage::Fit, e),
+        })?;
+        clock.finish();
+        if s.sds.is_none() {
+            return Ok(Fitted {
+                gaussians: fit.gaussians,
+                fit_loss: fit.final_loss,
+                fit_psnr: fit.final_train_psnr,
+            });
+        }
+        (fit.final_loss, fit.final_train_psnr)
+    };
+    // From scratch, validation guarantees SDS iterations.
     let Some(sds) = &s.sds else {
-        return Ok(Fitted {
-            gaussians: fit.gaussians,
-            fit_loss: fit.final_loss,
-            fit_psnr: fit.final_train_psnr,
-        });
+        return Err(PipelineError::stage(
+            Stage::Sds,
+            "sds.from_scratch without SDS iterations",
+        ));
     };
 
     if (s.cancelled)() {
         return Err(PipelineError::Cancelled);
     }
-    clock.start(Stage::Sds, sds.sds.sds_iters as u64);
+    if !s.from_scratch {
+        clock.start(Stage::Sds, sds.sds.sds_iters as u64);
+    }
     let refined = refine(backend.as_mut(), sds, &mut |st: &SdsStep| {
         clock.obs.step(
             Stage::Sds,
@@ -238,8 +255,8 @@ fn fit_and_refine(
     clock.finish();
     Ok(Fitted {
         gaussians,
-        fit_loss: fit.final_loss,
-        fit_psnr: fit.final_train_psnr,
+        fit_loss,
+        fit_psnr,
     })
 }
 
@@ -475,8 +492,110 @@ impl Pipeline {
         let seed = req.seed.unwrap_or(config.seed);
         let d = &config.diffusion;
         let mut clock = StageClock::new(obs);
+        let from_scratch = config.sds.from_scratch;
 
-        // 1. MVDream: prompt → n views.
+        // 1. MVDream: prompt → n views, 2. their foreground alpha (none
+        // from scratch: SDS alone trains the initial Gaussians).
+        let (views, latents_finite) = if from_scratch {
+            (Views::new(Vec::new()), true)
+        } else {
+            self.views(config, req, seed, cancelled, &mut clock)?
+        };
+
+        // 3. Initial Gaussians.
+        check()?;
+        clock.start(Stage::Init, 0);
+        let mut fit_cfg = config.fit.clone();
+        fit_cfg.seed = seed;
+        let (init_g, init) = match config.init.method {
+            InitMethod::Random => (initial_gaussians(&Init::Random, &fit_cfg), InitUsed::Random),
+            InitMethod::Carve => match carve_init(
+                &views.views,
+                &config.init,
+                fit_cfg.num_pts,
+                fit_cfg.sh_degree,
+                seed,
+            ) {
+                Some((g, stats)) => (g, InitUsed::Carved(stats)),
+                None => (
+                    initial_gaussians(&Init::Random, &fit_cfg),
+                    InitUsed::RandomFallback,
+                ),
+            },
+        };
+        clock.finish();
+
+        // 4. Fit to the views, 5. SDS refinement: on one fitting backend, so
+        // that the CUDA backend keeps the Gaussians on the GPU between them.
+        check()?;
+        // The backend's creation counts towards the fit stage (the SDS
+        // stage from scratch).
+        if from_scratch {
+            clock.start(Stage::Sds, config.sds.sds_iters as u64);
+        } else {
+            clock.start(Stage::Fit, fit_cfg.iters as u64);
+        }
+        let settings = backend_settings(&fit_cfg);
+        let stages = FitStages {
+            views: &views,
+            fit: &fit_cfg,
+            from_scratch,
+            sds: (config.sds.sds_iters > 0).then(|| SdsInputs {
+                pipe: &self.mvdream,
+                sds: &config.sds,
+                diffusion: d,
+                fit: &fit_cfg,
+                views: &views,
+                prompt: &req.prompt,
+                seed,
+            }),
+            cancelled,
+        };
+        let backend = backend_for(&self.device, init_g, settings)
+            .map_err(|e| PipelineError::stage(Stage::Fit, e))?;
+        let fitted = fit_and_refine(backend, &stages, &mut clock)?;
+        let mut g = fitted.gaussians;
+
+        // 6. Top up and normalise.
+        check()?;
+        clock.start(Stage::Normalize, 0);
+        ensure_min_count(&mut g, config.output.min_gaussians);
+        if config.output.normalize {
+            fit_to_box(&mut g, config.output.box_size)
+                .map_err(|e| PipelineError::stage(Stage::Normalize, e))?;
+        }
+        clock.finish();
+
+        Ok(Generated {
+            gaussians: g,
+            timings: clock.timings,
+            views,
+            seed,
+            latents_finite,
+            init,
+            fit_loss: fitted.fit_loss,
+            fit_psnr: fitted.fit_psnr,
+        })
+    }
+
+    /// The `diffusion` and `alpha` stages of [`Self::generate_with`]: the
+    /// views with their foreground alpha, and whether the latents were finite.
+    fn views(
+        &self,
+        config: &PipelineConfig,
+        req: &Request,
+        seed: u64,
+        cancelled: &(dyn Fn() -> bool + Sync),
+        clock: &mut StageClock<'_>,
+    ) -> Result<(Views, bool), PipelineError> {
+        let check = || {
+            if cancelled() {
+                Err(PipelineError::Cancelled)
+            } else {
+                Ok(())
+            }
+        };
+        let d = &config.diffusion;
         check()?;
         let steps = d.num_inference_steps as u64;
         clock.start(Stage::Diffusion, steps + 1);
@@ -535,75 +654,7 @@ impl Pipeline {
         clock.start(Stage::Alpha, 0);
         let views = views_from_images(&images, &cameras, config)?;
         clock.finish();
-
-        // 3. Initial Gaussians.
-        check()?;
-        clock.start(Stage::Init, 0);
-        let mut fit_cfg = config.fit.clone();
-        fit_cfg.seed = seed;
-        let (init_g, init) = match config.init.method {
-            InitMethod::Random => (initial_gaussians(&Init::Random, &fit_cfg), InitUsed::Random),
-            InitMethod::Carve => match carve_init(
-                &views.views,
-                &config.init,
-                fit_cfg.num_pts,
-                fit_cfg.sh_degree,
-                seed,
-            ) {
-                Some((g, stats)) => (g, InitUsed::Carved(stats)),
-                None => (
-                    initial_gaussians(&Init::Random, &fit_cfg),
-                    InitUsed::RandomFallback,
-                ),
-            },
-        };
-        clock.finish();
-
-        // 4. Fit to the views, 5. SDS refinement: on one fitting backend, so
-        // that the CUDA backend keeps the Gaussians on the GPU between them.
-        check()?;
-        // The backend's creation counts towards the fit stage.
-        clock.start(Stage::Fit, fit_cfg.iters as u64);
-        let settings = backend_settings(&fit_cfg);
-        let stages = FitStages {
-            views: &views,
-            fit: &fit_cfg,
-            sds: (config.sds.sds_iters > 0).then(|| SdsInputs {
-                pipe: &self.mvdream,
-                sds: &config.sds,
-                diffusion: d,
-                fit: &fit_cfg,
-                views: &views,
-                prompt: &req.prompt,
-                seed,
-            }),
-            cancelled,
-        };
-        let backend = backend_for(&self.device, init_g, settings)
-            .map_err(|e| PipelineError::stage(Stage::Fit, e))?;
-        let fitted = fit_and_refine(backend, &stages, &mut clock)?;
-        let mut g = fitted.gaussians;
-
-        // 6. Top up and normalise.
-        check()?;
-        clock.start(Stage::Normalize, 0);
-        ensure_min_count(&mut g, config.output.min_gaussians);
-        if config.output.normalize {
-            fit_to_box(&mut g, config.output.box_size)
-                .map_err(|e| PipelineError::stage(Stage::Normalize, e))?;
-        }
-        clock.finish();
-
-        Ok(Generated {
-            gaussians: g,
-            timings: clock.timings,
-            views,
-            seed,
-            latents_finite,
-            init,
-            fit_loss: fitted.fit_loss,
-            fit_psnr: fitted.fit_psnr,
-        })
+        Ok((views, latents_finite))
     }
 }
 

@@ -5,10 +5,11 @@
 //! encoder, CFG, `grad = ε̂ − ε`, NaNs → 0); this module drives it.
 //!
 //! One step:
-//! 1. a random orbit: elevation uniform in `elevation_range`, azimuth
-//!    uniform in [−180°, 180°); `n_views` cameras `360°/n_views` apart at
-//!    the views' radius and field of view, rendered at `resolution`² over
-//!    white or black (at random with `random_background`);
+//! 1. `batch_size` random orbits: elevation uniform in `elevation_range`,
+//!    azimuth uniform in [−180°, 180°); `n_views` cameras `360°/n_views`
+//!    apart per orbit at the views' radius and field of view, rendered at
+//!    `resolution`² over white or black (at random with
+//!    `random_background`, one background for the step);
 //! 2. `latents = 0.18215 · E(2·img − 1)` (the posterior mean) through the
 //!    VAE encoder, candle's autograd tracking the rendered images;
 //! 3. `t` ([`sds_timestep`]): with `timestep_annealing`, DreamGaussian's
@@ -25,12 +26,16 @@
 //!    (L1 + SSIM + alpha, the fit's weights) is added, rendered in the same
 //!    call, so the refinement stays anchored to them;
 //! 7. the rasterizer's backward pass and one Adam step at the fit's final
-//!    learning rates times `lr_scale` (fresh Adam moments; no densification).
+//!    learning rates times `lr_scale` (fresh Adam moments; no densification);
+//!    with `from_scratch` (no fit before), at the fit's schedule for this
+//!    step instead, as DreamGaussian's `update_learning_rate(step)`.
 //!
 //! Differences from DreamGaussian: the encoder's posterior *mean* is used
 //! instead of a sample (deterministic), renders are made at the SDS
-//! resolution directly instead of being resized to 256², and SDS refines a
-//! fit instead of training from the random ball.
+//! resolution directly instead of at 128/256/512 by progress and resized to
+//! 256², no densification, one background per step instead of per orbit,
+//! and by default SDS refines a fit instead of training from the random
+//! ball (`from_scratch` trains from the ball).
 //!
 //! Where it runs: on the fit's backend, one
 //! [`FitBackend::guided_step`] per step (steps 1, 6 and 7 above), with
@@ -211,16 +216,22 @@ pub fn refine(
     } else {
         0.0
     };
-    let base = LearningRates::at(inp.fit, &ExponLr::position(inp.fit), inp.fit.iters);
+    let position = ExponLr::position(inp.fit);
     let k = cfg.lr_scale;
-    let lrs = LearningRates {
-        xyz: base.xyz * k,
-        f_dc: base.f_dc * k,
-        f_rest: base.f_rest * k,
-        opacity: base.opacity * k,
-        scaling: base.scaling * k,
-        rotation: base.rotation * k,
+    // After a fit: its final rates; from scratch: its schedule at the SDS step.
+    let lrs_at = |step: u32| {
+        let base = LearningRates::at(inp.fit, &position, step);
+        LearningRates {
+            xyz: base.xyz * k,
+            f_dc: base.f_dc * k,
+            f_rest: base.f_rest * k,
+            opacity: base.opacity * k,
+            scaling: base.scaling * k,
+            rotation: base.rotation * k,
+        }
     };
+    let fitted_lrs = lrs_at(inp.fit.iters);
+    let orbits = cfg.batch_size.max(1);
     backend.reset_optimizer();
     let mut rng = SplitMix64::new(inp.seed ^ 0x5344_5320_7265_666e); // "SDS refn"
                                                                      // The views over each background, made on first use.
@@ -237,20 +248,34 @@ pub fn refine(
         };
         let t = sds_timestep(cfg, step, iters, num_train, rng.unit());
         let noise_seed = rng.next_u64();
+        // The first orbit's draws come first, so that one orbit a step
+        // draws as before `batch_size` existed.
+        let mut orbit_angles = vec![(elevation, azimuth)];
+        for _ in 1..orbits {
+            let e = cfg.elevation_range[0]
+                + (cfg.elevation_range[1] - cfg.elevation_range[0]) * rng.unit();
+            orbit_angles.push((e, -180.0 + 360.0 * rng.unit()));
+        }
 
-        let cameras: Vec<Camera> = crate::cameras::render_cameras(
-            nf,
-            elevation,
-            azimuth,
-            360.0,
-            inp.diffusion.camera_radius,
-            inp.diffusion.fovy,
-            size as u32,
-        );
+        let mut cameras: Vec<Camera> = Vec::with_capacity(orbits * nf);
+        let mut embeddings: Vec<f32> = Vec::new();
+        for &(e, a) in &orbit_angles {
+            cameras.extend(crate::cameras::render_cameras(
+                nf,
+                e,
+                a,
+                360.0,
+                inp.diffusion.camera_radius,
+                inp.diffusion.fovy,
+                size as u32,
+            ));
+            if uses_camera {
+                let emb = camera::camera_embeddings(nf, e, a, 360.0);
+                embeddings.extend(emb.iter().flatten().copied());
+            }
+        }
         if uses_camera {
-            let emb = camera::camera_embeddings(nf, elevation, azimuth, 360.0);
-            let flat: Vec<f32> = emb.iter().flatten().copied().collect();
-            cond.camera = Some(Tensor::from_vec(flat, (nf, 16), device)?);
+            cond.camera = Some(Tensor::from_vec(embeddings, (orbits * nf, 16), device)?);
         }
         // The fit's loss to the generated views, in the same backward pass.
         let batch: Vec<BatchView<'_>> = if use_views {
@@ -279,7 +304,11 @@ pub fn refine(
         };
         let params = GuidedParams {
             background: bg,
-            lrs,
+            lrs: if cfg.from_scratch {
+                lrs_at(step - 1)
+            } else {
+                fitted_lrs
+            },
             // Every stored SH degree: the Gaussians were made with the
             // fit's, and SDS renders them as the fit left them.
             sh_degree: inp.fit.sh_degree,

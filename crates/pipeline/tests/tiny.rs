@@ -341,3 +341,46 @@ fn vae_slicing_decodes_like_the_whole_batch() {
     // Tiling is the loaded VAE's, from the profile (off in development).
     assert!(!pipe.vae.tiling().enabled);
 }
+
+/// `sds.from_scratch` (the 404 reference miner's design): no views, no fit,
+/// SDS alone trains the random ball, with two orbits a step.
+#[test]
+fn sds_from_scratch_skips_views_and_fit() {
+    let pipe = &fixture().pipe;
+    let mut c = pipe.config().clone();
+    c.init.method = splatforge_pipeline::config::InitMethod::Random;
+    c.sds.from_scratch = true;
+    c.sds.lambda_views = 0.0;
+    c.sds.sds_iters = 2;
+    c.sds.batch_size = 2;
+    let mut rec = Recorder::default();
+    let out = pipe
+        .generate_with(
+            &c,
+            &Request {
+                prompt: "a red chair".into(),
+                seed: Some(5),
+            },
+            &|| false,
+            &mut rec,
+        )
+        .unwrap();
+    out.gaussians.check_consistent().unwrap();
+    assert!(out.gaussians.means.iter().flatten().all(|v| v.is_finite()));
+    let stages: Vec<Stage> = out.timings.iter().map(|(s, _)| *s).collect();
+    assert_eq!(stages, [Stage::Init, Stage::Sds, Stage::Normalize]);
+    assert!(out.views.is_empty());
+    assert!(out.fit_psnr.is_nan());
+    assert_eq!(out.init, InitUsed::Random);
+    assert!(
+        rec.events.contains(&"start sds 2".to_string())
+            && rec.events.contains(&"step sds 2/2".to_string()),
+        "{:?}",
+        rec.events
+    );
+    // The ball's Gaussians, topped up to the minimum: SDS does not densify.
+    assert_eq!(
+        out.gaussians.len(),
+        c.fit.num_pts.max(c.output.min_gaussians)
+    );
+}

@@ -18,7 +18,8 @@
 //! models are given (`--models` for the MVDream profiles, `--trellis` for
 //! the image ones, both `--flux` and `--trellis` for text via an image);
 //! the development profiles are left out of `full` (they exist for tiny
-//! models).
+//! models), and so are the `reference-*` ones (the 404 reference miner's
+//! settings, for timing beside it: tools/reference_miner.py).
 //!
 //! `--compare BASE.json` prints each case's ratio to a previous report
 //! (this run / base, per stage and in total) and fails when a total
@@ -252,7 +253,7 @@ fn profiles(args: &Args) -> Vec<String> {
         Suite::Full => PROFILES
             .iter()
             .map(|(name, _)| name.to_string())
-            .filter(|name| !name.contains("development"))
+            .filter(|name| !name.contains("development") && !name.starts_with("reference-"))
             .collect(),
         Suite::Service => vec!["speed".into(), "image-speed".into()],
     }

@@ -505,12 +505,17 @@ pub fn run(args: Args) -> Result<Outcome> {
         }
         print!("{}", timing_table(&out.timings));
         if last {
+            // No fit (`sds.from_scratch`): no PSNR to the views.
+            let psnr = if out.fit_psnr.is_nan() {
+                "no fit".to_string()
+            } else {
+                format!("fit PSNR {:.2} dB", out.fit_psnr)
+            };
             println!(
-                "wrote {} ({} Gaussians, seed {}, fit PSNR {:.2} dB)",
+                "wrote {} ({} Gaussians, seed {}, {psnr})",
                 args.output.display(),
                 out.gaussians.len(),
                 out.seed,
-                out.fit_psnr
             );
         }
     }

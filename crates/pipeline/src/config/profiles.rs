@@ -37,6 +37,14 @@ pub const PROFILES: &[(&str, &str)] = &[
         "text-image-development",
         include_str!("../../../../profiles/text-image-development.yaml"),
     ),
+    (
+        "reference-text-mv",
+        include_str!("../../../../profiles/reference-text-mv.yaml"),
+    ),
+    (
+        "reference-fast",
+        include_str!("../../../../profiles/reference-fast.yaml"),
+    ),
 ];
 
 /// The YAML text of a built-in profile.

@@ -141,6 +141,15 @@ pub struct SdsConfig {
     pub elevation_range: [f64; 2],
     pub lr_scale: f32,
     pub random_background: bool,
+    /// Orbits rendered per step (DreamGaussian's `batch_size`): each step
+    /// renders `batch_size × diffusion.n_views` images, and MVDream scores
+    /// them in one batch.
+    pub batch_size: usize,
+    /// SDS alone from the initial Gaussians, as DreamGaussian's `text_mv` and
+    /// the 404 reference miner train: no views are generated and nothing is
+    /// fitted (the `diffusion`, `alpha` and `fit` stages are skipped), and
+    /// the learning rates follow the fit's schedule by SDS step.
+    pub from_scratch: bool,
 }
 
 impl Default for SdsConfig {
@@ -158,6 +167,8 @@ impl Default for SdsConfig {
             elevation_range: [-30.0, 30.0],
             lr_scale: 1.0,
             random_background: true,
+            batch_size: 1,
+            from_scratch: false,
         }
     }
 }

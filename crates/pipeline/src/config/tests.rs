@@ -321,3 +321,73 @@ fn bad_values_name_the_key() {
         assert!(e.contains(key), "{yaml}: {e}");
     }
 }
+
+#[test]
+fn reference_profiles_mirror_the_404_miner() {
+    let shipped = PipelineConfig::profile("reference-text-mv").unwrap();
+    let fast = PipelineConfig::profile("reference-fast").unwrap();
+    for c in [&shipped, &fast] {
+        assert!(c.sds.from_scratch && c.sds.lambda_views == 0.0);
+        assert_eq!(c.init.method, InitMethod::Random);
+        assert_eq!(c.diffusion.precision, Precision::F32);
+        assert_eq!(c.diffusion.vae_precision, Some(Precision::F32));
+        assert_eq!(c.diffusion.prompt_suffix, "");
+        assert_eq!(c.sds.resolution, 256);
+        assert_eq!(c.fit.position_lr_max_steps, 300);
+    }
+    assert_eq!(
+        (
+            shipped.sds.sds_iters,
+            shipped.sds.batch_size,
+            shipped.fit.num_pts
+        ),
+        (1000, 1, 5000)
+    );
+    assert_eq!(shipped.sds.guidance_scale, 100.0);
+    assert_eq!(
+        (fast.sds.sds_iters, fast.sds.batch_size, fast.fit.num_pts),
+        (250, 4, 4000)
+    );
+    assert_eq!(fast.sds.guidance_scale, 50.0);
+}
+
+#[test]
+fn sds_batch_and_from_scratch_are_checked() {
+    let c = PipelineConfig::default();
+    assert_eq!((c.sds.batch_size, c.sds.from_scratch), (1, false));
+    for (yaml, key, why) in [
+        ("sds:\n  batch_size: 0\n", "sds.batch_size", "1 to 16"),
+        ("sds:\n  batch_size: 17\n", "sds.batch_size", "1 to 16"),
+        (
+            "sds:\n  from_scratch: true\n  lambda_views: 0\n",
+            "sds.from_scratch",
+            "sds_iters",
+        ),
+        (
+            "sds:\n  from_scratch: true\n  sds_iters: 5\n",
+            "sds.from_scratch",
+            "lambda_views",
+        ),
+        (
+            "init:\n  method: carve\nsds:\n  from_scratch: true\n  sds_iters: 5\n  lambda_views: 0\n",
+            "sds.from_scratch",
+            "init.method",
+        ),
+    ] {
+        let e = PipelineConfig::from_yaml_str(yaml).unwrap_err().0;
+        assert!(e.contains(key) && e.contains(why), "{yaml}: {e}");
+    }
+    let ok = PipelineConfig::from_yaml_str(
+        "sds:\n  from_scratch: true\n  sds_iters: 5\n  lambda_views: 0\n  batch_size: 4\n",
+    )
+    .unwrap();
+    assert_eq!((ok.sds.batch_size, ok.sds.sds_iters), (4, 5));
+    // --set reaches both keys.
+    let (_, c) = sources(
+        Some("reference-fast"),
+        &["sds.batch_size=2", "sds.sds_iters=3"],
+    )
+    .resolve()
+    .unwrap();
+    assert_eq!((c.sds.batch_size, c.sds.sds_iters), (2, 3));
+}

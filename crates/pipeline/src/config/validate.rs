@@ -1,6 +1,6 @@
 //! Range and consistency checks of a whole configuration.
 
-use super::{ConfigError, MatteMethod, PipelineConfig, PROMPT_PLACEHOLDER};
+use super::{ConfigError, InitMethod, MatteMethod, PipelineConfig, PROMPT_PLACEHOLDER};
 
 impl PipelineConfig {
     /// Checks ranges and consistency; the error names the key.
@@ -226,6 +226,35 @@ impl PipelineConfig {
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(key, format!("must be finite and ≥ 0, got {v}"));
+            }
+        }
+        if !(1..=16).contains(&s.batch_size) {
+            return bad(
+                "sds.batch_size",
+                format!("must be 1 to 16, got {}", s.batch_size),
+            );
+        }
+        if s.from_scratch {
+            if s.sds_iters == 0 {
+                return bad(
+                    "sds.from_scratch",
+                    "needs sds.sds_iters > 0 (nothing else trains the Gaussians)".into(),
+                );
+            }
+            if s.lambda_views != 0.0 {
+                return bad(
+                    "sds.from_scratch",
+                    format!(
+                        "needs sds.lambda_views: 0 (no views are generated), got {}",
+                        s.lambda_views
+                    ),
+                );
+            }
+            if self.init.method != InitMethod::Random {
+                return bad(
+                    "sds.from_scratch",
+                    "needs init.method: random (carving needs the views)".into(),
+                );
             }
         }
         let [lo, hi] = s.elevation_range;
