@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use splatforge_server::output::encode;
 use splatforge_server::{
     CancelToken, Encoding, GenerationError, GenerationRequest, Generator, GeneratorFactory,
-    OutputSpec, RequestInput, SplatFormat,
+    OutputSpec, RequestInput, SplatFormat, Turns,
 };
 use tokio::sync::watch;
 
@@ -122,7 +122,7 @@ pub async fn run_worker(
         let f = factory.clone();
         let built =
             tokio::task::spawn_blocking(move || -> Result<Arc<dyn Generator>, GenerationError> {
-                let g: Arc<dyn Generator> = Arc::from(f.build(device)?);
+                let g: Arc<dyn Generator> = Arc::new(Turns::new(Arc::from(f.build(device)?)));
                 g.warm_up()?;
                 Ok(g)
             })

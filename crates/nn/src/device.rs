@@ -26,6 +26,16 @@ pub fn device_memory(device: &Device) -> Option<DeviceMemory> {
     None
 }
 
+/// Whether several threads may run models on `device` at the same time. The CPU:
+/// yes. A CUDA device: no. candle gives each thread its own stream (the per-thread
+/// default stream) but every thread the device's one cuBLAS handle, with the one
+/// workspace [`configure_device`] sets, so two threads' matrix products race on it;
+/// on an H100, 2 and 4 server workers sharing one TRELLIS model turned every answer
+/// into an empty structure or an empty matte, while 1 worker was right.
+pub fn threads_may_share(device: &Device) -> bool {
+    !device.is_cuda()
+}
+
 /// One-time settings of a CUDA device for the models (a cuBLAS workspace,
 /// freed memory kept in the device's pool); nothing on the CPU. Called by the
 /// model loaders.

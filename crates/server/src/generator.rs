@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use splatforge_cuda::DeviceMemory;
@@ -79,7 +79,8 @@ pub enum GenerationError {
 
 /// The generator of one device. Implementations must be thread-safe: with
 /// `--workers-per-device N > 1`, N threads call [`Generator::generate`]
-/// concurrently on the same instance.
+/// concurrently on the same instance, unless [`Generator::concurrent`] says
+/// no.
 pub trait Generator: Send + Sync + 'static {
     /// Generates one splat. Long-running implementations should call
     /// [`CancelToken::check`] between stages and iterations and return
@@ -114,6 +115,14 @@ pub trait Generator: Send + Sync + 'static {
     /// A short name for `/version` and `/health` (e.g. `"pipeline:speed"`).
     fn name(&self) -> &str;
 
+    /// Whether several workers may run [`Generator::generate`] on this instance at
+    /// once. When not, the device's workers take turns for the generation itself and
+    /// overlap only the rest (encoding, replies). The default, yes, suits generators
+    /// whose work is thread-safe (CPU models, remote front ends).
+    fn concurrent(&self) -> bool {
+        true
+    }
+
     /// The memory of the generator's device when it can tell (exported as
     /// `splatforge_device_memory_bytes` and
     /// `splatforge_device_memory_total_bytes`). Called at every scrape of
@@ -140,6 +149,9 @@ macro_rules! delegate_generator {
             fn name(&self) -> &str {
                 (**self).name()
             }
+            fn concurrent(&self) -> bool {
+                (**self).concurrent()
+            }
             fn device_memory(&self) -> Option<DeviceMemory> {
                 (**self).device_memory()
             }
@@ -148,6 +160,84 @@ macro_rules! delegate_generator {
 }
 
 delegate_generator!(Box, Arc);
+
+/// A device's generator shared by several workers: when the generator is not
+/// [`Generator::concurrent`], one call runs at a time and the others wait for their
+/// turn, which the generation reports as its first stage, `device_turn`. The one way
+/// the server's workers and the fleet's slots share a generator.
+pub struct Turns {
+    inner: Arc<dyn Generator>,
+    turn: Mutex<()>,
+}
+
+impl Turns {
+    pub fn new(inner: Arc<dyn Generator>) -> Self {
+        Turns {
+            inner,
+            turn: Mutex::new(()),
+        }
+    }
+
+    /// Runs `f`, after waiting for the turn if the generator needs one; the wait, if any.
+    fn in_turn<T>(&self, f: impl FnOnce() -> T) -> (T, Option<Duration>) {
+        if self.inner.concurrent() {
+            return (f(), None);
+        }
+        let asked = Instant::now();
+        let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+        let waited = asked.elapsed();
+        (f(), Some(waited))
+    }
+}
+
+fn with_turn(mut generation: Generation, waited: Option<Duration>) -> Generation {
+    if let Some(waited) = waited {
+        generation
+            .stage_timings
+            .insert(0, ("device_turn".to_string(), waited));
+    }
+    generation
+}
+
+impl Generator for Turns {
+    fn generate(
+        &self,
+        request: &GenerationRequest,
+        cancel: &CancelToken,
+    ) -> Result<Generation, GenerationError> {
+        let (generation, waited) = self.in_turn(|| self.inner.generate(request, cancel));
+        Ok(with_turn(generation?, waited))
+    }
+
+    fn generate_by(
+        &self,
+        request: &GenerationRequest,
+        deadline: Instant,
+        cancel: &CancelToken,
+    ) -> Result<BudgetedGeneration, GenerationError> {
+        let (budgeted, waited) = self.in_turn(|| self.inner.generate_by(request, deadline, cancel));
+        let BudgetedGeneration {
+            generation,
+            degradations,
+        } = budgeted?;
+        Ok(BudgetedGeneration {
+            generation: with_turn(generation, waited),
+            degradations,
+        })
+    }
+
+    fn warm_up(&self) -> Result<(), GenerationError> {
+        self.in_turn(|| self.inner.warm_up()).0
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        self.inner.device_memory()
+    }
+}
 
 /// Builds the generator of one device (called once per device, on a
 /// dedicated thread, at startup). Any `Fn(u32) -> Result<G, GenerationError>`

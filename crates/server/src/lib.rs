@@ -56,7 +56,7 @@ pub use extension::{ExtensionHealth, ServiceExtension};
 use generate::{endpoint_of, generate, generate_bare, generate_video};
 pub use generator::{
     BudgetedGeneration, CancelToken, Degradation, DeviceMemory, Generation, GenerationError,
-    GenerationRequest, Generator, GeneratorFactory,
+    GenerationRequest, Generator, GeneratorFactory, Turns,
 };
 use metrics::{BuildLabels, DeviceLabels, EndpointLabels, Metrics};
 pub use output::{Encoding, OutputSpec, SplatFormat, VideoFormat};

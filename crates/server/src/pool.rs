@@ -4,7 +4,8 @@
 //! factory and warms it up, then `workers_per_device` worker threads that
 //! share it. Workers pop jobs FIFO from the device's queue, skip jobs whose
 //! token already fired, run the generator and the output encoding under
-//! `catch_unwind`, and send exactly one reply per job. A job whose client
+//! `catch_unwind`, and send exactly one reply per job; they share the
+//! generator through [`Turns`]. A job whose client
 //! left or timed out is withdrawn from its queue at once ([`Pool::withdraw`]),
 //! so that its slot is free for the next request.
 
@@ -19,7 +20,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::generator::{
     BudgetedGeneration, CancelToken, Degradation, GenerationError, GenerationRequest, Generator,
-    GeneratorFactory,
+    GeneratorFactory, Turns,
 };
 use crate::metrics::{DegradationLabels, DeviceLabels, Metrics, StageLabels};
 use crate::output::{self, Encoded, OutputSpec};
@@ -392,11 +393,11 @@ fn load_device(pool: Arc<Pool>, device: Arc<Device>, factory: Arc<dyn GeneratorF
     let id = device.id;
     let loaded = catch_unwind(AssertUnwindSafe(
         || -> Result<Arc<dyn Generator>, String> {
-            let g: Arc<dyn Generator> = Arc::from(
+            let g: Arc<dyn Generator> = Arc::new(Turns::new(Arc::from(
                 factory
                     .build(id)
                     .map_err(|e| format!("device {id}: loading: {e}"))?,
-            );
+            )));
             g.warm_up()
                 .map_err(|e| format!("device {id}: warm-up: {e}"))?;
             Ok(g)

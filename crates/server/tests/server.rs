@@ -508,6 +508,36 @@ async fn thirty_two_concurrent_requests_against_a_queue_of_four_each_get_a_ply_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_of_a_generator_that_is_not_concurrent_take_turns() {
+    let spec = TestGeneratorSpec::default()
+        .delay(Duration::from_millis(40))
+        .not_concurrent();
+    let config = ServerConfig {
+        workers_per_device: 4,
+        queue_size: 8,
+        ..test_config()
+    };
+    let s = TestServer::ready(config, spec).await;
+    let answers = burst(&s, 8, "a lamp").await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert!(statuses.iter().all(|&c| c == 200), "{statuses:?}");
+    assert_eq!(
+        s.stats().max_active.load(Ordering::SeqCst),
+        1,
+        "one generation of the device at a time"
+    );
+    let m = s.metrics().await;
+    assert!(
+        sample(
+            &m,
+            r#"splatforge_stage_duration_seconds_count{stage="device_turn"}"#
+        ) >= 8.0,
+        "{m}"
+    );
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_concurrent_requests_spread_over_two_devices() {
     let spec = TestGeneratorSpec::default().delay(Duration::from_millis(40));
     let config = ServerConfig {

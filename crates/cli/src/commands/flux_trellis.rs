@@ -396,6 +396,10 @@ impl Generator for FluxTrellisGenerator {
         &self.name
     }
 
+    fn concurrent(&self) -> bool {
+        splatforge_nn::device::threads_may_share(self.runner.trellis().device())
+    }
+
     fn device_memory(&self) -> Option<DeviceMemory> {
         self.runner.trellis().device_memory()
     }

@@ -62,6 +62,10 @@ impl Generator for PipelineGenerator {
         &self.name
     }
 
+    fn concurrent(&self) -> bool {
+        splatforge_nn::device::threads_may_share(self.pipe.device())
+    }
+
     fn device_memory(&self) -> Option<DeviceMemory> {
         self.pipe.device_memory()
     }

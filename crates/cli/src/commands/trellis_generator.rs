@@ -579,6 +579,10 @@ impl Generator for TrellisGenerator {
         &self.name
     }
 
+    fn concurrent(&self) -> bool {
+        splatforge_nn::device::threads_may_share(self.runner.device())
+    }
+
     fn device_memory(&self) -> Option<DeviceMemory> {
         self.runner.device_memory()
     }

@@ -62,6 +62,8 @@ pub struct TestGeneratorSpec {
     pub stats: Arc<Stats>,
     /// The factory fails for this device.
     pub fail_to_load: Option<u32>,
+    /// What [`Generator::concurrent`] answers.
+    pub concurrent: bool,
 }
 
 impl Default for TestGeneratorSpec {
@@ -73,6 +75,7 @@ impl Default for TestGeneratorSpec {
             script: Arc::default(),
             stats: Arc::default(),
             fail_to_load: None,
+            concurrent: true,
         }
     }
 }
@@ -89,6 +92,11 @@ impl TestGeneratorSpec {
     /// Appends behaviours for the next calls, in order.
     pub fn then(self, b: Behaviour) -> Self {
         self.script.lock().unwrap().push_back(b);
+        self
+    }
+    /// Generators that ask their workers to take turns.
+    pub fn not_concurrent(mut self) -> Self {
+        self.concurrent = false;
         self
     }
     pub fn fail_to_load(mut self, device: u32) -> Self {
@@ -264,6 +272,10 @@ impl Generator for TestGenerator {
 
     fn name(&self) -> &str {
         "test-generator"
+    }
+
+    fn concurrent(&self) -> bool {
+        self.spec.concurrent
     }
 
     fn device_memory(&self) -> Option<DeviceMemory> {
