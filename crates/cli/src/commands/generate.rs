@@ -248,7 +248,7 @@ fn save_views(dir: &std::path::Path, views: &splatforge_fit::Views) -> Result<()
 }
 
 /// Milliseconds, for reports.
-pub(super) fn ms(d: Duration) -> f64 {
+fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
@@ -258,13 +258,25 @@ pub(super) fn ms_json(d: Duration) -> f64 {
 }
 
 /// The median of `v` (not empty), in milliseconds.
-pub(super) fn median_ms(v: &mut [Duration]) -> f64 {
+fn median_ms(v: &mut [Duration]) -> f64 {
     v.sort();
     let n = v.len();
     if n % 2 == 1 {
         ms(v[n / 2])
     } else {
         0.5 * (ms(v[n / 2 - 1]) + ms(v[n / 2]))
+    }
+}
+
+/// After `--repeat N` runs (N > 1, no `--json`): each run's total and their median.
+pub(super) fn print_run_totals(args: &Args, totals: &mut [Duration]) {
+    if !args.json && args.repeat > 1 {
+        let list: Vec<String> = totals.iter().map(|d| format!("{:.1}", ms(*d))).collect();
+        println!(
+            "total ms per run: {} (median {:.1})",
+            list.join(", "),
+            median_ms(totals)
+        );
     }
 }
 
@@ -514,13 +526,6 @@ pub fn run(args: Args) -> Result<Outcome> {
             );
         }
     }
-    if !args.json && args.repeat > 1 {
-        let list: Vec<String> = totals.iter().map(|d| format!("{:.1}", ms(*d))).collect();
-        println!(
-            "total ms per run: {} (median {:.1})",
-            list.join(", "),
-            median_ms(&mut totals)
-        );
-    }
+    print_run_totals(&args, &mut totals);
     Ok(Outcome::Success)
 }

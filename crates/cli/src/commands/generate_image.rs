@@ -11,7 +11,7 @@ use super::flux_trellis::{
     TINY_TEXT_IMAGE_PROFILE,
 };
 use super::generate::{
-    device, median_ms, ms, ms_json, named_timing_table, warn_if_invalid, Args, Bars,
+    device, ms_json, named_timing_table, print_run_totals, warn_if_invalid, Args, Bars,
 };
 use super::trellis_generator::{
     matte_weights_set, ImageGenerated, TrellisModels, TrellisRunner, DEFAULT_IMAGE_PROFILE,
@@ -331,13 +331,6 @@ fn runs(
             );
         }
     }
-    if !args.json && args.repeat > 1 {
-        let list: Vec<String> = totals.iter().map(|d| format!("{:.1}", ms(*d))).collect();
-        println!(
-            "total ms per run: {} (median {:.1})",
-            list.join(", "),
-            median_ms(&mut totals)
-        );
-    }
+    print_run_totals(args, &mut totals);
     Ok(Outcome::Success)
 }
