@@ -817,6 +817,22 @@ impl Vae {
     }
 }
 
+/// A text → image pipeline's result ([`crate::SdOutput`], [`crate::FluxOutput`]): the images
+/// the VAE decoded and the final latents they came from.
+#[derive(Debug, Clone)]
+pub struct DecodedImages {
+    /// `[1, 3, H, W]` f32 in [0, 1], on the CPU.
+    pub images: Tensor,
+    /// Final latents `[1, C, H/8, W/8]` f32 (FLUX's unpacked), on the CPU.
+    pub latents: Tensor,
+}
+
+impl DecodedImages {
+    pub fn to_rgb_images(&self) -> crate::Result<Vec<image::RgbImage>> {
+        tensor_to_rgb_images(&self.images)
+    }
+}
+
 /// `[N, 3, H, W]` images in [0, 1] (any float dtype, any device) → 8-bit RGB images.
 pub fn tensor_to_rgb_images(images: &Tensor) -> crate::Result<Vec<image::RgbImage>> {
     let (n, c, h, w) = images.dims4()?;
