@@ -883,7 +883,7 @@ mod tests {
     fn blending_is_exact_for_local_operations() {
         let x = splatforge_nn::rng::randn(3, &[2, 3, 21, 30], DType::F32, &Device::Cpu).unwrap();
         let cache = RampCache::default();
-        let diff = crate::test_util::max_abs;
+        let diff = splatforge_nn::test_util::max_abs;
         // "Decoder": nearest ×4 then a pointwise map; tiles of 8 sharing 3.
         let up = |t: &Tensor| {
             let (_, _, h, w) = t.dims4()?;
