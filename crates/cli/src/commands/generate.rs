@@ -8,7 +8,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use splatforge_diffusion::ModelSource;
 use splatforge_pipeline::{
     device_name, parse_device, resolve_models, ConfigSources, Generated, HubConfig, Observer,
-    Pipeline, PipelineKind, Request, Stage,
+    Pipeline, PipelineConfig, PipelineKind, Request, Stage,
 };
 use splatforge_splat::validate::{validate, ValidationConfig};
 
@@ -268,6 +268,12 @@ fn median_ms(v: &mut [Duration]) -> f64 {
     }
 }
 
+/// `--print-config`: the profile's name, then the configuration it resolved to.
+pub(super) fn print_config(profile: &str, config: &PipelineConfig) -> Outcome {
+    print!("# profile: {profile}\n{}", config.to_yaml());
+    Outcome::Success
+}
+
 /// After `--repeat N` runs (N > 1, no `--json`): each run's total and their median.
 pub(super) fn print_run_totals(args: &Args, totals: &mut [Duration]) {
     if !args.json && args.repeat > 1 {
@@ -447,8 +453,7 @@ pub fn run(args: Args) -> Result<Outcome> {
         );
     }
     if args.print_config {
-        print!("# profile: {profile}\n{}", config.to_yaml());
-        return Ok(Outcome::Success);
+        return Ok(print_config(&profile, &config));
     }
     if prompt.trim().is_empty() {
         bail!("--prompt is empty");
