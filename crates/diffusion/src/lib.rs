@@ -39,9 +39,6 @@ pub mod sds;
 pub mod tokenizer;
 pub mod vae;
 
-#[cfg(test)]
-mod test_util;
-
 pub use candle_core::{DType, Device, Tensor};
 pub use error::{DiffusionError, Result};
 pub use flux::{load_flux, FluxOutput, FluxPipeline, FluxRequest, FluxText};

@@ -817,6 +817,22 @@ impl Vae {
     }
 }
 
+/// A text → image pipeline's result ([`crate::SdOutput`], [`crate::FluxOutput`]): the images
+/// the VAE decoded and the final latents they came from.
+#[derive(Debug, Clone)]
+pub struct DecodedImages {
+    /// `[1, 3, H, W]` f32 in [0, 1], on the CPU.
+    pub images: Tensor,
+    /// Final latents `[1, C, H/8, W/8]` f32 (FLUX's unpacked), on the CPU.
+    pub latents: Tensor,
+}
+
+impl DecodedImages {
+    pub fn to_rgb_images(&self) -> crate::Result<Vec<image::RgbImage>> {
+        tensor_to_rgb_images(&self.images)
+    }
+}
+
 /// `[N, 3, H, W]` images in [0, 1] (any float dtype, any device) → 8-bit RGB images.
 pub fn tensor_to_rgb_images(images: &Tensor) -> crate::Result<Vec<image::RgbImage>> {
     let (n, c, h, w) = images.dims4()?;
@@ -867,7 +883,7 @@ mod tests {
     fn blending_is_exact_for_local_operations() {
         let x = splatforge_nn::rng::randn(3, &[2, 3, 21, 30], DType::F32, &Device::Cpu).unwrap();
         let cache = RampCache::default();
-        let diff = crate::test_util::max_abs;
+        let diff = splatforge_nn::test_util::max_abs;
         // "Decoder": nearest ×4 then a pointwise map; tiles of 8 sharing 3.
         let up = |t: &Tensor| {
             let (_, _, h, w) = t.dims4()?;

@@ -24,8 +24,8 @@ pub mod precision;
 pub mod rng;
 pub mod weights;
 
-#[cfg(test)]
-mod test_util;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
 
 pub use device::{best_device, configure_device};
 pub use error::{NnError, Result};

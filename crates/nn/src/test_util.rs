@@ -1,9 +1,10 @@
-//! Helpers shared by the unit tests of this crate.
+//! Helpers shared by the unit tests of this crate and of the model crates (feature
+//! `test-util`).
 
 use candle_core::Tensor;
 
 /// max |a − b| over all elements, as f32.
-pub(crate) fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+pub fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
         .unwrap()
         .abs()

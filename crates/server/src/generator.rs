@@ -7,6 +7,7 @@
 //! generation never runs on the async runtime's threads.
 
 use std::fmt;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -300,6 +301,16 @@ impl CancelToken {
                 Some(p) => t = p,
                 None => return false,
             }
+        }
+    }
+
+    /// `Break` once the token fired, else `Continue`: the answer of a progress
+    /// callback that stops a run on cancellation.
+    pub fn control_flow(&self) -> ControlFlow<()> {
+        if self.is_cancelled() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
         }
     }
 

@@ -40,8 +40,8 @@ use anyhow::{bail, Context, Result};
 use image::{Rgba, RgbaImage};
 use serde::{Deserialize, Serialize};
 use splatforge_pipeline::{
-    device_name, resolve_models, ConfigSources, HubConfig, Pipeline, PipelineConfig, PipelineKind,
-    Request, PROFILES,
+    device_name, resolve_models, HubConfig, Pipeline, PipelineConfig, PipelineKind, Request,
+    PROFILES,
 };
 use splatforge_splat::write_atomic;
 
@@ -264,12 +264,8 @@ fn run_suite(args: &Args) -> Result<Report> {
     let hub = HubConfig::from_env();
     let mut tiny = TinyModels::new(args.suite)?;
     let mut cases = Vec::new();
-    for profile in profiles(args) {
-        let (name, config) = ConfigSources {
-            profile: Some(profile.clone()),
-            ..Default::default()
-        }
-        .resolve()?;
+    for name in profiles(args) {
+        let config = PipelineConfig::profile(&name)?;
         // Only the models this case's pipeline runs: the quick suite writes tiny ones on first use.
         let kind = config.pipeline;
         let case = match kind {

@@ -21,7 +21,6 @@ use splatforge_pipeline::{DeviceMemory, PipelineConfig, PipelineKind};
 use splatforge_server::{
     BudgetedGeneration, CancelToken, Generation, GenerationError, GenerationRequest, Generator,
 };
-use splatforge_splat::normalize::y_down_to_y_up;
 use splatforge_trellis::foreground::ForegroundMatte;
 use splatforge_trellis::pipeline::Progress;
 use splatforge_trellis::TrellisError;
@@ -301,30 +300,17 @@ impl FluxTrellisGenerator {
         overrides: &RunOverrides,
         cancel: &CancelToken,
     ) -> Result<Generation, GenerationError> {
-        let go_on = |_: StageProgress| {
-            if cancel.is_cancelled() {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        };
-        let mut done = self
+        let done = self
             .runner
-            .generate_with(&request.prompt, request.seed, overrides, go_on)
+            .generate_with(
+                &request.prompt,
+                request.seed,
+                overrides,
+                |_: StageProgress| cancel.control_flow(),
+            )
             .map_err(text_generation_error)?;
         self.record(&done, true);
-        if request.y_up {
-            y_down_to_y_up(&mut done.out.gaussians);
-        }
-        Ok(Generation {
-            gaussians: done.out.gaussians,
-            stage_timings: done
-                .out
-                .timings
-                .iter()
-                .map(|(s, d)| (s.to_string(), *d))
-                .collect(),
-        })
+        Ok(done.out.into_generation(request.y_up))
     }
 
     fn record(&self, done: &TextGenerated, request: bool) {

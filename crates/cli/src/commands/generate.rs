@@ -8,7 +8,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use splatforge_diffusion::ModelSource;
 use splatforge_pipeline::{
     device_name, parse_device, resolve_models, ConfigSources, Generated, HubConfig, Observer,
-    Pipeline, PipelineKind, Request, Stage,
+    Pipeline, PipelineConfig, PipelineKind, Request, Stage,
 };
 use splatforge_splat::validate::{validate, ValidationConfig};
 
@@ -248,7 +248,7 @@ fn save_views(dir: &std::path::Path, views: &splatforge_fit::Views) -> Result<()
 }
 
 /// Milliseconds, for reports.
-pub(super) fn ms(d: Duration) -> f64 {
+fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
@@ -258,13 +258,31 @@ pub(super) fn ms_json(d: Duration) -> f64 {
 }
 
 /// The median of `v` (not empty), in milliseconds.
-pub(super) fn median_ms(v: &mut [Duration]) -> f64 {
+fn median_ms(v: &mut [Duration]) -> f64 {
     v.sort();
     let n = v.len();
     if n % 2 == 1 {
         ms(v[n / 2])
     } else {
         0.5 * (ms(v[n / 2 - 1]) + ms(v[n / 2]))
+    }
+}
+
+/// `--print-config`: the profile's name, then the configuration it resolved to.
+pub(super) fn print_config(profile: &str, config: &PipelineConfig) -> Outcome {
+    print!("# profile: {profile}\n{}", config.to_yaml());
+    Outcome::Success
+}
+
+/// After `--repeat N` runs (N > 1, no `--json`): each run's total and their median.
+pub(super) fn print_run_totals(args: &Args, totals: &mut [Duration]) {
+    if !args.json && args.repeat > 1 {
+        let list: Vec<String> = totals.iter().map(|d| format!("{:.1}", ms(*d))).collect();
+        println!(
+            "total ms per run: {} (median {:.1})",
+            list.join(", "),
+            median_ms(totals)
+        );
     }
 }
 
@@ -435,8 +453,7 @@ pub fn run(args: Args) -> Result<Outcome> {
         );
     }
     if args.print_config {
-        print!("# profile: {profile}\n{}", config.to_yaml());
-        return Ok(Outcome::Success);
+        return Ok(print_config(&profile, &config));
     }
     if prompt.trim().is_empty() {
         bail!("--prompt is empty");
@@ -519,13 +536,6 @@ pub fn run(args: Args) -> Result<Outcome> {
             );
         }
     }
-    if !args.json && args.repeat > 1 {
-        let list: Vec<String> = totals.iter().map(|d| format!("{:.1}", ms(*d))).collect();
-        println!(
-            "total ms per run: {} (median {:.1})",
-            list.join(", "),
-            median_ms(&mut totals)
-        );
-    }
+    print_run_totals(&args, &mut totals);
     Ok(Outcome::Success)
 }

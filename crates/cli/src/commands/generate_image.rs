@@ -11,7 +11,8 @@ use super::flux_trellis::{
     TINY_TEXT_IMAGE_PROFILE,
 };
 use super::generate::{
-    device, median_ms, ms, ms_json, named_timing_table, warn_if_invalid, Args, Bars,
+    device, ms_json, named_timing_table, print_config, print_run_totals, warn_if_invalid, Args,
+    Bars,
 };
 use super::trellis_generator::{
     matte_weights_set, ImageGenerated, TrellisModels, TrellisRunner, DEFAULT_IMAGE_PROFILE,
@@ -134,8 +135,7 @@ pub fn run(args: Args) -> Result<Outcome> {
         );
     }
     if args.print_config {
-        print!("# profile: {profile}\n{}", config.to_yaml());
-        return Ok(Outcome::Success);
+        return Ok(print_config(&profile, &config));
     }
     // Fail on a bad output name, an unreadable image or noise file before loading models.
     super::mesh::check_output_name(&args.output)?;
@@ -212,8 +212,7 @@ pub fn run_text(args: Args) -> Result<Outcome> {
         );
     }
     if args.print_config {
-        print!("# profile: {profile}\n{}", config.to_yaml());
-        return Ok(Outcome::Success);
+        return Ok(print_config(&profile, &config));
     }
     if prompt.trim().is_empty() {
         bail!("--prompt is empty");
@@ -331,13 +330,6 @@ fn runs(
             );
         }
     }
-    if !args.json && args.repeat > 1 {
-        let list: Vec<String> = totals.iter().map(|d| format!("{:.1}", ms(*d))).collect();
-        println!(
-            "total ms per run: {} (median {:.1})",
-            list.join(", "),
-            median_ms(&mut totals)
-        );
-    }
+    print_run_totals(args, &mut totals);
     Ok(Outcome::Success)
 }

@@ -204,6 +204,22 @@ impl ImageGenerated {
             flux_steps,
         }
     }
+
+    /// The service's answer: the Gaussians, turned Y-up when `y_up` (the request's
+    /// [`GenerationRequest::y_up`]), and the stage times.
+    pub fn into_generation(mut self, y_up: bool) -> Generation {
+        if y_up {
+            y_down_to_y_up(&mut self.gaussians);
+        }
+        Generation {
+            gaussians: self.gaussians,
+            stage_timings: self
+                .timings
+                .iter()
+                .map(|(s, d)| (s.to_string(), *d))
+                .collect(),
+        }
+    }
 }
 
 /// TRELLIS loaded once, with the profile it runs.
@@ -487,30 +503,15 @@ impl TrellisGenerator {
                 "this server turns images into 3D; the request has no image".into(),
             )
         })?;
-        let go_on = |_: Progress| {
-            if cancel.is_cancelled() {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        };
-        let mut out = self
+        let out = self
             .runner
-            .generate_with(image, request.seed, overrides, go_on)
+            .generate_with(image, request.seed, overrides, |_: Progress| {
+                cancel.control_flow()
+            })
             .map_err(generation_error)?;
         self.estimates
             .record(&out.timings, &out.shape(None), out.alpha_source, true);
-        if request.y_up {
-            y_down_to_y_up(&mut out.gaussians);
-        }
-        Ok(Generation {
-            gaussians: out.gaussians,
-            stage_timings: out
-                .timings
-                .iter()
-                .map(|(s, d)| (s.to_string(), *d))
-                .collect(),
-        })
+        Ok(out.into_generation(request.y_up))
     }
 }
 

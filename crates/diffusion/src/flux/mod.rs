@@ -48,7 +48,7 @@ use crate::loading::{
     diffusers_vae_config, LoadOptions, ModelSource,
 };
 use crate::tokenizer::{ClipTokenizer, T5Tokenizer};
-use crate::vae::Vae;
+use crate::vae::{DecodedImages, Vae};
 use transformer::FluxTransformer;
 
 pub mod transformer;
@@ -374,20 +374,8 @@ impl Default for FluxRequest {
     }
 }
 
-/// The generated image.
-#[derive(Debug, Clone)]
-pub struct FluxOutput {
-    /// `[1, 3, H, W]` f32 in [0, 1], on the CPU.
-    pub images: Tensor,
-    /// Final (unpacked) latents `[1, 16, H/8, W/8]` f32, on the CPU.
-    pub latents: Tensor,
-}
-
-impl FluxOutput {
-    pub fn to_rgb_images(&self) -> Result<Vec<image::RgbImage>> {
-        crate::vae::tensor_to_rgb_images(&self.images)
-    }
-}
+/// The generated image; its latents are the unpacked `[1, 16, H/8, W/8]`.
+pub type FluxOutput = DecodedImages;
 
 /// A prompt encoded for the transformer ([`FluxPipeline::encode_prompt`]).
 #[derive(Debug, Clone)]

@@ -786,13 +786,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn matches_candle_flux_ragged_batch() {
-        // Two items with different positions (a crop three rows down for the
-        // second), 7 text tokens, a 3 × 5 grid of image tokens.
+    /// Two items with different positions (a crop three rows down for the
+    /// second), 7 text tokens, a 3 × 5 grid of image tokens, timesteps `t`.
+    fn ragged_batch(t: &[f32]) -> (Config, Inputs) {
         let cfg = tiny_config(64, true);
         let ids = Tensor::cat(&[grid_ids(3, 5, 0), grid_ids(3, 5, 3)], 0).unwrap();
-        let inputs = Inputs::new(&cfg, ids, 7, &[0.3, 0.9]);
+        let inputs = Inputs::new(&cfg, ids, 7, t);
+        (cfg, inputs)
+    }
+
+    #[test]
+    fn matches_candle_flux_ragged_batch() {
+        let (cfg, inputs) = ragged_batch(&[0.3, 0.9]);
         let err = compare(&cfg, &inputs);
         println!("ragged batch of 2: relative L2 error vs candle's Flux {err:e}");
         assert!(err <= 1e-5, "relative error {err:e}");
@@ -805,9 +810,7 @@ mod tests {
         // exact in bf16: the embedding scales in the input's dtype as the
         // references do, and 0.75 → 752 would move a random-weight model far
         // more than bf16's rounding does.
-        let cfg = tiny_config(64, true);
-        let ids = Tensor::cat(&[grid_ids(3, 5, 0), grid_ids(3, 5, 3)], 0).unwrap();
-        let inputs = Inputs::new(&cfg, ids, 7, &[0.25, 0.5]);
+        let (cfg, inputs) = ragged_batch(&[0.25, 0.5]);
         let vars = random_weights(&cfg);
         let want = inputs.run(
             &Flux::new(

@@ -697,9 +697,9 @@ impl MultiViewUNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::max_abs;
     use candle_core::Device;
     use splatforge_nn::rng::randn;
+    use splatforge_nn::test_util::max_abs;
     use splatforge_nn::weights::SeededInit;
 
     fn tiny() -> MultiViewUNetConfig {

@@ -47,7 +47,7 @@ use crate::mvdream::{MultiViewUNet, MultiViewUNetConfig, PerLevel};
 use crate::schedulers::ddim::{DdimConfig, DdimScheduler};
 use crate::schedulers::euler::EulerScheduler;
 use crate::tokenizer::ClipTokenizer;
-use crate::vae::Vae;
+use crate::vae::{DecodedImages, Vae};
 
 /// SD-Turbo on the hub (SD 2.1 architecture, 512², 1–4 steps, no guidance).
 pub const SD_TURBO_REPO: &str = "stabilityai/sd-turbo";
@@ -422,20 +422,8 @@ impl SdRequest {
     }
 }
 
-/// The generated image.
-#[derive(Debug, Clone)]
-pub struct SdOutput {
-    /// `[1, 3, H, W]` f32 in [0, 1], on the CPU.
-    pub images: Tensor,
-    /// Final latents `[1, 4, H/8, W/8]` f32, on the CPU.
-    pub latents: Tensor,
-}
-
-impl SdOutput {
-    pub fn to_rgb_images(&self) -> Result<Vec<image::RgbImage>> {
-        crate::vae::tensor_to_rgb_images(&self.images)
-    }
-}
+/// The generated image; its latents are `[1, 4, H/8, W/8]`.
+pub type SdOutput = DecodedImages;
 
 /// A loaded SD 2.1 / SD-Turbo pipeline. Build it with [`load_sd`].
 #[derive(Debug)]

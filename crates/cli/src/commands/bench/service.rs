@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use splatforge_pipeline::{ConfigSources, PipelineKind};
+use splatforge_pipeline::{PipelineConfig, PipelineKind};
 use splatforge_server::RequestInput;
 use splatforge_splat::write_atomic;
 
@@ -252,12 +252,8 @@ pub(super) fn run(args: &Args) -> Result<Outcome> {
         suite: "service".into(),
         cases: Vec::new(),
     };
-    for profile in profiles(args) {
-        let (name, config) = ConfigSources {
-            profile: Some(profile.clone()),
-            ..Default::default()
-        }
-        .resolve()?;
+    for name in profiles(args) {
+        let config = PipelineConfig::profile(&name)?;
         let kind = config.pipeline;
         let Some(models) = served_models(args, kind) else {
             eprintln!(
@@ -278,7 +274,7 @@ pub(super) fn run(args: &Args) -> Result<Outcome> {
         for &w in &workers {
             let mut serve = vec![
                 "--profile".to_string(),
-                profile.clone(),
+                name.clone(),
                 "--devices".into(),
                 device.to_string(),
                 "--workers-per-device".into(),
