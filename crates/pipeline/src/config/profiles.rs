@@ -34,6 +34,10 @@ pub const PROFILES: &[(&str, &str)] = &[
         include_str!("../../../../profiles/text-image-quality.yaml"),
     ),
     (
+        "text-image-speed",
+        include_str!("../../../../profiles/text-image-speed.yaml"),
+    ),
+    (
         "text-image-development",
         include_str!("../../../../profiles/text-image-development.yaml"),
     ),

@@ -391,3 +391,15 @@ fn sds_batch_and_from_scratch_are_checked() {
     .unwrap();
     assert_eq!((c.sds.batch_size, c.sds.sds_iters), (2, 3));
 }
+
+#[test]
+fn text_image_speed_is_text_image_quality_flux_with_image_speed_trellis_and_matte() {
+    let fast = PipelineConfig::profile("text-image-speed").unwrap();
+    let quality = PipelineConfig::profile("text-image-quality").unwrap();
+    let image_speed = PipelineConfig::profile("image-speed").unwrap();
+    assert_eq!(fast.pipeline, PipelineKind::FluxTrellis);
+    assert_eq!(fast.flux, quality.flux);
+    assert_eq!(fast.trellis, image_speed.trellis);
+    assert_eq!(fast.matte.method, MatteMethod::BirefnetLite);
+    assert_eq!(fast.matte.precision, Precision::Bf16);
+}
