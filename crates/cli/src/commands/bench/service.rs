@@ -14,8 +14,10 @@
 //! competition route `POST /generate` with the file `prompt_image_file` and `seed`; every
 //! request has its own seed.
 //!
-//! Per case the report gives the requests sent, completed (2xx) and failed (any other status
-//! or a transport error, counted by status, with the first failure's answer), results per
+//! Per case the report gives the requests sent, completed (2xx with a usable splat) and failed
+//! (any other status, a transport error, or `invalid_splat`: a 2xx whose body does not parse
+//! as a splat, holds no Gaussian or holds NaN, Inf or zero scales; counted by that key, with
+//! the first failure's answer), results per
 //! hour (completed over the timed phase's wall time; one device, so per GPU), the latency
 //! p50/p90/p99/max of the completed requests (nearest rank), and the server's own mean
 //! generation and per-stage times (the queue wait among them) over the timed requests: the differences of
@@ -41,6 +43,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use splatforge_pipeline::{PipelineConfig, PipelineKind};
 use splatforge_server::RequestInput;
+use splatforge_splat::validate::{validate, ValidationConfig};
 use splatforge_splat::write_atomic;
 
 use super::{disc_image, nearest_rank, profiles, Args};
@@ -469,7 +472,10 @@ fn send(agent: &ureq::Agent, url: &str, payload: &Payload, seed: u64) -> Sample 
             let mut bytes = Vec::new();
             match r.into_reader().read_to_end(&mut bytes) {
                 Err(e) => failed("transport".into(), format!("reading the answer: {e}")),
-                Ok(_) if (200..300).contains(&status) => Answer::Completed { stages },
+                Ok(_) if (200..300).contains(&status) => match splat_problem(&bytes) {
+                    None => Answer::Completed { stages },
+                    Some(problem) => failed("invalid_splat".into(), problem),
+                },
                 Ok(_) => failed(status.to_string(), format!("status {status}")),
             }
         }
@@ -483,6 +489,29 @@ fn send(agent: &ureq::Agent, url: &str, payload: &Payload, seed: u64) -> Sample 
         latency: t0.elapsed(),
         answer,
     }
+}
+
+/// What makes an answer's body unusable as a splat (`None`: nothing): it does not parse, or
+/// fails the validator's count (at least one Gaussian), finiteness, rotation or scale checks.
+/// A server that answers 200 with garbage (as 2 workers racing on one GPU once did) then
+/// shows as failures instead of throughput.
+fn splat_problem(bytes: &[u8]) -> Option<String> {
+    let g = match splatforge_splat::read_splat_bytes(bytes) {
+        Ok(g) => g,
+        Err(e) => return Some(format!("the answer is not a splat: {e}")),
+    };
+    let config = ValidationConfig {
+        min_gaussians: 1,
+        max_transparent_fraction: 1.0,
+        ..ValidationConfig::default()
+    };
+    let failed: Vec<String> = validate(&g, &config)
+        .checks
+        .into_iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    (!failed.is_empty()).then(|| format!("an unusable splat ({})", failed.join("; ")))
 }
 
 /// `clients` threads, each sending its next request when the previous one was answered,
@@ -831,6 +860,30 @@ mod tests {
             (50.0, 90.0, 99.0, 100.0)
         );
         assert!((l.mean_ms - 50.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn answers_that_are_no_usable_splat_are_problems() {
+        use splatforge_splat::ply::{write_ply, PlyWriteOptions};
+        use splatforge_splat::Gaussians;
+        let mut g = Gaussians::with_capacity(2, 0);
+        for i in 0..2 {
+            g.means.push([i as f32, 0.0, 0.0]);
+            g.log_scales.push([-3.0; 3]);
+            g.rotations.push([1.0, 0.1, 0.0, 0.0]);
+            g.opacity_logits.push(0.5);
+            g.sh_dc.push([0.1, 0.2, 0.3]);
+        }
+        let good = write_ply(&g, PlyWriteOptions::default()).unwrap();
+        assert_eq!(splat_problem(&good), None);
+        g.means[1][2] = f32::NAN;
+        let nan = write_ply(&g, PlyWriteOptions::default()).unwrap();
+        assert!(splat_problem(&nan).unwrap().contains("finite"));
+        let empty = write_ply(&Gaussians::with_capacity(0, 0), PlyWriteOptions::default()).unwrap();
+        assert!(splat_problem(&empty).unwrap().contains("count"));
+        assert!(splat_problem(b"{\"error\":\"x\"}")
+            .unwrap()
+            .contains("not a splat"));
     }
 
     #[test]
