@@ -121,7 +121,7 @@ pub struct WorkerArgs {
     /// Devices to generate on, comma-separated; models load once per device.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     devices: Vec<u32>,
-    /// Jobs run at once per device, sharing its models.
+    /// Jobs taken at once per device, sharing its models (on a GPU they take turns for the generation and overlap the rest).
     #[arg(long, default_value_t = 1)]
     workers_per_device: usize,
     /// Model directory, LDM checkpoint or hf:ORG/NAME (as for `serve`); with an

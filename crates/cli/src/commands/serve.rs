@@ -30,7 +30,7 @@ pub struct Args {
     /// Devices to generate on, comma-separated; models load once per device.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     devices: Vec<u32>,
-    /// Worker threads per device, sharing its models.
+    /// Worker threads per device, sharing its models (on a GPU they take turns for the generation and overlap the rest).
     #[arg(long, default_value_t = 1)]
     workers_per_device: usize,
     /// Requests that may wait per device; beyond that: 503 with Retry-After.
