@@ -27,7 +27,7 @@
 # sets and every PLY property, PASS at relative L2 ≤ PARITY_BOUND, default 2e-2 for the fp16
 # torsos of image-quality), text (tools/gpu-text.sh: `generate --prompt --profile text-image-quality`, FLUX.1-schnell
 # 4 steps → matte → TRELLIS on full-size random weights, FLUX 33.7 GB written here first and its write
-# timed; TEXT_SIDES default "512 1024", TEXT_REPEAT 3, TRELLIS calibrated to VOXELS per side),
+# timed; TEXT_SIDES default "512 1024", TEXT_PROFILES default text-image-quality (add text-image-speed), TEXT_REPEAT 3, TRELLIS calibrated to VOXELS per side),
 # python-chain (tools/gpu-python-chain.sh, issue 13: ours against the Python chain 404's base miner
 # runs, tools/python_chain_reference.py: diffusers FLUX.1-schnell bf16 → official BiRefNet fp16 →
 # official TRELLIS → save_ply, per stage and total as ours/chain; image → PLY on the image suite's

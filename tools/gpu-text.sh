@@ -15,7 +15,11 @@
 #     follows the count. The calibration image is the cut-out the random matte makes
 #     of FLUX's picture at this side (seed 42, the profile's), which a first short run (1 + 1
 #     TRELLIS steps, uncalibrated TRELLIS) saves; it differs per side, hence one folder per side.
-#  3. TEXT_REPEAT runs after one load, --json, into $OUT/text-$SIDE.jsonl; then per-stage medians.
+#  3. Per profile of TEXT_PROFILES (default text-image-quality; e.g. "text-image-quality
+#     text-image-speed"), TEXT_REPEAT runs after one load, --json, into $OUT/text-$SIDE.jsonl
+#     (text-$SIDE-PROFILE.jsonl for the others); then per-stage medians. The folder is calibrated
+#     on text-image-quality's cut-out (BiRefNet); another profile's matte may cut a little
+#     differently, so its voxel counts (shown per run) differ a little.
 #     `--repeat` gives run k the seed 42 + k − 1, so the FLUX picture (and the voxel count, shown
 #     per run) differs between runs.
 #
@@ -23,7 +27,8 @@
 # the calibrated one of the last side kept); the other suites' TRELLIS folders are removed first.
 #
 # Env: SPLATFORGE (default /tmp/splatforge), SIZE (full; tiny tries these command lines on the
-# CPU in minutes, with VOXELS small: the tiny grid is 16³), TEXT_SIDES ("512 1024"), TEXT_REPEAT (3),
+# CPU in minutes, with VOXELS small: the tiny grid is 16³), TEXT_SIDES ("512 1024"), TEXT_PROFILES
+# (text-image-quality), TEXT_REPEAT (3),
 # VOXELS (20000), WORKDIR (/tmp), OUT (results; default ./text-out).
 set -euo pipefail
 SF="${SPLATFORGE:-/tmp/splatforge}"
@@ -79,10 +84,13 @@ for side in ${TEXT_SIDES:-512 1024}; do
       --calibration-image "$W/cut-$side/cutout.png" | tail -1
     mv "$M" "$K"  # exists only complete
   fi
-  "$SF" generate --prompt "$PROMPT" --flux "$F" --models "$K" --profile text-image-quality \
-    "${flux_side[@]}" --repeat "${TEXT_REPEAT:-3}" --json -o "$W/text.ply" \
-    > "$OUT/text-$side.jsonl" 2> "$OUT/text-$side.stderr"
-  summarise "$OUT/text-$side.jsonl"
+  for profile in ${TEXT_PROFILES:-text-image-quality}; do
+    name="text-$side"; [[ "$profile" == text-image-quality ]] || name="text-$side-$profile"
+    "$SF" generate --prompt "$PROMPT" --flux "$F" --models "$K" --profile "$profile" \
+      "${flux_side[@]}" --repeat "${TEXT_REPEAT:-3}" --json -o "$W/text.ply" \
+      > "$OUT/$name.jsonl" 2> "$OUT/$name.stderr"
+    summarise "$OUT/$name.jsonl"
+  done
   df -h "$W" | tail -1
 done
 rm -rf "$U"
