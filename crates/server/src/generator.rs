@@ -352,4 +352,101 @@ mod tests {
         root.cancel();
         assert!(d.is_cancelled());
     }
+
+    /// Counts the calls inside `generate_by` at once; says whether it is concurrent.
+    struct Overlaps {
+        concurrent: bool,
+        inside: std::sync::atomic::AtomicUsize,
+        most: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Generator for Overlaps {
+        fn generate(
+            &self,
+            _: &GenerationRequest,
+            _: &CancelToken,
+        ) -> Result<Generation, GenerationError> {
+            Err(GenerationError::Failed("only generate_by".into()))
+        }
+
+        fn generate_by(
+            &self,
+            _: &GenerationRequest,
+            _: Instant,
+            _: &CancelToken,
+        ) -> Result<BudgetedGeneration, GenerationError> {
+            let now = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(100));
+            self.inside.fetch_sub(1, Ordering::SeqCst);
+            Ok(BudgetedGeneration {
+                generation: Generation {
+                    gaussians: Gaussians::default(),
+                    stage_timings: vec![("work".into(), Duration::from_millis(100))],
+                },
+                degradations: vec![Degradation {
+                    change: "steps",
+                    detail: "2->1".into(),
+                }],
+            })
+        }
+
+        fn warm_up(&self) -> Result<(), GenerationError> {
+            Ok(())
+        }
+
+        fn name(&self) -> &str {
+            "overlaps"
+        }
+
+        fn concurrent(&self) -> bool {
+            self.concurrent
+        }
+    }
+
+    /// Three threads through `Turns::generate_by`: the most calls inside at once, and each
+    /// answer's stage names and degradations.
+    fn three_at_once(concurrent: bool) -> (usize, Vec<(Vec<String>, usize)>) {
+        let inner = Arc::new(Overlaps {
+            concurrent,
+            inside: Default::default(),
+            most: Default::default(),
+        });
+        let turns = Arc::new(Turns::new(inner.clone()));
+        let request = GenerationRequest {
+            prompt: "a lamp".into(),
+            seed: None,
+            image: None,
+            y_up: false,
+        };
+        let answers = std::thread::scope(|s| {
+            let runs: Vec<_> = (0..3)
+                .map(|_| {
+                    s.spawn(|| {
+                        let deadline = Instant::now() + Duration::from_secs(5);
+                        let b = turns
+                            .generate_by(&request, deadline, &CancelToken::new())
+                            .unwrap();
+                        let names = b.generation.stage_timings.into_iter().map(|(n, _)| n);
+                        (names.collect(), b.degradations.len())
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        (inner.most.load(Ordering::SeqCst), answers)
+    }
+
+    #[test]
+    fn turns_run_a_generator_that_is_not_concurrent_one_call_at_a_time() {
+        let (most, answers) = three_at_once(false);
+        assert_eq!(most, 1);
+        for (stages, degradations) in answers {
+            assert_eq!(stages, ["device_turn", "work"]);
+            assert_eq!(degradations, 1);
+        }
+        let (most, answers) = three_at_once(true);
+        assert!(most > 1, "a concurrent generator is not held back: {most}");
+        assert!(answers.iter().all(|(stages, _)| stages == &["work"]));
+    }
 }
