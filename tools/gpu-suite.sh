@@ -16,7 +16,8 @@
 # image-quality and image-speed, and image → GLB, on full-size random weights calibrated to VOXELS), ops (TRELLIS' cuDNN 3-D convolution and fused LayerNorm + modulation vs the CPU paths), trellis-kernels (per-kernel times of a short image → PLY run, ncu), raster (tools/gpu-raster.sh), fit (tools/gpu-fit.sh, parity only unless FIT_FULL=1),
 # diffusion (tools/diffusion_parity.py: ops, unet, vae unless PARITY_SECTIONS is set),
 # pipeline (tools/gpu-pipeline.sh, PROFILES default "speed quality"),
-# trellis (tools/gpu-trellis-parity.sh), matte (tools/gpu-matte-parity.sh),
+# trellis (tools/gpu-trellis-parity.sh), matte (tools/gpu-matte-parity.sh), matte-kernels (per-kernel
+# GPU time of our BiRefNet at 1024² bf16 under ncu, MATTE_MODEL swin-l or swin-t),
 # trellis-e2e (image → PLY on full-size random weights, calibrated to VOXELS occupied voxels:
 # `splatforge generate --image` against the official pipeline, tools/trellis_reference.py, same
 # folder and steps; then, unless SHIMS=0, the official run again with --time-shims for the
@@ -177,6 +178,19 @@ for s in $SUITES; do
         "$NCU_BIN" --clock-control none --metrics gpu__time_duration.sum --csv --log-file "$OUT/ncu.csv" \
           /tmp/splatforge generate --image .gpu-bin/ghost_rgba.png --models $M --profile image-quality \
           --set trellis.sparse_structure_steps=2 --set trellis.slat_steps=2 -o /tmp/k.ply > "$OUT/run.log" 2>&1
+        python3 tools/kernel_summary.py "$OUT/ncu.csv" | tee "$OUT/kernels.md"' ;;
+    matte-kernels)
+      # Per-kernel GPU time of our BiRefNet (MATTE_MODEL: swin-l, or swin-t for the lite) at 1024²
+      # in bf16 under Nsight Compute (duration only), summed by kernel name over both runs of
+      # `--time 1` (the first and the timed second: the shares are what to read): where the
+      # matte's 2.3–3.9× against the official fp16 model goes.
+      unxz_to .gpu-bin/matte_parity.xz /tmp/matte_parity; chmod +x /tmp/matte_parity
+      suite matte-kernels bash -c 'set -e; D=/tmp/matte-${MATTE_MODEL:-swin-l}
+        [[ -f $D/model.safetensors ]] || /tmp/matte_parity write $D --model "${MATTE_MODEL:-swin-l}"
+        NCU_BIN="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu | head -1)"
+        "$NCU_BIN" --clock-control none --metrics gpu__time_duration.sum --csv --log-file "$OUT/ncu.csv" \
+          /tmp/matte_parity run $D --dtype bf16 --time 1 > "$OUT/run.log" 2>&1
+        tail -3 "$OUT/run.log"
         python3 tools/kernel_summary.py "$OUT/ncu.csv" | tee "$OUT/kernels.md"' ;;
     trellis) suite trellis tools/gpu-trellis-parity.sh ;;
     matte) suite matte tools/gpu-matte-parity.sh ;;
