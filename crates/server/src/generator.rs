@@ -206,7 +206,11 @@ impl Generator for Turns {
         request: &GenerationRequest,
         cancel: &CancelToken,
     ) -> Result<Generation, GenerationError> {
-        let (generation, waited) = self.in_turn(|| self.inner.generate(request, cancel));
+        // A request given up while it waited (client gone, timeout) does not take the device.
+        let (generation, waited) = self.in_turn(|| {
+            cancel.check()?;
+            self.inner.generate(request, cancel)
+        });
         Ok(with_turn(generation?, waited))
     }
 
@@ -216,7 +220,10 @@ impl Generator for Turns {
         deadline: Instant,
         cancel: &CancelToken,
     ) -> Result<BudgetedGeneration, GenerationError> {
-        let (budgeted, waited) = self.in_turn(|| self.inner.generate_by(request, deadline, cancel));
+        let (budgeted, waited) = self.in_turn(|| {
+            cancel.check()?;
+            self.inner.generate_by(request, deadline, cancel)
+        });
         let BudgetedGeneration {
             generation,
             degradations,
@@ -435,6 +442,30 @@ mod tests {
             runs.into_iter().map(|r| r.join().unwrap()).collect()
         });
         (inner.most.load(Ordering::SeqCst), answers)
+    }
+
+    #[test]
+    fn a_request_cancelled_before_its_turn_does_not_reach_the_generator() {
+        let inner = Arc::new(Overlaps {
+            concurrent: false,
+            inside: Default::default(),
+            most: Default::default(),
+        });
+        let turns = Turns::new(inner.clone());
+        let request = GenerationRequest {
+            prompt: "a lamp".into(),
+            seed: None,
+            image: None,
+            y_up: false,
+        };
+        let cancel = CancelToken::new();
+        cancel.cancel();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        assert_eq!(
+            turns.generate_by(&request, deadline, &cancel).unwrap_err(),
+            GenerationError::Cancelled
+        );
+        assert_eq!(inner.most.load(Ordering::SeqCst), 0);
     }
 
     #[test]
