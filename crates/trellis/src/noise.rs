@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::config::{bad_file, with_suffix};
+use crate::config::{bad_file, write_atomically};
 use crate::Result;
 
 /// The stage-1 noise tensor's name.
@@ -226,19 +226,15 @@ impl RunLatents {
             (SLAT_NOISE.to_string(), f32_host(&self.slat_noise)?),
             (SLAT.to_string(), f32_host(&self.slat)?),
         ]);
-        let tmp = with_suffix(path, "tmp");
-        candle_core::safetensors::save(&tensors, &tmp)
-            .and_then(|()| std::fs::rename(&tmp, path).map_err(candle_core::Error::from))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                bad_file(path, e)
-            })
+        let bytes = safetensors::serialize(&tensors, None).map_err(|e| bad_file(path, e))?;
+        write_atomically(path, &bytes)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::with_suffix;
 
     fn tensor(values: Vec<f32>, dims: &[usize]) -> Tensor {
         Tensor::from_vec(values, dims, &Device::Cpu).unwrap()
