@@ -175,6 +175,14 @@ fn sds_image_gradient(
 /// one that ran the fit; see the module docs), with fresh Adam moments.
 /// `progress` is called after every step; its `ControlFlow::Break` stops
 /// the refinement there with [`SdsError::Cancelled`].
+/// One orbit's `(elevation, azimuth)` in degrees: elevation uniform in
+/// `elevation_range`, azimuth uniform in [−180°, 180°), drawn in that order.
+fn random_orbit(cfg: &SdsConfig, rng: &mut SplitMix64) -> (f64, f64) {
+    let elevation =
+        cfg.elevation_range[0] + (cfg.elevation_range[1] - cfg.elevation_range[0]) * rng.unit();
+    (elevation, -180.0 + 360.0 * rng.unit())
+}
+
 pub fn refine(
     backend: &mut dyn FitBackend,
     inp: &SdsInputs<'_>,
@@ -238,9 +246,7 @@ pub fn refine(
     let mut composites: Vec<([f32; 3], Vec<Vec<f32>>)> = Vec::new();
 
     for step in 1..=iters {
-        let elevation =
-            cfg.elevation_range[0] + (cfg.elevation_range[1] - cfg.elevation_range[0]) * rng.unit();
-        let azimuth = -180.0 + 360.0 * rng.unit();
+        let first_orbit = random_orbit(cfg, &mut rng);
         let bg = if cfg.random_background && rng.unit() < 0.5 {
             [0.0; 3]
         } else {
@@ -250,11 +256,9 @@ pub fn refine(
         let noise_seed = rng.next_u64();
         // The first orbit's draws come first, so that one orbit a step
         // draws as before `batch_size` existed.
-        let mut orbit_angles = vec![(elevation, azimuth)];
+        let mut orbit_angles = vec![first_orbit];
         for _ in 1..orbits {
-            let e = cfg.elevation_range[0]
-                + (cfg.elevation_range[1] - cfg.elevation_range[0]) * rng.unit();
-            orbit_angles.push((e, -180.0 + 360.0 * rng.unit()));
+            orbit_angles.push(random_orbit(cfg, &mut rng));
         }
 
         let mut cameras: Vec<Camera> = Vec::with_capacity(orbits * nf);
