@@ -227,11 +227,14 @@ def print_stage_table(ours, report, names, theirs):
               "(allocator view, without context and cache)")
 
 
-def device_memory_used_bytes(device):
-    """Bytes in use on `device` from the driver (total − free of `cudaMemGetInfo`), the measure
-    ours reports as `device_memory_used_bytes`; None off the GPU. Taken after the runs: torch's
-    caching allocator holds its peak reservation, as our memory pool does."""
+def memory_figures(device):
+    """A reference run's memory after its runs, for its report (None off the GPU):
+    `peak_memory_bytes`, torch's allocator peak (`max_memory_allocated`), and
+    `device_memory_used_bytes`, what the driver says is in use (total − free of
+    `cudaMemGetInfo`), the measure ours reports under that name: torch's caching allocator
+    holds its peak reservation, as our memory pool does."""
     if device.type != "cuda":
-        return None
+        return {"peak_memory_bytes": None, "device_memory_used_bytes": None}
     free, total = torch.cuda.mem_get_info(device)
-    return total - free
+    return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device),
+            "device_memory_used_bytes": total - free}

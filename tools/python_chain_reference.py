@@ -313,8 +313,7 @@ def main():
     report["summary"] = ot.summarise(runs, stages)
     report["voxels"] = [r["voxels"] for r in runs]
     report["gaussians"] = runs[-1]["gaussians"]
-    report["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    report["device_memory_used_bytes"] = ot.device_memory_used_bytes(device)
+    report.update(ot.memory_figures(device))
     if a.json:
         a.json.write_text(json.dumps(report, indent=1))
 

@@ -346,7 +346,7 @@ def run_variant(name, a, opt_base, Processor, models, timer, device):
     rep["summary"] = ot.summarise(runs, STAGES)
     rep["ms_per_iteration"] = rep["summary"]["train"]["median_ms"] / opt.iters
     rep["gaussians"] = runs[-1]["gaussians"]
-    rep["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    rep.update(ot.memory_figures(device))
     return rep
 
 

@@ -79,7 +79,7 @@ from pathlib import Path
 # official_trellis sets ATTN_BACKEND / XFORMERS_DISABLED before anything official is imported.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from official_trellis import (  # noqa: E402
-    ROOT, STAGES, device_memory_used_bytes, official_shims, import_official, load_pipeline, percentile,
+    ROOT, STAGES, import_official, load_pipeline, memory_figures, official_shims, percentile,
     print_stage_table, read_ours, stage_ms, summarise, sync, time_stages)
 
 import numpy as np  # noqa: E402
@@ -263,8 +263,7 @@ def main():
     report["summary"] = summary
     report["gaussians"] = runs[-1]["gaussians"]
     report["voxels"] = runs[-1]["voxels"]
-    report["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    report["device_memory_used_bytes"] = device_memory_used_bytes(device)
+    report.update(memory_figures(device))
     if a.json:
         a.json.write_text(json.dumps(report, indent=1))
 
