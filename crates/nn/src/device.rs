@@ -27,11 +27,12 @@ pub fn device_memory(device: &Device) -> Option<DeviceMemory> {
 }
 
 /// Whether several threads may run models on `device` at the same time. The CPU:
-/// yes. A CUDA device: no. candle gives each thread its own stream (the per-thread
-/// default stream) but every thread the device's one cuBLAS handle, with the one
-/// workspace [`configure_device`] sets, so two threads' matrix products race on it;
-/// on an H100, 2 and 4 server workers sharing one TRELLIS model turned every answer
-/// into an empty structure or an empty matte, while 1 worker was right.
+/// yes. A CUDA device: no. On an H100, 2 and 4 server workers sharing one TRELLIS
+/// model turned every answer into an empty structure or an empty matte, while 1
+/// worker was right. The likely cause (not isolated on the GPU): candle gives each
+/// thread its own stream (the per-thread default stream) but every thread the
+/// device's one cuBLAS handle, with the one workspace [`configure_device`] sets, so
+/// two threads' matrix products can race on it.
 pub fn threads_may_share(device: &Device) -> bool {
     !device.is_cuda()
 }
