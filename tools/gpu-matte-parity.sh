@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# BiRefNet parity on the GPU machine (issue 13): ours (crates/matte) against the official model on
+# BiRefNet parity on the GPU machine (issue 13): first the deformable convolution alone (ours on
+# the GPU against ours on the CPU and against torchvision's deform_conv2d, with both sides' times:
+# `matte_parity ops`, crates/matte/scripts/deform_parity.py), then ours (crates/matte) against the official model on
 # identical full-size random weights, Swin-T (BiRefNet_lite) and Swin-L (BiRefNet), f32 and bf16
 # (crates/matte/scripts/birefnet_parity.py), plus the same weights as a `_orig_mod.`-prefixed
 # .pth loading to the same logits.
@@ -28,6 +30,9 @@ unxz_to .gpu-bin/matte_parity.xz /tmp/matte_parity; chmod +x /tmp/matte_parity
 status=0
 run() { echo "+ $*" | tee -a "$LOG"; "$@" 2>&1 | tee -a "$LOG"; local rc=${PIPESTATUS[0]}; [[ $rc == 0 ]] || status=$rc; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$LOG"
+NVIDIA_TF32_OVERRIDE=0 run /tmp/matte_parity ops /tmp/deform
+run python3 crates/matte/scripts/deform_parity.py /tmp/deform
+cp /tmp/deform/deform_parity.json "$OUT/" 2>/dev/null
 for pair in ${MODELS:-swin-t:swin_v1_t swin-l:swin_v1_l}; do
   model=${pair%%:*}; bb=${pair##*:}; D=/tmp/matte-$model
   run /tmp/matte_parity write "$D" --model "$model"

@@ -12,7 +12,16 @@
 //!     write DIR [--model tiny|swin-l|swin-t] [--seed N]
 //! cargo run --release -p splatforge-matte [--features cuda] --example matte_parity -- \
 //!     run DIR [--dtype f32|bf16|f16] [--size S] [--time 1] [--weights SPEC --tag T]
+//! cargo run --release -p splatforge-matte --features cuda --example matte_parity -- ops DIR
 //! ```
+//!
+//! `ops` checks the GPU path of `ops::deform_conv2d` against its CPU path at the decoder's
+//! shapes (64 channels in, 256 out, kernels 1, 3 and 7, sides 32 to 256, offsets of a few
+//! pixels, modulators in (0, 2)): relative error (‖gpu − cpu‖₂ / ‖cpu‖₂; bounds f32 1e-3 — run
+//! with NVIDIA_TF32_OVERRIDE=0 — bf16 2e-2) and the GPU time per call (median of 10). It
+//! saves each case's inputs and GPU outputs as `DIR/deform_k<K>_s<S>.safetensors` for
+//! `crates/matte/scripts/deform_parity.py` (torchvision's `deform_conv2d` on the same tensors).
+//! Exit status 1 when a case is off.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,10 +32,11 @@ use image::RgbImage;
 use splatforge_matte::preprocess::{alpha_from_logits, network_input};
 use splatforge_matte::random::write_random_birefnet;
 use splatforge_matte::{BiRefNetConfig, Matte};
+use splatforge_nn::test_util::relative_error;
 
 type R<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-const USAGE: &str = "usage: matte_parity write DIR [--model tiny|swin-l|swin-t] [--seed N]\n       matte_parity run DIR [--dtype f32|bf16|f16] [--size S] [--time 1] [--weights SPEC --tag T]";
+const USAGE: &str = "usage: matte_parity write DIR [--model tiny|swin-l|swin-t] [--seed N]\n       matte_parity run DIR [--dtype f32|bf16|f16] [--size S] [--time 1] [--weights SPEC --tag T]\n       matte_parity ops DIR";
 
 /// A 640×480 picture: a shaded disc and a bar on a gradient background (not square, so that
 /// the resizes on the way in and out both matter).
@@ -143,6 +153,85 @@ fn run(dir: &Path, flags: &HashMap<String, String>) -> R<()> {
     Ok(())
 }
 
+fn ops(dir: &Path) -> R<()> {
+    use splatforge_nn::ops::deform_conv2d;
+    use splatforge_nn::rng::randn;
+    let cpu = candle_core::Device::Cpu;
+    let gpu = candle_core::Device::new_cuda(0)?;
+    std::fs::create_dir_all(dir)?;
+    let (c, o) = (64, 256);
+    let mut ok = true;
+    for (i, (k, side)) in [1, 3, 7]
+        .into_iter()
+        .flat_map(|k| [32, 64, 128, 256].map(|s| (k, s)))
+        .enumerate()
+    {
+        let seed = 100 + 10 * i as u64;
+        let taps = k * k;
+        let x = randn(seed, &[1, c, side, side], DType::F32, &cpu)?;
+        let offset = (randn(seed + 1, &[1, 2 * taps, side, side], DType::F32, &cpu)? * 2.0)?;
+        // As the model makes them: 2·sigmoid of a convolution.
+        let mask = (candle_nn::ops::sigmoid(&randn(
+            seed + 2,
+            &[1, taps, side, side],
+            DType::F32,
+            &cpu,
+        )?)? * 2.0)?;
+        let weight =
+            (randn(seed + 3, &[o, c, k, k], DType::F32, &cpu)? * ((c * taps) as f64).powf(-0.5))?;
+        let pad = k / 2;
+        let reference = deform_conv2d(&x, &offset, &mask, &weight, None, 1, pad)?;
+        let mut saved = HashMap::from([
+            ("x".to_string(), x.clone()),
+            ("offset".to_string(), offset.clone()),
+            ("mask".to_string(), mask.clone()),
+            ("weight".to_string(), weight.clone()),
+            ("ours_cpu".to_string(), reference.clone()),
+        ]);
+        for (dtype, bound) in [(DType::F32, 1e-3), (DType::BF16, 2e-2)] {
+            let on_gpu = |t: &Tensor| t.to_dtype(dtype)?.to_device(&gpu);
+            let (xg, og, mg, wg) = (
+                on_gpu(&x)?,
+                on_gpu(&offset)?,
+                on_gpu(&mask)?,
+                on_gpu(&weight)?,
+            );
+            let y = deform_conv2d(&xg, &og, &mg, &wg, None, 1, pad)?;
+            let err = relative_error(&y, &reference)?;
+            let mut times = Vec::with_capacity(10);
+            for _ in 0..12 {
+                gpu.synchronize()?;
+                let t = Instant::now();
+                deform_conv2d(&xg, &og, &mg, &wg, None, 1, pad)?;
+                gpu.synchronize()?;
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            times.drain(..2);
+            times.sort_by(f64::total_cmp);
+            let pass = err <= bound;
+            ok &= pass;
+            println!(
+                "deform_conv2d x [1, {c}, {side}, {side}] k {k} → {o} {dtype:?}: relative error {err:.3e} (bound {bound:.0e}) {}, {:.3} ms per call",
+                if pass { "PASS" } else { "FAIL" },
+                times[times.len() / 2]
+            );
+            saved.insert(
+                format!("ours_{}", dtype.as_str()),
+                y.to_dtype(DType::F32)?.to_device(&cpu)?,
+            );
+        }
+        candle_core::safetensors::save(
+            &saved,
+            dir.join(format!("deform_k{k}_s{side}.safetensors")),
+        )?;
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err("a deform_conv2d case is off".into())
+    }
+}
+
 fn main() -> R<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 2 {
@@ -153,6 +242,7 @@ fn main() -> R<()> {
     match args[0].as_str() {
         "write" => write(&dir, &flags),
         "run" => run(&dir, &flags),
+        "ops" => ops(&dir),
         _ => Err(USAGE.into()),
     }
 }

@@ -23,7 +23,7 @@
 //! |---|---|
 //! | [`config`] | the published settings (`config.py`) and Swin-L / Swin-T (`swin_v1.py`) |
 //! | [`swin`] | the Swin v1 backbone: window attention with shift mask and relative position bias, patch merging |
-//! | [`deform`] | modulated deformable convolution (torchvision's `deform_conv2d`, `deform_conv.py`) |
+//! | [`deform`] | `DeformableConv2d` (`deform_conv.py`) around the runtime's `deform_conv2d` |
 //! | [`aspp`] | `ASPPDeformable` (`aspp.py`) |
 //! | [`blocks`] | `BasicDecBlk`, `BasicLatBlk`, `SimpleConvs` |
 //! | [`decoder`] | the decoder with image patches as input and gradient gates (`birefnet.py`) |

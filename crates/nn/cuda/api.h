@@ -1,5 +1,5 @@
-// C interface between crates/diffusion/src/ops/cuda.rs and the CUDA launchers
-// of the diffusion models' fused operations. Every launcher enqueues its work
+// C interface between crates/nn/src/ops/cuda.rs and the CUDA launchers of the
+// runtime's fused operations. Every launcher enqueues its work
 // on `stream` (candle's stream), never synchronises with the host, and returns
 // a cudaError_t as int (0 = success).
 #pragma once
@@ -128,22 +128,26 @@ typedef struct {
 
 int sf_linear_epilogue(const SfLinearEpilogueArgs* args, void* stream);
 
-// FLUX's query/key preparation: the projection's bias[heads·D] added (when
-// not null), RMSNorm of each head's D values (f32 sum of squares, eps, times
-// scale[D]), then the interleaved rotary embedding of each pair
+// Per-head RMSNorm of queries and keys, with FLUX's extras: the
+// projection's bias[heads·D] added first (when not null), RMSNorm of each
+// head's D values (f32 sum of squares, rstd = 1/sqrt(mean + eps)) times the
+// f32 scale (scale[D] shared by the heads, or scale[heads·D] one row per head
+// when scale_per_head is set: TRELLIS' MultiHeadRMSNorm), then, when cos and
+// sin are not null, FLUX's interleaved rotary embedding of each pair
 // (x[2j], x[2j+1]) by the token's angle j:
 //   (a·cos[t, j] − b·sin[t, j], a·sin[t, j] + b·cos[t, j]).
-// x, out [tokens, heads, D]; cos, sin [tokens, D/2]; all contiguous, one
-// dtype; f32 arithmetic, one rounding. D even, at most 256.
+// x, out [tokens, heads, D]; cos, sin [tokens, D/2]; all contiguous, x's
+// dtype but the scale; f32 arithmetic, one rounding. D even, at most 256.
 typedef struct {
   const void* x;
   const void* bias;
-  const void* scale;
+  const float* scale;
   const void* cos;
   const void* sin;
   void* out;
   long long tokens;
   int heads, head_dim;
+  int scale_per_head;
   float eps;
   int dtype;  // SF_DTYPE_*
 } SfRmsNormRopeArgs;
@@ -173,6 +177,32 @@ typedef struct {
 } SfLayerNormModulateArgs;
 
 int sf_layer_norm_modulate(const SfLayerNormModulateArgs* args, void* stream);
+
+// Modulated deformable im2col, the sampling half of torchvision's
+// deform_conv2d (one offset group, dilation 1), for output rows
+// [row0, row0 + rows): for tap t = (i, j) of a K×K kernel and output pixel
+// (oy, ox), the input of channel c is sampled bilinearly at
+//   (oy·stride − padding + i + offset[b, 2t, oy, ox],
+//    ox·stride − padding + j + offset[b, 2t + 1, oy, ox])
+// (zero at or beyond one pixel outside the image, each out-of-image corner
+// dropped), times mask[b, t, oy, ox], into
+//   cols[b, c·K² + t, (oy − row0)·Wo + ox].
+// x [B, C, H, W], offset [B, 2K², Ho, Wo], mask [B, K², Ho, Wo],
+// cols [B, C·K², rows·Wo]; all contiguous, one dtype; f32 arithmetic, one
+// rounding.
+typedef struct {
+  const void* x;
+  const void* offset;
+  const void* mask;
+  void* cols;
+  int batch, channels, height, width;
+  int kernel, stride, padding;
+  int out_height, out_width;
+  int row0, rows;
+  int dtype;  // SF_DTYPE_*
+} SfDeformIm2colArgs;
+
+int sf_deform_im2col(const SfDeformIm2colArgs* args, void* stream);
 
 #ifdef __cplusplus
 }

@@ -1,11 +1,13 @@
 // Memory-bound helpers around the convolutions and matrix products (see
 // api.h): the per-channel bias of a cuDNN convolution, added in place to its
 // output; the 2× nearest-neighbour upsampling of the VAE decoder and the
-// UNet; and the epilogue of a linear layer (bias, GELU, gated residual) in one
-// pass; FLUX's per-head RMSNorm followed by its rotary embedding; and the
-// LayerNorm + adaLN modulation of TRELLIS' DiT blocks. candle's broadcast kernels index every element through the full shape
-// and strides and round after every op; these take one pass at close to
-// memory bandwidth (the conv bias measured 3×, the linear bias 10× faster).
+// UNet; the epilogue of a linear layer (bias, GELU, gated residual) in one
+// pass; the per-head RMSNorm of queries and keys (FLUX's with its rotary
+// embedding, TRELLIS' with a scale per head); and the LayerNorm + adaLN
+// modulation of TRELLIS' DiT blocks. candle's broadcast kernels index every
+// element through the full shape and strides and round after every op; these
+// take one pass at close to memory bandwidth (the conv bias measured 3×, the
+// linear bias 10× faster).
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -13,26 +15,12 @@
 #include <stdint.h>
 
 #include "api.h"
+#include "convert.cuh"
 
 namespace {
 
-template <typename T>
-__device__ __forceinline__ float to_f32(T v);
-template <>
-__device__ __forceinline__ float to_f32(float v) { return v; }
-template <>
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-template <>
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_f32(float v);
-template <>
-__device__ __forceinline__ float from_f32(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_f32(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32(float v) { return __float2bfloat16_rn(v); }
+using sf::from_f32;
+using sf::to_f32;
 
 // blockIdx.y = plane (n·C + c); x-threads stride over the plane's elements,
 // 16 bytes at a time when the plane allows it.
@@ -107,22 +95,25 @@ __global__ void linear_epilogue_kernel(const T* __restrict__ y, T* out, const T*
 }
 
 // One warp per (token, head) row of D elements: the head's bias added (when
-// given), RMSNorm over the row (f32 sum of squares, scale[D]), then the
-// interleaved rotation of each pair
-// (x[2j], x[2j+1]) by the token's angle j: (a·cos − b·sin, a·sin + b·cos).
-// Lanes own pairs lane, lane + 32, …; kPairs bounds the pairs per lane.
+// given), RMSNorm over the row (f32 sum of squares, f32 scale[D] or, per
+// head, scale[heads·D]), then, when cos_t is given, the interleaved rotation
+// of each pair (x[2j], x[2j+1]) by the token's angle j: (a·cos − b·sin,
+// a·sin + b·cos). Lanes own pairs lane, lane + 32, …; kPairs bounds the pairs
+// per lane.
 template <typename T, int kPairs>
-__global__ void rms_norm_rope_kernel(const T* __restrict__ x, const T* __restrict__ bias, const T* __restrict__ scale,
-                                     const T* __restrict__ cos_t,
+__global__ void rms_norm_rope_kernel(const T* __restrict__ x, const T* __restrict__ bias,
+                                     const float* __restrict__ scale, const T* __restrict__ cos_t,
                                      const T* __restrict__ sin_t, T* __restrict__ out, long long rows, int heads, int d,
-                                     float eps) {
+                                     int scale_per_head, float eps) {
   const int lane = threadIdx.x & 31;
   const long long row = static_cast<long long>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (row >= rows) return;
   const long long token = row / heads;
+  const int head = static_cast<int>(row % heads);
   const int pairs = d / 2;
   const T* xr = x + row * d;
-  const T* br = bias ? bias + (row % heads) * d : nullptr;  // this head's bias
+  const T* br = bias ? bias + head * d : nullptr;  // this head's bias
+  const float* sr = scale_per_head ? scale + head * d : scale;
   float a[kPairs], b[kPairs];
   float sumsq = 0.f;
 #pragma unroll
@@ -143,11 +134,16 @@ __global__ void rms_norm_rope_kernel(const T* __restrict__ x, const T* __restric
   for (int i = 0; i < kPairs; ++i) {
     const int p = lane + 32 * i;
     if (p < pairs) {
-      const float na = a[i] * rstd * to_f32(scale[2 * p]);
-      const float nb = b[i] * rstd * to_f32(scale[2 * p + 1]);
-      const float c = to_f32(cos_t[token * pairs + p]), s = to_f32(sin_t[token * pairs + p]);
-      orow[2 * p] = from_f32<T>(na * c - nb * s);
-      orow[2 * p + 1] = from_f32<T>(na * s + nb * c);
+      const float na = a[i] * rstd * sr[2 * p];
+      const float nb = b[i] * rstd * sr[2 * p + 1];
+      if (cos_t) {
+        const float c = to_f32(cos_t[token * pairs + p]), s = to_f32(sin_t[token * pairs + p]);
+        orow[2 * p] = from_f32<T>(na * c - nb * s);
+        orow[2 * p + 1] = from_f32<T>(na * s + nb * c);
+      } else {
+        orow[2 * p] = from_f32<T>(na);
+        orow[2 * p + 1] = from_f32<T>(nb);
+      }
     }
   }
 }
@@ -289,15 +285,15 @@ void launch_rms_norm_rope(const SfRmsNormRopeArgs* a, cudaStream_t s) {
   const long long rows = a->tokens * a->heads;
   const unsigned blocks = static_cast<unsigned>((rows + kWarps - 1) / kWarps);
   rms_norm_rope_kernel<T, 4><<<blocks, kWarps * 32, 0, s>>>(
-      static_cast<const T*>(a->x), static_cast<const T*>(a->bias), static_cast<const T*>(a->scale),
-      static_cast<const T*>(a->cos),
-      static_cast<const T*>(a->sin), static_cast<T*>(a->out), rows, a->heads, a->head_dim, a->eps);
+      static_cast<const T*>(a->x), static_cast<const T*>(a->bias), a->scale, static_cast<const T*>(a->cos),
+      static_cast<const T*>(a->sin), static_cast<T*>(a->out), rows, a->heads, a->head_dim, a->scale_per_head, a->eps);
 }
 }  // namespace
 
 extern "C" int sf_rms_norm_rope(const SfRmsNormRopeArgs* a, void* stream) {
   // Up to 4 pairs per lane: head dims up to 256.
-  if (a->tokens <= 0 || a->heads <= 0 || a->head_dim <= 0 || a->head_dim % 2 || a->head_dim > 256)
+  if (a->tokens <= 0 || a->heads <= 0 || a->head_dim <= 0 || a->head_dim % 2 || a->head_dim > 256 || !a->scale ||
+      (!a->cos) != (!a->sin))
     return cudaErrorInvalidValue;
   if ((a->tokens * a->heads + 7) / 8 > 2147483647LL) return cudaErrorInvalidValue;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);

@@ -19,24 +19,15 @@
 #include <math.h>
 
 #include "api.h"
+#include "convert.cuh"
 
 namespace {
 
 constexpr int kThreads = 256;
 constexpr long long kChunk = 16384;  // elements per partial-sum block
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+using sf::from_f32;
+using sf::to_f32;
 
 long long num_splits(long long group_size) { return (group_size + kChunk - 1) / kChunk; }
 
@@ -69,12 +60,12 @@ __global__ void __launch_bounds__(kThreads)
     partial_sums(const T* __restrict__ x, long long group_size, float* __restrict__ partial) {
   const long long ng = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
   const T* g = x + ng * group_size;
-  const float shift = to_float(g[0]);
+  const float shift = to_f32(g[0]);
   const long long start = split * kChunk;
   const long long end = min(start + kChunk, group_size);
   float s = 0.f, ss = 0.f;
   for (long long i = start + threadIdx.x; i < end; i += kThreads) {
-    const float d = to_float(g[i]) - shift;
+    const float d = to_f32(g[i]) - shift;
     s += d;
     ss += d * d;
   }
@@ -94,7 +85,7 @@ __global__ void finalise(const T* __restrict__ x, long long group_size, long lon
   const double n = double(group_size);
   const double mean_shifted = s / n;
   const double var = fmax(ss / n - mean_shifted * mean_shifted, 0.0);
-  stats[2 * ng] = float(double(to_float(x[ng * group_size])) + mean_shifted);
+  stats[2 * ng] = float(double(to_f32(x[ng * group_size])) + mean_shifted);
   stats[2 * ng + 1] = float(1.0 / sqrt(var + double(eps)));
 }
 
@@ -109,8 +100,8 @@ __global__ void __launch_bounds__(kThreads)
     const int c = int((i0 / spatial) % channels);
     const long long ng = i0 / group_size;
     const float mean = stats[2 * ng], rstd = stats[2 * ng + 1];
-    const float ga = to_float(gamma[c]) * rstd;
-    const float be = to_float(beta[c]) - mean * ga;
+    const float ga = to_f32(gamma[c]) * rstd;
+    const float be = to_f32(beta[c]) - mean * ga;
     T in[Vec], out[Vec];
     if constexpr (Vec > 1) {
       *reinterpret_cast<uint4*>(in) = *reinterpret_cast<const uint4*>(x + i0);
@@ -119,9 +110,9 @@ __global__ void __launch_bounds__(kThreads)
     }
 #pragma unroll
     for (int j = 0; j < Vec; ++j) {
-      float t = to_float(in[j]) * ga + be;
+      float t = to_f32(in[j]) * ga + be;
       if (Silu) t = t / (1.f + __expf(-t));
-      out[j] = from_float<T>(t);
+      out[j] = from_f32<T>(t);
     }
     if constexpr (Vec > 1) {
       *reinterpret_cast<uint4*>(y + i0) = *reinterpret_cast<const uint4*>(out);
@@ -159,7 +150,7 @@ __global__ void __launch_bounds__(kThreads)
   for (long long i = start + threadIdx.x; i < end; i += kThreads) {
     const int c = int(((base + i) / spatial) % channels);
     float g, xhat;
-    grad_terms<Silu>(to_float(x[base + i]), to_float(dy[base + i]), to_float(gamma[c]), to_float(beta[c]), mean, rstd,
+    grad_terms<Silu>(to_f32(x[base + i]), to_f32(dy[base + i]), to_f32(gamma[c]), to_f32(beta[c]), mean, rstd,
                      &g, &xhat);
     s += g;
     sx += g * xhat;
@@ -190,9 +181,9 @@ __global__ void __launch_bounds__(kThreads)
     const long long ng = i / group_size;
     const float rstd = stats[2 * ng + 1];
     float g, xhat;
-    grad_terms<Silu>(to_float(x[i]), to_float(dy[i]), to_float(gamma[c]), to_float(beta[c]), stats[2 * ng], rstd, &g,
+    grad_terms<Silu>(to_f32(x[i]), to_f32(dy[i]), to_f32(gamma[c]), to_f32(beta[c]), stats[2 * ng], rstd, &g,
                      &xhat);
-    dx[i] = from_float<T>(rstd * (g - means[2 * ng] - xhat * means[2 * ng + 1]));
+    dx[i] = from_f32<T>(rstd * (g - means[2 * ng] - xhat * means[2 * ng + 1]));
   }
 }
 

@@ -1,7 +1,8 @@
 //! TRELLIS' GPU-only op paths against their CPU paths on the same random tensors, at the
 //! models' shapes: the structure decoder's 3-D convolution (cuDNN's graph API,
-//! `ops::conv3d`; CPU: im2col on candle ops) and the blocks' LayerNorm + adaLN modulation
-//! (`ops::layer_norm_modulate`; CPU: candle-nn's `layer_norm` and broadcast ops). Prints the
+//! `ops::conv3d`; CPU: im2col on candle ops), the blocks' LayerNorm + adaLN modulation
+//! (`ops::layer_norm_modulate`; CPU: candle-nn's `layer_norm` and broadcast ops) and their QK
+//! RMSNorm (`ops::multi_head_rms_norm`; CPU: candle-nn's `rms_norm`). Prints the
 //! relative error (‖gpu − cpu‖₂ / ‖cpu‖₂; bounds f32 1e-3 — run with NVIDIA_TF32_OVERRIDE=0
 //! — half precision 2e-2) and the GPU time per call. Exit status 1 when a case is off.
 //!
@@ -12,19 +13,20 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use splatforge_nn::ops;
+use splatforge_nn::test_util::relative_error;
 use splatforge_trellis::ss_decoder::Conv3d;
 
 type R<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-fn relative_error(ours: &Tensor, reference: &Tensor) -> R<f64> {
-    let ours = ours.to_dtype(DType::F64)?.to_device(&Device::Cpu)?;
-    let reference = reference.to_dtype(DType::F64)?;
-    let diff = (ours - &reference)?
-        .sqr()?
-        .sum_all()?
-        .to_scalar::<f64>()?
-        .sqrt();
-    Ok(diff / reference.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt())
+/// The mean GPU time of `calls` calls of `f`, in ms (after the one the caller made).
+fn ms_per_call(gpu: &Device, calls: usize, f: impl Fn() -> R<Tensor>) -> R<f64> {
+    gpu.synchronize()?;
+    let t0 = Instant::now();
+    for _ in 0..calls {
+        f()?;
+    }
+    gpu.synchronize()?;
+    Ok(t0.elapsed().as_secs_f64() * 1e3 / calls as f64)
 }
 
 fn main() -> R<()> {
@@ -67,13 +69,7 @@ fn main() -> R<()> {
             let conv = load(dtype, &gpu)?;
             let xg = x.to_device(&gpu)?.to_dtype(dtype)?;
             let y = conv.forward(&xg)?;
-            gpu.synchronize()?;
-            let t0 = Instant::now();
-            for _ in 0..10 {
-                conv.forward(&xg)?;
-            }
-            gpu.synchronize()?;
-            let ms = t0.elapsed().as_secs_f64() * 100.0;
+            let ms = ms_per_call(&gpu, 10, || Ok(conv.forward(&xg)?))?;
             let err = relative_error(&y, &reference)?;
             let pass = err <= bound;
             ok &= pass;
@@ -123,18 +119,37 @@ fn main() -> R<()> {
             let run =
                 || ops::layer_norm_modulate(&xg, &wg, &bg, 1e-6, mg.as_ref().map(|(a, b)| (a, b)));
             let y = run()?;
-            gpu.synchronize()?;
-            let t0 = Instant::now();
-            for _ in 0..20 {
-                run()?;
-            }
-            gpu.synchronize()?;
-            let ms = t0.elapsed().as_secs_f64() * 50.0;
+            let ms = ms_per_call(&gpu, 20, || Ok(run()?))?;
             let err = relative_error(&y, &reference)?;
             let pass = err <= bound;
             ok &= pass;
             println!(
                 "layer_norm_modulate x {dims:?} terms {terms:?} {dtype:?}: relative error {err:.3e} (bound {bound:.0e}) {}, {ms:.3} ms per call",
+                if pass { "PASS" } else { "FAIL" }
+            );
+        }
+    }
+    // The QK RMSNorm of both flows: stage 2's guided batch (2 × 17,000 tokens) and stage 1's
+    // (2 × 4,096), 16 heads of 64.
+    for (i, rows) in [34_000usize, 8_192].into_iter().enumerate() {
+        let cpu = Device::Cpu;
+        let (heads, d) = (16, 64);
+        let x = splatforge_nn::rng::randn(90 + i as u64, &[rows, heads * d], DType::F32, &cpu)?
+            .affine(2.0, 0.3)?;
+        let gamma = splatforge_nn::rng::randn(95 + i as u64, &[heads, d], DType::F32, &cpu)?
+            .affine(0.3, 1.0)?;
+        let eps = 1e-24 / d as f32;
+        let reference = ops::multi_head_rms_norm(&x, &gamma, eps)?;
+        for (dtype, bound) in [(DType::F32, 1e-3), (DType::F16, 2e-2), (DType::BF16, 2e-2)] {
+            let xg = x.to_device(&gpu)?.to_dtype(dtype)?;
+            let gg = gamma.to_device(&gpu)?;
+            let y = ops::multi_head_rms_norm(&xg, &gg, eps)?;
+            let ms = ms_per_call(&gpu, 20, || Ok(ops::multi_head_rms_norm(&xg, &gg, eps)?))?;
+            let err = relative_error(&y, &reference)?;
+            let pass = err <= bound;
+            ok &= pass;
+            println!(
+                "multi_head_rms_norm x [{rows}, {heads}×{d}] {dtype:?}: relative error {err:.3e} (bound {bound:.0e}) {}, {ms:.3} ms per call",
                 if pass { "PASS" } else { "FAIL" }
             );
         }

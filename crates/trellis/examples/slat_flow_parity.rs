@@ -14,21 +14,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use splatforge_nn::test_util::relative_error;
 use splatforge_trellis::slat_flow::{SLatFlowConfig, SLatFlowModel};
 use splatforge_trellis::sparse::SparseTensor;
 
 type R<T> = std::result::Result<T, Box<dyn std::error::Error>>;
-
-fn relative_error(ours: &Tensor, reference: &Tensor) -> R<f64> {
-    let ours = ours.to_dtype(DType::F64)?.to_device(&Device::Cpu)?;
-    let reference = reference.to_dtype(DType::F64)?.to_device(&Device::Cpu)?;
-    let diff = (ours - &reference)?
-        .sqr()?
-        .sum_all()?
-        .to_scalar::<f64>()?
-        .sqrt();
-    Ok(diff / reference.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt())
-}
 
 fn coords_of(t: &Tensor) -> R<Vec<[u32; 4]>> {
     t.to_dtype(DType::I64)?

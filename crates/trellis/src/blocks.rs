@@ -142,8 +142,6 @@ impl LayerNorm32 {
 pub struct MultiHeadRmsNorm {
     /// `[H, D]` f32.
     gamma: Tensor,
-    /// `[D]` ones: candle's RMSNorm without its own scale.
-    ones: Tensor,
     heads: usize,
     head_dim: usize,
 }
@@ -154,37 +152,27 @@ impl MultiHeadRmsNorm {
         let gamma =
             vb.to_dtype(DType::F32)
                 .get_with_hints((heads, head_dim), "gamma", Init::Const(1.0))?;
-        let ones = Tensor::ones(head_dim, DType::F32, vb.device())?;
         Ok(Self {
             gamma,
-            ones,
             heads,
             head_dim,
         })
     }
 
-    /// Normalises `x [.., H·D]` head by head.
+    /// Normalises `x [.., H·D]` head by head ([`ops::multi_head_rms_norm`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims();
         let width = self.heads * self.head_dim;
-        if dims.last() != Some(&width) {
+        if x.dims().last() != Some(&width) {
             return Err(TrellisError::InvalidArgument(format!(
-                "QK RMSNorm over {} heads of {} channels got {dims:?}",
-                self.heads, self.head_dim
+                "QK RMSNorm over {} heads of {} channels got {:?}",
+                self.heads,
+                self.head_dim,
+                x.dims()
             )));
         }
-        let rows = x.elem_count() / width;
-        let x32 =
-            x.to_dtype(DType::F32)?
-                .contiguous()?
-                .reshape((rows, self.heads, self.head_dim))?;
         // x·√D / √(‖x‖² + D·eps) is F.normalize's x / max(‖x‖, 1e-12) · √D, bar the clamp.
         let eps = 1e-24 / self.head_dim as f32;
-        let normed = candle_nn::ops::rms_norm(&x32, &self.ones, eps)?;
-        Ok(normed
-            .broadcast_mul(&self.gamma)?
-            .to_dtype(x.dtype())?
-            .reshape(dims)?)
+        Ok(ops::multi_head_rms_norm(x, &self.gamma, eps)?)
     }
 }
 

@@ -11,6 +11,7 @@ use candle_core::{
 
 use splatforge_cuda::{layout_address, Plain};
 
+use super::deform::DeformIm2col;
 use super::fusable;
 
 const SF_DTYPE_F32: c_int = 0;
@@ -114,6 +115,7 @@ struct SfRmsNormRopeArgs {
     tokens: i64,
     heads: c_int,
     head_dim: c_int,
+    scale_per_head: c_int,
     eps: f32,
     dtype: c_int,
 }
@@ -133,7 +135,28 @@ struct SfLayerNormModulateArgs {
     dtype: c_int,
 }
 
+#[repr(C)]
+struct SfDeformIm2colArgs {
+    x: u64,
+    offset: u64,
+    mask: u64,
+    cols: u64,
+    batch: c_int,
+    channels: c_int,
+    height: c_int,
+    width: c_int,
+    kernel: c_int,
+    stride: c_int,
+    padding: c_int,
+    out_height: c_int,
+    out_width: c_int,
+    row0: c_int,
+    rows: c_int,
+    dtype: c_int,
+}
+
 extern "C" {
+    fn sf_deform_im2col(args: *const SfDeformIm2colArgs, stream: *mut c_void) -> c_int;
     fn sf_layer_norm_modulate(args: *const SfLayerNormModulateArgs, stream: *mut c_void) -> c_int;
     fn sf_rms_norm_rope(args: *const SfRmsNormRopeArgs, stream: *mut c_void) -> c_int;
     fn sf_linear_epilogue(args: *const SfLinearEpilogueArgs, stream: *mut c_void) -> c_int;
@@ -736,15 +759,17 @@ impl UnaryKernel for EpilogueTerms {
     }
 }
 
-/// FLUX's fused per-head bias + RMSNorm + rotary embedding
-/// (`SfRmsNormRopeArgs`): x `[T, H, D]`, bias `[H·D]` (optional), scale `[D]`,
-/// cos and sin `[T, D/2]`, all contiguous, one dtype, on the GPU.
+/// The per-head RMSNorm kernel (`SfRmsNormRopeArgs`): x `[T, H, D]`, FLUX's bias `[H·D]`
+/// (optional), the f32 scale `[D]` (or `[H·D]`, per head), FLUX's rotation cos and sin
+/// `[T, D/2]` (optional); all contiguous, on the GPU, in x's dtype but the scale.
 pub(super) struct RmsNormRope {
     /// `[H·D]`, added before the norm.
     pub bias: Option<Tensor>,
+    /// f32, `[D]`, or `[H·D]` with `scale_per_head`.
     pub scale: Tensor,
-    pub cos: Tensor,
-    pub sin: Tensor,
+    pub scale_per_head: bool,
+    /// `(cos, sin)`.
+    pub rope: Option<(Tensor, Tensor)>,
     pub eps: f32,
 }
 
@@ -765,36 +790,39 @@ impl UnaryKernel for RmsNormRope {
         dev: &CudaDevice,
     ) -> Result<CudaStorage> {
         let (tokens, heads, d) = lx.shape().dims3()?;
-        if [
-            Some(&self.scale),
-            Some(&self.cos),
-            Some(&self.sin),
-            self.bias.as_ref(),
-        ]
-        .iter()
-        .flatten()
-        .any(|t| t.dtype() != T::DTYPE)
-            || self
-                .bias
-                .as_ref()
-                .is_some_and(|b| b.elem_count() != heads * d)
-            || self.scale.elem_count() != d
-            || self.cos.dims() != [tokens, d / 2]
-            || self.sin.dims() != [tokens, d / 2]
+        let scale_len = if self.scale_per_head { heads * d } else { d };
+        let rope_ok = self.rope.as_ref().is_none_or(|(cos, sin)| {
+            [cos, sin]
+                .iter()
+                .all(|t| t.dtype() == T::DTYPE && t.dims() == [tokens, d / 2])
+        });
+        let bias_ok = self
+            .bias
+            .as_ref()
+            .is_none_or(|b| b.dtype() == T::DTYPE && b.elem_count() == heads * d);
+        if !rope_ok
+            || !bias_ok
+            || self.scale.dtype() != DType::F32
+            || self.scale.elem_count() != scale_len
         {
-            candle_core::bail!("RMSNorm + RoPE: bias [{}], scale [{d}] and cos, sin [{tokens}, {}] in the input's dtype expected", heads * d, d / 2);
+            candle_core::bail!("RMSNorm + RoPE: bias [{}] and cos, sin [{tokens}, {}] in the input's dtype, f32 scale [{scale_len}] expected", heads * d, d / 2);
         }
         let out = alloc::<T>(dev, lx.shape().elem_count())?;
+        let (cos, sin) = match &self.rope {
+            Some((cos, sin)) => (Some(cos), Some(sin)),
+            None => (None, None),
+        };
         let args = SfRmsNormRopeArgs {
             x: address(x, lx, dev),
             bias: tensor_address(self.bias.as_ref())?,
             scale: tensor_address(Some(&self.scale))?,
-            cos: tensor_address(Some(&self.cos))?,
-            sin: tensor_address(Some(&self.sin))?,
+            cos: tensor_address(cos)?,
+            sin: tensor_address(sin)?,
             out: address(&out, &Layout::contiguous(lx.shape()), dev),
             tokens: tokens as i64,
             heads: small("heads", heads)?,
             head_dim: small("head dim", d)?,
+            scale_per_head: self.scale_per_head as c_int,
             eps: self.eps,
             dtype: sf_dtype(T::DTYPE)?,
         };
@@ -888,4 +916,60 @@ impl UnaryKernel for LayerNormModulate {
         })?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
+}
+
+/// The `cuda_fwd` of [`DeformIm2col`]: `cuda/deform.cu` on `(x, offset, mask)` of one dtype.
+pub(super) fn deform_im2col(
+    op: &DeformIm2col,
+    (x, lx): (&CudaStorage, &Layout),
+    (offset, lo): (&CudaStorage, &Layout),
+    (mask, lm): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let g = op.geometry(lx, lo, lm)?;
+    let out_shape = op.out_shape(&g);
+    let dev = &x.device;
+    use CudaStorageSlice as S;
+    let (dtype, cols) = match (&x.slice, &offset.slice, &mask.slice) {
+        (S::F32(_), S::F32(_), S::F32(_)) => {
+            (DType::F32, S::F32(alloc(dev, out_shape.elem_count())?))
+        }
+        (S::F16(_), S::F16(_), S::F16(_)) => {
+            (DType::F16, S::F16(alloc(dev, out_shape.elem_count())?))
+        }
+        (S::BF16(_), S::BF16(_), S::BF16(_)) => {
+            (DType::BF16, S::BF16(alloc(dev, out_shape.elem_count())?))
+        }
+        _ => candle_core::bail!(
+            "deformable im2col takes x, offset and mask of one dtype (f32, f16 or bf16)"
+        ),
+    };
+    let cols = CudaStorage {
+        slice: cols,
+        device: dev.clone(),
+    };
+    let args = SfDeformIm2colArgs {
+        x: storage_address(x, lx)?,
+        offset: storage_address(offset, lo)?,
+        mask: storage_address(mask, lm)?,
+        cols: storage_address(&cols, &Layout::contiguous(&out_shape))?,
+        batch: small("batch", g.batch)?,
+        channels: small("channels", g.channels)?,
+        height: small("height", g.height)?,
+        width: small("width", g.width)?,
+        kernel: small("kernel", op.kernel)?,
+        stride: small("stride", op.stride)?,
+        padding: small("padding", op.padding)?,
+        out_height: small("output height", g.out_height)?,
+        out_width: small("output width", g.out_width)?,
+        row0: small("first row", op.row0)?,
+        rows: small("rows", op.rows)?,
+        dtype: sf_dtype(dtype)?,
+    };
+    let stream = dev.cuda_stream();
+    // SAFETY: the args hold device addresses of live buffers of the shapes the kernel
+    // reads and writes (checked by `geometry`), and the launch is on candle's stream of them.
+    check("deformable im2col", unsafe {
+        sf_deform_im2col(&args, stream.cu_stream() as *mut c_void)
+    })?;
+    Ok((cols, out_shape))
 }

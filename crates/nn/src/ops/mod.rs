@@ -7,8 +7,10 @@
 //! | [`GroupNorm::forward`] / [`GroupNorm::forward_silu`] | `cuda/group_norm.cu`: statistics + normalise + SiLU in three launches | candle ops, statistics in f32 |
 //! | [`linear`] | cuBLAS product, then `cuda/elementwise.cu`: bias, GELU, gated residual in one pass | candle-nn's `Linear`, then candle ops |
 //! | [`rms_norm_rope`] | `cuda/elementwise.cu`: FLUX's per-head RMSNorm and rotary embedding in one pass | candle-nn's `rms_norm`, `rope_i` |
+//! | [`multi_head_rms_norm`] | the same kernel: TRELLIS' per-head RMSNorm (a scale per head, no rotation) | candle-nn's `rms_norm` in f32, a broadcast product |
 //! | [`upsample_nearest2x`] | `cuda/elementwise.cu` | candle's `upsample_nearest2d` |
 //! | [`Conv2d::forward`] | cuDNN's graph API (feature `cudnn`), one execution plan cached per shape | candle's `conv2d` |
+//! | [`deform_conv2d`] | `cuda/deform.cu`: the modulated samples straight into the column matrix, then cuBLAS | the same columns by a loop on the CPU, then candle's product |
 //!
 //! The composite path is the reference: it runs on the CPU, for f64, for
 //! shapes the kernels don't cover, and for attention whenever an input takes
@@ -37,6 +39,9 @@ macro_rules! cuda_only {
 mod cuda;
 #[cfg(feature = "cudnn")]
 mod cudnn;
+mod deform;
+
+pub use deform::deform_conv2d;
 
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -558,9 +563,13 @@ pub fn rms_norm_rope(
     {
         let op = cuda::RmsNormRope {
             bias: bias.map(|t| t.contiguous()).transpose()?,
-            scale: scale.contiguous()?,
-            cos: cos.contiguous()?.reshape((b * n, d / 2))?,
-            sin: sin.contiguous()?.reshape((b * n, d / 2))?,
+            // Exact: every f16/bf16 value is an f32.
+            scale: scale.to_dtype(DType::F32)?.contiguous()?,
+            scale_per_head: false,
+            rope: Some((
+                cos.contiguous()?.reshape((b * n, d / 2))?,
+                sin.contiguous()?.reshape((b * n, d / 2))?,
+            )),
             eps,
         };
         return x
@@ -585,6 +594,55 @@ pub fn rms_norm_rope(
         n,
         h * d,
     ))
+}
+
+/// TRELLIS' `MultiHeadRMSNorm` of queries and keys: `x [.., H·D]` normalised head by head,
+/// `x · rstd · gamma[h]` with `rstd = 1 / √(mean(x²) + eps)` over the head's `D` values and
+/// the f32 `gamma [H, D]`, computed in f32 and rounded once to `x`'s dtype. One kernel on
+/// CUDA without autograd (`cuda/elementwise.cu`, FLUX's without the bias and rotation;
+/// `D` even and at most 256); otherwise candle-nn's `rms_norm` in f32 and a broadcast
+/// product (six passes over the f32 copy, where the kernel reads and writes once).
+pub fn multi_head_rms_norm(x: &Tensor, gamma: &Tensor, eps: f32) -> Result<Tensor> {
+    let (heads, d) = gamma.dims2()?;
+    let dims = x.dims();
+    if dims.last() != Some(&(heads * d)) || gamma.dtype() != DType::F32 {
+        candle_core::bail!(
+            "multi-head RMSNorm: f32 gamma [{heads}, {d}] for x [.., {}], got x {dims:?}, gamma {:?}",
+            heads * d,
+            gamma.dtype()
+        )
+    }
+    let rows = x.elem_count() / (heads * d).max(1);
+    #[cfg(feature = "cuda")]
+    if fusable(x)
+        && fusable(gamma)
+        && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
+        && d % 2 == 0
+        && d <= 256
+        && rows > 0
+    {
+        let op = cuda::RmsNormRope {
+            bias: None,
+            scale: gamma.contiguous()?.flatten_all()?,
+            scale_per_head: true,
+            rope: None,
+            eps,
+        };
+        return x
+            .contiguous()?
+            .reshape((rows, heads, d))?
+            .apply_op1_no_bwd(&op)?
+            .reshape(dims);
+    }
+    let x32 = x
+        .to_dtype(DType::F32)?
+        .contiguous()?
+        .reshape((rows, heads, d))?;
+    let ones = Tensor::ones(d, DType::F32, x.device())?;
+    candle_nn::ops::rms_norm(&x32, &ones, eps)?
+        .broadcast_mul(gamma)?
+        .to_dtype(x.dtype())?
+        .reshape(dims)
 }
 
 /// Nearest-neighbour 2× upsampling of `[N, C, H, W]` (the VAE decoder's and
@@ -708,6 +766,35 @@ mod tests {
             ..Default::default()
         };
         assert!(linear(&x, &layer, gate_only).is_err());
+    }
+
+    #[test]
+    fn multi_head_rms_norm_follows_its_formula() {
+        // Per row and head: v / rms(v) · gamma[head], rms over the head's D values.
+        let dev = Device::Cpu;
+        let (rows, h, d) = (5, 3, 4);
+        let x = Tensor::randn(0f32, 2.0, (1, rows, h * d), &dev).unwrap();
+        let gamma = Tensor::randn(0f32, 1.0, (h, d), &dev).unwrap();
+        let eps = 1e-6;
+        let got = multi_head_rms_norm(&x, &gamma, eps).unwrap();
+        assert_eq!(got.dims(), [1, rows, h * d]);
+        let (got, xv, gv) = (values(&got), values(&x), values(&gamma));
+        for r in 0..rows {
+            for hd in 0..h {
+                let v = &xv[(r * h + hd) * d..(r * h + hd + 1) * d];
+                let rms = (v.iter().map(|a| a * a).sum::<f64>() / d as f64 + eps as f64).sqrt();
+                for i in 0..d {
+                    let want = v[i] / rms * gv[hd * d + i];
+                    let at = (r * h + hd) * d + i;
+                    assert!((got[at] - want).abs() < 1e-5, "row {r} head {hd} {i}");
+                }
+            }
+        }
+        // bf16 in, bf16 out, computed in f32.
+        let half = multi_head_rms_norm(&x.to_dtype(DType::BF16).unwrap(), &gamma, eps).unwrap();
+        assert_eq!(half.dtype(), DType::BF16);
+        assert!(multi_head_rms_norm(&x, &gamma.to_dtype(DType::F16).unwrap(), eps).is_err());
+        assert!(multi_head_rms_norm(&x, &gamma.narrow(1, 0, 2).unwrap(), eps).is_err());
     }
 
     #[test]
