@@ -13,7 +13,7 @@
 # Device: run 'SUITES="trellis raster fit" tools/gpu-suite.sh' with carry
 #   [".gpu-bin", ".whl", ".gpu-ref"].
 # Suites: mesh (tools/gpu-mesh.sh), image (an opaque 1024² RGB picture → matte → TRELLIS → PLY,
-# image-quality and image-speed, and image → GLB, on full-size random weights calibrated to VOXELS), ops (TRELLIS' cuDNN 3-D convolution and fused LayerNorm + modulation vs the CPU paths), trellis-kernels (per-kernel times of a short image → PLY run, ncu), raster (tools/gpu-raster.sh), fit (tools/gpu-fit.sh, parity only unless FIT_FULL=1),
+# image-quality and image-speed, and image → GLB, on full-size random weights calibrated to VOXELS), ops (TRELLIS' cuDNN 3-D convolution and fused LayerNorm + modulation vs the CPU paths), trellis-kernels (per-kernel times of a short image → PLY run and of one step of each flow beside its wall time, ncu), raster (tools/gpu-raster.sh), fit (tools/gpu-fit.sh, parity only unless FIT_FULL=1),
 # diffusion (tools/diffusion_parity.py: ops, unet, vae unless PARITY_SECTIONS is set),
 # pipeline (tools/gpu-pipeline.sh, PROFILES default "speed quality"),
 # trellis (tools/gpu-trellis-parity.sh), matte (tools/gpu-matte-parity.sh), matte-kernels (per-kernel
@@ -168,17 +168,34 @@ for s in $SUITES; do
     # env, not a prefix on `suite`: a prefix would change DEADLINE_S for suite's own budget.
     pipeline) suite pipeline env PROFILES="${PROFILES:-speed quality}" DEADLINE_S=$(($(left) - 30)) tools/gpu-pipeline.sh ;;
     trellis-kernels)
-      # Per-kernel GPU time of one image → PLY run with 2 + 2 sampler steps under Nsight
-      # Compute (duration only), summed by kernel name: where the flows' time goes.
+      # Per-kernel GPU time of image → PLY runs under Nsight Compute (duration only), summed by
+      # kernel name: a whole run with 2 + 2 sampler steps (kernels.md), and one step of each
+      # flow as the difference of runs with 2 more steps of it (kernels_{ss,slat}_step.md, every
+      # step guided: rescale_t 3 and the interval [0.5, 1] cover 2 and 4 steps), beside that
+      # step's wall time outside the profiler (the same difference of plain runs): what the
+      # GPU spends in kernels, and what is launch and host time.
       unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge
       suite trellis-kernels bash -c 'set -e; M=/tmp/trellis-full
         [[ -d $M ]] || /tmp/splatforge models make-random --family trellis --size full $M \
           --voxels "${VOXELS:-20000}" --calibration-image .gpu-bin/ghost_rgba.png
         NCU_BIN="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu | head -1)"
-        "$NCU_BIN" --clock-control none --metrics gpu__time_duration.sum --csv --log-file "$OUT/ncu.csv" \
-          /tmp/splatforge generate --image .gpu-bin/ghost_rgba.png --models $M --profile image-quality \
-          --set trellis.sparse_structure_steps=2 --set trellis.slat_steps=2 -o /tmp/k.ply > "$OUT/run.log" 2>&1
-        python3 tools/kernel_summary.py "$OUT/ncu.csv" | tee "$OUT/kernels.md"' ;;
+        gen() { /tmp/splatforge generate --image .gpu-bin/ghost_rgba.png --models $M --profile image-quality \
+          --set trellis.sparse_structure_steps=$1 --set trellis.slat_steps=$2 -o /tmp/k.ply "${@:3}"; }
+        gen 2 2 --repeat 3 --json > "$OUT/wall_2_2.jsonl"
+        gen 4 4 --repeat 3 --json > "$OUT/wall_4_4.jsonl"
+        step_ms() { python3 -c "import json, statistics as st, sys
+m = lambda f: st.median(json.loads(l)[\"stages_ms\"][sys.argv[1]] for l in list(open(f))[1:])
+print(round((m(sys.argv[3]) - m(sys.argv[2])) / 2, 2))" $1 "$OUT/wall_2_2.jsonl" "$OUT/wall_4_4.jsonl"; }
+        for s in "2 2" "4 2" "2 4"; do set -- $s
+          "$NCU_BIN" --clock-control none --metrics gpu__time_duration.sum --csv --log-file "$OUT/ncu_$1_$2.csv" \
+            /tmp/splatforge generate --image .gpu-bin/ghost_rgba.png --models $M --profile image-quality \
+            --set trellis.sparse_structure_steps=$1 --set trellis.slat_steps=$2 -o /tmp/k.ply >> "$OUT/run.log" 2>&1
+        done
+        python3 tools/kernel_summary.py "$OUT/ncu_2_2.csv" | tee "$OUT/kernels.md"
+        python3 tools/kernel_summary.py "$OUT/ncu_4_2.csv" --base "$OUT/ncu_2_2.csv" --per 2 \
+          --wall-ms "$(step_ms sparse_structure)" | tee "$OUT/kernels_ss_step.md"
+        python3 tools/kernel_summary.py "$OUT/ncu_2_4.csv" --base "$OUT/ncu_2_2.csv" --per 2 \
+          --wall-ms "$(step_ms slat)" | tee "$OUT/kernels_slat_step.md"' ;;
     matte-kernels)
       # Per-kernel GPU time of our BiRefNet (MATTE_MODEL: swin-l, or swin-t for the lite) at 1024²
       # in bf16 under Nsight Compute (duration only), summed by kernel name over both runs of
