@@ -204,6 +204,25 @@ typedef struct {
 
 int sf_deform_im2col(const SfDeformIm2colArgs* args, void* stream);
 
+// LayerNorm over the channels of x [N, C, S] (S = product of the spatial
+// sizes), for each (n, s) position: TRELLIS' ChannelLayerNorm32 without the
+// permutes around it. y = (x − mean)·rstd·weight[c] + bias[c], then SiLU when
+// `silu` is set; statistics and arithmetic in f32, one rounding. x, out
+// contiguous, one dtype; weight, bias [C] f32.
+typedef struct {
+  const void* x;
+  const float* weight;
+  const float* bias;
+  void* out;
+  int n, channels;
+  long long spatial;
+  float eps;
+  int silu;
+  int dtype;  // SF_DTYPE_*
+} SfChannelLayerNormArgs;
+
+int sf_channel_layer_norm(const SfChannelLayerNormArgs* args, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,8 +1,10 @@
 //! TRELLIS' GPU-only op paths against their CPU paths on the same random tensors, at the
 //! models' shapes: the structure decoder's 3-D convolution (cuDNN's graph API,
 //! `ops::conv3d`; CPU: im2col on candle ops), the blocks' LayerNorm + adaLN modulation
-//! (`ops::layer_norm_modulate`; CPU: candle-nn's `layer_norm` and broadcast ops) and their QK
-//! RMSNorm (`ops::multi_head_rms_norm`; CPU: candle-nn's `rms_norm`). Prints the
+//! (`ops::layer_norm_modulate`; CPU: candle-nn's `layer_norm` and broadcast ops), their QK
+//! RMSNorm (`ops::multi_head_rms_norm`; CPU: candle-nn's `rms_norm`) and the decoder's
+//! LayerNorm over channels + SiLU (`ops::channel_layer_norm`; CPU: permutes around the
+//! composite). Prints the
 //! relative error (‖gpu − cpu‖₂ / ‖cpu‖₂; bounds f32 1e-3 — run with NVIDIA_TF32_OVERRIDE=0
 //! — half precision 2e-2) and the GPU time per call. Exit status 1 when a case is off.
 //!
@@ -125,6 +127,35 @@ fn main() -> R<()> {
             ok &= pass;
             println!(
                 "layer_norm_modulate x {dims:?} terms {terms:?} {dtype:?}: relative error {err:.3e} (bound {bound:.0e}) {}, {ms:.3} ms per call",
+                if pass { "PASS" } else { "FAIL" }
+            );
+        }
+    }
+    // The structure decoder's LayerNorm over channels + SiLU at its three widths.
+    for (i, (c, side)) in [(512usize, 16usize), (128, 32), (32, 64)]
+        .into_iter()
+        .enumerate()
+    {
+        let cpu = Device::Cpu;
+        let x =
+            splatforge_nn::rng::randn(110 + i as u64, &[1, c, side, side, side], DType::F32, &cpu)?
+                .affine(2.0, 0.5)?;
+        let weight =
+            splatforge_nn::rng::randn(120 + i as u64, &[c], DType::F32, &cpu)?.affine(0.2, 1.0)?;
+        let bias = (splatforge_nn::rng::randn(130 + i as u64, &[c], DType::F32, &cpu)? * 0.2)?;
+        let reference = ops::channel_layer_norm(&x, &weight, &bias, 1e-5, true)?;
+        for (dtype, bound) in [(DType::F32, 1e-3), (DType::F16, 2e-2), (DType::BF16, 2e-2)] {
+            let xg = x.to_device(&gpu)?.to_dtype(dtype)?;
+            let (wg, bg) = (weight.to_device(&gpu)?, bias.to_device(&gpu)?);
+            let y = ops::channel_layer_norm(&xg, &wg, &bg, 1e-5, true)?;
+            let ms = ms_per_call(&gpu, 20, || {
+                Ok(ops::channel_layer_norm(&xg, &wg, &bg, 1e-5, true)?)
+            })?;
+            let err = relative_error(&y, &reference)?;
+            let pass = err <= bound;
+            ok &= pass;
+            println!(
+                "channel_layer_norm + SiLU x [1, {c}, {side}³] {dtype:?}: relative error {err:.3e} (bound {bound:.0e}) {}, {ms:.3} ms per call",
                 if pass { "PASS" } else { "FAIL" }
             );
         }

@@ -121,6 +121,18 @@ impl LayerNorm32 {
         )?)
     }
 
+    /// `ChannelLayerNorm32`: `x [N, C, …]` normalised over its channels (then SiLU when
+    /// `silu`), without permuting it on the GPU ([`ops::channel_layer_norm`]).
+    pub fn forward_channels(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        Ok(ops::channel_layer_norm(
+            x,
+            &self.weight,
+            &self.bias,
+            self.eps,
+            silu,
+        )?)
+    }
+
     /// `self.forward(x)·(1 + scale) + shift`, the official `modulate` after the norm: the adaLN
     /// pre-norm of the DiT blocks, one pass on the GPU (`shift`, `scale` `[B, 1, C]`, broadcast
     /// over the tokens, or `x`'s shape).

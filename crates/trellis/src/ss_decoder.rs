@@ -156,16 +156,16 @@ impl ChannelNorm {
         }
     }
 
-    /// `[B, C, D, H, W]` → same, in the input dtype.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `[B, C, D, H, W]` → same, in the input dtype; SiLU after the norm when `silu`.
+    fn forward(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
         match self {
-            Self::Layer(norm) => {
-                let last = norm.forward(&x.permute([0, 2, 3, 4, 1])?)?;
-                Ok(last.permute([0, 4, 1, 2, 3])?.contiguous()?)
+            Self::Layer(norm) => Ok(norm.forward_channels(x, silu)?),
+            Self::Group(norm) => {
+                let h = norm
+                    .forward(&x.to_dtype(DType::F32)?)?
+                    .to_dtype(x.dtype())?;
+                Ok(if silu { h.silu()? } else { h })
             }
-            Self::Group(norm) => Ok(norm
-                .forward(&x.to_dtype(DType::F32)?)?
-                .to_dtype(x.dtype())?),
         }
     }
 }
@@ -201,8 +201,8 @@ impl ResBlock3d {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward(x, true)?)?;
+        let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
         let skip = match &self.skip_connection {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
@@ -353,7 +353,7 @@ impl SparseStructureDecoder {
                 DecoderBlock::Upsample(conv) => pixel_shuffle_3d(&conv.forward(&h)?)?,
             };
         }
-        let h = self.out_norm.forward(&h.to_dtype(DType::F32)?)?.silu()?;
+        let h = self.out_norm.forward(&h.to_dtype(DType::F32)?, true)?;
         self.out_conv.forward(&h)
     }
 }
@@ -594,7 +594,7 @@ mod tests {
         let norm =
             ChannelNorm::load("layer", 16, init.var_builder().pp("middle_block.0.norm1")).unwrap();
         let x = randn(&[1, 16, 2, 2, 2], 4);
-        let y = flat(&norm.forward(&x).unwrap());
+        let y = flat(&norm.forward(&x, false).unwrap());
         let xv = flat(&x);
         let (w, b) = (
             flat(&init.tensors()["middle_block.0.norm1.weight"]),

@@ -155,7 +155,22 @@ struct SfDeformIm2colArgs {
     dtype: c_int,
 }
 
+#[repr(C)]
+struct SfChannelLayerNormArgs {
+    x: u64,
+    weight: u64,
+    bias: u64,
+    out: u64,
+    n: c_int,
+    channels: c_int,
+    spatial: i64,
+    eps: f32,
+    silu: c_int,
+    dtype: c_int,
+}
+
 extern "C" {
+    fn sf_channel_layer_norm(args: *const SfChannelLayerNormArgs, stream: *mut c_void) -> c_int;
     fn sf_deform_im2col(args: *const SfDeformIm2colArgs, stream: *mut c_void) -> c_int;
     fn sf_layer_norm_modulate(args: *const SfLayerNormModulateArgs, stream: *mut c_void) -> c_int;
     fn sf_rms_norm_rope(args: *const SfRmsNormRopeArgs, stream: *mut c_void) -> c_int;
@@ -913,6 +928,64 @@ impl UnaryKernel for LayerNormModulate {
         // reads and writes (checked above), and the launch is on candle's stream of them.
         check("LayerNorm + modulation", unsafe {
             sf_layer_norm_modulate(&args, stream.cu_stream() as *mut c_void)
+        })?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+    }
+}
+
+/// LayerNorm over the channels of `x [N, C, spatial…]` with the f32 affine `weight`, `bias`
+/// `[C]` (contiguous, on the GPU), then SiLU when `silu` (`SfChannelLayerNormArgs`).
+pub(super) struct ChannelLayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f32,
+    pub silu: bool,
+}
+
+unary_op!(
+    ChannelLayerNorm,
+    "splatforge-channel-layer-norm",
+    "the channel LayerNorm kernel is CUDA-only (CPU tensors take the composite path)"
+);
+
+impl UnaryKernel for ChannelLayerNorm {
+    const WHAT: &'static str = "channel LayerNorm";
+
+    fn launch<T: CudaDType + Plain + WithDType>(
+        &self,
+        x: &CudaSlice<T>,
+        lx: &Layout,
+        _out_shape: &Shape,
+        dev: &CudaDevice,
+    ) -> Result<CudaStorage> {
+        let dims = lx.shape().dims();
+        if dims.len() < 2
+            || [&self.weight, &self.bias]
+                .iter()
+                .any(|t| t.dtype() != DType::F32 || t.dims() != [dims[1]])
+        {
+            candle_core::bail!(
+                "channel LayerNorm: x [N, C, …] and f32 weight, bias [C] expected, got x {dims:?}"
+            );
+        }
+        let out = alloc::<T>(dev, lx.shape().elem_count())?;
+        let args = SfChannelLayerNormArgs {
+            x: address(x, lx, dev),
+            weight: tensor_address(Some(&self.weight))?,
+            bias: tensor_address(Some(&self.bias))?,
+            out: address(&out, &Layout::contiguous(lx.shape()), dev),
+            n: small("batch", dims[0])?,
+            channels: small("channels", dims[1])?,
+            spatial: dims[2..].iter().product::<usize>() as i64,
+            eps: self.eps,
+            silu: self.silu as c_int,
+            dtype: sf_dtype(T::DTYPE)?,
+        };
+        let stream = dev.cuda_stream();
+        // SAFETY: the args hold device addresses of live buffers of the shapes the kernel
+        // reads and writes (checked above), and the launch is on candle's stream of them.
+        check("channel LayerNorm", unsafe {
+            sf_channel_layer_norm(&args, stream.cu_stream() as *mut c_void)
         })?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }

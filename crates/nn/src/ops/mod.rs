@@ -1,4 +1,4 @@
-//! The diffusion models' hot operations, each with one entry point that picks
+//! The models' hot operations, each with one entry point that picks
 //! a fused CUDA kernel where one applies and candle's composite otherwise.
 //!
 //! | op | fused CUDA kernel (feature `cuda`) | composite path |
@@ -8,6 +8,8 @@
 //! | [`linear`] | cuBLAS product, then `cuda/elementwise.cu`: bias, GELU, gated residual in one pass | candle-nn's `Linear`, then candle ops |
 //! | [`rms_norm_rope`] | `cuda/elementwise.cu`: FLUX's per-head RMSNorm and rotary embedding in one pass | candle-nn's `rms_norm`, `rope_i` |
 //! | [`multi_head_rms_norm`] | the same kernel: TRELLIS' per-head RMSNorm (a scale per head, no rotation) | candle-nn's `rms_norm` in f32, a broadcast product |
+//! | [`layer_norm_modulate`] | `cuda/elementwise.cu`: LayerNorm with the adaLN modulation in one pass | candle-nn's `layer_norm` in f32, broadcast ops |
+//! | [`channel_layer_norm`] | `cuda/elementwise.cu`: LayerNorm over channels (+ SiLU) read in place | permutes around [`layer_norm_modulate`]'s composite |
 //! | [`upsample_nearest2x`] | `cuda/elementwise.cu` | candle's `upsample_nearest2d` |
 //! | [`Conv2d::forward`] | cuDNN's graph API (feature `cudnn`), one execution plan cached per shape | candle's `conv2d` |
 //! | [`deform_conv2d`] | `cuda/deform.cu`: the modulated samples straight into the column matrix, then cuBLAS | the same columns by a loop on the CPU, then candle's product |
@@ -596,6 +598,51 @@ pub fn rms_norm_rope(
     ))
 }
 
+/// `ChannelLayerNorm32` (TRELLIS' structure decoder), then SiLU when `silu`: `x [N, C, …]`
+/// normalised over `C` at every spatial position in f32 with the f32 affine `weight`, `bias`
+/// `[C]`, the result in `x`'s dtype. One kernel on CUDA without autograd (SiLU before the one
+/// rounding); otherwise [`layer_norm_modulate`] between permutes to channels-last and back
+/// (the official order: the norm rounded to `x`'s dtype, then SiLU).
+pub fn channel_layer_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f32,
+    silu: bool,
+) -> Result<Tensor> {
+    let rank = x.rank();
+    if rank < 2 {
+        candle_core::bail!("channel LayerNorm needs x [N, C, …], got {:?}", x.dims())
+    }
+    #[cfg(feature = "cuda")]
+    if fusable(x)
+        && fusable(weight)
+        && fusable(bias)
+        && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
+        && weight.dtype() == DType::F32
+        && bias.dtype() == DType::F32
+        && x.elem_count() > 0
+    {
+        let op = cuda::ChannelLayerNorm {
+            weight: weight.contiguous()?,
+            bias: bias.contiguous()?,
+            eps,
+            silu,
+        };
+        return x.contiguous()?.apply_op1_no_bwd(&op);
+    }
+    let to_last: Vec<usize> = [0].into_iter().chain(2..rank).chain([1]).collect();
+    let to_first: Vec<usize> = [0, rank - 1].into_iter().chain(1..rank - 1).collect();
+    let normed = layer_norm_modulate(&x.permute(to_last)?, weight, bias, eps, None)?
+        .permute(to_first)?
+        .contiguous()?;
+    if silu {
+        normed.silu()
+    } else {
+        Ok(normed)
+    }
+}
+
 /// TRELLIS' `MultiHeadRMSNorm` of queries and keys: `x [.., H·D]` normalised head by head,
 /// `x · rstd · gamma[h]` with `rstd = 1 / √(mean(x²) + eps)` over the head's `D` values and
 /// the f32 `gamma [H, D]`, computed in f32 and rounded once to `x`'s dtype. One kernel on
@@ -766,6 +813,37 @@ mod tests {
             ..Default::default()
         };
         assert!(linear(&x, &layer, gate_only).is_err());
+    }
+
+    #[test]
+    fn channel_layer_norm_follows_its_formula() {
+        // At every (item, voxel): the channels normalised, the affine, then SiLU.
+        let dev = Device::Cpu;
+        let (n, c, d, h, w) = (2, 5, 2, 3, 2);
+        let x = Tensor::randn(0f32, 2.0, (n, c, d, h, w), &dev).unwrap();
+        let weight = Tensor::randn(1f32, 0.3, c, &dev).unwrap();
+        let bias = Tensor::randn(0f32, 0.3, c, &dev).unwrap();
+        let eps = 1e-5;
+        let spatial = d * h * w;
+        let (xv, wv, bv) = (values(&x), values(&weight), values(&bias));
+        for silu in [false, true] {
+            let got = channel_layer_norm(&x, &weight, &bias, eps, silu).unwrap();
+            assert_eq!(got.dims(), x.dims());
+            let got = values(&got);
+            for item in 0..n {
+                for s in 0..spatial {
+                    let at = |ch: usize| (item * c + ch) * spatial + s;
+                    let mean = (0..c).map(|ch| xv[at(ch)]).sum::<f64>() / c as f64;
+                    let var = (0..c).map(|ch| (xv[at(ch)] - mean).powi(2)).sum::<f64>() / c as f64;
+                    for ch in 0..c {
+                        let y = (xv[at(ch)] - mean) / (var + eps as f64).sqrt() * wv[ch] + bv[ch];
+                        let want = if silu { y / (1.0 + (-y).exp()) } else { y };
+                        assert!((got[at(ch)] - want).abs() < 1e-4, "{item} {s} {ch} {silu}");
+                    }
+                }
+            }
+        }
+        assert!(channel_layer_norm(&x.flatten_all().unwrap(), &weight, &bias, eps, false).is_err());
     }
 
     #[test]
