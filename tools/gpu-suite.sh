@@ -13,7 +13,7 @@
 # Device: run 'SUITES="trellis raster fit" tools/gpu-suite.sh' with carry
 #   [".gpu-bin", ".whl", ".gpu-ref"].
 # Suites: mesh (tools/gpu-mesh.sh), image (an opaque 1024² RGB picture → matte → TRELLIS → PLY,
-# image-quality and image-speed, and image → GLB, on full-size random weights calibrated to VOXELS), ops (TRELLIS' cuDNN 3-D convolution and fused LayerNorm + modulation vs the CPU paths), trellis-kernels (per-kernel times of a short image → PLY run and of one step of each flow beside its wall time, ncu), raster (tools/gpu-raster.sh), fit (tools/gpu-fit.sh, parity only unless FIT_FULL=1),
+# image-quality and image-speed, and image → GLB, on full-size random weights calibrated to VOXELS), ops (TRELLIS' cuDNN 3-D convolution and fused LayerNorm + modulation vs the CPU paths), trellis-kernels (per-kernel times of a short image → PLY run and of one step of each flow beside its wall time, ncu), graphs (crates/trellis/examples/graph_probe.rs: a stage-1 flow step captured as a CUDA graph, replay against eager), raster (tools/gpu-raster.sh), fit (tools/gpu-fit.sh, parity only unless FIT_FULL=1),
 # diffusion (tools/diffusion_parity.py: ops, unet, vae unless PARITY_SECTIONS is set),
 # pipeline (tools/gpu-pipeline.sh, PROFILES default "speed quality"),
 # trellis (tools/gpu-trellis-parity.sh), matte (tools/gpu-matte-parity.sh), matte-kernels (per-kernel
@@ -63,7 +63,8 @@ case "${1:-}" in
       -p splatforge-render -p splatforge-fit -p splatforge-diffusion -p splatforge-trellis \
       --features "splatforge-render/cuda splatforge-fit/cuda splatforge-diffusion/cudnn splatforge-trellis/cudnn" \
       --example gpu_raster --example gpu_fit --example parity \
-      --example stage1_parity --example slat_flow_parity --example gs_decoder_parity --example ops_parity
+      --example stage1_parity --example slat_flow_parity --example gs_decoder_parity --example ops_parity \
+      --example graph_probe
     eval "$(tools/cuda-toolchain.sh)"
     CARGO_TARGET_DIR="$TARGET" cargo build --release --locked -p splatforge-matte --features cudnn \
       --example matte_parity
@@ -85,7 +86,7 @@ case "${1:-}" in
   --pack)
     set -e
     # PACK (default: all) picks the binaries, to stay under the 64 MiB a device call carries.
-    for b in ${PACK:-splatforge gpu_raster gpu_fit diffusion_parity stage1_parity slat_flow_parity gs_decoder_parity ops_parity matte_parity gpu_mesh}; do
+    for b in ${PACK:-splatforge gpu_raster gpu_fit diffusion_parity stage1_parity slat_flow_parity gs_decoder_parity ops_parity matte_parity gpu_mesh graph_probe}; do
       case "$b" in
         splatforge) pack_binary "$TARGET/release/splatforge" splatforge ;;
         diffusion_parity) pack_binary "$TARGET/release/examples/parity" diffusion_parity ;;
@@ -209,6 +210,9 @@ print(round((m(sys.argv[3]) - m(sys.argv[2])) / 2, 2))" $1 "$OUT/wall_2_2.jsonl"
           /tmp/matte_parity run $D --dtype bf16 --time 1 > "$OUT/run.log" 2>&1
         tail -3 "$OUT/run.log"
         python3 tools/kernel_summary.py "$OUT/ncu.csv" | tee "$OUT/kernels.md"' ;;
+    graphs)  # Whether a stage-1 flow step captures as a CUDA graph, and what replay saves.
+      unxz_to .gpu-bin/graph_probe.xz /tmp/graph_probe; chmod +x /tmp/graph_probe
+      suite graphs bash -c 'set -o pipefail; /tmp/graph_probe /tmp/graph-probe | tee "$OUT/graph_probe.json"' ;;
     trellis) suite trellis tools/gpu-trellis-parity.sh ;;
     matte) suite matte tools/gpu-matte-parity.sh ;;
     mesh) suite mesh tools/gpu-mesh.sh ;;

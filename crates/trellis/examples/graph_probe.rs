@@ -1,0 +1,135 @@
+//! Whether one guided step of the stage-1 flow (`SparseStructureFlowModel::forward` on
+//! the CFG batch of 2, full size) can be captured as a CUDA graph on candle's stream, and
+//! what replaying it saves (issue 18, CUDA graphs). Writes a random full-size stage-1
+//! folder under `OUT`, then:
+//! 1. the eager forward, warmed up, then timed (median of 10);
+//! 2. the same forward captured (`cuStreamBeginCapture` on candle's stream, relaxed mode;
+//!    instantiated with auto-free on launch, so that the captured output's buffer is
+//!    reallocated at the same address by every launch);
+//! 3. replays: the inputs copied into the captured buffers, a launch, the output copied out
+//!    (median of 10), and the replay's output against the eager one on the same inputs.
+//!
+//! Prints one JSON line: the eager and replay times, their ratio, the largest difference,
+//! or the error that ended the capture (the first op a graph cannot hold names itself
+//! there). Exit status 0 when the replay equals the eager output within 1e-6 relative.
+//!
+//! ```text
+//! cargo run --release -p splatforge-trellis --features cuda --example graph_probe -- OUT [--dtype f16|bf16|f32]
+//! ```
+
+#[cfg(feature = "cuda")]
+mod probe {
+    use std::path::PathBuf;
+    use std::time::Instant;
+
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    use candle_core::{DType, Device, Tensor};
+    use splatforge_nn::test_util::relative_error;
+    use splatforge_trellis::stage1::{write_random_stage1, ModelSize, Stage1};
+
+    pub type R<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+    /// Median wall time of `f` over 10 calls after 2 warm-ups, in ms, synchronised.
+    fn median_ms(dev: &Device, mut f: impl FnMut() -> R<()>) -> R<f64> {
+        let mut times = Vec::with_capacity(12);
+        for _ in 0..12 {
+            dev.synchronize()?;
+            let t0 = Instant::now();
+            f()?;
+            dev.synchronize()?;
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        times.drain(..2);
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    }
+
+    pub fn run() -> R<()> {
+        let mut args = std::env::args().skip(1);
+        let usage = "usage: graph_probe OUT [--dtype f16|bf16|f32]";
+        let out = PathBuf::from(args.next().ok_or(usage)?);
+        let dtype = match (args.next().as_deref(), args.next().as_deref()) {
+            (None, _) => DType::F16,
+            (Some("--dtype"), Some(d)) => d.parse::<splatforge_nn::Precision>()?.dtype(),
+            _ => return Err(usage.into()),
+        };
+        let dev = Device::new_cuda(0)?;
+        let cuda = dev.as_cuda_device()?;
+        let model_dir = out.join("stage1-full");
+        let dinov2 = write_random_stage1(&model_dir, ModelSize::Full, DType::F32, 3)?;
+        let stage1 = Stage1::load(&model_dir, &dinov2, dtype, &dev)?;
+        let flow = stage1.flow();
+        let cfg = flow.config().clone();
+        let r = cfg.resolution;
+        let x = splatforge_nn::rng::randn(1, &[2, cfg.in_channels, r, r, r], DType::F32, &dev)?;
+        let t = Tensor::new(&[750f32, 750.0], &dev)?;
+        let cond = splatforge_nn::rng::randn(2, &[2, 1374, cfg.cond_channels], DType::F32, &dev)?;
+
+        let eager = flow.forward(&x, &t, &cond)?;
+        let eager_ms = median_ms(&dev, || {
+            flow.forward(&x, &t, &cond)?;
+            Ok(())
+        })?;
+
+        // The captured buffers: the graph reads its inputs from these addresses.
+        let (xs, ts, cs) = (x.copy()?, t.copy()?, cond.copy()?);
+        dev.synchronize()?;
+        // SAFETY: one stream does all of candle's work here; with event tracking off, no op
+        // waits on an event recorded outside the capture.
+        unsafe { cuda.disable_event_tracking() };
+        let stream = cuda.cuda_stream();
+        stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)?;
+        let captured = flow.forward(&xs, &ts, &cs);
+        let graph = stream.end_capture(
+            sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
+        );
+        let (output, graph) = match (captured, graph) {
+            (Ok(output), Ok(Some(graph))) => (output, graph),
+            (captured, graph) => {
+                let why = match (captured, graph) {
+                    (Err(e), _) => format!("the forward failed under capture: {e}"),
+                    (_, Err(e)) => format!("end of capture / instantiation failed: {e:?}"),
+                    _ => "the capture recorded nothing".to_string(),
+                };
+                println!(
+                    "{}",
+                    serde_json::json!({"dtype": format!("{dtype:?}"), "eager_ms": eager_ms, "captured": false, "error": why})
+                );
+                std::process::exit(2);
+            }
+        };
+        graph.launch()?;
+        let replayed = output.copy()?;
+        let err = relative_error(&replayed, &eager)?;
+        let replay_ms = median_ms(&dev, || {
+            xs.slice_set(&x, 0, 0)?;
+            ts.slice_set(&t, 0, 0)?;
+            cs.slice_set(&cond, 0, 0)?;
+            graph.launch()?;
+            output.copy()?;
+            Ok(())
+        })?;
+        println!(
+            "{}",
+            serde_json::json!({
+                "dtype": format!("{dtype:?}"),
+                "eager_ms": eager_ms,
+                "captured": true,
+                "replay_ms": replay_ms,
+                "replay_over_eager": replay_ms / eager_ms,
+                "relative_error": err,
+            })
+        );
+        std::process::exit(if err <= 1e-6 { 0 } else { 1 });
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn main() -> probe::R<()> {
+    probe::run()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn main() -> Result<(), &'static str> {
+    Err("graph_probe needs a CUDA build (--features cuda)")
+}
