@@ -12,7 +12,7 @@
 //! which also run the blocks on `[1, rows, C]` with per-row modulation terms
 //! ([`ModulationTerms::map`]).
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 use splatforge_nn::ops::{self, LinearEpilogue};
 
@@ -630,16 +630,22 @@ impl TransformerBlock {
 /// `fᵢ = exp(−ln(10000)·i / (dim/2))`, `i < dim/2`, and a zero column when `dim` is odd (the
 /// official `TimestepEmbedder.timestep_embedding`, GLIDE's).
 pub fn timestep_features(t: &Tensor, dim: usize) -> Result<Tensor> {
+    features_at(t, &timestep_frequencies(dim, t.device())?, dim)
+}
+
+/// The `fᵢ` of [`timestep_features`]: `[1, dim/2]` f32 on `device`.
+fn timestep_frequencies(dim: usize, device: &Device) -> Result<Tensor> {
     let half = dim / 2;
     let log_period = 10000f32.ln();
     let freqs: Vec<f32> = (0..half)
         .map(|i| (-log_period * i as f32 / half as f32).exp())
         .collect();
-    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
-    let args = t
-        .to_dtype(DType::F32)?
-        .unsqueeze(1)?
-        .broadcast_mul(&freqs)?;
+    Ok(Tensor::from_vec(freqs, (1, half), device)?)
+}
+
+/// [`timestep_features`] with its frequencies given (`[1, dim/2]` f32).
+fn features_at(t: &Tensor, freqs: &Tensor, dim: usize) -> Result<Tensor> {
+    let args = t.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(freqs)?;
     let mut parts = vec![args.cos()?, args.sin()?];
     if dim % 2 == 1 {
         parts.push(Tensor::zeros((t.dim(0)?, 1), DType::F32, t.device())?);
@@ -652,6 +658,9 @@ pub fn timestep_features(t: &Tensor, dim: usize) -> Result<Tensor> {
 pub struct TimestepEmbedder {
     fc1: Linear,
     fc2: Linear,
+    /// `[1, 128]` f32: made once, so that a step uploads nothing (a host copy in a step
+    /// would also keep it out of a CUDA graph).
+    freqs: Tensor,
 }
 
 impl TimestepEmbedder {
@@ -659,13 +668,14 @@ impl TimestepEmbedder {
         Ok(Self {
             fc1: linear(TIMESTEP_FREQUENCY_DIM, hidden, true, vb.pp("mlp").pp("0"))?,
             fc2: linear(hidden, hidden, true, vb.pp("mlp").pp("2"))?,
+            freqs: timestep_frequencies(TIMESTEP_FREQUENCY_DIM, vb.device())?,
         })
     }
 
     /// `t [B]` (the sampler's time × 1000) → `[B, hidden]` in the layers' dtype.
     pub fn forward(&self, t: &Tensor) -> Result<Tensor> {
-        let features =
-            timestep_features(t, TIMESTEP_FREQUENCY_DIM)?.to_dtype(self.fc1.weight().dtype())?;
+        let features = features_at(t, &self.freqs, TIMESTEP_FREQUENCY_DIM)?
+            .to_dtype(self.fc1.weight().dtype())?;
         linear_forward(&self.fc2, &linear_forward(&self.fc1, &features)?.silu()?)
     }
 }
