@@ -31,15 +31,9 @@ impl LayerNorm {
         })
     }
 
-    /// `x [.., C]` → `[.., C]`.
+    /// `x [.., C]` → `[.., C]`: in f32, rounded to `x`'s dtype (one kernel on the GPU).
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = candle_nn::ops::layer_norm(
-            &x.to_dtype(DType::F32)?.contiguous()?,
-            &self.weight,
-            &self.bias,
-            LAYER_NORM_EPS,
-        )?;
-        y.to_dtype(x.dtype())
+        splatforge_nn::ops::layer_norm_modulate(x, &self.weight, &self.bias, LAYER_NORM_EPS, None)
     }
 }
 

@@ -11,9 +11,9 @@
 //! attn.relative_position_bias_table, norm2, mlp.fc1, mlp.fc2}`, `layers.{i}.downsample.{norm,
 //! reduction}`, `norm{i}`. The `attn.relative_position_index` buffers are recomputed here.
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
-use splatforge_nn::ops::Conv2d;
+use splatforge_nn::ops::{self, Conv2d, LinearEpilogue};
 
 use crate::config::{SwinConfig, PATCH_SIZE};
 use crate::layers::{conv2d, linear, LayerNorm};
@@ -128,9 +128,7 @@ impl WindowAttention {
     pub(crate) fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (bw, n, c) = x.dims3()?;
         let hd = c / self.heads;
-        let qkv = self
-            .qkv
-            .forward(x)?
+        let qkv = ops::linear(x, &self.qkv, LinearEpilogue::default())?
             .reshape((bw, n, 3, self.heads, hd))?
             .permute((2, 0, 3, 1, 4))?;
         let q = qkv.get(0)?.contiguous()?;
@@ -148,7 +146,7 @@ impl WindowAttention {
         }
         let p = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(x.dtype())?;
         let out = p.matmul(&v)?.transpose(1, 2)?.reshape((bw, n, c))?;
-        self.proj.forward(&out)
+        ops::linear(&out, &self.proj, LinearEpilogue::default())
     }
 }
 
@@ -233,8 +231,21 @@ impl Block {
         let y = window_msa(&self.attn, &y, ws, self.shift, mask)?;
         let y = y.narrow(1, 0, h)?.narrow(2, 0, w)?.reshape((b, l, c))?;
         let x = (x + y)?;
-        let m = self.fc1.forward(&self.norm2.forward(&x)?)?.gelu_erf()?;
-        x + self.fc2.forward(&m)?
+        // Exact (erf) GELU, as timm's Mlp: the fused epilogue's is the tanh approximation.
+        let m = ops::linear(
+            &self.norm2.forward(&x)?,
+            &self.fc1,
+            LinearEpilogue::default(),
+        )?
+        .gelu_erf()?;
+        ops::linear(
+            &m,
+            &self.fc2,
+            LinearEpilogue {
+                residual: Some(&x),
+                ..Default::default()
+            },
+        )
     }
 }
 
@@ -271,7 +282,11 @@ impl PatchMerging {
     /// `x [B, H·W, C]` → `[B, ⌈H/2⌉·⌈W/2⌉, 2C]`.
     pub(crate) fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
         let merged = Self::gather(x, h, w)?;
-        self.reduction.forward(&self.norm.forward(&merged)?)
+        ops::linear(
+            &self.norm.forward(&merged)?,
+            &self.reduction,
+            LinearEpilogue::default(),
+        )
     }
 }
 
