@@ -36,6 +36,27 @@ pub fn deform_conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    banded(
+        x,
+        offset,
+        mask,
+        weight,
+        bias,
+        (stride, padding),
+        COLS_BUDGET,
+    )
+}
+
+/// [`deform_conv2d`] with columns of at most `budget` elements a band (at least one row).
+fn banded(
+    x: &Tensor,
+    offset: &Tensor,
+    mask: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    (stride, padding): (usize, usize),
+    budget: usize,
+) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     let (o, wc, k, k2) = weight.dims4()?;
     if wc != c || k != k2 || k == 0 || stride == 0 || h + 2 * padding < k || w + 2 * padding < k {
@@ -62,7 +83,7 @@ pub fn deform_conv2d(
     let prepare = |t: &Tensor| t.to_dtype(dtype)?.contiguous();
     let (xs, offset, mask) = (prepare(x)?, prepare(offset)?, prepare(mask)?);
     let kernel = weight.to_dtype(dtype)?.reshape((o, c * taps))?;
-    let band = (COLS_BUDGET / (b * c * taps * wo).max(1)).clamp(1, ho);
+    let band = (budget / (b * c * taps * wo).max(1)).clamp(1, ho);
     let mut planes: Vec<Vec<Tensor>> = vec![Vec::new(); b];
     for row0 in (0..ho).step_by(band) {
         let op = DeformIm2col {
@@ -351,6 +372,27 @@ mod tests {
                     (a - e).abs() < 1e-4,
                     "k {k} stride {stride}: {i}: {a} vs {e}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn banded_output_is_the_whole() {
+        let dev = Device::Cpu;
+        let (b, c, h, w, o, k) = (2, 3, 7, 5, 4, 3);
+        let x = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap();
+        let offset = Tensor::randn(0f32, 1.5, (b, 2 * k * k, h, w), &dev).unwrap();
+        let mask = Tensor::rand(0f32, 2.0, (b, k * k, h, w), &dev).unwrap();
+        let weight = Tensor::randn(0f32, 1.0, (o, c, k, k), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, o, &dev).unwrap();
+        let run =
+            |budget| v(&banded(&x, &offset, &mask, &weight, Some(&bias), (1, 1), budget).unwrap());
+        let whole = run(usize::MAX);
+        // One row (b·C·K²·W = 270 elements) and three rows a band; 0 still takes one row.
+        for budget in [270, 3 * 270, 0] {
+            let got = run(budget);
+            for (a, e) in got.iter().zip(&whole) {
+                assert!((a - e).abs() < 1e-5, "budget {budget}: {a} vs {e}");
             }
         }
     }
