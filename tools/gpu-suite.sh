@@ -13,7 +13,7 @@
 # Device: run 'SUITES="trellis raster fit" tools/gpu-suite.sh' with carry
 #   [".gpu-bin", ".whl", ".gpu-ref"].
 # Suites: mesh (tools/gpu-mesh.sh), image (an opaque 1024² RGB picture → matte → TRELLIS → PLY,
-# image-quality and image-speed, and image → GLB, on full-size random weights calibrated to VOXELS), ops (TRELLIS' cuDNN 3-D convolution and fused LayerNorm + modulation vs the CPU paths), trellis-kernels (per-kernel times of a short image → PLY run and of one step of each flow beside its wall time, ncu), graphs (crates/trellis/examples/graph_probe.rs: a stage-1 flow step captured as a CUDA graph, replay against eager), raster (tools/gpu-raster.sh), fit (tools/gpu-fit.sh, parity only unless FIT_FULL=1),
+# image-quality and image-speed, and image → GLB, on full-size random weights calibrated to VOXELS), ops (TRELLIS' cuDNN 3-D convolution and fused LayerNorm + modulation vs the CPU paths), trellis-asset (stage 2 and the decoder on a real asset's voxels, ours and the official run_detail_variation), trellis-kernels (per-kernel times of a short image → PLY run and of one step of each flow beside its wall time, ncu), graphs (crates/trellis/examples/graph_probe.rs: a stage-1 flow step captured as a CUDA graph, replay against eager), raster (tools/gpu-raster.sh), fit (tools/gpu-fit.sh, parity only unless FIT_FULL=1),
 # diffusion (tools/diffusion_parity.py: ops, unet, vae unless PARITY_SECTIONS is set),
 # pipeline (tools/gpu-pipeline.sh, PROFILES default "speed quality"),
 # trellis (tools/gpu-trellis-parity.sh), matte (tools/gpu-matte-parity.sh), matte-kernels (per-kernel
@@ -232,6 +232,25 @@ print(round((m(sys.argv[3]) - m(sys.argv[2])) / 2, 2))" $1 "$OUT/wall_2_2.jsonl"
         /usr/bin/time -v /tmp/splatforge generate --image $P --models $M --profile image-speed --json \
           -o "$OUT/photo.glb" > "$OUT/glb.jsonl" 2> "$OUT/glb.stderr"
         tail -25 "$OUT/glb.stderr"; ls -la "$OUT"' ;;
+    trellis-asset)
+      # Stage 2 and the decoder on a real asset's voxels (hamburger.ply's centres voxelised:
+      # 22,631 voxels, about 7,100 tokens after stage 2's downsampling, where the calibrated
+      # random structure's 20,000 scattered voxels give about 17,000), stage 1 skipped on both
+      # sides: ours `generate --structure`, theirs `run_detail_variation`. Random weights
+      # (the structure decoder is not used, so no calibration).
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/easydict-*.whl .whl/plyfile-*.whl
+      unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge
+      PYTHONPATH=/tmp/site suite trellis-asset bash -c 'set -e; M=/tmp/trellis-full
+        [[ -d $M ]] || /tmp/splatforge models make-random --family trellis --size full $M
+        python3 tools/voxelize_splat.py .gpu-bin/hamburger.ply /tmp/asset.safetensors | tee "$OUT/asset.txt"
+        for profile in image-quality image-speed; do
+          /tmp/splatforge generate --image .gpu-bin/ghost_rgba.png --models $M --profile $profile \
+            --structure /tmp/asset.safetensors --repeat "${OURS_REPEAT:-4}" --json -o /tmp/asset.ply \
+            > "$OUT/ours_$profile.jsonl" 2> "$OUT/ours_$profile.stderr"
+        done
+        python3 tools/trellis_reference.py $M --image .gpu-bin/ghost_rgba.png --structure /tmp/asset.safetensors \
+          --repeat "${REF_REPEAT:-3}" --ours "$OUT/ours_image-quality.jsonl" --json "$OUT/reference.json" \
+          2> "$OUT/reference.stderr"' ;;
     trellis-e2e)
       python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/easydict-*.whl .whl/plyfile-*.whl
       unxz_to .gpu-bin/splatforge.xz /tmp/splatforge; chmod +x /tmp/splatforge

@@ -168,11 +168,13 @@ def time_stages(pipeline, device):
 
 def stage_ms(timer_run, write_s):
     """One run's STAGES in ms from a StageTimer's `run` (seconds) and save_ply's seconds:
-    ss_decoder is sample_sparse_structure less its sampler."""
+    ss_decoder is sample_sparse_structure less its sampler (neither when the run was given its
+    structure)."""
     stages = dict(timer_run)
     stages["write"] = write_s
-    stages["ss_decoder"] = stages.pop("stage1_total") - stages["sparse_structure"]
-    return {s: stages[s] * 1e3 for s in STAGES}
+    if "stage1_total" in stages:
+        stages["ss_decoder"] = stages.pop("stage1_total") - stages["sparse_structure"]
+    return {s: stages[s] * 1e3 for s in STAGES if s in stages}
 
 
 def percentile(values, q):
@@ -183,6 +185,8 @@ def summarise(runs, stages):
     """{stage: {median_ms, p90_ms}} over runs' stages_ms, and of total_ms."""
     summary = {}
     for s in stages + ["total"]:
+        if s != "total" and any(s not in r["stages_ms"] for r in runs):
+            continue
         values = [r["total_ms"] if s == "total" else r["stages_ms"][s] for r in runs]
         summary[s] = {"median_ms": float(np.median(values)), "p90_ms": percentile(values, 90)}
     return summary

@@ -51,6 +51,10 @@ those two methods run (each draws exactly once; asserted), and writes them with 
 `coords` (int32 [N, 4], `argwhere(decoder(z_s) > 0)[:, [0, 2, 3, 4]]`: lexicographic (batch, x,
 y, z)), the sampled structure latent `ss_latent` and the de-normalised structured latent `slat`
 (f32, contiguous; the names `splatforge generate --noise` reads and `--save-latents` writes).
+--structure FILE.safetensors (`coords` int [N, 4] `(0, x, y, z)`, e.g. from
+tools/voxelize_splat.py) runs the official `run_detail_variation` instead of `run`: stage 2 and
+the decoder on those voxels, stage 1 skipped, as `splatforge generate --image … --structure FILE`
+does (CUDA only: `preprocess_voxel` calls `.cuda()`; not with --dump-noise).
 --dump-ply FILE.ply writes that run's `save_ply` there (FILE.ply.npy when plyfile is absent, see
 official_shims.install_plyfile_standin). tools/trellis_e2e_parity.py compares the two sides.
 
@@ -157,6 +161,7 @@ def main():
     ap.add_argument("--json", type=Path, help="write the report here")
     ap.add_argument("--dump-noise", type=Path, help="write the first run's noise, voxels and latents here (safetensors)")
     ap.add_argument("--dump-ply", type=Path, help="write the first run's save_ply here")
+    ap.add_argument("--structure", type=Path, help="run_detail_variation on these voxels (safetensors `coords` [N, 4])")
     ap.add_argument("--ours", type=Path, action="append", default=[],
                     help="`splatforge generate --image --json --repeat N` output (one JSON line a run; the first is "
                     "taken as its warm-up): print ours/theirs per stage, and run the first file's steps unless given; "
@@ -166,6 +171,7 @@ def main():
     ap.add_argument("--utils3d", type=Path, default=ROOT / ".gpu-ref" / "utils3d", help="folder holding utils3d/")
     a = ap.parse_args()
     assert a.repeat >= 0
+    assert a.structure is None or a.dump_noise is None, "--dump-noise records stage 1, which --structure skips"
     device = torch.device(a.device)
     ours_runs = []
     for path in a.ours:
@@ -217,6 +223,14 @@ def main():
         slat_params = {} if a.slat_steps is None else {"steps": a.slat_steps}
         report["sparse_structure_sampler"] = {**pipeline.sparse_structure_sampler_params, **ss_params}
         report["slat_sampler"] = {**pipeline.slat_sampler_params, **slat_params}
+        voxels = None
+        if a.structure is not None:
+            from safetensors.numpy import load_file
+            coords = load_file(str(a.structure))["coords"]
+            reso = pipeline.models["slat_flow_model"].resolution
+            voxels = np.zeros((reso, reso, reso), dtype=bool)
+            voxels[coords[:, 1], coords[:, 2], coords[:, 3]] = True
+            report["structure"] = {"file": str(a.structure), "voxels": int(voxels.sum())}
         image = Image.open(a.image)
         image.load()
         assert image.mode == "RGBA", f"{a.image}: {image.mode}; give an RGBA image (rembg is not available)"
@@ -230,8 +244,13 @@ def main():
             recorder.active = a.dump_noise is not None and i == 0
             sync(device)
             start = time.perf_counter()
-            out = pipeline.run(image, seed=a.seed + max(i - 1, 0), formats=["gaussian"],
-                               sparse_structure_sampler_params=ss_params, slat_sampler_params=slat_params)
+            seed = a.seed + max(i - 1, 0)
+            if voxels is None:
+                out = pipeline.run(image, seed=seed, formats=["gaussian"],
+                                   sparse_structure_sampler_params=ss_params, slat_sampler_params=slat_params)
+            else:
+                out = pipeline.run_detail_variation(voxels, image, seed=seed, formats=["gaussian"],
+                                                    slat_sampler_params=slat_params)
             gaussian = out["gaussian"][0]
             t = time.perf_counter()
             gaussian.save_ply(str(a.dump_ply if a.dump_ply is not None and i == 0 else Path(tmp) / "out.ply"))
@@ -245,7 +264,7 @@ def main():
                       + ("" if a.dump_ply is None else f"; its save_ply to {a.dump_ply}"))
             run = {"seed": a.seed + max(i - 1, 0), "total_ms": (end - start) * 1e3,
                    "stages_ms": stage_ms(timer.run, end - t),
-                   "voxels": int(timer.returned["stage1_total"].shape[0]),
+                   "voxels": int(voxels.sum()) if voxels is not None else int(timer.returned["stage1_total"].shape[0]),
                    "gaussians": int(gaussian.get_xyz.shape[0])}
             if a.time_shims and i > 0:
                 run["shim_ms"] = official_shims.SHIM_SECONDS[0] * 1e3

@@ -4,7 +4,8 @@
 //! models: the file holding what our generator draws for a seed gives that seed's splat byte
 //! for byte (so the file path and the seed path are one code path), the same file twice the
 //! same splat, another stage-2 noise another splat, and a file of another structure a
-//! one-line error saying the voxel sets differ.
+//! one-line error saying the voxel sets differ. `--structure FILE` runs stage 2 on the file's
+//! voxels with stage 1 skipped: the saved latents' voxels and noise give the seed's splat.
 
 use std::path::{Path, PathBuf};
 
@@ -196,6 +197,52 @@ fn noise_files_drive_both_stages_through_the_seed_path() {
     );
     let err = generate("bad.ply", &["--noise", path_arg(&bad)]).unwrap_err();
     assert!(err.contains("ss_noise is F64, not F32"), "{err}");
+
+    // --structure: stage 2 on the saved run's voxels (the latents file holds `coords`), with
+    // its stage-2 noise: the seed's splat, without stage 1.
+    let (on_structure, report) = generate(
+        "structure.ply",
+        &[
+            "--structure",
+            path_arg(&latents),
+            "--noise",
+            path_arg(&latents),
+        ],
+    )
+    .expect("the run on a given structure");
+    assert!(
+        on_structure == seeded,
+        "the same voxels and noise: the same splat"
+    );
+    assert_eq!(report["structure"], path_arg(&latents));
+    assert_eq!(report["voxels"].as_u64(), Some(voxels as u64));
+    let stages = report["stages_ms"].as_object().unwrap();
+    assert!(
+        stages.contains_key("slat") && !stages.contains_key("sparse_structure"),
+        "{report}"
+    );
+    let err = generate(
+        "keep.ply",
+        &[
+            "--structure",
+            path_arg(&latents),
+            "--save-latents",
+            path_arg(&dir.path().join("kept.safetensors")),
+        ],
+    )
+    .unwrap_err();
+    assert!(err.contains("--structure skips stage 1"), "{err}");
+    let outside = dir.path().join("outside.safetensors");
+    let far: Vec<u8> = [0i32, 1000, 0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    write_safetensors(&outside, &[("coords", "I32", vec![1, 3], far)]);
+    let err = generate("outside.ply", &["--structure", path_arg(&outside)]).unwrap_err();
+    assert!(
+        err.contains("outside.safetensors") && err.contains("outside the model's"),
+        "{err}"
+    );
 
     // Only --image takes them.
     let out = splatforge(&[

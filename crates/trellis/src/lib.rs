@@ -15,6 +15,7 @@
 //! | [`ss_flow`] | stage 1: `SparseStructureFlowModel` |
 //! | [`ss_decoder`] | stage 1: `SparseStructureDecoder` (dense 3D convolutions) and the occupied voxels |
 //! | [`noise`] | both stages' initial noise from a file instead of the seed (parity runs against the official code), a run's latents written to one |
+//! | [`structure`] | a sparse structure from a file instead of stage 1 (the official `run_detail_variation`) |
 //! | [`pipeline`] | the whole `TrellisImageTo3DPipeline` for Gaussians: image → Gaussians with per-stage progress and timings; random-weight TRELLIS folders |
 //! | [`stage1`] | image → occupied voxels (`preprocess_image`, `get_cond`, `sample_sparse_structure`), random-weight stage-1 folders |
 //! | [`slat_flow`] | stage 2: the structured-latent flow model over sparse voxels (io res blocks with sparse convolutions and down/upsampling, modulated cross-attention blocks), undoing the latent's normalisation |
@@ -70,5 +71,6 @@ pub mod sparse;
 pub mod ss_decoder;
 pub mod ss_flow;
 pub mod stage1;
+pub mod structure;
 
 pub use error::{Result, TrellisError};

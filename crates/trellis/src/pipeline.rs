@@ -54,6 +54,7 @@ use crate::sparse::SparseTensor;
 use crate::ss_decoder::SparseStructureDecoderConfig;
 use crate::ss_flow::SparseStructureFlowConfig;
 use crate::stage1::{stage1_configs, write_random_stage1, ModelSize, Stage1};
+use crate::structure::GivenStructure;
 use crate::{Result, TrellisError};
 use splatforge_matte::random::{write_random_birefnet_with_contrast, RANDOM_MATTE_CONTRAST};
 use splatforge_matte::BiRefNetConfig;
@@ -157,6 +158,10 @@ pub struct TrellisRequest {
     pub slat: SamplerOverrides,
     /// Both stages' initial noise, given instead of drawn from `seed` (a parity run).
     pub noise: Option<Arc<GivenNoise>>,
+    /// The sparse structure, given instead of sampled: stage 1 is skipped, and stage 2's
+    /// noise is the seed's stream from its start (the official `run_detail_variation` draws
+    /// it first after seeding).
+    pub structure: Option<Arc<GivenStructure>>,
     /// Keep what the run sampled in [`TrellisOutput::latents`].
     pub keep_latents: bool,
 }
@@ -189,6 +194,9 @@ impl TrellisOutput {
         self.timings.iter().map(|(_, d)| *d).sum()
     }
 }
+
+/// Stage 1's noise and sampled latent, each `[1, C, R, R, R]`, when a run keeps them.
+type Stage1Latents = (Tensor, Tensor);
 
 /// The seed whose stream continues the stage-1 noise of `seed` after `stage1_values`
 /// normals: SplitMix64's state after `k` draws is `seed + k·γ`, and
@@ -386,24 +394,18 @@ impl TrellisImageTo3d {
         let conditioning = self.stage1.encode(&prepared)?;
         clock.finish()?;
 
-        clock.start(TrellisStage::SparseStructure, ss_params.steps)?;
-        let ss_noise = match &request.noise {
-            Some(given) => given.sparse_structure(&self.stage1.latent_shape(), &self.device)?,
-            None => self.stage1.noise(request.seed)?,
+        let (coords, stage1_kept) = match &request.structure {
+            Some(given) => {
+                if request.keep_latents {
+                    return Err(TrellisError::InvalidArgument(
+                        "a run on a given structure samples no stage-1 latents to keep".into(),
+                    ));
+                }
+                let resolution = self.slat_flow.config().resolution;
+                (given.coords(resolution)?.to_vec(), None)
+            }
+            None => self.sample_structure(request, &conditioning, &ss_params, &mut clock)?,
         };
-        let latent = self.stage1.sample_latent(
-            &conditioning,
-            &ss_noise,
-            &ss_params,
-            clock.steps(TrellisStage::SparseStructure),
-        )?;
-        clock.finish()?;
-
-        clock.start(TrellisStage::SsDecoder, 0)?;
-        let coords = self.stage1.decode_structure(&latent)?;
-        // Freed here unless the run keeps its latents.
-        let stage1_kept = request.keep_latents.then_some((ss_noise, latent));
-        clock.finish()?;
         if coords.is_empty() {
             return Err(TrellisError::EmptyStructure);
         }
@@ -448,6 +450,36 @@ impl TrellisImageTo3d {
         })
     }
 
+    /// Stage 1 of [`Self::run`]: the sampled latent decoded to voxels, with the noise and
+    /// latent when the request keeps them.
+    fn sample_structure<F: FnMut(Progress) -> ControlFlow<()>>(
+        &self,
+        request: &TrellisRequest,
+        conditioning: &crate::stage1::Conditioning,
+        ss_params: &SamplerParams,
+        clock: &mut StageClock<F>,
+    ) -> Result<(Vec<[u32; 4]>, Option<Stage1Latents>)> {
+        clock.start(TrellisStage::SparseStructure, ss_params.steps)?;
+        let ss_noise = match &request.noise {
+            Some(given) => given.sparse_structure(&self.stage1.latent_shape(), &self.device)?,
+            None => self.stage1.noise(request.seed)?,
+        };
+        let latent = self.stage1.sample_latent(
+            conditioning,
+            &ss_noise,
+            ss_params,
+            clock.steps(TrellisStage::SparseStructure),
+        )?;
+        clock.finish()?;
+
+        clock.start(TrellisStage::SsDecoder, 0)?;
+        let coords = self.stage1.decode_structure(&latent)?;
+        // Freed here unless the run keeps its latents.
+        let kept = request.keep_latents.then_some((ss_noise, latent));
+        clock.finish()?;
+        Ok((coords, kept))
+    }
+
     /// The stage-2 noise `[N, in_channels]` of a run of `request` on the voxels `coords`:
     /// the request's given noise for those voxels, else drawn from the stream that continues
     /// the stage-1 noise of its seed ([`slat_noise_seed`]).
@@ -456,7 +488,10 @@ impl TrellisImageTo3d {
         if let Some(given) = &request.noise {
             return given.slat(coords, channels, &self.device);
         }
-        let stage1_values = self.stage1.latent_shape().iter().product();
+        let stage1_values = match request.structure {
+            Some(_) => 0,
+            None => self.stage1.latent_shape().iter().product(),
+        };
         let seed = slat_noise_seed(request.seed, stage1_values);
         Ok(splatforge_nn::rng::randn(
             seed,
@@ -785,6 +820,85 @@ mod tests {
         .unwrap();
         assert_eq!(replay.gaussians, seeded.gaussians);
         assert!(replay.latents.is_none(), "not asked to keep them");
+    }
+
+    #[test]
+    fn a_given_structure_skips_stage_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let dinov2 = write_random_trellis(dir.path(), ModelSize::Tiny, DType::F32, 11).unwrap();
+        let pipe = TrellisImageTo3d::load(dir.path(), &dinov2, DType::F32, &Device::Cpu).unwrap();
+        let run = |request: &TrellisRequest, stages: &mut Vec<TrellisStage>| {
+            pipe.run(&ghost(), request, &ForegroundMatte::Threshold, |p| {
+                if let Progress::Started { stage, .. } = p {
+                    stages.push(stage);
+                }
+                ControlFlow::Continue(())
+            })
+        };
+        let seeded = run(
+            &TrellisRequest {
+                keep_latents: true,
+                ..quick()
+            },
+            &mut Vec::new(),
+        )
+        .unwrap();
+        let kept = seeded.latents.as_ref().expect("kept latents");
+        let latents = dir.path().join("latents.safetensors");
+        kept.save(&latents).unwrap();
+        // The seeded run's voxels as a structure file, listed in reverse ([N, 3]).
+        let xyz: Vec<i32> = kept
+            .coords
+            .iter()
+            .rev()
+            .flat_map(|c| c[1..].iter().map(|&v| v as i32))
+            .collect();
+        let file = dir.path().join("structure.safetensors");
+        let coords = Tensor::from_vec(xyz, (kept.coords.len(), 3), &Device::Cpu).unwrap();
+        candle_core::safetensors::save(
+            &std::collections::HashMap::from([(crate::structure::COORDS.to_string(), coords)]),
+            &file,
+        )
+        .unwrap();
+        let structure = Some(Arc::new(GivenStructure::read(&file).unwrap()));
+
+        // With the seeded run's stage-2 noise, the same splat: stage 2 saw the same voxels.
+        let mut stages = Vec::new();
+        let replay = run(
+            &TrellisRequest {
+                seed: 99,
+                noise: Some(Arc::new(GivenNoise::read(&latents).unwrap())),
+                structure: structure.clone(),
+                ..quick()
+            },
+            &mut stages,
+        )
+        .unwrap();
+        assert_eq!(replay.gaussians, seeded.gaussians);
+        assert_eq!(replay.voxels, seeded.voxels);
+        use TrellisStage::*;
+        assert_eq!(stages, [Matte, Preprocess, Dinov2, Slat, GsDecoder]);
+        assert_eq!(
+            replay.timings.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            stages
+        );
+        // From the seed alone: stage 2's noise is the seed's stream from its start.
+        let on_structure = TrellisRequest {
+            structure: structure.clone(),
+            ..quick()
+        };
+        let a = run(&on_structure, &mut Vec::new()).unwrap();
+        let b = run(&on_structure, &mut Vec::new()).unwrap();
+        assert_eq!(a.gaussians, b.gaussians);
+        assert_ne!(a.gaussians, seeded.gaussians, "another stage-2 noise");
+        let keep = run(
+            &TrellisRequest {
+                keep_latents: true,
+                ..on_structure
+            },
+            &mut Vec::new(),
+        );
+        assert!(keep.unwrap_err().to_string().contains("no stage-1 latents"));
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub struct Args {
     /// With --image: both sampling stages' initial noise from this safetensors file instead of the seed, for parity runs against the official pipeline (`tools/trellis_reference.py --dump-noise` records its torch.randn draws): `ss_noise` [1, C, R, R, R] f32, `slat_noise` [N, C] f32 with one row per voxel in (batch, x, y, z) order, optional `coords` [N, 4] i32 (then rows are matched by voxel). The voxels this noise decodes to must be the file's.
     #[arg(long, value_name = "FILE")]
     pub(super) noise: Option<PathBuf>,
+    /// With --image: stage 2 and the decoder on the voxels of this safetensors file instead of a sampled structure (stage 1 skipped, as the official run_detail_variation; stage 2's noise is the seed's stream from its start): `coords` [N, 4] (0, x, y, z) or [N, 3] integers, or `occupancy` [R, R, R] (occupied where not 0), R the model's grid (64).
+    #[arg(long, value_name = "FILE")]
+    pub(super) structure: Option<PathBuf>,
     /// With --image: write what the last run sampled as safetensors: `coords` [N, 4] i32 (the voxels, in the order of the latent rows and of the Gaussians), `ss_noise`, `ss_latent`, `slat_noise`, `slat` (de-normalised) in f32; --noise reads such a file back.
     #[arg(long, value_name = "FILE")]
     pub(super) save_latents: Option<PathBuf>,
@@ -426,8 +429,8 @@ pub fn run(args: Args) -> Result<Outcome> {
     if args.image.is_some() {
         return super::generate_image::run(args);
     }
-    if args.noise.is_some() || args.save_latents.is_some() {
-        bail!("--noise and --save-latents are for --image (TRELLIS)");
+    if args.noise.is_some() || args.save_latents.is_some() || args.structure.is_some() {
+        bail!("--noise, --structure and --save-latents are for --image (TRELLIS)");
     }
     if text_via_image(&args) {
         return super::generate_image::run_text(args);

@@ -23,6 +23,7 @@ use anyhow::{bail, Context, Result};
 use splatforge_nn::hub::HubConfig;
 use splatforge_pipeline::{device_name, ConfigSources, PipelineKind};
 use splatforge_trellis::noise::GivenNoise;
+use splatforge_trellis::structure::GivenStructure;
 
 /// `sources` with the profile for `models` when none is named (tiny random-weight models:
 /// [`TINY_TRELLIS_PROFILE`], with a note; else [`DEFAULT_IMAGE_PROFILE`]), and the
@@ -149,11 +150,21 @@ pub fn run(args: Args) -> Result<Outcome> {
         .map(GivenNoise::read)
         .transpose()
         .context("--noise")?;
+    let structure = args
+        .structure
+        .as_deref()
+        .map(GivenStructure::read)
+        .transpose()
+        .context("--structure")?;
+    if structure.is_some() && args.save_latents.is_some() {
+        bail!("--save-latents keeps stage 1's latents, and --structure skips stage 1");
+    }
     let device = device(args.device.as_deref(), 0)?;
 
     let t0 = Instant::now();
     let runner = TrellisRunner::load(models, &device, &profile, config)?
-        .for_parity(noise, args.save_latents.is_some());
+        .for_parity(noise, args.save_latents.is_some())
+        .on_structure(structure);
     let load = t0.elapsed();
     eprintln!(
         "loaded TRELLIS {} on {:?} in {:.1} s (profile {profile})",
@@ -174,6 +185,11 @@ pub fn run(args: Args) -> Result<Outcome> {
         |out, run, write| {
             let mut v = json(&runner, load, run, out, write);
             v["noise"] = args.noise.as_ref().map(|p| p.display().to_string()).into();
+            v["structure"] = args
+                .structure
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .into();
             v
         },
     )

@@ -49,6 +49,7 @@ use splatforge_trellis::pipeline::{
 use splatforge_trellis::preprocess::decode_image;
 use splatforge_trellis::sampler::SamplerParams;
 use splatforge_trellis::slat_flow::{self, SLatFlowConfig};
+use splatforge_trellis::structure::GivenStructure;
 use splatforge_trellis::TrellisError;
 
 /// The profile that fits tiny random-weight TRELLIS folders.
@@ -235,6 +236,8 @@ pub struct TrellisRunner {
     noise: Option<Arc<GivenNoise>>,
     /// Whether runs keep their latents (`generate --save-latents`).
     keep_latents: bool,
+    /// Every run's sparse structure instead of stage 1's (`generate --structure`).
+    structure: Option<Arc<GivenStructure>>,
 }
 
 impl TrellisRunner {
@@ -275,6 +278,7 @@ impl TrellisRunner {
             models,
             noise: None,
             keep_latents: false,
+            structure: None,
         })
     }
 
@@ -285,6 +289,14 @@ impl TrellisRunner {
         Self {
             noise: noise.map(Arc::new),
             keep_latents,
+            ..self
+        }
+    }
+
+    /// Every run on the voxels of `structure` (stage 1 skipped) when given.
+    pub fn on_structure(self, structure: Option<GivenStructure>) -> Self {
+        Self {
+            structure: structure.map(Arc::new),
             ..self
         }
     }
@@ -305,6 +317,7 @@ impl TrellisRunner {
                 cfg_strength: t.slat_cfg,
             },
             noise: self.noise.clone(),
+            structure: self.structure.clone(),
             keep_latents: self.keep_latents,
         }
     }
