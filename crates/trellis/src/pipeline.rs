@@ -15,6 +15,10 @@
 //! * `decode_slat` with the Gaussian decoder, the Gaussians as `save_ply` writes them
 //!   ([`crate::gaussians`]).
 //!
+//! With a given structure ([`TrellisRequest::structure`]) it is `run_detail_variation`
+//! instead: `preprocess_voxel`'s voxels replace `sample_sparse_structure`, and the rest is
+//! the same.
+//!
 //! # Not equal
 //! * Noise: torch's `manual_seed(seed)` + `randn` (Philox on CUDA, MT19937 on the CPU) is not
 //!   reproducible outside torch; ours is the workspace's seeded SplitMix64 + Box–Muller
