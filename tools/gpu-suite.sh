@@ -212,7 +212,9 @@ print(round((m(sys.argv[3]) - m(sys.argv[2])) / 2, 2))" $1 "$OUT/wall_2_2.jsonl"
         python3 tools/kernel_summary.py "$OUT/ncu.csv" | tee "$OUT/kernels.md"' ;;
     graphs)  # Whether a stage-1 flow step captures as a CUDA graph, and what replay saves.
       unxz_to .gpu-bin/graph_probe.xz /tmp/graph_probe; chmod +x /tmp/graph_probe
-      suite graphs bash -c 'set -o pipefail; /tmp/graph_probe /tmp/graph-probe | tee "$OUT/graph_probe.json"' ;;
+      # The suites' full-size folder when one of them wrote it, else the probe writes stage 1.
+      suite graphs bash -c 'set -o pipefail; M=/tmp/trellis-full
+        /tmp/graph_probe /tmp/graph-probe $([[ -d $M ]] && echo --models $M) | tee "$OUT/graph_probe.json"' ;;
     trellis) suite trellis tools/gpu-trellis-parity.sh ;;
     matte) suite matte tools/gpu-matte-parity.sh ;;
     mesh) suite mesh tools/gpu-mesh.sh ;;

@@ -1,7 +1,8 @@
 //! Whether one guided step of the stage-1 flow (`SparseStructureFlowModel::forward` on
 //! the CFG batch of 2, full size) can be captured as a CUDA graph on candle's stream, and
-//! what replaying it saves (issue 18, CUDA graphs). Writes a random full-size stage-1
-//! folder under `OUT`, then:
+//! what replaying it saves (issue 18, CUDA graphs). Loads stage 1 from `--models` (a full-size
+//! TRELLIS folder, e.g. one `models make-random` wrote) or writes a random one under `OUT`,
+//! then:
 //! 1. the eager forward, warmed up, then timed (median of 10);
 //! 2. the same forward captured (`cuStreamBeginCapture` on candle's stream, relaxed mode;
 //!    instantiated with auto-free on launch, so that the captured output's buffer is
@@ -14,7 +15,7 @@
 //! there). Exit status 0 when the replay equals the eager output within 1e-6 relative.
 //!
 //! ```text
-//! cargo run --release -p splatforge-trellis --features cuda --example graph_probe -- OUT [--dtype f16|bf16|f32]
+//! cargo run --release -p splatforge-trellis --features cuda --example graph_probe -- OUT [--dtype f16|bf16|f32] [--models DIR]
 //! ```
 
 #[cfg(feature = "cuda")]
@@ -25,6 +26,7 @@ mod probe {
     use candle_core::cuda_backend::cudarc::driver::sys;
     use candle_core::{DType, Device, Tensor};
     use splatforge_nn::test_util::relative_error;
+    use splatforge_trellis::pipeline::dinov2_in_folder;
     use splatforge_trellis::stage1::{write_random_stage1, ModelSize, Stage1};
 
     pub type R<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -46,17 +48,30 @@ mod probe {
 
     pub fn run() -> R<()> {
         let mut args = std::env::args().skip(1);
-        let usage = "usage: graph_probe OUT [--dtype f16|bf16|f32]";
+        let usage = "usage: graph_probe OUT [--dtype f16|bf16|f32] [--models TRELLIS_DIR]";
         let out = PathBuf::from(args.next().ok_or(usage)?);
-        let dtype = match (args.next().as_deref(), args.next().as_deref()) {
-            (None, _) => DType::F16,
-            (Some("--dtype"), Some(d)) => d.parse::<splatforge_nn::Precision>()?.dtype(),
-            _ => return Err(usage.into()),
-        };
+        let (mut dtype, mut models) = (DType::F16, None);
+        while let Some(flag) = args.next() {
+            let value = args.next().ok_or(usage)?;
+            match flag.as_str() {
+                "--dtype" => dtype = value.parse::<splatforge_nn::Precision>()?.dtype(),
+                "--models" => models = Some(PathBuf::from(value)),
+                _ => return Err(usage.into()),
+            }
+        }
         let dev = Device::new_cuda(0)?;
         let cuda = dev.as_cuda_device()?;
-        let model_dir = out.join("stage1-full");
-        let dinov2 = write_random_stage1(&model_dir, ModelSize::Full, DType::F32, 3)?;
+        let (model_dir, dinov2) = match models {
+            Some(dir) => {
+                let dinov2 = dinov2_in_folder(&dir).ok_or("no DINOv2 file in --models")?;
+                (dir, dinov2)
+            }
+            None => {
+                let dir = out.join("stage1-full");
+                let dinov2 = write_random_stage1(&dir, ModelSize::Full, DType::F32, 3)?;
+                (dir, dinov2)
+            }
+        };
         let stage1 = Stage1::load(&model_dir, &dinov2, dtype, &dev)?;
         let flow = stage1.flow();
         let cfg = flow.config().clone();
