@@ -1,10 +1,10 @@
 """Sums Nsight Compute's per-kernel durations by kernel name (tools/gpu-suite.sh, suites
 trellis-kernels and matte-kernels).
 
-    python3 tools/kernel_summary.py ncu.csv [TOP]
+    python3 tools/kernel_summary.py ncu.csv [--top N]
         a Markdown table of the kernels with the most total GPU time, with launch counts and
         shares;
-    python3 tools/kernel_summary.py ncu.csv --base base.csv --per N [--wall-ms MS] [TOP]
+    python3 tools/kernel_summary.py ncu.csv --base base.csv --per N [--wall-ms MS] [--top N]
         the difference of two runs that differ only in N more sampler steps, per step: the
         GPU time one step's kernels take, by kernel, and (with the step's wall time MS from a
         run outside the profiler) the share of the step the GPU spends in kernels; the rest is
@@ -25,7 +25,8 @@ def kernel_times(path):
         if row.get("Metric Name") != "gpu__time_duration.sum":
             continue
         value = float(row["Metric Value"].replace(",", ""))
-        scale = {"nsecond": 1.0, "usecond": 1e3, "msecond": 1e6, "second": 1e9}[row["Metric Unit"]]
+        scale = {"nsecond": 1.0, "ns": 1.0, "usecond": 1e3, "us": 1e3, "msecond": 1e6, "ms": 1e6,
+                 "second": 1e9, "s": 1e9}[row["Metric Unit"]]
         name = row["Kernel Name"][:110]
         total_ns[name] += value * scale
         launches[name] += 1
@@ -35,7 +36,7 @@ def kernel_times(path):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("csv")
-    ap.add_argument("top", nargs="?", type=int, default=40)
+    ap.add_argument("--top", type=int, default=40, help="kernels listed")
     ap.add_argument("--base", help="ncu CSV of the same run with N fewer sampler steps")
     ap.add_argument("--per", type=int, default=1, help="N: the steps the two runs differ by")
     ap.add_argument("--wall-ms", type=float, help="wall time of one such step outside the profiler")

@@ -52,9 +52,11 @@ those two methods run (each draws exactly once; asserted), and writes them with 
 y, z)), the sampled structure latent `ss_latent` and the de-normalised structured latent `slat`
 (f32, contiguous; the names `splatforge generate --noise` reads and `--save-latents` writes).
 --structure FILE.safetensors (`coords` int [N, 4] `(0, x, y, z)`, e.g. from
-tools/voxelize_splat.py) runs the official `run_detail_variation` instead of `run`: stage 2 and
-the decoder on those voxels, stage 1 skipped, as `splatforge generate --image … --structure FILE`
-does (CUDA only: `preprocess_voxel` calls `.cuda()`; not with --dump-noise).
+tools/voxelize_splat.py) runs the official `run_detail_variation`'s steps instead of `run`
+(`get_cond`, the seed, the voxels in `preprocess_voxel`'s lexicographic order, `sample_slat`,
+`decode_slat`; the method itself is missing from older checkouts): stage 2 and the decoder on
+those voxels, stage 1 skipped, as `splatforge generate --image … --structure FILE` does (not
+with --dump-noise).
 --dump-ply FILE.ply writes that run's `save_ply` there (FILE.ply.npy when plyfile is absent, see
 official_shims.install_plyfile_standin). tools/trellis_e2e_parity.py compares the two sides.
 
@@ -249,8 +251,13 @@ def main():
                 out = pipeline.run(image, seed=seed, formats=["gaussian"],
                                    sparse_structure_sampler_params=ss_params, slat_sampler_params=slat_params)
             else:
-                out = pipeline.run_detail_variation(voxels, image, seed=seed, formats=["gaussian"],
-                                                    slat_sampler_params=slat_params)
+                # run_detail_variation's body (the official method; older checkouts lack it):
+                # the image's condition, the seed, the given voxels, stage 2, the decoder.
+                cond = pipeline.get_cond([pipeline.preprocess_image(image)])
+                torch.manual_seed(seed)
+                coords = torch.from_numpy(np.concatenate(
+                    [np.zeros((int(voxels.sum()), 1), np.int32), np.argwhere(voxels).astype(np.int32)], axis=1)).to(device)
+                out = pipeline.decode_slat(pipeline.sample_slat(cond, coords, slat_params), ["gaussian"])
             gaussian = out["gaussian"][0]
             t = time.perf_counter()
             gaussian.save_ply(str(a.dump_ply if a.dump_ply is not None and i == 0 else Path(tmp) / "out.ply"))

@@ -80,6 +80,8 @@ mod probe {
         let t = Tensor::new(&[750f32, 750.0], &dev)?;
         let cond = splatforge_nn::rng::randn(2, &[2, 1374, cfg.cond_channels], DType::F32, &dev)?;
 
+        // Each phase says itself on stderr first, so that a fault names the phase.
+        eprintln!("eager forward");
         let eager = flow.forward(&x, &t, &cond)?;
         let eager_ms = median_ms(&dev, || {
             flow.forward(&x, &t, &cond)?;
@@ -93,6 +95,7 @@ mod probe {
         // waits on an event recorded outside the capture.
         unsafe { cuda.disable_event_tracking() };
         let stream = cuda.cuda_stream();
+        eprintln!("capture");
         stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)?;
         let captured = flow.forward(&xs, &ts, &cs);
         let graph = stream.end_capture(
@@ -113,9 +116,13 @@ mod probe {
                 std::process::exit(2);
             }
         };
+        eprintln!("first launch");
         graph.launch()?;
+        dev.synchronize()?;
+        eprintln!("copy out");
         let replayed = output.copy()?;
         let err = relative_error(&replayed, &eager)?;
+        eprintln!("replays");
         let replay_ms = median_ms(&dev, || {
             xs.slice_set(&x, 0, 0)?;
             ts.slice_set(&t, 0, 0)?;
