@@ -224,6 +224,17 @@ fn bilinear(img: &[f32], h: usize, w: usize, y: f32, x: f32, scale: f32) -> f32 
     v
 }
 
+/// The f32 values a contiguous CPU layout covers, borrowed from the storage.
+fn f32_values<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("deformable im2col: not contiguous".into()))?;
+    match s {
+        CpuStorage::F32(v) => Ok(&v[start..end]),
+        _ => candle_core::bail!("deformable im2col on the CPU takes f32"),
+    }
+}
+
 impl CustomOp3 for DeformIm2col {
     fn name(&self) -> &'static str {
         "splatforge-deform-im2col"
@@ -239,16 +250,12 @@ impl CustomOp3 for DeformIm2col {
         lm: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.geometry(lx, lo, lm)?;
-        let slice = |s: &CpuStorage, l: &Layout| -> Result<Vec<f32>> {
-            let (start, end) = l.contiguous_offsets().ok_or_else(|| {
-                candle_core::Error::Msg("deformable im2col: not contiguous".into())
-            })?;
-            match s {
-                CpuStorage::F32(v) => Ok(v[start..end].to_vec()),
-                _ => candle_core::bail!("deformable im2col on the CPU takes f32"),
-            }
-        };
-        let cols = self.cpu(&g, &slice(x, lx)?, &slice(offset, lo)?, &slice(mask, lm)?);
+        let cols = self.cpu(
+            &g,
+            f32_values(x, lx)?,
+            f32_values(offset, lo)?,
+            f32_values(mask, lm)?,
+        );
         Ok((CpuStorage::F32(cols), self.out_shape(&g)))
     }
 
