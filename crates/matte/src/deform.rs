@@ -4,8 +4,10 @@
 //! where the sampling rules are written down).
 
 use candle_core::{DType, Result, Tensor, D};
-use candle_nn::{init::DEFAULT_KAIMING_NORMAL, Init, VarBuilder};
+use candle_nn::VarBuilder;
 use splatforge_nn::ops::{deform_conv2d, Conv2d};
+
+use crate::layers::conv2d_parameters;
 
 /// `DeformableConv2d` (`bias=False` as ASPPDeformable builds it; stride 1).
 #[derive(Debug, Clone)]
@@ -31,13 +33,10 @@ impl DeformableConv2d {
         let mut weights = Vec::with_capacity(2);
         let mut biases = Vec::with_capacity(2);
         for (name, channels) in [("offset_conv", 2 * taps), ("modulator_conv", taps)] {
-            let vb = vb.pp(name);
-            weights.push(vb.get_with_hints(
-                (channels, in_channels, kernel, kernel),
-                "weight",
-                DEFAULT_KAIMING_NORMAL,
-            )?);
-            biases.push(vb.get_with_hints(channels, "bias", Init::Const(0.0))?);
+            let (weight, bias) =
+                conv2d_parameters(in_channels, channels, kernel, true, &vb.pp(name))?;
+            weights.push(weight);
+            biases.extend(bias);
         }
         let config = candle_nn::Conv2dConfig {
             padding,
@@ -50,11 +49,14 @@ impl DeformableConv2d {
                 config,
             )),
             taps,
-            weight: vb.pp("regular_conv").get_with_hints(
-                (out_channels, in_channels, kernel, kernel),
-                "weight",
-                DEFAULT_KAIMING_NORMAL,
-            )?,
+            weight: conv2d_parameters(
+                in_channels,
+                out_channels,
+                kernel,
+                false,
+                &vb.pp("regular_conv"),
+            )?
+            .0,
             padding,
         })
     }

@@ -71,16 +71,15 @@ impl BatchNorm {
     }
 }
 
-/// An `nn.Conv2d` with a square kernel (`weight [out, in, k, k]`, optional `bias [out]`).
-pub(crate) fn conv2d(
+/// The parameters of an `nn.Conv2d` with a square kernel: `weight [out, in, k, k]`, and
+/// `bias [out]` when it has one.
+pub(crate) fn conv2d_parameters(
     in_channels: usize,
     out_channels: usize,
     kernel: usize,
-    stride: usize,
-    padding: usize,
     bias: bool,
-    vb: VarBuilder,
-) -> Result<Conv2d> {
+    vb: &VarBuilder,
+) -> Result<(Tensor, Option<Tensor>)> {
     let weight = vb.get_with_hints(
         (out_channels, in_channels, kernel, kernel),
         "weight",
@@ -91,6 +90,20 @@ pub(crate) fn conv2d(
     } else {
         None
     };
+    Ok((weight, bias))
+}
+
+/// An `nn.Conv2d` with a square kernel (`weight [out, in, k, k]`, optional `bias [out]`).
+pub(crate) fn conv2d(
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    bias: bool,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let (weight, bias) = conv2d_parameters(in_channels, out_channels, kernel, bias, &vb)?;
     let config = Conv2dConfig {
         padding,
         stride,
