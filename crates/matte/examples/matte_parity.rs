@@ -32,7 +32,7 @@ use image::RgbImage;
 use splatforge_matte::preprocess::{alpha_from_logits, network_input};
 use splatforge_matte::random::write_random_birefnet;
 use splatforge_matte::{BiRefNetConfig, Matte};
-use splatforge_nn::test_util::relative_error;
+use splatforge_nn::test_util::{median_ms, relative_error};
 
 type R<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -198,22 +198,15 @@ fn ops(dir: &Path) -> R<()> {
             );
             let y = deform_conv2d(&xg, &og, &mg, &wg, None, 1, pad)?;
             let err = relative_error(&y, &reference)?;
-            let mut times = Vec::with_capacity(10);
-            for _ in 0..12 {
-                gpu.synchronize()?;
-                let t = Instant::now();
-                deform_conv2d(&xg, &og, &mg, &wg, None, 1, pad)?;
-                gpu.synchronize()?;
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            times.drain(..2);
-            times.sort_by(f64::total_cmp);
+            let ms = median_ms(&gpu, || {
+                deform_conv2d(&xg, &og, &mg, &wg, None, 1, pad).map(|_| ())
+            })?;
             let pass = err <= bound;
             ok &= pass;
             println!(
                 "deform_conv2d x [1, {c}, {side}, {side}] k {k} → {o} {dtype:?}: relative error {err:.3e} (bound {bound:.0e}) {}, {:.3} ms per call",
                 if pass { "PASS" } else { "FAIL" },
-                times[times.len() / 2]
+                ms
             );
             saved.insert(
                 format!("ours_{}", dtype.as_str()),

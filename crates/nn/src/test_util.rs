@@ -29,3 +29,22 @@ pub fn relative_error(ours: &Tensor, reference: &Tensor) -> candle_core::Result<
     };
     Ok(norm(&(ours - &reference)?)? / norm(&reference)?)
 }
+
+/// The median wall time of `f` on `device` over 10 calls after 2 warm-ups, in ms, each call
+/// between two synchronisations: the GPU checks' time per call.
+pub fn median_ms<E: From<candle_core::Error>>(
+    device: &Device,
+    mut f: impl FnMut() -> std::result::Result<(), E>,
+) -> std::result::Result<f64, E> {
+    let mut times = Vec::with_capacity(12);
+    for _ in 0..12 {
+        device.synchronize()?;
+        let t0 = std::time::Instant::now();
+        f()?;
+        device.synchronize()?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.drain(..2);
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}

@@ -21,30 +21,14 @@
 #[cfg(feature = "cuda")]
 mod probe {
     use std::path::PathBuf;
-    use std::time::Instant;
 
     use candle_core::cuda_backend::cudarc::driver::sys;
     use candle_core::{DType, Device, Tensor};
-    use splatforge_nn::test_util::relative_error;
+    use splatforge_nn::test_util::{median_ms, relative_error};
     use splatforge_trellis::pipeline::dinov2_in_folder;
     use splatforge_trellis::stage1::{write_random_stage1, ModelSize, Stage1};
 
     pub type R<T> = std::result::Result<T, Box<dyn std::error::Error>>;
-
-    /// Median wall time of `f` over 10 calls after 2 warm-ups, in ms, synchronised.
-    fn median_ms(dev: &Device, mut f: impl FnMut() -> R<()>) -> R<f64> {
-        let mut times = Vec::with_capacity(12);
-        for _ in 0..12 {
-            dev.synchronize()?;
-            let t0 = Instant::now();
-            f()?;
-            dev.synchronize()?;
-            times.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
-        times.drain(..2);
-        times.sort_by(f64::total_cmp);
-        Ok(times[times.len() / 2])
-    }
 
     pub fn run() -> R<()> {
         let mut args = std::env::args().skip(1);
@@ -83,7 +67,7 @@ mod probe {
         // Each phase says itself on stderr first, so that a fault names the phase.
         eprintln!("eager forward");
         let eager = flow.forward(&x, &t, &cond)?;
-        let eager_ms = median_ms(&dev, || {
+        let eager_ms = median_ms(&dev, || -> R<()> {
             flow.forward(&x, &t, &cond)?;
             Ok(())
         })?;
@@ -123,7 +107,7 @@ mod probe {
         let replayed = output.copy()?;
         let err = relative_error(&replayed, &eager)?;
         eprintln!("replays");
-        let replay_ms = median_ms(&dev, || {
+        let replay_ms = median_ms(&dev, || -> R<()> {
             xs.slice_set(&x, 0, 0)?;
             ts.slice_set(&t, 0, 0)?;
             cs.slice_set(&cond, 0, 0)?;
