@@ -228,11 +228,13 @@ def main():
         voxels = None
         if a.structure is not None:
             from safetensors.numpy import load_file
-            coords = load_file(str(a.structure))["coords"]
+            xyz = load_file(str(a.structure))["coords"][:, -3:]
             reso = pipeline.models["slat_flow_model"].resolution
-            voxels = np.zeros((reso, reso, reso), dtype=bool)
-            voxels[coords[:, 1], coords[:, 2], coords[:, 3]] = True
-            report["structure"] = {"file": str(a.structure), "voxels": int(voxels.sum())}
+            assert ((xyz >= 0) & (xyz < reso)).all(), f"{a.structure}: voxels outside the {reso}³ grid"
+            # (0, x, y, z) rows, each voxel once, lexicographic: preprocess_voxel's order.
+            xyz = np.unique(xyz, axis=0)
+            voxels = np.concatenate([np.zeros((len(xyz), 1), np.int64), xyz], axis=1).astype(np.int32)
+            report["structure"] = {"file": str(a.structure), "voxels": len(voxels)}
         image = Image.open(a.image)
         image.load()
         assert image.mode == "RGBA", f"{a.image}: {image.mode}; give an RGBA image (rembg is not available)"
@@ -255,8 +257,8 @@ def main():
                 # the image's condition, the seed, the given voxels, stage 2, the decoder.
                 cond = pipeline.get_cond([pipeline.preprocess_image(image)])
                 torch.manual_seed(seed)
-                coords = torch.from_numpy(np.concatenate(
-                    [np.zeros((int(voxels.sum()), 1), np.int32), np.argwhere(voxels).astype(np.int32)], axis=1)).to(device)
+                # Uploaded in the run, as preprocess_voxel does.
+                coords = torch.from_numpy(voxels).to(device)
                 out = pipeline.decode_slat(pipeline.sample_slat(cond, coords, slat_params), ["gaussian"])
             gaussian = out["gaussian"][0]
             t = time.perf_counter()
@@ -271,7 +273,7 @@ def main():
                       + ("" if a.dump_ply is None else f"; its save_ply to {a.dump_ply}"))
             run = {"seed": a.seed + max(i - 1, 0), "total_ms": (end - start) * 1e3,
                    "stages_ms": stage_ms(timer.run, end - t),
-                   "voxels": int(voxels.sum()) if voxels is not None else int(timer.returned["stage1_total"].shape[0]),
+                   "voxels": len(voxels) if voxels is not None else int(timer.returned["stage1_total"].shape[0]),
                    "gaussians": int(gaussian.get_xyz.shape[0])}
             if a.time_shims and i > 0:
                 run["shim_ms"] = official_shims.SHIM_SECONDS[0] * 1e3
