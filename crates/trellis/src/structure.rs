@@ -8,7 +8,7 @@
 //! # The file (safetensors), one of
 //! | tensor | dtype | shape | what |
 //! |---|---|---|---|
-//! | `coords` | i32 or i64 | `[N, 4]` `(0, x, y, z)` or `[N, 3]` `(x, y, z)` | the occupied voxels, each once, in any order |
+//! | `coords` | an integer type (i32, i64, u32, u8) | `[N, 4]` `(0, x, y, z)` or `[N, 3]` `(x, y, z)` | the occupied voxels, each once, in any order |
 //! | `occupancy` | any | `[R, R, R]` | `binary_voxel`: occupied where not 0 |
 //!
 //! The grid's side `R` is the stage-2 flow's `resolution` (64 for TRELLIS-image-large): a
